@@ -1,0 +1,34 @@
+// Builds dist/ from src/ with esbuild: one ESM bundle per entry point, with
+// shared chunks split out so each command loads only what it runs. Native
+// modules stay external and load from node_modules.
+
+import { rmSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+rmSync(join(root, "dist"), { recursive: true, force: true });
+await build({
+  absWorkingDir: root,
+  entryPoints: {
+    cli: "src/cli.ts",
+    gateway: "src/gateway/main.ts",
+    supervisor: "src/supervisor/main.ts",
+    agent: "src/supervisor/agent/main.ts",
+  },
+  outdir: "dist",
+  outExtension: { ".js": ".mjs" },
+  bundle: true,
+  splitting: true,
+  format: "esm",
+  platform: "node",
+  target: "node20",
+  sourcemap: "linked",
+  chunkNames: "chunks/[name]-[hash]",
+  external: ["better-sqlite3", "node-pty", "ssh2", "cpu-features"],
+  banner: {
+    js: "import { createRequire as __openshellCreateRequire } from 'node:module'; const require = __openshellCreateRequire(import.meta.url);",
+  },
+  logLevel: "warning",
+});
