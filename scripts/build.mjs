@@ -2,13 +2,14 @@
 // shared chunks split out so each command loads only what it runs. Native
 // modules stay external and load from node_modules.
 
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 rmSync(join(root, "dist"), { recursive: true, force: true });
+const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 await build({
   absWorkingDir: root,
   entryPoints: {
@@ -30,5 +31,6 @@ await build({
   banner: {
     js: "import { createRequire as __openshellCreateRequire } from 'node:module'; const require = __openshellCreateRequire(import.meta.url);",
   },
+  define: { __OPENSHELL_VERSION__: JSON.stringify(version) },
   logLevel: "warning",
 });

@@ -1,1 +1,110 @@
-export {};
+// The gateway process. `openshell gateway start` runs it in the background
+// (or in the foreground with --foreground, for service managers); it prints
+// one JSON line `{"ready":true,...}` on stdout once it listens, writes its
+// pid and endpoint into its state directory, and stops cleanly on SIGTERM.
+
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { VERSION } from "../core/version.js";
+import { startGateway } from "./server.js";
+
+export interface GatewayRuntimeInfo {
+  pid: number;
+  port: number;
+  endpoint: string;
+  version: string;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      name: { type: "string", default: "local" },
+      "state-dir": { type: "string" },
+      bind: { type: "string", default: "127.0.0.1" },
+      port: { type: "string", default: "17670" },
+      "token-file": { type: "string" },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      "client-ca": { type: "string" },
+      "ssh-session-ttl": { type: "string" },
+    },
+  });
+  const stateDir = values["state-dir"];
+  if (!stateDir) throw new Error("--state-dir is required");
+  const pidFile = join(stateDir, "gateway.pid");
+  try {
+    const pid = Number(readFileSync(pidFile, "utf8").trim());
+    if (pid > 0 && pid !== process.pid && processAlive(pid)) {
+      throw new Error(`gateway '${values.name}' is already running (pid ${pid})`);
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+
+  const appRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+  const token = values["token-file"] ? readFileSync(values["token-file"], "utf8").trim() : undefined;
+  const tls =
+    values["tls-cert"] && values["tls-key"]
+      ? {
+          cert: readFileSync(values["tls-cert"]),
+          key: readFileSync(values["tls-key"]),
+          clientCa: values["client-ca"] ? readFileSync(values["client-ca"]) : undefined,
+        }
+      : undefined;
+  const gateway = await startGateway({
+    name: values.name!,
+    stateDir,
+    bind: values.bind!,
+    port: Number(values.port),
+    version: VERSION,
+    appRoot,
+    token,
+    tls,
+    ...(values["ssh-session-ttl"] ? { sshSessionTtlSecs: Number(values["ssh-session-ttl"]) } : {}),
+  });
+  const info: GatewayRuntimeInfo = {
+    pid: process.pid,
+    port: gateway.port,
+    endpoint: gateway.endpoint,
+    version: VERSION,
+  };
+  writeFileSync(pidFile, `${process.pid}\n`, { mode: 0o600 });
+  writeFileSync(join(stateDir, "gateway.json"), `${JSON.stringify(info)}\n`, { mode: 0o600 });
+  process.stdout.write(`${JSON.stringify({ ready: true, ...info })}\n`);
+
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    gateway
+      .close()
+      .catch((error) => process.stderr.write(`error while stopping: ${(error as Error).message}\n`))
+      .finally(() => {
+        rmSync(pidFile, { force: true });
+        rmSync(join(stateDir, "gateway.json"), { force: true });
+        process.exit(0);
+      });
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  process.on("SIGHUP", () => {});
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`openshell gateway: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ ready: false, error: error instanceof Error ? error.message : String(error) })}\n`,
+  );
+  process.exit(1);
+});

@@ -1,0 +1,71 @@
+// Phase and condition rules shared by everything that changes a sandbox's
+// status. The gateway owns one condition, `Ready`, and ERROR is sticky.
+
+import { type Sandbox, type SandboxCondition, SandboxPhase } from "../gen/openshell.js";
+
+export function phaseOf(sandbox: Sandbox): SandboxPhase {
+  return sandbox.status?.phase ?? SandboxPhase.SANDBOX_PHASE_UNSPECIFIED;
+}
+
+export function setReadyCondition(
+  sandbox: Sandbox,
+  status: "True" | "False",
+  reason: string,
+  message: string,
+): void {
+  sandbox.status ??= {
+    sandboxName: sandbox.metadata?.name ?? "",
+    agentPod: "",
+    agentFd: "",
+    sandboxFd: "",
+    conditions: [],
+    phase: SandboxPhase.SANDBOX_PHASE_PROVISIONING,
+    currentPolicyVersion: 0,
+    mainProcessInstanceId: "",
+  };
+  const condition: SandboxCondition = {
+    type: "Ready",
+    status,
+    reason,
+    message,
+    lastTransitionTime: new Date().toISOString(),
+  };
+  const others = sandbox.status.conditions.filter((c) => c.type !== "Ready");
+  sandbox.status.conditions = [...others, condition];
+}
+
+export function setPhase(sandbox: Sandbox, phase: SandboxPhase): void {
+  if (!sandbox.status) setReadyCondition(sandbox, "False", "Pending", "Sandbox is being created");
+  sandbox.status!.phase = phase;
+  if (sandbox.metadata) sandbox.metadata.resourceVersion += 1;
+}
+
+export function isTerminal(phase: SandboxPhase): boolean {
+  return phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_DELETING;
+}
+
+export const PHASE_NAMES: Record<number, string> = {
+  [SandboxPhase.SANDBOX_PHASE_UNSPECIFIED]: "Unspecified",
+  [SandboxPhase.SANDBOX_PHASE_PROVISIONING]: "Provisioning",
+  [SandboxPhase.SANDBOX_PHASE_READY]: "Ready",
+  [SandboxPhase.SANDBOX_PHASE_ERROR]: "Error",
+  [SandboxPhase.SANDBOX_PHASE_DELETING]: "Deleting",
+  [SandboxPhase.SANDBOX_PHASE_UNKNOWN]: "Unknown",
+  [SandboxPhase.SANDBOX_PHASE_STOPPING]: "Stopping",
+  [SandboxPhase.SANDBOX_PHASE_STOPPED]: "Stopped",
+  [SandboxPhase.SANDBOX_PHASE_STARTING]: "Starting",
+};
+
+export function phaseName(phase: SandboxPhase | undefined): string {
+  return PHASE_NAMES[phase ?? 0] ?? "Unknown";
+}
+
+/** The `reason: message` of a Ready=False condition, as the CLI prints it. */
+export function readyFalseMessage(sandbox: Sandbox): string {
+  const condition = sandbox.status?.conditions.find(
+    (c) => c.type.toLowerCase() === "ready" && c.status.toLowerCase() === "false",
+  );
+  if (!condition) return "";
+  if (condition.reason && condition.message) return `${condition.reason}: ${condition.message}`;
+  return condition.message || condition.reason;
+}

@@ -1,0 +1,202 @@
+// Supervisor sessions and the byte relay. A supervisor dials the gateway and
+// keeps one ConnectSupervisor stream open; to reach inside its sandbox the
+// gateway sends RelayOpen{channel_id}, and the supervisor answers with a new
+// RelayStream call whose first frame claims that channel. The gateway never
+// dials a sandbox.
+
+import { randomUUID } from "node:crypto";
+import type { Duplex } from "node:stream";
+import type { ServerDuplexStream } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
+import type { GatewayMessage, RelayFrame, SupervisorMessage } from "../gen/openshell.js";
+import { frameDuplex } from "../transport/duplex.js";
+import { invalidArgument, notFound, StatusError } from "./status.js";
+
+export const SESSION_WAIT_MS = 15_000;
+export const RELAY_CLAIM_MS = 10_000;
+export const HEARTBEAT_SECS = 15;
+
+interface Session {
+  id: string;
+  sandboxId: string;
+  instanceId: string;
+  call: ServerDuplexStream<SupervisorMessage, GatewayMessage>;
+}
+
+interface PendingRelay {
+  sandboxId: string;
+  resolve(stream: Duplex): void;
+  reject(error: StatusError): void;
+  timer: NodeJS.Timeout;
+}
+
+export interface SessionEvents {
+  connected(sandboxId: string, instanceId: string): void;
+  disconnected(sandboxId: string, instanceId: string): void;
+}
+
+export class RelayHub {
+  private readonly sessions = new Map<string, Session>();
+  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly pending = new Map<string, PendingRelay>();
+
+  constructor(private readonly events: SessionEvents) {}
+
+  hasSession(sandboxId: string): boolean {
+    return this.sessions.has(sandboxId);
+  }
+
+  /**
+   * Serves one ConnectSupervisor stream whose hello has been authorized for
+   * `sandboxId`. A newer session for the same sandbox replaces the old one.
+   */
+  attach(
+    call: ServerDuplexStream<SupervisorMessage, GatewayMessage>,
+    sandboxId: string,
+    instanceId: string,
+  ): void {
+    const session: Session = { id: randomUUID(), sandboxId, instanceId, call };
+    const previous = this.sessions.get(sandboxId);
+    this.sessions.set(sandboxId, session);
+    if (previous) previous.call.end();
+    call.write({
+      payload: {
+        $case: "sessionAccepted",
+        value: { sessionId: session.id, heartbeatIntervalSecs: HEARTBEAT_SECS },
+      },
+    });
+    const heartbeat = setInterval(() => {
+      call.write({ payload: { $case: "heartbeat", value: {} } });
+    }, HEARTBEAT_SECS * 1000);
+    heartbeat.unref();
+    call.on("data", (message: SupervisorMessage) => {
+      if (message.payload?.$case === "relayOpenResult") {
+        const result = message.payload.value;
+        if (!result.success) {
+          const pending = this.pending.get(result.channelId);
+          if (pending) {
+            this.pending.delete(result.channelId);
+            clearTimeout(pending.timer);
+            pending.reject(
+              new StatusError(status.UNAVAILABLE, result.error || "supervisor could not open relay"),
+            );
+          }
+        }
+      }
+    });
+    const finish = (): void => {
+      clearInterval(heartbeat);
+      if (this.sessions.get(sandboxId) === session) {
+        this.sessions.delete(sandboxId);
+        this.events.disconnected(sandboxId, instanceId);
+      }
+    };
+    call.on("end", () => {
+      finish();
+      call.end();
+    });
+    call.on("error", finish);
+    call.on("cancelled", finish);
+    this.events.connected(sandboxId, instanceId);
+    for (const wake of this.waiters.get(sandboxId) ?? []) wake();
+    this.waiters.delete(sandboxId);
+  }
+
+  /** Closes a sandbox's session (on delete), which makes its supervisor stop relaying. */
+  detach(sandboxId: string): void {
+    const session = this.sessions.get(sandboxId);
+    if (!session) return;
+    this.sessions.delete(sandboxId);
+    session.call.end();
+    for (const [channelId, pending] of this.pending) {
+      if (pending.sandboxId === sandboxId) {
+        this.pending.delete(channelId);
+        clearTimeout(pending.timer);
+        pending.reject(new StatusError(status.UNAVAILABLE, "sandbox session closed"));
+      }
+    }
+  }
+
+  private waitForSession(sandboxId: string, timeoutMs: number): Promise<Session> {
+    const existing = this.sessions.get(sandboxId);
+    if (existing) return Promise.resolve(existing);
+    return new Promise((resolve, reject) => {
+      const wake = (): void => {
+        clearTimeout(timer);
+        const session = this.sessions.get(sandboxId);
+        if (session) resolve(session);
+        else reject(new StatusError(status.UNAVAILABLE, "supervisor relay failed: no supervisor session"));
+      };
+      const timer = setTimeout(() => {
+        this.waiters.get(sandboxId)?.delete(wake);
+        reject(
+          new StatusError(status.UNAVAILABLE, "supervisor relay failed: no supervisor session within 15s"),
+        );
+      }, timeoutMs);
+      let set = this.waiters.get(sandboxId);
+      if (!set) {
+        set = new Set();
+        this.waiters.set(sandboxId, set);
+      }
+      set.add(wake);
+    });
+  }
+
+  /** Opens a byte stream to the sandbox's SSH server (or a loopback TCP port). */
+  async open(
+    sandboxId: string,
+    target: { kind: "ssh" } | { kind: "tcp"; host: string; port: number },
+    serviceId: string,
+  ): Promise<Duplex> {
+    const session = await this.waitForSession(sandboxId, SESSION_WAIT_MS);
+    const channelId = randomUUID();
+    const opened = new Promise<Duplex>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(channelId);
+        reject(new StatusError(status.DEADLINE_EXCEEDED, "relay open timed out"));
+      }, RELAY_CLAIM_MS);
+      this.pending.set(channelId, { sandboxId, resolve, reject, timer });
+    });
+    session.call.write({
+      payload: {
+        $case: "relayOpen",
+        value: {
+          channelId,
+          target:
+            target.kind === "ssh"
+              ? { $case: "ssh", value: {} }
+              : { $case: "tcp", value: { host: target.host, port: target.port } },
+          serviceId,
+        },
+      },
+    });
+    return opened;
+  }
+
+  /**
+   * Serves one RelayStream call: the first frame claims a pending channel of
+   * the supervisor's own sandbox; from then on the call carries raw bytes.
+   */
+  claim(call: ServerDuplexStream<RelayFrame, RelayFrame>, callerSandboxId: string): void {
+    call.once("data", (frame: RelayFrame) => {
+      if (frame.payload?.$case !== "init" || frame.payload.value.channelId === "") {
+        call.emit("error", invalidArgument("first RelayFrame must be init"));
+        return;
+      }
+      const channelId = frame.payload.value.channelId;
+      const pending = this.pending.get(channelId);
+      if (!pending || pending.sandboxId !== callerSandboxId) {
+        call.emit("error", notFound("unknown or expired relay channel"));
+        return;
+      }
+      this.pending.delete(channelId);
+      clearTimeout(pending.timer);
+      pending.resolve(
+        frameDuplex<RelayFrame, RelayFrame>(call, {
+          fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
+          toFrame: (data) => ({ payload: { $case: "data", value: data } }),
+        }),
+      );
+    });
+  }
+}

@@ -1,0 +1,119 @@
+// The local compute runtime: one supervisor process per sandbox, started by
+// the gateway on this machine. The supervisor gets its configuration on
+// stdin and keeps stdin open: when the gateway goes away the pipe closes and
+// the supervisor tears its pod down, so no sandbox outlives its gateway.
+// On its stdout it reports failures the gateway turns into conditions.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+
+/** What the gateway tells a supervisor when it starts one. */
+export interface SupervisorLaunch {
+  sandboxId: string;
+  sandboxName: string;
+  workspace: string;
+  instanceId: string;
+  /** gRPC target the supervisor dials, e.g. `unix:///…/supervisor.sock`. */
+  gateway: string;
+  secret: string;
+  sandboxDir: string;
+  hostUid: number;
+  hostGid: number;
+  appRoot: string;
+  command: string[];
+  tty: boolean;
+  environment: Record<string, string>;
+  /** Hold the main command until the first attach (uploads go first). */
+  startOnAttach: boolean;
+}
+
+/** Reports a supervisor writes on stdout, one JSON object per line. */
+export type SupervisorReport =
+  | { kind: "failure"; reason: string; message: string }
+  | { kind: "progress"; step: string; message: string }
+  | { kind: "warning"; message: string };
+
+export interface RuntimeEvents {
+  report(sandboxId: string, report: SupervisorReport): void;
+  exited(sandboxId: string, instanceId: string, code: number | null, signal: string | null): void;
+  stderr(sandboxId: string, line: string): void;
+}
+
+interface Running {
+  child: ChildProcess;
+  instanceId: string;
+  exited: Promise<void>;
+}
+
+export class LocalRuntime {
+  private readonly running = new Map<string, Running>();
+
+  constructor(
+    private readonly sandboxesDir: string,
+    private readonly supervisorScript: string,
+    private readonly events: RuntimeEvents,
+  ) {}
+
+  sandboxDir(sandboxId: string): string {
+    return join(this.sandboxesDir, sandboxId);
+  }
+
+  isRunning(sandboxId: string): boolean {
+    return this.running.has(sandboxId);
+  }
+
+  start(launch: SupervisorLaunch): void {
+    const child = spawn(process.execPath, [this.supervisorScript], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: { PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin", LANG: "C.UTF-8" },
+    });
+    child.stdin!.write(`${JSON.stringify(launch)}\n`);
+    // The pipe stays open for the supervisor's lifetime; see the header.
+    child.stdin!.on("error", () => {});
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      try {
+        this.events.report(launch.sandboxId, JSON.parse(line) as SupervisorReport);
+      } catch {
+        this.events.stderr(launch.sandboxId, line);
+      }
+    });
+    createInterface({ input: child.stderr! }).on("line", (line) =>
+      this.events.stderr(launch.sandboxId, line),
+    );
+    const exited = new Promise<void>((resolve) => {
+      child.on("exit", (code, signal) => {
+        if (this.running.get(launch.sandboxId)?.child === child) this.running.delete(launch.sandboxId);
+        this.events.exited(launch.sandboxId, launch.instanceId, code, signal);
+        resolve();
+      });
+      child.on("error", (error) => {
+        this.events.report(launch.sandboxId, {
+          kind: "failure",
+          reason: "SupervisorStartFailed",
+          message: error.message,
+        });
+      });
+    });
+    this.running.set(launch.sandboxId, { child, instanceId: launch.instanceId, exited });
+  }
+
+  /** Stops a sandbox's supervisor (and with it the pod); resolves when it is gone. */
+  async stop(sandboxId: string, graceMs = 5000): Promise<void> {
+    const running = this.running.get(sandboxId);
+    if (!running) return;
+    running.child.kill("SIGTERM");
+    const timer = setTimeout(() => running.child.kill("SIGKILL"), graceMs);
+    await running.exited;
+    clearTimeout(timer);
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.running.keys()].map((id) => this.stop(id)));
+  }
+
+  removeSandboxDir(sandboxId: string): void {
+    rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
+  }
+}

@@ -1,0 +1,430 @@
+// Sandbox lifecycle in the gateway: create, look up, list, delete, and every
+// phase change, persisted before it is announced on the watch bus.
+//
+//   create persisted                        → PROVISIONING
+//   supervisor session connected            → READY (Ready=True DependenciesReady)
+//   session lost while READY                → PROVISIONING (DependenciesNotReady)
+//   main process exited (even with 0)       → ERROR (MainProcessExited, exit_code)
+//   supervisor failed (bad file, no binary) → ERROR (its reason)
+//   delete                                  → DELETING → row removed
+//
+// ERROR is sticky: nothing but delete leaves it.
+
+import { randomBytes, randomUUID } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
+import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
+import {
+  generateSandboxName,
+  parseSelector,
+  validateCommand,
+  validateEnvironment,
+  validateLabels,
+  validateSandboxName,
+} from "../core/names.js";
+import { phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
+import { formatPolicyViolations, validatePolicy } from "../core/policy.js";
+import {
+  type CreateSandboxRequest,
+  type PlatformEvent,
+  type Sandbox,
+  type SandboxFile,
+  SandboxPhase,
+} from "../gen/openshell.js";
+import type { SandboxBus } from "./bus.js";
+import type { RelayHub } from "./relay.js";
+import type { LocalRuntime, SupervisorReport } from "./runtime.js";
+import { failedPrecondition, invalidArgument, notFound, StatusError } from "./status.js";
+import type { Store } from "./store.js";
+
+export const DEFAULT_WORKSPACE = "default";
+export const DEFAULT_COMMAND = ["/bin/bash", "-l"];
+export const ANNOTATION_START_ON_ATTACH = "openshell.dev/start-on-attach";
+export const LIST_DEFAULT = 100;
+export const LIST_MAX = 1000;
+
+/** First UID given to sandbox pods when the gateway runs as root. */
+const POD_UID_BASE = 2_100_000_000;
+
+export interface SandboxesOptions {
+  store: Store;
+  bus: SandboxBus;
+  relay: RelayHub;
+  runtime: LocalRuntime;
+  appRoot: string;
+  /** gRPC target supervisors dial. */
+  supervisorTarget: string;
+  log(level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void;
+}
+
+function workspaceOf(value: string): string {
+  return value === "" ? DEFAULT_WORKSPACE : value;
+}
+
+export class Sandboxes {
+  private readonly deleting = new Map<string, Promise<void>>();
+  /** Set while the gateway stops: supervisors exiting then are expected. */
+  private shuttingDown = false;
+
+  constructor(private readonly o: SandboxesOptions) {}
+
+  // ---- lookups ----------------------------------------------------------
+
+  get(workspace: string, name: string): Sandbox {
+    if (name === "") throw invalidArgument("name is required");
+    const sandbox = this.o.store.getSandboxByName(workspaceOf(workspace), name);
+    if (!sandbox) throw notFound();
+    return sandbox;
+  }
+
+  byId(id: string): Sandbox {
+    if (id === "") throw invalidArgument("sandbox_id is required");
+    const sandbox = this.o.store.getSandbox(id);
+    if (!sandbox) throw notFound();
+    return sandbox;
+  }
+
+  list(request: {
+    limit: number;
+    offset: number;
+    labelSelector: string;
+    workspace: string;
+    allWorkspaces: boolean;
+  }): Sandbox[] {
+    if (request.allWorkspaces && request.workspace !== "") {
+      throw invalidArgument("all_workspaces and workspace are mutually exclusive");
+    }
+    const limit = request.limit === 0 ? LIST_DEFAULT : Math.min(request.limit, LIST_MAX);
+    let labels: Record<string, string> = {};
+    if (request.labelSelector.trim() !== "") {
+      try {
+        labels = parseSelector(request.labelSelector);
+      } catch (error) {
+        throw invalidArgument((error as Error).message);
+      }
+    }
+    return this.o.store.listSandboxes({
+      ...(request.allWorkspaces ? {} : { workspace: workspaceOf(request.workspace) }),
+      labels,
+      limit,
+      offset: request.offset,
+    });
+  }
+
+  // ---- create -----------------------------------------------------------
+
+  /** Checks a create request with the same rules the CLI applies before sending. */
+  validate(request: CreateSandboxRequest): void {
+    const spec = request.spec;
+    if (!spec) throw invalidArgument("spec is required");
+    const checks = [
+      request.name === "" ? undefined : validateSandboxName(request.name),
+      validateLabels(request.labels),
+      validateEnvironment(spec.environment, "spec.environment"),
+      spec.command.length === 0 ? undefined : validateCommand(spec.command),
+      validateSandboxFiles(spec.files),
+      spec.logLevel.length > 32 ? "spec.log_level exceeds 32 bytes" : undefined,
+      spec.providers.length > 32 ? "spec.providers exceeds 32 entries" : undefined,
+    ];
+    const first = checks.find((message) => message !== undefined);
+    if (first) throw invalidArgument(first);
+    if (spec.providers.length > 0) {
+      throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
+    }
+    if (spec.policy) {
+      const violations = validatePolicy(spec.policy);
+      if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
+    }
+  }
+
+  create(request: CreateSandboxRequest): Sandbox {
+    this.validate(request);
+    const spec = request.spec!;
+    const workspace = workspaceOf(request.workspace);
+    let name = request.name;
+    if (name === "") {
+      do name = generateSandboxName();
+      while (this.o.store.getSandboxByName(workspace, name));
+    } else if (this.o.store.getSandboxByName(workspace, name)) {
+      throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
+    }
+    const command = spec.command.length === 0 ? DEFAULT_COMMAND : spec.command;
+    const tty = spec.command.length === 0 ? true : spec.tty;
+    // Content stays out of the Sandbox record: every response carries path,
+    // mode, size and digest only, so a list of many sandboxes stays small.
+    const files: SandboxFile[] = spec.files.map((file) => ({
+      path: normalizeSandboxPath(file.path),
+      content: Buffer.alloc(0),
+      mode: file.mode === 0 ? 0o444 : file.mode,
+      size: file.content.length,
+      sha256: sha256Hex(file.content),
+    }));
+    const id = randomUUID();
+    const sandbox: Sandbox = {
+      metadata: {
+        id,
+        name,
+        createdAtMs: Date.now(),
+        labels: { ...request.labels },
+        resourceVersion: 1,
+        annotations: { ...request.annotations },
+        workspace,
+        deletionTimestampMs: 0,
+      },
+      spec: { ...spec, command, tty, files },
+      status: {
+        sandboxName: name,
+        agentPod: "",
+        agentFd: "",
+        sandboxFd: "",
+        conditions: [],
+        phase: SandboxPhase.SANDBOX_PHASE_PROVISIONING,
+        currentPolicyVersion: 0,
+        mainProcessInstanceId: "",
+      },
+    };
+    const hostIds = this.allocateHostIds();
+    try {
+      this.o.store.createSandbox(
+        sandbox,
+        spec.files.map((file, index) => ({ ...file, path: files[index]!.path, mode: files[index]!.mode })),
+        { sandboxId: id, ...hostIds, supervisorSecret: randomBytes(32).toString("hex") },
+      );
+    } catch (error) {
+      if (/UNIQUE/.test((error as Error).message)) {
+        throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
+      }
+      throw error;
+    }
+    this.o.bus.attachLogFile(id, this.logFile(id));
+    this.event(id, "Scheduled", "Sandbox accepted by the local runtime", {
+      "openshell.progress.complete_step": "requesting_sandbox",
+      "openshell.progress.active_step": "starting_sandbox",
+    });
+    this.launch(sandbox);
+    return sandbox;
+  }
+
+  private logFile(id: string): string {
+    return join(this.o.runtime.sandboxDir(id), "sandbox.log");
+  }
+
+  private allocateHostIds(): { hostUid: number; hostGid: number } {
+    if (process.getuid?.() !== 0) {
+      return { hostUid: process.getuid?.() ?? 0, hostGid: process.getgid?.() ?? 0 };
+    }
+    const used = this.o.store.usedHostUids();
+    let uid = POD_UID_BASE;
+    while (used.has(uid)) uid += 1;
+    return { hostUid: uid, hostGid: uid };
+  }
+
+  /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
+  launch(sandbox: Sandbox): void {
+    const meta = sandbox.metadata!;
+    const runtime = this.o.store.getRuntime(meta.id);
+    if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
+    const instanceId = randomUUID();
+    sandbox.status!.mainProcessInstanceId = instanceId;
+    this.o.store.updateSandbox(sandbox);
+    const sandboxDir = this.o.runtime.sandboxDir(meta.id);
+    // 0711: the pod (another uid when the gateway is root) must traverse it to its own dirs.
+    mkdirSync(sandboxDir, { recursive: true, mode: 0o711 });
+    this.o.runtime.start({
+      sandboxId: meta.id,
+      sandboxName: meta.name,
+      workspace: meta.workspace,
+      instanceId,
+      gateway: this.o.supervisorTarget,
+      secret: runtime.supervisorSecret,
+      sandboxDir,
+      hostUid: runtime.hostUid,
+      hostGid: runtime.hostGid,
+      appRoot: this.o.appRoot,
+      command: sandbox.spec!.command,
+      tty: sandbox.spec!.tty,
+      environment: sandbox.spec!.environment,
+      startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
+    });
+  }
+
+  /** On gateway start: every sandbox that was not in Error runs again. */
+  resumeAll(): void {
+    for (const sandbox of this.o.store.allSandboxes()) {
+      const id = sandbox.metadata!.id;
+      this.o.bus.attachLogFile(id, this.logFile(id));
+      const phase = phaseOf(sandbox);
+      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING) {
+        void this.finishDelete(sandbox);
+        continue;
+      }
+      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR) continue;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
+      setReadyCondition(
+        sandbox,
+        "False",
+        "GatewayRestarted",
+        "Gateway restarted; starting the sandbox again",
+      );
+      this.o.store.updateSandbox(sandbox);
+      this.event(id, "Restarting", "Gateway restarted; starting the sandbox again", {
+        "openshell.progress.active_step": "starting_sandbox",
+      });
+      try {
+        this.launch(sandbox);
+      } catch (error) {
+        this.fail(id, "RestartFailed", (error as Error).message);
+      }
+    }
+  }
+
+  // ---- status changes ---------------------------------------------------
+
+  private update(id: string, change: (sandbox: Sandbox) => boolean): Sandbox | undefined {
+    const sandbox = this.o.store.getSandbox(id);
+    if (!sandbox) return undefined;
+    if (!change(sandbox)) return sandbox;
+    this.o.store.updateSandbox(sandbox);
+    this.o.bus.publishStatus(id);
+    return sandbox;
+  }
+
+  event(
+    id: string,
+    reason: string,
+    message: string,
+    metadata: Record<string, string> = {},
+    type = "Normal",
+  ): void {
+    const event: PlatformEvent = {
+      timestampMs: Date.now(),
+      source: "gateway",
+      type,
+      reason,
+      message,
+      metadata,
+    };
+    this.o.bus.publishEvent(id, event);
+  }
+
+  supervisorConnected(id: string, instanceId: string): void {
+    this.update(id, (sandbox) => {
+      const phase = phaseOf(sandbox);
+      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_DELETING)
+        return false;
+      if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
+      setReadyCondition(sandbox, "True", "DependenciesReady", "Supervisor session connected");
+      delete sandbox.status!.exitCode;
+      return true;
+    });
+    this.event(id, "Ready", "Sandbox ready", { "openshell.progress.complete_step": "starting_sandbox" });
+  }
+
+  supervisorDisconnected(id: string): void {
+    this.update(id, (sandbox) => {
+      if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_READY) return false;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
+      setReadyCondition(sandbox, "False", "DependenciesNotReady", "Supervisor session disconnected");
+      return true;
+    });
+  }
+
+  mainProcessExited(id: string, instanceId: string, exitCode: number): void {
+    this.update(id, (sandbox) => {
+      if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
+      const phase = phaseOf(sandbox);
+      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING) return false;
+      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR && sandbox.status!.exitCode !== undefined) return false;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
+      sandbox.status!.exitCode = exitCode;
+      setReadyCondition(
+        sandbox,
+        "False",
+        "MainProcessExited",
+        `Canonical main process exited with status ${exitCode}`,
+      );
+      return true;
+    });
+    this.o.log("INFO", `main process exited with status ${exitCode}`, id);
+  }
+
+  /** Moves a sandbox to ERROR with a reason, unless it is being deleted. */
+  fail(id: string, reason: string, message: string): void {
+    this.update(id, (sandbox) => {
+      const phase = phaseOf(sandbox);
+      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || phase === SandboxPhase.SANDBOX_PHASE_ERROR)
+        return false;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
+      setReadyCondition(sandbox, "False", reason, message);
+      return true;
+    });
+    this.o.log("ERROR", `${reason}: ${message}`, id);
+  }
+
+  supervisorReport(id: string, report: SupervisorReport): void {
+    if (report.kind === "failure") this.fail(id, report.reason, report.message);
+    else if (report.kind === "progress") {
+      this.event(id, report.step, report.message, { "openshell.progress.active_detail": report.message });
+    } else this.event(id, "Warning", report.message, {}, "Warning");
+  }
+
+  beginShutdown(): void {
+    this.shuttingDown = true;
+  }
+
+  supervisorExited(id: string, instanceId: string, code: number | null, signal: string | null): void {
+    if (this.shuttingDown) return;
+    const sandbox = this.o.store.getSandbox(id);
+    if (!sandbox || sandbox.status?.mainProcessInstanceId !== instanceId) return;
+    const phase = phaseOf(sandbox);
+    if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || phase === SandboxPhase.SANDBOX_PHASE_ERROR) return;
+    this.fail(
+      id,
+      "SupervisorExited",
+      `sandbox supervisor exited ${signal ? `on signal ${signal}` : `with status ${code}`}`,
+    );
+  }
+
+  // ---- delete -----------------------------------------------------------
+
+  /** Deletes a sandbox: stops its pod, removes its private directories and its record. */
+  async delete(workspace: string, name: string): Promise<boolean> {
+    const sandbox = this.get(workspace, name);
+    const id = sandbox.metadata!.id;
+    const inFlight = this.deleting.get(id);
+    if (inFlight) {
+      await inFlight;
+      return true;
+    }
+    this.update(id, (s) => {
+      setPhase(s, SandboxPhase.SANDBOX_PHASE_DELETING);
+      s.metadata!.deletionTimestampMs = Date.now();
+      return true;
+    });
+    const done = this.finishDelete(sandbox);
+    this.deleting.set(id, done);
+    try {
+      await done;
+    } finally {
+      this.deleting.delete(id);
+    }
+    return true;
+  }
+
+  private async finishDelete(sandbox: Sandbox): Promise<void> {
+    const id = sandbox.metadata!.id;
+    this.o.store.revokeSandboxSessions(id);
+    this.o.relay.detach(id);
+    await this.o.runtime.stop(id);
+    this.o.runtime.removeSandboxDir(id);
+    this.o.store.deleteSandbox(id);
+    this.o.bus.close(id);
+  }
+
+  requireReady(sandbox: Sandbox): void {
+    if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_READY)
+      throw failedPrecondition("sandbox is not ready");
+  }
+}

@@ -1,0 +1,166 @@
+// Starting and stopping one gateway: the store, the watch bus, the relay, the
+// local runtime and the gRPC server on two listeners — the user-facing
+// address (TCP, optionally TLS) and a Unix socket in the gateway's private
+// state directory for its own supervisors.
+
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { OpenShellService } from "../gen/openshell.js";
+import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { SandboxBus } from "./bus.js";
+import { RelayHub } from "./relay.js";
+import { LocalRuntime } from "./runtime.js";
+import { Sandboxes } from "./sandboxes.js";
+import { createService } from "./service.js";
+import { SshAccess } from "./ssh.js";
+import { Store } from "./store.js";
+
+export interface GatewayTls {
+  cert: Buffer;
+  key: Buffer;
+  /** When set, clients must present a certificate signed by this CA (mTLS). */
+  clientCa?: Buffer | undefined;
+}
+
+export interface GatewayOptions {
+  name: string;
+  stateDir: string;
+  bind: string;
+  port: number;
+  version: string;
+  /** Directory holding dist/ and node_modules/ (bound read-only into pods). */
+  appRoot: string;
+  token?: string | undefined;
+  tls?: GatewayTls | undefined;
+  sshSessionTtlSecs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningGateway {
+  port: number;
+  endpoint: string;
+  close(): Promise<void>;
+}
+
+const SESSION_REAP_MS = 3600_000;
+
+export function supervisorSocketPath(stateDir: string): string {
+  return join(stateDir, "run", "supervisor.sock");
+}
+
+export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  mkdirSync(options.stateDir, { recursive: true, mode: 0o700 });
+  mkdirSync(join(options.stateDir, "run"), { recursive: true, mode: 0o700 });
+  const sandboxesDir = join(options.stateDir, "sandboxes");
+  mkdirSync(sandboxesDir, { recursive: true, mode: 0o700 });
+
+  const store = new Store(join(options.stateDir, "openshell.db"));
+  const bus = new SandboxBus();
+  const gatewayLog = (level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void => {
+    log(`${new Date().toISOString()} ${level} ${sandboxId ? `[${sandboxId}] ` : ""}${message}`);
+    if (sandboxId) {
+      bus.publishLog({
+        sandboxId,
+        timestampMs: Date.now(),
+        level,
+        target: "openshell_gateway",
+        message,
+        source: "gateway",
+        fields: {},
+      });
+    }
+  };
+
+  // Forward references: the runtime and relay report into the lifecycle.
+  let sandboxes!: Sandboxes;
+  let ssh!: SshAccess;
+  const relay = new RelayHub({
+    connected: (id, instanceId) => sandboxes.supervisorConnected(id, instanceId),
+    disconnected: (id) => {
+      ssh.dropClient(id);
+      sandboxes.supervisorDisconnected(id);
+    },
+  });
+  const runtime = new LocalRuntime(sandboxesDir, join(options.appRoot, "dist", "supervisor.mjs"), {
+    report: (id, report) => sandboxes.supervisorReport(id, report),
+    exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
+    stderr: (id, line) => log(`${new Date().toISOString()} SUP [${id}] ${line}`),
+  });
+
+  const socketPath = supervisorSocketPath(options.stateDir);
+  rmSync(socketPath, { force: true });
+  sandboxes = new Sandboxes({
+    store,
+    bus,
+    relay,
+    runtime,
+    appRoot: options.appRoot,
+    supervisorTarget: `unix://${socketPath}`,
+    log: gatewayLog,
+  });
+
+  const server = new Server({
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    "grpc.keepalive_time_ms": 20_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+  });
+
+  let port = options.port;
+  const scheme = options.tls ? "https" : "http";
+  ssh = new SshAccess({
+    store,
+    sandboxes,
+    relay,
+    ttlSecs: options.sshSessionTtlSecs ?? 86_400,
+    advertised: () => ({ host: options.bind === "0.0.0.0" ? "127.0.0.1" : options.bind, port, scheme }),
+  });
+  server.addService(
+    OpenShellService,
+    createService({ version: options.version, token: options.token, store, bus, relay, sandboxes, ssh }),
+  );
+
+  const credentials = options.tls
+    ? ServerCredentials.createSsl(
+        options.tls.clientCa ?? null,
+        [{ private_key: options.tls.key, cert_chain: options.tls.cert }],
+        options.tls.clientCa !== undefined,
+      )
+    : ServerCredentials.createInsecure();
+  const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
+  port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${host}:${options.port}`, credentials, (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    );
+  });
+  await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`unix://${socketPath}`, ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    );
+  });
+
+  sandboxes.resumeAll();
+  const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);
+  reaper.unref();
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    endpoint: `${scheme}://${host}:${port}`,
+    close: () => {
+      closing ??= (async () => {
+        clearInterval(reaper);
+        sandboxes.beginShutdown();
+        await runtime.stopAll();
+        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        store.close();
+        rmSync(socketPath, { force: true });
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,365 @@
+// The gRPC service: each OpenShell method checks who is calling, then hands
+// the work to the lifecycle (sandboxes.ts), the SSH side (ssh.ts), the relay
+// (relay.ts) or the watch bus (bus.ts).
+//
+// Who may call what:
+//   Health                              anyone (so `status` can tell "down" from "refused")
+//   user methods                        the gateway's bearer token (when one is set)
+//   supervisor methods                  a sandbox's own supervisor secret, for that sandbox only
+
+import { timingSafeEqual } from "node:crypto";
+import type {
+  Metadata,
+  ServerDuplexStream,
+  ServerReadableStream,
+  ServerUnaryCall,
+  ServerWritableStream,
+  sendUnaryData,
+} from "@grpc/grpc-js";
+import { phaseOf } from "../core/phases.js";
+import { defaultPolicy } from "../core/policy.js";
+import {
+  type ExecSandboxEvent,
+  type ExecSandboxInput,
+  type ExecSandboxRequest,
+  type GatewayMessage,
+  type OpenShellServer,
+  type PushSandboxLogsRequest,
+  type RelayFrame,
+  type Sandbox,
+  SandboxPhase,
+  type SandboxStreamEvent,
+  ServiceStatus,
+  type SupervisorMessage,
+  type TcpForwardFrame,
+  type WatchSandboxRequest,
+} from "../gen/openshell.js";
+import { PolicySource } from "../gen/sandbox.js";
+import { levelPasses, type SandboxBus, sourcePasses } from "./bus.js";
+import type { RelayHub } from "./relay.js";
+import type { Sandboxes } from "./sandboxes.js";
+import type { SshAccess } from "./ssh.js";
+import { invalidArgument, notFound, StatusError, toStatus, unauthenticated } from "./status.js";
+import type { Store } from "./store.js";
+
+export const CAPABILITY_SANDBOX_FILES = "sandbox-files.v1";
+export const SUPERVISOR_METADATA_KEY = "x-openshell-supervisor";
+const LOG_LINES_DEFAULT = 2000;
+const WATCH_LOG_TAIL_DEFAULT = 200;
+
+export interface ServiceOptions {
+  version: string;
+  /** When set, every user call must carry `authorization: Bearer <token>`. */
+  token: string | undefined;
+  store: Store;
+  bus: SandboxBus;
+  relay: RelayHub;
+  sandboxes: Sandboxes;
+  ssh: SshAccess;
+}
+
+/** Compares secrets in constant time (length differences included). */
+export function secretsEqual(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  // Compare against a same-length buffer either way so timing does not reveal the length.
+  const same = a.length === b.length;
+  return timingSafeEqual(same ? a : b, b) && same;
+}
+
+function metadataValue(metadata: Metadata, key: string): string {
+  const value = metadata.get(key)[0];
+  return typeof value === "string" ? value : (value?.toString() ?? "");
+}
+
+/** Strips what a client must never see back: injected file content. */
+function publicSandbox(sandbox: Sandbox): Sandbox {
+  if (!sandbox.spec) return sandbox;
+  return {
+    ...sandbox,
+    spec: { ...sandbox.spec, files: sandbox.spec.files.map((f) => ({ ...f, content: Buffer.alloc(0) })) },
+  };
+}
+
+export function createService(o: ServiceOptions): OpenShellServer {
+  const requireUser = (metadata: Metadata): void => {
+    if (o.token === undefined) return;
+    const header = metadataValue(metadata, "authorization");
+    const match = /^Bearer\s+(.+)$/i.exec(header);
+    if (!match) throw unauthenticated("missing bearer token");
+    if (!secretsEqual(match[1]!.trim(), o.token)) throw unauthenticated("invalid bearer token");
+  };
+
+  /** Returns the sandbox id a supervisor call is authorized for. */
+  const requireSupervisor = (metadata: Metadata, sandboxId?: string): string => {
+    const value = metadataValue(metadata, SUPERVISOR_METADATA_KEY);
+    const separator = value.indexOf(":");
+    if (separator <= 0) throw unauthenticated("supervisor credentials required");
+    const id = value.slice(0, separator);
+    const runtime = o.store.getRuntime(id);
+    if (!runtime || !secretsEqual(value.slice(separator + 1), runtime.supervisorSecret)) {
+      throw unauthenticated("invalid supervisor credentials");
+    }
+    if (sandboxId !== undefined && sandboxId !== id) throw notFound();
+    return id;
+  };
+
+  function unary<Req, Res>(
+    auth: "user" | "none",
+    handler: (request: Req, metadata: Metadata) => Res | Promise<Res>,
+  ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
+    return (call, callback) => {
+      Promise.resolve()
+        .then(() => {
+          if (auth === "user") requireUser(call.metadata);
+          return handler(call.request, call.metadata);
+        })
+        .then(
+          (response) => callback(null, response),
+          (error) => callback(toStatus(error)),
+        );
+    };
+  }
+
+  function guarded<C extends { metadata: Metadata; emit(event: "error", error: unknown): boolean }>(
+    check: (call: C) => void,
+    handler: (call: C) => void,
+  ): (call: C) => void {
+    return (call) => {
+      try {
+        check(call);
+        handler(call);
+      } catch (error) {
+        call.emit("error", toStatus(error));
+      }
+    };
+  }
+
+  const userStream = <C extends { metadata: Metadata; emit(event: "error", error: unknown): boolean }>(
+    handler: (call: C) => void,
+  ) => guarded<C>((call) => requireUser(call.metadata), handler);
+
+  return {
+    health: unary("none", () => ({ status: ServiceStatus.SERVICE_STATUS_HEALTHY, version: o.version })),
+
+    getGatewayInfo: unary("user", () => ({
+      status: ServiceStatus.SERVICE_STATUS_HEALTHY,
+      gatewayVersion: o.version,
+      computeDrivers: [
+        {
+          name: "bubblewrap",
+          capabilities: { driverName: "openshell-bubblewrap", driverVersion: o.version },
+        },
+      ],
+      capabilities: [CAPABILITY_SANDBOX_FILES],
+    })),
+
+    createSandbox: unary("user", (request) => ({ sandbox: publicSandbox(o.sandboxes.create(request)) })),
+
+    getSandbox: unary("user", (request) => ({
+      sandbox: publicSandbox(o.sandboxes.get(request.workspace, request.name)),
+    })),
+
+    listSandboxes: unary("user", (request) => ({
+      sandboxes: o.sandboxes.list(request).map(publicSandbox),
+    })),
+
+    deleteSandbox: unary("user", async (request) => {
+      const sandboxId = o.sandboxes.get(request.workspace, request.name).metadata!.id;
+      o.ssh.dropClient(sandboxId);
+      return { deleted: await o.sandboxes.delete(request.workspace, request.name) };
+    }),
+
+    getSandboxLogs: unary("user", (request) => {
+      if (request.sandboxId === "") throw invalidArgument("sandbox_id is required");
+      o.sandboxes.byId(request.sandboxId);
+      const all = o.bus.tailLogs(request.sandboxId);
+      const lines = request.lines === 0 ? LOG_LINES_DEFAULT : request.lines;
+      const logs = all
+        .slice(-lines)
+        .filter(
+          (line) =>
+            line.timestampMs >= request.sinceMs &&
+            sourcePasses(line.source, request.sources) &&
+            levelPasses(line.level, request.minLevel),
+        );
+      return { logs, bufferTotal: all.length };
+    }),
+
+    watchSandbox: userStream<ServerWritableStream<WatchSandboxRequest, SandboxStreamEvent>>((call) => {
+      const request = call.request;
+      if (request.id === "") throw invalidArgument("id is required");
+      const initial = o.sandboxes.byId(request.id);
+      let closed = false;
+      const send = (event: SandboxStreamEvent): void => {
+        if (!closed) call.write(event);
+      };
+      const passes = (line: { timestampMs: number; source: string; level: string }): boolean =>
+        sourcePasses(line.source, request.logSources) && levelPasses(line.level, request.logMinLevel);
+      // Subscribe before the snapshot so no change between the two is lost.
+      const unsubscribe = o.bus.subscribe(request.id, {
+        status: () => {
+          const sandbox = o.store.getSandbox(request.id);
+          if (!sandbox) return;
+          send({ payload: { $case: "sandbox", value: publicSandbox(sandbox) } });
+          if (request.stopOnTerminal && phaseOf(sandbox) === SandboxPhase.SANDBOX_PHASE_READY) finish();
+        },
+        ...(request.followLogs
+          ? { log: (line) => passes(line) && send({ payload: { $case: "log", value: line } }) }
+          : {}),
+        ...(request.followEvents
+          ? { event: (event) => send({ payload: { $case: "event", value: event } }) }
+          : {}),
+        deleted: () => finish(),
+      });
+      const finish = (): void => {
+        if (closed) return;
+        closed = true;
+        unsubscribe();
+        call.end();
+      };
+      call.on("cancelled", finish);
+      call.on("close", finish);
+      send({ payload: { $case: "sandbox", value: publicSandbox(initial) } });
+      if (request.stopOnTerminal && phaseOf(initial) === SandboxPhase.SANDBOX_PHASE_READY) {
+        finish();
+        return;
+      }
+      if (request.followLogs) {
+        const tail = request.logTailLines === 0 ? WATCH_LOG_TAIL_DEFAULT : request.logTailLines;
+        for (const line of o.bus.tailLogs(request.id).slice(-tail)) {
+          if (line.timestampMs >= request.logSinceMs && passes(line))
+            send({ payload: { $case: "log", value: line } });
+        }
+      }
+      if (request.followEvents) {
+        for (const event of o.bus.tailEvents(request.id, request.eventTail)) {
+          send({ payload: { $case: "event", value: event } });
+        }
+      }
+    }),
+
+    createSshSession: unary("user", (request) => {
+      if (request.sandboxId === "") throw invalidArgument("sandbox_id is required");
+      return o.ssh.createSession(request.sandboxId);
+    }),
+
+    revokeSshSession: unary("user", (request) => ({ revoked: o.ssh.revokeSession(request.token) })),
+
+    forwardTcp: userStream<ServerDuplexStream<TcpForwardFrame, TcpForwardFrame>>((call) =>
+      o.ssh.forwardTcp(call),
+    ),
+
+    execSandbox: userStream<ServerWritableStream<ExecSandboxRequest, ExecSandboxEvent>>((call) =>
+      o.ssh.exec(call),
+    ),
+
+    execSandboxInteractive: userStream<ServerDuplexStream<ExecSandboxInput, ExecSandboxEvent>>((call) =>
+      o.ssh.execInteractive(call),
+    ),
+
+    // ---- supervisor methods ----------------------------------------------
+
+    getSandboxConfig: (call, callback) => {
+      try {
+        const id = requireSupervisor(call.metadata, call.request.sandboxId);
+        const sandbox = o.sandboxes.byId(id);
+        callback(null, {
+          policy: sandbox.spec?.policy ?? defaultPolicy(),
+          version: 1,
+          policyHash: "",
+          configRevision: 1,
+          policySource: PolicySource.POLICY_SOURCE_SANDBOX,
+          workspace: sandbox.metadata!.workspace,
+        });
+      } catch (error) {
+        callback(toStatus(error));
+      }
+    },
+
+    getSandboxFiles: (call, callback) => {
+      try {
+        const id = requireSupervisor(call.metadata, call.request.sandboxId);
+        const files = o.store.getFiles(id).map((file) => ({
+          path: file.path,
+          content: file.content,
+          mode: file.mode,
+          size: file.content.length,
+          sha256: "",
+        }));
+        callback(null, { files });
+      } catch (error) {
+        callback(toStatus(error));
+      }
+    },
+
+    pushSandboxLogs: (
+      call: ServerReadableStream<PushSandboxLogsRequest, Record<string, never>>,
+      callback,
+    ) => {
+      let id: string;
+      try {
+        id = requireSupervisor(call.metadata);
+      } catch (error) {
+        callback(toStatus(error));
+        return;
+      }
+      call.on("data", (request: PushSandboxLogsRequest) => {
+        if (request.sandboxId !== id) {
+          call.destroy();
+          return;
+        }
+        for (const line of request.logs.slice(0, 100)) {
+          o.bus.publishLog({ ...line, sandboxId: id, source: "sandbox" });
+        }
+      });
+      call.on("end", () => callback(null, {}));
+      call.on("error", () => {});
+    },
+
+    connectSupervisor: (call: ServerDuplexStream<SupervisorMessage, GatewayMessage>) => {
+      let id: string;
+      try {
+        id = requireSupervisor(call.metadata);
+      } catch (error) {
+        call.emit("error", toStatus(error));
+        return;
+      }
+      call.once("data", (message: SupervisorMessage) => {
+        if (message.payload?.$case !== "hello") {
+          call.emit("error", toStatus(invalidArgument("first SupervisorMessage must be hello")));
+          return;
+        }
+        const hello = message.payload.value;
+        if (hello.sandboxId !== id) {
+          call.emit("error", toStatus(notFound()));
+          return;
+        }
+        o.relay.attach(call, id, hello.instanceId);
+      });
+    },
+
+    reportMainProcessExit: (call, callback) => {
+      try {
+        const { sandboxId, instanceId, exitCode } = call.request;
+        if (sandboxId === "" || instanceId === "")
+          throw invalidArgument("sandbox_id and instance_id are required");
+        requireSupervisor(call.metadata, sandboxId);
+        o.sandboxes.mainProcessExited(sandboxId, instanceId, exitCode);
+        callback(null, {});
+      } catch (error) {
+        callback(toStatus(error));
+      }
+    },
+
+    relayStream: (call: ServerDuplexStream<RelayFrame, RelayFrame>) => {
+      try {
+        o.relay.claim(call, requireSupervisor(call.metadata));
+      } catch (error) {
+        call.emit("error", toStatus(error));
+      }
+    },
+  };
+}
+
+export { StatusError };

@@ -1,0 +1,252 @@
+// The gateway's persistent store: SQLite through better-sqlite3, one file per
+// gateway, mode 0600. Sandboxes are stored as encoded `Sandbox` messages
+// without file content; injected file content lives in its own table so that
+// listing a thousand sandboxes never reads it. SSH session tokens are stored
+// as SHA-256 digests, never in plain text.
+
+import { createHash } from "node:crypto";
+import { chmodSync, existsSync } from "node:fs";
+import Database from "better-sqlite3";
+import { Sandbox, type SandboxFile, type Sandbox as SandboxMessage } from "../gen/openshell.js";
+
+export interface StoredSandboxRuntime {
+  sandboxId: string;
+  /** Host uid/gid the sandbox's bubblewrap pod runs as (root gateways only). */
+  hostUid: number;
+  hostGid: number;
+  /** Secret the sandbox's supervisor presents to the gateway. */
+  supervisorSecret: string;
+}
+
+export interface StoredSshSession {
+  tokenHash: string;
+  sandboxId: string;
+  expiresAtMs: number;
+  revoked: boolean;
+  createdAtMs: number;
+}
+
+export function hashToken(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
+
+export class Store {
+  private readonly db: Database.Database;
+
+  constructor(path: string) {
+    const fresh = !existsSync(path);
+    this.db = new Database(path);
+    if (fresh) chmodSync(path, 0o600);
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = NORMAL");
+    this.db.pragma("foreign_keys = ON");
+    this.migrate();
+    for (const suffix of ["", "-wal", "-shm"]) {
+      if (existsSync(path + suffix)) chmodSync(path + suffix, 0o600);
+    }
+  }
+
+  private migrate(): void {
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS sandboxes (
+        id TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        payload BLOB NOT NULL
+      );
+      CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_name ON sandboxes(workspace, name);
+      CREATE TABLE IF NOT EXISTS sandbox_files (
+        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        mode INTEGER NOT NULL,
+        content BLOB NOT NULL,
+        PRIMARY KEY (sandbox_id, idx)
+      );
+      CREATE TABLE IF NOT EXISTS sandbox_runtime (
+        sandbox_id TEXT PRIMARY KEY REFERENCES sandboxes(id) ON DELETE CASCADE,
+        host_uid INTEGER NOT NULL,
+        host_gid INTEGER NOT NULL,
+        supervisor_secret TEXT NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS ssh_sessions (
+        token_hash TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+        expires_at_ms INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS ssh_sessions_sandbox ON ssh_sessions(sandbox_id);
+    `);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /** Inserts a new sandbox with its files and runtime record in one transaction. */
+  createSandbox(sandbox: SandboxMessage, files: SandboxFile[], runtime: StoredSandboxRuntime): void {
+    const meta = sandbox.metadata!;
+    const insert = this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO sandboxes (id, workspace, name, created_at_ms, updated_at_ms, labels, payload)
+           VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          meta.id,
+          meta.workspace,
+          meta.name,
+          meta.createdAtMs,
+          Date.now(),
+          JSON.stringify(meta.labels),
+          Buffer.from(Sandbox.encode(sandbox).finish()),
+        );
+      const insertFile = this.db.prepare(
+        "INSERT INTO sandbox_files (sandbox_id, idx, path, mode, content) VALUES (?, ?, ?, ?, ?)",
+      );
+      files.forEach((file, index) => {
+        insertFile.run(meta.id, index, file.path, file.mode, file.content);
+      });
+      this.db
+        .prepare(
+          "INSERT INTO sandbox_runtime (sandbox_id, host_uid, host_gid, supervisor_secret) VALUES (?, ?, ?, ?)",
+        )
+        .run(meta.id, runtime.hostUid, runtime.hostGid, runtime.supervisorSecret);
+    });
+    insert();
+  }
+
+  updateSandbox(sandbox: SandboxMessage): void {
+    const meta = sandbox.metadata!;
+    this.db
+      .prepare("UPDATE sandboxes SET payload = ?, updated_at_ms = ? WHERE id = ?")
+      .run(Buffer.from(Sandbox.encode(sandbox).finish()), Date.now(), meta.id);
+  }
+
+  deleteSandbox(id: string): void {
+    this.db.prepare("DELETE FROM sandboxes WHERE id = ?").run(id);
+  }
+
+  getSandbox(id: string): SandboxMessage | undefined {
+    const row = this.db.prepare("SELECT payload FROM sandboxes WHERE id = ?").get(id) as
+      | { payload: Buffer }
+      | undefined;
+    return row ? Sandbox.decode(row.payload) : undefined;
+  }
+
+  getSandboxByName(workspace: string, name: string): SandboxMessage | undefined {
+    const row = this.db
+      .prepare("SELECT payload FROM sandboxes WHERE workspace = ? AND name = ?")
+      .get(workspace, name) as { payload: Buffer } | undefined;
+    return row ? Sandbox.decode(row.payload) : undefined;
+  }
+
+  /** Sandboxes in created order (then name), filtered by exact label matches. */
+  listSandboxes(options: {
+    workspace?: string;
+    labels?: Record<string, string>;
+    limit: number;
+    offset: number;
+  }): SandboxMessage[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (options.workspace !== undefined) {
+      where.push("workspace = ?");
+      params.push(options.workspace);
+    }
+    for (const [key, value] of Object.entries(options.labels ?? {})) {
+      where.push("json_extract(labels, ?) = ?");
+      params.push(`$."${key.replace(/"/g, '\\"')}"`, value);
+    }
+    const sql = `SELECT payload FROM sandboxes ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
+      ORDER BY created_at_ms ASC, name ASC LIMIT ? OFFSET ?`;
+    const rows = this.db.prepare(sql).all(...params, options.limit, options.offset) as { payload: Buffer }[];
+    return rows.map((row) => Sandbox.decode(row.payload));
+  }
+
+  allSandboxes(): SandboxMessage[] {
+    const rows = this.db.prepare("SELECT payload FROM sandboxes ORDER BY created_at_ms ASC").all() as {
+      payload: Buffer;
+    }[];
+    return rows.map((row) => Sandbox.decode(row.payload));
+  }
+
+  getFiles(sandboxId: string): { path: string; mode: number; content: Buffer }[] {
+    return this.db
+      .prepare("SELECT path, mode, content FROM sandbox_files WHERE sandbox_id = ? ORDER BY idx")
+      .all(sandboxId) as { path: string; mode: number; content: Buffer }[];
+  }
+
+  getRuntime(sandboxId: string): StoredSandboxRuntime | undefined {
+    const row = this.db
+      .prepare("SELECT host_uid, host_gid, supervisor_secret FROM sandbox_runtime WHERE sandbox_id = ?")
+      .get(sandboxId) as { host_uid: number; host_gid: number; supervisor_secret: string } | undefined;
+    return row
+      ? {
+          sandboxId,
+          hostUid: row.host_uid,
+          hostGid: row.host_gid,
+          supervisorSecret: row.supervisor_secret,
+        }
+      : undefined;
+  }
+
+  /** Host uids already given to sandboxes, so a new sandbox gets its own. */
+  usedHostUids(): Set<number> {
+    const rows = this.db.prepare("SELECT host_uid FROM sandbox_runtime").all() as { host_uid: number }[];
+    return new Set(rows.map((row) => row.host_uid));
+  }
+
+  createSshSession(session: StoredSshSession): void {
+    this.db
+      .prepare(
+        "INSERT INTO ssh_sessions (token_hash, sandbox_id, expires_at_ms, revoked, created_at_ms) VALUES (?, ?, ?, 0, ?)",
+      )
+      .run(session.tokenHash, session.sandboxId, session.expiresAtMs, session.createdAtMs);
+  }
+
+  getSshSession(tokenHash: string): StoredSshSession | undefined {
+    const row = this.db
+      .prepare(
+        "SELECT token_hash, sandbox_id, expires_at_ms, revoked, created_at_ms FROM ssh_sessions WHERE token_hash = ?",
+      )
+      .get(tokenHash) as
+      | {
+          token_hash: string;
+          sandbox_id: string;
+          expires_at_ms: number;
+          revoked: number;
+          created_at_ms: number;
+        }
+      | undefined;
+    return row
+      ? {
+          tokenHash: row.token_hash,
+          sandboxId: row.sandbox_id,
+          expiresAtMs: row.expires_at_ms,
+          revoked: row.revoked !== 0,
+          createdAtMs: row.created_at_ms,
+        }
+      : undefined;
+  }
+
+  revokeSshSession(tokenHash: string): boolean {
+    return (
+      this.db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE token_hash = ?").run(tokenHash).changes > 0
+    );
+  }
+
+  revokeSandboxSessions(sandboxId: string): void {
+    this.db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE sandbox_id = ?").run(sandboxId);
+  }
+
+  reapSshSessions(nowMs: number): number {
+    return this.db
+      .prepare("DELETE FROM ssh_sessions WHERE revoked = 1 OR (expires_at_ms > 0 AND expires_at_ms < ?)")
+      .run(nowMs).changes;
+  }
+}

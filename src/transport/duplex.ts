@@ -1,0 +1,69 @@
+// A byte stream over a bidirectional gRPC stream of frames. ForwardTcp,
+// RelayStream and the supervisor's relay all carry raw bytes in `data`
+// frames; this turns either end of such a call into a node Duplex so ssh2,
+// sockets and pipes can use it directly. Backpressure is kept both ways.
+
+import { Duplex } from "node:stream";
+
+/** The parts of a grpc-js duplex call (client or server side) we use. */
+export interface FrameStream<In, Out> {
+  write(frame: Out, callback?: (error?: Error | null) => void): boolean;
+  end(): void;
+  on(event: "data", listener: (frame: In) => void): this;
+  on(event: "end", listener: () => void): this;
+  on(event: "error", listener: (error: Error) => void): this;
+  on(event: "drain", listener: () => void): this;
+  on(event: "close", listener: () => void): this;
+  once(event: "drain", listener: () => void): this;
+  pause(): this;
+  resume(): this;
+  cancel?: () => void;
+}
+
+/** The largest data frame written; OpenShell uses 64 KiB for ForwardTcp. */
+export const FRAME_BYTES = 64 * 1024;
+
+export function frameDuplex<In, Out>(
+  call: FrameStream<In, Out>,
+  codec: { fromFrame(frame: In): Buffer | undefined; toFrame(data: Buffer): Out },
+): Duplex {
+  let finished = false;
+  const duplex = new Duplex({
+    allowHalfOpen: true,
+    read() {
+      call.resume();
+    },
+    write(chunk: Buffer, _encoding, callback) {
+      let offset = 0;
+      let ok = true;
+      while (offset < chunk.length) {
+        const piece = chunk.subarray(offset, offset + FRAME_BYTES);
+        offset += piece.length;
+        ok = call.write(codec.toFrame(piece));
+      }
+      if (ok) callback();
+      else call.once("drain", () => callback());
+    },
+    final(callback) {
+      call.end();
+      callback();
+    },
+    destroy(error, callback) {
+      if (!finished) call.cancel?.();
+      callback(error);
+    },
+  });
+  call.on("data", (frame) => {
+    const data = codec.fromFrame(frame);
+    if (data && data.length > 0 && !duplex.push(data)) call.pause();
+  });
+  call.on("end", () => {
+    finished = true;
+    duplex.push(null);
+  });
+  call.on("error", (error) => {
+    finished = true;
+    duplex.destroy(error);
+  });
+  return duplex;
+}

@@ -1,0 +1,204 @@
+// The gRPC client side: one place that builds a channel to a gateway (plain,
+// TLS, mTLS; bearer token on every call) and one place that turns gRPC
+// status codes into OpenShellErrors a person can act on.
+
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  type ClientUnaryCall,
+  credentials,
+  type InterceptingCall,
+  InterceptingCall as InterceptingCallImpl,
+  type Interceptor,
+  Metadata,
+  type ServiceError,
+  status,
+} from "@grpc/grpc-js";
+import { OpenShellError } from "../core/errors.js";
+import { OpenShellClient } from "../gen/openshell.js";
+
+/**
+ * The largest message either side accepts: 10 MiB of injected files plus
+ * 1 MiB for the rest of a create request (policy, env and command are capped
+ * at 256 KiB each). OpenShell gateways keep 1 MiB; ours raise it only this far.
+ */
+export const MAX_MESSAGE_BYTES = 10 * 1024 * 1024 + 1024 * 1024;
+
+export interface GatewayTarget {
+  /** Gateway name for messages and hints. */
+  name: string;
+  /** `http://host:port` or `https://host:port`. */
+  endpoint: string;
+  token?: string | undefined;
+  ca?: Buffer | undefined;
+  clientCert?: Buffer | undefined;
+  clientKey?: Buffer | undefined;
+  insecure?: boolean | undefined;
+  /** Hint shown when the gateway cannot be reached. */
+  unreachableHint?: string | undefined;
+  /** Hint shown when the gateway refuses our credentials. */
+  unauthorizedHint?: string | undefined;
+}
+
+export function parseEndpoint(endpoint: string): {
+  tls: boolean;
+  address: string;
+  host: string;
+  port: number;
+} {
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw new OpenShellError(
+      "invalid_input",
+      `invalid gateway endpoint '${endpoint}': expected http://HOST:PORT`,
+    );
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new OpenShellError(
+      "invalid_input",
+      `invalid gateway endpoint '${endpoint}': the scheme must be http or https`,
+    );
+  }
+  const tls = url.protocol === "https:";
+  const port = url.port === "" ? (tls ? 443 : 80) : Number(url.port);
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  return { tls, address, host, port };
+}
+
+function bearerInterceptor(token: string): Interceptor {
+  return (options, nextCall): InterceptingCall =>
+    new InterceptingCallImpl(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set("authorization", `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
+}
+
+export function channelCredentials(target: GatewayTarget): ChannelCredentials {
+  const { tls } = parseEndpoint(target.endpoint);
+  if (!tls) return credentials.createInsecure();
+  return credentials.createSsl(
+    target.ca ?? null,
+    target.clientKey ?? null,
+    target.clientCert ?? null,
+    target.insecure ? { rejectUnauthorized: false, checkServerIdentity: () => undefined } : {},
+  );
+}
+
+export function connectGateway(target: GatewayTarget): OpenShellClient {
+  const { address } = parseEndpoint(target.endpoint);
+  return new OpenShellClient(address, channelCredentials(target), {
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.enable_retries": 0,
+    interceptors: target.token ? [bearerInterceptor(target.token)] : [],
+  });
+}
+
+export function isServiceError(error: unknown): error is ServiceError {
+  return typeof error === "object" && error !== null && "code" in error && "details" in error;
+}
+
+/** Maps a gRPC failure to an OpenShellError naming the gateway and the fix. */
+export function mapGrpcError(
+  error: unknown,
+  target: Pick<GatewayTarget, "name" | "endpoint"> & Partial<GatewayTarget>,
+): OpenShellError {
+  if (error instanceof OpenShellError) return error;
+  if (!isServiceError(error)) {
+    return new OpenShellError("internal", error instanceof Error ? error.message : String(error), {
+      cause: error,
+    });
+  }
+  const details = error.details || error.message;
+  switch (error.code) {
+    case status.UNAVAILABLE:
+      if (/ECONNREFUSED|No connection established|connect|Connection dropped|getaddrinfo/i.test(details)) {
+        return new OpenShellError(
+          "gateway_unreachable",
+          `failed to connect to gateway '${target.name}' at ${target.endpoint}: ${details}`,
+          {
+            hint:
+              target.unreachableHint ??
+              "Start it with `openshell gateway start`, or register another with `openshell gateway add <endpoint>`.",
+            cause: error,
+          },
+        );
+      }
+      return new OpenShellError("connection_lost", `gateway '${target.name}': ${details}`, { cause: error });
+    case status.UNAUTHENTICATED:
+    case status.PERMISSION_DENIED:
+      return new OpenShellError("not_authorized", `not authorized by gateway '${target.name}': ${details}`, {
+        hint:
+          target.unauthorizedHint ??
+          "Use the token its owner gave you (`openshell gateway add <endpoint> --token-file FILE`).",
+        cause: error,
+      });
+    case status.NOT_FOUND:
+      return new OpenShellError("not_found", details, { cause: error });
+    case status.ALREADY_EXISTS:
+      return new OpenShellError("already_exists", details, { cause: error });
+    case status.INVALID_ARGUMENT:
+    case status.OUT_OF_RANGE:
+      return new OpenShellError("invalid_input", details, { cause: error });
+    case status.RESOURCE_EXHAUSTED:
+      if (/message larger than max|received message larger/i.test(details)) {
+        return new OpenShellError(
+          "invalid_input",
+          `request too large for gateway '${target.name}': ${details}`,
+          { cause: error },
+        );
+      }
+      return new OpenShellError("failed_precondition", details, { cause: error });
+    case status.FAILED_PRECONDITION:
+    case status.ABORTED:
+      return new OpenShellError("failed_precondition", details, { cause: error });
+    case status.DEADLINE_EXCEEDED:
+      return new OpenShellError("timeout", `gateway '${target.name}' did not answer in time: ${details}`, {
+        cause: error,
+      });
+    case status.UNIMPLEMENTED:
+      return new OpenShellError(
+        "unsupported",
+        `gateway '${target.name}' does not implement this call: ${details}`,
+        { cause: error },
+      );
+    case status.CANCELLED:
+      return new OpenShellError("connection_lost", `call cancelled: ${details}`, { cause: error });
+    default:
+      return new OpenShellError("internal", `gateway '${target.name}': ${details}`, { cause: error });
+  }
+}
+
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => ClientUnaryCall;
+
+/** Calls a unary method and resolves with its response or a mapped error. */
+export function unary<Req, Res>(
+  target: GatewayTarget,
+  method: UnaryMethod<Req, Res>,
+  request: Req,
+  options: { deadlineMs?: number; signal?: AbortSignal } = {},
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const callOptions: Partial<CallOptions> = {};
+    if (options.deadlineMs !== undefined) callOptions.deadline = Date.now() + options.deadlineMs;
+    const call = method(request, new Metadata(), callOptions, (error, response) => {
+      options.signal?.removeEventListener("abort", onAbort);
+      if (error) reject(mapGrpcError(error, target));
+      else resolve(response);
+    });
+    const onAbort = (): void => call.cancel();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
