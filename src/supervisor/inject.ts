@@ -1,0 +1,129 @@
+// Staging of injected files: each is written, owned by the supervisor's user
+// (root when the supervisor is root), into a staging tree that the pod never
+// sees as such; `planMounts` then binds each staged file read-only onto its
+// sandbox path. The tree is rebuilt from nothing on every start, so a restart
+// cannot inherit anything left in it.
+
+import { randomBytes } from "node:crypto";
+import { constants, mkdir, open, rename, rm } from "node:fs/promises";
+import { posix } from "node:path";
+import { lstatIfExists, ownDirectory } from "./host-fs.js";
+import { normalizeSandboxPath } from "./mounts.js";
+import { fileInjectionFailed, isSandboxSetupError } from "./setup-errors.js";
+
+export interface InjectedFile {
+  /** Absolute destination inside the sandbox. */
+  path: string;
+  content: Buffer;
+  /** Permission bits; 0 means 0444. */
+  mode: number;
+}
+
+export interface StageOwner {
+  /** 0 when the supervisor is root; the supervisor's own uid/gid otherwise. */
+  uid: number;
+  gid: number;
+}
+
+const DEFAULT_MODE = 0o444;
+const DIR_MODE = 0o755;
+
+/**
+ * Rewrites `stagingRoot` to hold exactly `files`, each at
+ * `<stagingRoot><path>` with its mode, owned by `owner`, directories 0755.
+ * Throws a `FileInjectionFailed` error naming the first file that fails.
+ */
+export async function stageFiles(
+  files: readonly InjectedFile[],
+  stagingRoot: string,
+  owner: StageOwner,
+): Promise<void> {
+  const planned = checkFiles(files);
+  // Fresh every start: a file dropped from the spec, or anything a previous
+  // run left, must not survive. rm does not follow symlinks inside the tree.
+  await rm(stagingRoot, { recursive: true, force: true });
+  await mkdir(stagingRoot, { recursive: true, mode: DIR_MODE });
+  await ownDirectory(stagingRoot, owner, DIR_MODE);
+
+  for (const { file, path } of planned) {
+    try {
+      const parent = await ensureParents(stagingRoot, path, owner);
+      await writeViaRename(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, owner);
+    } catch (error) {
+      if (isSandboxSetupError(error)) throw error;
+      throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
+    }
+  }
+}
+
+/** Every path valid and distinct, no file where another needs a directory, every mode plain permission bits. */
+function checkFiles(files: readonly InjectedFile[]): { file: InjectedFile; path: string }[] {
+  const paths = new Set<string>();
+  const checked = files.map((file) => {
+    const path = normalizeSandboxPath(file.path);
+    if (path === undefined || path === "/") {
+      throw fileInjectionFailed(file.path, "the path must be absolute, below /, without ..");
+    }
+    if (!Number.isInteger(file.mode) || file.mode < 0 || file.mode > 0o777) {
+      throw fileInjectionFailed(file.path, `mode ${file.mode.toString(8)} is not within 0777`);
+    }
+    if (paths.has(path)) throw fileInjectionFailed(file.path, "another injected file has the same path");
+    paths.add(path);
+    return { file, path };
+  });
+  for (const { file, path } of checked) {
+    for (let dir = posix.dirname(path); dir !== "/"; dir = posix.dirname(dir)) {
+      if (paths.has(dir)) throw fileInjectionFailed(file.path, `${dir} is itself an injected file`);
+    }
+  }
+  return checked;
+}
+
+/** Creates the directories of `path` under the root, refusing any symlink, and returns its parent. */
+async function ensureParents(stagingRoot: string, path: string, owner: StageOwner): Promise<string> {
+  let dir = stagingRoot;
+  const parts = path.split("/").slice(1, -1);
+  for (const part of parts) {
+    dir = posix.join(dir, part);
+    const st = await lstatIfExists(dir);
+    if (st === undefined) {
+      await mkdir(dir, { mode: DIR_MODE });
+      await ownDirectory(dir, owner, DIR_MODE);
+    } else if (!st.isDirectory()) {
+      const what = st.isSymbolicLink() ? "a symlink" : "not a directory";
+      throw fileInjectionFailed(path, `staging directory ${dir} is ${what}`);
+    }
+  }
+  return dir;
+}
+
+/** Writes a temporary sibling and renames it into place, so the path never holds a partial file. */
+async function writeViaRename(
+  dir: string,
+  name: string,
+  content: Buffer,
+  mode: number,
+  owner: StageOwner,
+): Promise<void> {
+  const temp = posix.join(dir, `.${name}.${randomBytes(6).toString("hex")}.tmp`);
+  const handle = await open(
+    temp,
+    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+    0o600,
+  );
+  try {
+    await handle.writeFile(content);
+    await handle.chown(owner.uid, owner.gid);
+    await handle.chmod(mode);
+  } catch (error) {
+    await handle.close();
+    await rm(temp, { force: true });
+    throw error;
+  }
+  await handle.close();
+  await rename(temp, posix.join(dir, name));
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
