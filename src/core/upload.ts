@@ -1,0 +1,864 @@
+// The local half of `sandbox upload` and `sandbox create --upload`: decide what
+// goes where (planUpload), stream it as a tar archive (packUpload), give the
+// command the sandbox runs to unpack it (remoteExtractCommand), and check the
+// sandbox's own account of what it wrote (verifyExtraction). No network here;
+// the SSH plumbing pipes `packUpload().stream` into `remoteExtractCommand()`.
+//
+// Placement (README "Uploads"). LOCAL[:DEST]; DEST omitted means the sandbox
+// working directory (shown as `~`).
+//
+//   LOCAL is a directory (cp -r semantics, without upstream's src/src nesting)
+//     ./src                     -> ~/src/...
+//     ./src:/sandbox            -> /sandbox/src/...
+//     ./src:/sandbox/src        -> /sandbox/src/...      DEST already names the directory: no nesting
+//     ./src:/sandbox/src/       -> /sandbox/src/src/...  trailing `/` always means "into this directory"
+//     . | .. | / | src/. :/d    -> /d/...                no name of its own: contents land flat
+//   LOCAL is a file or a symlink (cp semantics; the symlink itself is uploaded)
+//     a.txt                     -> ~/a.txt
+//     a.txt:/x/                 -> /x/a.txt
+//     a.txt:/x/b.txt            -> /x/b.txt              renamed, with .gitignore filtering too
+//     a.txt:b.txt               -> ~/b.txt
+//     a.txt:/x | a.txt:/x/.     -> /x/a.txt              a top-level name is a directory (as upstream)
+//
+// Upstream nests `./src:/sandbox/src` as /sandbox/src/src and ignores the
+// rename when .gitignore filtering applies; both are fixed here. Existing
+// directories in the sandbox are merged into, never emptied.
+
+import { spawn } from "node:child_process";
+import { constants as fsConstants, type Stats } from "node:fs";
+import { lstat, open, readdir, readlink } from "node:fs/promises";
+import path from "node:path";
+import { Readable } from "node:stream";
+import tarStream from "tar-stream";
+import { invalidInput, OpenShellError } from "./errors.js";
+
+export interface UploadSpec {
+  local: string;
+  dest: string | undefined;
+}
+
+export type UploadEntryType = "dir" | "file" | "symlink";
+
+export interface UploadEntry {
+  /** Path inside the archive, relative to the extraction directory, `/`-separated, no trailing `/`. */
+  name: string;
+  type: UploadEntryType;
+  /** Permission bits as archived (setuid, setgid and sticky bits dropped). */
+  mode: number;
+  /** Content bytes; 0 for directories and symlinks. */
+  size: number;
+  mtime: Date;
+  /** Symlink target, verbatim. */
+  linkTarget: string | undefined;
+  /** Absolute local path the entry is read from. */
+  localPath: string;
+}
+
+export interface UploadPlan {
+  /** LOCAL as the user wrote it. */
+  local: string;
+  /** LOCAL made absolute. */
+  localPath: string;
+  /** "gitignore" when `git ls-files` chose the files; "none" when every file under LOCAL goes. */
+  filter: "gitignore" | "none";
+  /** A warning to show the user before uploading, if any. */
+  warning: string | undefined;
+  /** Directory the sandbox's tar extracts into (`tar -C`); relative means the sandbox working directory. */
+  extractDir: string;
+  /** Where the upload ends up in the sandbox, for messages: `/sandbox/src`, `~/a.txt`. */
+  remotePath: string;
+  entries: UploadEntry[];
+  totals: { entries: number; files: number; bytes: number };
+  /** Exact size of the archive packUpload streams (what the sandbox's tar must report reading). */
+  archiveBytes: number;
+}
+
+export interface UploadProgress {
+  /** Content bytes packed so far. */
+  bytes: number;
+  /** Regular files packed so far. */
+  files: number;
+  totalBytes: number;
+  totalFiles: number;
+}
+
+export interface PackResult {
+  entries: number;
+  /** Content bytes. */
+  bytes: number;
+  /** Archive bytes streamed, padding included. */
+  archiveBytes: number;
+}
+
+/** Split `LOCAL[:DEST]` at the first `:`; an empty DEST means none (`./src:` uploads to the working directory). */
+export function parseUploadFlag(spec: string): UploadSpec {
+  const colon = spec.indexOf(":");
+  const local = colon === -1 ? spec : spec.slice(0, colon);
+  const dest = colon === -1 ? "" : spec.slice(colon + 1);
+  if (local === "") {
+    throw invalidInput(
+      `--upload '${spec}': the local path is empty`,
+      "use --upload LOCAL[:DEST], e.g. --upload ./src:/sandbox/src",
+    );
+  }
+  return { local, dest: dest === "" ? undefined : dest };
+}
+
+// ---------------------------------------------------------------------------
+// Placement
+
+export interface UploadPlacement {
+  extractDir: string;
+  /** Archive name of the upload's root: the file's name, the directory's prefix, or "" for flat contents. */
+  rootName: string;
+  remotePath: string;
+}
+
+/** Where LOCAL lands for DEST; pure, see the table at the top of this file. */
+export function placeUpload(local: string, dest: string | undefined, kind: "dir" | "file"): UploadPlacement {
+  const localName = path.posix.basename(stripTrailingSlashes(local));
+  const cleanDest = dest === undefined || dest === "" ? undefined : dest.replace(/\/{2,}/g, "/");
+
+  if (kind === "dir") {
+    const rootName = localName === "" || localName === "." || localName === ".." ? "" : localName;
+    if (cleanDest === undefined) return placement(".", rootName);
+    const extractDir = stripTrailingSlashes(cleanDest);
+    if (cleanDest.endsWith("/")) return placement(extractDir, rootName);
+    if (rootName !== "" && path.posix.basename(extractDir) === rootName) return placement(extractDir, "");
+    return placement(extractDir, rootName);
+  }
+
+  if (cleanDest === undefined) return placement(".", localName);
+  if (cleanDest.endsWith("/")) return placement(stripTrailingSlashes(cleanDest), localName);
+  const destName = path.posix.basename(cleanDest);
+  const destParent = path.posix.dirname(cleanDest);
+  // `/foo` is taken as a directory, as upstream does: the sandbox user cannot
+  // write to `/`, so a file named /foo is almost never what was meant.
+  if (destName === "." || destName === ".." || destParent === "/") return placement(cleanDest, localName);
+  return placement(destParent, destName);
+}
+
+function placement(extractDir: string, rootName: string): UploadPlacement {
+  return { extractDir, rootName, remotePath: remoteDisplayPath(extractDir, rootName) };
+}
+
+function stripTrailingSlashes(p: string): string {
+  if (p === "") return p;
+  const stripped = p.replace(/\/+$/, "");
+  return stripped === "" ? "/" : stripped;
+}
+
+/** An absolute sandbox path, or `~/...` for one relative to the sandbox working directory (upstream shows `~`). */
+function remoteDisplayPath(extractDir: string, member: string): string {
+  const joined = path.posix.join(extractDir, member);
+  if (joined.startsWith("/")) return joined;
+  return joined === "." ? "~" : `~/${joined}`;
+}
+
+// ---------------------------------------------------------------------------
+// Planning
+
+/**
+ * Decide what to upload from LOCAL and where it lands. Reads only LOCAL and
+ * what is under it; symlinks are recorded, never followed.
+ */
+export async function planUpload(
+  local: string,
+  dest: string | undefined,
+  opts: { gitIgnore: boolean },
+): Promise<UploadPlan> {
+  const localPath = path.resolve(local);
+  let rootStat: Stats;
+  try {
+    rootStat = await lstat(local);
+  } catch (error) {
+    if (errnoOf(error) === "ENOENT" || errnoOf(error) === "ENOTDIR") {
+      throw invalidInput(`local path does not exist: ${local}`);
+    }
+    throw invalidInput(`failed to inspect local upload path: ${local}: ${reasonOf(error)}`);
+  }
+
+  const kind = rootStat.isDirectory() ? "dir" : "file";
+  const where = placeUpload(local, dest, kind);
+  const collector = new EntryCollector(local, localPath, where.rootName);
+
+  let filter: UploadPlan["filter"] = "none";
+  let warning: string | undefined;
+  const gitFiles =
+    opts.gitIgnore && !rootStat.isSymbolicLink() ? await gitVisibleFiles(localPath, kind) : undefined;
+  if (gitFiles !== undefined && gitFiles.length === 0) {
+    warning = `.gitignore filtering excluded all files in ${local}; uploading unfiltered`;
+  }
+
+  if (kind === "file") {
+    const linkTarget = rootStat.isSymbolicLink() ? await readlink(local) : undefined;
+    collector.add(where.rootName, localPath, rootStat, linkTarget);
+    if (gitFiles !== undefined && gitFiles.length > 0) filter = "gitignore";
+  } else if (gitFiles !== undefined && gitFiles.length > 0) {
+    filter = "gitignore";
+    if (where.rootName !== "") collector.add(where.rootName, localPath, rootStat);
+    for (const rel of gitFiles) await collector.addGitPath(rel);
+  } else {
+    if (where.rootName !== "") collector.add(where.rootName, localPath, rootStat);
+    await collector.addTree("");
+  }
+
+  const entries = collector.sorted();
+  let files = 0;
+  let bytes = 0;
+  let archiveBytes = END_OF_ARCHIVE_BYTES;
+  for (const entry of entries) {
+    if (entry.type === "file") {
+      files += 1;
+      bytes += entry.size;
+    }
+    archiveBytes += entryArchiveBytes(entry);
+  }
+  return {
+    local,
+    localPath,
+    filter,
+    warning,
+    extractDir: where.extractDir,
+    remotePath: where.remotePath,
+    entries,
+    totals: { entries: entries.length, files, bytes },
+    archiveBytes: roundUp(archiveBytes, RECORD_BYTES),
+  };
+}
+
+class EntryCollector {
+  private readonly entries = new Map<string, UploadEntry>();
+
+  constructor(
+    private readonly local: string,
+    private readonly localPath: string,
+    private readonly rootName: string,
+  ) {}
+
+  /** `rel` is relative to LOCAL ("" is LOCAL itself); the archive name gets the root prefix. */
+  archiveName(rel: string): string {
+    if (rel === "") return this.rootName;
+    return this.rootName === "" ? rel : `${this.rootName}/${rel}`;
+  }
+
+  add(name: string, localPath: string, stat: Stats, linkTarget?: string): void {
+    this.entries.set(name, entryFromStat(name, localPath, stat, linkTarget, this.displayPath(localPath)));
+  }
+
+  private displayPath(localPath: string): string {
+    const rel = path.relative(this.localPath, localPath);
+    return rel === "" ? this.local : path.join(this.local, rel);
+  }
+
+  /** Everything under LOCAL/rel, depth first. */
+  async addTree(rel: string): Promise<void> {
+    const dir = path.join(this.localPath, rel);
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (error) {
+      throw invalidInput(
+        `failed to read local upload directory: ${this.displayPath(dir)}: ${reasonOf(error)}`,
+      );
+    }
+    for (const name of names) {
+      const childRel = rel === "" ? name : `${rel}/${name}`;
+      const childPath = path.join(dir, name);
+      const stat = await lstatIfExists(childPath);
+      // Gone between readdir and lstat: nothing to send.
+      if (stat === undefined) continue;
+      await this.addStat(childRel, childPath, stat);
+      if (stat.isDirectory()) await this.addTree(childRel);
+    }
+  }
+
+  private async addStat(rel: string, localPath: string, stat: Stats): Promise<void> {
+    const linkTarget = stat.isSymbolicLink() ? await readlink(localPath) : undefined;
+    this.add(this.archiveName(rel), localPath, stat, linkTarget);
+  }
+
+  /**
+   * One path listed by `git ls-files`, plus its parent directories. A
+   * tracked file deleted from the work tree is skipped; a directory (a
+   * submodule) goes whole.
+   */
+  async addGitPath(rel: string): Promise<void> {
+    const parts = rel.split("/");
+    const parents: Array<{ rel: string; stat: Stats }> = [];
+    for (let i = 1; i < parts.length; i++) {
+      const parentRel = parts.slice(0, i).join("/");
+      const stat = await lstatIfExists(path.join(this.localPath, parentRel));
+      // Not a real directory any more (removed, or replaced by a symlink that
+      // would lead outside LOCAL): the listing is stale for this path.
+      if (stat === undefined || !stat.isDirectory()) return;
+      parents.push({ rel: parentRel, stat });
+    }
+    const localPath = path.join(this.localPath, rel);
+    const stat = await lstatIfExists(localPath);
+    if (stat === undefined) return;
+    for (const parent of parents) {
+      const name = this.archiveName(parent.rel);
+      if (!this.entries.has(name)) this.add(name, path.join(this.localPath, parent.rel), parent.stat);
+    }
+    await this.addStat(rel, localPath, stat);
+    if (stat.isDirectory()) await this.addTree(rel);
+  }
+
+  /** Sorted per directory: a directory, then its children by byte order, depth first. */
+  sorted(): UploadEntry[] {
+    const keyed = [...this.entries.values()].map((entry) => ({
+      entry,
+      key: entry.name.split("/").map((part) => Buffer.from(part)),
+    }));
+    keyed.sort((a, b) => compareComponents(a.key, b.key));
+    return keyed.map((k) => k.entry);
+  }
+}
+
+function compareComponents(a: Buffer[], b: Buffer[]): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const c = Buffer.compare(a[i]!, b[i]!);
+    if (c !== 0) return c;
+  }
+  return a.length - b.length;
+}
+
+function entryFromStat(
+  name: string,
+  localPath: string,
+  stat: Stats,
+  linkTarget: string | undefined,
+  displayPath: string,
+): UploadEntry {
+  // Only the permission bits travel: setuid/setgid on an uploaded file is never
+  // what a sandbox needs, and the remote tar applies archived modes verbatim.
+  const mode = stat.mode & 0o777;
+  const mtime = stat.mtime;
+  if (stat.isDirectory())
+    return { name, type: "dir", mode, size: 0, mtime, linkTarget: undefined, localPath };
+  if (stat.isFile())
+    return { name, type: "file", mode, size: stat.size, mtime, linkTarget: undefined, localPath };
+  if (stat.isSymbolicLink()) {
+    return { name, type: "symlink", mode, size: 0, mtime, linkTarget: linkTarget ?? "", localPath };
+  }
+  throw invalidInput(
+    `unsupported file type for upload: ${displayPath}`,
+    "only regular files, directories and symlinks can be uploaded; move sockets, FIFOs and devices out of the way or use .gitignore",
+  );
+}
+
+async function lstatIfExists(p: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(p);
+  } catch (error) {
+    if (errnoOf(error) === "ENOENT" || errnoOf(error) === "ENOTDIR") return undefined;
+    throw invalidInput(`failed to inspect local upload path: ${p}: ${reasonOf(error)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// git
+
+/** Variables that would point git at another repository than the one LOCAL is in. */
+const GIT_LOCATION_VARIABLES = [
+  "GIT_DIR",
+  "GIT_WORK_TREE",
+  "GIT_INDEX_FILE",
+  "GIT_PREFIX",
+  "GIT_COMMON_DIR",
+  "GIT_OBJECT_DIRECTORY",
+  "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+];
+
+/**
+ * The files git would not ignore under LOCAL (relative to LOCAL; for a file,
+ * its own name if git keeps it), or undefined when git cannot say (not a
+ * repository, git missing, any failure): the caller then uploads everything.
+ */
+async function gitVisibleFiles(localPath: string, kind: "dir" | "file"): Promise<string[] | undefined> {
+  const cwd = kind === "dir" ? localPath : path.dirname(localPath);
+  const toplevel = await runGit(["rev-parse", "--show-toplevel"], cwd);
+  if (toplevel === undefined) return undefined;
+  // Run from LOCAL itself: ls-files then lists only what is under it, with
+  // paths relative to it. Literal pathspecs, so a file named `*.txt` or
+  // `:(glob)x` means itself.
+  const args = ["--literal-pathspecs", "ls-files", "-co", "--exclude-standard", "-z"];
+  if (kind === "file") args.push("--", path.basename(localPath));
+  const listed = await runGit(args, cwd);
+  if (listed === undefined) return undefined;
+  const files = new Set(
+    listed
+      .toString("utf8")
+      .split("\0")
+      .filter((f) => f !== ""),
+  );
+  return [...files];
+}
+
+function runGit(args: string[], cwd: string): Promise<Buffer | undefined> {
+  const env = { ...process.env };
+  for (const name of GIT_LOCATION_VARIABLES) delete env[name];
+  return new Promise((resolve) => {
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn("git", args, { cwd, env, stdio: ["ignore", "pipe", "ignore"] });
+    } catch {
+      resolve(undefined);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    child.stdout?.on("data", (chunk: Buffer) => chunks.push(chunk));
+    child.on("error", () => resolve(undefined));
+    child.on("close", (code) => resolve(code === 0 ? Buffer.concat(chunks) : undefined));
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Packing
+
+const BLOCK_BYTES = 512;
+const END_OF_ARCHIVE_BYTES = 2 * BLOCK_BYTES;
+// GNU tar reads whole records (20 blocks unless told otherwise) and reports
+// `Total bytes read` in records. Padding the archive to a record boundary, as
+// tar itself does, makes that figure equal to what was sent.
+const RECORD_BLOCKS = 20;
+const RECORD_BYTES = RECORD_BLOCKS * BLOCK_BYTES;
+const READ_CHUNK_BYTES = 64 * 1024;
+// tar-stream writes mtime as a signed 32-bit count of seconds.
+const MAX_TAR_SECONDS = 2 ** 31 - 1;
+
+function roundUp(n: number, unit: number): number {
+  return Math.ceil(n / unit) * unit;
+}
+
+function headerName(entry: UploadEntry): string {
+  return entry.type === "dir" ? `${entry.name}/` : entry.name;
+}
+
+/**
+ * Bytes tar-stream writes for one entry: a ustar header when the name fits
+ * one, otherwise a pax header carrying path (and link target) first; then the
+ * content padded to blocks. packUpload checks the real count against the sum,
+ * so a tar-stream that encodes differently fails loudly, never silently.
+ */
+function entryArchiveBytes(entry: UploadEntry): number {
+  const name = headerName(entry);
+  const link = entry.linkTarget;
+  let header = BLOCK_BYTES;
+  if (!fitsUstar(name, link)) {
+    let pax = paxRecordBytes("path", name);
+    if (link) pax += paxRecordBytes("linkpath", link);
+    header = BLOCK_BYTES + roundUp(pax, BLOCK_BYTES) + BLOCK_BYTES;
+  }
+  return header + (entry.type === "file" ? roundUp(entry.size, BLOCK_BYTES) : 0);
+}
+
+function fitsUstar(name: string, link: string | undefined): boolean {
+  if (/[^\x00-\x7f]/.test(name)) return false;
+  let rest = name;
+  let prefix = "";
+  while (rest.length > 100) {
+    const slash = rest.indexOf("/");
+    if (slash === -1) return false;
+    prefix += prefix ? `/${rest.slice(0, slash)}` : rest.slice(0, slash);
+    rest = rest.slice(slash + 1);
+  }
+  if (prefix.length > 155) return false;
+  return !link || Buffer.byteLength(link) <= 100;
+}
+
+function paxRecordBytes(key: string, value: string): number {
+  // A pax record is "<len> <key>=<value>\n" where <len> counts itself.
+  const body = Buffer.byteLength(` ${key}=${value}\n`);
+  let digits = String(body).length;
+  if (body + digits >= 10 ** digits) digits += 1;
+  return body + digits;
+}
+
+function clampMtime(mtime: Date): Date {
+  const seconds = Math.min(Math.max(Math.floor(mtime.getTime() / 1000), 0), MAX_TAR_SECONDS);
+  return new Date(seconds * 1000);
+}
+
+/**
+ * Stream the plan as a tar archive. File contents are read in chunks as the
+ * consumer pulls (the archive is never held in memory); a file whose size
+ * differs from the plan, or that is no longer a regular file, aborts the
+ * stream with an error instead of producing a corrupt archive. `done`
+ * settles when the consumer has read the whole archive, or rejects with the
+ * error that stopped it (including the consumer closing early).
+ */
+export function packUpload(
+  plan: UploadPlan,
+  onProgress?: (progress: UploadProgress) => void,
+): { stream: Readable; done: Promise<PackResult> } {
+  const pack = tarStream.pack();
+  const progress: UploadProgress = {
+    bytes: 0,
+    files: 0,
+    totalBytes: plan.totals.bytes,
+    totalFiles: plan.totals.files,
+  };
+  let entries = 0;
+
+  const feeding = (async () => {
+    for (const entry of plan.entries) {
+      await packEntry(pack, entry, (n) => {
+        progress.bytes += n;
+        onProgress?.({ ...progress });
+      });
+      entries += 1;
+      if (entry.type === "file") {
+        progress.files += 1;
+        onProgress?.({ ...progress });
+      }
+    }
+    pack.finalize();
+  })();
+  feeding.catch((error: unknown) => pack.destroy(error instanceof Error ? error : new Error(String(error))));
+
+  let archiveBytes = 0;
+  let complete = false;
+  async function* archiveChunks(): AsyncGenerator<Buffer> {
+    for await (const chunk of pack as AsyncIterable<Buffer>) {
+      archiveBytes += chunk.length;
+      yield chunk;
+    }
+    await feeding;
+    const padding = roundUp(archiveBytes, RECORD_BYTES) - archiveBytes;
+    if (padding > 0) {
+      archiveBytes += padding;
+      yield Buffer.alloc(padding);
+    }
+    if (archiveBytes !== plan.archiveBytes) {
+      throw new OpenShellError(
+        "internal",
+        `upload archive for ${plan.local} is ${archiveBytes} bytes, planned ${plan.archiveBytes}; refusing to report it as complete`,
+      );
+    }
+    complete = true;
+  }
+
+  const stream = Readable.from(archiveChunks(), { objectMode: false, highWaterMark: READ_CHUNK_BYTES });
+  const done = new Promise<PackResult>((resolve, reject) => {
+    // Readable.from emits "end" even when destroyed early, so only the
+    // generator running to its last line counts as a complete archive.
+    const settle = () =>
+      complete
+        ? resolve({ entries, bytes: progress.bytes, archiveBytes })
+        : reject(new Error("upload archive stream closed before it was fully read"));
+    stream.once("end", settle);
+    stream.once("close", settle);
+    stream.once("error", reject);
+  });
+  // The caller may watch only the stream's own error; keep an unobserved
+  // rejection of `done` from crashing the process.
+  done.catch(() => {});
+  return { stream, done };
+}
+
+async function packEntry(
+  pack: tarStream.Pack,
+  entry: UploadEntry,
+  onBytes: (n: number) => void,
+): Promise<void> {
+  const mtime = clampMtime(entry.mtime);
+  // tar-stream replaces a zero mode with its default (0644/0755); a mode-000
+  // file therefore arrives readable, which is harmless in a sandbox.
+  if (entry.type === "dir") {
+    await entryFinished(pack, (cb) =>
+      pack.entry({ name: headerName(entry), type: "directory", mode: entry.mode, mtime }, cb),
+    );
+    return;
+  }
+  if (entry.type === "symlink") {
+    await entryFinished(pack, (cb) =>
+      pack.entry(
+        { name: entry.name, type: "symlink", linkname: entry.linkTarget ?? "", mode: entry.mode, mtime },
+        cb,
+      ),
+    );
+    return;
+  }
+
+  // O_NOFOLLOW: a file swapped for a symlink since planning must not lead the
+  // upload outside LOCAL. O_NONBLOCK: a FIFO swapped in must not hang us.
+  const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
+  let handle: Awaited<ReturnType<typeof open>>;
+  try {
+    handle = await open(entry.localPath, flags);
+  } catch (error) {
+    throw changedWhileUploading(entry, reasonOf(error));
+  }
+  try {
+    const before = await handle.stat();
+    if (!before.isFile()) throw changedWhileUploading(entry, "it is no longer a regular file");
+    if (before.size !== entry.size) {
+      throw changedWhileUploading(entry, `it was ${entry.size} bytes when planned and is ${before.size} now`);
+    }
+    let finishedCallback: ((error?: Error | null) => void) | undefined;
+    const finished = new Promise<void>((resolve, reject) => {
+      finishedCallback = (error) => (error ? reject(error) : resolve());
+    });
+    finished.catch(() => {});
+    const sink: EntrySink = pack.entry(
+      { name: entry.name, type: "file", size: entry.size, mode: entry.mode, mtime },
+      (error) => finishedCallback?.(error),
+    );
+    // A failure reaches us through the entry callback and the pack stream;
+    // the sink's own error event must not become an uncaught exception.
+    sink.on("error", () => {});
+    let written = 0;
+    if (entry.size > 0) {
+      const reader = handle.createReadStream({
+        start: 0,
+        end: entry.size - 1,
+        autoClose: false,
+        highWaterMark: READ_CHUNK_BYTES,
+      });
+      for await (const chunk of reader as AsyncIterable<Buffer>) {
+        written += chunk.length;
+        if (!sink.write(chunk)) await drained(sink);
+        onBytes(chunk.length);
+      }
+    }
+    if (written !== entry.size) {
+      throw changedWhileUploading(entry, `it shrank from ${entry.size} to ${written} bytes while being read`);
+    }
+    const after = await handle.stat();
+    if (after.size !== entry.size) {
+      throw changedWhileUploading(
+        entry,
+        `it grew from ${entry.size} to ${after.size} bytes while being read`,
+      );
+    }
+    sink.end();
+    await finished;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** What packEntry uses of a tar-stream entry (a streamx Writable). */
+interface EntrySink {
+  readonly destroyed: boolean;
+  write(chunk: Buffer): boolean;
+  end(data?: unknown): unknown;
+  on(event: "drain" | "close" | "error", listener: () => void): unknown;
+  off(event: "drain" | "close" | "error", listener: () => void): unknown;
+}
+
+function entryFinished(
+  pack: tarStream.Pack,
+  start: (cb: (error?: Error | null) => void) => unknown,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (pack.destroyed) {
+      reject(new Error("upload archive stream closed"));
+      return;
+    }
+    start((error) => (error ? reject(error) : resolve()));
+  });
+}
+
+function drained(sink: EntrySink): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (sink.destroyed) {
+      reject(new Error("upload archive stream closed"));
+      return;
+    }
+    const onDrain = () => {
+      cleanup();
+      resolve();
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new Error("upload archive stream closed"));
+    };
+    const cleanup = () => {
+      sink.off("drain", onDrain);
+      sink.off("close", onClose);
+      sink.off("error", onClose);
+    };
+    sink.on("drain", onDrain);
+    sink.on("close", onClose);
+    sink.on("error", onClose);
+  });
+}
+
+function changedWhileUploading(entry: UploadEntry, why: string): OpenShellError {
+  return invalidInput(
+    `upload aborted: ${entry.localPath} changed while uploading (${why})`,
+    "retry once the files under the upload path have stopped changing",
+  );
+}
+
+// ---------------------------------------------------------------------------
+// Remote side
+
+/** Quote for a POSIX shell: `[A-Za-z0-9./_-]` stays bare, anything else is single-quoted. */
+export function shellEscape(arg: string): string {
+  if (arg.includes("\0")) throw invalidInput("a shell argument cannot contain a NUL byte");
+  if (arg === "") return "''";
+  if (/^[A-Za-z0-9./_-]+$/.test(arg)) return arg;
+  return `'${arg.replace(/'/g, `'"'"'`)}'`;
+}
+
+/**
+ * The command the sandbox runs with the archive on stdin.
+ *
+ * - `LC_ALL=C`: mkdir's and tar's messages in English (verifyExtraction reads them) and
+ *   names listed with octal escapes for non-ASCII bytes, which decode
+ *   exactly, whatever locale the sandbox has.
+ * - `-v` lists each member on stdout; `--totals` prints `Total bytes read`
+ *   on stderr; `-b 20` pins the record size the total is counted in.
+ * - `-p`: an unprivileged tar otherwise masks archived modes with the umask
+ *   (0775 would arrive 0755, a 0600 secret stays 0600 only by luck); with
+ *   `-p` the archived bits are applied as they are. They never include
+ *   setuid/setgid (dropped when planning), so this grants nothing the user
+ *   could not chmod themselves.
+ * - `--no-same-owner`: if the sandbox user is root, files belong to it, not
+ *   to whatever uid owned them on this machine.
+ * - `--keep-directory-symlink`: a directory the sandbox reaches through a
+ *   symlink is merged into, not replaced by a real directory.
+ * - `--warning=no-timestamp`: clock skew between machines is not an error.
+ */
+export function remoteExtractCommand(plan: UploadPlan): string {
+  const dir = shellEscape(plan.extractDir);
+  return (
+    `LC_ALL=C mkdir -p -- ${dir} && LC_ALL=C tar -x -v --totals -b ${RECORD_BLOCKS} -p --no-same-owner ` +
+    `--keep-directory-symlink --warning=no-timestamp --quoting-style=escape -f - -C ${dir}`
+  );
+}
+
+/**
+ * Check the sandbox tar's report against the plan: exit status 0, every
+ * entry listed, and exactly the archive's bytes read. Throws an error naming
+ * the first failing sandbox path otherwise.
+ */
+export function verifyExtraction(
+  plan: UploadPlan,
+  stdout: string | Buffer,
+  stderr: string | Buffer,
+  exitCode: number | null,
+): void {
+  const out = typeof stdout === "string" ? stdout : stdout.toString("utf8");
+  const err = typeof stderr === "string" ? stderr : stderr.toString("utf8");
+
+  if (exitCode !== 0) throw extractionFailure(plan, err, exitCode);
+
+  const listed = new Set(
+    out
+      .split("\n")
+      .filter((line) => line !== "")
+      .map((line) => stripTrailingSlashes(unescapeTarName(line))),
+  );
+  const missing = plan.entries.filter((entry) => !listed.has(entry.name));
+  if (missing.length > 0) {
+    const extracted = plan.entries.length - missing.length;
+    throw new OpenShellError(
+      "sandbox_error",
+      `upload incomplete: the sandbox extracted ${extracted} of ${plan.entries.length} entries; ` +
+        `${remoteDisplayPath(plan.extractDir, missing[0]!.name)} is missing`,
+    );
+  }
+
+  const total = /^Total bytes read: (\d+)/m.exec(err);
+  if (!total) {
+    throw new OpenShellError(
+      "sandbox_error",
+      "upload could not be verified: the sandbox's tar did not report the bytes it read",
+      { hint: "uploads need GNU tar in the sandbox image" },
+    );
+  }
+  const read = Number(total[1]);
+  if (read !== plan.archiveBytes) {
+    throw new OpenShellError(
+      "sandbox_error",
+      `upload incomplete: sent ${plan.archiveBytes} archive bytes to ${plan.remotePath}, the sandbox's tar read ${read}`,
+    );
+  }
+}
+
+function extractionFailure(plan: UploadPlan, stderr: string, exitCode: number | null): OpenShellError {
+  const lines = stderr.split("\n").filter((line) => line.trim() !== "");
+  const status = exitCode === null ? "was killed" : `exited with status ${exitCode}`;
+
+  for (const line of lines) {
+    // GNU tar: `tar: <member>: Cannot <operation>: <errno text>`.
+    const tarError = /^tar: (.+?): Cannot .*: ([^:]+)$/.exec(line);
+    if (tarError) {
+      const where = remoteDisplayPath(plan.extractDir, stripTrailingSlashes(unescapeTarName(tarError[1]!)));
+      return failure(`upload failed: ${where}: ${lowerFirst(tarError[2]!)}`, tarError[2]!);
+    }
+    // coreutils / busybox mkdir: `mkdir: cannot create directory '<p>': <errno text>`.
+    const mkdirError = /^mkdir: (?:cannot|can't) create directory ['\u2018](.*)['\u2019]: ([^:]+)$/.exec(
+      line,
+    );
+    if (mkdirError) {
+      const where = mkdirError[1]!.startsWith("/") ? mkdirError[1]! : remoteDisplayPath(mkdirError[1]!, "");
+      return failure(`upload failed: ${where}: ${lowerFirst(mkdirError[2]!)}`, mkdirError[2]!);
+    }
+  }
+  if (exitCode === 127 || lines.some((line) => /tar: (?:command )?not found/.test(line))) {
+    return new OpenShellError("sandbox_error", "upload failed: tar is not installed in the sandbox", {
+      hint: "uploads need GNU tar in the sandbox image",
+    });
+  }
+  const last = lines.filter((line) => !line.startsWith("Total bytes read")).at(-1);
+  return new OpenShellError(
+    "sandbox_error",
+    `upload failed: extracting into ${plan.remotePath}: tar ${status}${last ? `: ${last}` : ""}`,
+  );
+}
+
+function failure(message: string, errnoText: string): OpenShellError {
+  const hint = /read-only file system|permission denied/i.test(errnoText)
+    ? "upload to a writable path in the sandbox, such as /sandbox or /tmp"
+    : undefined;
+  return new OpenShellError("sandbox_error", message, hint === undefined ? {} : { hint });
+}
+
+function lowerFirst(s: string): string {
+  return s.charAt(0).toLowerCase() + s.slice(1);
+}
+
+const C_ESCAPES: Record<string, number> = { a: 7, b: 8, f: 12, n: 10, r: 13, t: 9, v: 11, "\\": 92 };
+
+/** Undo GNU tar's `escape` quoting of a member name: `\n`, `\\`, `\303\251`, ... */
+export function unescapeTarName(quoted: string): string {
+  const bytes: number[] = [];
+  const raw = Buffer.from(quoted, "utf8");
+  for (let i = 0; i < raw.length; i++) {
+    const byte = raw[i]!;
+    if (byte !== 0x5c || i + 1 >= raw.length) {
+      bytes.push(byte);
+      continue;
+    }
+    const next = String.fromCharCode(raw[i + 1]!);
+    const octal = /^[0-7]{3}$/.exec(raw.subarray(i + 1, i + 4).toString("latin1"));
+    if (octal) {
+      bytes.push(Number.parseInt(octal[0], 8));
+      i += 3;
+    } else if (next in C_ESCAPES) {
+      bytes.push(C_ESCAPES[next]!);
+      i += 1;
+    } else {
+      bytes.push(byte);
+    }
+  }
+  return Buffer.from(bytes).toString("utf8");
+}
+
+// ---------------------------------------------------------------------------
+
+function errnoOf(error: unknown): string | undefined {
+  return typeof error === "object" && error !== null && "code" in error ? String(error.code) : undefined;
+}
+
+function reasonOf(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}

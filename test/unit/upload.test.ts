@@ -1,0 +1,614 @@
+import { execFileSync, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import {
+  appendFileSync,
+  chmodSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+} from "node:fs";
+import { mkdir, mkdtemp, rm, symlink, truncate, utimes, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  packUpload,
+  parseUploadFlag,
+  placeUpload,
+  planUpload,
+  remoteExtractCommand,
+  shellEscape,
+  type UploadPlan,
+  unescapeTarName,
+  verifyExtraction,
+} from "../../src/core/upload.js";
+
+let work: string;
+
+beforeEach(async () => {
+  work = await mkdtemp(path.join(tmpdir(), "openshell-upload-"));
+});
+
+afterEach(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+function names(plan: UploadPlan): string[] {
+  return plan.entries.map((e) => (e.type === "dir" ? `${e.name}/` : e.name));
+}
+
+async function packToBuffer(plan: UploadPlan): Promise<Buffer> {
+  const { stream, done } = packUpload(plan);
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  const result = await done;
+  const archive = Buffer.concat(chunks);
+  expect(result.archiveBytes).toBe(archive.length);
+  expect(archive.length).toBe(plan.archiveBytes);
+  return archive;
+}
+
+/** Run the sandbox-side command here, as the sandbox would, with the archive on stdin. */
+function runRemote(
+  plan: UploadPlan,
+  archive: Buffer,
+  wrap: (cmd: string) => string[] = (cmd) => ["sh", "-c", cmd],
+) {
+  const [file, ...args] = wrap(remoteExtractCommand(plan));
+  const result = spawnSync(file!, args, { input: archive });
+  return { stdout: result.stdout, stderr: result.stderr, status: result.status };
+}
+
+function git(cwd: string, ...args: string[]): void {
+  execFileSync("git", ["-c", "user.email=t@example.com", "-c", "user.name=t", ...args], {
+    cwd,
+    stdio: "ignore",
+  });
+}
+
+function sha256(file: string): string {
+  return createHash("sha256").update(readFileSync(file)).digest("hex");
+}
+
+/** Every path under dir (relative), with what a user would compare: type, content digest or target, mode. */
+function snapshot(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (rel: string) => {
+    for (const name of readdirSync(path.join(dir, rel)).sort()) {
+      const childRel = rel === "" ? name : `${rel}/${name}`;
+      const p = path.join(dir, childRel);
+      const st = lstatSync(p);
+      const mode = (st.mode & 0o7777).toString(8);
+      if (st.isSymbolicLink()) out[childRel] = `symlink -> ${readlinkSync(p)}`;
+      else if (st.isDirectory()) {
+        out[childRel] = `dir ${mode}`;
+        walk(childRel);
+      } else out[childRel] = `file ${mode} ${sha256(p)} ${Math.floor(st.mtimeMs / 1000)}`;
+    }
+  };
+  walk("");
+  return out;
+}
+
+describe("parseUploadFlag", () => {
+  it.each([
+    ["./src", { local: "./src", dest: undefined }],
+    ["./src:/sandbox/src", { local: "./src", dest: "/sandbox/src" }],
+    ["./src:", { local: "./src", dest: undefined }],
+    ["a.txt:/x/b:c.txt", { local: "a.txt", dest: "/x/b:c.txt" }],
+  ])("%s", (spec, expected) => {
+    expect(parseUploadFlag(spec)).toEqual(expected);
+  });
+
+  it("rejects an empty local path", () => {
+    expect(() => parseUploadFlag(":/sandbox")).toThrow("--upload ':/sandbox': the local path is empty");
+  });
+});
+
+describe("placeUpload", () => {
+  it.each([
+    // directory: cp -r, except when DEST already names it
+    ["./src", undefined, "dir", ".", "src", "~/src"],
+    ["./src", "/sandbox", "dir", "/sandbox", "src", "/sandbox/src"],
+    ["./src", "/sandbox/src", "dir", "/sandbox/src", "", "/sandbox/src"],
+    ["src/", "/sandbox/src", "dir", "/sandbox/src", "", "/sandbox/src"],
+    ["./src", "/sandbox/src/", "dir", "/sandbox/src", "src", "/sandbox/src/src"],
+    ["./src", "/sandbox/source", "dir", "/sandbox/source", "src", "/sandbox/source/src"],
+    ["./src", "src", "dir", "src", "", "~/src"],
+    ["./src", "work", "dir", "work", "src", "~/work/src"],
+    ["./src", "/", "dir", "/", "src", "/src"],
+    // no name of its own: contents flat
+    [".", undefined, "dir", ".", "", "~"],
+    [".", "/sandbox", "dir", "/sandbox", "", "/sandbox"],
+    ["..", "/sandbox/", "dir", "/sandbox", "", "/sandbox"],
+    ["/", "/sandbox", "dir", "/sandbox", "", "/sandbox"],
+    ["src/.", "/d", "dir", "/d", "", "/d"],
+    // file: cp semantics, renames allowed
+    ["a.txt", undefined, "file", ".", "a.txt", "~/a.txt"],
+    ["dir/a.txt", "/x/", "file", "/x", "a.txt", "/x/a.txt"],
+    ["a.txt", "/x/b.txt", "file", "/x", "b.txt", "/x/b.txt"],
+    ["a.txt", "b.txt", "file", ".", "b.txt", "~/b.txt"],
+    ["a.txt", "sub/b.txt", "file", "sub", "b.txt", "~/sub/b.txt"],
+    ["a.txt", "//x//b.txt", "file", "/x", "b.txt", "/x/b.txt"],
+    // a top-level name, `.` or `..` is a directory
+    ["a.txt", "/x", "file", "/x", "a.txt", "/x/a.txt"],
+    ["a.txt", "/x/.", "file", "/x/.", "a.txt", "/x/a.txt"],
+    ["a.txt", ".", "file", ".", "a.txt", "~/a.txt"],
+  ] as const)("%s : %s (%s)", (local, dest, kind, extractDir, rootName, remotePath) => {
+    expect(placeUpload(local, dest, kind)).toEqual({ extractDir, rootName, remotePath });
+  });
+});
+
+describe("planUpload", () => {
+  it("reports a missing local path", async () => {
+    const missing = path.join(work, "nope");
+    await expect(planUpload(missing, undefined, { gitIgnore: true })).rejects.toThrow(
+      `local path does not exist: ${missing}`,
+    );
+  });
+
+  it("lands a directory under its name, or at DEST when DEST already names it", async () => {
+    const src = path.join(work, "src");
+    await mkdir(path.join(src, "sub"), { recursive: true });
+    await writeFile(path.join(src, "b.txt"), "b");
+    await writeFile(path.join(src, "a.txt"), "a");
+    await writeFile(path.join(src, "sub", "c.txt"), "c");
+
+    const nested = await planUpload(src, "/sandbox", { gitIgnore: false });
+    expect(nested.extractDir).toBe("/sandbox");
+    expect(nested.remotePath).toBe("/sandbox/src");
+    expect(names(nested)).toEqual(["src/", "src/a.txt", "src/b.txt", "src/sub/", "src/sub/c.txt"]);
+    expect(nested.totals).toEqual({ entries: 5, files: 3, bytes: 3 });
+
+    const same = await planUpload(src, "/sandbox/src", { gitIgnore: false });
+    expect(same.extractDir).toBe("/sandbox/src");
+    expect(names(same)).toEqual(["a.txt", "b.txt", "sub/", "sub/c.txt"]);
+
+    const into = await planUpload(`${src}/`, "/sandbox/src/", { gitIgnore: false });
+    expect(into.remotePath).toBe("/sandbox/src/src");
+    expect(names(into)[0]).toBe("src/");
+
+    const flat = await planUpload(`${src}/.`, "/d", { gitIgnore: false });
+    expect(names(flat)).toEqual(["a.txt", "b.txt", "sub/", "sub/c.txt"]);
+  });
+
+  it("renames a file, keeps its name for a trailing `/` or no DEST", async () => {
+    const file = path.join(work, "a.txt");
+    await writeFile(file, "hello");
+    const renamed = await planUpload(file, "/x/b.txt", { gitIgnore: true });
+    expect(renamed.extractDir).toBe("/x");
+    expect(names(renamed)).toEqual(["b.txt"]);
+    expect(renamed.remotePath).toBe("/x/b.txt");
+    expect((await planUpload(file, "/x/", { gitIgnore: true })).remotePath).toBe("/x/a.txt");
+    const bare = await planUpload(file, undefined, { gitIgnore: true });
+    expect(bare.extractDir).toBe(".");
+    expect(bare.remotePath).toBe("~/a.txt");
+  });
+
+  it("sorts entries per directory, a directory before its contents", async () => {
+    const src = path.join(work, "s");
+    for (const d of ["b", "a-c", "a"]) await mkdir(path.join(src, d), { recursive: true });
+    await writeFile(path.join(src, "a", "z"), "");
+    await writeFile(path.join(src, "Z"), "");
+    const plan = await planUpload(src, "/d/", { gitIgnore: false });
+    expect(names(plan)).toEqual(["s/", "s/Z", "s/a/", "s/a/z", "s/a-c/", "s/b/"]);
+  });
+
+  it("refuses sockets, FIFOs and devices", async () => {
+    const src = path.join(work, "src");
+    await mkdir(src);
+    execFileSync("mkfifo", [path.join(src, "pipe")]);
+    await expect(planUpload(src, "/d", { gitIgnore: false })).rejects.toThrow(
+      `unsupported file type for upload: ${path.join(src, "pipe")}`,
+    );
+  });
+});
+
+describe("symlinks", () => {
+  it("are stored as symlinks with their target verbatim, dangling or pointing out, never followed", async () => {
+    const outside = path.join(work, "outside");
+    await mkdir(outside);
+    await writeFile(path.join(outside, "secret"), "do not read");
+    const src = path.join(work, "src");
+    await mkdir(src);
+    await symlink("../outside", path.join(src, "out"));
+    await symlink("../../etc", path.join(src, "etc"));
+    await symlink("nowhere", path.join(src, "dangling"));
+
+    const plan = await planUpload(src, "/d", { gitIgnore: false });
+    expect(plan.entries.map((e) => [e.name, e.type, e.linkTarget])).toEqual([
+      ["src", "dir", undefined],
+      ["src/dangling", "symlink", "nowhere"],
+      ["src/etc", "symlink", "../../etc"],
+      ["src/out", "symlink", "../outside"],
+    ]);
+    expect(plan.entries.some((e) => e.localPath.startsWith(outside))).toBe(false);
+
+    const dest = path.join(work, "dest");
+    const archive = await packToBuffer({ ...plan, extractDir: dest });
+    expect(archive.includes(Buffer.from("do not read"))).toBe(false);
+    const result = runRemote({ ...plan, extractDir: dest }, archive);
+    expect(result.status).toBe(0);
+    expect(readlinkSync(path.join(dest, "src", "dangling"))).toBe("nowhere");
+    expect(readlinkSync(path.join(dest, "src", "etc"))).toBe("../../etc");
+  });
+
+  it("uploads a symlink source as a symlink, renamed like a file, without asking git", async () => {
+    const repo = path.join(work, "repo");
+    await mkdir(path.join(repo, "sub"), { recursive: true });
+    git(repo, "init", "-q");
+    await symlink("sub", path.join(repo, "link"));
+    const plan = await planUpload(path.join(repo, "link"), "/x/renamed", { gitIgnore: true });
+    expect(plan.filter).toBe("none");
+    expect(plan.entries.map((e) => [e.name, e.type, e.linkTarget])).toEqual([["renamed", "symlink", "sub"]]);
+
+    const dangling = path.join(work, "dangling");
+    await symlink("missing-target", dangling);
+    const danglingPlan = await planUpload(dangling, undefined, { gitIgnore: true });
+    expect(danglingPlan.entries.map((e) => e.name)).toEqual(["dangling"]);
+  });
+});
+
+describe(".gitignore filtering", () => {
+  let repo: string;
+
+  beforeEach(async () => {
+    repo = path.join(work, "repo");
+    await mkdir(path.join(repo, "sub"), { recursive: true });
+    await mkdir(path.join(repo, "build"), { recursive: true });
+    await mkdir(path.join(repo, "logs"), { recursive: true });
+    git(repo, "init", "-q");
+    await writeFile(path.join(repo, ".gitignore"), "*.log\nbuild/\n");
+    await writeFile(path.join(repo, "a.txt"), "a");
+    await writeFile(path.join(repo, "debug.log"), "noise");
+    await writeFile(path.join(repo, "build", "out.bin"), "bin");
+    await writeFile(path.join(repo, "sub", "b.txt"), "b");
+    await writeFile(path.join(repo, "logs", "x.log"), "x");
+    await writeFile(path.join(repo, "tracked-then-deleted.txt"), "gone");
+    git(repo, "add", ".gitignore", "a.txt", "sub/b.txt", "tracked-then-deleted.txt");
+    git(repo, "commit", "-q", "-m", "init");
+    await rm(path.join(repo, "tracked-then-deleted.txt"));
+    await writeFile(path.join(repo, "untracked.txt"), "u");
+  });
+
+  it("leaves out ignored files and skips tracked files deleted from the work tree", async () => {
+    const plan = await planUpload(repo, "/sandbox", { gitIgnore: true });
+    expect(plan.filter).toBe("gitignore");
+    expect(plan.warning).toBeUndefined();
+    expect(names(plan)).toEqual([
+      "repo/",
+      "repo/.gitignore",
+      "repo/a.txt",
+      "repo/sub/",
+      "repo/sub/b.txt",
+      "repo/untracked.txt",
+    ]);
+  });
+
+  it("uploads everything, .git included, with filtering off", async () => {
+    const plan = await planUpload(repo, "/sandbox", { gitIgnore: false });
+    expect(plan.filter).toBe("none");
+    const listed = names(plan);
+    expect(listed).toContain("repo/debug.log");
+    expect(listed).toContain("repo/build/out.bin");
+    expect(listed).toContain("repo/.git/HEAD");
+  });
+
+  it("scopes the listing to a subdirectory", async () => {
+    const plan = await planUpload(path.join(repo, "sub"), "/sandbox", { gitIgnore: true });
+    expect(names(plan)).toEqual(["sub/", "sub/b.txt"]);
+  });
+
+  it("falls back to an unfiltered upload, with a warning, when everything is ignored", async () => {
+    const logs = path.join(repo, "logs");
+    const plan = await planUpload(logs, "/sandbox", { gitIgnore: true });
+    expect(plan.filter).toBe("none");
+    expect(plan.warning).toBe(`.gitignore filtering excluded all files in ${logs}; uploading unfiltered`);
+    expect(names(plan)).toEqual(["logs/", "logs/x.log"]);
+
+    const ignoredFile = path.join(repo, "debug.log");
+    const single = await planUpload(ignoredFile, "/x/kept.log", { gitIgnore: true });
+    expect(single.warning).toContain("excluded all files");
+    expect(names(single)).toEqual(["kept.log"]);
+  });
+
+  it("renames a single file in git-aware mode (upstream would make /x/b.txt/a.txt)", async () => {
+    const plan = await planUpload(path.join(repo, "a.txt"), "/x/b.txt", { gitIgnore: true });
+    expect(plan.filter).toBe("gitignore");
+    expect(plan.extractDir).toBe("/x");
+    expect(names(plan)).toEqual(["b.txt"]);
+  });
+
+  it("ignores an inherited GIT_DIR", async () => {
+    const saved = process.env.GIT_DIR;
+    process.env.GIT_DIR = path.join(work, "not-a-repo");
+    try {
+      const plan = await planUpload(repo, "/sandbox", { gitIgnore: true });
+      expect(plan.filter).toBe("gitignore");
+      expect(names(plan)).not.toContain("repo/debug.log");
+    } finally {
+      if (saved === undefined) delete process.env.GIT_DIR;
+      else process.env.GIT_DIR = saved;
+    }
+  });
+
+  it("treats a path outside any repository as plain, silently", async () => {
+    const plain = path.join(work, "plain");
+    await mkdir(plain);
+    await writeFile(path.join(plain, "x.log"), "x");
+    const plan = await planUpload(plain, "/sandbox", { gitIgnore: true });
+    expect(plan.filter).toBe("none");
+    expect(plan.warning).toBeUndefined();
+    expect(names(plan)).toEqual(["plain/", "plain/x.log"]);
+  });
+});
+
+describe("pack and extract with GNU tar", () => {
+  async function buildTree(root: string): Promise<void> {
+    await mkdir(path.join(root, "sub", "deeper"), { recursive: true });
+    await mkdir(path.join(root, "empty"));
+    await writeFile(path.join(root, "big.bin"), randomBytes(3 * 1024 * 1024 + 123));
+    await writeFile(path.join(root, "empty.txt"), "");
+    await writeFile(path.join(root, "run.sh"), "#!/bin/sh\necho hi\n");
+    chmodSync(path.join(root, "run.sh"), 0o755);
+    await writeFile(path.join(root, "secret"), "s");
+    chmodSync(path.join(root, "secret"), 0o600);
+    await writeFile(path.join(root, "héllo wörld.txt"), "utf-8 name");
+    await writeFile(path.join(root, "new\nline"), "newline in name");
+    await writeFile(path.join(root, "back\\slash 'quote' \"dq\" $HOME"), "shell characters");
+    await writeFile(path.join(root, "-dash"), "option-like");
+    const longDir = path.join(root, "sub", "d".repeat(90), "e".repeat(90));
+    await mkdir(longDir, { recursive: true });
+    await writeFile(path.join(longDir, "f".repeat(120)), "long path");
+    await writeFile(path.join(root, "sub", "deeper", "c.txt"), "c");
+    await symlink(`${"t".repeat(150)}/target`, path.join(root, "long-link"));
+    await symlink("sub/deeper/c.txt", path.join(root, "link"));
+    chmodSync(path.join(root, "sub", "deeper"), 0o750);
+    await utimes(
+      path.join(root, "big.bin"),
+      new Date("2001-02-03T04:05:06Z"),
+      new Date("2001-02-03T04:05:06Z"),
+    );
+  }
+
+  it("round-trips byte-identical: contents, modes, symlinks, mtimes", async () => {
+    const src = path.join(work, "src");
+    await buildTree(src);
+    const dest = path.join(work, "sandbox dir 'with' quotes");
+    const plan = await planUpload(src, dest, { gitIgnore: false });
+    expect(plan.entries.find((e) => e.name === "src/run.sh")?.mode).toBe(0o755);
+
+    const archive = await packToBuffer(plan);
+    const result = runRemote(plan, archive);
+    expect(result.stderr.toString()).toMatch(/Total bytes read: \d+/);
+    expect(result.status).toBe(0);
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).not.toThrow();
+
+    const uploaded = snapshot(path.join(dest, "src"));
+    expect(uploaded).toEqual(snapshot(src));
+    expect(uploaded["run.sh"]).toMatch(/^file 755 /);
+    expect(uploaded.secret).toMatch(/^file 600 /);
+    expect(uploaded["sub/deeper"]).toBe("dir 750");
+    expect(statSync(path.join(dest, "src", "big.bin")).mtime.toISOString()).toBe("2001-02-03T04:05:06.000Z");
+  });
+
+  it("verifies an upload with no entries at all", async () => {
+    const empty = path.join(work, "empty");
+    await mkdir(empty);
+    const dest = path.join(work, "dest");
+    const plan = await planUpload(`${empty}/.`, dest, { gitIgnore: false });
+    expect(plan.entries).toEqual([]);
+    const result = runRemote(plan, await packToBuffer(plan));
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).not.toThrow();
+  });
+
+  it("streams a 200 MB file without holding it in memory, reporting progress", async () => {
+    const src = path.join(work, "src");
+    await mkdir(src);
+    const size = 200 * 1024 * 1024;
+    await writeFile(path.join(src, "huge.bin"), "");
+    await truncate(path.join(src, "huge.bin"), size);
+    const plan = await planUpload(src, "/d", { gitIgnore: false });
+
+    const seen: number[] = [];
+    const { stream, done } = packUpload(plan, (p) => seen.push(p.bytes));
+    const baseline = process.memoryUsage().arrayBuffers;
+    let peak = 0;
+    let total = 0;
+    for await (const chunk of stream) {
+      total += (chunk as Buffer).length;
+      peak = Math.max(peak, process.memoryUsage().arrayBuffers - baseline);
+    }
+    const result = await done;
+    expect(total).toBe(plan.archiveBytes);
+    expect(result).toEqual({ entries: 2, bytes: size, archiveBytes: plan.archiveBytes });
+    expect(peak).toBeLessThan(64 * 1024 * 1024);
+    expect(seen.at(-1)).toBe(size);
+    expect(seen.length).toBeGreaterThan(100);
+  });
+
+  it("rejects `done` when the consumer stops reading early", async () => {
+    const src = path.join(work, "src");
+    await mkdir(src);
+    await writeFile(path.join(src, "big.bin"), randomBytes(4 * 1024 * 1024));
+    const plan = await planUpload(src, "/d", { gitIgnore: false });
+    const { stream, done } = packUpload(plan);
+    stream.once("data", () => stream.destroy());
+    await expect(done).rejects.toThrow();
+  });
+
+  it("fails loudly when a file changed size after planning", async () => {
+    const src = path.join(work, "src");
+    await mkdir(src);
+    await writeFile(path.join(src, "a.txt"), "12345");
+    const plan = await planUpload(src, "/d", { gitIgnore: false });
+    appendFileSync(path.join(src, "a.txt"), "678");
+    const { stream, done } = packUpload(plan);
+    stream.resume();
+    await expect(done).rejects.toThrow(/upload aborted: .*a\.txt changed while uploading \(it was 5 bytes/);
+  });
+
+  it("fails loudly when a file grows while it is being read", async () => {
+    const src = path.join(work, "src");
+    await mkdir(src);
+    const file = path.join(src, "grows.bin");
+    await writeFile(file, Buffer.alloc(1024 * 1024));
+    const plan = await planUpload(src, "/d", { gitIgnore: false });
+    let appended = false;
+    const { stream, done } = packUpload(plan, (p) => {
+      if (!appended && p.bytes > 0) {
+        appended = true;
+        appendFileSync(file, "more");
+      }
+    });
+    const errors: Error[] = [];
+    stream.on("error", (e) => errors.push(e));
+    stream.resume();
+    await expect(done).rejects.toThrow(/grew from 1048576 to 1048580 bytes while being read/);
+    expect(errors).toHaveLength(1);
+  });
+});
+
+describe("verifyExtraction", () => {
+  async function planned(): Promise<{ plan: UploadPlan; archive: Buffer; dest: string }> {
+    const src = path.join(work, "src");
+    await mkdir(path.join(src, "bin"), { recursive: true });
+    await writeFile(path.join(src, "bin", "x"), "#!/bin/sh\n");
+    await writeFile(path.join(src, "readme"), "r");
+    const dest = path.join(work, "ro");
+    await mkdir(dest);
+    const plan = await planUpload(src, dest, { gitIgnore: false });
+    return { plan, archive: await packToBuffer(plan), dest };
+  }
+
+  /** Run the command where `dir` is read-only: a read-only bind mount when we may make one, else mode 0555. */
+  function inReadOnlyDir(dir: string): (cmd: string) => string[] {
+    const probe = spawnSync("unshare", ["-rm", "true"]);
+    if (probe.status === 0) {
+      return (cmd) => [
+        "unshare",
+        "-rm",
+        "sh",
+        "-c",
+        `mount --bind -o ro ${shellEscape(dir)} ${shellEscape(dir)} && ${cmd}`,
+      ];
+    }
+    chmodSync(dir, 0o555);
+    return (cmd) => ["sh", "-c", cmd];
+  }
+
+  it("passes a complete extraction", async () => {
+    const { plan, archive } = await planned();
+    const result = runRemote(plan, archive);
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).not.toThrow();
+  });
+
+  it("names the sandbox path GNU tar could not write", async () => {
+    const { plan, archive, dest } = await planned();
+    const result = runRemote(plan, archive, inReadOnlyDir(dest));
+    expect(result.status).not.toBe(0);
+    expect(result.stderr.toString()).toMatch(/^tar: src: Cannot mkdir: /m);
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).toThrow(
+      new RegExp(`^upload failed: ${dest}/src: (read-only file system|permission denied)$`),
+    );
+  });
+
+  it("names the directory mkdir could not create", async () => {
+    const { plan, archive, dest } = await planned();
+    const nested = { ...plan, extractDir: path.join(dest, "new") };
+    const result = runRemote(nested, archive, inReadOnlyDir(dest));
+    expect(result.stderr.toString()).toMatch(/^mkdir: cannot create directory/m);
+    expect(() => verifyExtraction(nested, result.stdout, result.stderr, result.status)).toThrow(
+      new RegExp(`^upload failed: ${dest}/new: (read-only file system|permission denied)$`),
+    );
+  });
+
+  it("maps a relative extraction directory to ~", () => {
+    const plan = {
+      extractDir: ".",
+      remotePath: "~",
+      entries: [],
+      archiveBytes: 10240,
+    } as unknown as UploadPlan;
+    const stderr =
+      "tar: usr/bin/x: Cannot open: Read-only file system\ntar: Exiting with failure status due to previous errors\n";
+    expect(() => verifyExtraction(plan, "", stderr, 2)).toThrow(
+      "upload failed: ~/usr/bin/x: read-only file system",
+    );
+    const absolute = { ...plan, extractDir: "/" };
+    expect(() => verifyExtraction(absolute, "", stderr, 2)).toThrow(
+      "upload failed: /usr/bin/x: read-only file system",
+    );
+  });
+
+  it("catches entries the sandbox did not list", async () => {
+    const { plan, archive } = await planned();
+    const result = runRemote(plan, archive);
+    const lines = result.stdout.toString().split("\n");
+    const short = lines.filter((l) => l !== "src/readme").join("\n");
+    expect(() => verifyExtraction(plan, short, result.stderr, 0)).toThrow(
+      `upload incomplete: the sandbox extracted 3 of 4 entries; ${plan.extractDir}/src/readme is missing`,
+    );
+  });
+
+  it("catches a byte count that differs from the archive sent", async () => {
+    const { plan, archive } = await planned();
+    const result = runRemote(plan, archive);
+    const stderr = result.stderr.toString().replace(/Total bytes read: \d+/, "Total bytes read: 0");
+    expect(() => verifyExtraction(plan, result.stdout, stderr, 0)).toThrow(
+      `upload incomplete: sent ${plan.archiveBytes} archive bytes to ${plan.remotePath}, the sandbox's tar read 0`,
+    );
+    expect(() => verifyExtraction(plan, result.stdout, "", 0)).toThrow("did not report the bytes it read");
+  });
+
+  it("explains a missing tar and an unknown failure", async () => {
+    const { plan } = await planned();
+    expect(() => verifyExtraction(plan, "", "sh: 1: tar: not found\n", 127)).toThrow(
+      "upload failed: tar is not installed in the sandbox",
+    );
+    expect(() => verifyExtraction(plan, "", "tar: This does not look like a tar archive\n", 2)).toThrow(
+      `upload failed: extracting into ${plan.remotePath}: tar exited with status 2: tar: This does not look like a tar archive`,
+    );
+    expect(() => verifyExtraction(plan, "", "", null)).toThrow("tar was killed");
+  });
+
+  it("decodes GNU tar's escaped member names", () => {
+    expect(unescapeTarName("h\\303\\251llo w\\303\\266rld.txt")).toBe("héllo wörld.txt");
+    expect(unescapeTarName("new\\nline")).toBe("new\nline");
+    expect(unescapeTarName("back\\\\slash")).toBe("back\\slash");
+    expect(unescapeTarName("plain/name")).toBe("plain/name");
+  });
+});
+
+describe("shellEscape", () => {
+  it.each([
+    ["abc", "abc"],
+    ["/sandbox/x_y-z.1", "/sandbox/x_y-z.1"],
+    ["", "''"],
+    ["a b", "'a b'"],
+    ["it's", `'it'"'"'s'`],
+    ["$HOME", "'$HOME'"],
+    ["--checkpoint-action=exec=id", "'--checkpoint-action=exec=id'"],
+  ])("%j -> %s", (input, expected) => {
+    expect(shellEscape(input)).toBe(expected);
+  });
+
+  it("survives a real shell unchanged", () => {
+    for (const input of ["it's", "a\nb", "$(id) `id` ;|&", "'", '"\\', "é"]) {
+      const out = execFileSync("sh", ["-c", `printf %s ${shellEscape(input)}`]).toString();
+      expect(out).toBe(input);
+    }
+  });
+
+  it("puts `--` before the paths in the remote command", async () => {
+    const file = path.join(work, "a.txt");
+    await writeFile(file, "a");
+    const plan = await planUpload(file, "-odd dir/", { gitIgnore: false });
+    expect(remoteExtractCommand(plan)).toMatch(
+      /^LC_ALL=C mkdir -p -- '-odd dir' && LC_ALL=C tar -x -v --totals /,
+    );
+    expect(remoteExtractCommand(plan)).toMatch(/ -C '-odd dir'$/);
+  });
+});
