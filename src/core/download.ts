@@ -32,7 +32,7 @@ import path from "node:path";
 import type { Readable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "./errors.js";
-import { shellEscape } from "./upload.js";
+import { shellEscape } from "./shell.js";
 
 // ---------------------------------------------------------------------------
 // Sandbox path checks (same rules and messages as upstream)

@@ -31,6 +31,11 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "./errors.js";
+import { shellEscape } from "./shell.js";
+
+// One quoting rule for every remote command (src/core/shell.ts), re-exported
+// beside the commands built with it.
+export { shellEscape };
 
 export interface UploadSpec {
   local: string;
@@ -697,14 +702,6 @@ function changedWhileUploading(entry: UploadEntry, why: string): OpenShellError 
 
 // ---------------------------------------------------------------------------
 // Remote side
-
-/** Quote for a POSIX shell: `[A-Za-z0-9./_-]` stays bare, anything else is single-quoted. */
-export function shellEscape(arg: string): string {
-  if (arg.includes("\0")) throw invalidInput("a shell argument cannot contain a NUL byte");
-  if (arg === "") return "''";
-  if (/^[A-Za-z0-9./_-]+$/.test(arg)) return arg;
-  return `'${arg.replace(/'/g, `'"'"'`)}'`;
-}
 
 /**
  * The command the sandbox runs with the archive on stdin.
