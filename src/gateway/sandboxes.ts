@@ -24,7 +24,13 @@ import {
   validateSandboxName,
 } from "../core/names.js";
 import { phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
-import { formatPolicyViolations, validatePolicy } from "../core/policy.js";
+import {
+  defaultPolicy,
+  formatPolicyViolations,
+  policySizeViolation,
+  validatePolicy,
+} from "../core/policy.js";
+import { ANNOTATION_START_ON_ATTACH } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
   type PlatformEvent,
@@ -40,7 +46,6 @@ import type { Store } from "./store.js";
 
 export const DEFAULT_WORKSPACE = "default";
 export const DEFAULT_COMMAND = ["/bin/bash", "-l"];
-export const ANNOTATION_START_ON_ATTACH = "openshell.dev/start-on-attach";
 export const LIST_DEFAULT = 100;
 export const LIST_MAX = 1000;
 
@@ -133,6 +138,8 @@ export class Sandboxes {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
     }
     if (spec.policy) {
+      const size = policySizeViolation(spec.policy);
+      if (size) throw invalidArgument(size);
       const violations = validatePolicy(spec.policy);
       if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
     }
@@ -172,7 +179,8 @@ export class Sandboxes {
         workspace,
         deletionTimestampMs: 0,
       },
-      spec: { ...spec, command, tty, files },
+      // The effective policy is stored, so `sandbox get` shows what applies.
+      spec: { ...spec, command, tty, files, policy: spec.policy ?? defaultPolicy() },
       status: {
         sandboxName: name,
         agentPod: "",

@@ -18,6 +18,7 @@ import type {
 } from "@grpc/grpc-js";
 import { phaseOf } from "../core/phases.js";
 import { defaultPolicy } from "../core/policy.js";
+import { CAPABILITY_SANDBOX_FILES, SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
 import {
   type ExecSandboxEvent,
   type ExecSandboxInput,
@@ -42,8 +43,6 @@ import type { SshAccess } from "./ssh.js";
 import { invalidArgument, notFound, StatusError, toStatus, unauthenticated } from "./status.js";
 import type { Store } from "./store.js";
 
-export const CAPABILITY_SANDBOX_FILES = "sandbox-files.v1";
-export const SUPERVISOR_METADATA_KEY = "x-openshell-supervisor";
 const LOG_LINES_DEFAULT = 2000;
 const WATCH_LOG_TAIL_DEFAULT = 200;
 

@@ -6,12 +6,12 @@
 // sandbox, so a command costs a channel open, not a handshake.
 
 import { randomBytes } from "node:crypto";
-import { constants as osConstants } from "node:os";
 import type { Duplex } from "node:stream";
 import { type ServerDuplexStream, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { Client, type ClientChannel } from "ssh2";
 import { validateExecRequest } from "../core/names.js";
 import { shellEscape } from "../core/shell.js";
+import { exitCodeOf } from "../core/signals.js";
 import type {
   CreateSshSessionResponse,
   ExecSandboxEvent,
@@ -19,6 +19,7 @@ import type {
   ExecSandboxRequest,
   TcpForwardFrame,
 } from "../gen/openshell.js";
+import { bridge } from "../transport/bridge.js";
 import { frameDuplex } from "../transport/duplex.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
@@ -53,16 +54,6 @@ export function buildExecCommand(
     throw invalidArgument(`command construction failed: command exceeds ${COMMAND_MAX_BYTES} bytes`);
   }
   return command;
-}
-
-/** Exit status of an SSH channel: the code, or 128 + N for a death by signal N. */
-export function exitCodeOf(code: number | null | undefined, signal: string | undefined): number {
-  if (typeof code === "number") return code;
-  if (signal) {
-    const number = (osConstants.signals as Record<string, number>)[`SIG${signal.replace(/^SIG/, "")}`];
-    return 128 + (number ?? 0);
-  }
-  return 1;
 }
 
 export class SshAccess {
@@ -386,26 +377,4 @@ export class SshAccess {
       if (!started) call.emit("error", toStatus(invalidArgument("empty stream: expected start message")));
     });
   }
-}
-
-/** Pipes two byte streams into each other, half-close and errors included. */
-export function bridge(a: Duplex, b: Duplex, onClose: () => void = () => {}): void {
-  let closed = false;
-  const close = (): void => {
-    if (closed) return;
-    closed = true;
-    onClose();
-  };
-  a.pipe(b);
-  b.pipe(a);
-  a.on("error", (error) => {
-    b.destroy(error);
-    close();
-  });
-  b.on("error", (error) => {
-    a.destroy(error);
-    close();
-  });
-  a.on("close", close);
-  b.on("close", close);
 }

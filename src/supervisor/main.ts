@@ -1,1 +1,135 @@
-export {};
+// The supervisor: one process per sandbox, the only privileged part. It
+// fetches the sandbox's policy and injected files from the gateway, writes
+// the files root-owned, starts the bubblewrap pod whose first process is the
+// agent, and once the agent reports the main process running and SSH served
+// it opens the supervisor session that makes the sandbox Ready. It relays
+// SSH for the gateway, forwards the main process's output as log lines, and
+// reports the main process's exit.
+//
+// Reports for the gateway (failures, progress) go to stdout as JSON lines;
+// diagnostics go to stderr. stdin carries the launch configuration and stays
+// open: its end means the gateway is gone, and the sandbox stops with it.
+
+import { createInterface } from "node:readline";
+import type { SupervisorLaunch, SupervisorReport } from "../gateway/runtime.js";
+import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
+import { type AgentMessage, PodError, startPod } from "./pod.js";
+
+function report(message: SupervisorReport): void {
+  process.stdout.write(`${JSON.stringify(message)}\n`);
+}
+
+function diag(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
+
+async function readLaunch(): Promise<SupervisorLaunch> {
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    // Keep reading stdin so its end (the gateway exiting) is noticed.
+    lines.removeAllListeners("line");
+    process.stdin.on("end", () => shutdown("gateway connection closed", 0));
+    return JSON.parse(line) as SupervisorLaunch;
+  }
+  throw new Error("no launch configuration on stdin");
+}
+
+let shutdownHook: (() => Promise<void>) | undefined;
+let shuttingDown = false;
+
+function shutdown(reason: string, code: number): void {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  diag(`stopping: ${reason}`);
+  const hook = shutdownHook ?? (() => Promise.resolve());
+  hook()
+    .catch((error) => diag(`error while stopping: ${(error as Error).message}`))
+    .finally(() => process.exit(code));
+}
+
+async function main(): Promise<void> {
+  process.on("SIGTERM", () => shutdown("SIGTERM", 0));
+  process.on("SIGINT", () => shutdown("SIGINT", 0));
+  const launch = await readLaunch();
+  const client = supervisorClient(launch.gateway, launch.sandboxId, launch.secret);
+  const [config, files] = await Promise.all([
+    call(client.getSandboxConfig.bind(client), { sandboxId: launch.sandboxId }),
+    call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId }),
+  ]);
+  const logs = new LogPusher(client, launch.sandboxId);
+  let session: SupervisorSession | undefined;
+  let mainExited = false;
+
+  const onAgent = (message: AgentMessage): void => {
+    switch (message.t) {
+      case "log":
+        logs.push(message.s === "stderr" ? "WARN" : "INFO", message.s, message.m);
+        break;
+      case "ready":
+        session = new SupervisorSession({
+          client,
+          sandboxId: launch.sandboxId,
+          instanceId: launch.instanceId,
+          sshSocket: pod.sshSocket,
+          log: diag,
+        });
+        session.start();
+        break;
+      case "exit":
+        mainExited = true;
+        void logs
+          .close()
+          .then(() =>
+            call(client.reportMainProcessExit.bind(client), {
+              sandboxId: launch.sandboxId,
+              instanceId: launch.instanceId,
+              exitCode: message.code,
+            }),
+          )
+          .catch((error) => diag(`could not report the main process exit: ${(error as Error).message}`))
+          .finally(() => shutdown(`main process exited with status ${message.code}`, 0));
+        break;
+      case "fatal":
+        report({ kind: "failure", reason: message.reason, message: message.message });
+        shutdown(message.message, 1);
+        break;
+    }
+  };
+
+  let pod: Awaited<ReturnType<typeof startPod>>;
+  try {
+    pod = await startPod({
+      launch,
+      policy: config.policy,
+      files: files.files,
+      onAgent,
+      onProgress: (step, detail) => report({ kind: "progress", step, message: detail }),
+      onWarning: (warning) => report({ kind: "warning", message: warning }),
+      diag,
+    });
+  } catch (error) {
+    if (error instanceof PodError) {
+      report({ kind: "failure", reason: error.reason, message: error.message });
+      process.exit(1);
+    }
+    throw error;
+  }
+  shutdownHook = async () => {
+    session?.stop();
+    if (!mainExited) await logs.close();
+    await pod.stop();
+  };
+  pod.exited.then((status) => {
+    if (!mainExited && !shuttingDown) {
+      report({ kind: "failure", reason: "SandboxExited", message: `sandbox pod exited (${status})` });
+      shutdown("pod exited", 1);
+    }
+  });
+}
+
+main().catch((error: unknown) => {
+  const message = error instanceof Error ? error.message : String(error);
+  report({ kind: "failure", reason: "SupervisorFailed", message });
+  diag(error instanceof Error && error.stack ? error.stack : message);
+  process.exit(1);
+});

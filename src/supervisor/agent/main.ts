@@ -1,1 +1,62 @@
-export {};
+// The agent: the first process of a sandbox's pod, running as the sandbox
+// user. It starts the main command, serves SSH on a Unix socket the
+// supervisor relays to, and spawns every later process (exec, shell, sftp,
+// upload) from inside the pod, so all of them share its namespaces.
+//
+// It talks to its supervisor over stdin (the configuration, one JSON line)
+// and stdout (JSON lines: ready, log, exit, fatal).
+
+import { createInterface } from "node:readline";
+import type { AgentConfig, AgentMessage } from "../pod.js";
+import { MainProcess } from "./main-process.js";
+import { startSshServer } from "./ssh-server.js";
+
+function send(message: AgentMessage): void {
+  process.stdout.write(`${JSON.stringify(message)}\n`);
+}
+
+async function readConfig(): Promise<AgentConfig> {
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) return JSON.parse(line) as AgentConfig;
+  throw new Error("no configuration on stdin");
+}
+
+async function main(): Promise<void> {
+  const config = await readConfig();
+  process.chdir(config.workdir);
+  const main = new MainProcess({
+    command: config.command,
+    cwd: config.workdir,
+    env: { ...config.env, TERM: config.tty ? "xterm-256color" : "dumb" },
+    tty: config.tty,
+    startOnAttach: config.startOnAttach,
+  });
+  main.on("line", (line) => send({ t: "log", s: line.stream, m: line.text }));
+  main.on("exit", (status) => {
+    send({ t: "exit", code: status.code });
+  });
+  await startSshServer({
+    socketPath: config.socketPath,
+    env: config.env,
+    workdir: config.workdir,
+    shell: config.shell,
+    mainProcess: main,
+    sftpServerPath: config.sftpServer,
+    logger: {
+      info: (message: string) => process.stderr.write(`${message}\n`),
+      warn: (message: string) => process.stderr.write(`${message}\n`),
+      error: (message: string) => process.stderr.write(`${message}\n`),
+    } as never,
+  });
+  if (!config.startOnAttach) main.start();
+  send({ t: "ready" });
+}
+
+main().catch((error: unknown) => {
+  send({
+    t: "fatal",
+    reason: "AgentFailed",
+    message: error instanceof Error ? error.message : String(error),
+  });
+  process.exit(1);
+});

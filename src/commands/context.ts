@@ -1,0 +1,91 @@
+// What every command receives: the streams, the global options, an abort
+// signal (Ctrl-C), and a lazily connected gateway client.
+
+import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../core/config.js";
+import { OpenShellError } from "../core/errors.js";
+import type { OpenShellClient } from "../gen/openshell.js";
+import { connectGateway, type GatewayTarget, unary } from "../transport/grpc.js";
+import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
+import { type Io, Ui } from "./ui.js";
+
+export interface ConnectedGateway extends ResolvedGateway {
+  client: OpenShellClient;
+  workspace: string;
+  call<Req, Res>(
+    method: (
+      request: Req,
+      metadata: import("@grpc/grpc-js").Metadata,
+      options: Partial<import("@grpc/grpc-js").CallOptions>,
+      callback: (error: import("@grpc/grpc-js").ServiceError | null, response: Res) => void,
+    ) => import("@grpc/grpc-js").ClientUnaryCall,
+    request: Req,
+    options?: { deadlineMs?: number },
+  ): Promise<Res>;
+}
+
+export class CommandContext {
+  readonly ui: Ui;
+  private connected: Promise<ConnectedGateway> | undefined;
+  private readonly abort = new AbortController();
+
+  constructor(
+    readonly io: Io,
+    readonly globals: GlobalOptions,
+  ) {
+    this.ui = new Ui(io);
+  }
+
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  cancel(): void {
+    this.abort.abort();
+  }
+
+  get workspace(): string {
+    return this.globals.workspace ?? process.env.OPENSHELL_WORKSPACE ?? DEFAULT_WORKSPACE;
+  }
+
+  /** Resolves and connects the gateway once; `autoStart` for sandbox commands. */
+  gateway(options: { autoStart?: boolean } = {}): Promise<ConnectedGateway> {
+    this.connected ??= resolveGateway(this.globals, {
+      autoStart: options.autoStart ?? true,
+      notice: (line) => this.ui.note(this.ui.err.dim(line)),
+    }).then((resolved) => {
+      const client = connectGateway(resolved.target);
+      const target: GatewayTarget = resolved.target;
+      return {
+        ...resolved,
+        client,
+        workspace: this.workspace,
+        call: (method, request, options) =>
+          unary(target, method.bind(client), request, { ...options, signal: this.signal }),
+      };
+    });
+    return this.connected;
+  }
+
+  close(): void {
+    void this.connected?.then((g) => g.client.close()).catch(() => {});
+  }
+
+  /** The sandbox NAME argument, or the last-used one with a notice. */
+  async sandboxName(name: string | undefined): Promise<string> {
+    if (name) return name;
+    const gateway = await this.gateway();
+    const last = readLastSandbox(gateway.name);
+    if (!last || last.workspace !== gateway.workspace) {
+      throw new OpenShellError("usage", "No sandbox name provided and no last-used sandbox.", {
+        hint: "Specify a sandbox name, or create one first: openshell sandbox create --name <name>",
+      });
+    }
+    this.ui.note(`${this.ui.err.bold("→")} Using sandbox '${last.name}' (last used)`);
+    return last.name;
+  }
+
+  async rememberSandbox(name: string): Promise<void> {
+    const gateway = await this.gateway();
+    writeLastSandbox(gateway.name, { workspace: gateway.workspace, name });
+  }
+}

@@ -1,0 +1,200 @@
+// `sandbox create`: check everything local first (names, labels, env, files,
+// policy, uploads) so bad input never leaves a sandbox behind; create; wait
+// for Ready; check the injected files' digests; upload; then attach to the
+// command, or return.
+//
+// The main command is held until the CLI is ready for it when it attaches
+// or uploads (annotation openshell.dev/start-on-attach), so the command
+// starts only after the files are in place and none of its output is missed.
+
+import { invalidInput, OpenShellError, usageError } from "../core/errors.js";
+import { formatMode, modeWarnings, parseFileFlag, readFileSpecs } from "../core/files.js";
+import { parseLabelFlag, validateCommand, validateSandboxName } from "../core/names.js";
+import { loadPolicyFile } from "../core/policy.js";
+import { ANNOTATION_START_ON_ATTACH, CAPABILITY_SANDBOX_FILES } from "../core/protocol.js";
+import { parseUploadFlag, planUpload, type UploadPlan } from "../core/upload.js";
+import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../gen/openshell.js";
+import type { CommandContext, ConnectedGateway } from "./context.js";
+import { parseEnvFlags } from "./exec.js";
+import { type OutputFormat, printDocument, sandboxDocument } from "./present.js";
+import { type ProgressMode, waitForReady } from "./wait.js";
+
+export interface CreateOptions {
+  name?: string | undefined;
+  labels: string[];
+  env: string[];
+  files: string[];
+  uploads: string[];
+  gitIgnore: boolean;
+  policy?: string | undefined;
+  detach: boolean;
+  attach: boolean;
+  keep: boolean;
+  tty?: boolean | undefined;
+  output: OutputFormat;
+  command: string[];
+  markPassthrough(): void;
+}
+
+function checkFlags(o: CreateOptions): void {
+  if (!o.keep && o.detach) throw usageError("--no-keep cannot be combined with --detach");
+  if (!o.keep && o.output !== "table") throw usageError("--no-keep cannot be combined with -o");
+  if (o.attach && o.detach) throw usageError("--attach cannot be combined with --detach");
+  if (o.attach && o.output !== "table") throw usageError("--attach cannot be combined with -o");
+  if (!o.gitIgnore && o.uploads.length === 0) throw usageError("--no-git-ignore needs --upload");
+}
+
+/** Compares the digests the gateway returned with what was sent. */
+export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[]): string | undefined {
+  for (const file of sent) {
+    const back = returned.find((r) => r.path === file.path);
+    if (!back) return `the gateway did not keep ${file.path}`;
+    if (back.sha256 !== file.sha256 || Number(back.size) !== file.content.length) {
+      return `${file.path}: the gateway stored sha256 ${back.sha256 || "(none)"}, expected ${file.sha256}`;
+    }
+    if ((back.mode || 0o444) !== (file.mode || 0o444)) {
+      return `${file.path}: the gateway stored mode ${formatMode(back.mode)}, expected ${formatMode(file.mode)}`;
+    }
+  }
+  return undefined;
+}
+
+async function deleteQuietly(gateway: ConnectedGateway, name: string): Promise<void> {
+  await gateway
+    .call(gateway.client.deleteSandbox, { name, workspace: gateway.workspace }, { deadlineMs: 60_000 })
+    .catch(() => undefined);
+}
+
+export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Promise<number> {
+  checkFlags(o);
+  const { ui, io } = ctx;
+
+  // ---- everything local, before any RPC ----
+  if (o.name !== undefined) {
+    const problem = validateSandboxName(o.name);
+    if (problem) throw invalidInput(`--name ${o.name}: ${problem}`);
+  }
+  const labels: Record<string, string> = {};
+  for (const flag of o.labels) {
+    const [key, value] = parseLabelFlag(flag);
+    labels[key] = value;
+  }
+  const environment = parseEnvFlags(o.env);
+  if (o.command.length > 0) {
+    const problem = validateCommand(o.command, "command");
+    if (problem) throw invalidInput(problem);
+  }
+  const fileSpecs = o.files.map(parseFileFlag);
+  const files = await readFileSpecs(fileSpecs);
+  for (const spec of fileSpecs)
+    for (const warning of modeWarnings(spec.mode)) ui.warn(`--file ${spec.raw}: ${warning}`);
+  const policyPath = o.policy ?? (process.env.OPENSHELL_SANDBOX_POLICY?.trim() || undefined);
+  const policy = policyPath ? await loadPolicyFile(policyPath) : undefined;
+  const uploads: UploadPlan[] = [];
+  for (const flag of o.uploads) {
+    const spec = parseUploadFlag(flag);
+    uploads.push(await planUpload(spec.local, spec.dest, { gitIgnore: o.gitIgnore }));
+  }
+
+  const terminal = io.stdin.isTTY === true && io.stdout.isTTY === true;
+  const shell = o.command.length === 0;
+  const attach = !o.detach && o.output === "table" && (o.attach || !o.keep || terminal);
+  const tty = o.tty ?? (shell ? terminal || attach : terminal && attach);
+  const gated = attach || (uploads.length > 0 && !shell);
+  if (attach) o.markPassthrough();
+
+  // ---- the gateway ----
+  const gateway = await ctx.gateway();
+  if (files.length > 0) {
+    const info = await gateway.call(gateway.client.getGatewayInfo, {});
+    if (!info.capabilities.includes(CAPABILITY_SANDBOX_FILES)) {
+      throw new OpenShellError(
+        "unsupported",
+        `gateway '${gateway.name}' does not support --file: it would silently drop the files (an OpenShell gateway ignores SandboxSpec.files)`,
+        {
+          hint: "Use an openshell gateway (`openshell gateway start`), or --upload for files the sandbox may change.",
+        },
+      );
+    }
+  }
+  const request: CreateSandboxRequest = {
+    spec: {
+      logLevel: "",
+      environment,
+      policy,
+      providers: [],
+      command: o.command,
+      tty,
+      files,
+    },
+    name: o.name ?? "",
+    labels,
+    annotations: gated ? { [ANNOTATION_START_ON_ATTACH]: "true" } : {},
+    workspace: gateway.workspace,
+  };
+  const { sandbox: created } = await gateway.call(gateway.client.createSandbox, request, {
+    deadlineMs: 60_000,
+  });
+  if (!created?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+  const name = created.metadata.name;
+
+  const mismatch = checkReturnedFiles(files, created.spec?.files ?? []);
+  if (mismatch) {
+    await deleteQuietly(gateway, name);
+    throw new OpenShellError("internal", `injected file check failed, sandbox deleted: ${mismatch}`);
+  }
+  if (o.keep) await ctx.rememberSandbox(name);
+
+  const mode: ProgressMode = o.output !== "table" ? "silent" : ui.interactive ? "interactive" : "plain";
+  if (mode !== "silent") ui.note(`${ui.err.cyan.bold("Created sandbox:")} ${name}`);
+  let ready: Sandbox;
+  try {
+    ready = await waitForReady(ui, gateway, created, { mode, signal: ctx.signal });
+  } catch (error) {
+    if (!o.keep) {
+      await deleteQuietly(gateway, name);
+      ui.note(ui.err.dim(`Deleted sandbox ${name} (--no-keep).`));
+    } else if (ctx.signal.aborted) {
+      ui.note(ui.err.dim(`Sandbox ${name} was kept; delete it with \`openshell sandbox delete ${name}\`.`));
+    }
+    throw error;
+  }
+
+  try {
+    if (uploads.length > 0) {
+      const { uploadPlans } = await import("./transfer.js");
+      await uploadPlans(ctx, gateway, ready.metadata!.id, uploads);
+    }
+    if (gated && !attach) {
+      const { startMain } = await import("./connect.js");
+      await startMain(ctx, gateway, ready.metadata!.id);
+    }
+  } catch (error) {
+    if (!o.keep) await deleteQuietly(gateway, name);
+    throw error;
+  }
+
+  if (o.output !== "table") {
+    printDocument(ui, o.output, sandboxDocument(ready));
+    return 0;
+  }
+  if (!attach) {
+    if (!shell && !gated && !o.detach && !terminal) {
+      ui.note(
+        ui.err.dim(`The command runs in the background; see its output with \`openshell logs ${name}\`.`),
+      );
+    }
+    return 0;
+  }
+  const { attachMain } = await import("./connect.js");
+  let code: number;
+  try {
+    code = await attachMain(ctx, gateway, ready.metadata!.id, { tty });
+  } finally {
+    if (!o.keep) {
+      await deleteQuietly(gateway, name);
+      ui.note(ui.err.dim(`Deleted sandbox ${name} (--no-keep).`));
+    }
+  }
+  return code;
+}

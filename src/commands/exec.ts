@@ -1,0 +1,142 @@
+// `sandbox exec [-n NAME] [--workdir P] [--env K=V]... [--timeout S] [--tty|--no-tty] -- CMD...`
+//
+// Runs one command in a Ready sandbox over ExecSandboxInteractive, so stdin
+// streams live (no buffering, no size cap; EOF is passed on; an idle pipe
+// does not hold the CLI once the command exits), stdout and stderr stay
+// apart, and the CLI exits with the command's status (128 + N for a death by
+// signal N, 124 on --timeout).
+
+import { OpenShellError, usageError } from "../core/errors.js";
+import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../core/names.js";
+import { phaseName } from "../core/phases.js";
+import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../gen/openshell.js";
+import { mapGrpcError } from "../transport/grpc.js";
+import type { CommandContext } from "./context.js";
+
+export interface ExecOptions {
+  name?: string | undefined;
+  workdir?: string | undefined;
+  env: string[];
+  timeout: number;
+  tty?: boolean | undefined;
+  command: string[];
+}
+
+export function parseEnvFlags(flags: string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const flag of flags) {
+    const [key, value] = parseEnvFlag(flag);
+    env[key] = value;
+  }
+  const violation = validateEnvironment(env, "--env");
+  if (violation) throw usageError(violation);
+  return env;
+}
+
+export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Promise<number> {
+  if (options.command.length === 0)
+    throw usageError("no command given", "Put the command after --: openshell sandbox exec -- ls -la");
+  if (!Number.isInteger(options.timeout) || options.timeout < 0) {
+    throw usageError(`--timeout ${options.timeout}: expected whole seconds (0 = no timeout)`);
+  }
+  const environment = parseEnvFlags(options.env);
+  const workdir = options.workdir ?? "";
+  const violation = validateExecRequest({ command: options.command, workdir, environment });
+  if (violation) throw usageError(violation);
+  const { stdin, stdout, stderr } = ctx.io;
+  const tty = options.tty ?? (stdin.isTTY === true && stdout.isTTY === true);
+
+  const name = await ctx.sandboxName(options.name);
+  const gateway = await ctx.gateway();
+  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  const phase = sandbox?.status?.phase;
+  if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
+    throw new OpenShellError(
+      "not_ready",
+      `sandbox '${name}' is not ready (phase: ${phaseName(phase)}); wait for it to reach Ready state`,
+    );
+  }
+
+  const call = gateway.client.execSandboxInteractive();
+  const send = (input: ExecSandboxInput): boolean => call.write(input);
+  send({
+    payload: {
+      $case: "start",
+      value: {
+        sandboxId: sandbox!.metadata!.id,
+        command: options.command,
+        workdir,
+        environment,
+        timeoutSeconds: options.timeout,
+        stdin: Buffer.alloc(0),
+        tty,
+        cols: tty ? (stdout.columns ?? 80) : 0,
+        rows: tty ? (stdout.rows ?? 24) : 0,
+      },
+    },
+  });
+
+  const raw = tty && stdin.isTTY === true && typeof stdin.setRawMode === "function";
+  const restore: (() => void)[] = [];
+  if (raw) {
+    stdin.setRawMode!(true);
+    restore.push(() => stdin.setRawMode!(false));
+  }
+  const onData = (data: Buffer): void => {
+    if (!send({ payload: { $case: "stdin", value: data } })) {
+      stdin.pause();
+      call.once("drain", () => stdin.resume());
+    }
+  };
+  const onEnd = (): void => {
+    call.end();
+  };
+  stdin.on("data", onData);
+  stdin.once("end", onEnd);
+  restore.push(() => {
+    stdin.off("data", onData);
+    stdin.off("end", onEnd);
+    stdin.pause();
+  });
+  if (tty) {
+    const onResize = (): void => {
+      send({ payload: { $case: "resize", value: { cols: stdout.columns ?? 80, rows: stdout.rows ?? 24 } } });
+    };
+    process.on("SIGWINCH", onResize);
+    restore.push(() => process.off("SIGWINCH", onResize));
+  }
+
+  try {
+    const code = await new Promise<number>((resolve, reject) => {
+      let exitCode: number | undefined;
+      const onAbort = (): void => {
+        call.cancel();
+        resolve(130);
+      };
+      ctx.signal.addEventListener("abort", onAbort, { once: true });
+      call.on("data", (event: ExecSandboxEvent) => {
+        const payload = event.payload;
+        if (payload?.$case === "stdout" || payload?.$case === "stderr") {
+          const out = payload.$case === "stdout" ? stdout : stderr;
+          if (!out.write(payload.value.data)) {
+            call.pause();
+            out.once("drain", () => call.resume());
+          }
+        } else if (payload?.$case === "exit") exitCode = payload.value.exitCode;
+      });
+      call.on("end", () => {
+        if (exitCode === undefined) {
+          reject(new OpenShellError("connection_lost", "the exec stream ended without an exit status"));
+        } else resolve(exitCode);
+      });
+      call.on("error", (error: Error & { code?: number }) => {
+        if (exitCode !== undefined) resolve(exitCode);
+        else reject(mapGrpcError(error, gateway.target));
+      });
+    });
+    await ctx.rememberSandbox(name);
+    return code;
+  } finally {
+    for (const undo of restore.reverse()) undo();
+  }
+}

@@ -1,0 +1,143 @@
+// How sandboxes look on stdout: the JSON/YAML document (upstream's shape plus
+// our fields), the list table and the `get` table.
+
+import { stringify as toYaml } from "yaml";
+import { formatBytes, formatMode } from "../core/files.js";
+import { phaseName, readyFalseMessage } from "../core/phases.js";
+import { policyToDocument, policyToYaml } from "../core/policy.js";
+import { type Sandbox, SandboxPhase } from "../gen/openshell.js";
+import { table, type Ui } from "./ui.js";
+
+export type OutputFormat = "table" | "json" | "yaml";
+
+export function formatTimestamp(ms: number): string {
+  if (!ms) return "-";
+  return new Date(ms).toISOString().replace("T", " ").slice(0, 19);
+}
+
+export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = {}): Record<string, unknown> {
+  const meta = sandbox.metadata;
+  const status = sandbox.status;
+  const ready = readyFalseMessage(sandbox);
+  const document: Record<string, unknown> = {
+    id: meta?.id ?? "",
+    name: meta?.name ?? "",
+    workspace: meta?.workspace ?? "",
+    labels: { ...(meta?.labels ?? {}) },
+    annotations: { ...(meta?.annotations ?? {}) },
+    resource_version: meta?.resourceVersion ?? 0,
+    created_at: formatTimestamp(meta?.createdAtMs ?? 0),
+    phase: phaseName(status?.phase),
+    current_policy_version: status?.currentPolicyVersion ?? 0,
+  };
+  if (status?.exitCode !== undefined) document.exit_code = status.exitCode;
+  if (ready) document.reason = ready;
+  document.files = (sandbox.spec?.files ?? []).map((file) => ({
+    path: file.path,
+    mode: formatMode(file.mode || 0o444),
+    size: file.size,
+    sha256: file.sha256,
+  }));
+  if (options.full) {
+    document.command = [...(sandbox.spec?.command ?? [])];
+    document.tty = sandbox.spec?.tty ?? false;
+    document.conditions = (status?.conditions ?? []).map((c) => ({
+      type: c.type,
+      status: c.status,
+      reason: c.reason,
+      message: c.message,
+      last_transition_time: c.lastTransitionTime,
+    }));
+    document.policy_source = "sandbox";
+    document.revision = null;
+    document.policy = sandbox.spec?.policy ? policyToDocument(sandbox.spec.policy) : null;
+  }
+  return document;
+}
+
+export function printDocument(ui: Ui, format: "json" | "yaml", value: unknown): void {
+  if (format === "json") ui.io.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  else ui.io.stdout.write(toYaml(value));
+}
+
+function phaseColor(ui: Ui, phase: SandboxPhase | undefined, text: string): string {
+  switch (phase) {
+    case SandboxPhase.SANDBOX_PHASE_READY:
+      return ui.out.green(text);
+    case SandboxPhase.SANDBOX_PHASE_ERROR:
+      return ui.out.red(text);
+    case SandboxPhase.SANDBOX_PHASE_PROVISIONING:
+      return ui.out.yellow(text);
+    case SandboxPhase.SANDBOX_PHASE_DELETING:
+      return ui.out.dim(text);
+    default:
+      return text;
+  }
+}
+
+export function printSandboxList(ui: Ui, sandboxes: Sandbox[]): void {
+  if (sandboxes.length === 0) {
+    ui.note("No sandboxes found.");
+    return;
+  }
+  const rows = sandboxes.map((s) => [
+    s.metadata?.name ?? "",
+    formatTimestamp(s.metadata?.createdAtMs ?? 0),
+    phaseName(s.status?.phase),
+  ]);
+  const lines = table(["NAME", "CREATED", "PHASE"], rows, (h) => ui.out.bold(h));
+  ui.data(lines[0]!);
+  lines.slice(1).forEach((line, i) => {
+    const sandbox = sandboxes[i]!;
+    const phase = phaseName(sandbox.status?.phase);
+    ui.data(
+      line.endsWith(phase)
+        ? line.slice(0, -phase.length) + phaseColor(ui, sandbox.status?.phase, phase)
+        : line,
+    );
+  });
+}
+
+export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
+  const meta = sandbox.metadata!;
+  const status = sandbox.status;
+  const label = (text: string): string => ui.out.dim(text);
+  ui.data(ui.out.cyan.bold("Sandbox:"));
+  ui.data(`  ${label("Id:")} ${meta.id}`);
+  ui.data(`  ${label("Name:")} ${meta.name}`);
+  ui.data(`  ${label("Workspace:")} ${meta.workspace}`);
+  ui.data(`  ${label("Created:")} ${formatTimestamp(meta.createdAtMs)}`);
+  ui.data(`  ${label("Phase:")} ${phaseColor(ui, status?.phase, phaseName(status?.phase))}`);
+  const reason = readyFalseMessage(sandbox);
+  if (reason) ui.data(`  ${label("Reason:")} ${reason}`);
+  if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
+  ui.data(`  ${label("Resource version:")} ${meta.resourceVersion}`);
+  ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);
+  for (const [title, map] of [
+    ["Labels:", meta.labels],
+    ["Annotations:", meta.annotations],
+  ] as const) {
+    const keys = Object.keys(map).sort();
+    if (keys.length === 0) continue;
+    ui.data(ui.out.cyan.bold(title));
+    for (const key of keys) ui.data(`    ${key}: ${map[key]}`);
+  }
+  const files = sandbox.spec?.files ?? [];
+  if (files.length > 0) {
+    ui.data(ui.out.cyan.bold("Files:"));
+    const rows = files.map((f) => [
+      f.path,
+      formatMode(f.mode || 0o444),
+      formatBytes(Number(f.size)),
+      f.sha256,
+    ]);
+    for (const line of table(["PATH", "MODE", "SIZE", "SHA256"], rows, (h) => ui.out.dim(h)))
+      ui.data(`  ${line}`);
+  }
+  const policy = sandbox.spec?.policy;
+  ui.data(`${ui.out.cyan.bold("Policy:")} ${policy ? "" : label("(default)")}`);
+  if (policy) {
+    for (const line of policyToYaml(policy).split("\n"))
+      if (line.trim() !== "" && line !== "---") ui.data(`  ${line}`);
+  }
+}

@@ -1,0 +1,130 @@
+// `sandbox get`, `sandbox list`, `sandbox delete`.
+
+import { clearLastSandbox } from "../core/config.js";
+import { OpenShellError, usageError } from "../core/errors.js";
+import { parseSelector } from "../core/names.js";
+import { policyToYaml } from "../core/policy.js";
+import type { CommandContext } from "./context.js";
+import {
+  type OutputFormat,
+  printDocument,
+  printSandboxDetails,
+  printSandboxList,
+  sandboxDocument,
+} from "./present.js";
+
+export interface GetOptions {
+  name?: string | undefined;
+  output: OutputFormat;
+  policyOnly: boolean;
+}
+
+export async function sandboxGet(ctx: CommandContext, options: GetOptions): Promise<number> {
+  if (options.policyOnly && options.output !== "table")
+    throw usageError("--policy-only cannot be combined with -o");
+  const name = await ctx.sandboxName(options.name);
+  const gateway = await ctx.gateway();
+  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  if (!sandbox?.metadata?.id) throw new OpenShellError("internal", "sandbox missing metadata");
+  if (options.policyOnly) {
+    if (!sandbox.spec?.policy)
+      throw new OpenShellError("not_found", "no active policy configured for this sandbox");
+    ctx.io.stdout.write(policyToYaml(sandbox.spec.policy));
+    return 0;
+  }
+  if (options.output === "table") printSandboxDetails(ctx.ui, sandbox);
+  else printDocument(ctx.ui, options.output, sandboxDocument(sandbox, { full: true }));
+  return 0;
+}
+
+export interface ListOptions {
+  limit: number;
+  offset: number;
+  selector?: string | undefined;
+  ids: boolean;
+  names: boolean;
+  output: OutputFormat;
+}
+
+export async function sandboxList(ctx: CommandContext, options: ListOptions): Promise<number> {
+  const exclusive = [options.ids, options.names, options.output !== "table"].filter(Boolean).length;
+  if (exclusive > 1) throw usageError("--ids, --names and -o cannot be combined");
+  if (!Number.isInteger(options.limit) || options.limit < 1 || options.limit > 1000) {
+    throw usageError(`--limit ${options.limit}: expected a whole number from 1 to 1000`);
+  }
+  if (!Number.isInteger(options.offset) || options.offset < 0) {
+    throw usageError(`--offset ${options.offset}: expected a whole number from 0`);
+  }
+  if (options.selector) parseSelector(options.selector);
+  const gateway = await ctx.gateway();
+  const { sandboxes } = await gateway.call(gateway.client.listSandboxes, {
+    limit: options.limit,
+    offset: options.offset,
+    labelSelector: options.selector ?? "",
+    workspace: gateway.workspace,
+    allWorkspaces: false,
+  });
+  if (options.ids) for (const s of sandboxes) ctx.ui.data(s.metadata?.id ?? "");
+  else if (options.names) for (const s of sandboxes) ctx.ui.data(s.metadata?.name ?? "");
+  else if (options.output === "table") printSandboxList(ctx.ui, sandboxes);
+  else
+    printDocument(
+      ctx.ui,
+      options.output,
+      sandboxes.map((s) => sandboxDocument(s)),
+    );
+  return 0;
+}
+
+export interface DeleteOptions {
+  names: string[];
+  all: boolean;
+}
+
+export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions): Promise<number> {
+  if (options.all && options.names.length > 0) throw usageError("give sandbox names or --all, not both");
+  if (!options.all && options.names.length === 0) {
+    throw usageError("no sandbox named", "Name the sandboxes to delete, or pass --all.");
+  }
+  const gateway = await ctx.gateway();
+  let names = options.names;
+  if (options.all) {
+    const { sandboxes } = await gateway.call(gateway.client.listSandboxes, {
+      limit: 1000,
+      offset: 0,
+      labelSelector: "",
+      workspace: gateway.workspace,
+      allWorkspaces: false,
+    });
+    names = sandboxes.map((s) => s.metadata?.name ?? "").filter((n) => n !== "");
+    if (names.length === 0) {
+      ctx.ui.note("No sandboxes to delete.");
+      return 0;
+    }
+  }
+  let missing = 0;
+  for (const name of names) {
+    try {
+      const { deleted } = await gateway.call(
+        gateway.client.deleteSandbox,
+        { name, workspace: gateway.workspace },
+        { deadlineMs: 60_000 },
+      );
+      if (deleted) {
+        clearLastSandbox(gateway.name, name);
+        ctx.ui.success(`Deleted sandbox ${name}`);
+      } else {
+        missing += 1;
+        ctx.ui.warn(`Sandbox ${name} not found`);
+      }
+    } catch (error) {
+      if (error instanceof OpenShellError && error.code === "not_found") {
+        missing += 1;
+        ctx.ui.warn(`Sandbox ${name} not found`);
+        continue;
+      }
+      throw error;
+    }
+  }
+  return missing > 0 ? 1 : 0;
+}

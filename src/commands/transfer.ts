@@ -1,0 +1,197 @@
+// `sandbox upload`, `sandbox download`, and the uploads of `create --upload`:
+// tar over one SSH connection through the gateway. An upload counts as done
+// only when the sandbox's tar reports every entry and every byte; a download
+// is extracted locally by a extractor that refuses anything landing outside
+// DEST.
+
+import { basename } from "node:path";
+import type { Client } from "ssh2";
+import {
+  decodeTypeProbe,
+  downloadTarCommand,
+  extractDownload,
+  probeCommand,
+  resolveDownloadSource,
+  typeProbeCommand,
+} from "../core/download.js";
+import { OpenShellError } from "../core/errors.js";
+import { formatBytes } from "../core/files.js";
+import { phaseName } from "../core/phases.js";
+import {
+  packUpload,
+  planUpload,
+  remoteExtractCommand,
+  type UploadPlan,
+  type UploadProgress,
+  verifyExtraction,
+} from "../core/upload.js";
+import { SandboxPhase } from "../gen/openshell.js";
+import { channelExit, connectSandboxSsh, sshExec } from "../transport/ssh.js";
+import type { CommandContext, ConnectedGateway } from "./context.js";
+import type { Ui } from "./ui.js";
+
+const PROGRESS_INTERVAL_MS = 200;
+
+function megabytes(bytes: number): string {
+  return `${(bytes / 1_000_000).toFixed(1)} MB`;
+}
+
+/** A self-overwriting progress line on a terminal; nothing otherwise. */
+class TransferProgress {
+  private readonly started = Date.now();
+  private last = 0;
+  private shown = false;
+
+  constructor(
+    private readonly ui: Ui,
+    private readonly verb: string,
+  ) {}
+
+  update(bytes: number, files: number, totalBytes?: number): void {
+    if (!this.ui.interactive) return;
+    const now = Date.now();
+    if (now - this.last < PROGRESS_INTERVAL_MS) return;
+    this.last = now;
+    const seconds = Math.max((now - this.started) / 1000, 0.001);
+    const total = totalBytes ? ` / ${megabytes(totalBytes)}` : "";
+    this.ui.io.stderr.write(
+      `\r\x1b[2K  ${this.verb} ${megabytes(bytes)}${total}, ${files} files, ${megabytes(bytes / seconds)}/s`,
+    );
+    this.shown = true;
+  }
+
+  clear(): void {
+    if (this.shown) this.ui.io.stderr.write("\r\x1b[2K");
+  }
+}
+
+/** Runs a command in the sandbox and collects its output and status. */
+async function capture(
+  client: Client,
+  command: string,
+): Promise<{ stdout: Buffer; stderr: Buffer; code: number }> {
+  const channel = await sshExec(client, command);
+  channel.end();
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  channel.on("data", (d: Buffer) => out.push(d));
+  channel.stderr.on("data", (d: Buffer) => err.push(d));
+  const code = await channelExit(channel);
+  return { stdout: Buffer.concat(out), stderr: Buffer.concat(err), code };
+}
+
+async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void> {
+  if (plan.warning) ui.warn(plan.warning);
+  const progress = new TransferProgress(ui, "Uploading");
+  const channel = await sshExec(client, remoteExtractCommand(plan));
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  channel.on("data", (d: Buffer) => out.push(d));
+  channel.stderr.on("data", (d: Buffer) => err.push(d));
+  const exit = channelExit(channel);
+  const { stream, done } = packUpload(plan, (p: UploadProgress) =>
+    progress.update(p.bytes, p.files, p.totalBytes),
+  );
+  stream.pipe(channel);
+  try {
+    const [code] = await Promise.all([
+      exit,
+      done.catch((error: unknown) => {
+        channel.close();
+        throw error;
+      }),
+    ]);
+    verifyExtraction(plan, Buffer.concat(out), Buffer.concat(err), code);
+  } finally {
+    progress.clear();
+  }
+  ui.success(`Uploaded ${plan.totals.files} files, ${megabytes(plan.totals.bytes)} to ${plan.remotePath}`);
+}
+
+/** Uploads each plan in order over one SSH connection. */
+export async function uploadPlans(
+  ctx: CommandContext,
+  gateway: ConnectedGateway,
+  sandboxId: string,
+  plans: UploadPlan[],
+): Promise<void> {
+  const ssh = await connectSandboxSsh(gateway.client, gateway.target, sandboxId, { signal: ctx.signal });
+  try {
+    for (const plan of plans) await uploadOne(ctx.ui, ssh.client, plan);
+  } finally {
+    await ssh.close();
+  }
+}
+
+async function readySandboxId(gateway: ConnectedGateway, name: string): Promise<string> {
+  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  const phase = sandbox?.status?.phase;
+  if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
+    throw new OpenShellError("not_ready", `sandbox '${name}' is not ready (phase: ${phaseName(phase)})`);
+  }
+  return sandbox!.metadata!.id;
+}
+
+export async function sandboxUpload(
+  ctx: CommandContext,
+  options: { name: string; local: string; dest: string | undefined; gitIgnore: boolean },
+): Promise<number> {
+  const plan = await planUpload(options.local, options.dest, { gitIgnore: options.gitIgnore });
+  const gateway = await ctx.gateway();
+  const id = await readySandboxId(gateway, options.name);
+  await uploadPlans(ctx, gateway, id, [plan]);
+  return 0;
+}
+
+export async function sandboxDownload(
+  ctx: CommandContext,
+  options: { name: string; path: string; dest: string },
+): Promise<number> {
+  const gateway = await ctx.gateway();
+  const id = await readySandboxId(gateway, options.name);
+  const ssh = await connectSandboxSsh(gateway.client, gateway.target, id, { signal: ctx.signal });
+  try {
+    const probe = await capture(ssh.client, probeCommand(options.path));
+    if (probe.code !== 0) {
+      const reason = probe.stderr.toString("utf8").trim().split("\n").pop() ?? "";
+      throw new OpenShellError(
+        "not_found",
+        `failed to resolve sandbox source path '${options.path}'${reason ? `: ${reason}` : ""}`,
+      );
+    }
+    const resolved = resolveDownloadSource(probe.stdout, options.path);
+    const type = await capture(ssh.client, typeProbeCommand(resolved));
+    const kind = decodeTypeProbe(type.stdout, options.path);
+    const channel = await sshExec(ssh.client, downloadTarCommand(resolved));
+    channel.end();
+    const err: Buffer[] = [];
+    channel.stderr.on("data", (d: Buffer) => err.push(d));
+    const exit = channelExit(channel);
+    const progress = new TransferProgress(ctx.ui, "Downloading");
+    let received = 0;
+    channel.on("data", (d: Buffer) => {
+      received += d.length;
+      progress.update(received, 0);
+    });
+    let result: Awaited<ReturnType<typeof extractDownload>>;
+    try {
+      [result] = await Promise.all([
+        extractDownload(channel, options.dest, { kind, name: basename(resolved), source: options.path }),
+        exit.then((code) => {
+          if (code !== 0) {
+            throw new OpenShellError(
+              "sandbox_error",
+              `ssh tar create exited with status ${code}: ${Buffer.concat(err).toString("utf8").trim()}`,
+            );
+          }
+        }),
+      ]);
+    } finally {
+      progress.clear();
+    }
+    ctx.ui.success(`Downloaded ${result.files} files, ${formatBytes(result.bytes)} to ${result.path}`);
+    return 0;
+  } finally {
+    await ssh.close();
+  }
+}

@@ -1,0 +1,77 @@
+// Terminal presentation: colour only on a terminal and never with NO_COLOR,
+// glyphs for status lines, and the streams a command writes to. Data goes to
+// stdout; progress, warnings and hints go to stderr.
+
+import type { Readable, Writable } from "node:stream";
+import { Chalk, type ChalkInstance } from "chalk";
+
+export interface Io {
+  stdin: Readable & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
+  stdout: Writable & { isTTY?: boolean; columns?: number; rows?: number };
+  stderr: Writable & { isTTY?: boolean };
+}
+
+export function processIo(): Io {
+  return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
+}
+
+export function colorFor(stream: { isTTY?: boolean }): ChalkInstance {
+  const enabled = stream.isTTY === true && process.env.NO_COLOR === undefined && process.env.TERM !== "dumb";
+  return new Chalk({ level: enabled ? 1 : 0 });
+}
+
+export class Ui {
+  readonly err: ChalkInstance;
+  readonly out: ChalkInstance;
+
+  constructor(readonly io: Io) {
+    this.err = colorFor(io.stderr);
+    this.out = colorFor(io.stdout);
+  }
+
+  get interactive(): boolean {
+    return this.io.stderr.isTTY === true;
+  }
+
+  /** One line of data on stdout. */
+  data(line: string): void {
+    this.io.stdout.write(`${line}\n`);
+  }
+
+  /** One line of chatter on stderr. */
+  note(line: string): void {
+    this.io.stderr.write(`${line}\n`);
+  }
+
+  success(message: string): void {
+    this.note(`${this.err.green.bold("✓")} ${message}`);
+  }
+
+  warn(message: string): void {
+    this.note(`${this.err.yellow("!")} ${message}`);
+  }
+
+  hint(message: string): void {
+    this.note(`${this.err.dim("→")} ${message}`);
+  }
+}
+
+/** Pads cells into aligned columns with two spaces between them. */
+export function table(
+  headers: string[],
+  rows: string[][],
+  style: (header: string) => string = (h) => h,
+): string[] {
+  const widths = headers.map((header, i) =>
+    Math.max(header.length, ...rows.map((row) => (row[i] ?? "").length)),
+  );
+  const line = (cells: string[], styleCell?: (cell: string, i: number) => string): string =>
+    cells
+      .map((cell, i) => {
+        const padded = i === cells.length - 1 ? cell : cell.padEnd(widths[i]!);
+        return styleCell ? styleCell(padded, i) : padded;
+      })
+      .join("  ")
+      .trimEnd();
+  return [line(headers, (cell) => style(cell)), ...rows.map((row) => line(row))];
+}

@@ -1,0 +1,205 @@
+// The supervisor's connection to its gateway: a gRPC client that presents the
+// sandbox's own credentials on every call, the ConnectSupervisor session that
+// keeps the sandbox Ready, relays opened on request, and the log stream.
+
+import { randomUUID } from "node:crypto";
+import { connect as netConnect } from "node:net";
+import {
+  type CallOptions,
+  type ClientDuplexStream,
+  type ClientWritableStream,
+  credentials,
+  type InterceptingCall,
+  InterceptingCall as InterceptingCallImpl,
+  type Interceptor,
+  Metadata,
+} from "@grpc/grpc-js";
+import { SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
+import {
+  type GatewayMessage,
+  OpenShellClient,
+  type PushSandboxLogsRequest,
+  type PushSandboxLogsResponse,
+  type RelayFrame,
+  type RelayOpen,
+  type SandboxLogLine,
+  type SupervisorMessage,
+} from "../gen/openshell.js";
+import { bridge } from "../transport/bridge.js";
+import { frameDuplex } from "../transport/duplex.js";
+import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+
+const LOG_FLUSH_MS = 200;
+const LOG_BATCH = 100;
+
+export function supervisorClient(target: string, sandboxId: string, secret: string): OpenShellClient {
+  const credential: Interceptor = (options, nextCall): InterceptingCall =>
+    new InterceptingCallImpl(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set(SUPERVISOR_METADATA_KEY, `${sandboxId}:${secret}`);
+        next(metadata, listener);
+      },
+    });
+  return new OpenShellClient(target, credentials.createInsecure(), {
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    "grpc.keepalive_time_ms": 15_000,
+    interceptors: [credential],
+  });
+}
+
+/** Promise form of a unary call on the supervisor client. */
+export function call<Req, Res>(
+  method: (
+    request: Req,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: Error | null, response: Res) => void,
+  ) => unknown,
+  request: Req,
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method(request, new Metadata(), {}, (error, response) => (error ? reject(error) : resolve(response)));
+  });
+}
+
+export interface SessionOptions {
+  client: OpenShellClient;
+  sandboxId: string;
+  instanceId: string;
+  /** Unix socket of the pod's SSH server, as seen from the host. */
+  sshSocket: string;
+  log(line: string): void;
+}
+
+/**
+ * Holds the supervisor session open, reconnecting with backoff (1 s → 30 s)
+ * if it drops, and serves each RelayOpen by dialing the pod's SSH socket and
+ * bridging it to a new RelayStream call.
+ */
+export class SupervisorSession {
+  private stream: ClientDuplexStream<SupervisorMessage, GatewayMessage> | undefined;
+  private stopped = false;
+  private backoffMs = 1000;
+
+  constructor(private readonly o: SessionOptions) {}
+
+  start(): void {
+    this.connect();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.stream?.end();
+    this.stream?.cancel();
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const stream = this.o.client.connectSupervisor();
+    this.stream = stream;
+    stream.write({
+      payload: { $case: "hello", value: { sandboxId: this.o.sandboxId, instanceId: this.o.instanceId } },
+    });
+    stream.on("data", (message: GatewayMessage) => {
+      const payload = message.payload;
+      if (payload?.$case === "sessionAccepted") this.backoffMs = 1000;
+      else if (payload?.$case === "relayOpen") this.openRelay(stream, payload.value);
+      else if (payload?.$case === "sessionRejected") this.o.log(`session rejected: ${payload.value.reason}`);
+    });
+    const retry = (): void => {
+      if (this.stream !== stream || this.stopped) return;
+      this.stream = undefined;
+      const delay = this.backoffMs;
+      this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+      setTimeout(() => this.connect(), delay).unref();
+    };
+    stream.on("error", retry);
+    stream.on("end", retry);
+  }
+
+  private openRelay(session: ClientDuplexStream<SupervisorMessage, GatewayMessage>, open: RelayOpen): void {
+    const fail = (error: string): void => {
+      session.write({
+        payload: { $case: "relayOpenResult", value: { channelId: open.channelId, success: false, error } },
+      });
+    };
+    if (open.target?.$case === "tcp") {
+      fail("tcp relay targets are not supported by the bubblewrap runtime; use SSH port forwarding");
+      return;
+    }
+    const socket = netConnect(this.o.sshSocket);
+    socket.once("error", (error) => fail(`cannot reach the sandbox SSH server: ${error.message}`));
+    socket.once("connect", () => {
+      const relay = this.o.client.relayStream();
+      relay.write({ payload: { $case: "init", value: { channelId: open.channelId } } });
+      const remote = frameDuplex<RelayFrame, RelayFrame>(relay, {
+        fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
+        toFrame: (data) => ({ payload: { $case: "data", value: data } }),
+      });
+      bridge(remote, socket);
+    });
+  }
+}
+
+/** Batches sandbox log lines onto one PushSandboxLogs stream. */
+export class LogPusher {
+  private pending: SandboxLogLine[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private stream: ClientWritableStream<PushSandboxLogsRequest> | undefined;
+
+  constructor(
+    private readonly client: OpenShellClient,
+    private readonly sandboxId: string,
+  ) {}
+
+  push(level: string, target: string, message: string): void {
+    this.pending.push({
+      sandboxId: this.sandboxId,
+      timestampMs: Date.now(),
+      level,
+      target,
+      message,
+      source: "sandbox",
+      fields: {},
+    });
+    if (this.pending.length >= LOG_BATCH) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending.length === 0) return;
+    this.stream ??= this.openStream();
+    while (this.pending.length > 0) {
+      this.stream.write({ sandboxId: this.sandboxId, logs: this.pending.splice(0, LOG_BATCH) });
+    }
+  }
+
+  private openStream(): ClientWritableStream<PushSandboxLogsRequest> {
+    const stream = this.client.pushSandboxLogs(
+      (_error: Error | null, _response?: PushSandboxLogsResponse) => {
+        if (this.stream === stream) this.stream = undefined;
+      },
+    );
+    return stream;
+  }
+
+  /** Sends what is pending and closes the stream; resolves when the gateway has it. */
+  close(): Promise<void> {
+    this.flush();
+    const stream = this.stream;
+    this.stream = undefined;
+    if (!stream) return Promise.resolve();
+    return new Promise((resolve) => {
+      stream.on("status", () => resolve());
+      stream.end();
+      setTimeout(resolve, 2000).unref();
+    });
+  }
+}
+
+export function newInstanceId(): string {
+  return randomUUID();
+}

@@ -1,0 +1,299 @@
+// Starting a sandbox's bubblewrap pod: its private directories, the staged
+// injected files, the generated passwd/group, the mount plan, and the agent
+// as the pod's first process.
+//
+// The agent is node running our own code, so the pod carries its own copy of
+// what node needs under /run/openshell (the node binary, the shared libraries
+// it links, our dist/ and node_modules/), bound read-only and started through
+// the dynamic loader: the agent works whatever the policy hides.
+//
+// When the supervisor is root, bwrap runs as the sandbox's own unprivileged
+// host uid. Such a uid may not be able to reach the sandbox's directories
+// (the state directory is usually under /root, mode 0700), so the pod is
+// started from a private mount namespace in which root has bound them under
+// a traversable tmpfs first.
+
+import { execFileSync, spawn } from "node:child_process";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { createInterface } from "node:readline";
+import { defaultPolicy } from "../core/policy.js";
+import type { SupervisorLaunch } from "../gateway/runtime.js";
+import type { SandboxFile } from "../gen/openshell.js";
+import type { SandboxPolicy } from "../gen/sandbox.js";
+import { stageFiles } from "./inject.js";
+import { applyHostPrep, type ControlBind, planMounts } from "./mounts.js";
+import { isSandboxSetupError } from "./setup-errors.js";
+
+export type AgentMessage =
+  | { t: "ready" }
+  | { t: "log"; s: "stdout" | "stderr"; m: string }
+  | { t: "exit"; code: number }
+  | { t: "fatal"; reason: string; message: string };
+
+/** What the supervisor tells the agent on its stdin. */
+export interface AgentConfig {
+  command: string[];
+  tty: boolean;
+  env: Record<string, string>;
+  workdir: string;
+  socketPath: string;
+  startOnAttach: boolean;
+  shell: string;
+  sftpServer: string;
+}
+
+export class PodError extends Error {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export const CONTROL_ROOT = "/run/openshell";
+const SANDBOX_UID = 1000;
+const WORKDIR = "/sandbox";
+const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/** Where the pod's tmpfs of re-exposed host directories goes in the private mount namespace. */
+const EXPOSE_AT = "/mnt";
+
+function identity(value: string | undefined, fallback: number): number {
+  if (value === undefined || value === "" || value === "sandbox") return fallback;
+  return Number(value);
+}
+
+/** The node binary's shared libraries and dynamic loader, from ldd. */
+function nodeClosure(): { loader: string; libraries: string[] } {
+  const output = execFileSync("ldd", [process.execPath], { encoding: "utf8" });
+  const libraries: string[] = [];
+  let loader = "";
+  for (const line of output.split("\n")) {
+    const arrow = /=>\s+(\/\S+)/.exec(line);
+    if (arrow) libraries.push(arrow[1]!);
+    else {
+      const bare = /^\s*(\/\S+)\s+\(/.exec(line);
+      if (bare) loader = bare[1]!;
+    }
+  }
+  if (!loader) throw new PodError("RuntimeUnavailable", "cannot find node's dynamic loader with ldd");
+  return { loader, libraries };
+}
+
+function writeIdentityFiles(dir: string, uid: number, gid: number): { passwd: string; group: string } {
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const passwd = join(dir, "passwd");
+  const group = join(dir, "group");
+  const shell = "/bin/bash";
+  writeFileSync(
+    passwd,
+    [
+      "root:x:0:0:root:/root:/usr/sbin/nologin",
+      `sandbox:x:${uid}:${gid}:sandbox:${WORKDIR}:${shell}`,
+      "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
+      "",
+    ].join("\n"),
+    { mode: 0o644 },
+  );
+  writeFileSync(group, ["root:x:0:", `sandbox:x:${gid}:`, "nogroup:x:65534:", ""].join("\n"), {
+    mode: 0o644,
+  });
+  chmodSync(passwd, 0o644);
+  chmodSync(group, 0o644);
+  return { passwd, group };
+}
+
+export interface PodOptions {
+  launch: SupervisorLaunch;
+  policy: SandboxPolicy | undefined;
+  files: SandboxFile[];
+  onAgent(message: AgentMessage): void;
+  onProgress(step: string, detail: string): void;
+  onWarning(message: string): void;
+  diag(line: string): void;
+}
+
+export interface Pod {
+  sshSocket: string;
+  exited: Promise<string>;
+  stop(): Promise<void>;
+}
+
+export async function startPod(o: PodOptions): Promise<Pod> {
+  const { launch } = o;
+  const policy = o.policy ?? defaultPolicy();
+  const root = process.getuid?.() === 0;
+  const dir = launch.sandboxDir;
+  const dirs = {
+    workspace: join(dir, "workspace"),
+    tmp: join(dir, "tmp"),
+    rwRoot: join(dir, "rw"),
+    files: join(dir, "files"),
+  };
+  const runDir = join(dir, "run");
+  const uid = identity(policy.process?.runAsUser, SANDBOX_UID);
+  const gid = identity(policy.process?.runAsGroup, uid === SANDBOX_UID ? SANDBOX_UID : uid);
+  const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
+
+  try {
+    if (o.files.length > 0) o.onProgress("InjectingFiles", `Writing ${o.files.length} injected file(s)`);
+    await stageFiles(
+      o.files.map((f) => ({ path: f.path, content: Buffer.from(f.content), mode: f.mode })),
+      dirs.files,
+      { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
+    );
+    const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    const closure = nodeClosure();
+    const controlBinds: ControlBind[] = [
+      { src: process.execPath, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
+      ...[closure.loader, ...closure.libraries].map((lib) => ({
+        src: lib,
+        dest: `${CONTROL_ROOT}/lib/${basename(lib)}`,
+        writable: false,
+      })),
+      { src: join(launch.appRoot, "dist"), dest: `${CONTROL_ROOT}/app/dist`, writable: false },
+      {
+        src: join(launch.appRoot, "node_modules"),
+        dest: `${CONTROL_ROOT}/app/node_modules`,
+        writable: false,
+      },
+      { src: runDir, dest: `${CONTROL_ROOT}/run`, writable: true },
+    ];
+    const plan = planMounts({
+      policy: policy.filesystem ?? { includeWorkdir: true, readOnly: [], readWrite: [] },
+      workdir: WORKDIR,
+      dirs,
+      injectedFiles: o.files.map((f) => f.path),
+      passwdFile: passwd,
+      groupFile: group,
+      controlBinds,
+      uid,
+      gid,
+      hostOwner,
+      hostname: launch.sandboxName,
+    });
+    if (plan.missing.length > 0) {
+      const message = `policy paths not present on this host: ${plan.missing.join(", ")}`;
+      if (policy.landlock?.compatibility === "hard_requirement") {
+        throw new PodError(
+          "FilesystemPolicyUnenforceable",
+          `${message} (landlock.compatibility is hard_requirement)`,
+        );
+      }
+      o.onWarning(message);
+    }
+    await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
+    return launchPod(o, plan.args, closure.loader, runDir, root);
+  } catch (error) {
+    if (error instanceof PodError) throw error;
+    if (isSandboxSetupError(error)) throw new PodError(error.reason, error.message);
+    throw error;
+  }
+}
+
+function launchPod(o: PodOptions, planArgs: string[], loader: string, runDir: string, root: boolean): Pod {
+  const { launch } = o;
+  const shell = "/bin/bash";
+  const agent = [
+    `${CONTROL_ROOT}/lib/${basename(loader)}`,
+    "--library-path",
+    `${CONTROL_ROOT}/lib`,
+    `${CONTROL_ROOT}/bin/node`,
+    `${CONTROL_ROOT}/app/dist/agent.mjs`,
+  ];
+  const bwrapArgs = [...planArgs, "--setenv", "PATH", PATH, "--setenv", "LANG", "C.UTF-8", "--", ...agent];
+  let command: string;
+  let args: string[];
+  if (root) {
+    // Re-expose the sandbox directory and the app under a tmpfs that the pod's
+    // uid can traverse, in a mount namespace of this pod's own.
+    const sandboxAt = `${EXPOSE_AT}/sandbox`;
+    const appAt = `${EXPOSE_AT}/app`;
+    const rewrite = (arg: string): string => {
+      for (const [from, to] of [
+        [launch.sandboxDir, sandboxAt],
+        [launch.appRoot, appAt],
+      ] as const) {
+        if (arg === from) return to;
+        if (arg.startsWith(`${from}/`)) return to + arg.slice(from.length);
+      }
+      return arg;
+    };
+    command = "unshare";
+    args = [
+      "--mount",
+      "--propagation",
+      "private",
+      "--",
+      "/bin/sh",
+      "-ec",
+      [
+        `mount -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
+        `mkdir ${sandboxAt} ${appAt}`,
+        `mount --bind "$1" ${sandboxAt}`,
+        `mount --bind "$2" ${appAt}`,
+        "shift 2",
+        'exec "$@"',
+      ].join("\n"),
+      "openshell-pod",
+      launch.sandboxDir,
+      launch.appRoot,
+      "setpriv",
+      `--reuid=${launch.hostUid}`,
+      `--regid=${launch.hostGid}`,
+      "--clear-groups",
+      "--",
+      "bwrap",
+      ...bwrapArgs.map(rewrite),
+    ];
+  } else {
+    command = "bwrap";
+    args = bwrapArgs;
+  }
+  const child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe"], env: { PATH, LANG: "C.UTF-8" } });
+  const env: Record<string, string> = {
+    HOME: WORKDIR,
+    USER: "sandbox",
+    LOGNAME: "sandbox",
+    SHELL: shell,
+    PATH,
+    LANG: "C.UTF-8",
+    OPENSHELL_SANDBOX: "1",
+    ...launch.environment,
+  };
+  const config: AgentConfig = {
+    command: launch.command,
+    tty: launch.tty,
+    env,
+    workdir: WORKDIR,
+    socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
+    startOnAttach: launch.startOnAttach,
+    shell,
+    sftpServer: "/usr/lib/openssh/sftp-server",
+  };
+  child.stdin.write(`${JSON.stringify(config)}\n`);
+  child.stdin.on("error", () => {});
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    try {
+      o.onAgent(JSON.parse(line) as AgentMessage);
+    } catch {
+      o.diag(`agent: ${line}`);
+    }
+  });
+  createInterface({ input: child.stderr }).on("line", (line) => o.diag(`pod: ${line}`));
+  const exited = new Promise<string>((resolve) => {
+    child.on("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `status ${code}`));
+    child.on("error", (error) => resolve(`failed to start: ${error.message}`));
+  });
+  return {
+    sshSocket: join(runDir, "ssh.sock"),
+    exited,
+    stop: async () => {
+      // Killing bwrap ends the pod's PID namespace, and every process in it.
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
