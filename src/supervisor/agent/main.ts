@@ -43,10 +43,10 @@ async function main(): Promise<void> {
     mainProcess: main,
     sftpServerPath: config.sftpServer,
     logger: {
-      info: (message: string) => process.stderr.write(`${message}\n`),
-      warn: (message: string) => process.stderr.write(`${message}\n`),
-      error: (message: string) => process.stderr.write(`${message}\n`),
-    } as never,
+      info: (message) => process.stderr.write(`${message}\n`),
+      warn: (message) => process.stderr.write(`${message}\n`),
+      error: (message) => process.stderr.write(`${message}\n`),
+    },
   });
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });

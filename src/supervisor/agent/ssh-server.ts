@@ -13,6 +13,7 @@ import net from "node:net";
 import type { Writable } from "node:stream";
 import type { AuthContext, Connection, ServerChannel, Session, TcpipRequestInfo } from "ssh2";
 import ssh2 from "ssh2";
+import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
 import {
   type ChildCommand,
   type ChildExit,
@@ -56,7 +57,6 @@ export interface SshServer {
 }
 
 export const DEFAULT_SFTP_SERVER = "/usr/lib/openssh/sftp-server";
-export const MAIN_SUBSYSTEM = "openshell-main";
 /** An `env` request with this set to 1 makes an `openshell-main` attach read-only. */
 export const MAIN_READ_ONLY_ENV = "OPENSHELL_MAIN_READ_ONLY";
 
@@ -255,9 +255,18 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
       };
       return begin(accept, (channel) => runCommand(channel, command, undefined, log, forget));
     }
-    if (info.name === MAIN_SUBSYSTEM && context.mainProcess) {
+    if (info.name === SUBSYSTEM_MAIN && context.mainProcess) {
       const main = context.mainProcess;
       return begin(accept, (channel) => attachMain(channel, main, state, log, forget));
+    }
+    if (info.name === SUBSYSTEM_START && context.mainProcess) {
+      // Releases a main process held for uploads, without attaching to it.
+      const main = context.mainProcess;
+      const channel = accept();
+      if (main.state === "pending") main.start();
+      channel.exit(0);
+      channel.end();
+      return;
     }
     log.debug?.(`ssh: subsystem ${JSON.stringify(info.name)} refused`);
     reject();
@@ -408,7 +417,7 @@ function attachMain(
         (chunk.stream === "stderr" ? channel.stderr : channel).write(chunk.data);
         const backlog = channel.writableLength + channel.stderr.writableLength;
         if (backlog > MAX_ATTACH_BACKLOG_BYTES) {
-          log.warn(`ssh: ${MAIN_SUBSYSTEM} attacher fell behind by ${backlog} bytes; disconnecting it`);
+          log.warn(`ssh: ${SUBSYSTEM_MAIN} attacher fell behind by ${backlog} bytes; disconnecting it`);
           channel.stderr.write(
             `\r\nopenshell: fell behind the main process by ${backlog} bytes; detached\r\n`,
           );

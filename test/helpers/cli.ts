@@ -1,0 +1,158 @@
+// Running the real `openshell` binary in tests, each test environment with
+// its own XDG config and state directories (so its own gateway, token and
+// sandboxes), and tearing it all down afterwards.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const BIN = join(ROOT, "bin", "openshell");
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  input?: string | Buffer;
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+  /** Fails the run (with the step named) if it has not exited by then. */
+  timeoutMs?: number;
+  uid?: number;
+  gid?: number;
+}
+
+export class TestEnv {
+  readonly root: string;
+  readonly configHome: string;
+  readonly stateHome: string;
+  readonly home: string;
+
+  constructor(prefix = "openshell-test-") {
+    this.root = mkdtempSync(join(tmpdir(), prefix));
+    chmodSync(this.root, 0o755);
+    this.configHome = join(this.root, "config");
+    this.stateHome = join(this.root, "state");
+    this.home = join(this.root, "home");
+  }
+
+  env(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      LANG: "C.UTF-8",
+      HOME: this.home,
+      XDG_CONFIG_HOME: this.configHome,
+      XDG_STATE_HOME: this.stateHome,
+      NO_COLOR: "1",
+      // Every test picks a free port: tests run side by side.
+      ...extra,
+    };
+    for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
+    return env;
+  }
+
+  /** Spawns the CLI and returns the child (for streaming tests). */
+  spawn(args: string[], options: RunOptions = {}): ChildProcess {
+    return spawn(process.execPath, [BIN, ...args], {
+      env: this.env(options.env),
+      cwd: options.cwd ?? this.root,
+      stdio: ["pipe", "pipe", "pipe"],
+      ...(options.uid !== undefined ? { uid: options.uid, gid: options.gid ?? options.uid } : {}),
+    });
+  }
+
+  /** Runs the CLI to completion. */
+  run(args: string[], options: RunOptions = {}): Promise<RunResult> {
+    const child = this.spawn(args, options);
+    return collect(child, `openshell ${args.join(" ")}`, options);
+  }
+
+  /** Starts this environment's gateway on a free port. */
+  async startGateway(): Promise<void> {
+    const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000 });
+    if (result.code !== 0) throw new Error(`gateway start failed: ${result.stderr}`);
+  }
+
+  async dispose(): Promise<void> {
+    await this.run(["gateway", "stop"], { timeoutMs: 60_000 }).catch(() => undefined);
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+export function collect(child: ChildProcess, step: string, options: RunOptions = {}): Promise<RunResult> {
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  child.stdout?.on("data", (d: Buffer) => stdout.push(d));
+  child.stderr?.on("data", (d: Buffer) => stderr.push(d));
+  if (options.input !== undefined) child.stdin?.end(options.input);
+  else child.stdin?.end();
+  child.stdin?.on("error", () => {});
+  return new Promise((resolveResult, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(
+        new Error(
+          `${step}: no exit within ${options.timeoutMs ?? 60_000} ms\nstdout: ${Buffer.concat(stdout).toString()}\nstderr: ${Buffer.concat(stderr).toString()}`,
+        ),
+      );
+    }, options.timeoutMs ?? 60_000);
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolveResult({
+        code,
+        signal,
+        stdout: Buffer.concat(stdout).toString("utf8"),
+        stderr: Buffer.concat(stderr).toString("utf8"),
+      });
+    });
+  });
+}
+
+/** Waits until `text` appears on a stream, failing with the step named after `timeoutMs`. */
+export function waitForOutput(
+  stream: NodeJS.ReadableStream,
+  text: string | RegExp,
+  step: string,
+  timeoutMs = 30_000,
+): Promise<string> {
+  return new Promise((resolveText, reject) => {
+    let seen = "";
+    const onData = (data: Buffer): void => {
+      seen += data.toString("utf8");
+      if (typeof text === "string" ? seen.includes(text) : text.test(seen)) {
+        clearTimeout(timer);
+        stream.off("data", onData);
+        resolveText(seen);
+      }
+    };
+    const timer = setTimeout(() => {
+      stream.off("data", onData);
+      reject(
+        new Error(`${step}: did not see ${String(text)} within ${timeoutMs} ms; saw: ${seen.slice(-2000)}`),
+      );
+    }, timeoutMs);
+    stream.on("data", onData);
+  });
+}
+
+/** Parses stdout as exactly one JSON document. */
+export function json<T = unknown>(result: RunResult): T {
+  return JSON.parse(result.stdout) as T;
+}
+
+/** A sandbox name unique to this run (names are at most 19 characters). */
+let counter = 0;
+export function uniqueName(prefix: string): string {
+  counter += 1;
+  return `${prefix}-${process.pid.toString(36)}${counter.toString(36)}`.slice(0, 19).replace(/-$/, "");
+}
