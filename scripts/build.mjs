@@ -2,13 +2,16 @@
 // shared chunks split out so each command loads only what it runs. Native
 // modules stay external and load from node_modules.
 
-import { readFileSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-rmSync(join(root, "dist"), { recursive: true, force: true });
+// Built beside dist/ and swapped in with renames, so a CLI or gateway that
+// starts during a rebuild never finds dist/ half written.
+const out = join(root, `dist.build-${process.pid}`);
+rmSync(out, { recursive: true, force: true });
 const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 await build({
   absWorkingDir: root,
@@ -18,7 +21,7 @@ await build({
     supervisor: "src/supervisor/main.ts",
     agent: "src/supervisor/agent/main.ts",
   },
-  outdir: "dist",
+  outdir: out,
   outExtension: { ".js": ".mjs" },
   bundle: true,
   splitting: true,
@@ -34,3 +37,7 @@ await build({
   define: { __OPENSHELL_VERSION__: JSON.stringify(version) },
   logLevel: "warning",
 });
+const old = join(root, `dist.old-${process.pid}`);
+if (existsSync(join(root, "dist"))) renameSync(join(root, "dist"), old);
+renameSync(out, join(root, "dist"));
+rmSync(old, { recursive: true, force: true });

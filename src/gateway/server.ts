@@ -3,7 +3,9 @@
 // address (TCP, optionally TLS) and a Unix socket in the gateway's private
 // state directory for its own supervisors.
 
-import { mkdirSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { OpenShellService } from "../gen/openshell.js";
@@ -45,8 +47,22 @@ export interface RunningGateway {
 
 const SESSION_REAP_MS = 3600_000;
 
+/** Longest Unix socket path the kernel accepts, less a margin. */
+const SOCKET_PATH_MAX = 100;
+
+/**
+ * Where supervisors dial their gateway: in the gateway's private state
+ * directory, or, when that path is too long for a Unix socket, in a private
+ * per-user directory under the system temp dir named after the state dir.
+ */
 export function supervisorSocketPath(stateDir: string): string {
-  return join(stateDir, "run", "supervisor.sock");
+  const preferred = join(stateDir, "run", "supervisor.sock");
+  if (Buffer.byteLength(preferred) <= SOCKET_PATH_MAX) return preferred;
+  const dir = join(tmpdir(), `openshell-${process.getuid?.() ?? 0}`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+  const digest = createHash("sha256").update(stateDir).digest("hex").slice(0, 16);
+  return join(dir, `${digest}.sock`);
 }
 
 export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {

@@ -3,7 +3,9 @@
 // keeps the sandbox Ready, relays opened on request, and the log stream.
 
 import { randomUUID } from "node:crypto";
+import { openSync } from "node:fs";
 import { connect as netConnect } from "node:net";
+import { basename, dirname } from "node:path";
 import {
   type CallOptions,
   type ClientDuplexStream,
@@ -81,8 +83,17 @@ export class SupervisorSession {
   private stream: ClientDuplexStream<SupervisorMessage, GatewayMessage> | undefined;
   private stopped = false;
   private backoffMs = 1000;
+  /**
+   * The socket is reached through an open descriptor of its directory:
+   * a Unix socket path longer than 107 bytes (deep state directories) cannot
+   * be connected to by name.
+   */
+  private readonly socketPath: string;
 
-  constructor(private readonly o: SessionOptions) {}
+  constructor(private readonly o: SessionOptions) {
+    const dirFd = openSync(dirname(o.sshSocket), "r");
+    this.socketPath = `/proc/self/fd/${dirFd}/${basename(o.sshSocket)}`;
+  }
 
   start(): void {
     this.connect();
@@ -128,7 +139,7 @@ export class SupervisorSession {
       fail("tcp relay targets are not supported by the bubblewrap runtime; use SSH port forwarding");
       return;
     }
-    const socket = netConnect(this.o.sshSocket);
+    const socket = netConnect(this.socketPath);
     socket.once("error", (error) => fail(`cannot reach the sandbox SSH server: ${error.message}`));
     socket.once("connect", () => {
       const relay = this.o.client.relayStream();

@@ -119,7 +119,12 @@ export function mapGrpcError(
   const details = error.details || error.message;
   switch (error.code) {
     case status.UNAVAILABLE:
-      if (/ECONNREFUSED|No connection established|connect|Connection dropped|getaddrinfo/i.test(details)) {
+      // Only a failure to reach the gateway itself; relay failures inside it name their own cause.
+      if (
+        /No connection established|failed to connect to all addresses|getaddrinfo|Connection dropped/i.test(
+          details,
+        )
+      ) {
         return new OpenShellError(
           "gateway_unreachable",
           `failed to connect to gateway '${target.name}' at ${target.endpoint}: ${details}`,

@@ -156,3 +156,81 @@ export function uniqueName(prefix: string): string {
   counter += 1;
   return `${prefix}-${process.pid.toString(36)}${counter.toString(36)}`.slice(0, 19).replace(/-$/, "");
 }
+
+// ---- the gateway's own API, for waiting on events and inspecting the wire ----
+
+import { readFileSync } from "node:fs";
+import { type OpenShellClient, SandboxPhase } from "../../src/gen/openshell.js";
+import { connectGateway, type GatewayTarget } from "../../src/transport/grpc.js";
+
+export function gatewayTarget(env: TestEnv, name = "local"): GatewayTarget {
+  const dir = join(env.configHome, "openshell", "gateways", name);
+  const metadata = JSON.parse(readFileSync(join(dir, "metadata.json"), "utf8")) as {
+    gateway_endpoint: string;
+  };
+  return {
+    name,
+    endpoint: metadata.gateway_endpoint,
+    token: readFileSync(join(dir, "token"), "utf8").trim(),
+  };
+}
+
+export function gatewayClient(env: TestEnv, name = "local"): OpenShellClient {
+  return connectGateway(gatewayTarget(env, name));
+}
+
+const PHASES: Record<string, SandboxPhase> = {
+  Provisioning: SandboxPhase.SANDBOX_PHASE_PROVISIONING,
+  Ready: SandboxPhase.SANDBOX_PHASE_READY,
+  Error: SandboxPhase.SANDBOX_PHASE_ERROR,
+};
+
+/** Waits on WatchSandbox until the sandbox reaches `phase`. */
+export async function waitForPhase(
+  env: TestEnv,
+  name: string,
+  phase: "Provisioning" | "Ready" | "Error",
+  timeoutMs = 30_000,
+): Promise<void> {
+  const client = gatewayClient(env);
+  try {
+    const id = await new Promise<string>((resolveId, reject) => {
+      client.getSandbox({ name, workspace: "" }, (error, response) =>
+        error ? reject(error) : resolveId(response.sandbox!.metadata!.id),
+      );
+    });
+    await new Promise<void>((resolveWait, reject) => {
+      const stream = client.watchSandbox({
+        id,
+        followStatus: true,
+        followLogs: false,
+        followEvents: false,
+        logTailLines: 0,
+        eventTail: 0,
+        stopOnTerminal: false,
+        logSinceMs: 0,
+        logSources: [],
+        logMinLevel: "",
+      });
+      const timer = setTimeout(() => {
+        stream.cancel();
+        reject(new Error(`sandbox ${name} did not reach ${phase} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      stream.on("data", (event) => {
+        if (event.payload?.$case === "sandbox" && event.payload.value.status?.phase === PHASES[phase]) {
+          clearTimeout(timer);
+          stream.cancel();
+          resolveWait();
+        }
+      });
+      stream.on("error", (error: Error & { code?: number }) => {
+        if (error.code !== 1) {
+          clearTimeout(timer);
+          reject(error);
+        }
+      });
+    });
+  } finally {
+    client.close();
+  }
+}
