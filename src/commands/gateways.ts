@@ -220,8 +220,13 @@ function readOptional(path: string | undefined): Buffer | undefined {
   return path ? readFileSync(path) : undefined;
 }
 
+function isGatewayName(name: string): boolean {
+  return name !== "" && name !== "." && name !== ".." && !name.includes("/") && !name.includes("\0");
+}
+
 export function targetFor(name: string, metadata: GatewayMetadata, globals: GlobalOptions): GatewayTarget {
-  const tokenFile = metadata.token_file ?? gatewayTokenPath(name);
+  // A bare --gateway-endpoint with no stored gateway has no token file of its own.
+  const tokenFile = metadata.token_file ?? (isGatewayName(name) ? gatewayTokenPath(name) : undefined);
   const insecure =
     globals.gatewayInsecure ||
     envValue("OPENSHELL_GATEWAY_INSECURE") === "1" ||
@@ -229,7 +234,7 @@ export function targetFor(name: string, metadata: GatewayMetadata, globals: Glob
   return {
     name,
     endpoint: globals.gatewayEndpoint ?? metadata.gateway_endpoint,
-    token: readToken(tokenFile),
+    token: tokenFile ? readToken(tokenFile) : undefined,
     ca: readOptional(metadata.ca_file),
     clientCert: readOptional(metadata.client_cert_file),
     clientKey: readOptional(metadata.client_key_file),
