@@ -49,12 +49,54 @@ interface Running {
 
 export class LocalRuntime {
   private readonly running = new Map<string, Running>();
+  /**
+   * One supervisor started ahead of need, already connected to the gateway:
+   * a new sandbox then waits for its pod, not for node and gRPC to load.
+   */
+  private spare: ChildProcess | undefined;
+  private stopping = false;
 
   constructor(
     private readonly sandboxesDir: string,
     private readonly supervisorScript: string,
+    private readonly gatewayTarget: string,
     private readonly events: RuntimeEvents,
   ) {}
+
+  private spawnSupervisor(): ChildProcess {
+    return spawn(process.execPath, [this.supervisorScript], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: {
+        PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
+        LANG: "C.UTF-8",
+        OPENSHELL_SUPERVISOR_GATEWAY: this.gatewayTarget,
+      },
+    });
+  }
+
+  /** Starts the spare supervisor (called when the gateway starts and after each use). */
+  prepareSpare(): void {
+    if (this.stopping || this.spare) return;
+    const spare = this.spawnSupervisor();
+    spare.on("exit", () => {
+      if (this.spare === spare) this.spare = undefined;
+    });
+    spare.on("error", () => {
+      if (this.spare === spare) this.spare = undefined;
+    });
+    this.spare = spare;
+  }
+
+  private takeSpare(): ChildProcess {
+    const spare = this.spare;
+    this.spare = undefined;
+    if (spare && spare.exitCode === null && spare.signalCode === null) {
+      spare.removeAllListeners("exit");
+      spare.removeAllListeners("error");
+      return spare;
+    }
+    return this.spawnSupervisor();
+  }
 
   sandboxDir(sandboxId: string): string {
     return join(this.sandboxesDir, sandboxId);
@@ -65,10 +107,8 @@ export class LocalRuntime {
   }
 
   start(launch: SupervisorLaunch): void {
-    const child = spawn(process.execPath, [this.supervisorScript], {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: { PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin", LANG: "C.UTF-8" },
-    });
+    const child = this.takeSpare();
+    setImmediate(() => this.prepareSpare());
     child.stdin!.write(`${JSON.stringify(launch)}\n`);
     // The pipe stays open for the supervisor's lifetime; see the header.
     child.stdin!.on("error", () => {});
@@ -110,6 +150,9 @@ export class LocalRuntime {
   }
 
   async stopAll(): Promise<void> {
+    this.stopping = true;
+    this.spare?.kill("SIGTERM");
+    this.spare = undefined;
     await Promise.all([...this.running.keys()].map((id) => this.stop(id)));
   }
 

@@ -99,13 +99,18 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       sandboxes.supervisorDisconnected(id);
     },
   });
-  const runtime = new LocalRuntime(sandboxesDir, join(options.appRoot, "dist", "supervisor.mjs"), {
-    report: (id, report) => sandboxes.supervisorReport(id, report),
-    exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
-    stderr: (id, line) => log(`${new Date().toISOString()} SUP [${id}] ${line}`),
-  });
-
   const socketPath = supervisorSocketPath(options.stateDir);
+  const runtime = new LocalRuntime(
+    sandboxesDir,
+    join(options.appRoot, "dist", "supervisor.mjs"),
+    `unix://${socketPath}`,
+    {
+      report: (id, report) => sandboxes.supervisorReport(id, report),
+      exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
+      stderr: (id, line) => log(`${new Date().toISOString()} SUP [${id}] ${line}`),
+    },
+  );
+
   rmSync(socketPath, { force: true });
   sandboxes = new Sandboxes({
     store,
@@ -159,6 +164,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     );
   });
 
+  runtime.prepareSpare();
   sandboxes.resumeAll();
   const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);
   reaper.unref();

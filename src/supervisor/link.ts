@@ -34,20 +34,35 @@ import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 const LOG_FLUSH_MS = 200;
 const LOG_BATCH = 100;
 
-export function supervisorClient(target: string, sandboxId: string, secret: string): OpenShellClient {
-  const credential: Interceptor = (options, nextCall): InterceptingCall =>
+/**
+ * A client of the gateway whose calls carry the sandbox's credentials once
+ * `identify` has been called. The channel can connect before that: a spare
+ * supervisor connects while it waits for a sandbox to serve.
+ */
+export function supervisorClient(target: string): {
+  client: OpenShellClient;
+  identify(sandboxId: string, secret: string): void;
+} {
+  let credential = "";
+  const interceptor: Interceptor = (options, nextCall): InterceptingCall =>
     new InterceptingCallImpl(nextCall(options), {
       start(metadata, listener, next) {
-        metadata.set(SUPERVISOR_METADATA_KEY, `${sandboxId}:${secret}`);
+        metadata.set(SUPERVISOR_METADATA_KEY, credential);
         next(metadata, listener);
       },
     });
-  return new OpenShellClient(target, credentials.createInsecure(), {
+  const client = new OpenShellClient(target, credentials.createInsecure(), {
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 15_000,
-    interceptors: [credential],
+    interceptors: [interceptor],
   });
+  return {
+    client,
+    identify: (sandboxId, secret) => {
+      credential = `${sandboxId}:${secret}`;
+    },
+  };
 }
 
 /** Promise form of a unary call on the supervisor client. */

@@ -50,12 +50,22 @@ function shutdown(reason: string, code: number): void {
 async function main(): Promise<void> {
   process.on("SIGTERM", () => shutdown("SIGTERM", 0));
   process.on("SIGINT", () => shutdown("SIGINT", 0));
+  // A spare supervisor is started before its sandbox exists: it connects to
+  // its gateway first, then waits on stdin for the sandbox to serve.
+  const early = process.env.OPENSHELL_SUPERVISOR_GATEWAY
+    ? supervisorClient(process.env.OPENSHELL_SUPERVISOR_GATEWAY)
+    : undefined;
+  early?.client.getChannel().getConnectivityState(true);
   const launch = await readLaunch();
-  const client = supervisorClient(launch.gateway, launch.sandboxId, launch.secret);
+  const start = performance.now();
+  const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
+  const { client, identify } = early ?? supervisorClient(launch.gateway);
+  identify(launch.sandboxId, launch.secret);
   const [config, files] = await Promise.all([
     call(client.getSandboxConfig.bind(client), { sandboxId: launch.sandboxId }),
     call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId }),
   ]);
+  diag(`config and ${files.files.length} file(s) fetched ${since()}`);
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
   let mainExited = false;
@@ -66,6 +76,7 @@ async function main(): Promise<void> {
         logs.push(message.s === "stderr" ? "WARN" : "INFO", message.s, message.m);
         break;
       case "ready":
+        diag(`agent ready ${since()}`);
         session = new SupervisorSession({
           client,
           sandboxId: launch.sandboxId,
@@ -105,6 +116,7 @@ async function main(): Promise<void> {
       onAgent,
       onProgress: (step, detail) => report({ kind: "progress", step, message: detail }),
       onWarning: (warning) => report({ kind: "warning", message: warning }),
+      onNetworkLog: (level, message) => logs.push(level, "network", message),
       diag,
     });
   } catch (error) {
@@ -114,6 +126,7 @@ async function main(): Promise<void> {
     }
     throw error;
   }
+  diag(`pod started ${since()}`);
   shutdownHook = async () => {
     session?.stop();
     if (!mainExited) await logs.close();

@@ -8,6 +8,7 @@
 
 import { createInterface } from "node:readline";
 import type { AgentConfig, AgentMessage } from "../pod.js";
+import { startEgressForwarder } from "./egress.js";
 import { MainProcess } from "./main-process.js";
 import { startSshServer } from "./ssh-server.js";
 
@@ -24,6 +25,14 @@ async function readConfig(): Promise<AgentConfig> {
 async function main(): Promise<void> {
   const config = await readConfig();
   process.chdir(config.workdir);
+  // Before any sandboxed process exists, so the first one can already reach the network.
+  if (config.egress) {
+    await startEgressForwarder({
+      proxySocket: config.egress.proxySocket,
+      port: config.egress.port,
+      log: (message) => process.stderr.write(`${message}\n`),
+    });
+  }
   const main = new MainProcess({
     command: config.command,
     cwd: config.workdir,
@@ -50,6 +59,7 @@ async function main(): Promise<void> {
   });
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });
+  process.stderr.write(`agent ready ${Math.round(performance.now())} ms after its start\n`);
 }
 
 main().catch((error: unknown) => {
