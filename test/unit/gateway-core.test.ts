@@ -1,0 +1,207 @@
+// Pure rules of the gateway and the CLI: log filtering, phase messages,
+// exec command construction, exit statuses, secrets comparison, the store.
+
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { checkReturnedFiles } from "../../src/commands/create.js";
+import { formatLogLine, parseDuration } from "../../src/commands/logs.js";
+import { readyFalseMessage, setPhase, setReadyCondition } from "../../src/core/phases.js";
+import { shellEscape, shellJoin } from "../../src/core/shell.js";
+import { exitCodeOf } from "../../src/core/signals.js";
+import { levelPasses, sourcePasses } from "../../src/gateway/bus.js";
+import { secretsEqual } from "../../src/gateway/service.js";
+import { buildExecCommand } from "../../src/gateway/ssh.js";
+import { hashToken, Store } from "../../src/gateway/store.js";
+import { type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
+
+function sandbox(name = "s"): Sandbox {
+  return {
+    metadata: {
+      id: `id-${name}`,
+      name,
+      createdAtMs: Date.now(),
+      labels: { team: "a" },
+      resourceVersion: 1,
+      annotations: {},
+      workspace: "default",
+      deletionTimestampMs: 0,
+    },
+    spec: {
+      logLevel: "",
+      environment: {},
+      providers: [],
+      command: ["sleep", "1"],
+      tty: false,
+      files: [{ path: "/etc/a", content: Buffer.alloc(0), mode: 0o444, size: 3, sha256: "ab" }],
+    },
+    status: {
+      sandboxName: name,
+      agentPod: "",
+      agentFd: "",
+      sandboxFd: "",
+      conditions: [],
+      phase: SandboxPhase.SANDBOX_PHASE_PROVISIONING,
+      currentPolicyVersion: 0,
+      mainProcessInstanceId: "",
+    },
+  };
+}
+
+describe("log filters", () => {
+  it("passes lines at or above the minimum level, and unknown levels always", () => {
+    expect(levelPasses("ERROR", "WARN")).toBe(true);
+    expect(levelPasses("INFO", "WARN")).toBe(false);
+    expect(levelPasses("OCSF", "INFO")).toBe(true);
+    expect(levelPasses("WHATEVER", "ERROR")).toBe(true);
+    expect(levelPasses("DEBUG", "")).toBe(true);
+  });
+
+  it("treats an empty source as gateway and 'all' as no filter", () => {
+    expect(sourcePasses("", ["gateway"])).toBe(true);
+    expect(sourcePasses("sandbox", ["gateway"])).toBe(false);
+    expect(sourcePasses("sandbox", ["all"])).toBe(true);
+    expect(sourcePasses("sandbox", [])).toBe(true);
+  });
+
+  it("formats a line as upstream does", () => {
+    const line = formatLogLine({
+      sandboxId: "x",
+      timestampMs: 1_700_000_000_123,
+      level: "info",
+      target: "stdout",
+      message: "hello",
+      source: "",
+      fields: { b: "2", a: "1" },
+    });
+    expect(line).toBe("[1700000000.123] [gateway] [INFO ] [stdout] hello a=1 b=2");
+  });
+
+  it("parses --since durations and refuses other units", () => {
+    expect(parseDuration("30s")).toBe(30_000);
+    expect(parseDuration("5m")).toBe(300_000);
+    expect(parseDuration("1h")).toBe(3_600_000);
+    expect(() => parseDuration("5d")).toThrow(/unknown duration unit: 5d/);
+    expect(() => parseDuration("soon")).toThrow(/invalid duration: soon/);
+  });
+});
+
+describe("phases and conditions", () => {
+  it("prefers 'reason: message' of a Ready=False condition", () => {
+    const s = sandbox();
+    expect(readyFalseMessage(s)).toBe("");
+    setReadyCondition(s, "False", "FileInjectionFailed", "/etc/a: refused");
+    expect(readyFalseMessage(s)).toBe("FileInjectionFailed: /etc/a: refused");
+    setReadyCondition(s, "True", "DependenciesReady", "ok");
+    expect(readyFalseMessage(s)).toBe("");
+    expect(s.status!.conditions).toHaveLength(1);
+  });
+
+  it("bumps the resource version on every phase change", () => {
+    const s = sandbox();
+    setPhase(s, SandboxPhase.SANDBOX_PHASE_READY);
+    expect(s.status!.phase).toBe(SandboxPhase.SANDBOX_PHASE_READY);
+    expect(s.metadata!.resourceVersion).toBe(2);
+  });
+});
+
+describe("exec command construction", () => {
+  it("sorts env, escapes every argument and prefixes the workdir, as upstream", () => {
+    expect(
+      buildExecCommand({
+        command: ["sh", "-c", "echo $HOME 'q'"],
+        environment: { B: "2 3", A: "x" },
+        workdir: "/w d",
+      }),
+    ).toBe(`cd '/w d' && A=x B='2 3' sh -c 'echo $HOME '"'"'q'"'"''`);
+    expect(buildExecCommand({ command: ["true"], environment: {}, workdir: "" })).toBe("true");
+  });
+
+  it("quotes shell arguments safely", () => {
+    expect(shellEscape("")).toBe("''");
+    expect(shellEscape("a/b.c_d-e")).toBe("a/b.c_d-e");
+    expect(shellJoin(["a b", "it's"])).toBe(`'a b' 'it'"'"'s'`);
+    expect(() => shellEscape("a\0b")).toThrow(/NUL/);
+  });
+
+  it("reports a death by signal N as 128 + N", () => {
+    expect(exitCodeOf(0, undefined)).toBe(0);
+    expect(exitCodeOf(42, null)).toBe(42);
+    expect(exitCodeOf(null, "TERM")).toBe(143);
+    expect(exitCodeOf(null, "SIGKILL")).toBe(137);
+  });
+});
+
+describe("secrets", () => {
+  it("compares equal secrets as equal and anything else as not", () => {
+    expect(secretsEqual("abc", "abc")).toBe(true);
+    expect(secretsEqual("abd", "abc")).toBe(false);
+    expect(secretsEqual("ab", "abc")).toBe(false);
+    expect(secretsEqual("", "abc")).toBe(false);
+  });
+
+  it("stores SSH session tokens only as digests", () => {
+    expect(hashToken("t")).toMatch(/^[0-9a-f]{64}$/);
+    expect(hashToken("t")).not.toContain("t".repeat(2));
+  });
+});
+
+describe("returned file digests", () => {
+  const sent = [{ path: "/etc/a", content: Buffer.from("abc"), mode: 0o444, size: 3, sha256: "ba78" }];
+  it("accepts what was sent and names any difference", () => {
+    expect(checkReturnedFiles(sent, [{ ...sent[0]!, content: Buffer.alloc(0) }])).toBeUndefined();
+    expect(checkReturnedFiles(sent, [])).toContain("did not keep /etc/a");
+    expect(checkReturnedFiles(sent, [{ ...sent[0]!, sha256: "00" }])).toContain("/etc/a");
+    expect(checkReturnedFiles(sent, [{ ...sent[0]!, mode: 0o555 }])).toContain("mode");
+  });
+});
+
+describe("the store", () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("keeps file content apart from the sandbox record, private to its owner", () => {
+    dir = mkdtempSync(join(tmpdir(), "openshell-store-"));
+    const path = join(dir, "openshell.db");
+    const store = new Store(path);
+    const s = sandbox("one");
+    store.createSandbox(
+      s,
+      [{ path: "/etc/a", content: Buffer.from("abc"), mode: 0o444, size: 3, sha256: "x" }],
+      {
+        sandboxId: "id-one",
+        hostUid: 5,
+        hostGid: 5,
+        supervisorSecret: "secret",
+      },
+    );
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(store.getSandboxByName("default", "one")?.metadata?.id).toBe("id-one");
+    expect(store.getFiles("id-one")).toEqual([{ path: "/etc/a", mode: 0o444, content: Buffer.from("abc") }]);
+    expect(
+      store.listSandboxes({ workspace: "default", labels: { team: "a" }, limit: 10, offset: 0 }),
+    ).toHaveLength(1);
+    expect(
+      store.listSandboxes({ workspace: "default", labels: { team: "b" }, limit: 10, offset: 0 }),
+    ).toHaveLength(0);
+    expect(store.usedHostUids()).toEqual(new Set([5]));
+
+    store.createSshSession({
+      tokenHash: hashToken("tok"),
+      sandboxId: "id-one",
+      expiresAtMs: 1,
+      revoked: false,
+      createdAtMs: 0,
+    });
+    expect(store.getSshSession(hashToken("tok"))?.sandboxId).toBe("id-one");
+    expect(store.reapSshSessions(Date.now())).toBe(1);
+
+    store.deleteSandbox("id-one");
+    expect(store.getFiles("id-one")).toEqual([]);
+    expect(store.getRuntime("id-one")).toBeUndefined();
+    store.close();
+  });
+});
