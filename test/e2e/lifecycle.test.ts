@@ -2,11 +2,12 @@
 // bubblewrap: auto-started gateway, create/list/get/logs/delete, isolation
 // seen from inside, local validation, main-process exit, gateway restart.
 
-import { existsSync, readdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { json, TestEnv, uniqueName, waitForOutput, waitForPhase } from "../helpers/cli.js";
+import { collect, json, TestEnv, uniqueName, waitForOutput, waitForPhase } from "../helpers/cli.js";
 
 interface SandboxDoc {
   id: string;
@@ -249,5 +250,98 @@ describe("main process exit and gateway restart", () => {
     expect(readdirSync(join(env.stateHome, "openshell", "gateways", "local", "sandboxes")).length).toBe(
       after.length,
     );
+  });
+});
+
+describe("listing and interrupting", () => {
+  const env = new TestEnv();
+  beforeAll(async () => {
+    await env.startGateway();
+    for (const [name, team] of [
+      ["list-a", "red"],
+      ["list-b", "blue"],
+      ["list-c", "red"],
+    ]) {
+      const result = await env.run([
+        "sandbox",
+        "create",
+        "--name",
+        name!,
+        "--label",
+        `team=${team}`,
+        "--detach",
+        "--",
+        "sleep",
+        "infinity",
+      ]);
+      expect(result.code, result.stderr).toBe(0);
+    }
+  });
+  afterAll(() => env.dispose());
+
+  it("filters by label selector, pages with limit and offset, and prints names or ids", async () => {
+    const red = await env.run(["sandbox", "list", "--selector", "team=red", "--names"]);
+    expect(red.stdout).toBe("list-a\nlist-c\n");
+    const page = await env.run(["sandbox", "list", "--limit", "1", "--offset", "1", "--names"]);
+    expect(page.stdout).toBe("list-b\n");
+    const ids = await env.run(["sandbox", "list", "--ids"]);
+    expect(ids.stdout.trim().split("\n")).toHaveLength(3);
+    for (const id of ids.stdout.trim().split("\n")) expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    const table = await env.run(["sandbox", "list"]);
+    expect(table.stdout.split("\n")[0]).toMatch(/^NAME\s+CREATED\s+PHASE$/);
+    const bad = await env.run(["sandbox", "list", "--names", "-o", "json"]);
+    expect(bad.code).toBe(2);
+  });
+
+  it("remembers the last sandbox created, and uses it when no name is given", async () => {
+    const result = await env.run(["sandbox", "exec", "--", "hostname"]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toBe("list-c\n");
+    expect(result.stderr).toContain("Using sandbox 'list-c' (last used)");
+  });
+
+  it("Ctrl-C while waiting for Ready deletes a --no-keep sandbox instead of leaving it behind", async () => {
+    // Hold the gateway's spare supervisor so the new sandbox stays Provisioning
+    // until the CLI is interrupted.
+    const info = JSON.parse(
+      readFileSync(join(env.stateHome, "openshell", "gateways", "local", "gateway.json"), "utf8"),
+    ) as { pid: number };
+    const spare = execFileSync("pgrep", ["-P", String(info.pid), "-f", "supervisor.mjs"], {
+      encoding: "utf8",
+    })
+      .trim()
+      .split("\n")
+      .map(Number)
+      .filter((pid) => pid > 0);
+    expect(spare.length).toBeGreaterThan(0);
+    for (const pid of spare) process.kill(pid, "SIGSTOP");
+    try {
+      const child = env.spawn([
+        "sandbox",
+        "create",
+        "--name",
+        "interrupted",
+        "--no-keep",
+        "--",
+        "sleep",
+        "infinity",
+      ]);
+      const exited = collect(child, "interrupted create", { timeoutMs: 60_000 });
+      await waitForOutput(child.stderr!, "Created sandbox: interrupted", "create reports the sandbox");
+      child.kill("SIGINT");
+      const result = await exited;
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toContain("Deleted sandbox interrupted");
+    } finally {
+      for (const pid of spare) {
+        try {
+          process.kill(pid, "SIGCONT");
+        } catch {
+          // Already gone: the delete stopped it.
+        }
+      }
+    }
+    const names = await env.run(["sandbox", "list", "--names"]);
+    expect(names.stdout).not.toContain("interrupted");
   });
 });
