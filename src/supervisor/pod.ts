@@ -15,12 +15,14 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { defaultPolicy } from "../core/policy.js";
 import type { SupervisorLaunch } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { SandboxPolicy } from "../gen/sandbox.js";
+import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
+import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { stageFiles } from "./inject.js";
 import { applyHostPrep, type ControlBind, planMounts } from "./mounts.js";
 import { isSandboxSetupError } from "./setup-errors.js";
@@ -41,6 +43,12 @@ export interface AgentConfig {
   startOnAttach: boolean;
   shell: string;
   sftpServer: string;
+  /**
+   * Set when the policy has network rules: the agent forwards 127.0.0.1:<port>
+   * in the pod to the supervisor's egress proxy at this socket. Without it the
+   * pod has no way out at all.
+   */
+  egress?: { proxySocket: string; port: number };
 }
 
 export class PodError extends Error {
@@ -58,6 +66,8 @@ const WORKDIR = "/sandbox";
 const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /** Where the pod's tmpfs of re-exposed host directories goes in the private mount namespace. */
 const EXPOSE_AT = "/mnt";
+/** Where the egress proxy's socket directory appears in the pod. */
+const EGRESS_DIR = `${CONTROL_ROOT}/egress`;
 
 function identity(value: string | undefined, fallback: number): number {
   if (value === undefined || value === "" || value === "sandbox") return fallback;
@@ -111,6 +121,8 @@ export interface PodOptions {
   onAgent(message: AgentMessage): void;
   onProgress(step: string, detail: string): void;
   onWarning(message: string): void;
+  /** The egress proxy's decisions, for the sandbox log; `diag` when absent. */
+  onNetworkLog?(level: EgressLogLevel, message: string): void;
   diag(line: string): void;
 }
 
@@ -135,6 +147,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   const uid = identity(policy.process?.runAsUser, SANDBOX_UID);
   const gid = identity(policy.process?.runAsGroup, uid === SANDBOX_UID ? SANDBOX_UID : uid);
   const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
+  let egress: EgressProxy | undefined;
 
   try {
     if (o.files.length > 0) o.onProgress("InjectingFiles", `Writing ${o.files.length} injected file(s)`);
@@ -146,6 +159,17 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
     const closure = nodeClosure();
+    // With network rules, the proxy's socket directory goes into the pod read-only:
+    // the pod can connect to the socket but not replace it.
+    const egressPolicy = egressPolicyFor(policy);
+    if (egressPolicy !== undefined) {
+      egress = await startEgressProxy({
+        socketPath: join(dir, "egress", "proxy.sock"),
+        policy: egressPolicy,
+        owner: hostOwner,
+        log: o.onNetworkLog ?? ((_level, message) => o.diag(message)),
+      });
+    }
     const controlBinds: ControlBind[] = [
       { src: process.execPath, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
       ...[closure.loader, ...closure.libraries].map((lib) => ({
@@ -160,6 +184,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
         writable: false,
       },
       { src: runDir, dest: `${CONTROL_ROOT}/run`, writable: true },
+      ...(egress ? [{ src: dirname(egress.socketPath), dest: EGRESS_DIR, writable: false }] : []),
     ];
     const plan = planMounts({
       policy: policy.filesystem ?? { includeWorkdir: true, readOnly: [], readWrite: [] },
@@ -185,15 +210,23 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       o.onWarning(message);
     }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return launchPod(o, plan.args, closure.loader, runDir, root);
+    return launchPod(o, plan.args, closure.loader, runDir, root, egress);
   } catch (error) {
+    await egress?.close();
     if (error instanceof PodError) throw error;
     if (isSandboxSetupError(error)) throw new PodError(error.reason, error.message);
     throw error;
   }
 }
 
-function launchPod(o: PodOptions, planArgs: string[], loader: string, runDir: string, root: boolean): Pod {
+function launchPod(
+  o: PodOptions,
+  planArgs: string[],
+  loader: string,
+  runDir: string,
+  root: boolean,
+  egress: EgressProxy | undefined,
+): Pod {
   const { launch } = o;
   const shell = "/bin/bash";
   const agent = [
@@ -262,6 +295,8 @@ function launchPod(o: PodOptions, planArgs: string[], loader: string, runDir: st
     LANG: "C.UTF-8",
     OPENSHELL_SANDBOX: "1",
     ...launch.environment,
+    // After the user's environment, as upstream: the proxy is the only way out.
+    ...(egress ? proxyEnvironment() : {}),
   };
   const config: AgentConfig = {
     command: launch.command,
@@ -272,6 +307,9 @@ function launchPod(o: PodOptions, planArgs: string[], loader: string, runDir: st
     startOnAttach: launch.startOnAttach,
     shell,
     sftpServer: "/usr/lib/openssh/sftp-server",
+    ...(egress
+      ? { egress: { proxySocket: `${EGRESS_DIR}/${basename(egress.socketPath)}`, port: EGRESS_PROXY_PORT } }
+      : {}),
   };
   child.stdin.write(`${JSON.stringify(config)}\n`);
   child.stdin.on("error", () => {});
@@ -287,6 +325,8 @@ function launchPod(o: PodOptions, planArgs: string[], loader: string, runDir: st
     child.on("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `status ${code}`));
     child.on("error", (error) => resolve(`failed to start: ${error.message}`));
   });
+  // No pod, no sandbox to serve: the proxy goes with it.
+  void exited.then(() => egress?.close());
   return {
     sshSocket: join(runDir, "ssh.sock"),
     exited,
@@ -294,6 +334,7 @@ function launchPod(o: PodOptions, planArgs: string[], loader: string, runDir: st
       // Killing bwrap ends the pod's PID namespace, and every process in it.
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       await exited;
+      await egress?.close();
     },
   };
 }
