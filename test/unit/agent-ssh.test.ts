@@ -14,7 +14,12 @@ import type { ClientChannel } from "ssh2";
 import ssh2 from "ssh2";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { MainProcess } from "../../src/supervisor/agent/main-process.js";
-import { type AgentLogger, type SshServer, startSshServer } from "../../src/supervisor/agent/ssh-server.js";
+import {
+  type AgentLogger,
+  generateHostKey,
+  type SshServer,
+  startSshServer,
+} from "../../src/supervisor/agent/ssh-server.js";
 
 const PROXY_HELPER = resolve(import.meta.dirname, "../helpers/unix-socket-proxy.mjs");
 const STEP_TIMEOUT_MS = 15_000;
@@ -565,5 +570,13 @@ describe("agent ssh server: OpenSSH interop", () => {
     const down = await runTool("scp", [...sshOptions(), "sandbox:scp-remote.bin", back]);
     expect(down.code).toBe(0);
     expect(readFileSync(back).equals(content)).toBe(true);
+  });
+});
+
+describe("host keys", () => {
+  it("every generated host key parses (ssh2 sometimes writes one it cannot read back)", () => {
+    for (let i = 0; i < 2000; i++) {
+      expect(ssh2.utils.parseKey(generateHostKey())).not.toBeInstanceOf(Error);
+    }
   });
 });

@@ -95,6 +95,19 @@ export function defaultShell(): string {
 }
 
 /** Starts the server; resolves once it listens on `socketPath`. */
+/**
+ * A fresh ed25519 host key in OpenSSH format. ssh2 1.17 occasionally writes
+ * a key (about 1 in 200) that its own parser rejects — a public key with a
+ * leading zero byte loses it — so a key is regenerated until it parses.
+ */
+export function generateHostKey(): string {
+  for (let attempt = 0; attempt < 32; attempt++) {
+    const { private: key } = ssh2.utils.generateKeyPairSync("ed25519");
+    if (!(ssh2.utils.parseKey(key) instanceof Error)) return key;
+  }
+  throw new Error("could not generate an SSH host key that ssh2 accepts");
+}
+
 export async function startSshServer(options: SshServerOptions): Promise<SshServer> {
   const log = options.logger;
   const context: ServerContext = {
@@ -108,8 +121,7 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
   };
   // A fresh key each start, never stored: nothing pins it (clients run with
   // StrictHostKeyChecking=no), and node's own PKCS#8 ed25519 keys do not parse in ssh2.
-  const hostKey = ssh2.utils.generateKeyPairSync("ed25519");
-  const sshServer = new ssh2.Server({ hostKeys: [hostKey.private], ident: "OpenShell_agent" }, (client) =>
+  const sshServer = new ssh2.Server({ hostKeys: [generateHostKey()], ident: "OpenShell_agent" }, (client) =>
     serveConnection(client, context),
   );
   const sockets = new Set<net.Socket>();
