@@ -314,17 +314,46 @@ Examples:
     .command("start")
     .description("start the local gateway in the background (idempotent) and make it active")
     .option("--name <name>", "gateway name", "local")
-    .option("--bind <address>", "address to listen on", "127.0.0.1")
-    .option("--port <port>", "port (0 picks a free one)", integer("--port"), 17670)
+    .option("--bind <address>", "address to listen on (default: as last started, else 127.0.0.1)")
+    .option(
+      "--port <port>",
+      "port, 0 picks a free one (default: as last started, else 17670)",
+      integer("--port"),
+    )
+    .option("--tls", "serve TLS with a generated CA and certificate (required for a non-loopback --bind)")
+    .option("--no-tls", "serve plaintext (loopback only), dropping TLS settings of an earlier start")
+    .option("--tls-cert <file>", "serve TLS with this certificate (PEM; with --tls-key)")
+    .option("--tls-key <file>", "private key (PEM) of --tls-cert")
+    .option("--client-ca <file>", "require client certificates signed by this CA (mTLS)")
+    .option(
+      "--ssh-session-ttl <seconds>",
+      "lifetime of SSH session tokens (default 86400, 24 h)",
+      integer("--ssh-session-ttl"),
+    )
     .option("--foreground", "run in this process (for service managers)")
+    .addHelpText(
+      "after",
+      `
+Settings are kept: a later \`gateway start\` or auto-start reuses them.
+
+Examples:
+  openshell gateway start
+  openshell gateway start --bind 0.0.0.0 --port 17670 --tls
+  openshell gateway start --bind 0.0.0.0 --tls-cert gw.crt --tls-key gw.key --client-ca clients-ca.crt`,
+    )
     .action(
       run(program, async (ctx, opts: Record<string, unknown>) => {
         const { gatewayStart } = await import("./commands/gateway.js");
         return gatewayStart(ctx, {
           name: opts.name as string,
-          bind: opts.bind as string,
-          port: opts.port as number,
+          bind: opts.bind as string | undefined,
+          port: opts.port as number | undefined,
           foreground: opts.foreground === true,
+          tls: opts.tls as boolean | undefined,
+          tlsCert: opts.tlsCert as string | undefined,
+          tlsKey: opts.tlsKey as string | undefined,
+          clientCa: opts.clientCa as string | undefined,
+          sshSessionTtl: opts.sshSessionTtl as number | undefined,
         });
       }),
     );
@@ -367,6 +396,14 @@ Examples:
     .option("--token-file <file>", "file holding the gateway's bearer token")
     .option("--client-cert <file>", "client certificate (PEM) for mTLS")
     .option("--client-key <file>", "client key (PEM) for mTLS")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  openshell gateway add http://127.0.0.1:17670 --name other --token-file ./token
+  openshell gateway add https://gw.example.com:17670 --ca ca.crt --token-file token
+  openshell gateway add https://10.0.0.5:17670 --ca ca.crt --token-file token --client-cert me.crt --client-key me.key`,
+    )
     .action(
       run(program, async (ctx, endpoint: string, opts: Record<string, unknown>) => {
         const { gatewayAdd } = await import("./commands/gateway.js");

@@ -1,16 +1,19 @@
 // Small host filesystem steps shared by the staging of injected files and the
 // preparation of a pod's directories, both of which run as root over trees a
-// symlink must not redirect.
+// symlink must not redirect. They are synchronous on purpose: the supervisor
+// does nothing else while it prepares a pod, and a few hundred files staged
+// through the thread pool cost ten times as long as direct system calls.
 
-import type { Stats } from "node:fs";
-import { constants, lstat, open } from "node:fs/promises";
+import { closeSync, constants, fchmodSync, fchownSync, lstatSync, openSync, type Stats } from "node:fs";
 
 /** `lstat`, with a missing path as `undefined`. */
-export async function lstatIfExists(path: string): Promise<Stats | undefined> {
-  return lstat(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === "ENOENT") return undefined;
+export function lstatIfExists(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw error;
-  });
+  }
 }
 
 /**
@@ -18,16 +21,12 @@ export async function lstatIfExists(path: string): Promise<Stats | undefined> {
  * opened without following a symlink, so a swapped path cannot redirect them.
  * The mode is set explicitly because mkdir's is narrowed by the umask.
  */
-export async function ownDirectory(
-  path: string,
-  owner: { uid: number; gid: number } | null,
-  mode: number,
-): Promise<void> {
-  const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+export function ownDirectory(path: string, owner: { uid: number; gid: number } | null, mode: number): void {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
   try {
-    if (owner !== null) await handle.chown(owner.uid, owner.gid);
-    await handle.chmod(mode);
+    if (owner !== null) fchownSync(fd, owner.uid, owner.gid);
+    fchmodSync(fd, mode);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }

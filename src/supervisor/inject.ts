@@ -5,7 +5,17 @@
 // cannot inherit anything left in it.
 
 import { randomBytes } from "node:crypto";
-import { constants, mkdir, open, rename, rm } from "node:fs/promises";
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
 import { posix } from "node:path";
 import { lstatIfExists, ownDirectory } from "./host-fs.js";
 import { normalizeSandboxPath } from "./mounts.js";
@@ -41,14 +51,15 @@ export async function stageFiles(
   const planned = checkFiles(files);
   // Fresh every start: a file dropped from the spec, or anything a previous
   // run left, must not survive. rm does not follow symlinks inside the tree.
-  await rm(stagingRoot, { recursive: true, force: true });
-  await mkdir(stagingRoot, { recursive: true, mode: DIR_MODE });
-  await ownDirectory(stagingRoot, owner, DIR_MODE);
+  rmSync(stagingRoot, { recursive: true, force: true });
+  mkdirSync(stagingRoot, { recursive: true, mode: DIR_MODE });
+  ownDirectory(stagingRoot, owner, DIR_MODE);
 
+  const known = new Set<string>();
   for (const { file, path } of planned) {
     try {
-      const parent = await ensureParents(stagingRoot, path, owner);
-      await writeViaRename(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, owner);
+      const parent = ensureParents(stagingRoot, path, owner, known);
+      writeViaRename(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, owner);
     } catch (error) {
       if (isSandboxSetupError(error)) throw error;
       throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
@@ -79,17 +90,24 @@ function checkFiles(files: readonly InjectedFile[]): { file: InjectedFile; path:
   return checked;
 }
 
-/** Creates the directories of `path` under the root, refusing any symlink, and returns its parent. */
-async function ensureParents(stagingRoot: string, path: string, owner: StageOwner): Promise<string> {
+/**
+ * Creates the directories of `path` under the root, refusing any symlink, and
+ * returns its parent. `known` holds directories already checked this run.
+ */
+function ensureParents(stagingRoot: string, path: string, owner: StageOwner, known: Set<string>): string {
   let dir = stagingRoot;
   const parts = path.split("/").slice(1, -1);
   for (const part of parts) {
     dir = posix.join(dir, part);
-    const st = await lstatIfExists(dir);
+    if (known.has(dir)) continue;
+    const st = lstatIfExists(dir);
     if (st === undefined) {
-      await mkdir(dir, { mode: DIR_MODE });
-      await ownDirectory(dir, owner, DIR_MODE);
-    } else if (!st.isDirectory()) {
+      mkdirSync(dir, { mode: DIR_MODE });
+      ownDirectory(dir, owner, DIR_MODE);
+      known.add(dir);
+    } else if (st.isDirectory()) {
+      known.add(dir);
+    } else {
       const what = st.isSymbolicLink() ? "a symlink" : "not a directory";
       throw fileInjectionFailed(path, `staging directory ${dir} is ${what}`);
     }
@@ -98,30 +116,24 @@ async function ensureParents(stagingRoot: string, path: string, owner: StageOwne
 }
 
 /** Writes a temporary sibling and renames it into place, so the path never holds a partial file. */
-async function writeViaRename(
-  dir: string,
-  name: string,
-  content: Buffer,
-  mode: number,
-  owner: StageOwner,
-): Promise<void> {
+function writeViaRename(dir: string, name: string, content: Buffer, mode: number, owner: StageOwner): void {
   const temp = posix.join(dir, `.${name}.${randomBytes(6).toString("hex")}.tmp`);
-  const handle = await open(
+  const fd = openSync(
     temp,
     constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
     0o600,
   );
   try {
-    await handle.writeFile(content);
-    await handle.chown(owner.uid, owner.gid);
-    await handle.chmod(mode);
+    for (let offset = 0; offset < content.length; ) offset += writeSync(fd, content, offset);
+    fchownSync(fd, owner.uid, owner.gid);
+    fchmodSync(fd, mode);
   } catch (error) {
-    await handle.close();
-    await rm(temp, { force: true });
+    closeSync(fd);
+    rmSync(temp, { force: true });
     throw error;
   }
-  await handle.close();
-  await rename(temp, posix.join(dir, name));
+  closeSync(fd);
+  renameSync(temp, posix.join(dir, name));
 }
 
 function describe(error: unknown): string {

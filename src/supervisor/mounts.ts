@@ -22,8 +22,17 @@
 //   of its host entries, then the missing directories and the file, then the
 //   tmpfs is remounted read-only.
 
-import { lstatSync, readdirSync, readlinkSync, statSync } from "node:fs";
-import { constants, lstat, mkdir, open } from "node:fs/promises";
+import {
+  closeSync,
+  constants,
+  fchownSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+} from "node:fs";
 import { posix } from "node:path";
 import type { FilesystemPolicy } from "../gen/sandbox.js";
 import { lstatIfExists, ownDirectory } from "./host-fs.js";
@@ -726,37 +735,38 @@ function resolveThroughSymlinks(path: string, symlinks: Map<string, string>, too
  * otherwise steer a mount (or a root-owned mkdir) out of them.
  */
 export async function applyHostPrep(steps: readonly HostPrepStep[]): Promise<void> {
+  // Synchronous on purpose (see host-fs.ts): nothing else runs meanwhile.
   for (const step of steps) {
     if (step.kind === "root") {
-      await mkdir(step.hostPath, { recursive: true, mode: step.mode });
-      if (!(await lstat(step.hostPath)).isDirectory()) {
+      mkdirSync(step.hostPath, { recursive: true, mode: step.mode });
+      if (!lstatSync(step.hostPath).isDirectory()) {
         throw filesystemSetupFailed(step.hostPath, "the sandbox's storage directory is not a directory");
       }
-      await ownDirectory(step.hostPath, step.owner, step.mode);
+      ownDirectory(step.hostPath, step.owner, step.mode);
       continue;
     }
     const fail = (why: string) =>
       failure(step.reason, step.forPath, `${step.sandboxPath ?? step.hostPath} ${why}`);
-    const st = await lstatIfExists(step.hostPath);
+    const st = lstatIfExists(step.hostPath);
     if (st?.isSymbolicLink()) throw fail("is a symlink; refusing to mount through it");
     if (step.kind === "dir") {
       if (st === undefined) {
-        await mkdir(step.hostPath, { mode: step.mode });
-        await ownDirectory(step.hostPath, step.owner, step.mode);
+        mkdirSync(step.hostPath, { mode: step.mode });
+        ownDirectory(step.hostPath, step.owner, step.mode);
       } else if (!st.isDirectory()) {
         throw fail("exists and is not a directory");
       }
     } else if (st === undefined) {
       // An empty placeholder for bwrap to mount onto; the pod never sees it.
-      const handle = await open(
+      const fd = openSync(
         step.hostPath,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
         0o444,
       );
       try {
-        if (step.owner !== null) await handle.chown(step.owner.uid, step.owner.gid);
+        if (step.owner !== null) fchownSync(fd, step.owner.uid, step.owner.gid);
       } finally {
-        await handle.close();
+        closeSync(fd);
       }
     } else if (st.isDirectory()) {
       throw fail("is a directory");
