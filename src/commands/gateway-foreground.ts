@@ -2,16 +2,26 @@
 // managers (systemd, supervisord) that want to own it. It records itself like
 // a background gateway so the CLI finds it, and stops on SIGTERM or Ctrl-C.
 
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ensurePrivateDir, gatewayStateDir, writeActiveGateway, writeMetadata } from "../core/config.js";
+import {
+  ensurePrivateDir,
+  gatewayStateDir,
+  type LocalGatewaySettings,
+  readMetadata,
+  writeActiveGateway,
+  writeMetadata,
+} from "../core/config.js";
 import { VERSION } from "../core/version.js";
 import { startGateway } from "../gateway/server.js";
+import { gatewayTlsFiles } from "../gateway/tls.js";
 import type { CommandContext } from "./context.js";
-import type { GatewayStartOptions } from "./gateway.js";
-import { appRoot, ensureGatewayToken, localGatewayInfo } from "./gateways.js";
+import { appRoot, ensureGatewayToken, localGatewayInfo, localMetadata, prepareStart } from "./gateways.js";
 
-export async function runForeground(ctx: CommandContext, options: GatewayStartOptions): Promise<number> {
+export async function runForeground(
+  ctx: CommandContext,
+  options: { name: string; port: number; settings: LocalGatewaySettings },
+): Promise<number> {
   const running = localGatewayInfo(options.name);
   if (running) {
     ctx.ui.warn(`Gateway '${options.name}' is already running (pid ${running.pid}).`);
@@ -20,28 +30,43 @@ export async function runForeground(ctx: CommandContext, options: GatewayStartOp
   const stateDir = gatewayStateDir(options.name);
   ensurePrivateDir(stateDir);
   const token = ensureGatewayToken(options.name);
+  const { settings } = prepareStart(options.name, options.settings);
   const gateway = await startGateway({
     name: options.name,
     stateDir,
-    bind: options.bind,
+    bind: settings.bind,
     port: options.port,
     version: VERSION,
     appRoot: appRoot(),
     token,
+    tls:
+      settings.tls_cert_file && settings.tls_key_file
+        ? {
+            cert: readFileSync(settings.tls_cert_file),
+            key: readFileSync(settings.tls_key_file),
+            // The gateway's own CA too: it signed its owner's client certificate.
+            clientCa: settings.client_ca_file
+              ? Buffer.concat([
+                  readFileSync(settings.client_ca_file),
+                  Buffer.from("\n"),
+                  readFileSync(gatewayTlsFiles(options.name).caFile),
+                ])
+              : undefined,
+          }
+        : undefined,
+    ...(settings.ssh_session_ttl_secs !== undefined
+      ? { sshSessionTtlSecs: settings.ssh_session_ttl_secs }
+      : {}),
   });
   const info = { pid: process.pid, port: gateway.port, endpoint: gateway.endpoint, version: VERSION };
   writeFileSync(join(stateDir, "gateway.pid"), `${process.pid}\n`, { mode: 0o600 });
   writeFileSync(join(stateDir, "gateway.json"), `${JSON.stringify(info)}\n`, { mode: 0o600 });
-  writeMetadata({
-    name: options.name,
-    gateway_endpoint: gateway.endpoint,
-    is_remote: false,
-    gateway_port: gateway.port,
-    auth_mode: "bearer",
-    local: true,
-  });
+  const metadata = localMetadata(options.name, settings, gateway.port, readMetadata(options.name));
+  writeMetadata(metadata);
   writeActiveGateway(options.name);
-  ctx.ui.success(`Gateway '${options.name}' listening at ${gateway.endpoint} (foreground; Ctrl-C stops it)`);
+  ctx.ui.success(
+    `Gateway '${options.name}' listening at ${metadata.gateway_endpoint} (foreground; Ctrl-C stops it)`,
+  );
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once("SIGTERM", stop);

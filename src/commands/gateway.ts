@@ -1,67 +1,163 @@
 // `gateway start|stop|list|select|add|remove` and `status`.
 
-import { existsSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { status as grpcStatus } from "@grpc/grpc-js";
 import {
   DEFAULT_GATEWAY_NAME,
+  DEFAULT_GATEWAY_PORT,
   type GatewayMetadata,
   gatewayStateDir,
+  gatewayTokenPath,
+  isLoopbackHost,
+  type LocalGatewaySettings,
   listGatewayNames,
   readActiveGateway,
   readMetadata,
+  readToken,
   removeGatewayConfig,
   validateGatewayName,
   writeActiveGateway,
   writeMetadata,
 } from "../core/config.js";
 import { OpenShellError, usageError } from "../core/errors.js";
+import { gatewayTlsFiles } from "../gateway/tls.js";
 import { ServiceStatus } from "../gen/openshell.js";
-import { connectGateway, mapGrpcError, parseEndpoint, unary } from "../transport/grpc.js";
+import { connectGateway, isServiceError, mapGrpcError, parseEndpoint, unary } from "../transport/grpc.js";
 import type { CommandContext } from "./context.js";
-import { localGatewayInfo, startLocalGateway, targetFor } from "./gateways.js";
+import {
+  checkTlsFiles,
+  insecureWarning,
+  localGatewayInfo,
+  pemCertificates,
+  resolveStartSettings,
+  type StartFlags,
+  startLocalGateway,
+  targetFor,
+} from "./gateways.js";
 import { type OutputFormat, printDocument } from "./present.js";
 import { table } from "./ui.js";
 
-export interface GatewayStartOptions {
+export interface GatewayStartOptions extends StartFlags {
   name: string;
-  bind: string;
-  port: number;
+  port?: number | undefined;
   foreground: boolean;
 }
 
-function isLoopback(host: string): boolean {
-  return host === "127.0.0.1" || host === "::1" || host === "localhost" || /^127\./.test(host);
+function sameTls(a: LocalGatewaySettings, b: LocalGatewaySettings): boolean {
+  const mode = (s: LocalGatewaySettings): string =>
+    s.tls_generated ? "generated" : s.tls_cert_file ? `given:${s.tls_cert_file}:${s.tls_key_file}` : "none";
+  return mode(a) === mode(b) && a.client_ca_file === b.client_ca_file;
+}
+
+/** Where a CLI on another machine dials this gateway. */
+function remoteHost(settings: LocalGatewaySettings, metadata: GatewayMetadata, names: string[]): string {
+  const bind = settings.bind;
+  if (bind !== "0.0.0.0" && bind !== "::") return bind;
+  const external = names.filter((n) => !isLoopbackHost(n) && n !== "localhost");
+  return (
+    external.find((n) => /^\d+\.\d+\.\d+\.\d+$/.test(n)) ??
+    external.find((n) => n.includes(":")) ??
+    external[0] ??
+    parseEndpoint(metadata.gateway_endpoint).host
+  );
+}
+
+/** The names a certificate file is valid for (its SubjectAltName entries). */
+function certificateNamesOf(path: string): string[] {
+  try {
+    const [leaf] = pemCertificates("--tls-cert", path);
+    return (
+      (leaf!.subjectAltName ?? "")
+        .split(", ")
+        .map((entry) => entry.replace(/^(DNS|IP Address):/, ""))
+        .filter((entry) => entry !== "")
+        // node spells IPv6 SANs in full (0:0:0:0:0:0:0:1); a URL host is the usual short form.
+        .map((entry) => (entry.includes(":") ? new URL(`http://[${entry}]`).hostname.slice(1, -1) : entry))
+    );
+  } catch {
+    return [];
+  }
+}
+
+/** What a TLS gateway's owner needs to let another CLI in (never the token itself). */
+function printAccess(ctx: CommandContext, name: string, metadata: GatewayMetadata, newCa: boolean): void {
+  const settings = metadata.local_settings;
+  if (!settings?.tls_cert_file) return;
+  const label = (t: string): string => ctx.ui.err.dim(t);
+  const names = certificateNamesOf(settings.tls_cert_file);
+  const ca = settings.tls_generated ? gatewayTlsFiles(name).caFile : metadata.ca_file;
+  ctx.ui.note(
+    `  ${label("TLS:")} certificate ${settings.tls_cert_file} for ${names.join(", ") || "(no names)"}${ca ? `, CA ${ca}${newCa ? " (new)" : ""}` : ""}`,
+  );
+  if (settings.client_ca_file) {
+    ctx.ui.note(`  ${label("Client certificates:")} required, signed by ${settings.client_ca_file}`);
+  }
+  const local = parseEndpoint(metadata.gateway_endpoint);
+  if (!settings.tls_generated && !names.includes(local.host)) {
+    ctx.ui.warn(
+      `The certificate does not name ${local.host}: this machine's CLI cannot verify it at ${metadata.gateway_endpoint}.`,
+    );
+  }
+  const port = local.port;
+  const host = remoteHost(settings, metadata, names);
+  const endpoint = `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const command = [
+    "openshell gateway add",
+    endpoint,
+    `--ca ${ca ?? "<CA that signed the certificate>"}`,
+    `--token-file ${gatewayTokenPath(name)}`,
+    ...(settings.client_ca_file ? ["--client-cert <client.crt> --client-key <client.key>"] : []),
+  ].join(" ");
+  ctx.ui.note(
+    `  ${label("Another CLI:")} copy the CA certificate and the token file to it (the token privately: it is the key to this gateway), then run there:`,
+  );
+  ctx.ui.note(`    ${command}`);
 }
 
 export async function gatewayStart(ctx: CommandContext, options: GatewayStartOptions): Promise<number> {
   validateGatewayName(options.name);
-  if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
+  if (
+    options.port !== undefined &&
+    (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535)
+  ) {
     throw usageError(`--port ${options.port}: expected a port from 0 to 65535 (0 picks a free one)`);
   }
-  if (!isLoopback(options.bind)) {
-    throw new OpenShellError(
-      "invalid_input",
-      `--bind ${options.bind}: a gateway reachable from the network needs TLS`,
-      {
-        hint: "Add --tls (generates a CA and certificate), or --tls-cert/--tls-key, or bind to 127.0.0.1.",
-      },
-    );
-  }
+  const previous = readMetadata(options.name);
+  const recorded = previous?.local ? previous.local_settings : undefined;
+  const settings = resolveStartSettings(options, recorded);
+  const port =
+    options.port ?? (previous?.local && previous.gateway_port ? previous.gateway_port : DEFAULT_GATEWAY_PORT);
   if (options.foreground) {
     const { runForeground } = await import("./gateway-foreground.js");
-    return runForeground(ctx, options);
+    return runForeground(ctx, { name: options.name, port, settings });
   }
-  const result = await startLocalGateway({ name: options.name, bind: options.bind, port: options.port });
+  const running = localGatewayInfo(options.name);
+  if (!running) checkTlsFiles(settings);
+  const result = await startLocalGateway({ name: options.name, port, settings });
+  const metadata = result.metadata;
   if (result.alreadyRunning) {
     ctx.ui.success(
-      `Gateway '${options.name}' is already running at ${result.metadata.gateway_endpoint} (pid ${result.info.pid})`,
+      `Gateway '${options.name}' is already running at ${metadata.gateway_endpoint} (pid ${result.info.pid})`,
     );
+    const current = metadata.local_settings ?? { bind: settings.bind };
+    if (
+      current.bind !== settings.bind ||
+      !sameTls(current, settings) ||
+      current.ssh_session_ttl_secs !== settings.ssh_session_ttl_secs ||
+      (options.port !== undefined && options.port !== 0 && options.port !== result.info.port)
+    ) {
+      ctx.ui.warn(
+        `It runs with other settings than these; stop it first to apply them: openshell gateway stop${options.name === DEFAULT_GATEWAY_NAME ? "" : ` --name ${options.name}`}`,
+      );
+    }
   } else {
     ctx.ui.success(
-      `Gateway '${options.name}' started at ${result.metadata.gateway_endpoint} (pid ${result.info.pid})`,
+      `Gateway '${options.name}' started at ${metadata.gateway_endpoint} (pid ${result.info.pid})`,
     );
   }
   ctx.ui.note(`  ${ctx.ui.err.dim("Logs:")} ${resolve(gatewayStateDir(options.name), "gateway.log")}`);
+  printAccess(ctx, options.name, metadata, result.generated?.newCa === true);
   return 0;
 }
 
@@ -94,6 +190,8 @@ function gatewayType(metadata: GatewayMetadata): string {
 }
 
 function gatewayAuth(metadata: GatewayMetadata): string {
+  const settings = metadata.local ? metadata.local_settings : undefined;
+  if (settings?.tls_cert_file) return `bearer+${settings.client_ca_file ? "mtls" : "tls"}`;
   if (metadata.auth_mode) return metadata.auth_mode;
   return metadata.gateway_endpoint.startsWith("http://") ? "plaintext" : "mtls";
 }
@@ -174,17 +272,49 @@ export interface GatewayAddOptions {
   clientKey?: string | undefined;
 }
 
+function grpcCode(error: OpenShellError): number | undefined {
+  const cause = error.cause;
+  return isServiceError(cause) ? cause.code : undefined;
+}
+
+/** UNAUTHENTICATED: no token, a wrong one (PERMISSION_DENIED means we are known but not an admin). */
+function refusedCredentials(error: OpenShellError): boolean {
+  return error.code === "not_authorized" && grpcCode(error) !== grpcStatus.PERMISSION_DENIED;
+}
+
+/** Checks a file given to `gateway add` can be read by this user, naming the flag. */
+function checkReadable(flag: string, path: string): void {
+  try {
+    readFileSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const reason =
+      code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : (error as Error).message;
+    throw new OpenShellError("invalid_input", `${flag} ${path}: ${reason}`, {
+      ...(code === "EACCES" && flag === "--token-file"
+        ? { hint: "A gateway's token is readable by its owner only; ask the owner for a copy you can read." }
+        : {}),
+    });
+  }
+}
+
 export async function gatewayAdd(ctx: CommandContext, options: GatewayAddOptions): Promise<number> {
   let endpoint = options.endpoint.trim();
   if (!/^[a-z]+:\/\//i.test(endpoint)) endpoint = `https://${endpoint}`;
   const { host, port, tls } = parseEndpoint(endpoint);
   endpoint = endpoint.replace(/\/+$/, "");
-  const name = options.name ?? (isLoopback(host) ? "openshell" : host);
+  const name = options.name ?? (isLoopbackHost(host) ? "openshell" : host);
   validateGatewayName(name);
   if (readMetadata(name)) {
     throw new OpenShellError("already_exists", `Gateway '${name}' already exists.`, {
       hint: `Remove it first with: openshell gateway remove ${name}\nOr choose a different name with: --name <name>`,
     });
+  }
+  if ((options.clientCert === undefined) !== (options.clientKey === undefined)) {
+    throw usageError("--client-cert and --client-key go together: give both (PEM certificate and its key)");
+  }
+  if (!tls && (options.ca || options.clientCert)) {
+    throw usageError(`${endpoint}: --ca and --client-cert need an https:// endpoint`);
   }
   for (const [flag, path] of [
     ["--ca", options.ca],
@@ -192,15 +322,17 @@ export async function gatewayAdd(ctx: CommandContext, options: GatewayAddOptions
     ["--client-cert", options.clientCert],
     ["--client-key", options.clientKey],
   ] as const) {
-    if (path && !existsSync(path)) throw new OpenShellError("invalid_input", `${flag} ${path}: no such file`);
+    if (path) checkReadable(flag, path);
   }
-  if (!tls && (options.ca || options.clientCert)) {
-    throw usageError(`${endpoint}: --ca and --client-cert need an https:// endpoint`);
+  if (options.ca) pemCertificates("--ca", options.ca);
+  if (options.clientCert) pemCertificates("--client-cert", options.clientCert);
+  if (options.tokenFile && readToken(resolve(options.tokenFile)) === undefined) {
+    throw new OpenShellError("invalid_input", `--token-file ${options.tokenFile}: the file is empty`);
   }
   const metadata: GatewayMetadata = {
     name,
     gateway_endpoint: endpoint,
-    is_remote: !isLoopback(host),
+    is_remote: !isLoopbackHost(host),
     gateway_port: port,
     auth_mode: options.clientCert ? "mtls" : tls ? "tls" : "plaintext",
     ...(options.ca ? { ca_file: resolve(options.ca) } : {}),
@@ -216,12 +348,28 @@ export async function gatewayAdd(ctx: CommandContext, options: GatewayAddOptions
   ctx.ui.note(
     `  ${ctx.ui.err.dim("Auth:")} ${gatewayAuth(metadata)}${options.tokenFile ? " + bearer token" : ""}`,
   );
+  if (!tls && options.tokenFile && !isLoopbackHost(host)) {
+    ctx.ui.warn(`${endpoint} is plaintext: the token crosses the network readable by anyone on the way.`);
+  }
   const target = targetFor(name, metadata, ctx.globals);
+  const warning = insecureWarning(target);
+  if (warning) ctx.ui.warn(warning);
   const client = connectGateway(target);
   try {
     await unary(target, client.health.bind(client), {}, { deadlineMs: 5000 });
+    try {
+      await unary(target, client.getGatewayInfo.bind(client), {}, { deadlineMs: 5000 });
+    } catch (error) {
+      const mapped = mapGrpcError(error, target);
+      if (refusedCredentials(mapped)) {
+        ctx.ui.warn(`Gateway is reachable but does not accept these credentials: ${mapped.message}`);
+        if (mapped.hint) ctx.ui.hint(mapped.hint);
+      }
+    }
   } catch (error) {
-    ctx.ui.warn(`Gateway is not reachable at ${endpoint}: ${mapGrpcError(error, target).message}`);
+    const mapped = mapGrpcError(error, target);
+    ctx.ui.warn(`Gateway is not reachable at ${endpoint}: ${mapped.message}`);
+    if (mapped.hint) ctx.ui.hint(mapped.hint);
   } finally {
     client.close();
   }
@@ -260,6 +408,7 @@ export async function status(ctx: CommandContext, options: { output: OutputForma
     throw error;
   }
   const document: Record<string, unknown> = { gateway: resolved.name, server: resolved.target.endpoint };
+  let hint: string | undefined;
   try {
     const health = await resolved.call(resolved.client.health, {}, { deadlineMs: 5000 });
     document.status = health.status === ServiceStatus.SERVICE_STATUS_HEALTHY ? "connected" : "degraded";
@@ -269,18 +418,27 @@ export async function status(ctx: CommandContext, options: { output: OutputForma
       document.authentication = { status: resolved.target.token ? "authenticated" : "not_required" };
     } catch (error) {
       const mapped = error instanceof OpenShellError ? error : mapGrpcError(error, resolved.target);
-      document.authentication =
-        mapped.code === "not_authorized"
-          ? { status: "failed", error: mapped.message }
-          : { status: "unverified", error: mapped.message };
+      if (refusedCredentials(mapped)) {
+        document.authentication = { status: "failed", error: mapped.message };
+        hint = mapped.hint;
+      } else if (grpcCode(mapped) === grpcStatus.PERMISSION_DENIED) {
+        // As upstream: let in, but GetGatewayInfo is for admins.
+        document.authentication = { status: "authenticated" };
+      } else {
+        document.authentication = { status: "unverified", error: mapped.message };
+        hint = mapped.hint;
+      }
     }
   } catch (error) {
+    // Health needs no credential: failing it means the gateway is down or unreachable, not refusing us.
     document.status = "disconnected";
     document.error = (error as Error).message;
+    hint = error instanceof OpenShellError ? error.hint : undefined;
   }
+  const authFailed = (document.authentication as { status?: string } | undefined)?.status === "failed";
   if (options.output !== "table") {
     printDocument(ctx.ui, options.output, document);
-    return document.status === "connected" ? 0 : 1;
+    return document.status === "connected" && !authFailed ? 0 : 1;
   }
   const label = (t: string): string => ctx.ui.out.dim(t);
   ctx.ui.data(ctx.ui.out.cyan.bold("Gateway Status"));
@@ -294,5 +452,6 @@ export async function status(ctx: CommandContext, options: { output: OutputForma
   const auth = document.authentication as { status: string; error?: string } | undefined;
   if (auth) ctx.ui.data(`  ${label("Auth:")} ${auth.status}${auth.error ? ` (${auth.error})` : ""}`);
   if (document.error) ctx.ui.data(`  ${label("Error:")} ${String(document.error)}`);
-  return state === "connected" && auth?.status !== "failed" ? 0 : 1;
+  if (hint) ctx.ui.hint(hint);
+  return state === "connected" && !authFailed ? 0 : 1;
 }

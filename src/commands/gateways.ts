@@ -5,7 +5,7 @@
 // commands start the local gateway themselves and say so in one line.
 
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -17,6 +17,8 @@ import {
   type GatewayMetadata,
   gatewayStateDir,
   gatewayTokenPath,
+  isLoopbackHost,
+  type LocalGatewaySettings,
   listGatewayNames,
   readActiveGateway,
   readMetadata,
@@ -25,8 +27,14 @@ import {
   writeFileAtomic,
   writeMetadata,
 } from "../core/config.js";
-import { OpenShellError } from "../core/errors.js";
-import type { GatewayTarget } from "../transport/grpc.js";
+import { OpenShellError, usageError } from "../core/errors.js";
+import {
+  type EnsuredTls,
+  ensureGatewayTls,
+  ensureOwnerClientCertificate,
+  gatewayTlsFiles,
+} from "../gateway/tls.js";
+import { type GatewayTarget, parseEndpoint } from "../transport/grpc.js";
 
 export interface GlobalOptions {
   gateway?: string | undefined;
@@ -87,26 +95,270 @@ export function ensureGatewayToken(name: string): string {
   return token;
 }
 
+/** How long SSH session tokens live unless `--ssh-session-ttl` says otherwise. */
+export const DEFAULT_SSH_SESSION_TTL_SECS = 86_400;
+const MAX_SSH_SESSION_TTL_SECS = 366 * 86_400;
+
+/** `gateway start` flags; absent ones fall back to the gateway's last settings. */
+export interface StartFlags {
+  bind?: string | undefined;
+  /** --tls (true) or --no-tls (false). */
+  tls?: boolean | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  clientCa?: string | undefined;
+  sshSessionTtl?: number | undefined;
+}
+
+function isWildcard(bind: string): boolean {
+  return bind === "0.0.0.0" || bind === "::";
+}
+
+/**
+ * The settings a gateway starts with: the flags given, else what it was last
+ * started with, else plaintext on 127.0.0.1. Any TLS flag (--tls, --no-tls,
+ * --tls-cert) replaces the whole TLS setup; --client-ca alone adds mTLS to
+ * the previous one. Refuses a network address without TLS.
+ */
+export function resolveStartSettings(
+  flags: StartFlags,
+  previous: LocalGatewaySettings | undefined,
+): LocalGatewaySettings {
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
+    throw usageError("--tls-cert and --tls-key go together: give both (PEM certificate and its key)");
+  }
+  if (flags.tls === true && flags.tlsCert !== undefined) {
+    throw usageError(
+      "--tls generates a certificate and --tls-cert/--tls-key use yours: give one or the other",
+    );
+  }
+  if (flags.tls === false && (flags.tlsCert !== undefined || flags.clientCa !== undefined)) {
+    throw usageError("--no-tls cannot be combined with --tls-cert, --tls-key or --client-ca");
+  }
+  const ttl = flags.sshSessionTtl;
+  if (ttl !== undefined && (!Number.isInteger(ttl) || ttl < 1 || ttl > MAX_SSH_SESSION_TTL_SECS)) {
+    throw usageError(
+      `--ssh-session-ttl ${ttl}: expected a number of seconds from 1 to ${MAX_SSH_SESSION_TTL_SECS} (366 days)`,
+    );
+  }
+  const bind = flags.bind ?? previous?.bind ?? "127.0.0.1";
+  const settings: LocalGatewaySettings = { bind };
+  const explicitTls = flags.tls !== undefined || flags.tlsCert !== undefined;
+  if (flags.tls === true) settings.tls_generated = true;
+  else if (flags.tlsCert !== undefined) {
+    settings.tls_cert_file = resolve(flags.tlsCert);
+    settings.tls_key_file = resolve(flags.tlsKey!);
+  } else if (!explicitTls && previous?.tls_cert_file && previous.tls_key_file) {
+    settings.tls_cert_file = previous.tls_cert_file;
+    settings.tls_key_file = previous.tls_key_file;
+    if (previous.tls_generated) settings.tls_generated = true;
+  } else if (!explicitTls && previous?.tls_generated) settings.tls_generated = true;
+  const clientCa = flags.clientCa ?? (explicitTls ? undefined : previous?.client_ca_file);
+  if (clientCa !== undefined) settings.client_ca_file = resolve(clientCa);
+  const sessionTtl = ttl ?? previous?.ssh_session_ttl_secs;
+  if (sessionTtl !== undefined) settings.ssh_session_ttl_secs = sessionTtl;
+
+  const tls = settings.tls_generated === true || settings.tls_cert_file !== undefined;
+  if (!tls && settings.client_ca_file !== undefined) {
+    throw usageError("--client-ca needs TLS: add --tls (generates a certificate) or --tls-cert/--tls-key");
+  }
+  if (!tls && !isLoopbackHost(bind)) {
+    throw new OpenShellError(
+      "invalid_input",
+      `--bind ${bind}: a gateway reachable from the network needs TLS`,
+      {
+        hint: "Add --tls (generates a CA and certificate), or --tls-cert/--tls-key, or bind to 127.0.0.1.",
+      },
+    );
+  }
+  return settings;
+}
+
+function readPem(flag: string, path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new OpenShellError(
+      "invalid_input",
+      `${flag} ${path}: ${code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : (error as Error).message}`,
+    );
+  }
+}
+
+/** Every certificate in a PEM file, leaf first. */
+export function pemCertificates(flag: string, path: string): X509Certificate[] {
+  const text = readPem(flag, path);
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) {
+    throw new OpenShellError("invalid_input", `${flag} ${path}: no PEM certificate in it`, {
+      hint: "Expected a file starting with -----BEGIN CERTIFICATE-----.",
+    });
+  }
+  return blocks.map((block) => {
+    try {
+      return new X509Certificate(block);
+    } catch (error) {
+      throw new OpenShellError(
+        "invalid_input",
+        `${flag} ${path}: not a valid certificate (${(error as Error).message})`,
+      );
+    }
+  });
+}
+
+/** Checks user-given TLS files before starting: readable, parseable, key matching the certificate. */
+export function checkTlsFiles(settings: LocalGatewaySettings): void {
+  if (settings.tls_cert_file && settings.tls_key_file && !settings.tls_generated) {
+    const [leaf] = pemCertificates("--tls-cert", settings.tls_cert_file);
+    let matches = false;
+    try {
+      matches = leaf!.checkPrivateKey(createPrivateKey(readPem("--tls-key", settings.tls_key_file)));
+    } catch (error) {
+      if (error instanceof OpenShellError) throw error;
+      throw new OpenShellError(
+        "invalid_input",
+        `--tls-key ${settings.tls_key_file}: not a valid private key (${(error as Error).message})`,
+      );
+    }
+    if (!matches) {
+      throw new OpenShellError(
+        "invalid_input",
+        `--tls-key ${settings.tls_key_file} is not the key of --tls-cert ${settings.tls_cert_file}`,
+      );
+    }
+  }
+  if (settings.client_ca_file) pemCertificates("--client-ca", settings.client_ca_file);
+}
+
+/** Arguments that carry the settings to the gateway process (never the token itself). */
+export function gatewayProcessArgs(name: string, settings: LocalGatewaySettings): string[] {
+  return [
+    "--bind",
+    settings.bind,
+    ...(settings.tls_cert_file && settings.tls_key_file
+      ? ["--tls-cert", settings.tls_cert_file, "--tls-key", settings.tls_key_file]
+      : []),
+    // The gateway's own CA too, which signed its owner's client certificate.
+    ...(settings.client_ca_file
+      ? ["--client-ca", settings.client_ca_file, "--client-ca", gatewayTlsFiles(name).caFile]
+      : []),
+    ...(settings.ssh_session_ttl_secs !== undefined
+      ? ["--ssh-session-ttl", String(settings.ssh_session_ttl_secs)]
+      : []),
+  ];
+}
+
+export interface PreparedStart {
+  settings: LocalGatewaySettings;
+  /** The generated TLS files, with --tls. */
+  generated?: EnsuredTls;
+}
+
+/** Makes or refreshes generated TLS files and checks given ones. */
+export function prepareStart(name: string, settings: LocalGatewaySettings): PreparedStart {
+  let prepared: PreparedStart = { settings };
+  if (settings.tls_generated) {
+    const generated = ensureGatewayTls(name, settings.bind);
+    prepared = {
+      settings: { ...settings, tls_cert_file: generated.certFile, tls_key_file: generated.keyFile },
+      generated,
+    };
+  }
+  checkTlsFiles(prepared.settings);
+  if (settings.client_ca_file) ensureOwnerClientCertificate(name);
+  return prepared;
+}
+
+/**
+ * The CA file this machine's CLI verifies its own TLS gateway with: the
+ * generated CA, or a given certificate file that holds its own root (a
+ * self-signed certificate, or a chain ending at its CA). Otherwise the
+ * system's roots.
+ */
+function ownCaFile(name: string, settings: LocalGatewaySettings): string | undefined {
+  if (settings.tls_generated) return gatewayTlsFiles(name).caFile;
+  if (!settings.tls_cert_file) return undefined;
+  try {
+    const certs = pemCertificates("--tls-cert", settings.tls_cert_file);
+    return certs.some((cert) => cert.checkIssued(cert)) ? settings.tls_cert_file : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The host this machine's CLI dials for a gateway bound to `bind`. */
+function localHostFor(settings: LocalGatewaySettings): string {
+  if (!isWildcard(settings.bind)) return settings.bind;
+  if (settings.tls_cert_file && !settings.tls_generated) {
+    // A given certificate may name only some of the loopback names.
+    try {
+      const [leaf] = pemCertificates("--tls-cert", settings.tls_cert_file);
+      const named = ["127.0.0.1", "localhost", "::1"].find((host) =>
+        /^[\d.:]+$/.test(host) ? leaf!.checkIP(host) !== undefined : leaf!.checkHost(host) !== undefined,
+      );
+      if (named) return named;
+    } catch {
+      // checked before start; fall through
+    }
+  }
+  return "127.0.0.1";
+}
+
+function endpointFor(settings: LocalGatewaySettings, port: number): string {
+  const scheme = settings.tls_cert_file ? "https" : "http";
+  const host = localHostFor(settings);
+  return `${scheme}://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+/** metadata.json for a local gateway listening on `port` with `settings`. */
+export function localMetadata(
+  name: string,
+  settings: LocalGatewaySettings,
+  port: number,
+  previous: GatewayMetadata | undefined,
+): GatewayMetadata {
+  const metadata: GatewayMetadata = {
+    ...(previous ?? {}),
+    name,
+    gateway_endpoint: endpointFor(settings, port),
+    is_remote: false,
+    gateway_port: port,
+    auth_mode: "bearer",
+    local: true,
+    local_settings: settings,
+  };
+  // The owner's CLI reads the token from its default place and trusts its own CA.
+  delete metadata.token_file;
+  delete metadata.client_cert_file;
+  delete metadata.client_key_file;
+  const ca = ownCaFile(name, settings);
+  if (ca) metadata.ca_file = ca;
+  else delete metadata.ca_file;
+  if (settings.client_ca_file) {
+    const files = gatewayTlsFiles(name);
+    metadata.client_cert_file = files.clientCertFile;
+    metadata.client_key_file = files.clientKeyFile;
+  }
+  return metadata;
+}
+
 export interface StartOptions {
   name: string;
-  bind: string;
   port: number;
-  /** Extra arguments for the gateway process (TLS files, session TTL). */
-  extraArgs?: string[];
-  /** Endpoint scheme clients use (https with TLS). */
-  scheme?: "http" | "https";
-  /** What to record in metadata.json besides the endpoint. */
-  metadata?: Partial<GatewayMetadata>;
+  settings: LocalGatewaySettings;
 }
 
 export interface StartResult {
   info: LocalGatewayInfo;
   alreadyRunning: boolean;
   metadata: GatewayMetadata;
+  /** The generated TLS files, when this start made or checked them. */
+  generated?: EnsuredTls;
 }
 
-function spawnGateway(options: StartOptions, port: number): Promise<LocalGatewayInfo> {
-  const stateDir = gatewayStateDir(options.name);
+function spawnGateway(name: string, settings: LocalGatewaySettings, port: number): Promise<LocalGatewayInfo> {
+  const stateDir = gatewayStateDir(name);
   ensurePrivateDir(stateDir);
   const logFd = openSync(join(stateDir, "gateway.log"), "a", 0o600);
   const child = spawn(
@@ -114,16 +366,14 @@ function spawnGateway(options: StartOptions, port: number): Promise<LocalGateway
     [
       join(appRoot(), "dist", "gateway.mjs"),
       "--name",
-      options.name,
+      name,
       "--state-dir",
       stateDir,
-      "--bind",
-      options.bind,
       "--port",
       String(port),
       "--token-file",
-      gatewayTokenPath(options.name),
-      ...(options.extraArgs ?? []),
+      gatewayTokenPath(name),
+      ...gatewayProcessArgs(name, settings),
     ],
     { detached: true, stdio: ["ignore", "pipe", logFd] },
   );
@@ -132,7 +382,7 @@ function spawnGateway(options: StartOptions, port: number): Promise<LocalGateway
     const lines = createInterface({ input: child.stdout! });
     const onExit = (code: number | null): void =>
       reject(
-        new OpenShellError("internal", `gateway '${options.name}' exited during start (status ${code})`, {
+        new OpenShellError("internal", `gateway '${name}' exited during start (status ${code})`, {
           hint: `See ${join(stateDir, "gateway.log")}`,
         }),
       );
@@ -146,14 +396,14 @@ function spawnGateway(options: StartOptions, port: number): Promise<LocalGateway
       try {
         message = JSON.parse(line);
       } catch {
-        reject(new OpenShellError("internal", `gateway '${options.name}' said: ${line}`));
+        reject(new OpenShellError("internal", `gateway '${name}' said: ${line}`));
         return;
       }
       if (!message.ready) {
         reject(
           new OpenShellError(
             "internal",
-            `gateway '${options.name}' failed to start: ${message.error ?? "unknown error"}`,
+            `gateway '${name}' failed to start: ${message.error ?? "unknown error"}`,
             {
               hint: `See ${join(stateDir, "gateway.log")}`,
             },
@@ -168,46 +418,36 @@ function spawnGateway(options: StartOptions, port: number): Promise<LocalGateway
 
 /**
  * Starts the local gateway in the background unless it is already running,
- * records it in its metadata, and makes it active. Idempotent.
+ * records it and its settings in its metadata, and makes it active. Idempotent:
+ * a running gateway is left as it is.
  */
 export async function startLocalGateway(options: StartOptions): Promise<StartResult> {
-  const token = ensureGatewayToken(options.name);
-  void token;
-  const running = localGatewayInfo(options.name);
-  let info: LocalGatewayInfo;
-  let alreadyRunning = false;
-  if (running) {
-    info = running;
-    alreadyRunning = true;
-  } else {
-    try {
-      info = await spawnGateway(options, options.port);
-    } catch (error) {
-      // The default port taken by something else: any free port will do.
-      if (
-        options.port === DEFAULT_GATEWAY_PORT &&
-        /EADDRINUSE|address already in use|No address added/i.test(String((error as Error).message))
-      ) {
-        info = await spawnGateway(options, 0);
-      } else throw error;
-    }
-  }
-  const scheme = options.scheme ?? "http";
-  const host = options.bind === "0.0.0.0" || options.bind === "::" ? "127.0.0.1" : options.bind;
+  ensureGatewayToken(options.name);
   const previous = readMetadata(options.name);
-  const metadata: GatewayMetadata = {
-    ...(previous ?? {}),
-    ...options.metadata,
-    name: options.name,
-    gateway_endpoint: `${scheme}://${host.includes(":") ? `[${host}]` : host}:${info.port}`,
-    is_remote: false,
-    gateway_port: info.port,
-    auth_mode: options.metadata?.auth_mode ?? previous?.auth_mode ?? "bearer",
-    local: true,
-  };
+  const running = localGatewayInfo(options.name);
+  if (running) {
+    const metadata = previous ?? localMetadata(options.name, options.settings, running.port, undefined);
+    if (!previous) writeMetadata(metadata);
+    writeActiveGateway(options.name);
+    return { info: running, alreadyRunning: true, metadata };
+  }
+  const { settings, generated } = prepareStart(options.name, options.settings);
+  let info: LocalGatewayInfo;
+  try {
+    info = await spawnGateway(options.name, settings, options.port);
+  } catch (error) {
+    // The default port taken by something else: any free port will do.
+    if (
+      options.port === DEFAULT_GATEWAY_PORT &&
+      /EADDRINUSE|address already in use|No address added/i.test(String((error as Error).message))
+    ) {
+      info = await spawnGateway(options.name, settings, 0);
+    } else throw error;
+  }
+  const metadata = localMetadata(options.name, settings, info.port, previous);
   writeMetadata(metadata);
   writeActiveGateway(options.name);
-  return { info, alreadyRunning, metadata };
+  return { info, alreadyRunning: false, metadata, ...(generated ? { generated } : {}) };
 }
 
 export interface ResolvedGateway {
@@ -216,36 +456,76 @@ export interface ResolvedGateway {
   target: GatewayTarget;
 }
 
-function readOptional(path: string | undefined): Buffer | undefined {
-  return path ? readFileSync(path) : undefined;
+function readOptional(name: string, what: string, path: string | undefined): Buffer | undefined {
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new OpenShellError(
+      "invalid_input",
+      `gateway '${name}': cannot read its ${what} ${path}: ${code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : (error as Error).message}`,
+      {
+        hint: `Register it again with the right file: openshell gateway remove ${name} && openshell gateway add ...`,
+      },
+    );
+  }
 }
 
 function isGatewayName(name: string): boolean {
   return name !== "" && name !== "." && name !== ".." && !name.includes("/") && !name.includes("\0");
 }
 
+function insecureRequested(globals: GlobalOptions): boolean {
+  const env = envValue("OPENSHELL_GATEWAY_INSECURE");
+  return globals.gatewayInsecure === true || env === "1" || env === "true";
+}
+
+/** The stderr warning for --gateway-insecure on an https gateway, or undefined. */
+export function insecureWarning(target: GatewayTarget): string | undefined {
+  if (!target.insecure || !target.endpoint.startsWith("https:")) return undefined;
+  return `--gateway-insecure: not verifying the TLS certificate of gateway '${target.name}' (${target.endpoint}); whoever answers there gets your requests${target.token ? " and your token" : ""}.`;
+}
+
+function unauthorizedHint(
+  name: string,
+  metadata: GatewayMetadata,
+  tokenFile: string | undefined,
+  token: string | undefined,
+): string {
+  if (metadata.local) {
+    return `Only the owner of gateway '${name}' can use it: its token (${tokenFile}) is readable by its owner only.`;
+  }
+  if (token === undefined) {
+    return `Gateway '${name}' needs its owner's token: \`openshell gateway remove ${name}\`, then \`openshell gateway add ${metadata.gateway_endpoint} --name ${name} --token-file FILE\`.`;
+  }
+  return `The token in ${tokenFile} was refused; ask the gateway's owner for its current token file.`;
+}
+
 export function targetFor(name: string, metadata: GatewayMetadata, globals: GlobalOptions): GatewayTarget {
   // A bare --gateway-endpoint with no stored gateway has no token file of its own.
   const tokenFile = metadata.token_file ?? (isGatewayName(name) ? gatewayTokenPath(name) : undefined);
-  const insecure =
-    globals.gatewayInsecure ||
-    envValue("OPENSHELL_GATEWAY_INSECURE") === "1" ||
-    envValue("OPENSHELL_GATEWAY_INSECURE") === "true";
+  const token = tokenFile ? readToken(tokenFile) : undefined;
   return {
     name,
     endpoint: globals.gatewayEndpoint ?? metadata.gateway_endpoint,
-    token: tokenFile ? readToken(tokenFile) : undefined,
-    ca: readOptional(metadata.ca_file),
-    clientCert: readOptional(metadata.client_cert_file),
-    clientKey: readOptional(metadata.client_key_file),
-    insecure,
+    token,
+    ca: readOptional(name, "CA certificate", metadata.ca_file),
+    clientCert: readOptional(name, "client certificate", metadata.client_cert_file),
+    clientKey: readOptional(name, "client key", metadata.client_key_file),
+    insecure: insecureRequested(globals),
     unreachableHint: metadata.local
       ? `Start it with \`openshell gateway start${name === DEFAULT_GATEWAY_NAME ? "" : ` --name ${name}`}\`.`
       : "Check that it is running, or register another with `openshell gateway add <endpoint>`.",
-    unauthorizedHint: metadata.local
-      ? `Only the owner of gateway '${name}' can use it (its token is ${tokenFile}, readable by its owner only).`
-      : `Check the token file (${tokenFile}); re-register with \`openshell gateway add ${metadata.gateway_endpoint} --token-file FILE\`.`,
+    unauthorizedHint: unauthorizedHint(name, metadata, tokenFile, token),
   };
+}
+
+/** Start settings of a local gateway recorded before settings were kept: its endpoint's host. */
+function recordedSettings(metadata: GatewayMetadata | undefined): LocalGatewaySettings {
+  if (metadata?.local_settings) return metadata.local_settings;
+  const bind = metadata?.gateway_endpoint ? parseEndpoint(metadata.gateway_endpoint).host : "127.0.0.1";
+  return { bind };
 }
 
 /**
@@ -275,15 +555,14 @@ export async function resolveGateway(
       is_remote: true,
       gateway_port: 0,
     };
-    return {
+    const target = targetFor(
       name,
-      metadata,
-      target: targetFor(
-        name,
-        { ...base, gateway_endpoint: endpoint },
-        { ...globals, gatewayEndpoint: endpoint },
-      ),
-    };
+      { ...base, gateway_endpoint: endpoint },
+      { ...globals, gatewayEndpoint: endpoint },
+    );
+    const warning = insecureWarning(target);
+    if (warning) options.notice(`warning: ${warning}`);
+    return { name, metadata, target };
   }
   let name = explicitName ?? readActiveGateway();
   if (!name) {
@@ -301,19 +580,21 @@ export async function resolveGateway(
     });
   }
   if (options.autoStart && (metadata === undefined || metadata.local) && !localGatewayInfo(name)) {
+    // Back the way it was last started: same address, TLS and client CA.
     const result = await startLocalGateway({
       name,
-      bind: metadata?.gateway_endpoint
-        ? new URL(metadata.gateway_endpoint).hostname.replace(/^\[|\]$/g, "")
-        : "127.0.0.1",
       port: metadata?.gateway_port || DEFAULT_GATEWAY_PORT,
+      settings: recordedSettings(metadata),
     });
     metadata = result.metadata;
     options.notice(
       `Started gateway '${name}' at ${metadata.gateway_endpoint} (stop it with \`openshell gateway stop\`).`,
     );
   }
-  return { name, metadata, target: targetFor(name, metadata!, globals) };
+  const target = targetFor(name, metadata!, globals);
+  const warning = insecureWarning(target);
+  if (warning) options.notice(`warning: ${warning}`);
+  return { name, metadata, target };
 }
 
 export function defaultLogPath(name: string): string {

@@ -4,8 +4,9 @@
 //   $XDG_CONFIG_HOME/openshell/active_gateway
 //   $XDG_CONFIG_HOME/openshell/gateways/<name>/metadata.json
 //   $XDG_CONFIG_HOME/openshell/gateways/<name>/last_sandbox   "<workspace>\n<sandbox>"
-//   $XDG_CONFIG_HOME/openshell/gateways/<name>/token          bearer token, 0600
+//   $XDG_CONFIG_HOME/openshell/gateways/<name>/token          bearer token, 0600 (directory 0700)
 //   $XDG_STATE_HOME/openshell/gateways/<name>/                store, sandboxes, logs, pid
+//   $XDG_STATE_HOME/openshell/gateways/<name>/tls/            generated CA and server certificate
 
 import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
@@ -17,6 +18,25 @@ export const DEFAULT_GATEWAY_PORT = 17670;
 export const DEFAULT_WORKSPACE = "default";
 
 export type AuthMode = "plaintext" | "mtls" | "bearer" | "tls";
+
+/**
+ * How a local gateway was last started (`gateway start` flags), kept so a
+ * later `gateway start` or auto-start brings it back the same way: a TLS
+ * gateway never comes back as plaintext, nor on another address.
+ */
+export interface LocalGatewaySettings {
+  /** Address it listens on. */
+  bind: string;
+  /** TLS certificate and key files (PEM); absent for a plaintext loopback gateway. */
+  tls_cert_file?: string;
+  tls_key_file?: string;
+  /** True when the TLS files are the generated ones (`--tls`), reissued as needed. */
+  tls_generated?: boolean;
+  /** CA (PEM) that client certificates must chain to (mTLS). */
+  client_ca_file?: string;
+  /** SSH session token lifetime in seconds. */
+  ssh_session_ttl_secs?: number;
+}
 
 /** metadata.json: upstream's fields plus our optional ones. */
 export interface GatewayMetadata {
@@ -34,6 +54,8 @@ export interface GatewayMetadata {
   /** Client certificate and key for mTLS. */
   client_cert_file?: string;
   client_key_file?: string;
+  /** For a local gateway: its start settings. */
+  local_settings?: LocalGatewaySettings;
 }
 
 function env(name: string): string | undefined {
@@ -163,6 +185,26 @@ export function clearLastSandbox(gateway: string, name: string): void {
   if (last?.name === name) rmSync(join(gatewayConfigDir(gateway), "last_sandbox"), { force: true });
 }
 
+/** The bearer token in `path`, or undefined when there is no such file. */
 export function readToken(path: string): string | undefined {
-  return readText(path)?.trim() || undefined;
+  try {
+    return readText(path)?.trim() || undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "EACCES" || code === "EPERM") {
+      throw new OpenShellError("not_authorized", `cannot read the token file ${path}: permission denied`, {
+        hint: "A gateway's token is readable by its owner only; ask the owner for a copy you can read.",
+      });
+    }
+    throw new OpenShellError(
+      "invalid_input",
+      `cannot read the token file ${path}: ${(error as Error).message}`,
+    );
+  }
+}
+
+/** Whether `host` is a loopback address or name (reachable from this machine only). */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, "");
+  return bare === "localhost" || bare === "::1" || /^127\.\d+\.\d+\.\d+$/.test(bare);
 }

@@ -36,7 +36,8 @@ async function main(): Promise<void> {
       "token-file": { type: "string" },
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
-      "client-ca": { type: "string" },
+      // Repeatable: client certificates signed by any of these CAs are accepted.
+      "client-ca": { type: "string", multiple: true },
       "ssh-session-ttl": { type: "string" },
     },
   });
@@ -53,13 +54,29 @@ async function main(): Promise<void> {
   }
 
   const appRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+  // The token is read from its file (never passed on the command line, where `ps` would show it).
   const token = values["token-file"] ? readFileSync(values["token-file"], "utf8").trim() : undefined;
+  if (values["token-file"] && !token) throw new Error(`--token-file ${values["token-file"]} is empty`);
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+    throw new Error("--tls-cert and --tls-key go together");
+  }
+  if (values["client-ca"] !== undefined && values["tls-cert"] === undefined) {
+    throw new Error("--client-ca needs --tls-cert and --tls-key");
+  }
+  const ttlText = values["ssh-session-ttl"];
+  if (ttlText !== undefined && !/^[1-9]\d*$/.test(ttlText)) {
+    throw new Error(`--ssh-session-ttl ${ttlText}: expected a whole number of seconds, at least 1`);
+  }
   const tls =
     values["tls-cert"] && values["tls-key"]
       ? {
           cert: readFileSync(values["tls-cert"]),
           key: readFileSync(values["tls-key"]),
-          clientCa: values["client-ca"] ? readFileSync(values["client-ca"]) : undefined,
+          clientCa: values["client-ca"]
+            ? Buffer.concat(
+                values["client-ca"].map((file) => Buffer.concat([readFileSync(file), Buffer.from("\n")])),
+              )
+            : undefined,
         }
       : undefined;
   const gateway = await startGateway({
@@ -71,7 +88,7 @@ async function main(): Promise<void> {
     appRoot,
     token,
     tls,
-    ...(values["ssh-session-ttl"] ? { sshSessionTtlSecs: Number(values["ssh-session-ttl"]) } : {}),
+    ...(ttlText !== undefined ? { sshSessionTtlSecs: Number(ttlText) } : {}),
   });
   const info: GatewayRuntimeInfo = {
     pid: process.pid,
@@ -79,6 +96,14 @@ async function main(): Promise<void> {
     endpoint: gateway.endpoint,
     version: VERSION,
   };
+  const security = [
+    tls ? (tls.clientCa ? "TLS with client certificates" : "TLS") : "plaintext",
+    token ? "bearer token required" : "no token",
+    `SSH sessions expire after ${values["ssh-session-ttl"] ?? 86_400}s`,
+  ].join(", ");
+  process.stderr.write(
+    `${new Date().toISOString()} INFO gateway '${values.name}' listening on ${gateway.endpoint} (${security})\n`,
+  );
   writeFileSync(pidFile, `${process.pid}\n`, { mode: 0o600 });
   writeFileSync(join(stateDir, "gateway.json"), `${JSON.stringify(info)}\n`, { mode: 0o600 });
   process.stdout.write(`${JSON.stringify({ ready: true, ...info })}\n`);

@@ -78,9 +78,31 @@ function bearerInterceptor(token: string): Interceptor {
     });
 }
 
+let ipServernameWarningFiltered = false;
+
+/**
+ * grpc-js sends the endpoint's host as the TLS server name even when it is an
+ * IP address, and node then prints a deprecation warning (DEP0123) on stderr
+ * for every run. The certificate is still checked against the IP address; the
+ * warning would only confuse a person reading the CLI's output, so it alone is
+ * dropped.
+ */
+function filterIpServernameWarning(): void {
+  if (ipServernameWarningFiltered) return;
+  ipServernameWarningFiltered = true;
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((...args: unknown[]) => {
+    const [, type, code] = args;
+    const options = type as { code?: string } | undefined;
+    if (code === "DEP0123" || (typeof options === "object" && options?.code === "DEP0123")) return;
+    emit(...args);
+  }) as typeof process.emitWarning;
+}
+
 export function channelCredentials(target: GatewayTarget): ChannelCredentials {
   const { tls } = parseEndpoint(target.endpoint);
   if (!tls) return credentials.createInsecure();
+  filterIpServernameWarning();
   return credentials.createSsl(
     target.ca ?? null,
     target.clientKey ?? null,
@@ -105,6 +127,95 @@ export function isServiceError(error: unknown): error is ServiceError {
   return typeof error === "object" && error !== null && "code" in error && "details" in error;
 }
 
+/** The reason grpc-js gives inside "No connection established. Last error: ...". */
+function lastError(details: string): string {
+  const match =
+    /Last error: (?:Error: )?([\s\S]*?)(?:\s*\(\d{4}-\d\d-\d\dT[^)]*\))?\.?\s*(?:Resolution note:.*)?$/.exec(
+      details,
+    );
+  const reason = (match?.[1] ?? details).trim();
+  // OpenSSL's "...:SSL routines:...:tlsv13 alert certificate required:...": keep the alert.
+  const alert = /alert ([a-z ]+?)(?::|$)/m.exec(reason);
+  return alert ? `TLS alert: ${alert[1]}` : reason.split("\n")[0]!;
+}
+
+/**
+ * A failure of the TLS layer, told apart from a gateway that is down: the
+ * server's certificate not trusted, a client certificate missing or refused,
+ * or one side not speaking TLS.
+ */
+function tlsFailure(
+  details: string,
+  target: Pick<GatewayTarget, "name" | "endpoint"> & Partial<GatewayTarget>,
+): OpenShellError | undefined {
+  const https = target.endpoint.startsWith("https:");
+  const where = `gateway '${target.name}' at ${target.endpoint}`;
+  const reason = lastError(details);
+  if (https && /certificate required|alert number 116|peer did not return a certificate/i.test(details)) {
+    return new OpenShellError(
+      "not_authorized",
+      `${where} refused the TLS connection: it requires a client certificate (${reason})`,
+      {
+        hint: `Register it with a certificate its client CA signed: openshell gateway add ${target.endpoint} --ca FILE --client-cert FILE --client-key FILE --token-file FILE`,
+      },
+    );
+  }
+  if (
+    https &&
+    /unknown ca|bad certificate|alert number 4[28]|certificate unknown|alert number 46|unsupported certificate/i.test(
+      details,
+    )
+  ) {
+    return new OpenShellError("not_authorized", `${where} refused our client certificate (${reason})`, {
+      hint: "Use a client certificate signed by the CA the gateway was started with (--client-ca).",
+    });
+  }
+  if (
+    https &&
+    /unable to verify|self[- ]signed|certificate has expired|not yet valid|Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME|unable to get (local )?issuer|certificate signature failure|CERT_/i.test(
+      details,
+    )
+  ) {
+    const why = /Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(details)
+      ? `it does not name ${parseEndpoint(target.endpoint).host}`
+      : /expired/i.test(details)
+        ? "it has expired"
+        : /not yet valid/i.test(details)
+          ? "it is not valid yet (check the clocks)"
+          : "it is signed by a CA this CLI does not trust";
+    return new OpenShellError(
+      "gateway_unreachable",
+      `TLS: cannot verify the certificate of ${where}: ${why} (${reason})`,
+      {
+        hint: target.ca
+          ? `The CA file registered for it did not sign its certificate; get the gateway's current CA (tls/ca.crt in its state directory) and run: openshell gateway add ${target.endpoint} --ca ca.crt`
+          : `Trust the CA that signed it: openshell gateway add ${target.endpoint} --ca ca.crt (its owner has it in $XDG_STATE_HOME/openshell/gateways/<name>/tls/ca.crt). --gateway-insecure skips verification (not recommended).`,
+      },
+    );
+  }
+  if (https && /wrong version number|packet length too long|http request|unexpected eof/i.test(details)) {
+    return new OpenShellError("gateway_unreachable", `${where} does not speak TLS (${reason})`, {
+      hint: `Use its plaintext endpoint: ${target.endpoint.replace(/^https:/, "http:")}`,
+    });
+  }
+  if (
+    https &&
+    /No connection established/i.test(details) &&
+    /Failed to connect|Socket closed|ECONNRESET/i.test(reason)
+  ) {
+    return new OpenShellError(
+      "gateway_unreachable",
+      `${where} closed the TLS connection during setup (${reason})`,
+      {
+        hint: target.clientCert
+          ? "It may not accept our client certificate: check that its client CA (--client-ca) signed it."
+          : "If it requires client certificates, register it with --client-cert and --client-key.",
+      },
+    );
+  }
+  return undefined;
+}
+
 /** Maps a gRPC failure to an OpenShellError naming the gateway and the fix. */
 export function mapGrpcError(
   error: unknown,
@@ -118,7 +229,9 @@ export function mapGrpcError(
   }
   const details = error.details || error.message;
   switch (error.code) {
-    case status.UNAVAILABLE:
+    case status.UNAVAILABLE: {
+      const tls = tlsFailure(details, target);
+      if (tls) return tls;
       // Only a failure to reach the gateway itself; relay failures inside it name their own cause.
       if (
         /No connection established|failed to connect to all addresses|getaddrinfo|Connection dropped/i.test(
@@ -137,6 +250,7 @@ export function mapGrpcError(
         );
       }
       return new OpenShellError("connection_lost", `gateway '${target.name}': ${details}`, { cause: error });
+    }
     case status.UNAUTHENTICATED:
     case status.PERMISSION_DENIED:
       return new OpenShellError("not_authorized", `not authorized by gateway '${target.name}': ${details}`, {
