@@ -61,6 +61,11 @@ describe("the egress proxy", () => {
     upstream = createServer((req, res) =>
       res.end(`hello ${req.method} ${req.url} host=${req.headers.host}\n`),
     );
+    // An upgrade answered with 101, after which the origin echoes what it gets.
+    upstream.on("upgrade", (_req, socket) => {
+      socket.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n");
+      socket.pipe(socket);
+    });
     await new Promise<void>((resolve) => upstream.listen(0, "0.0.0.0", resolve));
     upstreamPort = (upstream.address() as { port: number }).port;
     const policy = EgressPolicy.compile({
@@ -186,4 +191,19 @@ describe("the egress proxy", () => {
     await readUntil(socket, /hello GET \/through host=tunnelled\n/, "the response through the tunnel");
     await closed(socket);
   });
+
+  it.skipIf(LOCAL_ADDRESS === undefined)(
+    "carries an allowed upgrade, then the upgraded protocol",
+    async () => {
+      const socket = await client();
+      const origin = `app.test:${upstreamPort}`;
+      socket.write(
+        `GET http://${origin}/ws HTTP/1.1\r\nHost: ${origin}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n`,
+      );
+      await readUntil(socket, /^HTTP\/1\.1 101 Switching Protocols\r\n[\s\S]*\r\n\r\n$/, "the 101");
+      socket.write("ping\n");
+      await readUntil(socket, /^ping\n$/, "the echo after the upgrade");
+      socket.destroy();
+    },
+  );
 });

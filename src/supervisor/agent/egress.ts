@@ -107,6 +107,11 @@ function forward(client: Socket, proxySocket: string, listenPort: number, log: (
         upstream.destroy();
       });
       upstream.once("connect", () => upstream.write(encodePreamble({ peers })));
+      let acknowledged = false;
+      // The proxy hangs up without a word when it refuses the preamble.
+      upstream.once("close", () => {
+        if (!acknowledged) client.destroy();
+      });
       let ack = Buffer.alloc(0);
       const onAck = (chunk: Buffer) => {
         ack = Buffer.concat([ack, chunk]);
@@ -116,6 +121,7 @@ function forward(client: Socket, proxySocket: string, listenPort: number, log: (
           return;
         }
         upstream.off("data", onAck);
+        acknowledged = true;
         if (ack.subarray(0, newline + 1).toString() !== PREAMBLE_ACK) {
           upstream.destroy(new Error("unexpected acknowledgement"));
           return;

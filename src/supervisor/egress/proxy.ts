@@ -25,7 +25,7 @@
 // well-behaved tools in their lanes; hosts, ports and addresses are enforced.
 
 import { lookup } from "node:dns/promises";
-import { chmodSync, chownSync, mkdirSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, closeSync, constants, mkdirSync, openSync, rmSync } from "node:fs";
 import {
   createServer as createHttpServer,
   request as httpRequest,
@@ -34,7 +34,7 @@ import {
   type ServerResponse,
 } from "node:http";
 import { connect, createServer, type Socket } from "node:net";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import type { Duplex } from "node:stream";
 import type { SandboxPolicy } from "../../gen/sandbox.js";
 import { formatIp, type IpAddress, parseIp } from "./ip.js";
@@ -173,6 +173,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
     const { target, path, authority } = url;
     void openUpstream(req.method ?? "GET", target, req.socket).then((opened) => {
       if (!opened.ok) return refuse(res, opened.status, opened.text);
+      if (res.destroyed) return opened.upstream.destroy();
       // One request per upstream connection: the client's keep-alive is the proxy's, not the origin's.
       const outgoing = httpRequest({
         method: req.method,
@@ -258,13 +259,21 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   chmodSync(dir, 0o700);
   rmSync(o.socketPath, { force: true });
-  await new Promise<void>((resolveListen, reject) => {
-    unix.once("error", reject);
-    unix.listen(o.socketPath, () => {
-      unix.off("error", reject);
-      resolveListen();
+  // A sandbox's directory can be deeper than a Unix socket path may be long (108 bytes):
+  // bind through a descriptor of the directory instead.
+  const dirFd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await new Promise<void>((resolveListen, reject) => {
+      unix.once("error", reject);
+      unix.listen(`/proc/self/fd/${dirFd}/${basename(o.socketPath)}`, () => {
+        unix.off("error", reject);
+        resolveListen();
+      });
     });
-  });
+  } catch (error) {
+    closeSync(dirFd);
+    throw error;
+  }
   chmodSync(o.socketPath, 0o600);
   if (o.owner !== null) chownSync(o.socketPath, o.owner.uid, o.owner.gid);
   chmodSync(dir, 0o711);
@@ -280,6 +289,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
         await closed;
         http.close();
         rmSync(o.socketPath, { force: true });
+        closeSync(dirFd);
       })();
       return closing;
     },
