@@ -14,13 +14,13 @@
 // a traversable tmpfs first.
 
 import { execFileSync, spawn } from "node:child_process";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { chmodSync, mkdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { basename, dirname, join, posix } from "node:path";
 import { createInterface } from "node:readline";
 import { defaultPolicy } from "../core/policy.js";
 import type { SupervisorLaunch } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
-import type { SandboxPolicy } from "../gen/sandbox.js";
+import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { stageFiles } from "./inject.js";
@@ -114,6 +114,37 @@ function writeIdentityFiles(dir: string, uid: number, gid: number): { passwd: st
   return { passwd, group };
 }
 
+/** Top-level directories a merged-/usr host keeps as symlinks into /usr. */
+const ROOT_LINKS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+
+function covers(paths: readonly string[], path: string): boolean {
+  return paths.some((p) => path === p || path.startsWith(p.endsWith("/") ? p : `${p}/`));
+}
+
+/**
+ * Policies written for container images list `/usr` and `/lib` but not
+ * `/lib64`, which images carry in their own root. On a merged-/usr host that
+ * is a symlink to `usr/lib64` and holds the ELF interpreter every program
+ * needs, so each such root symlink whose target the policy already shows is
+ * recreated (a symlink, not a bind: it grants nothing the policy does not).
+ */
+export function withRootLinks(fs: FilesystemPolicy): FilesystemPolicy {
+  const visible = [...fs.readOnly, ...fs.readWrite];
+  const extra: string[] = [];
+  for (const link of ROOT_LINKS) {
+    if (covers(visible, link)) continue;
+    let target: string;
+    try {
+      target = readlinkSync(link);
+    } catch {
+      continue;
+    }
+    const resolved = posix.resolve("/", target);
+    if (covers(visible, resolved)) extra.push(link);
+  }
+  return extra.length === 0 ? fs : { ...fs, readOnly: [...fs.readOnly, ...extra] };
+}
+
 export interface PodOptions {
   launch: SupervisorLaunch;
   policy: SandboxPolicy | undefined;
@@ -187,7 +218,9 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       ...(egress ? [{ src: dirname(egress.socketPath), dest: EGRESS_DIR, writable: false }] : []),
     ];
     const plan = planMounts({
-      policy: policy.filesystem ?? { includeWorkdir: true, readOnly: [], readWrite: [] },
+      // A policy without a filesystem section gets the default one, as
+      // OpenShell's supervisor fills in a baseline.
+      policy: withRootLinks(policy.filesystem ?? defaultPolicy().filesystem!),
       workdir: WORKDIR,
       dirs,
       injectedFiles: o.files.map((f) => f.path),
