@@ -179,7 +179,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     return 0;
   }
   if (!attach) {
-    if (!shell && !gated && !o.detach && !terminal) {
+    if (!shell && !o.detach && !terminal) {
       ui.note(
         ui.err.dim(`The command runs in the background; see its output with \`openshell logs ${name}\`.`),
       );

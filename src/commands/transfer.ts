@@ -15,7 +15,6 @@ import {
   typeProbeCommand,
 } from "../core/download.js";
 import { OpenShellError } from "../core/errors.js";
-import { formatBytes } from "../core/files.js";
 import { phaseName } from "../core/phases.js";
 import {
   packUpload,
@@ -36,7 +35,21 @@ function megabytes(bytes: number): string {
   return `${(bytes / 1_000_000).toFixed(1)} MB`;
 }
 
-/** A self-overwriting progress line on a terminal; nothing otherwise. */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
+interface ProgressState {
+  bytes: number;
+  totalBytes?: number;
+  files?: number;
+  totalFiles?: number;
+}
+
+/**
+ * A self-overwriting progress line on a terminal (bytes, rate, files);
+ * nothing otherwise, so scripts see only the summary line on stderr.
+ */
 class TransferProgress {
   private readonly started = Date.now();
   private last = 0;
@@ -47,22 +60,45 @@ class TransferProgress {
     private readonly verb: string,
   ) {}
 
-  update(bytes: number, files: number, totalBytes?: number): void {
+  update(state: ProgressState): void {
     if (!this.ui.interactive) return;
     const now = Date.now();
     if (now - this.last < PROGRESS_INTERVAL_MS) return;
     this.last = now;
     const seconds = Math.max((now - this.started) / 1000, 0.001);
-    const total = totalBytes ? ` / ${megabytes(totalBytes)}` : "";
+    const total = state.totalBytes ? ` / ${megabytes(state.totalBytes)}` : "";
+    const files =
+      state.files === undefined
+        ? ""
+        : state.totalFiles === undefined
+          ? `, ${count(state.files, "file")}`
+          : `, ${state.files}/${count(state.totalFiles, "file")}`;
     this.ui.io.stderr.write(
-      `\r\x1b[2K  ${this.verb} ${megabytes(bytes)}${total}, ${files} files, ${megabytes(bytes / seconds)}/s`,
+      `\r\x1b[2K  ${this.verb} ${megabytes(state.bytes)}${total}${files}, ${megabytes(state.bytes / seconds)}/s`,
     );
     this.shown = true;
   }
 
   clear(): void {
     if (this.shown) this.ui.io.stderr.write("\r\x1b[2K");
+    this.shown = false;
   }
+}
+
+/**
+ * The connection to the sandbox dropped mid-transfer (gateway gone, network
+ * down): say what was being transferred and that it was not confirmed.
+ */
+function transferLost(what: string, error: unknown): unknown {
+  if (!(error instanceof OpenShellError) || error.code !== "connection_lost") return error;
+  return new OpenShellError(
+    "connection_lost",
+    `${what} failed: the connection to the sandbox was lost before the transfer completed (${error.message})`,
+    {
+      hint: "Nothing was confirmed as transferred. Check the gateway with `openshell gateway status` and run the command again.",
+      cause: error,
+    },
+  );
 }
 
 /** Runs a command in the sandbox and collects its output and status. */
@@ -82,15 +118,18 @@ async function capture(
 
 async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void> {
   if (plan.warning) ui.warn(plan.warning);
+  const what = `upload of ${plan.local} to ${plan.remotePath}`;
   const progress = new TransferProgress(ui, "Uploading");
-  const channel = await sshExec(client, remoteExtractCommand(plan));
+  const channel = await sshExec(client, remoteExtractCommand(plan)).catch((error: unknown) => {
+    throw transferLost(what, error);
+  });
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   channel.on("data", (d: Buffer) => out.push(d));
   channel.stderr.on("data", (d: Buffer) => err.push(d));
   const exit = channelExit(channel);
   const { stream, done } = packUpload(plan, (p: UploadProgress) =>
-    progress.update(p.bytes, p.files, p.totalBytes),
+    progress.update({ bytes: p.bytes, totalBytes: p.totalBytes, files: p.files, totalFiles: p.totalFiles }),
   );
   stream.pipe(channel);
   try {
@@ -102,10 +141,17 @@ async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void
       }),
     ]);
     verifyExtraction(plan, Buffer.concat(out), Buffer.concat(err), code);
+  } catch (error) {
+    // Stop reading local files; the archive will not be sent.
+    stream.unpipe(channel);
+    stream.destroy();
+    throw transferLost(what, error);
   } finally {
     progress.clear();
   }
-  ui.success(`Uploaded ${plan.totals.files} files, ${megabytes(plan.totals.bytes)} to ${plan.remotePath}`);
+  ui.success(
+    `Uploaded ${count(plan.totals.files, "file")}, ${megabytes(plan.totals.bytes)} to ${plan.remotePath}`,
+  );
 }
 
 /** Uploads each plan in order over one SSH connection. */
@@ -150,6 +196,7 @@ export async function sandboxDownload(
   const gateway = await ctx.gateway();
   const id = await readySandboxId(gateway, options.name);
   const ssh = await connectSandboxSsh(gateway.client, gateway.target, id, { signal: ctx.signal });
+  const what = `download of sandbox:${options.path} to ${options.dest}`;
   try {
     const probe = await capture(ssh.client, probeCommand(options.path));
     if (probe.code !== 0) {
@@ -171,7 +218,7 @@ export async function sandboxDownload(
     let received = 0;
     channel.on("data", (d: Buffer) => {
       received += d.length;
-      progress.update(received, 0);
+      progress.update({ bytes: received });
     });
     let result: Awaited<ReturnType<typeof extractDownload>>;
     try {
@@ -189,8 +236,10 @@ export async function sandboxDownload(
     } finally {
       progress.clear();
     }
-    ctx.ui.success(`Downloaded ${result.files} files, ${formatBytes(result.bytes)} to ${result.path}`);
+    ctx.ui.success(`Downloaded ${count(result.files, "file")}, ${megabytes(result.bytes)} to ${result.path}`);
     return 0;
+  } catch (error) {
+    throw transferLost(what, error);
   } finally {
     await ssh.close();
   }

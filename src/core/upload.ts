@@ -785,10 +785,20 @@ function extractionFailure(plan: UploadPlan, stderr: string, exitCode: number | 
 
   for (const line of lines) {
     // GNU tar: `tar: <member>: Cannot <operation>: <errno text>`.
-    const tarError = /^tar: (.+?): Cannot .*: ([^:]+)$/.exec(line);
+    const tarError = /^tar: (.+?): Cannot (.*): ([^:]+)$/.exec(line);
     if (tarError) {
       const where = remoteDisplayPath(plan.extractDir, stripTrailingSlashes(unescapeTarName(tarError[1]!)));
-      return failure(`upload failed: ${where}: ${lowerFirst(tarError[2]!)}`, tarError[2]!);
+      // tar removes an existing file before creating it afresh; "Cannot
+      // open: File exists" means that removal failed: the path is a
+      // read-only bind (an injected --file) or a mount point.
+      if (tarError[2] === "open" && /^file exists$/i.test(tarError[3]!)) {
+        return new OpenShellError(
+          "sandbox_error",
+          `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
+          { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
+        );
+      }
+      return failure(`upload failed: ${where}: ${lowerFirst(tarError[3]!)}`, tarError[3]!);
     }
     // coreutils / busybox mkdir: `mkdir: cannot create directory '<p>': <errno text>`.
     const mkdirError = /^mkdir: (?:cannot|can't) create directory ['\u2018](.*)['\u2019]: ([^:]+)$/.exec(

@@ -525,6 +525,20 @@ describe("verifyExtraction", () => {
     );
   });
 
+  it("explains a file tar could not replace (an injected, read-only file)", () => {
+    const plan = {
+      extractDir: "/sandbox",
+      remotePath: "/sandbox/locked.txt",
+      entries: [],
+      archiveBytes: 10240,
+    } as unknown as UploadPlan;
+    const stderr =
+      "tar: locked.txt: Cannot open: File exists\nTotal bytes read: 10240 (10KiB, 3.0MiB/s)\ntar: Exiting with failure status due to previous errors\n";
+    expect(() => verifyExtraction(plan, "locked.txt\n", stderr, 2)).toThrow(
+      "upload failed: /sandbox/locked.txt: a read-only file is already there and cannot be replaced",
+    );
+  });
+
   it("maps a relative extraction directory to ~", () => {
     const plan = {
       extractDir: ".",
