@@ -446,7 +446,7 @@ Examples:
     .option("--name <sandbox>")
     .option("--sandbox-id <id>")
     .option("--token <token>")
-    .option("--server <url>")
+    .option("--server <url>", "gateway endpoint, instead of the one recorded for --gateway-name")
     .action(
       run(program, async (ctx, opts: Record<string, unknown>) => {
         const { sshProxy } = await import("./commands/connect.js");
@@ -455,6 +455,7 @@ Examples:
           name: opts.name as string | undefined,
           sandboxId: opts.sandboxId as string | undefined,
           token: opts.token as string | undefined,
+          server: opts.server as string | undefined,
         });
       }),
     );

@@ -10,6 +10,7 @@ import { shellEscape } from "../core/shell.js";
 import { unary } from "../transport/grpc.js";
 import { channelExit, connectSandboxSsh, forwardSsh, sshSubsystem } from "../transport/ssh.js";
 import type { CommandContext, ConnectedGateway } from "./context.js";
+import { enterRawMode, onEndingSignal } from "./terminal.js";
 import type { Io } from "./ui.js";
 
 async function sandboxId(ctx: CommandContext, gateway: ConnectedGateway, name: string): Promise<string> {
@@ -20,9 +21,14 @@ async function sandboxId(ctx: CommandContext, gateway: ConnectedGateway, name: s
   return id;
 }
 
+/** How long a session stopped by a signal or Ctrl-C waits for the sandbox to confirm the close. */
+const STOP_GRACE_MS = 2000;
+
 /**
  * Joins the local terminal (or pipes) to an SSH channel until it exits:
- * raw mode and resizes on a terminal, restored on every way out.
+ * raw mode and resizes on a terminal, restored on every way out. Resolves
+ * with the remote status; 130 if the command was cancelled (SIGINT), 128+N if
+ * this process got SIGTERM or SIGHUP.
  */
 async function pumpChannel(
   io: Io,
@@ -31,11 +37,28 @@ async function pumpChannel(
 ): Promise<number> {
   const { stdin, stdout, stderr } = io;
   const undo: (() => void)[] = [];
-  const raw = options.tty && stdin.isTTY === true && typeof stdin.setRawMode === "function";
+  let stopped: number | undefined;
+  let markStopped: () => void = () => {};
+  const stoppedWithGrace = new Promise<void>((resolve) => {
+    markStopped = resolve;
+  }).then(
+    () =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, STOP_GRACE_MS);
+        undo.push(() => clearTimeout(timer));
+      }),
+  );
+  const stop = (status: number): void => {
+    if (stopped !== undefined) return;
+    stopped = status;
+    channel.close();
+    markStopped();
+  };
   try {
-    if (raw) {
-      stdin.setRawMode!(true);
-      undo.push(() => stdin.setRawMode!(false));
+    if (options.tty) {
+      const restore = enterRawMode(io);
+      undo.push(restore);
+      undo.push(onEndingSignal(stop, restore));
     }
     if (options.tty && stdout.isTTY) {
       const resize = (): void => {
@@ -63,12 +86,19 @@ async function pumpChannel(
     });
     channel.pipe(stdout, { end: false });
     channel.stderr.pipe(stderr, { end: false });
-    const onAbort = (): void => {
-      channel.close();
-    };
+    const onAbort = (): void => stop(130);
     options.signal.addEventListener("abort", onAbort, { once: true });
     undo.push(() => options.signal.removeEventListener("abort", onAbort));
-    return await channelExit(channel);
+    const exited = channelExit(channel);
+    try {
+      // A stopped session still waits (briefly) for the close, so the remote
+      // side has ended it before this process exits.
+      const code = await Promise.race([exited, stoppedWithGrace.then(() => undefined)]);
+      return stopped ?? code ?? 1;
+    } catch (error) {
+      if (stopped !== undefined) return stopped;
+      throw error;
+    }
   } finally {
     for (const step of undo.reverse()) step();
   }
@@ -181,6 +211,8 @@ export interface SshProxyOptions {
   name?: string | undefined;
   sandboxId?: string | undefined;
   token?: string | undefined;
+  /** Gateway endpoint overriding the recorded one (OpenShell's `--server`). */
+  server?: string | undefined;
 }
 
 /**
@@ -190,6 +222,7 @@ export interface SshProxyOptions {
  */
 export async function sshProxy(ctx: CommandContext, options: SshProxyOptions): Promise<number> {
   if (options.gatewayName) ctx.globals.gateway = options.gatewayName;
+  if (options.server) ctx.globals.gatewayEndpoint = options.server;
   const gateway = await ctx.gateway({ autoStart: false });
   let id = options.sandboxId;
   let token = options.token;
@@ -216,6 +249,9 @@ export async function sshProxy(ctx: CommandContext, options: SshProxyOptions): P
       ctx.ui.note(`openshell ssh-proxy: ${reason.message}`);
       resolve(1);
     });
-    stream.on("end", () => resolve(failed ? 1 : 0));
+    stream.on("end", () => {
+      ctx.io.stdin.unpipe(stream);
+      resolve(failed ? 1 : 0);
+    });
   });
 }

@@ -12,6 +12,7 @@ import { phaseName } from "../core/phases.js";
 import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../gen/openshell.js";
 import { mapGrpcError } from "../transport/grpc.js";
 import type { CommandContext } from "./context.js";
+import { enterRawMode, onEndingSignal } from "./terminal.js";
 
 export interface ExecOptions {
   name?: string | undefined;
@@ -76,11 +77,14 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
     },
   });
 
-  const raw = tty && stdin.isTTY === true && typeof stdin.setRawMode === "function";
   const restore: (() => void)[] = [];
-  if (raw) {
-    stdin.setRawMode!(true);
-    restore.push(() => stdin.setRawMode!(false));
+  // Ends the call early (Ctrl-C, SIGTERM, SIGHUP): the gateway kills the
+  // command, and the CLI exits with the status a shell would report.
+  let stop: (status: number) => void = () => {};
+  if (tty) {
+    const restoreTerminal = enterRawMode(ctx.io);
+    restore.push(restoreTerminal);
+    restore.push(onEndingSignal((status) => stop(status), restoreTerminal));
   }
   const onData = (data: Buffer): void => {
     if (!send({ payload: { $case: "stdin", value: data } })) {
@@ -109,11 +113,13 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
   try {
     const code = await new Promise<number>((resolve, reject) => {
       let exitCode: number | undefined;
-      const onAbort = (): void => {
+      stop = (status) => {
         call.cancel();
-        resolve(130);
+        resolve(status);
       };
+      const onAbort = (): void => stop(130);
       ctx.signal.addEventListener("abort", onAbort, { once: true });
+      restore.push(() => ctx.signal.removeEventListener("abort", onAbort));
       call.on("data", (event: ExecSandboxEvent) => {
         const payload = event.payload;
         if (payload?.$case === "stdout" || payload?.$case === "stderr") {

@@ -184,6 +184,17 @@ export class SshAccess {
       toFrame: (data) => ({ payload: { $case: "data", value: data } }),
     });
     bridge(local, remote, release);
+    // A client that goes away (ssh exited and its proxy was killed) only
+    // cancels the call; the byte stream then tears the relay down, which ends
+    // the sandbox's SSH connection and its sessions. The slot is free at once.
+    call.once("cancelled", release);
+    // Once the response has ended the forward is over, whatever the client
+    // does next: free the slot and end the relay too, which nothing else
+    // would (the client can send nothing more, so its half-close never comes).
+    call.once("finish", () => {
+      release();
+      if (!remote.writableEnded) remote.end();
+    });
   }
 
   // ---- exec --------------------------------------------------------------
@@ -218,8 +229,13 @@ export class SshAccess {
       this.clients.delete(sandboxId);
     };
     client.on("close", forget);
-    client.on("end", forget);
     client.on("error", forget);
+    client.on("end", () => {
+      forget();
+      // The sandbox closed the connection (it is stopping): close ours too, so
+      // the relay ends now instead of holding the stopping supervisor.
+      sock.end();
+    });
     return client;
   }
 
@@ -299,7 +315,13 @@ export class SshAccess {
     channel.on("exit", (code: number | null, signal?: string) => {
       exitCode = exitCodeOf(code, signal);
     });
-    channel.on("close", () => finish(exitCode));
+    // ssh2 repeats the status on close: a command that ends at once can have
+    // its status arrive in the same read as the exec's confirmation, before
+    // the 'exit' listener above existed.
+    channel.on("close", (code?: number | null, signal?: string) => {
+      if (exitCode === undefined && (typeof code === "number" || signal)) exitCode = exitCodeOf(code, signal);
+      finish(exitCode);
+    });
     if (request.timeoutSeconds > 0) {
       timer = setTimeout(() => {
         // Unlike OpenShell, the command is killed, not left running.

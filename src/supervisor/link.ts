@@ -27,7 +27,6 @@ import {
   type SandboxLogLine,
   type SupervisorMessage,
 } from "../gen/openshell.js";
-import { bridge } from "../transport/bridge.js";
 import { frameDuplex } from "../transport/duplex.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 
@@ -97,6 +96,8 @@ export interface SessionOptions {
 export class SupervisorSession {
   private stream: ClientDuplexStream<SupervisorMessage, GatewayMessage> | undefined;
   private stopped = false;
+  /** Open relays, each settled once the gateway has ended its call (all bytes through). */
+  private readonly relays = new Set<Promise<void>>();
   private backoffMs = 1000;
   /**
    * The socket is reached through an open descriptor of its directory:
@@ -118,6 +119,24 @@ export class SupervisorSession {
     this.stopped = true;
     this.stream?.end();
     this.stream?.cancel();
+  }
+
+  /**
+   * Refuses new relays and waits, at most `timeoutMs`, for the open ones to
+   * finish. Once the pod is gone its sockets have ended, but what the agent
+   * wrote last (an attached client's final output and exit status) may still
+   * be queued on the relay calls; exiting first would drop it.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.stopped = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(this.relays),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   private connect(): void {
@@ -150,6 +169,10 @@ export class SupervisorSession {
         payload: { $case: "relayOpenResult", value: { channelId: open.channelId, success: false, error } },
       });
     };
+    if (this.stopped) {
+      fail("the sandbox is stopping");
+      return;
+    }
     if (open.target?.$case === "tcp") {
       fail("tcp relay targets are not supported by the bubblewrap runtime; use SSH port forwarding");
       return;
@@ -163,7 +186,23 @@ export class SupervisorSession {
         fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
         toFrame: (data) => ({ payload: { $case: "data", value: data } }),
       });
-      bridge(remote, socket);
+      remote.pipe(socket);
+      socket.pipe(remote);
+      // A pod that goes away resets its sockets (ECONNRESET when it dies with
+      // input unread), yet what it wrote before, an attached client's exit
+      // status perhaps, is still queued on the relay: end the relay then,
+      // never cancel it.
+      socket.on("error", () => {
+        if (!remote.writableEnded) remote.end();
+      });
+      remote.on("error", () => socket.destroy());
+      remote.on("close", () => socket.destroy());
+      const finished = new Promise<void>((resolve) => {
+        relay.on("status", () => resolve());
+        relay.on("error", () => resolve());
+      });
+      this.relays.add(finished);
+      void finished.then(() => this.relays.delete(finished));
     });
   }
 }

@@ -34,6 +34,9 @@ async function readLaunch(): Promise<SupervisorLaunch> {
   throw new Error("no launch configuration on stdin");
 }
 
+/** How long a stopping supervisor lets open relays deliver their last bytes. */
+const RELAY_DRAIN_MS = 2000;
+
 let shutdownHook: (() => Promise<void>) | undefined;
 let shuttingDown = false;
 
@@ -128,9 +131,11 @@ async function main(): Promise<void> {
   }
   diag(`pod started ${since()}`);
   shutdownHook = async () => {
-    session?.stop();
     if (!mainExited) await logs.close();
     await pod.stop();
+    // An attached client's last output and exit status are still on their way.
+    await session?.drain(RELAY_DRAIN_MS);
+    session?.stop();
   };
   pod.exited.then((status) => {
     if (!mainExited && !shuttingDown) {

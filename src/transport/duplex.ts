@@ -17,7 +17,9 @@ export interface FrameStream<In, Out> {
   once(event: "drain", listener: () => void): this;
   pause(): this;
   resume(): this;
+  /** Client calls end early by cancelling; server calls have no cancel and end with an error status. */
   cancel?: () => void;
+  emit?(event: "error", error: Error): boolean;
 }
 
 /** The largest data frame written; OpenShell uses 64 KiB for ForwardTcp. */
@@ -49,7 +51,11 @@ export function frameDuplex<In, Out>(
       callback();
     },
     destroy(error, callback) {
-      if (!finished) call.cancel?.();
+      if (!finished) {
+        finished = true;
+        if (call.cancel) call.cancel();
+        else call.emit?.("error", unavailable(error?.message ?? "the stream was torn down"));
+      }
       callback(error);
     },
   });
@@ -65,5 +71,18 @@ export function frameDuplex<In, Out>(
     finished = true;
     duplex.destroy(error);
   });
+  // A server call whose client went away (cancelled, process gone) only
+  // closes: without this its byte stream, and whatever is bridged to it,
+  // would wait forever.
+  call.on("close", () => {
+    if (finished) return;
+    finished = true;
+    duplex.destroy(new Error("the peer went away before the stream ended"));
+  });
   return duplex;
+}
+
+/** A gRPC UNAVAILABLE status as grpc-js servers accept it through an 'error' event. */
+function unavailable(details: string): Error {
+  return Object.assign(new Error(details), { code: 14, details });
 }

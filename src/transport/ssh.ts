@@ -55,6 +55,11 @@ export function forwardSsh(
   });
   // Surface the gateway's reason (revoked token, not ready) instead of a bare reset.
   call.on("error", (error) => stream.emit("gateway-error", mapGrpcError(error, target)));
+  // The gateway ends its side only when the connection is over (the sandbox
+  // closed it, or its supervisor went away). Left half-open, ssh2 would keep
+  // waiting for channels that can no longer close, and the CLI would hang, or
+  // exit 0 with no status once nothing else is left to wait for.
+  stream.once("end", () => stream.destroy());
   return stream;
 }
 
@@ -135,14 +140,21 @@ export function sshSubsystem(client: Client, name: string): Promise<ClientChanne
   });
 }
 
-/** Resolves with the channel's exit status (128 + N for a signal) once it closes. */
+/**
+ * Resolves with the channel's exit status (128 + N for a signal) once it
+ * closes. ssh2 repeats the status in the close event, which matters: a
+ * command that ends at once can have its status arrive in the same read as
+ * the channel's confirmation, before any 'exit' listener added after the open
+ * callback exists.
+ */
 export function channelExit(channel: ClientChannel): Promise<number> {
   return new Promise((resolve, reject) => {
     let code: number | undefined;
     channel.on("exit", (exitCode: number | null, signal?: string) => {
       code = exitCodeOf(exitCode, signal);
     });
-    channel.on("close", () => {
+    channel.on("close", (exitCode?: number | null, signal?: string) => {
+      if (code === undefined && (typeof exitCode === "number" || signal)) code = exitCodeOf(exitCode, signal);
       if (code === undefined) {
         reject(
           new OpenShellError(

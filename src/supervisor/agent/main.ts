@@ -10,7 +10,10 @@ import { createInterface } from "node:readline";
 import type { AgentConfig, AgentMessage } from "../pod.js";
 import { startEgressForwarder } from "./egress.js";
 import { MainProcess } from "./main-process.js";
-import { startSshServer } from "./ssh-server.js";
+import { type SshServer, startSshServer } from "./ssh-server.js";
+
+/** How long the exit report waits for attached clients to be given the exit status. */
+const ATTACH_SETTLE_MS = 2000;
 
 function send(message: AgentMessage): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
@@ -41,10 +44,15 @@ async function main(): Promise<void> {
     startOnAttach: config.startOnAttach,
   });
   main.on("line", (line) => send({ t: "log", s: line.stream, m: line.text }));
+  // The exit report stops the pod: attached clients get the last output and
+  // the exit status first.
+  let server: SshServer | undefined;
   main.on("exit", (status) => {
-    send({ t: "exit", code: status.code });
+    void (server?.attachmentsSettled(ATTACH_SETTLE_MS) ?? Promise.resolve()).then(() =>
+      send({ t: "exit", code: status.code }),
+    );
   });
-  await startSshServer({
+  server = await startSshServer({
     socketPath: config.socketPath,
     env: config.env,
     workdir: config.workdir,

@@ -54,6 +54,13 @@ export interface SshServer {
   readonly socketPath: string;
   /** Stops listening, ends every connection and kills every session's process group. */
   close(): Promise<void>;
+  /**
+   * Resolves once every main-process attachment that has been told of the
+   * exit has sent its last output and the exit status (or its client left),
+   * at most `timeoutMs` later. The agent reports the exit, which stops the
+   * pod, only then: attached clients must not lose the end of the story.
+   */
+  attachmentsSettled(timeoutMs: number): Promise<void>;
 }
 
 export const DEFAULT_SFTP_SERVER = "/usr/lib/openssh/sftp-server";
@@ -118,6 +125,7 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
     sftpServerPath: options.sftpServerPath ?? DEFAULT_SFTP_SERVER,
     log,
     runs: new Set(),
+    attachEnds: new Set(),
   };
   // A fresh key each start, never stored: nothing pins it (clients run with
   // StrictHostKeyChecking=no), and node's own PKCS#8 ed25519 keys do not parse in ssh2.
@@ -153,6 +161,16 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
       })();
       return closing;
     },
+    async attachmentsSettled(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(context.attachEnds),
+        new Promise<void>((done) => {
+          timer = setTimeout(done, timeoutMs);
+        }),
+      ]);
+      clearTimeout(timer);
+    },
   };
 }
 
@@ -165,6 +183,8 @@ interface ServerContext {
   log: AgentLogger;
   /** Every live session run, so close() can end them. */
   runs: Set<Run>;
+  /** Main attachments still sending their last output and exit status. */
+  attachEnds: Set<Promise<unknown>>;
 }
 
 /** What a running session reacts to after its start request. */
@@ -269,7 +289,7 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
     }
     if (info.name === SUBSYSTEM_MAIN && context.mainProcess) {
       const main = context.mainProcess;
-      return begin(accept, (channel) => attachMain(channel, main, state, log, forget));
+      return begin(accept, (channel) => attachMain(channel, main, state, log, forget, context.attachEnds));
     }
     if (info.name === SUBSYSTEM_START && context.mainProcess) {
       // Releases a main process held for uploads, without attaching to it.
@@ -389,6 +409,7 @@ function attachMain(
   state: SessionState,
   log: AgentLogger,
   forget: (run: Run) => void,
+  attachEnds: Set<Promise<unknown>>,
 ): Run {
   let over = false;
   let attachment: MainAttachment | undefined;
@@ -419,7 +440,11 @@ function attachMain(
     forget(run);
     channel.resume();
     if (status === undefined) channel.close();
-    else void completeChannel(channel, { code: status, signal: null }, gone);
+    else {
+      const completed = completeChannel(channel, { code: status, signal: null }, gone);
+      attachEnds.add(completed);
+      void completed.then(() => attachEnds.delete(completed));
+    }
   };
 
   attachment = main.attach(
