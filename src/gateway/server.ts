@@ -8,7 +8,7 @@ import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
-import { OpenShellService } from "../gen/openshell.js";
+import { FastOpenShellService } from "../transport/frames.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { SandboxBus } from "./bus.js";
 import { RelayHub } from "./relay.js";
@@ -141,7 +141,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     advertised: () => ({ host: options.bind === "0.0.0.0" ? "127.0.0.1" : options.bind, port, scheme }),
   });
   server.addService(
-    OpenShellService,
+    FastOpenShellService,
     createService({ version: options.version, token: options.token, store, bus, relay, sandboxes, ssh }),
   );
 

@@ -17,18 +17,19 @@ import {
   Metadata,
 } from "@grpc/grpc-js";
 import { SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
-import {
-  type GatewayMessage,
+import type {
+  GatewayMessage,
   OpenShellClient,
-  type PushSandboxLogsRequest,
-  type PushSandboxLogsResponse,
-  type RelayFrame,
-  type RelayOpen,
-  type SandboxLogLine,
-  type SupervisorMessage,
+  PushSandboxLogsRequest,
+  PushSandboxLogsResponse,
+  RelayFrame,
+  RelayOpen,
+  SandboxLogLine,
+  SupervisorMessage,
 } from "../gen/openshell.js";
 import { frameDuplex } from "../transport/duplex.js";
-import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { FastOpenShellClient } from "../transport/frames.js";
+import { BULK_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 
 const LOG_FLUSH_MS = 200;
 const LOG_BATCH = 100;
@@ -50,7 +51,8 @@ export function supervisorClient(target: string): {
         next(metadata, listener);
       },
     });
-  const client = new OpenShellClient(target, credentials.createInsecure(), {
+  const client = new FastOpenShellClient(target, credentials.createInsecure(), {
+    ...BULK_CHANNEL_OPTIONS,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 15_000,

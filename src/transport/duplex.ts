@@ -22,8 +22,12 @@ export interface FrameStream<In, Out> {
   emit?(event: "error", error: Error): boolean;
 }
 
-/** The largest data frame written; OpenShell uses 64 KiB for ForwardTcp. */
-export const FRAME_BYTES = 64 * 1024;
+/**
+ * The largest data frame written. OpenShell writes 64 KiB; larger frames are
+ * the same wire format and well within every peer's 1 MiB decode limit, and
+ * fewer, fuller messages are what bulk transfers through grpc-js need.
+ */
+export const FRAME_BYTES = 256 * 1024;
 
 export function frameDuplex<In, Out>(
   call: FrameStream<In, Out>,
@@ -35,16 +39,21 @@ export function frameDuplex<In, Out>(
     read() {
       call.resume();
     },
-    write(chunk: Buffer, _encoding, callback) {
-      let offset = 0;
-      let ok = true;
-      while (offset < chunk.length) {
-        const piece = chunk.subarray(offset, offset + FRAME_BYTES);
-        offset += piece.length;
-        ok = call.write(codec.toFrame(piece));
+    // One write in flight at a time: node queues what the producer writes
+    // meanwhile, and writev sends the queue as frames of up to FRAME_BYTES,
+    // so ssh2's 32 KiB packets travel in fewer, fuller messages.
+    writev(chunks, callback) {
+      const all =
+        chunks.length === 1
+          ? (chunks[0]!.chunk as Buffer)
+          : Buffer.concat(chunks.map((c) => c.chunk as Buffer));
+      for (let offset = 0; offset < all.length; offset += FRAME_BYTES) {
+        const last = offset + FRAME_BYTES >= all.length;
+        call.write(
+          codec.toFrame(all.subarray(offset, offset + FRAME_BYTES)),
+          last ? (error) => callback(error ?? null) : undefined,
+        );
       }
-      if (ok) callback();
-      else call.once("drain", () => callback());
     },
     final(callback) {
       call.end();

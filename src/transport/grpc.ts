@@ -15,7 +15,8 @@ import {
   status,
 } from "@grpc/grpc-js";
 import { OpenShellError } from "../core/errors.js";
-import { OpenShellClient } from "../gen/openshell.js";
+import type { OpenShellClient } from "../gen/openshell.js";
+import { FastOpenShellClient } from "./frames.js";
 
 /**
  * The largest message either side accepts: 10 MiB of injected files plus
@@ -111,9 +112,16 @@ export function channelCredentials(target: GatewayTarget): ChannelCredentials {
   );
 }
 
+/**
+ * HTTP/2 flow-control windows large enough that a bulk stream (upload,
+ * relay) is not throttled to a round trip per 64 KiB.
+ */
+export const BULK_CHANNEL_OPTIONS = { "grpc-node.flow_control_window": 8 * 1024 * 1024 } as const;
+
 export function connectGateway(target: GatewayTarget): OpenShellClient {
   const { address } = parseEndpoint(target.endpoint);
-  return new OpenShellClient(address, channelCredentials(target), {
+  return new FastOpenShellClient(address, channelCredentials(target), {
+    ...BULK_CHANNEL_OPTIONS,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 10_000,
