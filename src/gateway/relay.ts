@@ -192,10 +192,14 @@ export class RelayHub {
       this.pending.delete(channelId);
       clearTimeout(pending.timer);
       pending.resolve(
-        frameDuplex<RelayFrame, RelayFrame>(call, {
-          fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
-          toFrame: (data) => ({ payload: { $case: "data", value: data } }),
-        }),
+        frameDuplex<RelayFrame, RelayFrame>(
+          call,
+          {
+            fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
+            toFrame: (data) => ({ payload: { $case: "data", value: data } }),
+          },
+          { sendEofFrame: true },
+        ),
       );
     });
   }

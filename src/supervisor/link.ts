@@ -184,10 +184,14 @@ export class SupervisorSession {
     socket.once("connect", () => {
       const relay = this.o.client.relayStream();
       relay.write({ payload: { $case: "init", value: { channelId: open.channelId } } });
-      const remote = frameDuplex<RelayFrame, RelayFrame>(relay, {
-        fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
-        toFrame: (data) => ({ payload: { $case: "data", value: data } }),
-      });
+      const remote = frameDuplex<RelayFrame, RelayFrame>(
+        relay,
+        {
+          fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
+          toFrame: (data) => ({ payload: { $case: "data", value: data } }),
+        },
+        { readEofFrame: true },
+      );
       remote.pipe(socket);
       socket.pipe(remote);
       // A pod that goes away resets its sockets (ECONNRESET when it dies with

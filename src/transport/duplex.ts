@@ -29,11 +29,32 @@ export interface FrameStream<In, Out> {
  */
 export const FRAME_BYTES = 256 * 1024;
 
+/**
+ * How end-of-input crosses a relay. A gRPC client half-closes by ending its
+ * request stream, but a server that ends its response ends the whole call.
+ * So our gateway's side of a RelayStream sends its EOF as an empty data frame
+ * (`sendEofFrame`), which our supervisor reads as EOF (`readEofFrame`) and
+ * OpenShell peers skip, and ends the call once both directions are done.
+ */
+export interface EofOptions {
+  sendEofFrame?: boolean;
+  readEofFrame?: boolean;
+}
+
 export function frameDuplex<In, Out>(
   call: FrameStream<In, Out>,
   codec: { fromFrame(frame: In): Buffer | undefined; toFrame(data: Buffer): Out },
+  eof: EofOptions = {},
 ): Duplex {
   let finished = false;
+  let readEnded = false;
+  let writeEnded = false;
+  const endCallWhenDone = (): void => {
+    if (readEnded && writeEnded && !finished) {
+      finished = true;
+      call.end();
+    }
+  };
   const duplex = new Duplex({
     allowHalfOpen: true,
     read() {
@@ -56,7 +77,11 @@ export function frameDuplex<In, Out>(
       }
     },
     final(callback) {
-      call.end();
+      if (eof.sendEofFrame) {
+        call.write(codec.toFrame(Buffer.alloc(0)));
+        writeEnded = true;
+        endCallWhenDone();
+      } else call.end();
       callback();
     },
     destroy(error, callback) {
@@ -68,13 +93,24 @@ export function frameDuplex<In, Out>(
       callback(error);
     },
   });
+  const endRead = (): void => {
+    if (readEnded) return;
+    readEnded = true;
+    duplex.push(null);
+  };
   call.on("data", (frame) => {
     const data = codec.fromFrame(frame);
-    if (data && data.length > 0 && !duplex.push(data)) call.pause();
+    if (data === undefined || readEnded) return;
+    if (data.length === 0) {
+      if (eof.readEofFrame) endRead();
+      return;
+    }
+    if (!duplex.push(data)) call.pause();
   });
   call.on("end", () => {
-    finished = true;
-    duplex.push(null);
+    endRead();
+    if (eof.sendEofFrame) endCallWhenDone();
+    else finished = true;
   });
   call.on("error", (error) => {
     finished = true;

@@ -83,6 +83,11 @@ describe("OpenSSH and ForwardTcp", () => {
     expect(who.stdout).toBe("sandbox\n/sandbox\n");
   });
 
+  it("a client that closes its input at once still gets the server's reply (half-close crosses the relay)", async () => {
+    const result = await env.run(["ssh-proxy", "--gateway-name", "local", "--name", name], { input: "" });
+    expect(result.stdout).toMatch(/^SSH-2\.0-/);
+  });
+
   it("scp copies into the sandbox and back, byte for byte (SFTP and legacy protocol)", async () => {
     const original = randomBytes(1024 * 1024 + 17);
     const local = join(env.root, "scp-in.bin");
