@@ -11,7 +11,11 @@ import { invalidInput, OpenShellError, usageError } from "../core/errors.js";
 import { formatMode, modeWarnings, parseFileFlag, readFileSpecs } from "../core/files.js";
 import { parseLabelFlag, validateCommand, validateSandboxName } from "../core/names.js";
 import { loadPolicyFile } from "../core/policy.js";
-import { ANNOTATION_START_ON_ATTACH, CAPABILITY_SANDBOX_FILES } from "../core/protocol.js";
+import {
+  ANNOTATION_START_ON_ATTACH,
+  ANNOTATION_TTY_SIZE,
+  CAPABILITY_SANDBOX_FILES,
+} from "../core/protocol.js";
 import { parseUploadFlag, planUpload, type UploadPlan } from "../core/upload.js";
 import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../gen/openshell.js";
 import type { CommandContext, ConnectedGateway } from "./context.js";
@@ -129,7 +133,12 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     },
     name: o.name ?? "",
     labels,
-    annotations: gated ? { [ANNOTATION_START_ON_ATTACH]: "true" } : {},
+    annotations: {
+      ...(gated ? { [ANNOTATION_START_ON_ATTACH]: "true" } : {}),
+      ...(attach && tty && io.stdout.isTTY && io.stdout.columns && io.stdout.rows
+        ? { [ANNOTATION_TTY_SIZE]: `${io.stdout.columns}x${io.stdout.rows}` }
+        : {}),
+    },
     workspace: gateway.workspace,
   };
   const { sandbox: created } = await gateway.call(gateway.client.createSandbox, request, {

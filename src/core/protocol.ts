@@ -9,6 +9,21 @@ export const CAPABILITY_SANDBOX_FILES = "sandbox-files.v1";
  */
 export const ANNOTATION_START_ON_ATTACH = "openshell.dev/start-on-attach";
 
+/**
+ * Annotation with the terminal size (`COLSxROWS`) of the client that will
+ * attach, so a command on a pty starts at that size, not 80x24.
+ */
+export const ANNOTATION_TTY_SIZE = "openshell.dev/tty-size";
+
+/** Parses a `COLSxROWS` size, within what a terminal can be. */
+export function parseTtySize(value: string | undefined): { cols: number; rows: number } | undefined {
+  const match = /^(\d{1,4})x(\d{1,4})$/.exec(value ?? "");
+  if (!match) return undefined;
+  const cols = Number(match[1]);
+  const rows = Number(match[2]);
+  return cols > 0 && rows > 0 ? { cols, rows } : undefined;
+}
+
 /** gRPC metadata key a supervisor authenticates with: `<sandbox id>:<secret>`. */
 export const SUPERVISOR_METADATA_KEY = "x-openshell-supervisor";
 

@@ -27,6 +27,8 @@ export interface SupervisorLaunch {
   environment: Record<string, string>;
   /** Hold the main command until the first attach (uploads go first). */
   startOnAttach: boolean;
+  /** Initial size of the main command's pty (80x24 when absent). */
+  ttySize?: { cols: number; rows: number } | undefined;
 }
 
 /** Reports a supervisor writes on stdout, one JSON object per line. */

@@ -30,7 +30,7 @@ import {
   policySizeViolation,
   validatePolicy,
 } from "../core/policy.js";
-import { ANNOTATION_START_ON_ATTACH } from "../core/protocol.js";
+import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE, parseTtySize } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
   type PlatformEvent,
@@ -255,6 +255,7 @@ export class Sandboxes {
       tty: sandbox.spec!.tty,
       environment: sandbox.spec!.environment,
       startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
+      ttySize: parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]),
     });
   }
 

@@ -41,6 +41,7 @@ export interface AgentConfig {
   workdir: string;
   socketPath: string;
   startOnAttach: boolean;
+  ttySize?: { cols: number; rows: number } | undefined;
   shell: string;
   sftpServer: string;
   /**
@@ -338,6 +339,7 @@ function launchPod(
     workdir: WORKDIR,
     socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
     startOnAttach: launch.startOnAttach,
+    ttySize: launch.ttySize,
     shell,
     sftpServer: "/usr/lib/openssh/sftp-server",
     ...(egress

@@ -146,9 +146,14 @@ describe("on a terminal", () => {
     const attached = uniqueName("attach");
     const { session, finished } = onTerminal(
       "create",
-      `openshell sandbox create --name ${attached} --no-keep -- sh -c 'echo "TTY=$(tty)"; read line; echo "GOT=$line"; exit 7'`,
+      `openshell sandbox create --name ${attached} --no-keep -- sh -c 'echo "TTY=$(tty) SIZE=$(stty size)"; read line; echo "GOT=$line"; exit 7'`,
     );
-    await session.waitFor(/TTY=\/dev\/pts\/\d+/, "the attached command runs on a terminal");
+    // The command starts at the size of the terminal it is attached to.
+    const [, rows, cols] = await session.waitFor(
+      /TTY=\/dev\/pts\/\d+ SIZE=(\d+) (\d+)/,
+      "the attached command runs on a terminal of the local size",
+    );
+    expect({ rows: Number(rows), cols: Number(cols) }).toEqual({ rows: ROWS, cols: COLS });
     session.type("hello\r");
     await session.waitFor(/GOT=hello/, "the attached command reads what is typed");
     expect(await finished("create --no-keep after the command exits")).toBe(7);

@@ -41,6 +41,8 @@ export interface MainProcessOptions {
   tty: boolean;
   /** Do not start until the first attach (files are uploaded before the command runs). */
   startOnAttach?: boolean;
+  /** The pty's size at start, when the client that will attach told it; 80x24 otherwise. */
+  ptySize?: { cols: number; rows: number };
   /** Bytes of output kept for attachers that arrive later; 1 MiB by default. */
   replayBytes?: number;
 }
@@ -146,7 +148,11 @@ export class MainProcess extends EventEmitter<MainProcessEvents> {
       child = startChild(
         { file, args, cwd: this.options.cwd, env: this.options.env },
         this.tty
-          ? { term: this.options.env.TERM ?? "xterm-256color", cols: MAIN_PTY_COLS, rows: MAIN_PTY_ROWS }
+          ? {
+              term: this.options.env.TERM ?? "xterm-256color",
+              cols: this.options.ptySize?.cols ?? MAIN_PTY_COLS,
+              rows: this.options.ptySize?.rows ?? MAIN_PTY_ROWS,
+            }
           : undefined,
       );
     } catch (error) {

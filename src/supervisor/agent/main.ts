@@ -42,6 +42,7 @@ async function main(): Promise<void> {
     env: { ...config.env, TERM: config.tty ? "xterm-256color" : "dumb" },
     tty: config.tty,
     startOnAttach: config.startOnAttach,
+    ...(config.ttySize ? { ptySize: config.ttySize } : {}),
   });
   main.on("line", (line) => send({ t: "log", s: line.stream, m: line.text }));
   // The exit report stops the pod: attached clients get the last output and
