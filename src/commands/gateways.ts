@@ -28,6 +28,7 @@ import {
   writeMetadata,
 } from "../core/config.js";
 import { OpenShellError, usageError } from "../core/errors.js";
+import { processAlive } from "../core/process.js";
 import {
   type EnsuredTls,
   ensureGatewayTls,
@@ -61,15 +62,6 @@ export function appRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, "package.json")) && dirname(dir) !== dir) dir = dirname(dir);
   return dir;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 /** The running local gateway of this name, if there is one. */

@@ -1,20 +1,16 @@
 // Phase and condition rules shared by everything that changes a sandbox's
 // status. The gateway owns one condition, `Ready`, and ERROR is sticky.
 
-import { type Sandbox, type SandboxCondition, SandboxPhase } from "../gen/openshell.js";
+import { type Sandbox, type SandboxCondition, SandboxPhase, type SandboxStatus } from "../gen/openshell.js";
 
 export function phaseOf(sandbox: Sandbox): SandboxPhase {
   return sandbox.status?.phase ?? SandboxPhase.SANDBOX_PHASE_UNSPECIFIED;
 }
 
-export function setReadyCondition(
-  sandbox: Sandbox,
-  status: "True" | "False",
-  reason: string,
-  message: string,
-): void {
-  sandbox.status ??= {
-    sandboxName: sandbox.metadata?.name ?? "",
+/** The status of a sandbox just accepted: Provisioning, no conditions. */
+export function newSandboxStatus(name: string): SandboxStatus {
+  return {
+    sandboxName: name,
     agentPod: "",
     agentFd: "",
     sandboxFd: "",
@@ -23,6 +19,15 @@ export function setReadyCondition(
     currentPolicyVersion: 0,
     mainProcessInstanceId: "",
   };
+}
+
+export function setReadyCondition(
+  sandbox: Sandbox,
+  status: "True" | "False",
+  reason: string,
+  message: string,
+): void {
+  sandbox.status ??= newSandboxStatus(sandbox.metadata?.name ?? "");
   const condition: SandboxCondition = {
     type: "Ready",
     status,

@@ -7,6 +7,7 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { processAlive } from "../core/process.js";
 import { VERSION } from "../core/version.js";
 import { startGateway } from "./server.js";
 
@@ -15,15 +16,6 @@ export interface GatewayRuntimeInfo {
   port: number;
   endpoint: string;
   version: string;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 async function main(): Promise<void> {

@@ -23,7 +23,7 @@ import {
   validateLabels,
   validateSandboxName,
 } from "../core/names.js";
-import { phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
+import { newSandboxStatus, phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
 import {
   defaultPolicy,
   formatPolicyViolations,
@@ -182,16 +182,7 @@ export class Sandboxes {
       },
       // The effective policy is stored, so `sandbox get` shows what applies.
       spec: { ...spec, command, tty, files, policy: spec.policy ?? defaultPolicy() },
-      status: {
-        sandboxName: name,
-        agentPod: "",
-        agentFd: "",
-        sandboxFd: "",
-        conditions: [],
-        phase: SandboxPhase.SANDBOX_PHASE_PROVISIONING,
-        currentPolicyVersion: 0,
-        mainProcessInstanceId: "",
-      },
+      status: newSandboxStatus(name),
     };
     const hostIds = this.allocateHostIds();
     try {

@@ -21,6 +21,7 @@ import type {
 } from "../gen/openshell.js";
 import { bridge } from "../transport/bridge.js";
 import { frameDuplex } from "../transport/duplex.js";
+import { sandboxSshOptions } from "../transport/ssh.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
 import { invalidArgument, StatusError, toStatus, unauthenticated, unavailable } from "./status.js";
@@ -215,15 +216,7 @@ export class SshAccess {
     await new Promise<void>((resolve, reject) => {
       client.once("ready", resolve);
       client.once("error", reject);
-      client.connect({
-        sock,
-        username: "sandbox",
-        authHandler: [{ type: "none", username: "sandbox" }],
-        hostVerifier: () => true,
-        readyTimeout: 10_000,
-        keepaliveInterval: 15_000,
-        keepaliveCountMax: 4,
-      } as Parameters<Client["connect"]>[0]);
+      client.connect(sandboxSshOptions(sock, { readyTimeout: 10_000, keepaliveCountMax: 4 }));
     });
     const forget = (): void => {
       this.clients.delete(sandboxId);

@@ -30,6 +30,26 @@ export function checkSshSession(session: CreateSshSessionResponse): void {
   if (!FINGERPRINT.test(session.hostKeyFingerprint)) throw bad("host_key_fingerprint");
 }
 
+/**
+ * How both the CLI and the gateway's exec pool log into a sandbox's SSH
+ * server: user `sandbox`, auth `none`, any host key — the key is random per
+ * start and the gateway already authenticated both ends, as with
+ * OpenShell's StrictHostKeyChecking=no.
+ */
+export function sandboxSshOptions(
+  sock: Duplex,
+  timing: { readyTimeout: number; keepaliveCountMax: number },
+): Parameters<Client["connect"]>[0] {
+  return {
+    sock,
+    username: "sandbox",
+    authHandler: [{ type: "none", username: "sandbox" }],
+    hostVerifier: () => true,
+    keepaliveInterval: 15_000,
+    ...timing,
+  } as Parameters<Client["connect"]>[0];
+}
+
 /** Opens a ForwardTcp byte stream to the sandbox's SSH server. */
 export function forwardSsh(
   client: OpenShellClient,
@@ -91,17 +111,7 @@ export async function connectSandboxSsh(
         gatewayError ?? new OpenShellError("connection_lost", `SSH to the sandbox failed: ${error.message}`),
       ),
     );
-    client.connect({
-      sock,
-      username: "sandbox",
-      authHandler: [{ type: "none", username: "sandbox" }],
-      // The sandbox's host key is random per start; the gateway already
-      // authenticated both ends, as with OpenShell's StrictHostKeyChecking=no.
-      hostVerifier: () => true,
-      readyTimeout: 20_000,
-      keepaliveInterval: 15_000,
-      keepaliveCountMax: 3,
-    } as Parameters<Client["connect"]>[0]);
+    client.connect(sandboxSshOptions(sock, { readyTimeout: 20_000, keepaliveCountMax: 3 }));
   });
   client.on("error", () => {});
   return {
