@@ -72,18 +72,22 @@ export class SandboxBus {
     this.channels.get(id)?.emitter.emit("status");
   }
 
-  publishLog(line: SandboxLogLine): void {
-    const channel = this.channel(line.sandboxId);
-    channel.logs.push(line);
+  /** Publishes one sandbox's log lines; the file gets them in one write. */
+  publishLogs(sandboxId: string, lines: SandboxLogLine[]): void {
+    if (lines.length === 0) return;
+    const channel = this.channel(sandboxId);
+    channel.logs.push(...lines);
     if (channel.logs.length > LOG_RING) channel.logs.splice(0, channel.logs.length - LOG_RING);
     if (channel.logFile) {
       try {
-        appendFileSync(channel.logFile, `${JSON.stringify(line)}\n`, { mode: 0o600 });
+        appendFileSync(channel.logFile, lines.map((line) => `${JSON.stringify(line)}\n`).join(""), {
+          mode: 0o600,
+        });
       } catch {
         // The sandbox directory may already be gone during delete.
       }
     }
-    channel.emitter.emit("log", line);
+    for (const line of lines) channel.emitter.emit("log", line);
   }
 
   publishEvent(id: string, event: PlatformEvent): void {

@@ -77,15 +77,17 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const gatewayLog = (level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void => {
     log(`${new Date().toISOString()} ${level} ${sandboxId ? `[${sandboxId}] ` : ""}${message}`);
     if (sandboxId) {
-      bus.publishLog({
-        sandboxId,
-        timestampMs: Date.now(),
-        level,
-        target: "openshell_gateway",
-        message,
-        source: "gateway",
-        fields: {},
-      });
+      bus.publishLogs(sandboxId, [
+        {
+          sandboxId,
+          timestampMs: Date.now(),
+          level,
+          target: "openshell_gateway",
+          message,
+          source: "gateway",
+          fields: {},
+        },
+      ]);
     }
   };
 

@@ -308,9 +308,10 @@ export function createService(o: ServiceOptions): OpenShellServer {
           call.destroy();
           return;
         }
-        for (const line of request.logs.slice(0, 100)) {
-          o.bus.publishLog({ ...line, sandboxId: id, source: "sandbox" });
-        }
+        o.bus.publishLogs(
+          id,
+          request.logs.slice(0, 100).map((line) => ({ ...line, sandboxId: id, source: "sandbox" })),
+        );
       });
       call.on("end", () => callback(null, {}));
       call.on("error", () => {});
