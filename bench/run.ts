@@ -1,4 +1,4 @@
-// `npm run bench`: the figures the issues set targets for, measured on this
+// `npm run bench [-- SECTION...]`: the figures the issues set targets for, measured on this
 // machine against the bench's own gateway (private XDG directories, a free
 // port) and, as the yardstick, a private OpenSSH sshd on 127.0.0.1.
 //
@@ -578,7 +578,19 @@ function loadText(): string {
     .join(" ");
 }
 
+/** `npm run bench -- 3 6` runs only sections 3 and 6 (section 2 needs section 1's sandboxes). */
+function selectedSections(args: readonly string[]): Set<number> {
+  const only = new Set<number>();
+  for (const arg of args) {
+    const id = Number(arg);
+    if (!Number.isInteger(id) || id < 1 || id > 6) throw new Error(`bench: unknown section "${arg}"; use 1 to 6`);
+    only.add(id);
+  }
+  return only;
+}
+
 async function main(): Promise<number> {
+  const only = selectedSections(process.argv.slice(2));
   const started = Date.now();
   const loadAtStart = loadavg().map((v) => round(v, 2));
   const env = new BenchEnv();
@@ -650,14 +662,17 @@ async function main(): Promise<number> {
       process.stderr.write(`gateway did not start: ${gatewayError}\n`);
     }
     const coldRss = gateway ? residentBytes(gateway.pid) : undefined;
-    sections.push(
-      await runSection(1, "create→Ready (--detach, warm gateway)", (s) => createLatency(s, shared)),
-    );
-    sections.push(await runSection(2, "gateway resident memory", (s) => gatewayMemory(s, shared, coldRss)));
-    sections.push(await runSection(3, "create→Ready with injected files", (s) => injectedFiles(s, shared)));
-    sections.push(await runSection(4, "exec round trip vs OpenSSH", (s) => execLatency(s, shared)));
-    sections.push(await runSection(5, "exec stdout throughput", (s) => execThroughput(s, shared)));
-    sections.push(await runSection(6, "transfer of a 200 MB tree", (s) => transfer(s, shared)));
+    const all: [string, (s: Section) => Promise<void>][] = [
+      ["create→Ready (--detach, warm gateway)", (s) => createLatency(s, shared)],
+      ["gateway resident memory", (s) => gatewayMemory(s, shared, coldRss)],
+      ["create→Ready with injected files", (s) => injectedFiles(s, shared)],
+      ["exec round trip vs OpenSSH", (s) => execLatency(s, shared)],
+      ["exec stdout throughput", (s) => execThroughput(s, shared)],
+      ["transfer of a 200 MB tree", (s) => transfer(s, shared)],
+    ];
+    for (const [index, [title, body]] of all.entries()) {
+      if (only.size === 0 || only.has(index + 1)) sections.push(await runSection(index + 1, title, body));
+    }
   } finally {
     await cleanup();
   }

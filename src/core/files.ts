@@ -8,8 +8,7 @@
 // that start `spec.files[i]`). Only that wording differs.
 
 import { createHash } from "node:crypto";
-import type { Stats } from "node:fs";
-import { lstat, open, stat } from "node:fs/promises";
+import { closeSync, lstatSync, openSync, readSync, type Stats, statSync } from "node:fs";
 import type { SandboxFile } from "../gen/openshell.js";
 import { invalidInput, type OpenShellError } from "./errors.js";
 import { byteLength } from "./names.js";
@@ -232,18 +231,19 @@ export function parseFileFlag(raw: string): FileSpec {
   return { raw, local, remote, mode };
 }
 
+// The CLI reads its --file inputs with synchronous calls: it has nothing else
+// to do meanwhile, and up to 256 files cost one thread-pool round trip per
+// call otherwise.
+
 /** What `local` is, following symlinks as reading it will. */
-async function statLocal(spec: FileSpec): Promise<number> {
+function statLocal(spec: FileSpec): number {
   let info: Stats;
   try {
-    info = await stat(spec.local);
+    info = statSync(spec.local);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT") {
-      const isDangling = await lstat(spec.local).then(
-        () => true,
-        () => false,
-      );
+      const isDangling = lstatSync(spec.local, { throwIfNoEntry: false }) !== undefined;
       throw fileError(
         spec.raw,
         isDangling ? `${spec.local} is a symlink to a missing file` : `${spec.local} does not exist`,
@@ -268,22 +268,26 @@ async function statLocal(spec: FileSpec): Promise<number> {
  * Reads one byte more than stat reported, so a file that changed since
  * (grown past the limits, or truncated) is caught instead of sent.
  */
-async function readLocal(spec: FileSpec, expectedSize: number): Promise<Buffer> {
-  const handle = await open(spec.local, "r").catch((error: NodeJS.ErrnoException) => {
-    throw fileError(spec.raw, `cannot read ${spec.local} (${error.code ?? error.message})`);
-  });
+function readLocal(spec: FileSpec, expectedSize: number): Buffer {
+  let fd: number;
   try {
-    const buffer = Buffer.alloc(expectedSize + 1);
+    fd = openSync(spec.local, "r");
+  } catch (error) {
+    const { code, message } = error as NodeJS.ErrnoException;
+    throw fileError(spec.raw, `cannot read ${spec.local} (${code ?? message})`);
+  }
+  try {
+    const buffer = Buffer.allocUnsafe(expectedSize + 1);
     let length = 0;
     while (length < buffer.length) {
-      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      const bytesRead = readSync(fd, buffer, length, buffer.length - length, length);
       if (bytesRead === 0) break;
       length += bytesRead;
     }
     if (length !== expectedSize) throw fileError(spec.raw, `${spec.local} changed while it was being read`);
     return buffer.subarray(0, length);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }
 
@@ -320,13 +324,13 @@ export async function readFileSpecs(specs: readonly FileSpec[]): Promise<Sandbox
 
   // Sizes from stat first, so an over-limit total is refused before anything is read.
   const sizes: number[] = [];
-  for (const spec of specs) sizes.push(await statLocal(spec));
+  for (const spec of specs) sizes.push(statLocal(spec));
   const total = sizes.reduce((sum, size) => sum + size, 0);
   if (overTotalLimit(total)) throw totalError(total);
 
   const files: SandboxFile[] = [];
   for (const [index, spec] of specs.entries()) {
-    const content = await readLocal(spec, sizes[index]!);
+    const content = readLocal(spec, sizes[index]!);
     files.push({
       path: normalizeSandboxPath(spec.remote),
       content,

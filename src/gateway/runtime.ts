@@ -9,6 +9,9 @@ import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 
+/** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
+const SPARE_DELAY_MS = 2000;
+
 /** What the gateway tells a supervisor when it starts one. */
 export interface SupervisorLaunch {
   sandboxId: string;
@@ -29,6 +32,11 @@ export interface SupervisorLaunch {
   startOnAttach: boolean;
   /** Initial size of the main command's pty (80x24 when absent). */
   ttySize?: { cols: number; rows: number } | undefined;
+  /**
+   * The injected files' content on this host (src/core/file-content.ts), read
+   * directly instead of through GetSandboxFiles; absent when there are none.
+   */
+  filesPath?: string | undefined;
 }
 
 /** Reports a supervisor writes on stdout, one JSON object per line. */
@@ -76,7 +84,7 @@ export class LocalRuntime {
     });
   }
 
-  /** Starts the spare supervisor (called when the gateway starts and after each use). */
+  /** Starts the spare supervisor (when the gateway starts, and after each use once its sandbox is up). */
   prepareSpare(): void {
     if (this.stopping || this.spare) return;
     const spare = this.spawnSupervisor();
@@ -110,7 +118,10 @@ export class LocalRuntime {
 
   start(launch: SupervisorLaunch): void {
     const child = this.takeSpare();
-    setImmediate(() => this.prepareSpare());
+    // The next spare starts once this sandbox is up (the gateway calls
+    // prepareSpare when it is Ready), not beside it: on a small machine node
+    // loading a spare would compete with this pod's start for the CPU.
+    setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
     child.stdin!.write(`${JSON.stringify(launch)}\n`);
     // The pipe stays open for the supervisor's lifetime; see the header.
     child.stdin!.on("error", () => {});

@@ -14,6 +14,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
+import { fileContentPath, readFileContent, writeFileContent } from "../core/file-content.js";
 import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
 import {
   generateSandboxName,
@@ -185,13 +186,23 @@ export class Sandboxes {
       status: newSandboxStatus(name),
     };
     const hostIds = this.allocateHostIds();
+    const sandboxDir = this.o.runtime.sandboxDir(id);
     try {
-      this.o.store.createSandbox(
-        sandbox,
-        spec.files.map((file, index) => ({ ...file, path: files[index]!.path, mode: files[index]!.mode })),
-        { sandboxId: id, ...hostIds, supervisorSecret: randomBytes(32).toString("hex") },
-      );
+      // Content first: a sandbox row never exists without its files.
+      this.makeSandboxDir(sandboxDir);
+      if (files.length > 0) {
+        writeFileContent(
+          sandboxDir,
+          spec.files.map((file, index) => ({ ...file, path: files[index]!.path, mode: files[index]!.mode })),
+        );
+      }
+      this.o.store.createSandbox(sandbox, {
+        sandboxId: id,
+        ...hostIds,
+        supervisorSecret: randomBytes(32).toString("hex"),
+      });
     } catch (error) {
+      this.o.runtime.removeSandboxDir(id);
       if (/UNIQUE/.test((error as Error).message)) {
         throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
       }
@@ -229,8 +240,7 @@ export class Sandboxes {
     sandbox.status!.mainProcessInstanceId = instanceId;
     this.o.store.updateSandbox(sandbox);
     const sandboxDir = this.o.runtime.sandboxDir(meta.id);
-    // 0711: the pod (another uid when the gateway is root) must traverse it to its own dirs.
-    mkdirSync(sandboxDir, { recursive: true, mode: 0o711 });
+    this.makeSandboxDir(sandboxDir);
     this.o.runtime.start({
       sandboxId: meta.id,
       sandboxName: meta.name,
@@ -247,7 +257,18 @@ export class Sandboxes {
       environment: sandbox.spec!.environment,
       startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
       ttySize: parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]),
+      filesPath: sandbox.spec!.files.length > 0 ? fileContentPath(sandboxDir) : undefined,
     });
+  }
+
+  private makeSandboxDir(sandboxDir: string): void {
+    // 0711: the pod (another uid when the gateway is root) must traverse it to its own dirs.
+    mkdirSync(sandboxDir, { recursive: true, mode: 0o711 });
+  }
+
+  /** The injected files of a sandbox, content included, for its supervisor. */
+  files(sandboxId: string): SandboxFile[] {
+    return readFileContent(fileContentPath(this.o.runtime.sandboxDir(sandboxId)));
   }
 
   /** On gateway start: every sandbox that was not in Error runs again. */
@@ -321,6 +342,7 @@ export class Sandboxes {
       return true;
     });
     this.event(id, "Ready", "Sandbox ready", { "openshell.progress.complete_step": "starting_sandbox" });
+    this.o.runtime.prepareSpare();
   }
 
   supervisorDisconnected(id: string): void {

@@ -279,13 +279,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
     getSandboxFiles: (call, callback) => {
       try {
         const id = requireSupervisor(call.metadata, call.request.sandboxId);
-        const files = o.store.getFiles(id).map((file) => ({
-          path: file.path,
-          content: file.content,
-          mode: file.mode,
-          size: file.content.length,
-          sha256: "",
-        }));
+        const files = o.sandboxes.files(id).map((file) => ({ ...file, size: file.content.length }));
         callback(null, { files });
       } catch (error) {
         callback(toStatus(error));

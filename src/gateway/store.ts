@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { chmodSync, existsSync } from "node:fs";
 import Database from "better-sqlite3";
-import { Sandbox, type SandboxFile, type Sandbox as SandboxMessage } from "../gen/openshell.js";
+import { Sandbox, type Sandbox as SandboxMessage } from "../gen/openshell.js";
 
 export interface StoredSandboxRuntime {
   sandboxId: string;
@@ -58,14 +58,6 @@ export class Store {
         payload BLOB NOT NULL
       );
       CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_name ON sandboxes(workspace, name);
-      CREATE TABLE IF NOT EXISTS sandbox_files (
-        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        mode INTEGER NOT NULL,
-        content BLOB NOT NULL,
-        PRIMARY KEY (sandbox_id, idx)
-      );
       CREATE TABLE IF NOT EXISTS sandbox_runtime (
         sandbox_id TEXT PRIMARY KEY REFERENCES sandboxes(id) ON DELETE CASCADE,
         host_uid INTEGER NOT NULL,
@@ -87,8 +79,12 @@ export class Store {
     this.db.close();
   }
 
-  /** Inserts a new sandbox with its files and runtime record in one transaction. */
-  createSandbox(sandbox: SandboxMessage, files: SandboxFile[], runtime: StoredSandboxRuntime): void {
+  /**
+   * Inserts a new sandbox with its runtime record in one transaction. Its
+   * injected files' content is not here but in its state directory
+   * (src/core/file-content.ts).
+   */
+  createSandbox(sandbox: SandboxMessage, runtime: StoredSandboxRuntime): void {
     const meta = sandbox.metadata!;
     const insert = this.db.transaction(() => {
       this.db
@@ -105,12 +101,6 @@ export class Store {
           JSON.stringify(meta.labels),
           Buffer.from(Sandbox.encode(sandbox).finish()),
         );
-      const insertFile = this.db.prepare(
-        "INSERT INTO sandbox_files (sandbox_id, idx, path, mode, content) VALUES (?, ?, ?, ?, ?)",
-      );
-      files.forEach((file, index) => {
-        insertFile.run(meta.id, index, file.path, file.mode, file.content);
-      });
       this.db
         .prepare(
           "INSERT INTO sandbox_runtime (sandbox_id, host_uid, host_gid, supervisor_secret) VALUES (?, ?, ?, ?)",
@@ -173,12 +163,6 @@ export class Store {
       payload: Buffer;
     }[];
     return rows.map((row) => Sandbox.decode(row.payload));
-  }
-
-  getFiles(sandboxId: string): { path: string; mode: number; content: Buffer }[] {
-    return this.db
-      .prepare("SELECT path, mode, content FROM sandbox_files WHERE sandbox_id = ? ORDER BY idx")
-      .all(sandboxId) as { path: string; mode: number; content: Buffer }[];
   }
 
   getRuntime(sandboxId: string): StoredSandboxRuntime | undefined {

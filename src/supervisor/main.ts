@@ -1,5 +1,6 @@
 // The supervisor: one process per sandbox, the only privileged part. It
-// fetches the sandbox's policy and injected files from the gateway, writes
+// fetches the sandbox's policy and injected files from the gateway (the files
+// from the local file the gateway names, when it does), writes
 // the files root-owned, starts the bubblewrap pod whose first process is the
 // agent, and once the agent reports the main process running and SSH served
 // it opens the supervisor session that makes the sandbox Ready. It relays
@@ -11,6 +12,7 @@
 // open: its end means the gateway is gone, and the sandbox stops with it.
 
 import { createInterface } from "node:readline";
+import { readFileContent } from "../core/file-content.js";
 import type { SupervisorLaunch, SupervisorReport } from "../gateway/runtime.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
 import { type AgentMessage, PodError, startPod } from "./pod.js";
@@ -64,9 +66,12 @@ async function main(): Promise<void> {
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
   const { client, identify } = early ?? supervisorClient(launch.gateway);
   identify(launch.sandboxId, launch.secret);
+  // A local gateway names the file that holds the content; otherwise it comes over the wire.
   const [config, files] = await Promise.all([
     call(client.getSandboxConfig.bind(client), { sandboxId: launch.sandboxId }),
-    call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId }),
+    launch.filesPath !== undefined
+      ? { files: readFileContent(launch.filesPath) }
+      : call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId }),
   ]);
   diag(`config and ${files.files.length} file(s) fetched ${since()}`);
   const logs = new LogPusher(client, launch.sandboxId);

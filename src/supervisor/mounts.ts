@@ -451,8 +451,62 @@ class MountPlanner {
     }
 
     this.checkConflicts();
+    this.groupInjectedDirectories();
     // Parents before children, so a request's cover has been resolved first.
     this.requests.sort((a, b) => depth(a.dest) - depth(b.dest) || RANK[a.origin] - RANK[b.origin]);
+  }
+
+  /**
+   * Injected files in a directory the sandbox would not otherwise have (one
+   * the plan creates, on the root tmpfs or under a read-only host bind, with
+   * no other mount in it) are bound as that one staged directory, read-only,
+   * instead of one bind per file. Nothing in it can be written, chmodded,
+   * removed, renamed or added either way, but each bind is a mount bwrap must
+   * make, and 256 of them cost more than the rest of the pod's start. Files
+   * inside a writable mount (the workspace, /tmp, read_write paths) keep their
+   * own binds: the directories around them stay writable.
+   */
+  private groupInjectedDirectories(): void {
+    const injected = this.requests.filter((r) => r.origin === "injected");
+    // Staging is by the path as given; one rewritten through a policy symlink would be missing from the group.
+    if (injected.some((r) => normalizeSandboxPath(r.asGiven) !== r.dest)) return;
+    const others = this.requests.filter((r) => r.origin !== "injected");
+    const groups = new Map<string, MountRequest[]>();
+    for (const request of injected) {
+      const dir = ancestorsBelow(request.dest, "/").find((d) => this.isInjectedOnly(d, others));
+      if (dir === undefined) continue;
+      const members = groups.get(dir);
+      if (members) members.push(request);
+      else groups.set(dir, [request]);
+    }
+    if (groups.size === 0) return;
+    const grouped = new Set([...groups.values()].flat());
+    const kept = this.requests.filter((r) => !grouped.has(r));
+    this.requests.length = 0;
+    this.requests.push(...kept);
+    for (const [dir, members] of groups) {
+      this.requests.push({
+        dest: dir,
+        asGiven: members[0]!.asGiven,
+        origin: "injected",
+        writable: false,
+        isDir: true,
+        src: stagedPath(this.input.dirs.files, dir),
+      });
+    }
+  }
+
+  /** Whether `dir` would exist in the sandbox only to hold injected files. */
+  private isInjectedOnly(dir: string, others: readonly MountRequest[]): boolean {
+    if (others.some((r) => isAtOrUnder(r.dest, dir))) return false;
+    let cover: MountRequest | undefined;
+    for (const r of others) {
+      if (isUnder(dir, r.dest) && (cover === undefined || r.dest.length > cover.dest.length)) cover = r;
+    }
+    // No cover: the root tmpfs, empty and remounted read-only at the end.
+    if (cover === undefined) return true;
+    if (cover.writable || cover.privateRoot !== undefined || cover.symlinkTarget !== undefined) return false;
+    return this.fs.lstat(posix.join(cover.src, ...componentsBelow(dir, cover.dest))) === undefined;
   }
 
   private policyOrigin(dest: string, writable: boolean): Origin {

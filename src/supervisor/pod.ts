@@ -184,7 +184,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   try {
     if (o.files.length > 0) o.onProgress("InjectingFiles", `Writing ${o.files.length} injected file(s)`);
     await stageFiles(
-      o.files.map((f) => ({ path: f.path, content: Buffer.from(f.content), mode: f.mode })),
+      o.files.map((f) => ({ path: f.path, content: f.content, mode: f.mode })),
       dirs.files,
       { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
     );

@@ -1,19 +1,24 @@
 // A faster codec for the messages that carry bulk bytes: ForwardTcp and
-// RelayStream `data` frames, exec stdout/stderr events and exec stdin. The
-// generated codec copies every payload two or three times through its
-// writer and reader; here such a frame is written as its protobuf tags and
-// lengths plus one copy of the payload, and read back as a view of the
-// received buffer. Every other message goes through the generated codec.
+// RelayStream `data` frames, exec stdout/stderr events and exec stdin, and
+// the injected files of CreateSandbox and GetSandboxFiles. The generated
+// codec copies every payload two or three times through its growing writer;
+// here such a message is written as its protobuf tags and lengths plus one
+// copy of the payload, and a frame is read back as a view of the received
+// buffer. Every other message goes through the generated codec.
 // The bytes on the wire are exactly protobuf's, so any OpenShell peer reads
 // them.
 
 import { makeGenericClientConstructor } from "@grpc/grpc-js";
 import {
+  CreateSandboxRequest,
   ExecSandboxEvent,
   ExecSandboxInput,
+  GetSandboxFilesResponse,
   type OpenShellClient,
   OpenShellService,
   RelayFrame,
+  SandboxFile,
+  SandboxSpec,
   TcpForwardFrame,
 } from "../gen/openshell.js";
 
@@ -79,6 +84,160 @@ export function decodeBytesField(message: Buffer, tag: number, outerTag?: number
 // Wire tags (field number << 3 | 2, length-delimited).
 const FIELD_1 = 0x0a;
 const FIELD_2 = 0x12;
+const FIELD_14 = 0x72;
+const EMPTY = Buffer.alloc(0);
+
+/** The tag and length that open a length-delimited field of `length` bytes. */
+function fieldHeader(tag: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(1 + varintLength(length));
+  out[0] = tag;
+  writeVarint(out, 1, length);
+  return out;
+}
+
+function byteLength(parts: readonly Uint8Array[]): number {
+  let total = 0;
+  for (const part of parts) total += part.length;
+  return total;
+}
+
+/** `tag len parts...`: the parts become one length-delimited field. */
+function delimited(tag: number, parts: Uint8Array[]): Uint8Array[] {
+  return [fieldHeader(tag, byteLength(parts)), ...parts];
+}
+
+/**
+ * Repeated SandboxFile entries at `tag`: each file's small fields through the
+ * generated codec, its content appended as field 2 without being copied here.
+ */
+function fileEntries(tag: number, files: readonly SandboxFile[]): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  for (const file of files) {
+    const rest = SandboxFile.encode({ ...file, content: EMPTY }).finish();
+    const content = file.content.length > 0 ? [fieldHeader(FIELD_2, file.content.length), file.content] : [];
+    parts.push(...delimited(tag, [rest, ...content]));
+  }
+  return parts;
+}
+
+function joined(parts: readonly Uint8Array[]): Buffer {
+  return Buffer.concat(parts, byteLength(parts));
+}
+
+/** CreateSandboxRequest with up to 10 MiB of files, the content copied once. */
+export function serializeCreateRequest(request: CreateSandboxRequest): Buffer {
+  const spec = request.spec;
+  if (!spec || spec.files.length === 0) return Buffer.from(CreateSandboxRequest.encode(request).finish());
+  const rest = CreateSandboxRequest.encode({ ...request, spec: undefined }).finish();
+  const specHead = SandboxSpec.encode({ ...spec, files: [] }).finish();
+  return joined([rest, ...delimited(FIELD_1, [specHead, ...fileEntries(FIELD_14, spec.files)])]);
+}
+
+/** GetSandboxFilesResponse as parts to write out (writev) or join; the content is not copied. */
+export function filesResponseParts(response: GetSandboxFilesResponse): Uint8Array[] {
+  return fileEntries(FIELD_1, response.files);
+}
+
+/** GetSandboxFilesResponse, the content copied once. */
+export function serializeFilesResponse(response: GetSandboxFilesResponse): Buffer {
+  return joined(filesResponseParts(response));
+}
+
+/** Reads a varint of up to 53 bits, or undefined past the end. */
+function readLongVarint(buffer: Uint8Array, offset: number): [value: number, next: number] | undefined {
+  let value = 0;
+  let scale = 1;
+  for (let i = offset; i < buffer.length && i < offset + 10; i++) {
+    const byte = buffer[i]!;
+    value += (byte & 0x7f) * scale;
+    if (byte < 0x80) return value <= Number.MAX_SAFE_INTEGER ? [value, i + 1] : undefined;
+    scale *= 128;
+  }
+  return undefined;
+}
+
+/**
+ * Splits a message into the bodies of every occurrence of the
+ * length-delimited field `field` (views, not copies) and the bytes of all
+ * other fields. Undefined for anything unusual (groups, a truncated field):
+ * the generated codec then reads the message and reports what is wrong.
+ */
+function splitField(buffer: Uint8Array, field: number): { taken: Uint8Array[]; rest: Uint8Array } | undefined {
+  const taken: Uint8Array[] = [];
+  const rest: Uint8Array[] = [];
+  let offset = 0;
+  while (offset < buffer.length) {
+    const tag = readLongVarint(buffer, offset);
+    if (!tag) return undefined;
+    const [key, afterTag] = tag;
+    let end: number;
+    switch (key % 8) {
+      case 0: {
+        const value = readLongVarint(buffer, afterTag);
+        if (!value) return undefined;
+        end = value[1];
+        break;
+      }
+      case 1:
+        end = afterTag + 8;
+        break;
+      case 2: {
+        const length = readLongVarint(buffer, afterTag);
+        if (!length) return undefined;
+        end = length[1] + length[0];
+        if (end <= buffer.length && Math.floor(key / 8) === field) {
+          taken.push(buffer.subarray(length[1], end));
+          offset = end;
+          continue;
+        }
+        break;
+      }
+      case 5:
+        end = afterTag + 4;
+        break;
+      default:
+        return undefined;
+    }
+    if (end > buffer.length) return undefined;
+    rest.push(buffer.subarray(offset, end));
+    offset = end;
+  }
+  return { taken, rest: joined(rest) };
+}
+
+/** A SandboxFile whose content is a view of the received buffer. */
+function decodeFile(body: Uint8Array): SandboxFile {
+  const split = splitField(body, 2);
+  if (!split || split.taken.length !== 1) return SandboxFile.decode(body);
+  const content = split.taken[0]!;
+  return {
+    ...SandboxFile.decode(split.rest),
+    content: Buffer.from(content.buffer, content.byteOffset, content.byteLength),
+  };
+}
+
+function decodeFiles(bodies: Uint8Array[]): SandboxFile[] {
+  return bodies.map(decodeFile);
+}
+
+/** GetSandboxFilesResponse without copying the content (the generated codec copies every file). */
+export function deserializeFilesResponse(buffer: Uint8Array): GetSandboxFilesResponse {
+  const split = splitField(buffer, 1);
+  if (!split || split.rest.length > 0) return GetSandboxFilesResponse.decode(buffer);
+  return { files: decodeFiles(split.taken) };
+}
+
+/** CreateSandboxRequest without copying the files' content. */
+export function deserializeCreateRequest(buffer: Buffer): CreateSandboxRequest {
+  const request = splitField(buffer, 1);
+  if (!request || request.taken.length !== 1) return CreateSandboxRequest.decode(buffer);
+  const spec = splitField(request.taken[0]!, 14);
+  if (!spec) return CreateSandboxRequest.decode(buffer);
+  return {
+    ...CreateSandboxRequest.decode(request.rest),
+    spec: { ...SandboxSpec.decode(spec.rest), files: decodeFiles(spec.taken) },
+  };
+}
 
 interface Generated<T> {
   encode(message: T): { finish(): Uint8Array };
@@ -144,6 +303,16 @@ export const FastOpenShellService = {
     ...both(relayCodec, "response"),
   },
   execSandbox: { ...OpenShellService.execSandbox, ...both(execEventCodec, "response") },
+  createSandbox: {
+    ...OpenShellService.createSandbox,
+    requestSerialize: serializeCreateRequest,
+    requestDeserialize: deserializeCreateRequest,
+  },
+  getSandboxFiles: {
+    ...OpenShellService.getSandboxFiles,
+    responseSerialize: serializeFilesResponse,
+    responseDeserialize: deserializeFilesResponse,
+  },
   execSandboxInteractive: {
     ...OpenShellService.execSandboxInteractive,
     ...both(execInputCodec, "request"),

@@ -112,6 +112,11 @@ describe("injected files inside a sandbox", () => {
     ["hard link then write", (p) => `ln -f ${p} /sandbox/hardlink && echo evil > /sandbox/hardlink`],
     // util-linux umount refuses non-root users before any syscall, so call umount2 (x86_64: 166) directly.
     ["umount", (p) => `perl -e 'my $p = shift; syscall(166, $p, 2) == 0 or exit 1' ${p} && echo evil > ${p}`],
+    [
+      "umount the parent directory",
+      (p) => `perl -e 'my $p = shift; syscall(166, $p, 2) == 0 or exit 1' $(dirname ${p}) && echo evil > ${p}`,
+    ],
+    ["a new file beside it, then mv over", (p) => `echo evil > ${p}.new && mv -f ${p}.new ${p}`],
   ];
 
   for (const [label, attack] of attacks) {

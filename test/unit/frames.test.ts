@@ -3,8 +3,25 @@
 
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { ExecSandboxEvent, ExecSandboxInput, RelayFrame, TcpForwardFrame } from "../../src/gen/openshell.js";
-import { execEventCodec, execInputCodec, relayCodec, tcpForwardCodec } from "../../src/transport/frames.js";
+import {
+  CreateSandboxRequest,
+  ExecSandboxEvent,
+  ExecSandboxInput,
+  GetSandboxFilesResponse,
+  RelayFrame,
+  type SandboxFile,
+  TcpForwardFrame,
+} from "../../src/gen/openshell.js";
+import {
+  deserializeCreateRequest,
+  deserializeFilesResponse,
+  execEventCodec,
+  execInputCodec,
+  relayCodec,
+  serializeCreateRequest,
+  serializeFilesResponse,
+  tcpForwardCodec,
+} from "../../src/transport/frames.js";
 
 const SIZES = [0, 1, 127, 128, 16_383, 16_384, 65_536, 262_144, 2_097_153];
 
@@ -52,5 +69,86 @@ describe("fast frame codec", () => {
     expect(tcpForwardCodec.deserialize(bytes)).toEqual(TcpForwardFrame.decode(bytes));
     const exit = { payload: { $case: "exit" as const, value: { exitCode: 42 } } };
     expect(execEventCodec.deserialize(Buffer.from(ExecSandboxEvent.encode(exit).finish()))).toEqual(exit);
+  });
+});
+
+describe("injected-file codec", () => {
+  const files: SandboxFile[] = [0, 1, 127, 128, 16_384, 40_960].map((size, i) => ({
+    path: `/etc/app/f${i}`,
+    content: randomBytes(size),
+    mode: i === 0 ? 0 : 0o444 + i,
+    size: 0,
+    sha256: i % 2 === 0 ? "" : "ab".repeat(32),
+  }));
+
+  it("writes a create request the generated codec reads back field for field", () => {
+    const request = CreateSandboxRequest.fromPartial({
+      name: "files",
+      labels: { team: "a" },
+      annotations: { "openshell.dev/start-on-attach": "true" },
+      workspace: "w",
+      spec: { command: ["sleep", "1"], tty: true, environment: { A: "1" }, logLevel: "info", files },
+    });
+    const bytes = serializeCreateRequest(request);
+    const back = CreateSandboxRequest.decode(bytes);
+    const reference = CreateSandboxRequest.decode(CreateSandboxRequest.encode(request).finish());
+    expect(back).toEqual(reference);
+    // Our reader gives the same message, the content as views of the received bytes.
+    expect(deserializeCreateRequest(bytes)).toEqual(reference);
+    expect(deserializeCreateRequest(Buffer.from(CreateSandboxRequest.encode(request).finish()))).toEqual(
+      reference,
+    );
+    expect(
+      back.spec!.files.map((f) => Buffer.from(f.content).equals(files[back.spec!.files.indexOf(f)]!.content)),
+    ).toEqual(files.map(() => true));
+    const none = CreateSandboxRequest.fromPartial({ name: "plain", spec: { command: ["true"] } });
+    expect(serializeCreateRequest(none).equals(Buffer.from(CreateSandboxRequest.encode(none).finish()))).toBe(
+      true,
+    );
+  });
+
+  it("writes a files response the generated codec reads back, content intact and in order", () => {
+    const bytes = serializeFilesResponse({ files });
+    // Content is written after the file's other fields: the same message in a different field order.
+    const back = GetSandboxFilesResponse.decode(bytes);
+    const reference = GetSandboxFilesResponse.decode(GetSandboxFilesResponse.encode({ files }).finish());
+    expect(back).toEqual(reference);
+    expect(deserializeFilesResponse(bytes)).toEqual(reference);
+    expect(deserializeFilesResponse(GetSandboxFilesResponse.encode({ files }).finish())).toEqual(reference);
+    expect(back.files.map((f) => f.path)).toEqual(files.map((f) => f.path));
+    expect(
+      back.files.map((f) => Buffer.from(f.content).equals(files[back.files.indexOf(f)]!.content)),
+    ).toEqual(files.map(() => true));
+    expect(serializeFilesResponse({ files: [] }).length).toBe(0);
+  });
+});
+
+describe("injected-file reader", () => {
+  it("leaves a malformed message to the generated codec, which refuses it", () => {
+    const good = serializeFilesResponse({
+      files: [{ path: "/etc/a", content: randomBytes(300), mode: 0o444, size: 0, sha256: "" }],
+    });
+    const truncated = good.subarray(0, good.length - 10);
+    expect(() => deserializeFilesResponse(truncated)).toThrow();
+    expect(() => GetSandboxFilesResponse.decode(truncated)).toThrow();
+  });
+
+  it("keeps unknown fields out of the way and reads the known ones", () => {
+    const file = { path: "/etc/a", content: randomBytes(64), mode: 0o555, size: 0, sha256: "" };
+    // field 9 (varint) and field 10 (fixed32) inside the file, field 7 (fixed64) outside: a newer peer's additions
+    const entry = Buffer.concat([
+      Buffer.from([0x48, 0x96, 0x01, 0x55, 1, 2, 3, 4]),
+      serializeFilesResponse({ files: [file] }).subarray(2),
+    ]);
+    const message = Buffer.concat([
+      Buffer.from([0x39, 1, 2, 3, 4, 5, 6, 7, 8]),
+      Buffer.from([0x0a, entry.length]),
+      entry,
+    ]);
+    const back = deserializeFilesResponse(message);
+    expect(back.files).toHaveLength(1);
+    expect(back.files[0]!.path).toBe("/etc/a");
+    expect(back.files[0]!.mode).toBe(0o555);
+    expect(Buffer.from(back.files[0]!.content).equals(file.content)).toBe(true);
   });
 });

@@ -1,12 +1,19 @@
 // Pure rules of the gateway and the CLI: log filtering, phase messages,
 // exec command construction, exit statuses, secrets comparison, the store.
 
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { checkReturnedFiles } from "../../src/commands/create.js";
 import { formatLogLine, parseDuration } from "../../src/commands/logs.js";
+import {
+  FILE_CONTENT_NAME,
+  fileContentPath,
+  readFileContent,
+  writeFileContent,
+} from "../../src/core/file-content.js";
 import { readyFalseMessage, setPhase, setReadyCondition } from "../../src/core/phases.js";
 import { shellEscape, shellJoin } from "../../src/core/shell.js";
 import { exitCodeOf } from "../../src/core/signals.js";
@@ -157,30 +164,43 @@ describe("returned file digests", () => {
   });
 });
 
+describe("injected-file content", () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("is kept owner-only in the sandbox's directory and read back in order, byte for byte", () => {
+    dir = mkdtempSync(join(tmpdir(), "openshell-content-"));
+    expect(readFileContent(fileContentPath(dir))).toEqual([]);
+    const files = [
+      { path: "/etc/a", content: Buffer.from("abc"), mode: 0o444, size: 0, sha256: "" },
+      { path: "/sandbox/.agent/SOUL.md", content: randomBytes(70_000), mode: 0o555, size: 0, sha256: "" },
+      { path: "/etc/empty", content: Buffer.alloc(0), mode: 0, size: 0, sha256: "" },
+    ];
+    writeFileContent(dir, files);
+    expect(statSync(fileContentPath(dir)).mode & 0o777).toBe(0o600);
+    expect(readdirSync(dir)).toEqual([FILE_CONTENT_NAME]);
+    const back = readFileContent(fileContentPath(dir));
+    expect(back.map((f) => [f.path, f.mode])).toEqual(files.map((f) => [f.path, f.mode]));
+    expect(back.map((f, i) => Buffer.from(f.content).equals(files[i]!.content))).toEqual([true, true, true]);
+  });
+});
+
 describe("the store", () => {
   let dir: string | undefined;
   afterEach(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it("keeps file content apart from the sandbox record, private to its owner", () => {
+  it("keeps the sandbox record and its runtime, private to its owner", () => {
     dir = mkdtempSync(join(tmpdir(), "openshell-store-"));
     const path = join(dir, "openshell.db");
     const store = new Store(path);
     const s = sandbox("one");
-    store.createSandbox(
-      s,
-      [{ path: "/etc/a", content: Buffer.from("abc"), mode: 0o444, size: 3, sha256: "x" }],
-      {
-        sandboxId: "id-one",
-        hostUid: 5,
-        hostGid: 5,
-        supervisorSecret: "secret",
-      },
-    );
+    store.createSandbox(s, { sandboxId: "id-one", hostUid: 5, hostGid: 5, supervisorSecret: "secret" });
     expect(statSync(path).mode & 0o777).toBe(0o600);
     expect(store.getSandboxByName("default", "one")?.metadata?.id).toBe("id-one");
-    expect(store.getFiles("id-one")).toEqual([{ path: "/etc/a", mode: 0o444, content: Buffer.from("abc") }]);
     expect(
       store.listSandboxes({ workspace: "default", labels: { team: "a" }, limit: 10, offset: 0 }),
     ).toHaveLength(1);
@@ -200,7 +220,6 @@ describe("the store", () => {
     expect(store.reapSshSessions(Date.now())).toBe(1);
 
     store.deleteSandbox("id-one");
-    expect(store.getFiles("id-one")).toEqual([]);
     expect(store.getRuntime("id-one")).toBeUndefined();
     store.close();
   });

@@ -174,8 +174,6 @@ describe("planMounts", () => {
       "--symlink usr/sbin /sbin",
       "--bind /S/tmp /tmp",
       "--ro-bind /usr /usr",
-      "--dir /etc/app",
-      "--dir /opt/tools",
       // Self-binds: the directories holding injected files in writable trees become mount points.
       "--bind /S/ws/.agent /sandbox/.agent",
       "--bind /S/tmp/inj /tmp/inj",
@@ -188,8 +186,9 @@ describe("planMounts", () => {
       "--ro-bind /S/passwd /etc/passwd",
       "--ro-bind /srv/agent /opt/openshell",
       "--bind /srv/run /run/openshell",
-      "--ro-bind /S/files/etc/app/cfg.yaml /etc/app/cfg.yaml",
-      "--ro-bind /S/files/opt/tools/tool.sh /opt/tools/tool.sh",
+      // Directories that exist only for injected files are bound whole, read-only.
+      "--ro-bind /S/files/etc/app /etc/app",
+      "--ro-bind /S/files/opt/tools /opt/tools",
       "--ro-bind /S/files/sandbox/.agent/SOUL.md /sandbox/.agent/SOUL.md",
       "--ro-bind /S/files/tmp/inj/x /tmp/inj/x",
       "--remount-ro /etc",
@@ -349,16 +348,45 @@ describe("planMounts", () => {
     expect(ops).toEqual([
       "--dev /dev",
       "--proc /proc",
-      "--dir /a",
       "--dir /etc",
       "--bind /S/ws /sandbox",
       "--bind /S/tmp /tmp",
-      "--dir /a/b",
+      "--ro-bind /S/files/a /a",
       "--ro-bind /S/group /etc/group",
       "--ro-bind /S/passwd /etc/passwd",
-      "--ro-bind /S/files/a/b/c /a/b/c",
       "--remount-ro /",
       "--chdir /sandbox",
+    ]);
+  });
+
+  it("binds a directory that holds only injected files as one mount, and files among other mounts one by one", () => {
+    const many = Array.from({ length: 256 }, (_, i) => `/etc/bench/f${i}`);
+    const ops = mountOps(
+      planMounts(
+        input({
+          policy: { includeWorkdir: true, readOnly: ["/etc", "/usr"], readWrite: ["/var/data"] },
+          injectedFiles: [
+            ...many,
+            "/etc/bench/sub/deep",
+            "/usr/local/x",
+            "/var/data/cfg",
+            "/sandbox/.agent/SOUL.md",
+            "/tmp/t",
+          ],
+          fs: fakeHost({ ...HOST, "/usr/local": dir, "/usr/local/bin": dir }),
+        }),
+      ).args,
+    );
+    const injected = ops.filter((op) => op.includes("/S/files"));
+    expect(injected).toEqual([
+      // /etc exists on the host, /etc/bench does not: one bind for 257 files.
+      "--ro-bind /S/files/etc/bench /etc/bench",
+      // Under writable mounts each file is its own bind and the directories stay writable.
+      "--ro-bind /S/files/tmp/t /tmp/t",
+      "--ro-bind /S/files/sandbox/.agent/SOUL.md /sandbox/.agent/SOUL.md",
+      // /usr/local exists on the host (it has other entries): the file alone.
+      "--ro-bind /S/files/usr/local/x /usr/local/x",
+      "--ro-bind /S/files/var/data/cfg /var/data/cfg",
     ]);
   });
 
