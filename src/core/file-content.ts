@@ -9,7 +9,16 @@
 // Ten MiB in one file costs a few milliseconds to write and read; as 256
 // SQLite rows it cost over a hundred.
 
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync, writevSync } from "node:fs";
+import {
+  closeSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeSync,
+  writevSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { SandboxFile } from "../gen/openshell.js";
 import { deserializeFilesResponse, filesResponseParts } from "../transport/frames.js";

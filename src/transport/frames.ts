@@ -162,7 +162,10 @@ function readLongVarint(buffer: Uint8Array, offset: number): [value: number, nex
  * other fields. Undefined for anything unusual (groups, a truncated field):
  * the generated codec then reads the message and reports what is wrong.
  */
-function splitField(buffer: Uint8Array, field: number): { taken: Uint8Array[]; rest: Uint8Array } | undefined {
+function splitField(
+  buffer: Uint8Array,
+  field: number,
+): { taken: Uint8Array[]; rest: Uint8Array } | undefined {
   const taken: Uint8Array[] = [];
   const rest: Uint8Array[] = [];
   let offset = 0;

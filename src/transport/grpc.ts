@@ -116,7 +116,8 @@ export function channelCredentials(target: GatewayTarget): ChannelCredentials {
  * HTTP/2 flow-control windows large enough that a bulk stream (upload,
  * relay) is not throttled to a round trip per 64 KiB.
  */
-export const BULK_CHANNEL_OPTIONS = { "grpc-node.flow_control_window": 8 * 1024 * 1024 } as const;
+export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
+export const BULK_CHANNEL_OPTIONS = { "grpc-node.flow_control_window": BULK_WINDOW_BYTES } as const;
 
 export function connectGateway(target: GatewayTarget): OpenShellClient {
   const { address } = parseEndpoint(target.endpoint);
