@@ -211,7 +211,7 @@ function splitField(
 /** A SandboxFile whose content is a view of the received buffer. */
 function decodeFile(body: Uint8Array): SandboxFile {
   const split = splitField(body, 2);
-  if (!split || split.taken.length !== 1) return SandboxFile.decode(body);
+  if (split?.taken.length !== 1) return SandboxFile.decode(body);
   const content = split.taken[0]!;
   return {
     ...SandboxFile.decode(split.rest),
@@ -233,7 +233,7 @@ export function deserializeFilesResponse(buffer: Uint8Array): GetSandboxFilesRes
 /** CreateSandboxRequest without copying the files' content. */
 export function deserializeCreateRequest(buffer: Buffer): CreateSandboxRequest {
   const request = splitField(buffer, 1);
-  if (!request || request.taken.length !== 1) return CreateSandboxRequest.decode(buffer);
+  if (request?.taken.length !== 1) return CreateSandboxRequest.decode(buffer);
   const spec = splitField(request.taken[0]!, 14);
   if (!spec) return CreateSandboxRequest.decode(buffer);
   return {
