@@ -29,13 +29,15 @@ export const EXIT = {
  * Commands that pass a remote command's exit status through (`sandbox exec`,
  * `sandbox connect`, attached `sandbox create`) report their own failures with
  * codes no ordinary command or signal death produces (128+N stops at 192).
+ * The one exception is a gateway refusing the caller: that is 1 from every
+ * command alike, so a stranger's script sees one answer wherever it knocks.
  */
 export const PASSTHROUGH_EXIT: Record<ErrorCode, number> = {
   usage: 240,
   invalid_input: 240,
   no_gateway: 241,
   gateway_unreachable: 241,
-  not_authorized: 242,
+  not_authorized: EXIT.failure,
   not_found: 243,
   not_ready: 243,
   already_exists: 240,
