@@ -128,23 +128,20 @@ async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void
   channel.on("data", (d: Buffer) => out.push(d));
   channel.stderr.on("data", (d: Buffer) => err.push(d));
   const exit = channelExit(channel);
-  const { stream, done } = packUpload(plan, (p: UploadProgress) =>
+  const done = packUpload(plan, channel, (p: UploadProgress) =>
     progress.update({ bytes: p.bytes, totalBytes: p.totalBytes, files: p.files, totalFiles: p.totalFiles }),
   );
-  stream.pipe(channel);
   try {
     const [code] = await Promise.all([
       exit,
       done.catch((error: unknown) => {
+        // The archive will not be complete: the sandbox's tar must not take it as such.
         channel.close();
         throw error;
       }),
     ]);
     verifyExtraction(plan, Buffer.concat(out), Buffer.concat(err), code);
   } catch (error) {
-    // Stop reading local files; the archive will not be sent.
-    stream.unpipe(channel);
-    stream.destroy();
     throw transferLost(what, error);
   } finally {
     progress.clear();

@@ -2,7 +2,7 @@
 // goes where (planUpload), stream it as a tar archive (packUpload), give the
 // command the sandbox runs to unpack it (remoteExtractCommand), and check the
 // sandbox's own account of what it wrote (verifyExtraction). No network here;
-// the SSH plumbing pipes `packUpload().stream` into `remoteExtractCommand()`.
+// the SSH plumbing hands packUpload the channel of `remoteExtractCommand()`.
 //
 // Placement (README "Uploads"). LOCAL[:DEST]; DEST omitted means the sandbox
 // working directory (shown as `~`).
@@ -25,10 +25,10 @@
 // directories in the sandbox are merged into, never emptied.
 
 import { spawn } from "node:child_process";
-import { constants as fsConstants, type Stats } from "node:fs";
-import { lstat, open, readdir, readlink } from "node:fs/promises";
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, type Stats } from "node:fs";
+import { lstat, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
-import { Readable } from "node:stream";
+import type { Writable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "./errors.js";
 import { shellEscape } from "./shell.js";
@@ -430,10 +430,12 @@ const END_OF_ARCHIVE_BYTES = 2 * BLOCK_BYTES;
 // tar itself does, makes that figure equal to what was sent.
 const RECORD_BLOCKS = 20;
 const RECORD_BYTES = RECORD_BLOCKS * BLOCK_BYTES;
-// Large reads: each chunk costs a thread-pool round trip, a promise and a
-// tar-stream write, so fewer, larger chunks cost less CPU per byte (ssh2
-// cuts them into packets anyway).
-const READ_CHUNK_BYTES = 512 * 1024;
+// File content is read synchronously into a few reused buffers: a fresh
+// buffer per chunk, read on the thread pool through a stream, cost more CPU
+// than the rest of the upload, and each buffer goes back to the pool once the
+// destination has taken its bytes (an SSH channel copies them into packets).
+const READ_CHUNK_BYTES = 256 * 1024;
+const POOL_BUFFERS = 8;
 // tar-stream writes mtime as a signed 32-bit count of seconds.
 const MAX_TAR_SECONDS = 2 ** 31 - 1;
 
@@ -490,19 +492,66 @@ function clampMtime(mtime: Date): Date {
   return new Date(seconds * 1000);
 }
 
+/** Read buffers handed out and taken back by identity; a failure wakes whoever waits for one. */
+class BufferPool {
+  private readonly free: Buffer[] = [];
+  private readonly owners = new WeakMap<Uint8Array, Buffer>();
+  private readonly waiters: { resolve(buffer: Buffer): void; reject(error: Error): void }[] = [];
+  private failure: Error | undefined;
+
+  constructor(count: number, size: number) {
+    for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(size));
+  }
+
+  take(): Promise<Buffer> {
+    if (this.failure) return Promise.reject(this.failure);
+    const buffer = this.free.pop();
+    if (buffer) return Promise.resolve(buffer);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** The first `length` bytes of a pool buffer, as a chunk that `release` recognizes. */
+  chunk(buffer: Buffer, length: number): Buffer {
+    const chunk = buffer.subarray(0, length);
+    this.owners.set(chunk, buffer);
+    return chunk;
+  }
+
+  /** Takes back the buffer behind `chunk`, if it is one of ours (headers and padding are not). */
+  release(chunk: Uint8Array): void {
+    const buffer = this.owners.get(chunk);
+    if (!buffer) return;
+    this.owners.delete(chunk);
+    this.give(buffer);
+  }
+
+  give(buffer: Buffer): void {
+    const waiter = this.waiters.shift();
+    if (waiter) waiter.resolve(buffer);
+    else this.free.push(buffer);
+  }
+
+  fail(error: Error): void {
+    this.failure ??= error;
+    for (const waiter of this.waiters.splice(0)) waiter.reject(error);
+  }
+}
+
 /**
- * Stream the plan as a tar archive. File contents are read in chunks as the
- * consumer pulls (the archive is never held in memory); a file whose size
- * differs from the plan, or that is no longer a regular file, aborts the
- * stream with an error instead of producing a corrupt archive. `done`
- * settles when the consumer has read the whole archive, or rejects with the
- * error that stopped it (including the consumer closing early).
+ * Writes the plan as a tar archive into `sink` and ends it. File contents
+ * are read in chunks as the sink takes them (the archive is never held in
+ * memory); a file whose size differs from the plan, or that is no longer a
+ * regular file, stops the archive with an error instead of producing a
+ * corrupt one. Resolves once the whole archive has been written; rejects
+ * with the error that stopped it, including the sink closing early.
  */
-export function packUpload(
+export async function packUpload(
   plan: UploadPlan,
+  sink: Writable,
   onProgress?: (progress: UploadProgress) => void,
-): { stream: Readable; done: Promise<PackResult> } {
+): Promise<PackResult> {
   const pack = tarStream.pack();
+  const pool = new BufferPool(POOL_BUFFERS, READ_CHUNK_BYTES);
   const progress: UploadProgress = {
     bytes: 0,
     files: 0,
@@ -510,10 +559,24 @@ export function packUpload(
     totalFiles: plan.totals.files,
   };
   let entries = 0;
+  let stopped: Error | undefined;
+  let complete = false;
+  const stop = (error: Error): void => {
+    if (stopped) return;
+    stopped = error;
+    pool.fail(error);
+    pack.destroy(error);
+  };
+  const onSinkError = (error: Error): void => stop(error);
+  const onSinkClose = (): void => {
+    if (!complete) stop(new Error("upload archive stream closed before it was fully read"));
+  };
+  sink.on("error", onSinkError);
+  sink.on("close", onSinkClose);
 
   const feeding = (async () => {
     for (const entry of plan.entries) {
-      await packEntry(pack, entry, (n) => {
+      await packEntry(pack, entry, pool, (n) => {
         progress.bytes += n;
         onProgress?.({ ...progress });
       });
@@ -525,51 +588,64 @@ export function packUpload(
     }
     pack.finalize();
   })();
-  feeding.catch((error: unknown) => pack.destroy(error instanceof Error ? error : new Error(String(error))));
+  feeding.catch((error: unknown) => stop(error instanceof Error ? error : new Error(String(error))));
 
   let archiveBytes = 0;
-  let complete = false;
-  async function* archiveChunks(): AsyncGenerator<Buffer> {
-    for await (const chunk of pack as AsyncIterable<Buffer>) {
-      archiveBytes += chunk.length;
-      yield chunk;
-    }
+  const write = async (chunk: Buffer): Promise<void> => {
+    archiveBytes += chunk.length;
+    const more = sink.write(chunk, (error) => {
+      if (!error) pool.release(chunk);
+    });
+    if (!more) await sinkDrained(sink);
+  };
+  try {
+    for await (const chunk of pack as AsyncIterable<Buffer>) await write(chunk);
     await feeding;
     const padding = roundUp(archiveBytes, RECORD_BYTES) - archiveBytes;
-    if (padding > 0) {
-      archiveBytes += padding;
-      yield Buffer.alloc(padding);
-    }
+    if (padding > 0) await write(Buffer.alloc(padding));
     if (archiveBytes !== plan.archiveBytes) {
       throw new OpenShellError(
         "internal",
         `upload archive for ${plan.local} is ${archiveBytes} bytes, planned ${plan.archiveBytes}; refusing to report it as complete`,
       );
     }
+    if (stopped) throw stopped;
     complete = true;
+    sink.end();
+    return { entries, bytes: progress.bytes, archiveBytes };
+  } catch (error) {
+    const reason = stopped ?? (error instanceof Error ? error : new Error(String(error)));
+    stop(reason);
+    throw reason;
+  } finally {
+    sink.off("error", onSinkError);
+    sink.off("close", onSinkClose);
   }
+}
 
-  const stream = Readable.from(archiveChunks(), { objectMode: false, highWaterMark: READ_CHUNK_BYTES });
-  const done = new Promise<PackResult>((resolve, reject) => {
-    // Readable.from emits "end" even when destroyed early, so only the
-    // generator running to its last line counts as a complete archive.
-    const settle = () =>
-      complete
-        ? resolve({ entries, bytes: progress.bytes, archiveBytes })
-        : reject(new Error("upload archive stream closed before it was fully read"));
-    stream.once("end", settle);
-    stream.once("close", settle);
-    stream.once("error", reject);
+/** Resolves when `sink` wants more, rejects if it fails or closes first. */
+function sinkDrained(sink: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (error?: Error): void => {
+      sink.off("drain", onDrain);
+      sink.off("error", onError);
+      sink.off("close", onClose);
+      if (error) reject(error);
+      else resolve();
+    };
+    const onDrain = (): void => done();
+    const onError = (error: Error): void => done(error);
+    const onClose = (): void => done(new Error("upload archive stream closed before it was fully read"));
+    sink.on("drain", onDrain);
+    sink.on("error", onError);
+    sink.on("close", onClose);
   });
-  // The caller may watch only the stream's own error; keep an unobserved
-  // rejection of `done` from crashing the process.
-  done.catch(() => {});
-  return { stream, done };
 }
 
 async function packEntry(
   pack: tarStream.Pack,
   entry: UploadEntry,
+  pool: BufferPool,
   onBytes: (n: number) => void,
 ): Promise<void> {
   const mtime = clampMtime(entry.mtime);
@@ -594,14 +670,14 @@ async function packEntry(
   // O_NOFOLLOW: a file swapped for a symlink since planning must not lead the
   // upload outside LOCAL. O_NONBLOCK: a FIFO swapped in must not hang us.
   const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
-  let handle: Awaited<ReturnType<typeof open>>;
+  let fd: number;
   try {
-    handle = await open(entry.localPath, flags);
+    fd = openSync(entry.localPath, flags);
   } catch (error) {
     throw changedWhileUploading(entry, reasonOf(error));
   }
   try {
-    const before = await handle.stat();
+    const before = fstatSync(fd);
     if (!before.isFile()) throw changedWhileUploading(entry, "it is no longer a regular file");
     if (before.size !== entry.size) {
       throw changedWhileUploading(entry, `it was ${entry.size} bytes when planned and is ${before.size} now`);
@@ -619,23 +695,28 @@ async function packEntry(
     // the sink's own error event must not become an uncaught exception.
     sink.on("error", () => {});
     let written = 0;
-    if (entry.size > 0) {
-      const reader = handle.createReadStream({
-        start: 0,
-        end: entry.size - 1,
-        autoClose: false,
-        highWaterMark: READ_CHUNK_BYTES,
-      });
-      for await (const chunk of reader as AsyncIterable<Buffer>) {
-        written += chunk.length;
-        if (!sink.write(chunk)) await drained(sink);
-        onBytes(chunk.length);
+    while (written < entry.size) {
+      const buffer = await pool.take();
+      let n: number;
+      try {
+        n = readSync(fd, buffer, 0, Math.min(buffer.length, entry.size - written), written);
+      } catch (error) {
+        pool.give(buffer);
+        throw changedWhileUploading(entry, reasonOf(error));
       }
+      if (n === 0) {
+        pool.give(buffer);
+        throw changedWhileUploading(
+          entry,
+          `it shrank from ${entry.size} to ${written} bytes while being read`,
+        );
+      }
+      written += n;
+      const more = sink.write(pool.chunk(buffer, n));
+      onBytes(n);
+      if (!more) await drained(sink);
     }
-    if (written !== entry.size) {
-      throw changedWhileUploading(entry, `it shrank from ${entry.size} to ${written} bytes while being read`);
-    }
-    const after = await handle.stat();
+    const after = fstatSync(fd);
     if (after.size !== entry.size) {
       throw changedWhileUploading(
         entry,
@@ -645,7 +726,7 @@ async function packEntry(
     sink.end();
     await finished;
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }
 

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { BULK_WINDOW_BYTES, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { SandboxBus } from "./bus.js";
 import { RelayHub } from "./relay.js";
 import { LocalRuntime } from "./runtime.js";
@@ -37,6 +38,12 @@ export interface GatewayOptions {
   token?: string | undefined;
   tls?: GatewayTls | undefined;
   sshSessionTtlSecs?: number;
+  /**
+   * Reach sandboxes' SSH servers only through their supervisors' relay, as
+   * for a remote runtime, instead of their sockets on this host. Tests use it
+   * (OPENSHELL_SSH_VIA_RELAY=1) to keep the relay path exercised.
+   */
+  sshViaRelay?: boolean;
   log?: (line: string) => void;
 }
 
@@ -95,13 +102,17 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // Forward references: the runtime and relay report into the lifecycle.
   let sandboxes!: Sandboxes;
   let ssh!: SshAccess;
-  const relay = new RelayHub({
-    connected: (id, instanceId) => sandboxes.supervisorConnected(id, instanceId),
-    disconnected: (id) => {
-      ssh.dropClient(id);
-      sandboxes.supervisorDisconnected(id);
+  const viaRelay = options.sshViaRelay ?? process.env.OPENSHELL_SSH_VIA_RELAY === "1";
+  const relay = new RelayHub(
+    {
+      connected: (id, instanceId) => sandboxes.supervisorConnected(id, instanceId),
+      disconnected: (id) => {
+        ssh.dropClient(id);
+        sandboxes.supervisorDisconnected(id);
+      },
     },
-  });
+    (id) => (viaRelay || !runtime.isRunning(id) ? undefined : join(runtime.sandboxDir(id), POD_SSH_SOCKET)),
+  );
   const socketPath = supervisorSocketPath(options.stateDir);
   const runtime = new LocalRuntime(
     sandboxesDir,

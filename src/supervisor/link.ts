@@ -3,9 +3,7 @@
 // keeps the sandbox Ready, relays opened on request, and the log stream.
 
 import { randomUUID } from "node:crypto";
-import { openSync } from "node:fs";
-import { connect as netConnect } from "node:net";
-import { basename, dirname } from "node:path";
+import type { Socket } from "node:net";
 import {
   type CallOptions,
   type ClientDuplexStream,
@@ -30,6 +28,7 @@ import type {
 import { frameDuplex } from "../transport/duplex.js";
 import { FastOpenShellClient } from "../transport/frames.js";
 import { BULK_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { connectUnixSocket } from "../transport/unix.js";
 
 const LOG_FLUSH_MS = 200;
 const LOG_BATCH = 100;
@@ -101,17 +100,7 @@ export class SupervisorSession {
   /** Open relays, each settled once the gateway has ended its call (all bytes through). */
   private readonly relays = new Set<Promise<void>>();
   private backoffMs = 1000;
-  /**
-   * The socket is reached through an open descriptor of its directory:
-   * a Unix socket path longer than 107 bytes (deep state directories) cannot
-   * be connected to by name.
-   */
-  private readonly socketPath: string;
-
-  constructor(private readonly o: SessionOptions) {
-    const dirFd = openSync(dirname(o.sshSocket), "r");
-    this.socketPath = `/proc/self/fd/${dirFd}/${basename(o.sshSocket)}`;
-  }
+  constructor(private readonly o: SessionOptions) {}
 
   start(): void {
     this.connect();
@@ -179,7 +168,13 @@ export class SupervisorSession {
       fail("tcp relay targets are not supported by the bubblewrap runtime; use SSH port forwarding");
       return;
     }
-    const socket = netConnect(this.socketPath);
+    let socket: Socket;
+    try {
+      socket = connectUnixSocket(this.o.sshSocket);
+    } catch (error) {
+      fail(`cannot reach the sandbox SSH server: ${(error as Error).message}`);
+      return;
+    }
     socket.once("error", (error) => fail(`cannot reach the sandbox SSH server: ${error.message}`));
     socket.once("connect", () => {
       const relay = this.o.client.relayStream();

@@ -21,6 +21,7 @@ import { defaultPolicy } from "../core/policy.js";
 import type { SupervisorLaunch } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
+import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { stageFiles } from "./inject.js";
@@ -244,7 +245,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       o.onWarning(message);
     }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return launchPod(o, plan.args, closure.loader, runDir, root, egress);
+    return launchPod(o, plan.args, closure.loader, root, egress);
   } catch (error) {
     await egress?.close();
     if (error instanceof PodError) throw error;
@@ -257,7 +258,6 @@ function launchPod(
   o: PodOptions,
   planArgs: string[],
   loader: string,
-  runDir: string,
   root: boolean,
   egress: EgressProxy | undefined,
 ): Pod {
@@ -363,7 +363,7 @@ function launchPod(
   // No pod, no sandbox to serve: the proxy goes with it.
   void exited.then(() => egress?.close());
   return {
-    sshSocket: join(runDir, "ssh.sock"),
+    sshSocket: join(launch.sandboxDir, POD_SSH_SOCKET),
     exited,
     stop: async () => {
       // Killing bwrap ends the pod's PID namespace, and every process in it.

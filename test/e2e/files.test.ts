@@ -114,7 +114,8 @@ describe("injected files inside a sandbox", () => {
     ["umount", (p) => `perl -e 'my $p = shift; syscall(166, $p, 2) == 0 or exit 1' ${p} && echo evil > ${p}`],
     [
       "umount the parent directory",
-      (p) => `perl -e 'my $p = shift; syscall(166, $p, 2) == 0 or exit 1' $(dirname ${p}) && echo evil > ${p}`,
+      (p) =>
+        `perl -e 'my $p = shift; syscall(166, $p, 2) == 0 or exit 1' $(dirname ${p}) && echo evil > ${p}`,
     ],
     ["a new file beside it, then mv over", (p) => `echo evil > ${p}.new && mv -f ${p}.new ${p}`],
   ];
