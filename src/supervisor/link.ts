@@ -168,6 +168,7 @@ export class SupervisorSession {
       fail("tcp relay targets are not supported by the bubblewrap runtime; use SSH port forwarding");
       return;
     }
+    this.o.log(`relaying ${open.serviceId || "a connection"} to the sandbox SSH server`);
     let socket: Socket;
     try {
       socket = connectUnixSocket(this.o.sshSocket);

@@ -74,8 +74,8 @@ export class TestEnv {
   }
 
   /** Starts this environment's gateway on a free port. */
-  async startGateway(): Promise<void> {
-    const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000 });
+  async startGateway(env: Record<string, string> = {}): Promise<void> {
+    const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env });
     if (result.code !== 0) throw new Error(`gateway start failed: ${result.stderr}`);
   }
 
