@@ -15,6 +15,7 @@ import type { ServerDuplexStream } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { GatewayMessage, RelayFrame, SupervisorMessage } from "../gen/openshell.js";
 import { frameDuplex } from "../transport/duplex.js";
+import { dataFrameCodec } from "../transport/frames.js";
 import { connectUnixSocket } from "../transport/unix.js";
 import { invalidArgument, notFound, StatusError } from "./status.js";
 
@@ -212,16 +213,7 @@ export class RelayHub {
       }
       this.pending.delete(channelId);
       clearTimeout(pending.timer);
-      pending.resolve(
-        frameDuplex<RelayFrame, RelayFrame>(
-          call,
-          {
-            fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
-            toFrame: (data) => ({ payload: { $case: "data", value: data } }),
-          },
-          { sendEofFrame: true },
-        ),
-      );
+      pending.resolve(frameDuplex(call, dataFrameCodec<RelayFrame>(), { sendEofFrame: true }));
     });
   }
 }

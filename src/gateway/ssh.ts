@@ -21,6 +21,7 @@ import type {
 } from "../gen/openshell.js";
 import { bridge } from "../transport/bridge.js";
 import { frameDuplex } from "../transport/duplex.js";
+import { dataFrameCodec } from "../transport/frames.js";
 import { sandboxSshOptions } from "../transport/ssh.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
@@ -180,10 +181,7 @@ export class SshAccess {
       release();
       throw error;
     }
-    const local = frameDuplex<TcpForwardFrame, TcpForwardFrame>(call, {
-      fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
-      toFrame: (data) => ({ payload: { $case: "data", value: data } }),
-    });
+    const local = frameDuplex(call, dataFrameCodec<TcpForwardFrame>());
     bridge(local, remote, release);
     // A client that goes away (ssh exited and its proxy was killed) only
     // cancels the call; the byte stream then tears the relay down, which ends

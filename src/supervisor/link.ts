@@ -26,7 +26,7 @@ import type {
   SupervisorMessage,
 } from "../gen/openshell.js";
 import { frameDuplex } from "../transport/duplex.js";
-import { FastOpenShellClient } from "../transport/frames.js";
+import { dataFrameCodec, FastOpenShellClient } from "../transport/frames.js";
 import { BULK_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { connectUnixSocket } from "../transport/unix.js";
 
@@ -180,14 +180,7 @@ export class SupervisorSession {
     socket.once("connect", () => {
       const relay = this.o.client.relayStream();
       relay.write({ payload: { $case: "init", value: { channelId: open.channelId } } });
-      const remote = frameDuplex<RelayFrame, RelayFrame>(
-        relay,
-        {
-          fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
-          toFrame: (data) => ({ payload: { $case: "data", value: data } }),
-        },
-        { readEofFrame: true },
-      );
+      const remote = frameDuplex(relay, dataFrameCodec<RelayFrame>(), { readEofFrame: true });
       remote.pipe(socket);
       socket.pipe(remote);
       // A pod that goes away resets its sockets (ECONNRESET when it dies with

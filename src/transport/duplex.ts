@@ -41,11 +41,20 @@ export interface EofOptions {
   readEofFrame?: boolean;
 }
 
+/** How a byte stream maps onto a call's frames. */
+export interface FrameCodec<In, Out> {
+  fromFrame(frame: In): Buffer | undefined;
+  toFrame(data: Buffer): Out;
+  /** A frame of `length` bytes gathered from `parts`, in one copy (default: concatenate, then toFrame). */
+  gather?(parts: readonly Buffer[], length: number): Out;
+}
+
 export function frameDuplex<In, Out>(
   call: FrameStream<In, Out>,
-  codec: { fromFrame(frame: In): Buffer | undefined; toFrame(data: Buffer): Out },
+  codec: FrameCodec<In, Out>,
   eof: EofOptions = {},
 ): Duplex {
+  const gather = codec.gather ?? ((parts, length) => codec.toFrame(Buffer.concat(parts, length)));
   let finished = false;
   let readEnded = false;
   let writeEnded = false;
@@ -62,18 +71,34 @@ export function frameDuplex<In, Out>(
     },
     // One write in flight at a time: node queues what the producer writes
     // meanwhile, and writev sends the queue as frames of up to FRAME_BYTES,
-    // so ssh2's 32 KiB packets travel in fewer, fuller messages.
+    // so ssh2's 32 KiB packets travel in fewer, fuller messages, each
+    // gathered into its wire form in one copy.
     writev(chunks, callback) {
-      const all =
-        chunks.length === 1
-          ? (chunks[0]!.chunk as Buffer)
-          : Buffer.concat(chunks.map((c) => c.chunk as Buffer));
-      for (let offset = 0; offset < all.length; offset += FRAME_BYTES) {
-        const last = offset + FRAME_BYTES >= all.length;
-        call.write(
-          codec.toFrame(all.subarray(offset, offset + FRAME_BYTES)),
-          last ? (error) => callback(error ?? null) : undefined,
-        );
+      const frames: Out[] = [];
+      let parts: Buffer[] = [];
+      let length = 0;
+      for (const { chunk } of chunks) {
+        const data = chunk as Buffer;
+        for (let offset = 0; offset < data.length; ) {
+          const take = Math.min(FRAME_BYTES - length, data.length - offset);
+          parts.push(take === data.length ? data : data.subarray(offset, offset + take));
+          length += take;
+          offset += take;
+          if (length === FRAME_BYTES) {
+            frames.push(gather(parts, length));
+            parts = [];
+            length = 0;
+          }
+        }
+      }
+      if (length > 0) frames.push(gather(parts, length));
+      if (frames.length === 0) {
+        callback();
+        return;
+      }
+      const last = frames.length - 1;
+      for (const [index, frame] of frames.entries()) {
+        call.write(frame, index === last ? (error) => callback(error ?? null) : undefined);
       }
     },
     final(callback) {

@@ -21,6 +21,7 @@ import {
   SandboxSpec,
   TcpForwardFrame,
 } from "../gen/openshell.js";
+import type { FrameCodec } from "./duplex.js";
 
 function varintLength(value: number): number {
   let length = 1;
@@ -249,6 +250,38 @@ interface Generated<T> {
 
 type Fast<T> = { serialize(message: T): Buffer; deserialize(buffer: Buffer): T };
 
+/** Set on a message whose wire form `gatherDataFrame` already built. */
+const WIRE = Symbol("openshell.wire");
+
+type DataFrame = TcpForwardFrame | RelayFrame;
+
+/**
+ * A `data` frame (field 2 of TcpForwardFrame and RelayFrame) gathered from
+ * `parts` straight into its wire form: one copy, where concatenating and then
+ * encoding would make two. The message still reads as an ordinary frame.
+ */
+function gatherDataFrame(parts: readonly Buffer[], length: number): DataFrame {
+  const head = 1 + varintLength(length);
+  const wire = Buffer.allocUnsafe(head + length);
+  wire[0] = FIELD_2;
+  writeVarint(wire, 1, length);
+  let offset = head;
+  for (const part of parts) {
+    part.copy(wire, offset);
+    offset += part.length;
+  }
+  return Object.assign({ payload: { $case: "data" as const, value: wire.subarray(head) } }, { [WIRE]: wire });
+}
+
+/** The byte-stream codec of ForwardTcp and RelayStream calls: raw bytes in `data` frames. */
+export function dataFrameCodec<F extends DataFrame>(): FrameCodec<F, F> {
+  return {
+    fromFrame: (frame) => (frame.payload?.$case === "data" ? frame.payload.value : undefined),
+    toFrame: (data) => ({ payload: { $case: "data", value: data } }) as F,
+    gather: (parts, length) => gatherDataFrame(parts, length) as F,
+  };
+}
+
 /** A codec whose fast cases are the given `$case` names, each a bytes field at `tag` (inside `outer`). */
 function fastCodec<T extends { payload?: { $case: string; value: unknown } | undefined }>(
   generated: Generated<T>,
@@ -256,6 +289,8 @@ function fastCodec<T extends { payload?: { $case: string; value: unknown } | und
 ): Fast<T> {
   return {
     serialize(message) {
+      const wire = (message as { [WIRE]?: Buffer })[WIRE];
+      if (wire !== undefined) return wire;
       const payload = message.payload;
       const fast = payload && cases.find((c) => c.name === payload.$case);
       if (fast && payload) {

@@ -8,6 +8,7 @@ import { OpenShellError } from "../core/errors.js";
 import { exitCodeOf } from "../core/signals.js";
 import type { CreateSshSessionResponse, OpenShellClient, TcpForwardFrame } from "../gen/openshell.js";
 import { frameDuplex } from "./duplex.js";
+import { dataFrameCodec } from "./frames.js";
 import { type GatewayTarget, mapGrpcError, unary } from "./grpc.js";
 
 const SANDBOX_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -69,10 +70,7 @@ export function forwardSsh(
       },
     },
   });
-  const stream = frameDuplex<TcpForwardFrame, TcpForwardFrame>(call, {
-    fromFrame: (f) => (f.payload?.$case === "data" ? f.payload.value : undefined),
-    toFrame: (data) => ({ payload: { $case: "data", value: data } }),
-  });
+  const stream = frameDuplex(call, dataFrameCodec<TcpForwardFrame>());
   // Surface the gateway's reason (revoked token, not ready) instead of a bare reset.
   call.on("error", (error) => stream.emit("gateway-error", mapGrpcError(error, target)));
   // The gateway ends its side only when the connection is over (the sandbox

@@ -2,6 +2,7 @@
 // codec writes, and read anything the generated codec writes.
 
 import { randomBytes } from "node:crypto";
+import { EventEmitter } from "node:events";
 import { describe, expect, it } from "vitest";
 import {
   CreateSandboxRequest,
@@ -12,7 +13,9 @@ import {
   type SandboxFile,
   TcpForwardFrame,
 } from "../../src/gen/openshell.js";
+import { FRAME_BYTES, frameDuplex } from "../../src/transport/duplex.js";
 import {
+  dataFrameCodec,
   deserializeCreateRequest,
   deserializeFilesResponse,
   execEventCodec,
@@ -150,5 +153,48 @@ describe("injected-file reader", () => {
     expect(back.files[0]!.path).toBe("/etc/a");
     expect(back.files[0]!.mode).toBe(0o555);
     expect(Buffer.from(back.files[0]!.content).equals(file.content)).toBe(true);
+  });
+});
+
+describe("data frames gathered into wire form", () => {
+  it("serialize to exactly the generated codec's bytes and read back as the same payload", () => {
+    const codec = dataFrameCodec<TcpForwardFrame>();
+    for (const sizes of [[1], [127, 1], [100, 28, 16_000, 256], [65_536, 65_536, 65_536, 65_536]]) {
+      const parts = sizes.map((n) => randomBytes(n));
+      const whole = Buffer.concat(parts);
+      const frame = codec.gather!(parts, whole.length);
+      expect(Buffer.from(frame.payload?.$case === "data" ? frame.payload.value : []).equals(whole)).toBe(
+        true,
+      );
+      const wire = tcpForwardCodec.serialize(frame);
+      expect(wire.equals(Buffer.from(TcpForwardFrame.encode(codec.toFrame(whole)).finish()))).toBe(true);
+      expect(codec.fromFrame(tcpForwardCodec.deserialize(wire))?.equals(whole)).toBe(true);
+    }
+  });
+
+  it("a byte stream written in odd pieces leaves as frames of at most FRAME_BYTES, in order", async () => {
+    const written: TcpForwardFrame[] = [];
+    const call = Object.assign(new EventEmitter(), {
+      write(frame: TcpForwardFrame, callback?: (error?: Error | null) => void) {
+        written.push(frame);
+        callback?.();
+        return true;
+      },
+      end() {},
+      pause() {
+        return call;
+      },
+      resume() {
+        return call;
+      },
+    });
+    const stream = frameDuplex(call as never, dataFrameCodec<TcpForwardFrame>());
+    const pieces = [1, 32_768, 300_000, 7, FRAME_BYTES, 0, 5].map((n) => randomBytes(n));
+    for (const piece of pieces) stream.write(piece);
+    await new Promise<void>((resolve) => stream.end(resolve));
+    const sent = written.map((f) => tcpForwardCodec.serialize(f)).map((w) => tcpForwardCodec.deserialize(w));
+    const payloads = sent.map((f) => (f.payload?.$case === "data" ? f.payload.value : Buffer.alloc(0)));
+    expect(payloads.every((p) => p.length > 0 && p.length <= FRAME_BYTES)).toBe(true);
+    expect(Buffer.concat(payloads).equals(Buffer.concat(pieces))).toBe(true);
   });
 });
