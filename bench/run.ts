@@ -583,7 +583,8 @@ function selectedSections(args: readonly string[]): Set<number> {
   const only = new Set<number>();
   for (const arg of args) {
     const id = Number(arg);
-    if (!Number.isInteger(id) || id < 1 || id > 6) throw new Error(`bench: unknown section "${arg}"; use 1 to 6`);
+    if (!Number.isInteger(id) || id < 1 || id > 6)
+      throw new Error(`bench: unknown section "${arg}"; use 1 to 6`);
     only.add(id);
   }
   return only;
