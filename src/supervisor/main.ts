@@ -15,7 +15,7 @@ import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
 import type { SupervisorLaunch, SupervisorReport } from "../gateway/runtime.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
-import { type AgentMessage, PodError, startPod } from "./pod.js";
+import { type AgentMessage, nodeClosure, PodError, startPod } from "./pod.js";
 
 function report(message: SupervisorReport): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
@@ -61,6 +61,8 @@ async function main(): Promise<void> {
     ? supervisorClient(process.env.OPENSHELL_SUPERVISOR_GATEWAY)
     : undefined;
   early?.client.getChannel().getConnectivityState(true);
+  const closure = nodeClosure();
+  closure.catch(() => {}); // reported by startPod
   const launch = await readLaunch();
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
@@ -126,6 +128,7 @@ async function main(): Promise<void> {
       onWarning: (warning) => report({ kind: "warning", message: warning }),
       onNetworkLog: (level, message) => logs.push(level, "network", message),
       diag,
+      closure,
     });
   } catch (error) {
     if (error instanceof PodError) {

@@ -13,7 +13,7 @@
 // started from a private mount namespace in which root has bound them under
 // a traversable tmpfs first.
 
-import { execFileSync, spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, readlinkSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { createInterface } from "node:readline";
@@ -76,9 +76,33 @@ function identity(value: string | undefined, fallback: number): number {
   return Number(value);
 }
 
-/** The node binary's shared libraries and dynamic loader, from ldd. */
-function nodeClosure(): { loader: string; libraries: string[] } {
-  const output = execFileSync("ldd", [process.execPath], { encoding: "utf8" });
+export interface NodeClosure {
+  loader: string;
+  libraries: string[];
+}
+
+/**
+ * The node binary's shared libraries and dynamic loader, from ldd. A spare
+ * supervisor asks while it waits for its sandbox, so a create does not wait
+ * for ldd; a failure is reported when the pod is started.
+ */
+export function nodeClosure(): Promise<NodeClosure> {
+  return new Promise((resolve, reject) => {
+    execFile("ldd", [process.execPath], { encoding: "utf8" }, (error, output) => {
+      if (error)
+        reject(new PodError("RuntimeUnavailable", `cannot list node's libraries with ldd: ${error.message}`));
+      else {
+        try {
+          resolve(parseLdd(output));
+        } catch (parseError) {
+          reject(parseError);
+        }
+      }
+    });
+  });
+}
+
+function parseLdd(output: string): NodeClosure {
   const libraries: string[] = [];
   let loader = "";
   for (const line of output.split("\n")) {
@@ -157,6 +181,8 @@ export interface PodOptions {
   /** The egress proxy's decisions, for the sandbox log; `diag` when absent. */
   onNetworkLog?(level: EgressLogLevel, message: string): void;
   diag(line: string): void;
+  /** From nodeClosure(), started early. */
+  closure: Promise<NodeClosure>;
 }
 
 export interface Pod {
@@ -191,7 +217,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     );
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
-    const closure = nodeClosure();
+    const closure = await o.closure;
     // With network rules, the proxy's socket directory goes into the pod read-only:
     // the pod can connect to the socket but not replace it.
     const egressPolicy = egressPolicyFor(policy);
