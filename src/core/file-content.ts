@@ -47,16 +47,12 @@ export function writeFileContent(sandboxDir: string, files: readonly SandboxFile
   renameSync(temp, target);
 }
 
-/** The files stored at `path` (see fileContentPath), or none when there is no such file. */
+/**
+ * The files stored at `path` (see fileContentPath). Only a sandbox with files
+ * has the file, so a missing one is an error, never "no files".
+ */
 export function readFileContent(path: string): SandboxFile[] {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw error;
-  }
-  return deserializeFilesResponse(bytes).files;
+  return deserializeFilesResponse(readFileSync(path)).files;
 }
 
 /** The parts in order, without joining them first (ten MiB of content is not copied again). */

@@ -268,7 +268,21 @@ export class Sandboxes {
 
   /** The injected files of a sandbox, content included, for its supervisor. */
   files(sandboxId: string): SandboxFile[] {
-    return readFileContent(fileContentPath(this.o.runtime.sandboxDir(sandboxId)));
+    const expected = this.o.store.getSandbox(sandboxId)?.spec?.files ?? [];
+    if (expected.length === 0) return [];
+    let files: SandboxFile[];
+    try {
+      files = readFileContent(fileContentPath(this.o.runtime.sandboxDir(sandboxId)));
+    } catch (error) {
+      throw new StatusError(
+        status.DATA_LOSS,
+        `injected files' content is unreadable: ${(error as Error).message}`,
+      );
+    }
+    if (files.length !== expected.length || files.some((file, i) => file.path !== expected[i]!.path)) {
+      throw new StatusError(status.DATA_LOSS, "injected files' content does not match the sandbox's files");
+    }
+    return files;
   }
 
   /** On gateway start: every sandbox that was not in Error runs again. */

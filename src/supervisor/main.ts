@@ -25,6 +25,17 @@ function diag(line: string): void {
   process.stderr.write(`${line}\n`);
 }
 
+/** The injected files from the file a local gateway names; if it cannot be read, nothing runs. */
+function localFiles(path: string): ReturnType<typeof readFileContent> {
+  try {
+    return readFileContent(path);
+  } catch (error) {
+    const message = `injected files could not be read: ${(error as Error).message}`;
+    report({ kind: "failure", reason: "FileInjectionFailed", message });
+    process.exit(1);
+  }
+}
+
 async function readLaunch(): Promise<SupervisorLaunch> {
   const lines = createInterface({ input: process.stdin });
   for await (const line of lines) {
@@ -72,7 +83,7 @@ async function main(): Promise<void> {
   const [config, files] = await Promise.all([
     call(client.getSandboxConfig.bind(client), { sandboxId: launch.sandboxId }),
     launch.filesPath !== undefined
-      ? { files: readFileContent(launch.filesPath) }
+      ? { files: localFiles(launch.filesPath) }
       : call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId }),
   ]);
   diag(`config and ${files.files.length} file(s) fetched ${since()}`);

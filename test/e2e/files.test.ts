@@ -2,7 +2,7 @@
 // through the real CLI, gateway, supervisor and bubblewrap.
 
 import { createHash } from "node:crypto";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { credentials, InterceptingCall, Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -163,6 +163,24 @@ describe("injected files inside a sandbox", () => {
       );
       expect(result.stdout).toBe(`${sha256(file.content)}  ${file.path}\n${file.mode}\n`);
     }
+  });
+
+  // Last in this group: it leaves the sandbox in Error.
+  it("a sandbox whose stored content is gone goes to Error (FileInjectionFailed) on restart, never runs without its files", async () => {
+    const stop = await env.run(["gateway", "stop"], { timeoutMs: 60_000 });
+    expect(stop.code, stop.stderr).toBe(0);
+    const sandboxes = join(env.stateHome, "openshell", "gateways", "local", "sandboxes");
+    const stored = readdirSync(sandboxes)
+      .map((id) => join(sandboxes, id, "files.pb"))
+      .filter((path) => existsSync(path));
+    expect(stored).toHaveLength(1);
+    rmSync(stored[0]!);
+    await env.startGateway();
+    await waitForPhase(env, name, "Error");
+    const got = await env.run(["sandbox", "get", name, "-o", "json"]);
+    expect(got.stdout).toContain("FileInjectionFailed");
+    const ran = await env.run(["sandbox", "exec", "-n", name, "--", "true"]);
+    expect(ran.code).not.toBe(0);
   });
 });
 
