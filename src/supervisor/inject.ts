@@ -4,7 +4,6 @@
 // sandbox path. The tree is rebuilt from nothing on every start, so a restart
 // cannot inherit anything left in it.
 
-import { randomBytes } from "node:crypto";
 import {
   closeSync,
   constants,
@@ -12,7 +11,6 @@ import {
   fchownSync,
   mkdirSync,
   openSync,
-  renameSync,
   rmSync,
   writeSync,
 } from "node:fs";
@@ -59,7 +57,7 @@ export async function stageFiles(
   for (const { file, path } of planned) {
     try {
       const parent = ensureParents(stagingRoot, path, owner, known);
-      writeViaRename(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, owner);
+      writeStaged(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, owner);
     } catch (error) {
       if (isSandboxSetupError(error)) throw error;
       throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
@@ -115,25 +113,31 @@ function ensureParents(stagingRoot: string, path: string, owner: StageOwner, kno
   return dir;
 }
 
-/** Writes a temporary sibling and renames it into place, so the path never holds a partial file. */
-function writeViaRename(dir: string, name: string, content: Buffer, mode: number, owner: StageOwner): void {
-  const temp = posix.join(dir, `.${name}.${randomBytes(6).toString("hex")}.tmp`);
+/**
+ * Creates the file at its final name (the tree is new this start and nothing
+ * reads it before the pod starts, so no temporary name is needed), chowned
+ * only when the owner is not this process, with its mode. A failure leaves
+ * no partial file.
+ */
+function writeStaged(dir: string, name: string, content: Uint8Array, mode: number, owner: StageOwner): void {
+  const path = posix.join(dir, name);
   const fd = openSync(
-    temp,
+    path,
     constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
     0o600,
   );
   try {
     for (let offset = 0; offset < content.length; ) offset += writeSync(fd, content, offset);
-    fchownSync(fd, owner.uid, owner.gid);
+    if (owner.uid !== process.getuid?.() || owner.gid !== process.getgid?.()) {
+      fchownSync(fd, owner.uid, owner.gid);
+    }
     fchmodSync(fd, mode);
   } catch (error) {
     closeSync(fd);
-    rmSync(temp, { force: true });
+    rmSync(path, { force: true });
     throw error;
   }
   closeSync(fd);
-  renameSync(temp, posix.join(dir, name));
 }
 
 function describe(error: unknown): string {

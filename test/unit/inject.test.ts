@@ -48,7 +48,7 @@ describe("stageFiles", () => {
       expect(st.mode & 0o7777).toBe(0o755);
       expect([st.uid, st.gid]).toEqual([OWNER.uid, OWNER.gid]);
     }
-    // Written through a temporary name; none is left behind.
+    // Nothing but the files themselves is left in their directory.
     expect(await readdir(join(staging, "etc/app"))).toEqual(["cfg.yaml"]);
   });
 
