@@ -39,13 +39,21 @@ function writeVarint(out: Buffer, offset: number, value: number): number {
   return offset;
 }
 
-function readVarint(buffer: Buffer, offset: number): [value: number, next: number] | undefined {
+/**
+ * Reads a varint of at most `maxBytes` bytes (5: a length; 10: any field,
+ * refused above 2^53), or undefined past the end or the limit.
+ */
+function readVarint(
+  buffer: Uint8Array,
+  offset: number,
+  maxBytes = 5,
+): [value: number, next: number] | undefined {
   let value = 0;
   let scale = 1;
-  for (let i = offset; i < buffer.length && i < offset + 5; i++) {
+  for (let i = offset; i < buffer.length && i < offset + maxBytes; i++) {
     const byte = buffer[i]!;
     value += (byte & 0x7f) * scale;
-    if (byte < 0x80) return [value, i + 1];
+    if (byte < 0x80) return value <= Number.MAX_SAFE_INTEGER ? [value, i + 1] : undefined;
     scale *= 128;
   }
   return undefined;
@@ -144,19 +152,6 @@ export function serializeFilesResponse(response: GetSandboxFilesResponse): Buffe
   return joined(filesResponseParts(response));
 }
 
-/** Reads a varint of up to 53 bits, or undefined past the end. */
-function readLongVarint(buffer: Uint8Array, offset: number): [value: number, next: number] | undefined {
-  let value = 0;
-  let scale = 1;
-  for (let i = offset; i < buffer.length && i < offset + 10; i++) {
-    const byte = buffer[i]!;
-    value += (byte & 0x7f) * scale;
-    if (byte < 0x80) return value <= Number.MAX_SAFE_INTEGER ? [value, i + 1] : undefined;
-    scale *= 128;
-  }
-  return undefined;
-}
-
 /**
  * Splits a message into the bodies of every occurrence of the
  * length-delimited field `field` (views, not copies) and the bytes of all
@@ -171,13 +166,13 @@ function splitField(
   const rest: Uint8Array[] = [];
   let offset = 0;
   while (offset < buffer.length) {
-    const tag = readLongVarint(buffer, offset);
+    const tag = readVarint(buffer, offset, 10);
     if (!tag) return undefined;
     const [key, afterTag] = tag;
     let end: number;
     switch (key % 8) {
       case 0: {
-        const value = readLongVarint(buffer, afterTag);
+        const value = readVarint(buffer, afterTag, 10);
         if (!value) return undefined;
         end = value[1];
         break;
@@ -186,7 +181,7 @@ function splitField(
         end = afterTag + 8;
         break;
       case 2: {
-        const length = readLongVarint(buffer, afterTag);
+        const length = readVarint(buffer, afterTag, 10);
         if (!length) return undefined;
         end = length[1] + length[0];
         if (end <= buffer.length && Math.floor(key / 8) === field) {

@@ -80,16 +80,7 @@ describe("isolation seen from inside a sandbox", () => {
     await new Promise<void>((resolve) => hostListener.listen(0, "127.0.0.1", resolve));
     hostPort = (hostListener.address() as { port: number }).port;
     for (const name of [a, b]) {
-      const result = await env.run([
-        "sandbox",
-        "create",
-        "--name",
-        name,
-        "--detach",
-        "--",
-        "sleep",
-        "infinity",
-      ]);
+      const result = await env.createIdle(name);
       expect(result.code, result.stderr).toBe(0);
     }
   });
@@ -210,16 +201,7 @@ describe("main process exit and gateway restart", () => {
   it("gateway stop then start keeps every sandbox listed, running again", async () => {
     const names = [uniqueName("keep-a"), uniqueName("keep-b")];
     for (const name of names) {
-      const created = await env.run([
-        "sandbox",
-        "create",
-        "--name",
-        name,
-        "--detach",
-        "--",
-        "sleep",
-        "infinity",
-      ]);
+      const created = await env.createIdle(name);
       expect(created.code, created.stderr).toBe(0);
       const write = await env.run([
         "sandbox",

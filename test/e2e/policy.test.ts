@@ -131,16 +131,7 @@ describe("with no policy", () => {
 
   it("the restrictive default applies and `sandbox get` shows it", async () => {
     const name = uniqueName("nopol");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      name,
-      "--detach",
-      "--",
-      "sleep",
-      "infinity",
-    ]);
+    const created = await env.createIdle(name);
     expect(created.code, created.stderr).toBe(0);
     const policy = parsePolicyYaml(
       (await env.run(["sandbox", "get", name, "--policy-only"])).stdout,

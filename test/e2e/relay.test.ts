@@ -26,16 +26,7 @@ for (const viaRelay of [true, false]) {
 
       beforeAll(async () => {
         await env.startGateway(viaRelay ? { OPENSHELL_SSH_VIA_RELAY: "1" } : {});
-        const created = await env.run([
-          "sandbox",
-          "create",
-          "--name",
-          name,
-          "--detach",
-          "--",
-          "sleep",
-          "infinity",
-        ]);
+        const created = await env.createIdle(name);
         expect(created.code, created.stderr).toBe(0);
       });
       afterAll(() => env.dispose());

@@ -73,6 +73,11 @@ export class TestEnv {
     return collect(child, `openshell ${args.join(" ")}`, options);
   }
 
+  /** `sandbox create --name NAME --detach -- sleep infinity`: a sandbox that idles until deleted. */
+  createIdle(name: string, options: RunOptions = {}): Promise<RunResult> {
+    return this.run(["sandbox", "create", "--name", name, "--detach", "--", "sleep", "infinity"], options);
+  }
+
   /** Starts this environment's gateway on a free port. */
   async startGateway(env: Record<string, string> = {}): Promise<void> {
     const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env });
