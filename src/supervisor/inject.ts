@@ -46,21 +46,64 @@ export async function stageFiles(
   stagingRoot: string,
   owner: StageOwner,
 ): Promise<void> {
+  prepareStaging(files, stagingRoot, owner).write();
+}
+
+/**
+ * Checks `files` and empties `stagingRoot` for them; the returned tree
+ * writes them, in as many passes as the caller needs (a pod stages the files
+ * bwrap binds one by one before it starts, the rest while it boots).
+ */
+export function prepareStaging(
+  files: readonly InjectedFile[],
+  stagingRoot: string,
+  owner: StageOwner,
+): StagingTree {
   const planned = checkFiles(files);
   // Fresh every start: a file dropped from the spec, or anything a previous
   // run left, must not survive. rm does not follow symlinks inside the tree.
   rmSync(stagingRoot, { recursive: true, force: true });
   mkdirSync(stagingRoot, { recursive: true, mode: DIR_MODE });
   ownDirectory(stagingRoot, owner, DIR_MODE);
+  return new StagingTree(planned, stagingRoot, owner);
+}
 
-  const known = new Set<string>();
-  for (const { file, path } of planned) {
+export class StagingTree {
+  /** Staging directories made or checked this run. */
+  private readonly known = new Set<string>();
+  /** By sandbox path, the files not yet written. */
+  private readonly pending: Map<string, InjectedFile>;
+
+  constructor(
+    planned: readonly { file: InjectedFile; path: string }[],
+    private readonly root: string,
+    private readonly owner: StageOwner,
+  ) {
+    this.pending = new Map(planned.map(({ file, path }) => [path, file]));
+  }
+
+  /** Creates the staging directory of sandbox directory `dir`, with its parents. */
+  directory(dir: string): void {
     try {
-      const parent = ensureParents(stagingRoot, path, owner, known);
-      writeStaged(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, owner);
+      ensureDirectories(this.root, dir, this.owner, this.known);
     } catch (error) {
       if (isSandboxSetupError(error)) throw error;
-      throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
+      throw fileInjectionFailed(dir, `could not be staged: ${describe(error)}`, error);
+    }
+  }
+
+  /** Writes the files not written yet whose sandbox path `pick` accepts (all by default). */
+  write(pick: (path: string) => boolean = () => true): void {
+    for (const [path, file] of this.pending) {
+      if (!pick(path)) continue;
+      try {
+        const parent = ensureDirectories(this.root, posix.dirname(path), this.owner, this.known, file.path);
+        writeStaged(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, this.owner);
+      } catch (error) {
+        if (isSandboxSetupError(error)) throw error;
+        throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
+      }
+      this.pending.delete(path);
     }
   }
 }
@@ -89,28 +132,35 @@ function checkFiles(files: readonly InjectedFile[]): { file: InjectedFile; path:
 }
 
 /**
- * Creates the directories of `path` under the root, refusing any symlink, and
- * returns its parent. `known` holds directories already checked this run.
+ * Creates staging directory `<stagingRoot><dir>` and those above it,
+ * refusing any symlink, and returns it. `known` holds directories already
+ * checked this run; errors name `forPath`.
  */
-function ensureParents(stagingRoot: string, path: string, owner: StageOwner, known: Set<string>): string {
-  let dir = stagingRoot;
-  const parts = path.split("/").slice(1, -1);
-  for (const part of parts) {
-    dir = posix.join(dir, part);
-    if (known.has(dir)) continue;
-    const st = lstatIfExists(dir);
+function ensureDirectories(
+  stagingRoot: string,
+  dir: string,
+  owner: StageOwner,
+  known: Set<string>,
+  forPath = dir,
+): string {
+  let current = stagingRoot;
+  for (const part of dir.split("/").slice(1)) {
+    if (part === "") continue;
+    current = posix.join(current, part);
+    if (known.has(current)) continue;
+    const st = lstatIfExists(current);
     if (st === undefined) {
-      mkdirSync(dir, { mode: DIR_MODE });
-      ownDirectory(dir, owner, DIR_MODE);
-      known.add(dir);
+      mkdirSync(current, { mode: DIR_MODE });
+      ownDirectory(current, owner, DIR_MODE);
+      known.add(current);
     } else if (st.isDirectory()) {
-      known.add(dir);
+      known.add(current);
     } else {
       const what = st.isSymbolicLink() ? "a symlink" : "not a directory";
-      throw fileInjectionFailed(path, `staging directory ${dir} is ${what}`);
+      throw fileInjectionFailed(forPath, `staging directory ${current} is ${what}`);
     }
   }
-  return dir;
+  return current;
 }
 
 /**

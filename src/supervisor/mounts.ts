@@ -137,6 +137,13 @@ export interface MountPlan {
   prep: HostPrepStep[];
   /** Policy paths the pod will not have: `read_only` paths missing on the host, devices `--dev` lacks. */
   missing: string[];
+  /**
+   * Sandbox paths of the directories bound whole from the staging tree (see
+   * groupInjectedDirectories). bwrap needs each to exist; the files inside
+   * may be staged after it starts, as long as nothing in the pod runs yet.
+   * Every other injected file is a bind of its own and must be staged first.
+   */
+  injectedDirectories: string[];
 }
 
 export const DEFAULT_WORKDIR = "/sandbox";
@@ -323,7 +330,10 @@ class MountPlanner {
     for (const dir of [...this.explodes.keys()].sort()) args.push("--remount-ro", dir);
     args.push("--remount-ro", "/", "--chdir", this.workdir);
 
-    return { args, prep: [...this.prep.values()], missing: [...this.missing].sort() };
+    const injectedDirectories = this.requests
+      .filter((r) => r.origin === "injected" && r.isDir && !this.dropped.has(r))
+      .map((r) => r.dest);
+    return { args, prep: [...this.prep.values()], missing: [...this.missing].sort(), injectedDirectories };
   }
 
   // ---- requests -----------------------------------------------------------
@@ -472,8 +482,17 @@ class MountPlanner {
     if (injected.some((r) => normalizeSandboxPath(r.asGiven) !== r.dest)) return;
     const others = this.requests.filter((r) => r.origin !== "injected");
     const groups = new Map<string, MountRequest[]>();
+    // Files share directories: each is judged once.
+    const judged = new Map<string, boolean>();
+    const injectedOnly = (dir: string): boolean => {
+      const known = judged.get(dir);
+      if (known !== undefined) return known;
+      const verdict = this.isInjectedOnly(dir, others);
+      judged.set(dir, verdict);
+      return verdict;
+    };
     for (const request of injected) {
-      const dir = ancestorsBelow(request.dest, "/").find((d) => this.isInjectedOnly(d, others));
+      const dir = ancestorsBelow(request.dest, "/").find(injectedOnly);
       if (dir === undefined) continue;
       const members = groups.get(dir);
       if (members) members.push(request);
@@ -527,6 +546,13 @@ class MountPlanner {
   private checkConflicts(): void {
     const fail = (r: MountRequest, why: string) => failure(reasonOf(r), r.asGiven, why);
     const controls = this.requests.filter((r) => r.origin === "control");
+    // By destination: with hundreds of injected files, comparing every pair costs more than the plan.
+    const byDest = new Map<string, MountRequest[]>();
+    for (const r of this.requests) {
+      const same = byDest.get(r.dest);
+      if (same) same.push(r);
+      else byDest.set(r.dest, [r]);
+    }
     for (const r of this.requests) {
       if (r.origin === "injected" || r.origin === "identity" || r.origin === "control") {
         if (isAtOrUnder(r.dest, "/proc") || isAtOrUnder(r.dest, "/dev")) {
@@ -541,8 +567,8 @@ class MountPlanner {
           throw fail(r, `${c.dest} is reserved for the supervisor`);
         }
       }
-      for (const other of this.requests) {
-        if (other.dest !== r.dest || other === r) continue;
+      for (const other of byDest.get(r.dest)!) {
+        if (other === r) continue;
         if (r.origin === "injected" && other.isDir && other.symlinkTarget === undefined) {
           throw fail(r, `the policy makes ${other.dest} a directory`);
         }
@@ -760,7 +786,13 @@ function failure(reason: SandboxSetupReason, path: string, why: string): Sandbox
 /** Directories strictly between `dir` and `path`: `("/a/b/c", "/")` → `["/a", "/a/b"]`. */
 function ancestorsBelow(path: string, dir: string): string[] {
   const parts = componentsBelow(path, dir);
-  return parts.slice(0, -1).map((_, i) => posix.join(dir, ...parts.slice(0, i + 1)));
+  const ancestors: string[] = [];
+  let current = dir === "/" ? "" : dir;
+  for (const part of parts.slice(0, -1)) {
+    current = `${current}/${part}`;
+    ancestors.push(current);
+  }
+  return ancestors;
 }
 
 /** `path` as the pod resolves it through the planned symlinks above it. */

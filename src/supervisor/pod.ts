@@ -24,7 +24,7 @@ import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
-import { stageFiles } from "./inject.js";
+import { prepareStaging } from "./inject.js";
 import { applyHostPrep, type ControlBind, planMounts } from "./mounts.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 
@@ -210,7 +210,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
 
   try {
     if (o.files.length > 0) o.onProgress("InjectingFiles", `Writing ${o.files.length} injected file(s)`);
-    await stageFiles(
+    const staging = prepareStaging(
       o.files.map((f) => ({ path: f.path, content: f.content, mode: f.mode })),
       dirs.files,
       { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
@@ -270,8 +270,16 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       }
       o.onWarning(message);
     }
+    // What bwrap binds must exist before it starts: each file bound on its
+    // own, and each directory bound whole. The files in those directories are
+    // written while the pod boots, before the agent is told to run anything.
+    const inDirectory = (path: string) => plan.injectedDirectories.some((dir) => path.startsWith(`${dir}/`));
+    for (const dir of plan.injectedDirectories) staging.directory(dir);
+    staging.write((path) => !inDirectory(path));
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return launchPod(o, plan.args, closure.loader, root, egress);
+    return launchPod(o, plan.args, closure.loader, root, egress, () => {
+      staging.write();
+    });
   } catch (error) {
     await egress?.close();
     if (error instanceof PodError) throw error;
@@ -286,6 +294,8 @@ function launchPod(
   loader: string,
   root: boolean,
   egress: EgressProxy | undefined,
+  /** Runs once bwrap is started, before the agent gets its configuration; a throw stops the pod. */
+  beforeAgent: () => void,
 ): Pod {
   const { launch } = o;
   const shell = "/bin/bash";
@@ -346,6 +356,13 @@ function launchPod(
     args = bwrapArgs;
   }
   const child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe"], env: { PATH, LANG: "C.UTF-8" } });
+  try {
+    beforeAgent();
+  } catch (error) {
+    // The agent has no configuration yet, so nothing of the sandbox's has run.
+    child.kill("SIGKILL");
+    throw error;
+  }
   const env: Record<string, string> = {
     HOME: WORKDIR,
     USER: "sandbox",

@@ -12,7 +12,15 @@ import {
   OpenShellService,
   type SandboxFile,
 } from "../../src/gen/openshell.js";
-import { gatewayClient, gatewayTarget, json, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
+import {
+  gatewayClient,
+  gatewayTarget,
+  json,
+  TestEnv,
+  uniqueName,
+  waitForOutput,
+  waitForPhase,
+} from "../helpers/cli.js";
 
 const MiB = 1024 * 1024;
 const sha256 = (data: Buffer | string): string => createHash("sha256").update(data).digest("hex");
@@ -74,6 +82,38 @@ describe("injected files inside a sandbox", () => {
     }
     const ran = await env.run(["sandbox", "exec", "-n", name, "--", "/opt/tools/tool.sh", "x"]);
     expect(ran.stdout).toBe("tool-ran x\n");
+  });
+
+  it("the main process finds every file complete at its first instruction", async () => {
+    // Files in a directory bound whole are written while the pod boots; the
+    // agent starts nothing until they are all there.
+    const first = uniqueName("files-first");
+    const paths = files.map((file) => file.path).join(" ");
+    const created = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--name",
+        first,
+        "--detach",
+        ...["--file", "./soul.md:/sandbox/.agent/SOUL.md", "--file", "./tool.sh:/opt/tools/tool.sh:0555"],
+        ...["--file", "./cfg.yaml:/etc/app/cfg.yaml"],
+        "--",
+        "sh",
+        "-c",
+        `sha256sum ${paths}; stat -c 'mode %a %n' ${paths}; echo checked`,
+      ],
+      { cwd: env.root },
+    );
+    expect(created.code, created.stderr).toBe(0);
+    const tail = env.spawn(["logs", first, "--tail"]);
+    const seen = await waitForOutput(tail.stdout!, /\[stdout\] checked\n/, "the main process's file check");
+    tail.kill("SIGINT");
+    for (const file of files) {
+      expect(seen).toContain(`${sha256(file.content)}  ${file.path}`);
+      expect(seen).toContain(`mode ${file.mode} ${file.path}`);
+    }
+    await env.run(["sandbox", "delete", first]);
   });
 
   it("sandbox get shows each file's path, mode, size and sha256, and no content", async () => {

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { type InjectedFile, stageFiles } from "../../src/supervisor/inject.js";
+import { type InjectedFile, prepareStaging, stageFiles } from "../../src/supervisor/inject.js";
 import { stagedPath } from "../../src/supervisor/mounts.js";
 import { SandboxSetupError } from "../../src/supervisor/setup-errors.js";
 
@@ -61,6 +61,36 @@ describe("stageFiles", () => {
     expect((await stat(join(staging, "etc"))).isDirectory()).toBe(true);
     await stageFiles(files.slice(1), staging, OWNER);
     expect((await readdir(staging)).sort()).toEqual(["opt", "sandbox"]);
+  });
+
+  it("stages in passes: the picked files first, a directory on its own, the rest later", async () => {
+    const tree = prepareStaging(files, staging, OWNER);
+    tree.write((path) => path.startsWith("/sandbox/"));
+    tree.directory("/etc/app");
+    expect(await readdir(join(staging, "etc/app"))).toEqual([]);
+    expect(await readFile(stagedPath(staging, "/sandbox/.agent/SOUL.md"))).toEqual(files[2]!.content);
+    tree.write();
+    for (const file of files) expect(await readFile(stagedPath(staging, file.path))).toEqual(file.content);
+    // Each file is written once: a further pass has nothing left to do.
+    tree.write();
+    expect(await readdir(join(staging, "etc/app"))).toEqual(["cfg.yaml"]);
+  });
+
+  it("a later pass refuses a staging directory replaced by a symlink, naming the file", async () => {
+    const tree = prepareStaging(files, staging, OWNER);
+    tree.write((path) => path.startsWith("/sandbox/"));
+    await symlink("/", join(staging, "etc"));
+    const error = (() => {
+      try {
+        tree.write();
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toBeInstanceOf(SandboxSetupError);
+    expect((error as SandboxSetupError).message).toMatch(
+      /^\/etc\/app\/cfg\.yaml: staging directory .*\/etc is a symlink/,
+    );
   });
 
   it("refuses files that cannot all be staged, naming the file", async () => {

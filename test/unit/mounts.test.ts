@@ -361,23 +361,21 @@ describe("planMounts", () => {
 
   it("binds a directory that holds only injected files as one mount, and files among other mounts one by one", () => {
     const many = Array.from({ length: 256 }, (_, i) => `/etc/bench/f${i}`);
-    const ops = mountOps(
-      planMounts(
-        input({
-          policy: { includeWorkdir: true, readOnly: ["/etc", "/usr"], readWrite: ["/var/data"] },
-          injectedFiles: [
-            ...many,
-            "/etc/bench/sub/deep",
-            "/usr/local/x",
-            "/var/data/cfg",
-            "/sandbox/.agent/SOUL.md",
-            "/tmp/t",
-          ],
-          fs: fakeHost({ ...HOST, "/usr/local": dir, "/usr/local/bin": dir }),
-        }),
-      ).args,
+    const plan = planMounts(
+      input({
+        policy: { includeWorkdir: true, readOnly: ["/etc", "/usr"], readWrite: ["/var/data"] },
+        injectedFiles: [
+          ...many,
+          "/etc/bench/sub/deep",
+          "/usr/local/x",
+          "/var/data/cfg",
+          "/sandbox/.agent/SOUL.md",
+          "/tmp/t",
+        ],
+        fs: fakeHost({ ...HOST, "/usr/local": dir, "/usr/local/bin": dir }),
+      }),
     );
-    const injected = ops.filter((op) => op.includes("/S/files"));
+    const injected = mountOps(plan.args).filter((op) => op.includes("/S/files"));
     expect(injected).toEqual([
       // /etc exists on the host, /etc/bench does not: one bind for 257 files.
       "--ro-bind /S/files/etc/bench /etc/bench",
@@ -388,6 +386,8 @@ describe("planMounts", () => {
       "--ro-bind /S/files/usr/local/x /usr/local/x",
       "--ro-bind /S/files/var/data/cfg /var/data/cfg",
     ]);
+    // The pod stages the files of these after bwrap starts; every other file before.
+    expect(plan.injectedDirectories).toEqual(["/etc/bench"]);
   });
 
   it("reports read_only paths missing on the host and devices --dev does not make", () => {
