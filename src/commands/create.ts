@@ -1,14 +1,23 @@
 // `sandbox create`: check everything local first (names, labels, env, files,
-// policy, uploads) so bad input never leaves a sandbox behind; create; wait
-// for Ready; check the injected files' digests; upload; then attach to the
-// command, or return.
+// policy, uploads) so bad input never leaves a sandbox behind; read the
+// injected files straight into the request while asking the gateway whether
+// it takes them; create; check the injected files' digests; wait for Ready;
+// upload; then attach to the command, or return.
 //
 // The main command is held until the CLI is ready for it when it attaches
 // or uploads (annotation openshell.dev/start-on-attach), so the command
 // starts only after the files are in place and none of its output is missed.
 
 import { invalidInput, OpenShellError, usageError } from "../core/errors.js";
-import { formatMode, modeWarnings, parseFileFlag, readFileSpecs } from "../core/files.js";
+import {
+  checkFileSpecs,
+  formatMode,
+  modeWarnings,
+  normalizeSandboxPath,
+  parseFileFlag,
+  readFileContents,
+  sha256HexEach,
+} from "../core/files.js";
 import { parseLabelFlag, validateCommand, validateSandboxName } from "../core/names.js";
 import { loadPolicyFile } from "../core/policy.js";
 import {
@@ -18,6 +27,7 @@ import {
 } from "../core/protocol.js";
 import { parseUploadFlag, planUpload, type UploadPlan } from "../core/upload.js";
 import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../gen/openshell.js";
+import { layoutCreateRequest } from "../transport/frames.js";
 import type { CommandContext, ConnectedGateway } from "./context.js";
 import { parseEnvFlags } from "./exec.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "./present.js";
@@ -89,7 +99,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     if (problem) throw invalidInput(problem);
   }
   const fileSpecs = o.files.map(parseFileFlag);
-  const files = await readFileSpecs(fileSpecs);
+  const fileSizes = checkFileSpecs(fileSpecs);
   for (const spec of fileSpecs)
     for (const warning of modeWarnings(spec.mode)) ui.warn(`--file ${spec.raw}: ${warning}`);
   const policyPath = o.policy ?? (process.env.OPENSHELL_SANDBOX_POLICY?.trim() || undefined);
@@ -109,41 +119,61 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
 
   // ---- the gateway ----
   const gateway = await ctx.gateway();
-  if (files.length > 0) {
-    const info = await gateway.call(gateway.client.getGatewayInfo, {});
-    if (!info.capabilities.includes(CAPABILITY_SANDBOX_FILES)) {
-      throw new OpenShellError(
-        "unsupported",
-        `gateway '${gateway.name}' does not support --file: it would silently drop the files (an OpenShell gateway ignores SandboxSpec.files)`,
-        {
-          hint: "Use an openshell gateway (`openshell gateway start`), or --upload for files the sandbox may change.",
-        },
-      );
-    }
+  // The capability question and the reading of the files proceed together.
+  const supportsFiles =
+    fileSpecs.length > 0
+      ? gateway
+          .call(gateway.client.getGatewayInfo, {})
+          .then((info) => info.capabilities.includes(CAPABILITY_SANDBOX_FILES))
+      : Promise.resolve(true);
+  supportsFiles.catch(() => {}); // awaited below, after the files
+  const laidOut = layoutCreateRequest(
+    {
+      spec: {
+        logLevel: "",
+        environment,
+        policy,
+        providers: [],
+        command: o.command,
+        tty,
+        files: fileSpecs.map((spec, i) => ({
+          path: normalizeSandboxPath(spec.remote),
+          content: Buffer.alloc(0),
+          mode: spec.mode,
+          size: fileSizes[i]!,
+          // The gateway computes it; the CLI checks what it returns.
+          sha256: "",
+        })),
+      },
+      name: o.name ?? "",
+      labels,
+      annotations: {
+        ...(gated ? { [ANNOTATION_START_ON_ATTACH]: "true" } : {}),
+        ...(attach && tty && io.stdout.isTTY && io.stdout.columns && io.stdout.rows
+          ? { [ANNOTATION_TTY_SIZE]: `${io.stdout.columns}x${io.stdout.rows}` }
+          : {}),
+      },
+      workspace: gateway.workspace,
+    },
+    fileSizes,
+  );
+  await readFileContents(fileSpecs, laidOut.slots);
+  if (!(await supportsFiles)) {
+    throw new OpenShellError(
+      "unsupported",
+      `gateway '${gateway.name}' does not support --file: it would silently drop the files (an OpenShell gateway ignores SandboxSpec.files)`,
+      {
+        hint: "Use an openshell gateway (`openshell gateway start`), or --upload for files the sandbox may change.",
+      },
+    );
   }
-  const request: CreateSandboxRequest = {
-    spec: {
-      logLevel: "",
-      environment,
-      policy,
-      providers: [],
-      command: o.command,
-      tty,
-      files,
-    },
-    name: o.name ?? "",
-    labels,
-    annotations: {
-      ...(gated ? { [ANNOTATION_START_ON_ATTACH]: "true" } : {}),
-      ...(attach && tty && io.stdout.isTTY && io.stdout.columns && io.stdout.rows
-        ? { [ANNOTATION_TTY_SIZE]: `${io.stdout.columns}x${io.stdout.rows}` }
-        : {}),
-    },
-    workspace: gateway.workspace,
-  };
-  const { sandbox: created } = await gateway.call(gateway.client.createSandbox, request, {
-    deadlineMs: 60_000,
-  });
+  const request: CreateSandboxRequest = laidOut.request;
+  const creating = gateway.call(gateway.client.createSandbox, request, { deadlineMs: 60_000 });
+  creating.catch(() => {}); // awaited below, after the digests
+  // Hashed while the gateway receives and stores the files: needed only to check its answer.
+  const digests = await sha256HexEach(laidOut.slots);
+  const files: SandboxFile[] = request.spec!.files.map((file, i) => ({ ...file, sha256: digests[i]! }));
+  const { sandbox: created } = await creating;
   if (!created?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
   const name = created.metadata.name;
 

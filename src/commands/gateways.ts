@@ -28,7 +28,7 @@ import {
   writeMetadata,
 } from "../core/config.js";
 import { OpenShellError, usageError } from "../core/errors.js";
-import { processAlive } from "../core/process.js";
+import { mallocTunables, processAlive } from "../core/process.js";
 import {
   type EnsuredTls,
   ensureGatewayTls,
@@ -367,7 +367,7 @@ function spawnGateway(name: string, settings: LocalGatewaySettings, port: number
       gatewayTokenPath(name),
       ...gatewayProcessArgs(name, settings),
     ],
-    { detached: true, stdio: ["ignore", "pipe", logFd] },
+    { detached: true, stdio: ["ignore", "pipe", logFd], env: { ...process.env, ...mallocTunables() } },
   );
   closeSync(logFd);
   return new Promise((resolveInfo, reject) => {

@@ -2,13 +2,13 @@
 // `spec.files` on the wire). The supervisor writes them as root and binds them
 // read-only, so the sandbox can read but never change them.
 //
-// The rules live here once. The CLI applies them before any RPC (readFileSpecs,
+// The rules live here once. The CLI applies them before any RPC (checkFileSpecs,
 // throwing `invalidInput` with messages that start `--file <raw>:`); the gateway
 // applies the same rules on receipt (validateSandboxFiles, returning messages
 // that start `spec.files[i]`). Only that wording differs.
 
 import { createHash } from "node:crypto";
-import { closeSync, lstatSync, openSync, readSync, type Stats, statSync } from "node:fs";
+import { closeSync, lstatSync, openSync, read, readSync, type Stats, statSync } from "node:fs";
 import type { SandboxFile } from "../gen/openshell.js";
 import { invalidInput, type OpenShellError } from "./errors.js";
 import { byteLength } from "./names.js";
@@ -231,10 +231,6 @@ export function parseFileFlag(raw: string): FileSpec {
   return { raw, local, remote, mode };
 }
 
-// The CLI reads its --file inputs with synchronous calls: it has nothing else
-// to do meanwhile, and up to 256 files cost one thread-pool round trip per
-// call otherwise.
-
 /** What `local` is, following symlinks as reading it will. */
 function statLocal(spec: FileSpec): number {
   let info: Stats;
@@ -265,10 +261,12 @@ function statLocal(spec: FileSpec): number {
 }
 
 /**
- * Reads one byte more than stat reported, so a file that changed since
- * (grown past the limits, or truncated) is caught instead of sent.
+ * Fills `slot` (stat's size) from the file and reads one byte past it, so a
+ * file that changed since (grown past the limits, or truncated) is caught
+ * instead of sent. The read itself runs on the thread pool; opening and
+ * the one-byte check are quick enough to make inline.
  */
-function readLocal(spec: FileSpec, expectedSize: number): Buffer {
+async function readInto(spec: FileSpec, slot: Buffer): Promise<void> {
   let fd: number;
   try {
     fd = openSync(spec.local, "r");
@@ -277,19 +275,30 @@ function readLocal(spec: FileSpec, expectedSize: number): Buffer {
     throw fileError(spec.raw, `cannot read ${spec.local} (${code ?? message})`);
   }
   try {
-    const buffer = Buffer.allocUnsafe(expectedSize + 1);
     let length = 0;
-    while (length < buffer.length) {
-      const bytesRead = readSync(fd, buffer, length, buffer.length - length, length);
+    while (length < slot.length) {
+      const bytesRead = await readAt(fd, slot, length);
       if (bytesRead === 0) break;
       length += bytesRead;
     }
-    if (length !== expectedSize) throw fileError(spec.raw, `${spec.local} changed while it was being read`);
-    return buffer.subarray(0, length);
+    if (length !== slot.length || readSync(fd, Buffer.alloc(1), 0, 1, length) !== 0) {
+      throw fileError(spec.raw, `${spec.local} changed while it was being read`);
+    }
   } finally {
     closeSync(fd);
   }
 }
+
+function readAt(fd: number, buffer: Buffer, offset: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    read(fd, buffer, offset, buffer.length - offset, offset, (error, bytesRead) =>
+      error ? reject(error) : resolve(bytesRead),
+    );
+  });
+}
+
+/** How many files are read at once: enough to keep the thread pool busy, few open descriptors. */
+const READ_CONCURRENCY = 8;
 
 function totalError(total: number): OpenShellError {
   return invalidInput(
@@ -298,11 +307,12 @@ function totalError(total: number): OpenShellError {
 }
 
 /**
- * Checks and reads every `--file` before anything is sent: a bad spec, a
- * missing or oversized local file, or a duplicate destination fails the whole
- * command with nothing created. Throws `invalidInput`.
+ * Checks every `--file` before anything is sent or read: a bad spec, a
+ * missing or oversized local file, or a duplicate destination fails the
+ * whole command with nothing created. Returns each file's size, from stat.
+ * Throws `invalidInput`.
  */
-export async function readFileSpecs(specs: readonly FileSpec[]): Promise<SandboxFile[]> {
+export function checkFileSpecs(specs: readonly FileSpec[]): number[] {
   if (tooManyFiles(specs.length)) {
     throw invalidInput(`--file: at most ${FILE_LIMITS.count} files can be injected (got ${specs.length})`);
   }
@@ -321,25 +331,59 @@ export async function readFileSpecs(specs: readonly FileSpec[]): Promise<Sandbox
       `REMOTE ${normalizeSandboxPath(spec.remote)} is already the destination of --file ${earlier.raw}`,
     );
   }
-
   // Sizes from stat first, so an over-limit total is refused before anything is read.
-  const sizes: number[] = [];
-  for (const spec of specs) sizes.push(statLocal(spec));
+  const sizes = specs.map(statLocal);
   const total = sizes.reduce((sum, size) => sum + size, 0);
   if (overTotalLimit(total)) throw totalError(total);
+  return sizes;
+}
 
-  const files: SandboxFile[] = [];
-  for (const [index, spec] of specs.entries()) {
-    const content = readLocal(spec, sizes[index]!);
-    files.push({
-      path: normalizeSandboxPath(spec.remote),
-      content,
-      mode: spec.mode,
-      size: content.length,
-      sha256: sha256Hex(content),
-    });
+/**
+ * Reads each checked file into `slots[i]` (exactly its checked size; the CLI
+ * passes views of the create request it lays out, so the content is never
+ * copied again). The reads run on the thread pool, so the caller's RPCs
+ * proceed meanwhile. Throws `invalidInput`.
+ */
+export async function readFileContents(specs: readonly FileSpec[], slots: readonly Buffer[]): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < specs.length; i = next++) await readInto(specs[i]!, slots[i]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, specs.length) }, worker));
+}
+
+/**
+ * The SHA-256 of each content, yielding to the event loop about every MiB,
+ * so a request being sent meanwhile keeps going out. (WebCrypto's
+ * thread-pool digest would copy each content first.)
+ */
+export async function sha256HexEach(contents: readonly Uint8Array[]): Promise<string[]> {
+  const digests: string[] = [];
+  let sinceYield = 0;
+  for (const content of contents) {
+    digests.push(sha256Hex(content));
+    sinceYield += content.length;
+    if (sinceYield >= 1 << 20) {
+      sinceYield = 0;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
-  return files;
+  return digests;
+}
+
+/** `checkFileSpecs` and `readFileContents` into buffers of their own. */
+export async function readFileSpecs(specs: readonly FileSpec[]): Promise<SandboxFile[]> {
+  const sizes = checkFileSpecs(specs);
+  const contents = sizes.map((size) => Buffer.allocUnsafe(size));
+  await readFileContents(specs, contents);
+  const digests = await sha256HexEach(contents);
+  return specs.map((spec, i) => ({
+    path: normalizeSandboxPath(spec.remote),
+    content: contents[i]!,
+    mode: spec.mode,
+    size: sizes[i]!,
+    sha256: digests[i]!,
+  }));
 }
 
 // ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { mallocTunables } from "../core/process.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
@@ -80,6 +81,7 @@ export class LocalRuntime {
         PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
         LANG: "C.UTF-8",
         OPENSHELL_SUPERVISOR_GATEWAY: this.gatewayTarget,
+        ...mallocTunables(),
       },
     });
   }

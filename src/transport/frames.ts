@@ -90,6 +90,18 @@ export function decodeBytesField(message: Buffer, tag: number, outerTag?: number
   return message.subarray(inner[1]);
 }
 
+/** Set on a message whose wire form is already built (`gatherDataFrame`, `layoutCreateRequest`). */
+const WIRE = Symbol("openshell.wire");
+
+/**
+ * `message` carrying its wire form. Not enumerable, so a copy made by
+ * spreading (`{ ...message, name }`) is encoded afresh, never sent as the
+ * original's bytes.
+ */
+function withWire<T extends object>(message: T, wire: Buffer): T {
+  return Object.defineProperty(message, WIRE, { value: wire, enumerable: false });
+}
+
 // Wire tags (field number << 3 | 2, length-delimited).
 const FIELD_1 = 0x0a;
 const FIELD_2 = 0x12;
@@ -133,13 +145,66 @@ function joined(parts: readonly Uint8Array[]): Buffer {
   return Buffer.concat(parts, byteLength(parts));
 }
 
-/** CreateSandboxRequest with up to 10 MiB of files, the content copied once. */
+/** CreateSandboxRequest with up to 10 MiB of files, the content copied once (not at all when laid out). */
 export function serializeCreateRequest(request: CreateSandboxRequest): Buffer {
+  const wire = (request as { [WIRE]?: Buffer })[WIRE];
+  if (wire !== undefined) return wire;
   const spec = request.spec;
   if (!spec || spec.files.length === 0) return Buffer.from(CreateSandboxRequest.encode(request).finish());
   const rest = CreateSandboxRequest.encode({ ...request, spec: undefined }).finish();
   const specHead = SandboxSpec.encode({ ...spec, files: [] }).finish();
   return joined([rest, ...delimited(FIELD_1, [specHead, ...fileEntries(FIELD_14, spec.files)])]);
+}
+
+/**
+ * A CreateSandboxRequest laid out before its files' content exists: one
+ * buffer holds every byte of the message, with the space for file i's
+ * content (`sizes[i]` bytes) left as `slots[i]`. The returned request's
+ * files have those slots as content; filled in place, the request
+ * serializes as the buffer itself, so ten MiB of files are never joined.
+ * Nothing else in the request may change after this.
+ */
+export function layoutCreateRequest(
+  request: CreateSandboxRequest,
+  sizes: readonly number[],
+): { request: CreateSandboxRequest; slots: Buffer[] } {
+  const spec = request.spec;
+  // Without files the generated codec's bytes serve (serializeCreateRequest).
+  if (!spec || spec.files.length === 0) return { request, slots: [] };
+  const rest = CreateSandboxRequest.encode({ ...request, spec: undefined }).finish();
+  const specHead = SandboxSpec.encode({ ...spec, files: [] }).finish();
+  const entries = spec.files.map((file, i) => {
+    const size = sizes[i] ?? 0;
+    const fields = SandboxFile.encode({ ...file, content: EMPTY }).finish();
+    const contentHead = size > 0 ? fieldHeader(FIELD_2, size) : EMPTY;
+    return {
+      head: fieldHeader(FIELD_14, fields.length + contentHead.length + size),
+      fields,
+      contentHead,
+      size,
+    };
+  });
+  let specLength = specHead.length;
+  for (const e of entries) specLength += e.head.length + e.fields.length + e.contentHead.length + e.size;
+  const specField = fieldHeader(FIELD_1, specLength);
+  const wire = Buffer.allocUnsafe(rest.length + specField.length + specLength);
+  let offset = 0;
+  const put = (part: Uint8Array): void => {
+    wire.set(part, offset);
+    offset += part.length;
+  };
+  put(rest);
+  put(specField);
+  put(specHead);
+  const slots = entries.map((e) => {
+    put(e.head);
+    put(e.fields);
+    put(e.contentHead);
+    offset += e.size;
+    return wire.subarray(offset - e.size, offset);
+  });
+  const files = spec.files.map((file, i) => ({ ...file, content: slots[i]! }));
+  return { request: withWire({ ...request, spec: { ...spec, files } }, wire), slots };
 }
 
 /** GetSandboxFilesResponse as parts to write out (writev) or join; the content is not copied. */
@@ -245,9 +310,6 @@ interface Generated<T> {
 
 type Fast<T> = { serialize(message: T): Buffer; deserialize(buffer: Buffer): T };
 
-/** Set on a message whose wire form `gatherDataFrame` already built. */
-const WIRE = Symbol("openshell.wire");
-
 type DataFrame = TcpForwardFrame | RelayFrame;
 
 /**
@@ -265,7 +327,7 @@ function gatherDataFrame(parts: readonly Buffer[], length: number): DataFrame {
     part.copy(wire, offset);
     offset += part.length;
   }
-  return Object.assign({ payload: { $case: "data" as const, value: wire.subarray(head) } }, { [WIRE]: wire });
+  return withWire({ payload: { $case: "data" as const, value: wire.subarray(head) } }, wire);
 }
 
 /** The byte-stream codec of ForwardTcp and RelayStream calls: raw bytes in `data` frames. */

@@ -59,7 +59,8 @@ export class TestEnv {
 
   /** Spawns the CLI and returns the child (for streaming tests). */
   spawn(args: string[], options: RunOptions = {}): ChildProcess {
-    return spawn(process.execPath, [BIN, ...args], {
+    // As a user runs it: through its #! line, which also sets its malloc tunables.
+    return spawn(BIN, args, {
       env: this.env(options.env),
       cwd: options.cwd ?? this.root,
       stdio: ["pipe", "pipe", "pipe"],

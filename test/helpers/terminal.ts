@@ -20,7 +20,7 @@ export function runOnTerminal(
   args: string[],
   options: { cwd?: string; cols?: number; rows?: number } = {},
 ): TerminalRun {
-  const session = new PtySession(process.execPath, [BIN, ...args], {
+  const session = new PtySession(BIN, args, {
     env: env.env(),
     cwd: options.cwd ?? env.root,
     cols: options.cols ?? 120,

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OpenShellError } from "../../src/core/errors.js";
 import {
+  checkFileSpecs,
   DEFAULT_FILE_MODE,
   describeFile,
   FILE_LIMITS,
@@ -13,8 +14,10 @@ import {
   normalizeSandboxPath,
   parseFileFlag,
   RESERVED_ROOTS,
+  readFileContents,
   readFileSpecs,
   sha256Hex,
+  sha256HexEach,
   validateMode,
   validateSandboxFiles,
   validateSandboxPath,
@@ -282,6 +285,28 @@ describe("readFileSpecs", () => {
       sha256: "0ddd3d77338ca222ab064e214bbec3a4547e9d33801912eaacc7b4b4e27e1a91",
     });
     expect(describeFile(file!)).toBe("/etc/app/cfg.yaml (0440, 11 B, sha256 0ddd3d77338c…)");
+  });
+
+  it("reads into the slots it is given, and refuses a file that grew or shrank since its check", async () => {
+    const path = join(dir, "changing");
+    await writeFile(path, "12345");
+    const specs = [spec("changing", "/etc/x"), spec("cfg.yaml", "/etc/y")];
+    const sizes = checkFileSpecs(specs);
+    expect(sizes).toEqual([5, 11]);
+    const slots = sizes.map((size) => Buffer.alloc(size));
+    await readFileContents(specs, slots);
+    expect(slots.map((slot) => slot.toString())).toEqual(["12345", "key: value\n"]);
+    expect(await sha256HexEach(slots)).toEqual([
+      sha256Hex(Buffer.from("12345")),
+      sha256Hex(Buffer.from("key: value\n")),
+    ]);
+    for (const content of ["123456", "1234"]) {
+      await writeFile(path, content);
+      const error = await readFileContents(specs, slots).catch((e: unknown) => e);
+      expect((error as OpenShellError).message).toBe(
+        `--file ${specs[0]!.raw}: ${path} changed while it was being read`,
+      );
+    }
   });
 
   it("reads a LOCAL whose name contains ':'", async () => {

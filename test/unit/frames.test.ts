@@ -20,6 +20,7 @@ import {
   deserializeFilesResponse,
   execEventCodec,
   execInputCodec,
+  layoutCreateRequest,
   relayCodec,
   serializeCreateRequest,
   serializeFilesResponse,
@@ -108,6 +109,43 @@ describe("injected-file codec", () => {
     expect(serializeCreateRequest(none).equals(Buffer.from(CreateSandboxRequest.encode(none).finish()))).toBe(
       true,
     );
+  });
+
+  it("lays a create request out before its content exists; filled in place, it is sent as that one buffer", () => {
+    const request = CreateSandboxRequest.fromPartial({
+      name: "laid-out",
+      labels: { team: "a" },
+      workspace: "w",
+      spec: {
+        command: ["sleep", "1"],
+        files: files.map((f) => ({ ...f, content: Buffer.alloc(0), size: f.content.length, sha256: "" })),
+      },
+    });
+    const { request: laidOut, slots } = layoutCreateRequest(
+      request,
+      files.map((f) => f.content.length),
+    );
+    for (const [i, f] of files.entries()) f.content.copy(slots[i]!);
+    const bytes = serializeCreateRequest(laidOut);
+    // No copy: the slots are views of the bytes sent.
+    expect(slots[1]!.buffer).toBe(bytes.buffer);
+    const expected = CreateSandboxRequest.fromPartial({
+      ...request,
+      spec: {
+        ...request.spec,
+        files: request.spec!.files.map((f, i) => ({ ...f, content: files[i]!.content })),
+      },
+    });
+    expect(CreateSandboxRequest.decode(bytes)).toEqual(
+      CreateSandboxRequest.decode(CreateSandboxRequest.encode(expected).finish()),
+    );
+    // A copy that differs is encoded afresh, never sent as the original's bytes.
+    const renamed = serializeCreateRequest({ ...laidOut, name: "other" });
+    expect(renamed).not.toBe(bytes);
+    expect(CreateSandboxRequest.decode(renamed).name).toBe("other");
+    // Without files there is nothing to lay out.
+    const none = CreateSandboxRequest.fromPartial({ name: "plain", spec: { command: ["true"] } });
+    expect(layoutCreateRequest(none, [])).toEqual({ request: none, slots: [] });
   });
 
   it("writes a files response the generated codec reads back, content intact and in order", () => {
