@@ -46,7 +46,7 @@ import { generateTree, verifySample } from "./lib/tree.js";
 
 const CREATE_RUNS = 20;
 const IDLE_SANDBOXES = 20;
-const FILE_RUNS = 10;
+const FILE_RUNS = 16;
 const FILE_COUNT = 256;
 const FILE_TOTAL = 10 * 1024 * 1024;
 const EXEC_RUNS = 30;

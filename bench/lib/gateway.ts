@@ -14,6 +14,7 @@ import {
   SandboxPhase,
   type SandboxStreamEvent,
 } from "../../src/gen/openshell.js";
+import { layoutCreateRequest } from "../../src/transport/frames.js";
 import { connectGateway } from "../../src/transport/grpc.js";
 import {
   descendants,
@@ -105,22 +106,37 @@ export class BenchEnv {
     throwIfAborted();
     const client = this.client();
     const started = process.hrtime.bigint();
+    // As the CLI sends it: the content put straight into the laid-out request.
+    const { request, slots } = layoutCreateRequest(
+      {
+        name,
+        labels: {},
+        annotations: {},
+        workspace: "default",
+        spec: {
+          logLevel: "",
+          environment: {},
+          providers: [],
+          command,
+          tty: false,
+          // Without digests, as the CLI sends them: the gateway computes them.
+          files: files.map((file) => ({
+            ...file,
+            content: Buffer.alloc(0),
+            size: file.content.length,
+            sha256: "",
+          })),
+        },
+      },
+      files.map((file) => file.content.length),
+    );
+    for (const [i, file] of files.entries()) file.content.copy(slots[i]!);
     const created = await new Promise<Sandbox>((resolveCreate, reject) => {
-      client.createSandbox(
-        {
-          name,
-          labels: {},
-          annotations: {},
-          workspace: "default",
-          spec: { logLevel: "", environment: {}, providers: [], command, tty: false, files },
-        },
-        (error: ServiceError | null, response) => {
-          if (error) reject(new Error(`CreateSandbox ${name}: ${error.details || error.message}`));
-          else if (!response.sandbox?.metadata)
-            reject(new Error(`CreateSandbox ${name}: no sandbox returned`));
-          else resolveCreate(response.sandbox);
-        },
-      );
+      client.createSandbox(request, (error: ServiceError | null, response) => {
+        if (error) reject(new Error(`CreateSandbox ${name}: ${error.details || error.message}`));
+        else if (!response.sandbox?.metadata) reject(new Error(`CreateSandbox ${name}: no sandbox returned`));
+        else resolveCreate(response.sandbox);
+      });
     });
     await this.watchUntilReady(name, created.metadata!.id, 60_000);
     return Number(process.hrtime.bigint() - started) / 1e6;

@@ -1,24 +1,18 @@
 // Where the local runtime keeps a sandbox's injected-file content: one file in
 // the sandbox's state directory holding a serialized GetSandboxFilesResponse
 // (path, mode and content of every file, in order). The gateway writes it at
-// create, before the sandbox's row exists, and fsyncs it, so the content
-// survives a gateway restart; it goes when the sandbox's directory does.
+// create, before the sandbox's row exists, so the content survives a gateway
+// restart; it goes when the sandbox's directory does. Like the store's rows
+// (SQLite, synchronous=NORMAL) it is not fsynced: a power loss may lose it
+// with or without its row, and a sandbox whose content is gone fails with
+// FileInjectionFailed rather than starting without its files.
 // The supervisor reads it directly when the gateway's launch names it, and
 // GetSandboxFiles serves the same bytes to a supervisor that cannot.
 //
 // Ten MiB in one file costs a few milliseconds to write and read; as 256
 // SQLite rows it cost over a hundred.
 
-import {
-  closeSync,
-  fsyncSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeSync,
-  writevSync,
-} from "node:fs";
+import { closeSync, openSync, readFileSync, renameSync, rmSync, writeSync, writevSync } from "node:fs";
 import { join } from "node:path";
 import type { SandboxFile } from "../gen/openshell.js";
 import { deserializeFilesResponse, filesResponseParts } from "../transport/frames.js";
@@ -29,7 +23,7 @@ export function fileContentPath(sandboxDir: string): string {
   return join(sandboxDir, FILE_CONTENT_NAME);
 }
 
-/** Writes the files (owner-only, 0600) through a temporary name, fsynced before the rename. */
+/** Writes the files (owner-only, 0600) through a temporary name, so no reader sees part of them. */
 export function writeFileContent(sandboxDir: string, files: readonly SandboxFile[]): void {
   const target = fileContentPath(sandboxDir);
   const temp = `${target}.tmp`;
@@ -37,7 +31,6 @@ export function writeFileContent(sandboxDir: string, files: readonly SandboxFile
   const fd = openSync(temp, "w", 0o600);
   try {
     writeAll(fd, parts);
-    fsyncSync(fd);
   } catch (error) {
     closeSync(fd);
     rmSync(temp, { force: true });

@@ -9,6 +9,7 @@ import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { mallocTunables } from "../core/process.js";
+import { removeSharedMemoryStaging } from "../core/staging.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
@@ -38,6 +39,8 @@ export interface SupervisorLaunch {
    * directly instead of through GetSandboxFiles; absent when there are none.
    */
   filesPath?: string | undefined;
+  /** With `filesPath`: the files' paths in the order it holds them, so the pod is planned before they are read. */
+  filePaths?: string[] | undefined;
 }
 
 /** Reports a supervisor writes on stdout, one JSON object per line. */
@@ -119,6 +122,8 @@ export class LocalRuntime {
   }
 
   start(launch: SupervisorLaunch): void {
+    // Staging a killed supervisor left behind; its pod is gone.
+    removeSharedMemoryStaging(launch.sandboxId);
     const child = this.takeSpare();
     // The next spare starts once this sandbox is up (the gateway calls
     // prepareSpare when it is Ready), not beside it: on a small machine node
@@ -172,6 +177,7 @@ export class LocalRuntime {
   }
 
   removeSandboxDir(sandboxId: string): void {
+    removeSharedMemoryStaging(sandboxId);
     rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
   }
 }

@@ -257,7 +257,9 @@ export class Sandboxes {
       environment: sandbox.spec!.environment,
       startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
       ttySize: parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]),
-      filesPath: sandbox.spec!.files.length > 0 ? fileContentPath(sandboxDir) : undefined,
+      ...(sandbox.spec!.files.length > 0
+        ? { filesPath: fileContentPath(sandboxDir), filePaths: sandbox.spec!.files.map((file) => file.path) }
+        : {}),
     });
   }
 

@@ -46,40 +46,39 @@ export async function stageFiles(
   stagingRoot: string,
   owner: StageOwner,
 ): Promise<void> {
-  prepareStaging(files, stagingRoot, owner).write();
+  const tree = prepareStaging(stagingRoot, owner);
+  tree.add(files);
+  tree.write();
 }
 
 /**
- * Checks `files` and empties `stagingRoot` for them; the returned tree
- * writes them, in as many passes as the caller needs (a pod stages the files
- * bwrap binds one by one before it starts, the rest while it boots).
+ * Empties `stagingRoot`; the returned tree then takes the files and writes
+ * them in as many passes as the caller needs (a pod stages the files bwrap
+ * binds one by one before it starts, the rest while it boots).
  */
-export function prepareStaging(
-  files: readonly InjectedFile[],
-  stagingRoot: string,
-  owner: StageOwner,
-): StagingTree {
-  const planned = checkFiles(files);
+export function prepareStaging(stagingRoot: string, owner: StageOwner): StagingTree {
   // Fresh every start: a file dropped from the spec, or anything a previous
   // run left, must not survive. rm does not follow symlinks inside the tree.
   rmSync(stagingRoot, { recursive: true, force: true });
   mkdirSync(stagingRoot, { recursive: true, mode: DIR_MODE });
   ownDirectory(stagingRoot, owner, DIR_MODE);
-  return new StagingTree(planned, stagingRoot, owner);
+  return new StagingTree(stagingRoot, owner);
 }
 
 export class StagingTree {
   /** Staging directories made or checked this run. */
   private readonly known = new Set<string>();
   /** By sandbox path, the files not yet written. */
-  private readonly pending: Map<string, InjectedFile>;
+  private readonly pending = new Map<string, InjectedFile>();
 
   constructor(
-    planned: readonly { file: InjectedFile; path: string }[],
     private readonly root: string,
     private readonly owner: StageOwner,
-  ) {
-    this.pending = new Map(planned.map(({ file, path }) => [path, file]));
+  ) {}
+
+  /** Takes the files to stage, once, after checking them all. */
+  add(files: readonly InjectedFile[]): void {
+    for (const { file, path } of checkFiles(files)) this.pending.set(path, file);
   }
 
   /** Creates the staging directory of sandbox directory `dir`, with its parents. */

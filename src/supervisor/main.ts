@@ -14,8 +14,10 @@
 import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
 import type { SupervisorLaunch, SupervisorReport } from "../gateway/runtime.js";
+import type { SandboxFile } from "../gen/openshell.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
-import { type AgentMessage, nodeClosure, PodError, startPod } from "./pod.js";
+import { type AgentMessage, type InjectedFileSource, nodeClosure, PodError, startPod } from "./pod.js";
+import { fileInjectionFailed } from "./setup-errors.js";
 
 function report(message: SupervisorReport): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
@@ -25,15 +27,28 @@ function diag(line: string): void {
   process.stderr.write(`${line}\n`);
 }
 
-/** The injected files from the file a local gateway names; if it cannot be read, nothing runs. */
-function localFiles(path: string): ReturnType<typeof readFileContent> {
-  try {
-    return readFileContent(path);
-  } catch (error) {
-    const message = `injected files could not be read: ${(error as Error).message}`;
-    report({ kind: "failure", reason: "FileInjectionFailed", message });
-    process.exit(1);
-  }
+/**
+ * The injected files a local gateway names: their paths from the launch,
+ * their content read from the file only when staging needs it (for most
+ * sandboxes, once bwrap is starting). Content that cannot be read, or does
+ * not match the paths, stops the sandbox before anything in it runs.
+ */
+function localFiles(path: string, paths: readonly string[]): InjectedFileSource {
+  return {
+    paths,
+    load: () => {
+      let files: SandboxFile[];
+      try {
+        files = readFileContent(path);
+      } catch (error) {
+        throw fileInjectionFailed(path, `the injected files could not be read: ${(error as Error).message}`);
+      }
+      if (files.length !== paths.length || files.some((file, i) => file.path !== paths[i])) {
+        throw fileInjectionFailed(path, "the stored content does not match the sandbox's files");
+      }
+      return files;
+    },
+  };
 }
 
 async function readLaunch(): Promise<SupervisorLaunch> {
@@ -80,13 +95,16 @@ async function main(): Promise<void> {
   const { client, identify } = early ?? supervisorClient(launch.gateway);
   identify(launch.sandboxId, launch.secret);
   // A local gateway names the file that holds the content; otherwise it comes over the wire.
-  const [config, files] = await Promise.all([
+  const [config, remote] = await Promise.all([
     call(client.getSandboxConfig.bind(client), { sandboxId: launch.sandboxId }),
-    launch.filesPath !== undefined
-      ? { files: localFiles(launch.filesPath) }
-      : call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId }),
+    launch.filesPath === undefined
+      ? call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId })
+      : undefined,
   ]);
-  diag(`config and ${files.files.length} file(s) fetched ${since()}`);
+  const files: InjectedFileSource = remote
+    ? { paths: remote.files.map((file) => file.path), load: () => remote.files }
+    : localFiles(launch.filesPath!, launch.filePaths ?? []);
+  diag(`config and ${files.paths.length} file path(s) fetched ${since()}`);
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
   let mainExited = false;
@@ -133,7 +151,7 @@ async function main(): Promise<void> {
     pod = await startPod({
       launch,
       policy: config.policy,
-      files: files.files,
+      files,
       onAgent,
       onProgress: (step, detail) => report({ kind: "progress", step, message: detail }),
       onWarning: (warning) => report({ kind: "warning", message: warning }),

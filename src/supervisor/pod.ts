@@ -14,10 +14,11 @@
 // a traversable tmpfs first.
 
 import { execFile, spawn } from "node:child_process";
-import { chmodSync, mkdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { createInterface } from "node:readline";
 import { defaultPolicy } from "../core/policy.js";
+import { sharedMemoryStaging } from "../core/staging.js";
 import type { SupervisorLaunch } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
@@ -25,7 +26,7 @@ import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { prepareStaging } from "./inject.js";
-import { applyHostPrep, type ControlBind, planMounts } from "./mounts.js";
+import { applyHostPrep, type ControlBind, normalizeSandboxPath, planMounts } from "./mounts.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 
 export type AgentMessage =
@@ -171,10 +172,17 @@ export function withRootLinks(fs: FilesystemPolicy): FilesystemPolicy {
   return extra.length === 0 ? fs : { ...fs, readOnly: [...fs.readOnly, ...extra] };
 }
 
+/** The injected files: their paths to plan with, their content when staging needs it. */
+export interface InjectedFileSource {
+  paths: readonly string[];
+  /** Every file with its content, in `paths` order; throws a FileInjectionFailed error when it cannot. */
+  load(): SandboxFile[];
+}
+
 export interface PodOptions {
   launch: SupervisorLaunch;
   policy: SandboxPolicy | undefined;
-  files: SandboxFile[];
+  files: InjectedFileSource;
   onAgent(message: AgentMessage): void;
   onProgress(step: string, detail: string): void;
   onWarning(message: string): void;
@@ -196,11 +204,19 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   const policy = o.policy ?? defaultPolicy();
   const root = process.getuid?.() === 0;
   const dir = launch.sandboxDir;
+  // Injected files are staged on /dev/shm when it can take them (see src/core/staging.ts).
+  const shm =
+    o.files.paths.length > 0
+      ? sharedMemoryStaging(launch.sandboxId, root ? launch.hostGid : null)
+      : undefined;
   const dirs = {
     workspace: join(dir, "workspace"),
     tmp: join(dir, "tmp"),
     rwRoot: join(dir, "rw"),
-    files: join(dir, "files"),
+    files: shm?.root ?? join(dir, "files"),
+  };
+  const removeStaging = (): void => {
+    if (shm) rmSync(shm.dir, { recursive: true, force: true });
   };
   const runDir = join(dir, "run");
   const uid = identity(policy.process?.runAsUser, SANDBOX_UID);
@@ -209,12 +225,18 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   let egress: EgressProxy | undefined;
 
   try {
-    if (o.files.length > 0) o.onProgress("InjectingFiles", `Writing ${o.files.length} injected file(s)`);
-    const staging = prepareStaging(
-      o.files.map((f) => ({ path: f.path, content: f.content, mode: f.mode })),
-      dirs.files,
-      { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
-    );
+    const injected = o.files.paths;
+    if (injected.length > 0) o.onProgress("InjectingFiles", `Writing ${injected.length} injected file(s)`);
+    const staging = prepareStaging(dirs.files, {
+      uid: process.getuid?.() ?? 0,
+      gid: process.getgid?.() ?? 0,
+    });
+    let loaded = false;
+    const load = (): void => {
+      if (loaded) return;
+      loaded = true;
+      staging.add(o.files.load().map((f) => ({ path: f.path, content: f.content, mode: f.mode })));
+    };
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
     const closure = await o.closure;
@@ -251,7 +273,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       policy: withRootLinks(policy.filesystem ?? defaultPolicy().filesystem!),
       workdir: WORKDIR,
       dirs,
-      injectedFiles: o.files.map((f) => f.path),
+      injectedFiles: injected,
       passwdFile: passwd,
       groupFile: group,
       controlBinds,
@@ -272,16 +294,23 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     }
     // What bwrap binds must exist before it starts: each file bound on its
     // own, and each directory bound whole. The files in those directories are
-    // written while the pod boots, before the agent is told to run anything.
-    const inDirectory = (path: string) => plan.injectedDirectories.some((dir) => path.startsWith(`${dir}/`));
+    // read and written while the pod boots, before the agent is told to run
+    // anything.
+    const inDirectory = (path: string | undefined) =>
+      path !== undefined && plan.injectedDirectories.some((dir) => path.startsWith(`${dir}/`));
     for (const dir of plan.injectedDirectories) staging.directory(dir);
-    staging.write((path) => !inDirectory(path));
+    if (!injected.every((path) => inDirectory(normalizeSandboxPath(path)))) {
+      load();
+      staging.write((path) => !inDirectory(path));
+    }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return launchPod(o, plan.args, closure.loader, root, egress, () => {
+    return launchPod(o, plan.args, closure.loader, root, egress, removeStaging, () => {
+      load();
       staging.write();
     });
   } catch (error) {
     await egress?.close();
+    removeStaging();
     if (error instanceof PodError) throw error;
     if (isSandboxSetupError(error)) throw new PodError(error.reason, error.message);
     throw error;
@@ -294,6 +323,8 @@ function launchPod(
   loader: string,
   root: boolean,
   egress: EgressProxy | undefined,
+  /** Removes what the pod was given that outlives it (the files' staging on /dev/shm). */
+  cleanUp: () => void,
   /** Runs once bwrap is started, before the agent gets its configuration; a throw stops the pod. */
   beforeAgent: () => void,
 ): Pod {
@@ -413,6 +444,7 @@ function launchPod(
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       await exited;
       await egress?.close();
+      cleanUp();
     },
   };
 }

@@ -101,7 +101,7 @@ describe("injected files inside a sandbox", () => {
         "--",
         "sh",
         "-c",
-        `sha256sum ${paths}; stat -c 'mode %a %n' ${paths}; echo checked`,
+        `sha256sum ${paths}; stat -c 'mode %a %n' ${paths}; echo checked; exec sleep infinity`,
       ],
       { cwd: env.root },
     );
@@ -113,7 +113,14 @@ describe("injected files inside a sandbox", () => {
       expect(seen).toContain(`${sha256(file.content)}  ${file.path}`);
       expect(seen).toContain(`mode ${file.mode} ${file.path}`);
     }
-    await env.run(["sandbox", "delete", first]);
+    // Staged on /dev/shm (a tmpfs here), in a directory that goes with the sandbox.
+    const { id } = json<{ id: string }>(await env.run(["sandbox", "get", first, "-o", "json"]));
+    const staged = () =>
+      readdirSync("/dev/shm").filter((entry) => entry.startsWith(`openshell-files-${id}-`));
+    expect(staged()).toHaveLength(1);
+    const deleted = await env.run(["sandbox", "delete", first]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(staged()).toEqual([]);
   });
 
   it("sandbox get shows each file's path, mode, size and sha256, and no content", async () => {

@@ -64,9 +64,10 @@ describe("stageFiles", () => {
   });
 
   it("stages in passes: the picked files first, a directory on its own, the rest later", async () => {
-    const tree = prepareStaging(files, staging, OWNER);
-    tree.write((path) => path.startsWith("/sandbox/"));
+    const tree = prepareStaging(staging, OWNER);
     tree.directory("/etc/app");
+    tree.add(files);
+    tree.write((path) => path.startsWith("/sandbox/"));
     expect(await readdir(join(staging, "etc/app"))).toEqual([]);
     expect(await readFile(stagedPath(staging, "/sandbox/.agent/SOUL.md"))).toEqual(files[2]!.content);
     tree.write();
@@ -77,7 +78,8 @@ describe("stageFiles", () => {
   });
 
   it("a later pass refuses a staging directory replaced by a symlink, naming the file", async () => {
-    const tree = prepareStaging(files, staging, OWNER);
+    const tree = prepareStaging(staging, OWNER);
+    tree.add(files);
     tree.write((path) => path.startsWith("/sandbox/"));
     await symlink("/", join(staging, "etc"));
     const error = (() => {

@@ -11,6 +11,11 @@ describe("malloc tunables", () => {
     );
   });
 
+  it("the bench runs its own gRPC client with them too, as the CLI runs", () => {
+    const pkg = JSON.parse(readFileSync(join(import.meta.dirname, "../../package.json"), "utf8"));
+    expect(pkg.scripts.bench).toContain(`GLIBC_TUNABLES=${MALLOC_TUNABLES} node`);
+  });
+
   it("come first, a value of the user's after them, and are not added twice", () => {
     expect(mallocTunables({})).toEqual({ GLIBC_TUNABLES: MALLOC_TUNABLES });
     expect(mallocTunables({ GLIBC_TUNABLES: "glibc.malloc.hugetlb=0" })).toEqual({
