@@ -5,7 +5,8 @@
 // On its stdout it reports failures the gateway turns into conditions.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { rmSync } from "node:fs";
+import { readdirSync, rmSync } from "node:fs";
+import { setPriority } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { mallocTunables } from "../core/process.js";
@@ -13,6 +14,28 @@ import { removeSharedMemoryStaging } from "../core/staging.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
+
+/** Only root may lower a niceness again, so only a root gateway starts spares at the lowest priority. */
+const CAN_RAISE_PRIORITY = process.getuid?.() === 0;
+const SPARE_NICENESS = 19;
+
+/** Sets every thread of process `pid` to `niceness` (Linux applies a priority per thread). */
+function renice(pid: number | undefined, niceness: number): void {
+  if (pid === undefined) return;
+  let threads: number[];
+  try {
+    threads = readdirSync(`/proc/${pid}/task`).map(Number);
+  } catch {
+    threads = [pid];
+  }
+  for (const thread of threads) {
+    try {
+      setPriority(thread, niceness);
+    } catch {
+      // Gone, or not permitted: the priority is an optimisation only.
+    }
+  }
+}
 
 /** What the gateway tells a supervisor when it starts one. */
 export interface SupervisorLaunch {
@@ -89,10 +112,15 @@ export class LocalRuntime {
     });
   }
 
-  /** Starts the spare supervisor (when the gateway starts, and after each use once its sandbox is up). */
+  /**
+   * Starts the spare supervisor: when the gateway starts, and after each use,
+   * at once at the lowest priority when the gateway can raise it again (as
+   * root), else once the sandbox that used the last one is up.
+   */
   prepareSpare(): void {
     if (this.stopping || this.spare) return;
     const spare = this.spawnSupervisor();
+    if (CAN_RAISE_PRIORITY) renice(spare.pid, SPARE_NICENESS);
     spare.on("exit", () => {
       if (this.spare === spare) this.spare = undefined;
     });
@@ -108,6 +136,8 @@ export class LocalRuntime {
     if (spare && spare.exitCode === null && spare.signalCode === null) {
       spare.removeAllListeners("exit");
       spare.removeAllListeners("error");
+      // Its pod inherits its priority: back to normal before it starts one.
+      if (CAN_RAISE_PRIORITY) renice(spare.pid, 0);
       return spare;
     }
     return this.spawnSupervisor();
@@ -125,10 +155,12 @@ export class LocalRuntime {
     // Staging a killed supervisor left behind; its pod is gone.
     removeSharedMemoryStaging(launch.sandboxId);
     const child = this.takeSpare();
-    // The next spare starts once this sandbox is up (the gateway calls
-    // prepareSpare when it is Ready), not beside it: on a small machine node
-    // loading a spare would compete with this pod's start for the CPU.
-    setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
+    // The next spare loads only while the CPU is otherwise idle (as root),
+    // or once this sandbox is up (the gateway calls prepareSpare when it is
+    // Ready): on a small machine node loading a spare would compete with
+    // this pod's start for the CPU.
+    if (CAN_RAISE_PRIORITY) this.prepareSpare();
+    else setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
     child.stdin!.write(`${JSON.stringify(launch)}\n`);
     // The pipe stays open for the supervisor's lifetime; see the header.
     child.stdin!.on("error", () => {});
