@@ -155,13 +155,13 @@ export class LocalRuntime {
     // Staging a killed supervisor left behind; its pod is gone.
     removeSharedMemoryStaging(launch.sandboxId);
     const child = this.takeSpare();
+    child.stdin!.write(`${JSON.stringify(launch)}\n`);
     // The next spare loads only while the CPU is otherwise idle (as root),
     // or once this sandbox is up (the gateway calls prepareSpare when it is
     // Ready): on a small machine node loading a spare would compete with
     // this pod's start for the CPU.
-    if (CAN_RAISE_PRIORITY) this.prepareSpare();
+    if (CAN_RAISE_PRIORITY) setImmediate(() => this.prepareSpare());
     else setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
-    child.stdin!.write(`${JSON.stringify(launch)}\n`);
     // The pipe stays open for the supervisor's lifetime; see the header.
     child.stdin!.on("error", () => {});
     createInterface({ input: child.stdout! }).on("line", (line) => {

@@ -174,11 +174,16 @@ export function stagedPath(stagingRoot: string, path: string): string {
   return posix.join(stagingRoot, path);
 }
 
+/** `/a/b`: absolute, no empty, `.` or `..` component, no trailing `/`, no NUL. */
+const NORMAL_PATH = /^(?:\/(?!\.\.?(?:\/|$))[^/\0]+)+$/;
+
 /**
  * `p` as an absolute, lexically normal path (`//` and `.` collapsed, no
  * trailing `/`), or `undefined` when it is relative or climbs with `..`.
  */
 export function normalizeSandboxPath(p: string): string | undefined {
+  // Most paths arrive normal already (the gateway stores them so): no work then.
+  if (NORMAL_PATH.test(p)) return p;
   if (!p.startsWith("/") || p.includes("\0")) return undefined;
   if (p.split("/").includes("..")) return undefined;
   const normal = posix.normalize(p);

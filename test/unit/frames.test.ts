@@ -3,6 +3,7 @@
 
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
+import { credentials, Server, ServerCredentials } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import {
   CreateSandboxRequest,
@@ -11,6 +12,7 @@ import {
   GetSandboxFilesResponse,
   RelayFrame,
   type SandboxFile,
+  type SandboxResponse,
   TcpForwardFrame,
 } from "../../src/gen/openshell.js";
 import { FRAME_BYTES, frameDuplex } from "../../src/transport/duplex.js";
@@ -20,6 +22,9 @@ import {
   deserializeFilesResponse,
   execEventCodec,
   execInputCodec,
+  FastOpenShellClient,
+  FastOpenShellService,
+  framingInPlace,
   layoutCreateRequest,
   relayCodec,
   serializeCreateRequest,
@@ -146,6 +151,58 @@ describe("injected-file codec", () => {
     // Without files there is nothing to lay out.
     const none = CreateSandboxRequest.fromPartial({ name: "plain", spec: { command: ["true"] } });
     expect(layoutCreateRequest(none, [])).toEqual({ request: none, slots: [] });
+  });
+
+  it("a laid-out request goes through a real grpc-js client and server intact, framed where it lies", async () => {
+    expect(framingInPlace).toBe(true);
+    const server = new Server({ "grpc.max_receive_message_length": 16 * 1024 * 1024 });
+    let received: CreateSandboxRequest | undefined;
+    server.addService(FastOpenShellService, {
+      createSandbox: (
+        call: { request: CreateSandboxRequest },
+        reply: (error: null, response: SandboxResponse) => void,
+      ) => {
+        received = call.request;
+        reply(null, { sandbox: undefined });
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+    const client = new FastOpenShellClient(`127.0.0.1:${port}`, credentials.createInsecure(), {
+      "grpc.max_send_message_length": 16 * 1024 * 1024,
+    });
+    try {
+      const big = files.map((f, i) => ({
+        ...f,
+        content: randomBytes(i === 0 ? 1024 * 1024 : f.content.length),
+      }));
+      const { request, slots } = layoutCreateRequest(
+        CreateSandboxRequest.fromPartial({
+          name: "framed",
+          spec: {
+            command: ["true"],
+            files: big.map((f) => ({ ...f, content: Buffer.alloc(0), sha256: "" })),
+          },
+        }),
+        big.map((f) => f.content.length),
+      );
+      for (const [i, f] of big.entries()) f.content.copy(slots[i]!);
+      await new Promise<void>((resolve, reject) =>
+        client.createSandbox(request, (error) => (error ? reject(error) : resolve())),
+      );
+      expect(received!.name).toBe("framed");
+      expect(
+        received!.spec!.files.map((f) =>
+          Buffer.from(f.content).equals(big[received!.spec!.files.indexOf(f)]!.content),
+        ),
+      ).toEqual(big.map(() => true));
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
   });
 
   it("writes a files response the generated codec reads back, content intact and in order", () => {
