@@ -60,8 +60,9 @@ function checkFlags(o: CreateOptions): void {
 
 /** Compares the digests the gateway returned with what was sent. */
 export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[]): string | undefined {
+  const byPath = new Map(returned.map((file) => [file.path, file]));
   for (const file of sent) {
-    const back = returned.find((r) => r.path === file.path);
+    const back = byPath.get(file.path);
     if (!back) return `the gateway did not keep ${file.path}`;
     if (back.sha256 !== file.sha256 || Number(back.size) !== file.content.length) {
       return `${file.path}: the gateway stored sha256 ${back.sha256 || "(none)"}, expected ${file.sha256}`;

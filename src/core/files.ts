@@ -8,7 +8,7 @@
 // that start `spec.files[i]`). Only that wording differs.
 
 import { createHash } from "node:crypto";
-import { closeSync, lstatSync, openSync, read, readSync, type Stats, statSync } from "node:fs";
+import { closeSync, lstatSync, openSync, readv, type Stats, statSync } from "node:fs";
 import type { SandboxFile } from "../gen/openshell.js";
 import { invalidInput, type OpenShellError } from "./errors.js";
 import { byteLength } from "./names.js";
@@ -61,8 +61,12 @@ export interface FileSpec {
 // Rules shared by both entry points
 // ---------------------------------------------------------------------------
 
+/** Absolute, without empty or `.` components or a trailing `/`: what normalizing would return unchanged. */
+const ALREADY_NORMAL = /^(?:\/(?!\.(?:\/|$))[^/]+)+$/;
+
 /** Collapses `//` and drops `.` components; `..` is refused elsewhere, never resolved. */
 export function normalizeSandboxPath(path: string): string {
+  if (ALREADY_NORMAL.test(path)) return path;
   const absolute = path.startsWith("/");
   const parts = path.split("/").filter((part) => part !== "" && part !== ".");
   if (absolute) return "/" + parts.join("/");
@@ -261,10 +265,10 @@ function statLocal(spec: FileSpec): number {
 }
 
 /**
- * Fills `slot` (stat's size) from the file and reads one byte past it, so a
+ * Fills `slot` (stat's size) from the file, asking for one byte more, so a
  * file that changed since (grown past the limits, or truncated) is caught
- * instead of sent. The read itself runs on the thread pool; opening and
- * the one-byte check are quick enough to make inline.
+ * instead of sent. The reads run on the thread pool; opening and closing
+ * are quick enough to make inline.
  */
 async function readInto(spec: FileSpec, slot: Buffer): Promise<void> {
   let fd: number;
@@ -275,25 +279,17 @@ async function readInto(spec: FileSpec, slot: Buffer): Promise<void> {
     throw fileError(spec.raw, `cannot read ${spec.local} (${code ?? message})`);
   }
   try {
-    let length = 0;
-    while (length < slot.length) {
-      const bytesRead = await readAt(fd, slot, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    if (length !== slot.length || readSync(fd, Buffer.alloc(1), 0, 1, length) !== 0) {
-      throw fileError(spec.raw, `${spec.local} changed while it was being read`);
-    }
+    // A regular file reads short only at its end: one read for a file that did not change.
+    const length = await readvAt(fd, [slot, Buffer.alloc(1)], 0);
+    if (length !== slot.length) throw fileError(spec.raw, `${spec.local} changed while it was being read`);
   } finally {
     closeSync(fd);
   }
 }
 
-function readAt(fd: number, buffer: Buffer, offset: number): Promise<number> {
+function readvAt(fd: number, buffers: Buffer[], position: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    read(fd, buffer, offset, buffer.length - offset, offset, (error, bytesRead) =>
-      error ? reject(error) : resolve(bytesRead),
-    );
+    readv(fd, buffers, position, (error, bytesRead) => (error ? reject(error) : resolve(bytesRead)));
   });
 }
 

@@ -100,8 +100,13 @@ export class LocalRuntime {
     private readonly events: RuntimeEvents,
   ) {}
 
-  private spawnSupervisor(): ChildProcess {
-    return spawn(process.execPath, [this.supervisorScript], {
+  /** A supervisor process; a spare starts at the lowest priority from its first instruction (see renice). */
+  private spawnSupervisor(spare = false): ChildProcess {
+    const [command, args] =
+      spare && CAN_RAISE_PRIORITY
+        ? ["nice", ["-n", String(SPARE_NICENESS), process.execPath, this.supervisorScript]]
+        : [process.execPath, [this.supervisorScript]];
+    return spawn(command, args, {
       stdio: ["pipe", "pipe", "pipe"],
       env: {
         PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
@@ -119,8 +124,7 @@ export class LocalRuntime {
    */
   prepareSpare(): void {
     if (this.stopping || this.spare) return;
-    const spare = this.spawnSupervisor();
-    if (CAN_RAISE_PRIORITY) renice(spare.pid, SPARE_NICENESS);
+    const spare = this.spawnSupervisor(true);
     spare.on("exit", () => {
       if (this.spare === spare) this.spare = undefined;
     });
@@ -143,6 +147,11 @@ export class LocalRuntime {
     return this.spawnSupervisor();
   }
 
+  /** A supervisor has fetched its configuration: the gateway is not needed for a while. */
+  configured(): void {
+    if (CAN_RAISE_PRIORITY) setImmediate(() => this.prepareSpare());
+  }
+
   sandboxDir(sandboxId: string): string {
     return join(this.sandboxesDir, sandboxId);
   }
@@ -156,12 +165,13 @@ export class LocalRuntime {
     removeSharedMemoryStaging(launch.sandboxId);
     const child = this.takeSpare();
     child.stdin!.write(`${JSON.stringify(launch)}\n`);
-    // The next spare loads only while the CPU is otherwise idle (as root),
-    // or once this sandbox is up (the gateway calls prepareSpare when it is
-    // Ready): on a small machine node loading a spare would compete with
-    // this pod's start for the CPU.
-    if (CAN_RAISE_PRIORITY) setImmediate(() => this.prepareSpare());
-    else setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
+    // The next spare: as root, once this supervisor has its configuration
+    // (see configured), loading only while the CPU is otherwise idle;
+    // otherwise once this sandbox is up (the gateway calls prepareSpare when
+    // it is Ready). On a small machine node loading a spare would compete
+    // with this pod's start for the CPU, and forking the gateway takes its
+    // thread for 10-30 ms, which the new supervisor's first call waits on.
+    setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
     // The pipe stays open for the supervisor's lifetime; see the header.
     child.stdin!.on("error", () => {});
     createInterface({ input: child.stdout! }).on("line", (line) => {

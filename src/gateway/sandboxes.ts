@@ -346,6 +346,11 @@ export class Sandboxes {
     this.o.bus.publishEvent(id, event);
   }
 
+  /** A supervisor fetched its configuration (GetSandboxConfig answered). */
+  supervisorConfigured(): void {
+    this.o.runtime.configured();
+  }
+
   supervisorConnected(id: string, instanceId: string): void {
     this.update(id, (sandbox) => {
       const phase = phaseOf(sandbox);

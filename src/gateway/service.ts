@@ -271,6 +271,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
           policySource: PolicySource.POLICY_SOURCE_SANDBOX,
           workspace: sandbox.metadata!.workspace,
         });
+        o.sandboxes.supervisorConfigured();
       } catch (error) {
         callback(toStatus(error));
       }

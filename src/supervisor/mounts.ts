@@ -556,7 +556,9 @@ class MountPlanner {
 
   private checkConflicts(): void {
     const fail = (r: MountRequest, why: string) => failure(reasonOf(r), r.asGiven, why);
-    const controls = this.requests.filter((r) => r.origin === "control");
+    const controlAt = new Map(
+      this.requests.filter((r) => r.origin === "control").map((r) => [r.dest, r] as const),
+    );
     // By destination: with hundreds of injected files, comparing every pair costs more than the plan.
     const byDest = new Map<string, MountRequest[]>();
     for (const r of this.requests) {
@@ -573,10 +575,12 @@ class MountPlanner {
       if (r.origin === "injected" && (r.dest === PASSWD || r.dest === GROUP)) {
         throw fail(r, "the supervisor generates this file for the sandbox user");
       }
-      for (const c of controls) {
-        if (c !== r && isAtOrUnder(r.dest, c.dest)) {
-          throw fail(r, `${c.dest} is reserved for the supervisor`);
-        }
+      // The control path at or above r.dest, found by walking up r.dest rather
+      // than testing every control against every request.
+      for (let at: string = r.dest; ; at = posix.dirname(at)) {
+        const c = controlAt.get(at);
+        if (c !== undefined && c !== r) throw fail(r, `${c.dest} is reserved for the supervisor`);
+        if (at === "/") break;
       }
       for (const other of byDest.get(r.dest)!) {
         if (other === r) continue;
