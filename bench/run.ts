@@ -591,6 +591,11 @@ function selectedSections(args: readonly string[]): Set<number> {
 }
 
 async function main(): Promise<number> {
+  // This process runs with the CLI's malloc settings (package.json's bench
+  // script), as its gRPC client stands in for the CLI. What it starts must not
+  // inherit them: the ssh and tar yardsticks run as a user's would, and
+  // openshell's own processes set theirs.
+  delete process.env.GLIBC_TUNABLES;
   const only = selectedSections(process.argv.slice(2));
   const started = Date.now();
   const loadAtStart = loadavg().map((v) => round(v, 2));
