@@ -211,7 +211,11 @@ function joined(parts: readonly Uint8Array[]): Buffer {
 /** CreateSandboxRequest with up to 10 MiB of files, the content copied once (not at all when laid out). */
 export function serializeCreateRequest(request: CreateSandboxRequest): Buffer {
   const wire = (request as { [WIRE]?: Buffer })[WIRE];
-  if (wire !== undefined) return wire;
+  if (wire !== undefined) {
+    UNWRITTEN.get(wire)?.();
+    UNWRITTEN.delete(wire);
+    return wire;
+  }
   const spec = request.spec;
   if (!spec || spec.files.length === 0) return Buffer.from(CreateSandboxRequest.encode(request).finish());
   const rest = CreateSandboxRequest.encode({ ...request, spec: undefined }).finish();
@@ -221,8 +225,9 @@ export function serializeCreateRequest(request: CreateSandboxRequest): Buffer {
 
 /**
  * A CreateSandboxRequest laid out before its files' content exists: one
- * buffer holds every byte of the message, with the space for file i's
- * content (`sizes[i]` bytes) left as `slots[i]`. The returned request's
+ * buffer will hold every byte of the message, with the space for file i's
+ * content (`sizes[i]` bytes) left as `slots[i]` and the other fields written
+ * in when the request is serialized. The returned request's
  * files have those slots as content; filled in place, the request
  * serializes as the buffer itself, so ten MiB of files are never joined.
  * Nothing else in the request may change after this.
@@ -251,24 +256,33 @@ export function layoutCreateRequest(
   for (const e of entries) specLength += e.head.length + e.fields.length + e.contentHead.length + e.size;
   const specField = fieldHeader(FIELD_1, specLength);
   const wire = framedInPlace(rest.length + specField.length + specLength);
+  // Positions now, bytes at serialization: the reads into the slots (on the
+  // thread pool) are then the first to touch the buffer's fresh pages.
+  const parts: [offset: number, part: Uint8Array][] = [];
   let offset = 0;
-  const put = (part: Uint8Array): void => {
-    wire.set(part, offset);
+  const place = (part: Uint8Array): void => {
+    parts.push([offset, part]);
     offset += part.length;
   };
-  put(rest);
-  put(specField);
-  put(specHead);
+  place(rest);
+  place(specField);
+  place(specHead);
   const slots = entries.map((e) => {
-    put(e.head);
-    put(e.fields);
-    put(e.contentHead);
+    place(e.head);
+    place(e.fields);
+    place(e.contentHead);
     offset += e.size;
     return wire.subarray(offset - e.size, offset);
+  });
+  UNWRITTEN.set(wire, () => {
+    for (const [at, part] of parts) wire.set(part, at);
   });
   const files = spec.files.map((file, i) => ({ ...file, content: slots[i]! }));
   return { request: withWire({ ...request, spec: { ...spec, files } }, wire), slots };
 }
+
+/** Laid-out requests whose small fields are still to be written into their buffer. */
+const UNWRITTEN = new WeakMap<Buffer, () => void>();
 
 /** GetSandboxFilesResponse as parts to write out (writev) or join; the content is not copied. */
 export function filesResponseParts(response: GetSandboxFilesResponse): Uint8Array[] {
