@@ -1,18 +1,21 @@
 // Where the local runtime keeps a sandbox's injected-file content: one file in
 // the sandbox's state directory holding a serialized GetSandboxFilesResponse
 // (path, mode and content of every file, in order). The gateway writes it at
-// create, before the sandbox's row exists, so the content survives a gateway
-// restart; it goes when the sandbox's directory does. Like the store's rows
-// (SQLite, synchronous=NORMAL) it is not fsynced: a power loss may lose it
-// with or without its row, and a sandbox whose content is gone fails with
-// FileInjectionFailed rather than starting without its files.
+// create while the sandbox's supervisor starts (which reads it only once the
+// gateway says it is stored), and the create call returns once it is; the
+// content then survives a gateway restart, and goes when the sandbox's
+// directory does. Like the store's rows (SQLite, synchronous=NORMAL) it is
+// not fsynced. A gateway that dies while writing it, or a power loss, can
+// leave a sandbox without it: that sandbox fails with FileInjectionFailed on
+// its next start rather than running without its files.
 // The supervisor reads it directly when the gateway's launch names it, and
 // GetSandboxFiles serves the same bytes to a supervisor that cannot.
 //
 // Ten MiB in one file costs a few milliseconds to write and read; as 256
 // SQLite rows it cost over a hundred.
 
-import { closeSync, openSync, readFileSync, renameSync, rmSync, writeSync, writevSync } from "node:fs";
+import { readFileSync } from "node:fs";
+import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { SandboxFile } from "../gen/openshell.js";
 import { deserializeFilesResponse, filesResponseParts } from "../transport/frames.js";
@@ -23,21 +26,25 @@ export function fileContentPath(sandboxDir: string): string {
   return join(sandboxDir, FILE_CONTENT_NAME);
 }
 
-/** Writes the files (owner-only, 0600) through a temporary name, so no reader sees part of them. */
-export function writeFileContent(sandboxDir: string, files: readonly SandboxFile[]): void {
+/**
+ * Writes the files (owner-only, 0600) through a temporary name, so no reader
+ * sees part of them, on the thread pool: the gateway goes on serving (the
+ * sandbox's supervisor starts meanwhile) while ten MiB are copied.
+ */
+export async function writeFileContent(sandboxDir: string, files: readonly SandboxFile[]): Promise<void> {
   const target = fileContentPath(sandboxDir);
   const temp = `${target}.tmp`;
   const parts = filesResponseParts({ files: [...files] });
-  const fd = openSync(temp, "w", 0o600);
+  const handle = await open(temp, "w", 0o600);
   try {
-    writeAll(fd, parts);
+    await writeAll(handle, parts);
   } catch (error) {
-    closeSync(fd);
-    rmSync(temp, { force: true });
+    await handle.close();
+    await rm(temp, { force: true });
     throw error;
   }
-  closeSync(fd);
-  renameSync(temp, target);
+  await handle.close();
+  await rename(temp, target);
 }
 
 /**
@@ -49,14 +56,14 @@ export function readFileContent(path: string): SandboxFile[] {
 }
 
 /** The parts in order, without joining them first (ten MiB of content is not copied again). */
-function writeAll(fd: number, parts: readonly Uint8Array[]): void {
+async function writeAll(handle: FileHandle, parts: readonly Uint8Array[]): Promise<void> {
   const BATCH = 512; // below IOV_MAX
   for (let i = 0; i < parts.length; i += BATCH) {
     const batch = parts.slice(i, i + BATCH);
-    const written = writevSync(fd, batch);
+    const { bytesWritten } = await handle.writev(batch);
     const total = batch.reduce((sum, part) => sum + part.length, 0);
-    if (written === total) continue;
-    const rest = Buffer.concat(batch).subarray(written);
-    for (let offset = 0; offset < rest.length; ) offset += writeSync(fd, rest, offset);
+    if (bytesWritten === total) continue;
+    const rest = Buffer.concat(batch).subarray(bytesWritten);
+    for (let offset = 0; offset < rest.length; ) offset += (await handle.write(rest, offset)).bytesWritten;
   }
 }

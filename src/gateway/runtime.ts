@@ -64,7 +64,15 @@ export interface SupervisorLaunch {
   filesPath?: string | undefined;
   /** With `filesPath`: the files' paths in the order it holds them, so the pod is planned before they are read. */
   filePaths?: string[] | undefined;
+  /**
+   * With `filesPath`, at create: the gateway is still writing it, and sends
+   * a `files-stored` notice on stdin once it has; the content is read after.
+   */
+  filesPending?: boolean | undefined;
 }
+
+/** What the gateway tells a running supervisor on stdin after the launch, one JSON object per line. */
+export type SupervisorNotice = { kind: "files-stored" };
 
 /** Reports a supervisor writes on stdout, one JSON object per line. */
 export type SupervisorReport =
@@ -145,6 +153,11 @@ export class LocalRuntime {
       return spare;
     }
     return this.spawnSupervisor();
+  }
+
+  /** Tells a sandbox's supervisor something after its launch (see SupervisorNotice). */
+  notify(sandboxId: string, notice: SupervisorNotice): void {
+    this.running.get(sandboxId)?.child.stdin?.write(`${JSON.stringify(notice)}\n`);
   }
 
   /** A supervisor has fetched its configuration: the gateway is not needed for a while. */

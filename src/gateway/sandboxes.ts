@@ -146,7 +146,7 @@ export class Sandboxes {
     }
   }
 
-  create(request: CreateSandboxRequest): Sandbox {
+  async create(request: CreateSandboxRequest): Promise<Sandbox> {
     this.validate(request);
     const spec = request.spec!;
     const workspace = workspaceOf(request.workspace);
@@ -188,14 +188,7 @@ export class Sandboxes {
     const hostIds = this.allocateHostIds();
     const sandboxDir = this.o.runtime.sandboxDir(id);
     try {
-      // Content first: a sandbox row never exists without its files.
       this.makeSandboxDir(sandboxDir);
-      if (files.length > 0) {
-        writeFileContent(
-          sandboxDir,
-          spec.files.map((file, index) => ({ ...file, path: files[index]!.path, mode: files[index]!.mode })),
-        );
-      }
       this.o.store.createSandbox(sandbox, {
         sandboxId: id,
         ...hostIds,
@@ -213,8 +206,41 @@ export class Sandboxes {
       "openshell.progress.complete_step": "requesting_sandbox",
       "openshell.progress.active_step": "starting_sandbox",
     });
-    this.launch(sandbox);
+    // The content is written off this thread while the supervisor starts; it
+    // reads the content only once told it is stored, and the create call
+    // returns only then. A gateway that dies meanwhile leaves a sandbox whose
+    // content is missing: on restart it fails with FileInjectionFailed.
+    const stored =
+      files.length > 0
+        ? writeFileContent(
+            sandboxDir,
+            spec.files.map((file, index) => ({
+              ...file,
+              path: files[index]!.path,
+              mode: files[index]!.mode,
+            })),
+          )
+        : undefined;
+    stored?.catch(() => {}); // awaited below, after the launch
+    this.launch(sandbox, stored !== undefined);
+    if (stored) {
+      try {
+        await stored;
+      } catch (error) {
+        await this.discard(id);
+        throw error;
+      }
+      this.o.runtime.notify(id, { kind: "files-stored" });
+    }
     return sandbox;
+  }
+
+  /** Undoes a create that could not store its files: nothing of it is left. */
+  private async discard(id: string): Promise<void> {
+    await this.o.runtime.stop(id);
+    this.o.runtime.removeSandboxDir(id);
+    this.o.store.deleteSandbox(id);
+    this.o.bus.close(id);
   }
 
   private logFile(id: string): string {
@@ -232,7 +258,7 @@ export class Sandboxes {
   }
 
   /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
-  launch(sandbox: Sandbox): void {
+  launch(sandbox: Sandbox, filesPending = false): void {
     const meta = sandbox.metadata!;
     const runtime = this.o.store.getRuntime(meta.id);
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
@@ -258,7 +284,11 @@ export class Sandboxes {
       startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
       ttySize: parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]),
       ...(sandbox.spec!.files.length > 0
-        ? { filesPath: fileContentPath(sandboxDir), filePaths: sandbox.spec!.files.map((file) => file.path) }
+        ? {
+            filesPath: fileContentPath(sandboxDir),
+            filePaths: sandbox.spec!.files.map((file) => file.path),
+            filesPending,
+          }
         : {}),
     });
   }

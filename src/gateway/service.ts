@@ -153,7 +153,9 @@ export function createService(o: ServiceOptions): OpenShellServer {
       capabilities: [CAPABILITY_SANDBOX_FILES],
     })),
 
-    createSandbox: unary("user", (request) => ({ sandbox: publicSandbox(o.sandboxes.create(request)) })),
+    createSandbox: unary("user", async (request) => ({
+      sandbox: publicSandbox(await o.sandboxes.create(request)),
+    })),
 
     getSandbox: unary("user", (request) => ({
       sandbox: publicSandbox(o.sandboxes.get(request.workspace, request.name)),

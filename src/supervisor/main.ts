@@ -13,7 +13,7 @@
 
 import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
-import type { SupervisorLaunch, SupervisorReport } from "../gateway/runtime.js";
+import type { SupervisorLaunch, SupervisorNotice, SupervisorReport } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
 import { type AgentMessage, type InjectedFileSource, nodeClosure, PodError, startPod } from "./pod.js";
@@ -33,10 +33,12 @@ function diag(line: string): void {
  * sandboxes, once bwrap is starting). Content that cannot be read, or does
  * not match the paths, stops the sandbox before anything in it runs.
  */
-function localFiles(path: string, paths: readonly string[]): InjectedFileSource {
+function localFiles(path: string, paths: readonly string[], pending: boolean): InjectedFileSource {
   return {
     paths,
-    load: () => {
+    load: async () => {
+      // At create the gateway writes the content while this supervisor starts.
+      if (pending) await stored;
       let files: SandboxFile[];
       try {
         files = readFileContent(path);
@@ -51,15 +53,34 @@ function localFiles(path: string, paths: readonly string[]): InjectedFileSource 
   };
 }
 
-async function readLaunch(): Promise<SupervisorLaunch> {
+/** Resolves when the gateway says the injected files' content is stored (SupervisorLaunch.filesPending). */
+let contentStored: () => void = () => {};
+const stored = new Promise<void>((resolve) => {
+  contentStored = resolve;
+});
+
+/**
+ * The launch configuration: the first line on stdin. Later lines are the
+ * gateway's notices; stdin stays open, and its end (the gateway exiting)
+ * stops the sandbox.
+ */
+function readLaunch(): Promise<SupervisorLaunch> {
   const lines = createInterface({ input: process.stdin });
-  for await (const line of lines) {
-    // Keep reading stdin so its end (the gateway exiting) is noticed.
-    lines.removeAllListeners("line");
-    process.stdin.on("end", () => shutdown("gateway connection closed", 0));
-    return JSON.parse(line) as SupervisorLaunch;
-  }
-  throw new Error("no launch configuration on stdin");
+  return new Promise((resolve, reject) => {
+    let launched = false;
+    lines.on("line", (line) => {
+      if (!launched) {
+        launched = true;
+        process.stdin.on("end", () => shutdown("gateway connection closed", 0));
+        resolve(JSON.parse(line) as SupervisorLaunch);
+      } else if ((JSON.parse(line) as SupervisorNotice).kind === "files-stored") {
+        contentStored();
+      }
+    });
+    lines.on("close", () => {
+      if (!launched) reject(new Error("no launch configuration on stdin"));
+    });
+  });
 }
 
 /** How long a stopping supervisor lets open relays deliver their last bytes. */
@@ -102,8 +123,8 @@ async function main(): Promise<void> {
       : undefined,
   ]);
   const files: InjectedFileSource = remote
-    ? { paths: remote.files.map((file) => file.path), load: () => remote.files }
-    : localFiles(launch.filesPath!, launch.filePaths ?? []);
+    ? { paths: remote.files.map((file) => file.path), load: async () => remote.files }
+    : localFiles(launch.filesPath!, launch.filePaths ?? [], launch.filesPending === true);
   diag(`config and ${files.paths.length} file path(s) fetched ${since()}`);
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;

@@ -175,8 +175,8 @@ export function withRootLinks(fs: FilesystemPolicy): FilesystemPolicy {
 /** The injected files: their paths to plan with, their content when staging needs it. */
 export interface InjectedFileSource {
   paths: readonly string[];
-  /** Every file with its content, in `paths` order; throws a FileInjectionFailed error when it cannot. */
-  load(): SandboxFile[];
+  /** Every file with its content, in `paths` order; rejects with a FileInjectionFailed error when it cannot. */
+  load(): Promise<SandboxFile[]>;
 }
 
 export interface PodOptions {
@@ -232,10 +232,10 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       gid: process.getgid?.() ?? 0,
     });
     let loaded = false;
-    const load = (): void => {
+    const load = async (): Promise<void> => {
       if (loaded) return;
       loaded = true;
-      staging.add(o.files.load().map((f) => ({ path: f.path, content: f.content, mode: f.mode })));
+      staging.add((await o.files.load()).map((f) => ({ path: f.path, content: f.content, mode: f.mode })));
     };
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
@@ -300,12 +300,12 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       path !== undefined && plan.injectedDirectories.some((dir) => path.startsWith(`${dir}/`));
     for (const dir of plan.injectedDirectories) staging.directory(dir);
     if (!injected.every((path) => inDirectory(normalizeSandboxPath(path)))) {
-      load();
+      await load();
       staging.write((path) => !inDirectory(path));
     }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return launchPod(o, plan.args, closure.loader, root, egress, removeStaging, () => {
-      load();
+    return await launchPod(o, plan.args, closure.loader, root, egress, removeStaging, async () => {
+      await load();
       staging.write();
     });
   } catch (error) {
@@ -317,7 +317,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   }
 }
 
-function launchPod(
+async function launchPod(
   o: PodOptions,
   planArgs: string[],
   loader: string,
@@ -326,8 +326,8 @@ function launchPod(
   /** Removes what the pod was given that outlives it (the files' staging on /dev/shm). */
   cleanUp: () => void,
   /** Runs once bwrap is started, before the agent gets its configuration; a throw stops the pod. */
-  beforeAgent: () => void,
-): Pod {
+  beforeAgent: () => Promise<void>,
+): Promise<Pod> {
   const { launch } = o;
   const shell = "/bin/bash";
   const agent = [
@@ -387,8 +387,14 @@ function launchPod(
     args = bwrapArgs;
   }
   const child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe"], env: { PATH, LANG: "C.UTF-8" } });
+  // Listening before anything is awaited, so an early exit or error is not missed.
+  child.stdin.on("error", () => {});
+  const exited = new Promise<string>((resolve) => {
+    child.on("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `status ${code}`));
+    child.on("error", (error) => resolve(`failed to start: ${error.message}`));
+  });
   try {
-    beforeAgent();
+    await beforeAgent();
   } catch (error) {
     // The agent has no configuration yet, so nothing of the sandbox's has run.
     child.kill("SIGKILL");
@@ -421,7 +427,6 @@ function launchPod(
       : {}),
   };
   child.stdin.write(`${JSON.stringify(config)}\n`);
-  child.stdin.on("error", () => {});
   createInterface({ input: child.stdout }).on("line", (line) => {
     try {
       o.onAgent(JSON.parse(line) as AgentMessage);
@@ -430,10 +435,6 @@ function launchPod(
     }
   });
   createInterface({ input: child.stderr }).on("line", (line) => o.diag(`pod: ${line}`));
-  const exited = new Promise<string>((resolve) => {
-    child.on("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `status ${code}`));
-    child.on("error", (error) => resolve(`failed to start: ${error.message}`));
-  });
   // No pod, no sandbox to serve: the proxy goes with it.
   void exited.then(() => egress?.close());
   return {

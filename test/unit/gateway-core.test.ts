@@ -170,7 +170,7 @@ describe("injected-file content", () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it("is kept owner-only in the sandbox's directory and read back in order, byte for byte", () => {
+  it("is kept owner-only in the sandbox's directory and read back in order, byte for byte", async () => {
     const here = mkdtempSync(join(tmpdir(), "openshell-content-"));
     dir = here;
     // Only a sandbox with files has the file: its absence is an error, never "no files".
@@ -180,7 +180,7 @@ describe("injected-file content", () => {
       { path: "/sandbox/.agent/SOUL.md", content: randomBytes(70_000), mode: 0o555, size: 0, sha256: "" },
       { path: "/etc/empty", content: Buffer.alloc(0), mode: 0, size: 0, sha256: "" },
     ];
-    writeFileContent(here, files);
+    await writeFileContent(here, files);
     expect(statSync(fileContentPath(here)).mode & 0o777).toBe(0o600);
     expect(readdirSync(here)).toEqual([FILE_CONTENT_NAME]);
     const back = readFileContent(fileContentPath(here));
