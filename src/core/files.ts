@@ -8,7 +8,7 @@
 // that start `spec.files[i]`). Only that wording differs.
 
 import { createHash } from "node:crypto";
-import { closeSync, lstatSync, openSync, readv, type Stats, statSync } from "node:fs";
+import { closeSync, constants, lstatSync, openSync, readv, type Stats, statSync } from "node:fs";
 import type { SandboxFile } from "../gen/openshell.js";
 import { invalidInput, type OpenShellError } from "./errors.js";
 import { byteLength } from "./names.js";
@@ -273,7 +273,7 @@ function statLocal(spec: FileSpec): number {
 async function readInto(spec: FileSpec, slot: Buffer): Promise<void> {
   let fd: number;
   try {
-    fd = openSync(spec.local, "r");
+    fd = openSync(spec.local, constants.O_RDONLY);
   } catch (error) {
     const { code, message } = error as NodeJS.ErrnoException;
     throw fileError(spec.raw, `cannot read ${spec.local} (${code ?? message})`);
