@@ -14,7 +14,6 @@ import {
   SandboxPhase,
   type SandboxStreamEvent,
 } from "../../src/gen/openshell.js";
-import { layoutCreateRequest } from "../../src/transport/frames.js";
 import { connectGateway } from "../../src/transport/grpc.js";
 import {
   descendants,
@@ -106,31 +105,21 @@ export class BenchEnv {
     throwIfAborted();
     const client = this.client();
     const started = process.hrtime.bigint();
-    // As the CLI sends it: the content put straight into the laid-out request.
-    const { request, slots } = layoutCreateRequest(
-      {
-        name,
-        labels: {},
-        annotations: {},
-        workspace: "default",
-        spec: {
-          logLevel: "",
-          environment: {},
-          providers: [],
-          command,
-          tty: false,
-          // Without digests, as the CLI sends them: the gateway computes them.
-          files: files.map((file) => ({
-            ...file,
-            content: Buffer.alloc(0),
-            size: file.content.length,
-            sha256: "",
-          })),
-        },
+    const request = {
+      name,
+      labels: {},
+      annotations: {},
+      workspace: "default",
+      spec: {
+        logLevel: "",
+        environment: {},
+        providers: [],
+        command,
+        tty: false,
+        // Without digests, as the CLI sends them: the gateway computes them.
+        files: files.map((file) => ({ ...file, sha256: "" })),
       },
-      files.map((file) => file.content.length),
-    );
-    for (const [i, file] of files.entries()) file.content.copy(slots[i]!);
+    };
     const created = await new Promise<Sandbox>((resolveCreate, reject) => {
       client.createSandbox(request, (error: ServiceError | null, response) => {
         if (error) reject(new Error(`CreateSandbox ${name}: ${error.details || error.message}`));

@@ -48,11 +48,22 @@ export async function writeFileContent(sandboxDir: string, files: readonly Sandb
 }
 
 /**
- * The files stored at `path` (see fileContentPath). Only a sandbox with files
- * has the file, so a missing one is an error, never "no files".
+ * The files stored at `path` (see fileContentPath), which must be `paths`,
+ * in order. Only a sandbox with files has the file, so a missing one is an
+ * error, never "no files". The error reads "content is unreadable: ..." or
+ * "content does not match the sandbox's files".
  */
-export function readFileContent(path: string): SandboxFile[] {
-  return deserializeFilesResponse(readFileSync(path)).files;
+export function readFileContent(path: string, paths: readonly string[]): SandboxFile[] {
+  let files: SandboxFile[];
+  try {
+    files = deserializeFilesResponse(readFileSync(path)).files;
+  } catch (error) {
+    throw new Error(`content is unreadable: ${(error as Error).message}`, { cause: error });
+  }
+  if (files.length !== paths.length || files.some((file, i) => file.path !== paths[i])) {
+    throw new Error("content does not match the sandbox's files");
+  }
+  return files;
 }
 
 /** The parts in order, without joining them first (ten MiB of content is not copied again). */

@@ -367,21 +367,6 @@ export async function sha256HexEach(contents: readonly Uint8Array[]): Promise<st
   return digests;
 }
 
-/** `checkFileSpecs` and `readFileContents` into buffers of their own. */
-export async function readFileSpecs(specs: readonly FileSpec[]): Promise<SandboxFile[]> {
-  const sizes = checkFileSpecs(specs);
-  const contents = sizes.map((size) => Buffer.allocUnsafe(size));
-  await readFileContents(specs, contents);
-  const digests = await sha256HexEach(contents);
-  return specs.map((spec, i) => ({
-    path: normalizeSandboxPath(spec.remote),
-    content: contents[i]!,
-    mode: spec.mode,
-    size: sizes[i]!,
-    sha256: digests[i]!,
-  }));
-}
-
 // ---------------------------------------------------------------------------
 // Gateway side
 // ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@
 import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
 import type { SupervisorLaunch, SupervisorNotice, SupervisorReport } from "../gateway/runtime.js";
-import type { SandboxFile } from "../gen/openshell.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
 import { type AgentMessage, type InjectedFileSource, nodeClosure, PodError, startPod } from "./pod.js";
 import { fileInjectionFailed } from "./setup-errors.js";
@@ -39,16 +38,11 @@ function localFiles(path: string, paths: readonly string[], pending: boolean): I
     load: async () => {
       // At create the gateway writes the content while this supervisor starts.
       if (pending) await stored;
-      let files: SandboxFile[];
       try {
-        files = readFileContent(path);
+        return readFileContent(path, paths);
       } catch (error) {
-        throw fileInjectionFailed(path, `the injected files could not be read: ${(error as Error).message}`);
+        throw fileInjectionFailed(path, `the injected files' ${(error as Error).message}`);
       }
-      if (files.length !== paths.length || files.some((file, i) => file.path !== paths[i])) {
-        throw fileInjectionFailed(path, "the stored content does not match the sandbox's files");
-      }
-      return files;
     },
   };
 }

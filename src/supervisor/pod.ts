@@ -235,7 +235,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     const load = async (): Promise<void> => {
       if (loaded) return;
       loaded = true;
-      staging.add((await o.files.load()).map((f) => ({ path: f.path, content: f.content, mode: f.mode })));
+      staging.add(await o.files.load());
     };
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });

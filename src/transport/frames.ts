@@ -208,7 +208,11 @@ function joined(parts: readonly Uint8Array[]): Buffer {
   return Buffer.concat(parts, byteLength(parts));
 }
 
-/** CreateSandboxRequest with up to 10 MiB of files, the content copied once (not at all when laid out). */
+/**
+ * CreateSandboxRequest with up to 10 MiB of files: laid out (see
+ * layoutCreateRequest) with the content copied in once, or, when it was
+ * laid out already, sent as its buffer without a copy.
+ */
 export function serializeCreateRequest(request: CreateSandboxRequest): Buffer {
   const wire = (request as { [WIRE]?: Buffer })[WIRE];
   if (wire !== undefined) {
@@ -216,11 +220,14 @@ export function serializeCreateRequest(request: CreateSandboxRequest): Buffer {
     UNWRITTEN.delete(wire);
     return wire;
   }
-  const spec = request.spec;
-  if (!spec || spec.files.length === 0) return Buffer.from(CreateSandboxRequest.encode(request).finish());
-  const rest = CreateSandboxRequest.encode({ ...request, spec: undefined }).finish();
-  const specHead = SandboxSpec.encode({ ...spec, files: [] }).finish();
-  return joined([rest, ...delimited(FIELD_1, [specHead, ...fileEntries(FIELD_14, spec.files)])]);
+  const files = request.spec?.files ?? [];
+  if (files.length === 0) return Buffer.from(CreateSandboxRequest.encode(request).finish());
+  const { request: laidOut, slots } = layoutCreateRequest(
+    request,
+    files.map((file) => file.content.length),
+  );
+  for (const [i, file] of files.entries()) slots[i]!.set(file.content);
+  return serializeCreateRequest(laidOut);
 }
 
 /**

@@ -15,7 +15,6 @@ import {
   parseFileFlag,
   RESERVED_ROOTS,
   readFileContents,
-  readFileSpecs,
   sha256Hex,
   sha256HexEach,
   validateMode,
@@ -23,6 +22,21 @@ import {
   validateSandboxPath,
 } from "../../src/core/files.js";
 import type { SandboxFile } from "../../src/gen/openshell.js";
+
+/** What `sandbox create` does with its `--file` specs: check them, read each into a buffer, hash it. */
+async function readFileSpecs(specs: readonly FileSpec[]): Promise<SandboxFile[]> {
+  const sizes = checkFileSpecs(specs);
+  const contents = sizes.map((size) => Buffer.allocUnsafe(size));
+  await readFileContents(specs, contents);
+  const digests = await sha256HexEach(contents);
+  return specs.map((spec, i) => ({
+    path: normalizeSandboxPath(spec.remote),
+    content: contents[i]!,
+    mode: spec.mode,
+    size: sizes[i]!,
+    sha256: digests[i]!,
+  }));
+}
 
 function parseError(raw: string): OpenShellError {
   try {

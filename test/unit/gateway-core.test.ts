@@ -174,7 +174,7 @@ describe("injected-file content", () => {
     const here = mkdtempSync(join(tmpdir(), "openshell-content-"));
     dir = here;
     // Only a sandbox with files has the file: its absence is an error, never "no files".
-    expect(() => readFileContent(fileContentPath(here))).toThrow(/ENOENT/);
+    expect(() => readFileContent(fileContentPath(here), [])).toThrow(/ENOENT/);
     const files = [
       { path: "/etc/a", content: Buffer.from("abc"), mode: 0o444, size: 0, sha256: "" },
       { path: "/sandbox/.agent/SOUL.md", content: randomBytes(70_000), mode: 0o555, size: 0, sha256: "" },
@@ -183,7 +183,10 @@ describe("injected-file content", () => {
     await writeFileContent(here, files);
     expect(statSync(fileContentPath(here)).mode & 0o777).toBe(0o600);
     expect(readdirSync(here)).toEqual([FILE_CONTENT_NAME]);
-    const back = readFileContent(fileContentPath(here));
+    const back = readFileContent(
+      fileContentPath(here),
+      files.map((f) => f.path),
+    );
     expect(back.map((f) => [f.path, f.mode])).toEqual(files.map((f) => [f.path, f.mode]));
     expect(back.map((f, i) => Buffer.from(f.content).equals(files[i]!.content))).toEqual([true, true, true]);
   });
