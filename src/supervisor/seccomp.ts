@@ -279,10 +279,10 @@ f.export_bpf(sys.stdout)
 /** A compiled program is a few KiB; anything larger is not ours. */
 const MAX_PROGRAM_BYTES = 1 << 20;
 
-function compile(spec: SeccompSpec): Promise<Buffer> {
+function compile(spec: SeccompSpec, python: string): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const child = execFile(
-      SECCOMP_PYTHON,
+      python,
       ["-I", "-c", GENERATOR],
       { encoding: "buffer", maxBuffer: MAX_PROGRAM_BYTES, timeout: 30_000, env: { LANG: "C.UTF-8" } },
       (error, stdout, stderr) => {
@@ -299,7 +299,7 @@ function compile(spec: SeccompSpec): Promise<Buffer> {
         }
         const code = (error as NodeJS.ErrnoException).code;
         if (code === "ENOENT") {
-          reject(new SeccompError("SeccompUnavailable", `${SECCOMP_PYTHON} is missing; ${INSTALL_HINT}`));
+          reject(new SeccompError("SeccompUnavailable", `${python} is missing; ${INSTALL_HINT}`));
           return;
         }
         let report: { kind?: string; syscall?: string; message?: string } = {};
@@ -342,7 +342,11 @@ const INSTALL_HINT =
  * The path of the compiled filter for `spec`, under `dir`: built once, then
  * found by its digest. Rejects with a SeccompError when it cannot be built.
  */
-export async function seccompProgram(dir: string, spec: SeccompSpec): Promise<string> {
+export async function seccompProgram(
+  dir: string,
+  spec: SeccompSpec,
+  python: string = SECCOMP_PYTHON,
+): Promise<string> {
   const digest = createHash("sha256")
     .update(JSON.stringify({ arch: process.arch, spec }))
     .digest("hex")
@@ -354,7 +358,7 @@ export async function seccompProgram(dir: string, spec: SeccompSpec): Promise<st
   } catch {
     // Not built yet.
   }
-  const program = await compile(spec);
+  const program = await compile(spec, python);
   mkdirSync(dir, { recursive: true, mode: 0o711 });
   const temporary = `${path}.${process.pid}.tmp`;
   try {
