@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { processAlive } from "../core/process.js";
 import { VERSION } from "../core/version.js";
+import { parseDenyList, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
 import { startGateway } from "./server.js";
 
 export interface GatewayRuntimeInfo {
@@ -45,6 +46,8 @@ async function main(): Promise<void> {
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
   }
 
+  // Checked here so a mistyped list stops the start, not each sandbox later.
+  parseDenyList(process.env[SECCOMP_DENY_ENV]);
   const appRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..");
   // The token is read from its file (never passed on the command line, where `ps` would show it).
   const token = values["token-file"] ? readFileSync(values["token-file"], "utf8").trim() : undefined;

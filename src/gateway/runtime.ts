@@ -7,10 +7,11 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdirSync, rmSync } from "node:fs";
 import { setPriority } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { mallocTunables } from "../core/process.js";
 import { removeSharedMemoryStaging } from "../core/staging.js";
+import { POD_SUPPORT_DIR_ENV, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
@@ -120,6 +121,11 @@ export class LocalRuntime {
         PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
         LANG: "C.UTF-8",
         OPENSHELL_SUPERVISOR_GATEWAY: this.gatewayTarget,
+        // Beside the sandboxes' directories: the pods' execute-only loader and seccomp filter.
+        [POD_SUPPORT_DIR_ENV]: join(dirname(this.sandboxesDir), "pod-support"),
+        ...(process.env[SECCOMP_DENY_ENV] !== undefined
+          ? { [SECCOMP_DENY_ENV]: process.env[SECCOMP_DENY_ENV] }
+          : {}),
         ...mallocTunables(),
       },
     });

@@ -11,11 +11,20 @@
 // diagnostics go to stderr. stdin carries the launch configuration and stays
 // open: its end means the gateway is gone, and the sandbox stops with it.
 
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
 import type { SupervisorLaunch, SupervisorNotice, SupervisorReport } from "../gateway/runtime.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
-import { type AgentMessage, type InjectedFileSource, nodeClosure, PodError, startPod } from "./pod.js";
+import {
+  type AgentMessage,
+  type InjectedFileSource,
+  nodeClosure,
+  PodError,
+  podSupport,
+  startPod,
+} from "./pod.js";
+import { POD_SUPPORT_DIR_ENV, SECCOMP_DENY_ENV } from "./seccomp.js";
 import { fileInjectionFailed } from "./setup-errors.js";
 
 function report(message: SupervisorReport): void {
@@ -104,6 +113,13 @@ async function main(): Promise<void> {
   early?.client.getChannel().getConnectivityState(true);
   const closure = nodeClosure();
   closure.catch(() => {}); // reported by startPod
+  // The execute-only loader and the seccomp filter, shared by the host's pods:
+  // a spare makes or finds them before its sandbox exists.
+  const supportDir = process.env[POD_SUPPORT_DIR_ENV];
+  const earlySupport = supportDir
+    ? podSupport(supportDir, closure, process.env[SECCOMP_DENY_ENV])
+    : undefined;
+  earlySupport?.catch(() => {}); // reported by startPod
   const launch = await readLaunch();
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
@@ -173,6 +189,9 @@ async function main(): Promise<void> {
       onNetworkLog: (level, message) => logs.push(level, "network", message),
       diag,
       closure,
+      support:
+        earlySupport ??
+        podSupport(join(launch.sandboxDir, "support"), closure, process.env[SECCOMP_DENY_ENV]),
     });
   } catch (error) {
     if (error instanceof PodError) {

@@ -13,8 +13,8 @@
 // started from a private mount namespace in which root has bound them under
 // a traversable tmpfs first.
 
-import { execFile, spawn } from "node:child_process";
-import { chmodSync, mkdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { chmodSync, closeSync, mkdirSync, openSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { createInterface } from "node:readline";
 import { defaultPolicy } from "../core/policy.js";
@@ -24,9 +24,11 @@ import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
+import { executeOnlyLoader } from "./agent-guard.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { prepareStaging } from "./inject.js";
 import { applyHostPrep, type ControlBind, normalizeSandboxPath, planMounts } from "./mounts.js";
+import { parseDenyList, SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 
 export type AgentMessage =
@@ -69,6 +71,8 @@ const WORKDIR = "/sandbox";
 const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /** Where the pod's tmpfs of re-exposed host directories goes in the private mount namespace. */
 const EXPOSE_AT = "/mnt";
+/** The descriptor bubblewrap gets the compiled seccomp filter on. */
+const SECCOMP_FD = 3;
 /** Where the egress proxy's socket directory appears in the pod. */
 const EGRESS_DIR = `${CONTROL_ROOT}/egress`;
 
@@ -116,6 +120,47 @@ function parseLdd(output: string): NodeClosure {
   }
   if (!loader) throw new PodError("RuntimeUnavailable", "cannot find node's dynamic loader with ldd");
   return { loader, libraries };
+}
+
+/** What every pod of this host shares, made once and kept in the gateway's pod-support directory. */
+export interface PodSupport {
+  /** The agent's dynamic loader, execute-only (see agent-guard.ts). */
+  loader: string;
+  /** The compiled seccomp filter (see seccomp.ts). */
+  seccomp: string;
+}
+
+/**
+ * Makes (or finds) the pod support in `dir`. `denyText` is the gateway's
+ * OPENSHELL_SECCOMP_DENY. Rejects with a PodError naming what is missing.
+ */
+export async function podSupport(
+  dir: string,
+  closure: Promise<NodeClosure>,
+  denyText: string | undefined,
+): Promise<PodSupport> {
+  let spec: ReturnType<typeof seccompSpec>;
+  try {
+    spec = seccompSpec(parseDenyList(denyText));
+  } catch (error) {
+    throw new PodError("SeccompFilterInvalid", (error as Error).message);
+  }
+  const { loader } = await closure;
+  let copy: string;
+  try {
+    copy = executeOnlyLoader(dir, loader);
+  } catch (error) {
+    throw new PodError(
+      "RuntimeUnavailable",
+      `cannot make the agent's execute-only loader in ${dir}: ${(error as Error).message}`,
+    );
+  }
+  try {
+    return { loader: copy, seccomp: await seccompProgram(dir, spec) };
+  } catch (error) {
+    if (error instanceof SeccompError) throw new PodError(error.reason, error.message);
+    throw error;
+  }
 }
 
 function writeIdentityFiles(dir: string, uid: number, gid: number): { passwd: string; group: string } {
@@ -191,6 +236,8 @@ export interface PodOptions {
   diag(line: string): void;
   /** From nodeClosure(), started early. */
   closure: Promise<NodeClosure>;
+  /** From podSupport(), started early. */
+  support: Promise<PodSupport>;
 }
 
 export interface Pod {
@@ -240,6 +287,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
     const closure = await o.closure;
+    const support = await o.support;
     // With network rules, the proxy's socket directory goes into the pod read-only:
     // the pod can connect to the socket but not replace it.
     const egressPolicy = egressPolicyFor(policy);
@@ -253,7 +301,9 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     }
     const controlBinds: ControlBind[] = [
       { src: process.execPath, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
-      ...[closure.loader, ...closure.libraries].map((lib) => ({
+      // The file the kernel execs for the agent: execute-only, so the agent is non-dumpable.
+      { src: support.loader, dest: `${CONTROL_ROOT}/lib/${basename(closure.loader)}`, writable: false },
+      ...closure.libraries.map((lib) => ({
         src: lib,
         dest: `${CONTROL_ROOT}/lib/${basename(lib)}`,
         writable: false,
@@ -304,7 +354,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       staging.write((path) => !inDirectory(path));
     }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return await launchPod(o, plan.args, closure.loader, root, egress, removeStaging, async () => {
+    return await launchPod(o, plan.args, closure.loader, support, root, egress, removeStaging, async () => {
       await load();
       staging.write();
     });
@@ -321,6 +371,7 @@ async function launchPod(
   o: PodOptions,
   planArgs: string[],
   loader: string,
+  support: PodSupport,
   root: boolean,
   egress: EgressProxy | undefined,
   /** Removes what the pod was given that outlives it (the files' staging on /dev/shm). */
@@ -337,7 +388,22 @@ async function launchPod(
     `${CONTROL_ROOT}/bin/node`,
     `${CONTROL_ROOT}/app/dist/agent.mjs`,
   ];
-  const bwrapArgs = [...planArgs, "--setenv", "PATH", PATH, "--setenv", "LANG", "C.UTF-8", "--", ...agent];
+  const bwrapArgs = [
+    ...planArgs,
+    // bubblewrap's PID 1 holds the agent's channel on its stdio and is
+    // dumpable: its /proc entry is covered (see agent-guard.ts).
+    ...(planArgs.includes("--proc") ? ["--tmpfs", "/proc/1", "--remount-ro", "/proc/1"] : []),
+    "--seccomp",
+    String(SECCOMP_FD),
+    "--setenv",
+    "PATH",
+    PATH,
+    "--setenv",
+    "LANG",
+    "C.UTF-8",
+    "--",
+    ...agent,
+  ];
   let command: string;
   let args: string[];
   if (root) {
@@ -345,8 +411,11 @@ async function launchPod(
     // uid can traverse, in a mount namespace of this pod's own.
     const sandboxAt = `${EXPOSE_AT}/sandbox`;
     const appAt = `${EXPOSE_AT}/app`;
+    const supportAt = `${EXPOSE_AT}/support`;
+    const supportDir = dirname(support.loader);
     const rewrite = (arg: string): string => {
       for (const [from, to] of [
+        [supportDir, supportAt],
         [launch.sandboxDir, sandboxAt],
         [launch.appRoot, appAt],
       ] as const) {
@@ -365,15 +434,17 @@ async function launchPod(
       "-ec",
       [
         `mount -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
-        `mkdir ${sandboxAt} ${appAt}`,
+        `mkdir ${sandboxAt} ${appAt} ${supportAt}`,
         `mount --bind "$1" ${sandboxAt}`,
         `mount --bind "$2" ${appAt}`,
-        "shift 2",
+        `mount --bind "$3" ${supportAt}`,
+        "shift 3",
         'exec "$@"',
       ].join("\n"),
       "openshell-pod",
       launch.sandboxDir,
       launch.appRoot,
+      supportDir,
       "setpriv",
       `--reuid=${launch.hostUid}`,
       `--regid=${launch.hostGid}`,
@@ -386,9 +457,22 @@ async function launchPod(
     command = "bwrap";
     args = bwrapArgs;
   }
-  const child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe"], env: { PATH, LANG: "C.UTF-8" } });
+  // bubblewrap reads the filter from this descriptor and closes it before anything of the sandbox runs.
+  let filter: number;
+  try {
+    filter = openSync(support.seccomp, "r");
+  } catch (error) {
+    throw new PodError("SeccompUnavailable", `cannot open the seccomp filter: ${(error as Error).message}`);
+  }
+  let child: ChildProcess;
+  try {
+    child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe", filter], env: { PATH, LANG: "C.UTF-8" } });
+  } finally {
+    closeSync(filter);
+  }
+  const stdio = { stdin: child.stdin!, stdout: child.stdout!, stderr: child.stderr! };
   // Listening before anything is awaited, so an early exit or error is not missed.
-  child.stdin.on("error", () => {});
+  stdio.stdin.on("error", () => {});
   const exited = new Promise<string>((resolve) => {
     child.on("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `status ${code}`));
     child.on("error", (error) => resolve(`failed to start: ${error.message}`));
@@ -426,15 +510,15 @@ async function launchPod(
       ? { egress: { proxySocket: `${EGRESS_DIR}/${basename(egress.socketPath)}`, port: EGRESS_PROXY_PORT } }
       : {}),
   };
-  child.stdin.write(`${JSON.stringify(config)}\n`);
-  createInterface({ input: child.stdout }).on("line", (line) => {
+  stdio.stdin.write(`${JSON.stringify(config)}\n`);
+  createInterface({ input: stdio.stdout }).on("line", (line) => {
     try {
       o.onAgent(JSON.parse(line) as AgentMessage);
     } catch {
       o.diag(`agent: ${line}`);
     }
   });
-  createInterface({ input: child.stderr }).on("line", (line) => o.diag(`pod: ${line}`));
+  createInterface({ input: stdio.stderr }).on("line", (line) => o.diag(`pod: ${line}`));
   // No pod, no sandbox to serve: the proxy goes with it.
   void exited.then(() => egress?.close());
   return {

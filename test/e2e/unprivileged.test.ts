@@ -97,5 +97,31 @@ describe.skipIf(!runnable)(
       const deleted = await env.run(["sandbox", "delete", "plain"], as);
       expect(deleted.code, deleted.stderr).toBe(0);
     });
+
+    it("keeps the agent out of its sandbox's reach (its memory and descriptors refused) under a seccomp filter", async () => {
+      const created = await env.run(
+        ["sandbox", "create", "--name", "guarded", "--detach", "--", "sleep", "infinity"],
+        { ...as, cwd: env.home },
+      );
+      expect(created.code, created.stderr).toBe(0);
+      // The loader copy the kernel execs for the agent is this user's own, mode 0111.
+      const script = [
+        "grep '^Seccomp:' /proc/self/status",
+        // The agent is the process started through the pod's loader (pgrep leaves itself out).
+        "agent=$(pgrep -f '^/run/openshell/lib/ld-linux')",
+        "(exec 3</proc/$agent/mem) 2>/dev/null && echo mem open || echo mem refused",
+        "ls /proc/$agent/fd >/dev/null 2>&1 && echo fd open || echo fd refused",
+        // The main command is an ordinary process: the same routes into it open.
+        "sleeper=$(pgrep -x sleep | head -1)",
+        "(exec 3</proc/$sleeper/mem) 2>/dev/null && ls /proc/$sleeper/fd >/dev/null && echo sibling open",
+      ].join("\n");
+      const inside = await env.run(["sandbox", "exec", "-n", "guarded", "--", "sh", "-c", script], as);
+      expect(inside.code, inside.stderr).toBe(0);
+      expect(inside.stdout.replace(/[ \t]+/g, " ")).toBe(
+        "Seccomp: 2\nmem refused\nfd refused\nsibling open\n",
+      );
+      const deleted = await env.run(["sandbox", "delete", "guarded"], as);
+      expect(deleted.code, deleted.stderr).toBe(0);
+    });
   },
 );
