@@ -683,3 +683,34 @@ describe("loadPolicyFile", () => {
     });
   });
 });
+
+describe("parsePolicyYaml: nesting", () => {
+  const thrownBy = (text: string): string => {
+    try {
+      parsePolicyYaml(text, "p.yaml");
+    } catch (error) {
+      return (error as Error).message;
+    }
+    return "";
+  };
+
+  it("refuses 65 levels with its position, and lets 64 through to the ordinary checks", () => {
+    // The top-level mapping is level 1; each `[` adds one.
+    expect(thrownBy(`version: 1\nx: ${"[".repeat(64)}${"]".repeat(64)}\n`)).toBe(
+      "p.yaml:2:67: policy nesting exceeds 64 levels",
+    );
+    const at64 = thrownBy(`version: 1\nx: ${"[".repeat(63)}${"]".repeat(63)}\n`);
+    expect(at64).not.toContain("nesting");
+    expect(at64).toContain("x");
+  });
+
+  it("refuses 20,000 nested flow sequences and 3,000 nested block mappings without overflowing the stack", () => {
+    expect(thrownBy(`version: 1\nx: ${"[".repeat(20_000)}${"]".repeat(20_000)}\n`)).toBe(
+      "p.yaml:2:67: policy nesting exceeds 64 levels",
+    );
+    const block = Array.from({ length: 3000 }, (_, i) => `${" ".repeat(i + 1)}a:`).join("\n");
+    expect(thrownBy(`version: 1\nfilesystem_policy:\n${block}\n`)).toBe(
+      "p.yaml:66:65: policy nesting exceeds 64 levels",
+    );
+  });
+});
