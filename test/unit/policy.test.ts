@@ -412,8 +412,10 @@ describe("validatePolicy: filesystem and process", () => {
     expect(violationsOf("version: 1\nfilesystem_policy:\n  read_write: ['//']\n")[0]).toContain(
       "read-write path is overly broad: //",
     );
-    // Reading `/` is allowed; only writing all of it is refused.
-    expect(violationsOf("version: 1\nfilesystem_policy:\n  read_only: [/]\n")).toEqual([]);
+    // Reading all of it is refused too, with the words the mount planner uses.
+    expect(violationsOf("version: 1\nfilesystem_policy:\n  read_only: [/usr, /]\n")).toEqual([
+      `filesystem_policy.read_only[1]: read_only "/" would expose the host's whole filesystem; list the directories the sandbox needs`,
+    ]);
   });
 
   it("refuses relative paths and '..' components", () => {
