@@ -6,6 +6,7 @@ import { Command, CommanderError, Option } from "commander";
 import type { CommandContext } from "./commands/context.js";
 import type { GlobalOptions } from "./commands/gateways.js";
 import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "./core/errors.js";
+import { escapeForTerminal } from "./core/terminal-text.js";
 import { VERSION } from "./core/version.js";
 
 /** Set by commands whose exit status is a remote command's (exec, connect, attached create). */
@@ -294,6 +295,7 @@ Examples:
     .option("--since <duration>", "only lines newer than this (30s, 5m, 1h)")
     .option("--source <source>", "gateway, sandbox or all (repeatable)", collect, [])
     .option("--level <level>", "minimum level: error, warn, info, debug, trace")
+    .option("--raw", "print only each line's message, exactly as sent (control characters included)")
     .action(
       run(program, async (ctx, name: string | undefined, opts: Record<string, unknown>) => {
         const { logs } = await import("./commands/logs.js");
@@ -304,6 +306,7 @@ Examples:
           since: opts.since as string | undefined,
           source: opts.source as string[],
           level: opts.level as string | undefined,
+          raw: opts.raw === true,
         });
       }),
     );
@@ -467,8 +470,10 @@ function printError(error: OpenShellError): void {
   const color = process.stderr.isTTY === true && process.env.NO_COLOR === undefined;
   const red = (s: string): string => (color ? `\x1b[31m${s}\x1b[39m` : s);
   const dim = (s: string): string => (color ? `\x1b[2m${s}\x1b[22m` : s);
-  process.stderr.write(`${red("error:")} ${error.message}\n`);
-  if (error.hint) process.stderr.write(`${dim(`hint: ${error.hint}`)}\n`);
+  // The last gate before the terminal: a message may quote a sandbox or a
+  // remote gateway, and each is one line.
+  process.stderr.write(`${red("error:")} ${escapeForTerminal(error.message)}\n`);
+  if (error.hint) process.stderr.write(`${dim(`hint: ${escapeForTerminal(error.hint)}`)}\n`);
 }
 
 function exitCodeFor(error: OpenShellError): number {

@@ -2,7 +2,8 @@
 // signal (Ctrl-C), and a lazily connected gateway client.
 
 import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../core/config.js";
-import { OpenShellError } from "../core/errors.js";
+import { invalidInput, OpenShellError } from "../core/errors.js";
+import { validateWorkspaceName } from "../core/names.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { connectGateway, type GatewayTarget, unary } from "../transport/grpc.js";
 import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
@@ -43,12 +44,25 @@ export class CommandContext {
     this.abort.abort();
   }
 
+  /** The workspace sandbox commands address, checked before any RPC. */
   get workspace(): string {
-    return this.globals.workspace ?? process.env.OPENSHELL_WORKSPACE ?? DEFAULT_WORKSPACE;
+    const flag = this.globals.workspace;
+    const workspace = flag ?? process.env.OPENSHELL_WORKSPACE ?? DEFAULT_WORKSPACE;
+    const problem = workspace === "" ? "workspace must not be empty" : validateWorkspaceName(workspace);
+    if (problem) {
+      const source = flag !== undefined ? "--workspace" : "OPENSHELL_WORKSPACE=";
+      throw invalidInput(
+        `${source}${source.endsWith("=") ? "" : " "}${JSON.stringify(workspace)}: ${problem}`,
+        "A workspace name is lowercase letters, digits and single hyphens, at most 19 bytes.",
+      );
+    }
+    return workspace;
   }
 
   /** Resolves and connects the gateway once; `autoStart` for sandbox commands. */
   gateway(options: { autoStart?: boolean } = {}): Promise<ConnectedGateway> {
+    // A bad workspace is refused before a gateway is resolved or started.
+    const workspace = this.workspace;
     this.connected ??= resolveGateway(this.globals, {
       autoStart: options.autoStart ?? true,
       notice: (line) => this.ui.note(this.ui.err.dim(line)),
@@ -58,7 +72,7 @@ export class CommandContext {
       return {
         ...resolved,
         client,
-        workspace: this.workspace,
+        workspace,
         call: (method, request, options) =>
           unary(target, method.bind(client), request, { ...options, signal: this.signal }),
       };

@@ -1,7 +1,10 @@
 // `logs [NAME]`: the sandbox's log lines — its main process's output and the
-// gateway's own notes about it — once, or followed with --tail.
+// gateway's own notes about it — once, or followed with --tail. Every field
+// of a line may come from the sandbox, so each is escaped for the terminal;
+// --raw prints only the messages, as they are, for a user who asks for that.
 
 import { OpenShellError, usageError } from "../core/errors.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
 import type { SandboxLogLine, SandboxStreamEvent } from "../gen/openshell.js";
 import { mapGrpcError } from "../transport/grpc.js";
 import type { CommandContext } from "./context.js";
@@ -13,6 +16,7 @@ export interface LogsOptions {
   since?: string | undefined;
   source: string[];
   level?: string | undefined;
+  raw?: boolean | undefined;
 }
 
 export function parseDuration(text: string): number {
@@ -34,7 +38,7 @@ export function formatLogLine(line: SandboxLogLine): string {
     .sort()
     .map((key) => ` ${key}=${line.fields[key]}`)
     .join("");
-  return `[${seconds}] [${source}] [${level}] [${line.target}] ${line.message}${fields}`;
+  return escapeForTerminal(`[${seconds}] [${source}] [${level}] [${line.target}] ${line.message}${fields}`);
 }
 
 const LEVELS = ["error", "warn", "info", "debug", "trace"];
@@ -53,6 +57,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
   const sinceMs = options.since ? Date.now() - parseDuration(options.since) : 0;
   const sources = options.source.filter((s) => s !== "all");
   const minLevel = options.level?.toUpperCase() ?? "";
+  const format = options.raw ? (line: SandboxLogLine) => line.message : formatLogLine;
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
   const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
@@ -67,7 +72,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
       minLevel,
       workspace: gateway.workspace,
     });
-    for (const line of response.logs) ctx.ui.data(formatLogLine(line));
+    for (const line of response.logs) ctx.ui.data(format(line));
     if (sinceMs > 0 && response.bufferTotal > 0 && response.logs.length < options.lines) {
       ctx.ui.warn(
         `log buffer contains only the last ${response.bufferTotal} lines; --since results may be incomplete.`,
@@ -93,7 +98,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
       resolve();
     });
     stream.on("data", (event: SandboxStreamEvent) => {
-      if (event.payload?.$case === "log") ctx.ui.data(formatLogLine(event.payload.value));
+      if (event.payload?.$case === "log") ctx.ui.data(format(event.payload.value));
     });
     stream.on("end", () => resolve());
     stream.on("error", (error: Error & { code?: number }) => {

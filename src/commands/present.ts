@@ -5,6 +5,7 @@ import { stringify as toYaml } from "yaml";
 import { formatBytes, formatMode } from "../core/files.js";
 import { phaseName, readyFalseMessage } from "../core/phases.js";
 import { policyToDocument, policyToYaml } from "../core/policy.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
 import { type Sandbox, SandboxPhase } from "../gen/openshell.js";
 import { table, type Ui } from "./ui.js";
 
@@ -109,7 +110,8 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   ui.data(`  ${label("Created:")} ${formatTimestamp(meta.createdAtMs)}`);
   ui.data(`  ${label("Phase:")} ${phaseColor(ui, status?.phase, phaseName(status?.phase))}`);
   const reason = readyFalseMessage(sandbox);
-  if (reason) ui.data(`  ${label("Reason:")} ${reason}`);
+  // The reason may quote the sandbox (a supervisor's failure, a command's output).
+  if (reason) ui.data(`  ${label("Reason:")} ${escapeForTerminal(reason)}`);
   if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
   ui.data(`  ${label("Resource version:")} ${meta.resourceVersion}`);
   ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);

@@ -16,6 +16,7 @@ import {
 } from "../core/download.js";
 import { OpenShellError } from "../core/errors.js";
 import { phaseName } from "../core/phases.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
 import {
   packUpload,
   planUpload,
@@ -95,10 +96,18 @@ function transferLost(what: string, error: unknown): unknown {
     "connection_lost",
     `${what} failed: the connection to the sandbox was lost before the transfer completed (${error.message})`,
     {
-      hint: "Nothing was confirmed as transferred. Check the gateway with `openshell gateway status` and run the command again.",
+      hint: "Nothing was confirmed as transferred. Check the gateway with `openshell status` and run the command again.",
       cause: error,
     },
   );
+}
+
+/** The non-blank lines a sandbox command wrote on stderr, escaped for the terminal. */
+function stderrLines(stderr: Buffer): string[] {
+  return escapeForTerminal(stderr)
+    .split("\\n")
+    .map((line) => line.trim())
+    .filter((line) => line !== "");
 }
 
 /** Runs a command in the sandbox and collects its output and status. */
@@ -108,12 +117,27 @@ async function capture(
 ): Promise<{ stdout: Buffer; stderr: Buffer; code: number }> {
   const channel = await sshExec(client, command);
   channel.end();
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  channel.on("data", (d: Buffer) => out.push(d));
-  channel.stderr.on("data", (d: Buffer) => err.push(d));
+  const stdout = collectBounded(channel);
+  const stderr = collectBounded(channel.stderr);
   const code = await channelExit(channel);
-  return { stdout: Buffer.concat(out), stderr: Buffer.concat(err), code };
+  return { stdout: stdout(), stderr: stderr(), code };
+}
+
+// What the sandbox's probes and tar print is a path or an error line; past
+// this, the rest is dropped, so a sandbox cannot make the CLI buffer without end.
+const CAPTURE_LIMIT = 64 * 1024;
+
+/** Keeps the first CAPTURE_LIMIT bytes a stream emits; the returned function joins them. */
+function collectBounded(stream: NodeJS.EventEmitter): () => Buffer {
+  const chunks: Buffer[] = [];
+  let kept = 0;
+  stream.on("data", (d: Buffer) => {
+    if (kept >= CAPTURE_LIMIT) return;
+    const part = d.subarray(0, CAPTURE_LIMIT - kept);
+    chunks.push(part);
+    kept += part.length;
+  });
+  return () => Buffer.concat(chunks);
 }
 
 async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void> {
@@ -197,7 +221,7 @@ export async function sandboxDownload(
   try {
     const probe = await capture(ssh.client, probeCommand(options.path));
     if (probe.code !== 0) {
-      const reason = probe.stderr.toString("utf8").trim().split("\n").pop() ?? "";
+      const reason = stderrLines(probe.stderr).pop() ?? "";
       throw new OpenShellError(
         "not_found",
         `failed to resolve sandbox source path '${options.path}'${reason ? `: ${reason}` : ""}`,
@@ -208,8 +232,7 @@ export async function sandboxDownload(
     const kind = decodeTypeProbe(type.stdout, options.path);
     const channel = await sshExec(ssh.client, downloadTarCommand(resolved));
     channel.end();
-    const err: Buffer[] = [];
-    channel.stderr.on("data", (d: Buffer) => err.push(d));
+    const err = collectBounded(channel.stderr);
     const exit = channelExit(channel);
     const progress = new TransferProgress(ctx.ui, "Downloading");
     let received = 0;
@@ -225,7 +248,7 @@ export async function sandboxDownload(
           if (code !== 0) {
             throw new OpenShellError(
               "sandbox_error",
-              `ssh tar create exited with status ${code}: ${Buffer.concat(err).toString("utf8").trim()}`,
+              `ssh tar create exited with status ${code}: ${stderrLines(err()).join("; ")}`,
             );
           }
         }),

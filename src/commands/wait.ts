@@ -7,6 +7,7 @@
 import type { ClientReadableStream } from "@grpc/grpc-js";
 import { OpenShellError } from "../core/errors.js";
 import { readyFalseMessage } from "../core/phases.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
 import { type PlatformEvent, type Sandbox, SandboxPhase, type SandboxStreamEvent } from "../gen/openshell.js";
 import { mapGrpcError } from "../transport/grpc.js";
 import type { ConnectedGateway } from "./context.js";
@@ -31,6 +32,10 @@ function isProgress(event: PlatformEvent): boolean {
 export function provisionTimeoutSecs(): number {
   const value = Number(process.env.OPENSHELL_PROVISION_TIMEOUT);
   return Number.isFinite(value) && value > 0 ? value : 300;
+}
+
+function escapeIfSet(text: string | undefined): string | undefined {
+  return text === undefined ? undefined : escapeForTerminal(text);
 }
 
 class Progress {
@@ -62,9 +67,10 @@ class Progress {
   }
 
   event(event: PlatformEvent): void {
-    const done = event.metadata["openshell.progress.complete_step"];
-    const active = event.metadata["openshell.progress.active_step"];
-    const detail = event.metadata["openshell.progress.active_detail"];
+    // Event texts may quote the sandbox (a supervisor's progress or warning).
+    const done = escapeIfSet(event.metadata["openshell.progress.complete_step"]);
+    const active = escapeIfSet(event.metadata["openshell.progress.active_step"]);
+    const detail = escapeIfSet(event.metadata["openshell.progress.active_detail"]);
     if (this.mode === "plain") {
       if (done) this.line(STEP_LABELS[done]?.done ?? done);
       if (detail) this.line(detail);
@@ -81,7 +87,7 @@ class Progress {
         else this.spinner.text = this.text;
       }
     }
-    if (event.type === "Warning" && this.mode !== "silent") this.ui.warn(event.message);
+    if (event.type === "Warning" && this.mode !== "silent") this.ui.warn(escapeForTerminal(event.message));
   }
 
   finish(ok: boolean, message: string): void {
@@ -144,7 +150,7 @@ export function waitForReady(
         settle(
           new OpenShellError(
             "timeout",
-            `sandbox provisioning timed out after ${timeoutSecs}s${reason ? `. Last reported status: ${reason}` : ""}`,
+            `sandbox provisioning timed out after ${timeoutSecs}s${reason ? `. Last reported status: ${escapeForTerminal(reason)}` : ""}`,
           ),
         );
       }, timeoutSecs * 1000);
@@ -163,7 +169,7 @@ export function waitForReady(
           settle(
             new OpenShellError(
               "sandbox_error",
-              `sandbox entered error phase while provisioning${reason ? `: ${reason}` : ""}`,
+              `sandbox entered error phase while provisioning${reason ? `: ${escapeForTerminal(reason)}` : ""}`,
             ),
           );
         } else if (phase === SandboxPhase.SANDBOX_PHASE_READY) {
@@ -173,7 +179,7 @@ export function waitForReady(
         if (isProgress(payload.value)) arm();
         progress.event(payload.value);
       } else if (payload?.$case === "warning") {
-        if (options.mode !== "silent") ui.warn(payload.value.message);
+        if (options.mode !== "silent") ui.warn(escapeForTerminal(payload.value.message));
       }
     });
     stream.on("error", (error) => {

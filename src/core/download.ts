@@ -19,6 +19,7 @@ import {
   lutimes,
   mkdir,
   open,
+  readdir,
   readlink,
   realpath,
   rename,
@@ -33,6 +34,7 @@ import type { Readable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "./errors.js";
 import { shellEscape } from "./shell.js";
+import { escapeForTerminal } from "./terminal-text.js";
 
 // ---------------------------------------------------------------------------
 // Sandbox path checks (same rules and messages as upstream)
@@ -74,7 +76,7 @@ export function checkSourcePath(requested: string, root: string): string {
   if (cleaned === undefined) throw invalidInput(`sandbox source path is invalid (got '${requested}')`);
   if (!isOrUnder(cleaned, root)) {
     throw invalidInput(
-      `sandbox source path '${requested}' is outside the sandbox workspace (${root})`,
+      escapeForTerminal(`sandbox source path '${requested}' is outside the sandbox workspace (${root})`),
       downloadHint,
     );
   }
@@ -90,7 +92,9 @@ export function checkResolvedPath(requested: string, resolved: string, root: str
   }
   if (!isOrUnder(cleaned, root)) {
     throw invalidInput(
-      `sandbox source path '${requested}' resolves to '${resolved}', outside the sandbox workspace (${root})`,
+      escapeForTerminal(
+        `sandbox source path '${requested}' resolves to '${resolved}', outside the sandbox workspace (${root})`,
+      ),
       downloadHint,
     );
   }
@@ -180,12 +184,18 @@ export interface DownloadResult {
 }
 
 /**
- * Extract the archive `downloadTarCommand` produced.
+ * Extract the archive `downloadTarCommand` produced. Everything is first
+ * extracted into a staging directory and moved into place only once the
+ * whole archive has been read and accepted, so a refused or interrupted
+ * download leaves DEST as it was (and no directory the download created):
  *
  * - kind "file": the one regular file `name` lands at fileDownloadTarget(...)
- *   through a staging directory beside it and an atomic rename, so a failed
- *   download leaves the target as it was.
- * - kind "dir": the contents of `name/` merge into DEST (created if needed).
+ *   through a staging directory beside it and an atomic rename.
+ * - kind "dir", DEST missing: extracted into a staging directory beside
+ *   DEST, renamed to DEST at the end.
+ * - kind "dir", DEST a directory: the contents of `name/` merge into DEST
+ *   (as upstream): extracted into a staging directory inside DEST, each
+ *   entry checked against what DEST holds, then moved in.
  *
  * Refused, with nothing written outside DEST: absolute names, `..`, entries
  * outside `name`, device and FIFO entries, hard links to anything but a
@@ -225,12 +235,20 @@ async function extractInto(
         `cannot extract directory '${opts.source ?? name}' over non-directory destination '${dest}'`,
       );
     }
-    await makeDestination(dest);
+    if (destStat === undefined) return extractNewDirectory(input, dest, name);
     // Resolved once, up front: DEST may be a symlink the user chose; below
     // it, every step refuses to pass through one.
-    const extractor = new SafeExtractor(await realpath(dest), name, "dir");
-    await extractor.run(input);
-    return { files: extractor.files, bytes: extractor.bytes, path: dest };
+    const base = await realpath(dest);
+    const staging = await makeStaging(base, 0o700);
+    try {
+      const extractor = new SafeExtractor(staging, name, "dir", base);
+      await extractor.run(input);
+      await mergeInto(staging, base);
+      await extractor.applyDirModes(base);
+      return { files: extractor.files, bytes: extractor.bytes, path: dest };
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
   }
 
   const target = fileDownloadTarget(dest, name, destStat?.isDirectory() ?? false);
@@ -238,16 +256,12 @@ async function extractInto(
   if (existing?.isDirectory())
     throw invalidInput(`cannot overwrite directory '${target}' with downloaded file`);
   const parent = path.dirname(target);
-  await makeDestination(parent);
-  const staging = path.join(parent, `.openshell-download-${randomBytes(6).toString("hex")}`);
+  const createdParent = await makeDestination(parent);
+  let staging: string | undefined;
+  let done = false;
   try {
-    await mkdir(staging, { mode: 0o700 });
-  } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw invalidInput(`failed to create download staging directory in '${parent}': ${reason}`);
-  }
-  try {
-    const extractor = new SafeExtractor(await realpath(staging), name, "file");
+    staging = await makeStaging(parent, 0o700);
+    const extractor = new SafeExtractor(staging, name, "file");
     await extractor.run(input);
     const staged = path.join(staging, name);
     const stagedStat = await lstatIfExists(staged);
@@ -256,9 +270,66 @@ async function extractInto(
     const now = await lstatIfExists(target);
     if (now?.isDirectory()) throw invalidInput(`cannot overwrite directory '${target}' with downloaded file`);
     await rename(staged, target);
+    done = true;
     return { files: extractor.files, bytes: extractor.bytes, path: target };
   } finally {
-    await rm(staging, { recursive: true, force: true });
+    if (staging !== undefined) await rm(staging, { recursive: true, force: true });
+    if (!done && createdParent !== undefined) await rm(createdParent, { recursive: true, force: true });
+  }
+}
+
+/** A directory download to a DEST that does not exist: staged beside it, renamed to it at the end. */
+async function extractNewDirectory(input: ArchiveInput, dest: string, name: string): Promise<DownloadResult> {
+  const parent = path.dirname(path.resolve(dest));
+  const createdParent = await makeDestination(parent);
+  let staging: string | undefined;
+  let done = false;
+  try {
+    // The mode DEST would have had from mkdir (the umask applies).
+    staging = await makeStaging(parent, 0o777);
+    const extractor = new SafeExtractor(staging, name, "dir");
+    await extractor.run(input);
+    try {
+      await rename(staging, dest);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      throw invalidInput(`failed to move the download into place at '${dest}': ${reason}`);
+    }
+    done = true;
+    await extractor.applyDirModes(dest);
+    return { files: extractor.files, bytes: extractor.bytes, path: dest };
+  } finally {
+    if (!done && staging !== undefined) await rm(staging, { recursive: true, force: true });
+    if (!done && createdParent !== undefined) await rm(createdParent, { recursive: true, force: true });
+  }
+}
+
+/** A fresh staging directory in `dir`; returns its real path. */
+async function makeStaging(dir: string, mode: number): Promise<string> {
+  const staging = path.join(dir, `.openshell-download-${randomBytes(6).toString("hex")}`);
+  try {
+    await mkdir(staging, { mode });
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw invalidInput(`failed to create download staging directory in '${dir}': ${reason}`);
+  }
+  return realpath(staging);
+}
+
+/**
+ * Moves what `staging` holds into `base`: a directory onto an existing
+ * directory is merged, anything else is renamed over what is there (rename
+ * replaces a file or a symlink itself, never what a symlink points at). The
+ * extractor already refused every entry that does not fit what `base` holds.
+ */
+async function mergeInto(staging: string, base: string): Promise<void> {
+  for (const entry of await readdir(staging)) {
+    const from = path.join(staging, entry);
+    const to = path.join(base, entry);
+    const [source, target] = await Promise.all([lstat(from), lstatIfExists(to)]);
+    if (source.isDirectory() && target?.isDirectory()) await mergeInto(from, to);
+    else if (target?.isDirectory()) throw invalidInput(`cannot overwrite directory '${to}' with a download`);
+    else await rename(from, to);
   }
 }
 
@@ -288,9 +359,10 @@ function openArchive(archive: Readable): ArchiveInput {
   };
 }
 
-async function makeDestination(dir: string): Promise<void> {
+/** Makes `dir` and its parents; returns the first directory it created, if any (to undo). */
+async function makeDestination(dir: string): Promise<string | undefined> {
   try {
-    await mkdir(dir, { recursive: true });
+    return await mkdir(dir, { recursive: true });
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
     throw invalidInput(`failed to create local destination directory '${dir}': ${reason}`);
@@ -301,7 +373,7 @@ async function makeDestination(dir: string): Promise<void> {
 type ArchiveEntry = AsyncIterable<unknown> & { header: tarStream.Header };
 
 interface PendingDir {
-  abs: string;
+  rel: string[];
   mode: number;
   mtime: Date;
 }
@@ -325,10 +397,17 @@ class SafeExtractor {
   /** Regular files this archive wrote: the only things its hard links may point at. */
   private readonly written = new Set<string>();
 
+  /**
+   * Extracts into `root`, a staging directory. With `base`, the entries will
+   * then be merged into `base`: every check sees `root` laid over `base`, so
+   * what `base` already holds (a symlink, a directory) refuses an entry as it
+   * would if extraction were into `base` itself.
+   */
   constructor(
     private readonly root: string,
     private readonly name: string,
     private readonly kind: "file" | "dir",
+    private readonly base?: string,
   ) {}
 
   async run(input: ArchiveInput): Promise<void> {
@@ -338,6 +417,15 @@ class SafeExtractor {
       await this.entry(next.value);
     }
     await this.finish();
+  }
+
+  /** What is at rel in the staging directory, else in `base`; `staged` tells which. */
+  private async lookup(rel: string[]): Promise<{ stat: Stats; staged: boolean } | undefined> {
+    const staged = await lstatIfExists(this.abs(rel));
+    if (staged !== undefined) return { stat: staged, staged: true };
+    if (this.base === undefined) return undefined;
+    const existing = await lstatIfExists(path.join(this.base, ...rel));
+    return existing === undefined ? undefined : { stat: existing, staged: false };
   }
 
   private async entry(entry: ArchiveEntry): Promise<void> {
@@ -406,14 +494,15 @@ class SafeExtractor {
     for (let i = 0; i < rel.length - 1; i++) {
       const here = rel.slice(0, i + 1);
       const p = this.abs(here);
-      const st = await lstatIfExists(p);
-      if (st === undefined) {
+      const found = await this.lookup(here);
+      const st = found?.stat;
+      if (found === undefined || (!found.staged && st!.isDirectory())) {
         await mkdir(p);
         continue;
       }
-      if (st.isSymbolicLink())
+      if (st!.isSymbolicLink())
         throw refused(entryName, `'${here.join("/")}' is a symlink in the destination`);
-      if (!st.isDirectory())
+      if (!st!.isDirectory())
         throw refused(entryName, `'${here.join("/")}' is not a directory in the destination`);
     }
   }
@@ -435,12 +524,13 @@ class SafeExtractor {
   ): Promise<void> {
     await this.ensureParents(entryName, rel);
     const p = this.abs(rel);
-    const existing = await lstatIfExists(p);
-    if (existing?.isDirectory()) throw refused(entryName, `cannot overwrite directory '${p}' with a file`);
+    const existing = await this.lookup(rel);
+    if (existing?.stat.isDirectory())
+      throw refused(entryName, `cannot overwrite directory '${rel.join("/")}' with a file`);
     this.written.delete(rel.join("/"));
     // Replace, never write into: an existing file may be a hard link shared
     // with something outside DEST, and an existing symlink must not be followed.
-    if (existing !== undefined) await unlink(p);
+    if (existing?.staged) await unlink(p);
     const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
     const handle = await open(p, flags, 0o600);
     try {
@@ -463,15 +553,15 @@ class SafeExtractor {
   private async makeDir(entryName: string, rel: string[], mode: number, mtime: Date): Promise<void> {
     await this.ensureParents(entryName, rel);
     const p = this.abs(rel);
-    const existing = await lstatIfExists(p);
-    if (existing === undefined) await mkdir(p, 0o700);
-    else if (existing.isSymbolicLink())
+    const existing = await this.lookup(rel);
+    if (existing === undefined || (!existing.staged && existing.stat.isDirectory())) await mkdir(p, 0o700);
+    else if (existing.stat.isSymbolicLink())
       throw refused(entryName, `'${rel.join("/")}' is a symlink in the destination`);
-    else if (!existing.isDirectory())
+    else if (!existing.stat.isDirectory())
       throw refused(entryName, `'${rel.join("/")}' is a file in the destination`);
-    // Applied at the end, deepest first: a read-only directory must still
-    // receive its children, and writing them would change its mtime.
-    this.dirs.push({ abs: p, mode, mtime });
+    // Applied at the very end, in place, deepest first: a read-only directory
+    // must still receive its children, and writing them would change its mtime.
+    this.dirs.push({ rel, mode, mtime });
   }
 
   private async addSymlink(entryName: string, rel: string[], target: string, mtime: Date): Promise<void> {
@@ -518,9 +608,9 @@ class SafeExtractor {
   private async symlinkAt(rel: string[]): Promise<string | undefined> {
     const pending = this.symlinks.get(rel.join("/"));
     if (pending !== undefined) return pending.target;
-    const st = await lstatIfExists(this.abs(rel));
-    if (st?.isSymbolicLink()) return readlink(this.abs(rel));
-    return undefined;
+    const found = await this.lookup(rel);
+    if (!found?.stat.isSymbolicLink()) return undefined;
+    return readlink(found.staged ? this.abs(rel) : path.join(this.base!, ...rel));
   }
 
   private async hardLink(entryName: string, rel: string[], linkName: string): Promise<void> {
@@ -546,9 +636,10 @@ class SafeExtractor {
     }
     await this.ensureParents(entryName, rel);
     const p = this.abs(rel);
-    const existing = await lstatIfExists(p);
-    if (existing?.isDirectory()) throw refused(entryName, `cannot overwrite directory '${p}' with a file`);
-    if (existing !== undefined) await unlink(p);
+    const existing = await this.lookup(rel);
+    if (existing?.stat.isDirectory())
+      throw refused(entryName, `cannot overwrite directory '${rel.join("/")}' with a file`);
+    if (existing?.staged) await unlink(p);
     await link(this.abs(targetRel), p);
     this.written.add(rel.join("/"));
     this.files += 1;
@@ -559,19 +650,27 @@ class SafeExtractor {
     for (const pending of this.symlinks.values()) {
       await this.ensureParents(pending.entryName, pending.rel);
       const p = this.abs(pending.rel);
-      const existing = await lstatIfExists(p);
-      if (existing?.isDirectory()) {
-        throw refused(pending.entryName, `cannot overwrite directory '${p}' with a symlink`);
+      const existing = await this.lookup(pending.rel);
+      if (existing?.stat.isDirectory()) {
+        throw refused(
+          pending.entryName,
+          `cannot overwrite directory '${pending.rel.join("/")}' with a symlink`,
+        );
       }
-      if (existing !== undefined) await unlink(p);
+      if (existing?.staged) await unlink(p);
       await symlink(pending.target, p);
       await lutimes(p, pending.mtime, pending.mtime);
     }
+  }
+
+  /** The archive's directory modes and times, applied where the entries now are. */
+  async applyDirModes(root: string): Promise<void> {
     for (const dir of [...this.dirs].reverse()) {
-      const st = await lstatIfExists(dir.abs);
+      const abs = path.join(root, ...dir.rel);
+      const st = await lstatIfExists(abs);
       if (!st?.isDirectory()) continue;
-      await chmod(dir.abs, dir.mode);
-      await utimes(dir.abs, dir.mtime, dir.mtime);
+      await chmod(abs, dir.mode);
+      await utimes(abs, dir.mtime, dir.mtime);
     }
   }
 }
@@ -582,14 +681,18 @@ async function drain(entry: AsyncIterable<unknown>): Promise<void> {
   }
 }
 
+// Entry names, link targets and probe output come from the sandbox: they are
+// shown escaped (see terminal-text.ts), so a name cannot act on the terminal.
 function refused(entryName: string, why: string): OpenShellError {
-  return new OpenShellError("sandbox_error", `refusing downloaded archive entry '${entryName}': ${why}`, {
-    hint: "nothing was written outside the destination; the sandbox sent an unsafe archive",
-  });
+  return new OpenShellError(
+    "sandbox_error",
+    escapeForTerminal(`refusing downloaded archive entry '${entryName}': ${why}`),
+    { hint: "nothing was written; the sandbox sent an unsafe archive" },
+  );
 }
 
 function sandboxError(message: string): OpenShellError {
-  return new OpenShellError("sandbox_error", message);
+  return new OpenShellError("sandbox_error", escapeForTerminal(message));
 }
 
 async function lstatIfExists(p: string): Promise<Stats | undefined> {

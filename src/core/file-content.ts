@@ -5,9 +5,10 @@
 // gateway says it is stored), and the create call returns once it is; the
 // content then survives a gateway restart, and goes when the sandbox's
 // directory does. Like the store's rows (SQLite, synchronous=NORMAL) it is
-// not fsynced. A gateway that dies while writing it, or a power loss, can
-// leave a sandbox without it: that sandbox fails with FileInjectionFailed on
-// its next start rather than running without its files.
+// not fsynced. A gateway that dies while writing it leaves a sandbox without
+// it, whose create never returned: the next gateway start removes that
+// sandbox and the temporary file. After a power loss that drops it too, the
+// sandbox is removed rather than run without its files.
 // The supervisor reads it directly when the gateway's launch names it, and
 // GetSandboxFiles serves the same bytes to a supervisor that cannot.
 //

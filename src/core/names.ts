@@ -42,6 +42,18 @@ export function validateSandboxName(name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * A workspace name follows the sandbox name's rule: upstream joins both into
+ * one DNS label, and here it also keys the store and reaches logs and paths,
+ * so `../../etc` or a NUL must never be one. The empty string means the
+ * default workspace on the wire, and is accepted there.
+ */
+export function validateWorkspaceName(workspace: string): string | undefined {
+  if (workspace === "") return undefined;
+  const problem = validateSandboxName(workspace);
+  return problem === undefined ? undefined : `workspace ${problem.replace(/^name /, "")}`;
+}
+
 const NAME_ADJECTIVES = (
   "amber bold brave brisk calm clever cosmic crisp curious dapper eager early fair fancy " +
   "fleet fond gentle glad golden grand happy hardy honest humble jolly keen kind lively " +

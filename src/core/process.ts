@@ -1,12 +1,29 @@
 // Helpers for the processes openshell starts and watches.
 
-/** Whether a process exists, by pid (EPERM means it does, owned by another user). */
+import { readFileSync } from "node:fs";
+
+/**
+ * Whether a process runs, by pid (EPERM means it does, owned by another
+ * user). A zombie does not: a killed gateway whose parent (a container's init
+ * that reaps nothing) never collects it still answers signal 0, and must not
+ * be taken for a gateway that is running.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+  return !isZombie(pid);
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The state follows the command name, which is in parentheses and may hold any character.
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) === "Z";
+  } catch {
+    return false;
   }
 }
 

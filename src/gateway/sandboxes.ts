@@ -11,8 +11,8 @@
 // ERROR is sticky: nothing but delete leaves it.
 
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { fileContentPath, readFileContent, writeFileContent } from "../core/file-content.js";
 import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
@@ -49,6 +49,9 @@ export const DEFAULT_WORKSPACE = "default";
 export const DEFAULT_COMMAND = ["/bin/bash", "-l"];
 export const LIST_DEFAULT = 100;
 export const LIST_MAX = 1000;
+
+/** A sandbox id (randomUUID), as its directory is named. */
+const SANDBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** First UID given to sandbox pods when the gateway runs as root. */
 const POD_UID_BASE = 2_100_000_000;
@@ -209,7 +212,7 @@ export class Sandboxes {
     // The content is written off this thread while the supervisor starts; it
     // reads the content only once told it is stored, and the create call
     // returns only then. A gateway that dies meanwhile leaves a sandbox whose
-    // content is missing: on restart it fails with FileInjectionFailed.
+    // content is missing, which the next start removes (removeUnfinishedCreates).
     const stored =
       files.length > 0
         ? writeFileContent(
@@ -312,8 +315,37 @@ export class Sandboxes {
     }
   }
 
+  /**
+   * On gateway start, before anything resumes: a create whose call never
+   * returned (the gateway died while storing its files) leaves nothing behind.
+   * Its files' content is renamed into place just before the call returns, so
+   * a sandbox with files but no stored content was never created as far as
+   * its caller knows: its record, directory and half-written content go.
+   */
+  removeUnfinishedCreates(): void {
+    // A directory made just before its record was stored has no record.
+    const known = new Set(this.o.store.allSandboxes().map((sandbox) => sandbox.metadata!.id));
+    const sandboxesDir = dirname(this.o.runtime.sandboxDir(randomUUID()));
+    for (const entry of existsSync(sandboxesDir) ? readdirSync(sandboxesDir) : []) {
+      if (SANDBOX_ID.test(entry) && !known.has(entry)) this.o.runtime.removeSandboxDir(entry);
+    }
+    for (const sandbox of this.o.store.allSandboxes()) {
+      if ((sandbox.spec?.files.length ?? 0) === 0) continue;
+      const id = sandbox.metadata!.id;
+      if (existsSync(fileContentPath(this.o.runtime.sandboxDir(id)))) continue;
+      this.o.runtime.removeSandboxDir(id);
+      this.o.store.deleteSandbox(id);
+      this.o.log(
+        "WARN",
+        "removed a sandbox whose create did not complete (the gateway stopped while storing its files)",
+        id,
+      );
+    }
+  }
+
   /** On gateway start: every sandbox that was not in Error runs again. */
   resumeAll(): void {
+    this.removeUnfinishedCreates();
     for (const sandbox of this.o.store.allSandboxes()) {
       const id = sandbox.metadata!.id;
       this.o.bus.attachLogFile(id, this.logFile(id));

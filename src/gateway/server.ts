@@ -16,7 +16,7 @@ import { SandboxBus } from "./bus.js";
 import { RelayHub } from "./relay.js";
 import { LocalRuntime } from "./runtime.js";
 import { Sandboxes } from "./sandboxes.js";
-import { createService } from "./service.js";
+import { createService, withDecodeChecks } from "./service.js";
 import { SshAccess } from "./ssh.js";
 import { Store } from "./store.js";
 
@@ -156,7 +156,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     advertised: () => ({ host: options.bind === "0.0.0.0" ? "127.0.0.1" : options.bind, port, scheme }),
   });
   server.addService(
-    FastOpenShellService,
+    withDecodeChecks(FastOpenShellService),
     createService({ version: options.version, token: options.token, store, bus, relay, sandboxes, ssh }),
   );
 

@@ -16,6 +16,7 @@ import type {
   ServerWritableStream,
   sendUnaryData,
 } from "@grpc/grpc-js";
+import { validateWorkspaceName } from "../core/names.js";
 import { phaseOf } from "../core/phases.js";
 import { defaultPolicy } from "../core/policy.js";
 import { CAPABILITY_SANDBOX_FILES, SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
@@ -80,6 +81,64 @@ function publicSandbox(sandbox: Sandbox): Sandbox {
   };
 }
 
+/**
+ * What every user call's request must satisfy before its handler runs: it
+ * decoded (see withDecodeChecks), and its workspace, on the calls that name
+ * one, is a valid workspace name.
+ */
+function checkRequest(request: unknown): void {
+  if (typeof request !== "object" || request === null) return;
+  const undecodable = (request as { [UNDECODABLE]?: string })[UNDECODABLE];
+  if (undecodable !== undefined) throw invalidArgument(undecodable);
+  const workspace = (request as { workspace?: unknown }).workspace;
+  if (typeof workspace === "string") {
+    const problem = validateWorkspaceName(workspace);
+    if (problem) throw invalidArgument(problem);
+  }
+}
+
+const UNDECODABLE = Symbol("undecodable");
+
+/**
+ * The 64-bit integer fields of each request the gateway decodes. The
+ * generated decoders refuse a value past 2^53 - 1 (a JavaScript number could
+ * not hold it) by throwing, which gRPC answers with INTERNAL as if the
+ * gateway had failed; the caller sent a bad field, and is told which.
+ */
+const WIDE_FIELDS: Record<string, string> = {
+  createSandbox: "spec.files[].size",
+  getSandboxLogs: "since_ms",
+  watchSandbox: "log_since_ms",
+  pushSandboxLogs: "logs[].timestamp_ms",
+};
+
+/**
+ * The service definition with each request decoder that can meet an
+ * out-of-range 64-bit value answering it with a request the handler
+ * refuses as INVALID_ARGUMENT naming the field.
+ */
+export function withDecodeChecks<D extends Record<string, object>>(definition: D): D {
+  const checked: Record<string, object> = { ...definition };
+  for (const [method, field] of Object.entries(WIDE_FIELDS)) {
+    const entry = definition[method] as { requestDeserialize: (buffer: Buffer) => unknown } | undefined;
+    if (entry === undefined) continue;
+    checked[method] = {
+      ...entry,
+      requestDeserialize: (buffer: Buffer): unknown => {
+        try {
+          return entry.requestDeserialize(buffer);
+        } catch (error) {
+          if (!/SAFE_INTEGER/.test((error as Error).message)) throw error;
+          return {
+            [UNDECODABLE]: `${field} is out of range: at most ${Number.MAX_SAFE_INTEGER} (2^53 - 1) is supported`,
+          };
+        }
+      },
+    };
+  }
+  return checked as D;
+}
+
 export function createService(o: ServiceOptions): OpenShellServer {
   const requireUser = (metadata: Metadata): void => {
     if (o.token === undefined) return;
@@ -111,6 +170,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
       Promise.resolve()
         .then(() => {
           if (auth === "user") requireUser(call.metadata);
+          checkRequest(call.request);
           return handler(call.request, call.metadata);
         })
         .then(
@@ -127,6 +187,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
     return (call) => {
       try {
         check(call);
+        if ("request" in call) checkRequest(call.request);
         handler(call);
       } catch (error) {
         call.emit("error", toStatus(error));

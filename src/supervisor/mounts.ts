@@ -34,6 +34,14 @@ import {
   statSync,
 } from "node:fs";
 import { posix } from "node:path";
+import {
+  GROUP_FILE as GROUP,
+  PASSWD_FILE as PASSWD,
+  SANDBOX_TMP,
+  SANDBOX_WORKDIR,
+  unplaceableFileReason,
+} from "../core/files.js";
+import { wholeFilesystemReason } from "../core/policy/validate.js";
 import type { FilesystemPolicy } from "../gen/sandbox.js";
 import { lstatIfExists, ownDirectory } from "./host-fs.js";
 import {
@@ -146,10 +154,8 @@ export interface MountPlan {
   injectedDirectories: string[];
 }
 
-export const DEFAULT_WORKDIR = "/sandbox";
-const PRIVATE_TMP = "/tmp";
-const PASSWD = "/etc/passwd";
-const GROUP = "/etc/group";
+export const DEFAULT_WORKDIR = SANDBOX_WORKDIR;
+const PRIVATE_TMP = SANDBOX_TMP;
 
 /** What bwrap's `--dev` provides; anything else under `/dev` is not in the pod. */
 const DEV_ENTRIES = new Set([
@@ -353,16 +359,13 @@ class MountPlanner {
     const { policy } = this.input;
     // The writability each policy path ends with: read_write wins over read_only.
     const policyPaths = new Map<string, boolean>();
-    const addPolicyPath = (given: string, writable: boolean, list: string) => {
+    const addPolicyPath = (given: string, writable: boolean, list: "read_only" | "read_write") => {
       const path = normalizeSandboxPath(given);
       if (path === undefined) {
         throw filesystemSetupFailed(given, `${list} paths must be absolute, without ".."`);
       }
       if (path === "/") {
-        throw filesystemSetupFailed(
-          given,
-          `${list} "/" would expose the host's whole filesystem; list the directories the sandbox needs`,
-        );
+        throw filesystemSetupFailed(given, wholeFilesystemReason(list));
       }
       if (isAtOrUnder(path, "/proc")) return; // the pod's own procfs, from --proc
       if (isAtOrUnder(path, "/dev")) {
@@ -572,9 +575,8 @@ class MountPlanner {
           throw fail(r, "/proc and /dev are the pod's own; nothing can be placed there");
         }
       }
-      if (r.origin === "injected" && (r.dest === PASSWD || r.dest === GROUP)) {
-        throw fail(r, "the supervisor generates this file for the sandbox user");
-      }
+      const unplaceable = r.origin === "injected" ? unplaceableFileReason(r.dest) : undefined;
+      if (unplaceable !== undefined) throw fail(r, `${r.dest} ${unplaceable}`);
       // The control path at or above r.dest, found by walking up r.dest rather
       // than testing every control against every request.
       for (let at: string = r.dest; ; at = posix.dirname(at)) {

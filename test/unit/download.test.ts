@@ -334,6 +334,7 @@ type CraftedEntry = {
   type?: "file" | "directory" | "symlink" | "link" | "fifo" | "character-device";
   linkname?: string;
   body?: string;
+  mode?: number;
 };
 
 /** A hostile archive, built entry by entry. */
@@ -344,7 +345,7 @@ async function crafted(entries: CraftedEntry[]): Promise<Readable> {
     const header = {
       name: e.name,
       type,
-      mode: 0o644,
+      mode: e.mode ?? 0o644,
       ...(e.linkname === undefined ? {} : { linkname: e.linkname }),
     };
     if (type === "file") pack.entry(header, e.body ?? "evil");
@@ -452,7 +453,7 @@ describe("extractDownload refuses a hostile archive", () => {
     expect(existsSync(path.join(dest, "link"))).toBe(false);
   });
 
-  it("writes nothing outside DEST for the combined attack", async () => {
+  it("writes nothing at all for the combined attack, not even the entry accepted before the refused one", async () => {
     const archive = await crafted([
       { name: "p/ok.txt", body: "fine" },
       { name: "p/link", type: "symlink", linkname: "../../etc" },
@@ -467,7 +468,58 @@ describe("extractDownload refuses a hostile archive", () => {
     );
     expect(everythingUnder(work).filter((p) => !p.startsWith(`${dest}/`))).toEqual(before);
     expect(existsSync(path.join(outside, "evil"))).toBe(false);
-    expect(readdirSync(dest)).toEqual(["ok.txt"]);
+    expect(readdirSync(dest)).toEqual([]);
+  });
+
+  it("leaves an existing DEST exactly as it was when the third of 3 entries is refused", async () => {
+    await writeFile(path.join(dest, "mine.txt"), "the user's file");
+    await mkdir(path.join(dest, "sub"));
+    const before = everythingUnder(work);
+    const archive = await crafted([
+      { name: "p/mine.txt", body: "would replace the user's file" },
+      { name: "p/sub/new.txt", body: "would be added" },
+      { name: "p/\x1b]0;pwned\x07", type: "symlink", linkname: "/etc/passwd" },
+    ]);
+    await expect(extractDownload(archive, dest, { kind: "dir", name: "p" })).rejects.toThrow(
+      "refusing downloaded archive entry 'p/\\x1b]0;pwned\\x07': symlink to '/etc/passwd' leads outside the destination",
+    );
+    expect(everythingUnder(work)).toEqual(before);
+    expect(readFileSync(path.join(dest, "mine.txt"), "utf8")).toBe("the user's file");
+  });
+
+  it("creates neither DEST nor its missing parents when a download into them is refused", async () => {
+    const fresh = path.join(outside, "new-parent", "deeper", "dest");
+    const before = everythingUnder(work);
+    const archive = await crafted([
+      { name: "p/ok.txt", body: "fine" },
+      { name: "p/link", type: "symlink", linkname: "../../../etc" },
+    ]);
+    await expect(extractDownload(archive, fresh, { kind: "dir", name: "p" })).rejects.toThrow(
+      "refusing downloaded archive entry 'p/link'",
+    );
+    expect(everythingUnder(work)).toEqual(before);
+  });
+
+  it("merges into an existing DEST: keeps its other files, replaces a file, fills an existing subdirectory, applies a read-only directory's mode last", async () => {
+    await writeFile(path.join(dest, "keep.txt"), "kept");
+    await writeFile(path.join(dest, "f.txt"), "old");
+    await mkdir(path.join(dest, "sub"));
+    await writeFile(path.join(dest, "sub", "old.txt"), "old sub");
+    const archive = await crafted([
+      { name: "p/f.txt", body: "new" },
+      { name: "p/sub/new.txt", body: "new sub" },
+      // The read-only mode arrives with the directory's entry, before its child.
+      { name: "p/ro/", type: "directory", mode: 0o555 },
+      { name: "p/ro/inside.txt", body: "in a read-only dir" },
+    ]);
+    const result = await extractDownload(archive, dest, { kind: "dir", name: "p" });
+    expect(result.files).toBe(3);
+    expect(readdirSync(dest).sort()).toEqual(["f.txt", "keep.txt", "ro", "sub"]);
+    expect(readFileSync(path.join(dest, "keep.txt"), "utf8")).toBe("kept");
+    expect(readFileSync(path.join(dest, "f.txt"), "utf8")).toBe("new");
+    expect(readdirSync(path.join(dest, "sub")).sort()).toEqual(["new.txt", "old.txt"]);
+    expect(readFileSync(path.join(dest, "ro", "inside.txt"), "utf8")).toBe("in a read-only dir");
+    expect(statSync(path.join(dest, "ro")).mode & 0o777).toBe(0o555);
   });
 
   it("does not follow a symlink already in DEST", async () => {

@@ -11,6 +11,7 @@ import {
   validateLabels,
   validateSandboxName,
   validateSelector,
+  validateWorkspaceName,
 } from "../../src/core/names.js";
 
 /** The message a parse* function throws, checking it is the CLI's invalid-input error. */
@@ -346,5 +347,23 @@ describe("validateExecRequest", () => {
       "workdir contains newline or carriage return characters",
     );
     expect(validateExecRequest({ command: ["x"], workdir: "/a\0b" })).toBe("workdir contains null bytes");
+  });
+});
+
+describe("validateWorkspaceName", () => {
+  it("accepts the empty string (the default workspace on the wire) and DNS labels up to 19 bytes", () => {
+    expect(validateWorkspaceName("")).toBeUndefined();
+    expect(validateWorkspaceName("default")).toBeUndefined();
+    expect(validateWorkspaceName("a".repeat(19))).toBeUndefined();
+  });
+
+  it("refuses a path, a NUL, a newline, upper case and 20 bytes, naming the workspace", () => {
+    for (const bad of ["../../etc", "a\u0000b", "a\nb", "Team"]) {
+      expect(validateWorkspaceName(bad)).toBe(
+        "workspace must contain only lowercase alphanumeric characters or hyphens",
+      );
+    }
+    expect(validateWorkspaceName("a".repeat(20))).toBe("workspace exceeds maximum length (20 > 19)");
+    expect(validateWorkspaceName("a--b")).toBe("workspace must not contain consecutive hyphens");
   });
 });

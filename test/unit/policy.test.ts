@@ -412,8 +412,10 @@ describe("validatePolicy: filesystem and process", () => {
     expect(violationsOf("version: 1\nfilesystem_policy:\n  read_write: ['//']\n")[0]).toContain(
       "read-write path is overly broad: //",
     );
-    // Reading `/` is allowed; only writing all of it is refused.
-    expect(violationsOf("version: 1\nfilesystem_policy:\n  read_only: [/]\n")).toEqual([]);
+    // Reading all of it is refused too, with the words the mount planner uses.
+    expect(violationsOf("version: 1\nfilesystem_policy:\n  read_only: [/usr, /]\n")).toEqual([
+      `filesystem_policy.read_only[1]: read_only "/" would expose the host's whole filesystem; list the directories the sandbox needs`,
+    ]);
   });
 
   it("refuses relative paths and '..' components", () => {
@@ -681,5 +683,36 @@ describe("loadPolicyFile", () => {
         "filesystem_policy.read_only[0]: path must be absolute (start with '/'): etc; " +
         "filesystem_policy.read_write[0]: read-write path is overly broad: /",
     });
+  });
+});
+
+describe("parsePolicyYaml: nesting", () => {
+  const thrownBy = (text: string): string => {
+    try {
+      parsePolicyYaml(text, "p.yaml");
+    } catch (error) {
+      return (error as Error).message;
+    }
+    return "";
+  };
+
+  it("refuses 65 levels with its position, and lets 64 through to the ordinary checks", () => {
+    // The top-level mapping is level 1; each `[` adds one.
+    expect(thrownBy(`version: 1\nx: ${"[".repeat(64)}${"]".repeat(64)}\n`)).toBe(
+      "p.yaml:2:67: policy nesting exceeds 64 levels",
+    );
+    const at64 = thrownBy(`version: 1\nx: ${"[".repeat(63)}${"]".repeat(63)}\n`);
+    expect(at64).not.toContain("nesting");
+    expect(at64).toContain("x");
+  });
+
+  it("refuses 20,000 nested flow sequences and 3,000 nested block mappings without overflowing the stack", () => {
+    expect(thrownBy(`version: 1\nx: ${"[".repeat(20_000)}${"]".repeat(20_000)}\n`)).toBe(
+      "p.yaml:2:67: policy nesting exceeds 64 levels",
+    );
+    const block = Array.from({ length: 3000 }, (_, i) => `${" ".repeat(i + 1)}a:`).join("\n");
+    expect(thrownBy(`version: 1\nfilesystem_policy:\n${block}\n`)).toBe(
+      "p.yaml:66:65: policy nesting exceeds 64 levels",
+    );
   });
 });

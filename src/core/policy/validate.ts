@@ -82,6 +82,14 @@ export function isValidSandboxIdentity(value: string): boolean {
   return id >= MIN_SANDBOX_ID && id <= MAX_SANDBOX_ID;
 }
 
+/**
+ * Why the root cannot be a policy path (the mount planner refuses it with
+ * these words too): a bind of the host's `/` is the host, not a sandbox.
+ */
+export function wholeFilesystemReason(list: "read_only" | "read_write"): string {
+  return `${list} "/" would expose the host's whole filesystem; list the directories the sandbox needs`;
+}
+
 function filesystemViolations(fs: { readOnly: string[]; readWrite: string[] }): string[] {
   const violations: string[] = [];
   const total = fs.readOnly.length + fs.readWrite.length;
@@ -105,6 +113,9 @@ function filesystemViolations(fs: { readOnly: string[]; readWrite: string[] }): 
       if (!path.startsWith("/")) violations.push(`${where}: path must be absolute (start with '/'): ${path}`);
       if (path.split("/").includes("..")) {
         violations.push(`${where}: path contains '..' traversal component: ${path}`);
+      }
+      if (list === "read_only" && path.startsWith("/") && path.replace(/\/+$/, "") === "") {
+        violations.push(`${where}: ${wholeFilesystemReason(list)}`);
       }
     });
   }

@@ -10,11 +10,50 @@ import {
   isScalar,
   isSeq,
   LineCounter,
+  Parser,
   parseDocument,
   type YAMLMap,
 } from "yaml";
 import { invalidInput, type OpenShellError } from "../errors.js";
 import { indexPath, keyPath } from "./location.js";
+
+/**
+ * The deepest a policy document may nest collections. Upstream's deepest
+ * path (network_policies.<name>.endpoints[].rules[].allow.query.<key>.any[])
+ * is under ten; the YAML composer recurses once per level, and a few
+ * thousand levels overflow its stack ("Maximum call stack size exceeded").
+ */
+export const MAX_NESTING = 64;
+
+/**
+ * The offset of the first collection nested deeper than MAX_NESTING, if
+ * any. The concrete syntax tree comes from yaml's streaming parser, which
+ * keeps its own stack (no recursion); it is walked with an explicit stack too.
+ */
+function tooDeep(text: string): number | undefined {
+  type Node = {
+    type?: string;
+    offset?: number;
+    value?: unknown;
+    items?: { key?: unknown; value?: unknown }[];
+  };
+  const pending: { node: Node; depth: number }[] = [];
+  for (const token of new Parser().parse(text)) pending.push({ node: token as Node, depth: 0 });
+  while (pending.length > 0) {
+    const { node, depth } = pending.pop()!;
+    if (node === null || typeof node !== "object") continue;
+    const collection =
+      node.type === "block-map" || node.type === "block-seq" || node.type === "flow-collection";
+    const level = collection ? depth + 1 : depth;
+    if (level > MAX_NESTING) return node.offset ?? 0;
+    if (node.value !== undefined) pending.push({ node: node.value as Node, depth: level });
+    for (const item of node.items ?? []) {
+      if (item.key) pending.push({ node: item.key as Node, depth: level });
+      if (item.value) pending.push({ node: item.value as Node, depth: level });
+    }
+  }
+  return undefined;
+}
 
 /** YAML 1.2 core-schema integers: decimal, `0o` octal, `0x` hex. */
 const INTEGER = /^[-+]?(?:[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$/;
@@ -29,6 +68,16 @@ export class YamlReader {
   /** Parses `text`; a YAML syntax error becomes `source:line:col: <parser's reason>`. */
   static parse(text: string, source: string): { reader: YamlReader; root: unknown } {
     const lines = new LineCounter();
+    const deep = tooDeep(text);
+    if (deep !== undefined) {
+      const before = text.slice(0, deep);
+      const line = before.split("\n").length;
+      const col = deep - before.lastIndexOf("\n");
+      throw invalidInput(
+        `${source}:${line}:${col}: policy nesting exceeds ${MAX_NESTING} levels`,
+        `a policy nests a few levels deep; flatten the document to at most ${MAX_NESTING}`,
+      );
+    }
     // YAML 1.2 core schema (no `yes`/`no` booleans, no `<<` merges) with unique keys, like serde_yml.
     const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
     const reader = new YamlReader(source, doc, lines);
