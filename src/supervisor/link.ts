@@ -263,8 +263,8 @@ export class LogPusher {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     while (this.pending.length > 0 && !this.blocked) {
-      if (this.stream?.destroyed || this.stream?.writableEnded) this.stream = undefined;
-      const stream = (this.stream ??= this.openStream());
+      if (!this.stream || this.stream.destroyed || this.stream.writableEnded) this.stream = this.openStream();
+      const stream = this.stream;
       const taken = stream.write({ sandboxId: this.sandboxId, logs: this.pending.splice(0, LOG_BATCH) });
       if (!taken) this.block(stream);
     }
