@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { processAlive } from "../core/process.js";
 import { VERSION } from "../core/version.js";
+import { LOG_FILES_MAX, logFileLimits } from "./bus.js";
 import { startGateway } from "./server.js";
 
 export interface GatewayRuntimeInfo {
@@ -31,6 +32,8 @@ async function main(): Promise<void> {
       // Repeatable: client certificates signed by any of these CAs are accepted.
       "client-ca": { type: "string", multiple: true },
       "ssh-session-ttl": { type: "string" },
+      "log-max-size": { type: "string" },
+      "log-max-files": { type: "string" },
     },
   });
   const stateDir = values["state-dir"];
@@ -59,6 +62,15 @@ async function main(): Promise<void> {
   if (ttlText !== undefined && !/^[1-9]\d*$/.test(ttlText)) {
     throw new Error(`--ssh-session-ttl ${ttlText}: expected a whole number of seconds, at least 1`);
   }
+  const logNumber = (flag: "log-max-size" | "log-max-files", max: number): number | undefined => {
+    const text = values[flag];
+    if (text === undefined) return undefined;
+    if (!/^[1-9]\d*$/.test(text) || Number(text) > max) {
+      throw new Error(`--${flag} ${text}: expected a whole number from 1 to ${max}`);
+    }
+    return Number(text);
+  };
+  const logLimits = logFileLimits(logNumber("log-max-size", 1024), logNumber("log-max-files", LOG_FILES_MAX));
   const tls =
     values["tls-cert"] && values["tls-key"]
       ? {
@@ -81,6 +93,7 @@ async function main(): Promise<void> {
     token,
     tls,
     ...(ttlText !== undefined ? { sshSessionTtlSecs: Number(ttlText) } : {}),
+    logLimits,
   });
   const info: GatewayRuntimeInfo = {
     pid: process.pid,
