@@ -207,7 +207,11 @@ export function readLogTail(
           end = at;
           if (newestFirst.length >= maxLines || at === 0) break;
         }
-        if (newestFirst.length >= maxLines) break;
+        if (newestFirst.length >= maxLines) {
+          // Bytes before the last line taken: older lines not read.
+          if (end > 0) position += end;
+          break;
+        }
         if (end > 0) {
           carry.unshift(block.subarray(0, end));
           carried += end;
