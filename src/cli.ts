@@ -333,6 +333,16 @@ Examples:
       "lifetime of SSH session tokens (default 86400, 24 h)",
       integer("--ssh-session-ttl"),
     )
+    .option(
+      "--log-max-size <MiB>",
+      "rotate a sandbox's log file at this size (default 10)",
+      integer("--log-max-size"),
+    )
+    .option(
+      "--log-max-files <count>",
+      "log files kept per sandbox, the current one included (default 2)",
+      integer("--log-max-files"),
+    )
     .option("--foreground", "run in this process (for service managers)")
     .addHelpText(
       "after",
@@ -357,6 +367,8 @@ Examples:
           tlsKey: opts.tlsKey as string | undefined,
           clientCa: opts.clientCa as string | undefined,
           sshSessionTtl: opts.sshSessionTtl as number | undefined,
+          logMaxSize: opts.logMaxSize as number | undefined,
+          logMaxFiles: opts.logMaxFiles as number | undefined,
         });
       }),
     );

@@ -13,6 +13,7 @@ import {
   writeMetadata,
 } from "../core/config.js";
 import { VERSION } from "../core/version.js";
+import { logFileLimits } from "../gateway/bus.js";
 import { startGateway } from "../gateway/server.js";
 import { gatewayTlsFiles } from "../gateway/tls.js";
 import type { CommandContext } from "./context.js";
@@ -57,6 +58,7 @@ export async function runForeground(
     ...(settings.ssh_session_ttl_secs !== undefined
       ? { sshSessionTtlSecs: settings.ssh_session_ttl_secs }
       : {}),
+    logLimits: logFileLimits(settings.log_max_size_mib, settings.log_max_files),
   });
   const info = { pid: process.pid, port: gateway.port, endpoint: gateway.endpoint, version: VERSION };
   writeFileSync(join(stateDir, "gateway.pid"), `${process.pid}\n`, { mode: 0o600 });

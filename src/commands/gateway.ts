@@ -145,6 +145,8 @@ export async function gatewayStart(ctx: CommandContext, options: GatewayStartOpt
       current.bind !== settings.bind ||
       !sameTls(current, settings) ||
       current.ssh_session_ttl_secs !== settings.ssh_session_ttl_secs ||
+      current.log_max_size_mib !== settings.log_max_size_mib ||
+      current.log_max_files !== settings.log_max_files ||
       (options.port !== undefined && options.port !== 0 && options.port !== result.info.port)
     ) {
       ctx.ui.warn(

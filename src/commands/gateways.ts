@@ -100,7 +100,13 @@ export interface StartFlags {
   tlsKey?: string | undefined;
   clientCa?: string | undefined;
   sshSessionTtl?: number | undefined;
+  logMaxSize?: number | undefined;
+  logMaxFiles?: number | undefined;
 }
+
+/** Bounds of what a sandbox's log may hold on disk: size per file (MiB) and number of files. */
+const MAX_LOG_SIZE_MIB = 1024;
+const MAX_LOG_FILES = 100;
 
 function isWildcard(bind: string): boolean {
   return bind === "0.0.0.0" || bind === "::";
@@ -133,6 +139,19 @@ export function resolveStartSettings(
       `--ssh-session-ttl ${ttl}: expected a number of seconds from 1 to ${MAX_SSH_SESSION_TTL_SECS} (366 days)`,
     );
   }
+  const { logMaxSize, logMaxFiles } = flags;
+  if (
+    logMaxSize !== undefined &&
+    (!Number.isInteger(logMaxSize) || logMaxSize < 1 || logMaxSize > MAX_LOG_SIZE_MIB)
+  ) {
+    throw usageError(`--log-max-size ${logMaxSize}: expected a number of MiB from 1 to ${MAX_LOG_SIZE_MIB}`);
+  }
+  if (
+    logMaxFiles !== undefined &&
+    (!Number.isInteger(logMaxFiles) || logMaxFiles < 1 || logMaxFiles > MAX_LOG_FILES)
+  ) {
+    throw usageError(`--log-max-files ${logMaxFiles}: expected a number of files from 1 to ${MAX_LOG_FILES}`);
+  }
   const bind = flags.bind ?? previous?.bind ?? "127.0.0.1";
   const settings: LocalGatewaySettings = { bind };
   const explicitTls = flags.tls !== undefined || flags.tlsCert !== undefined;
@@ -149,6 +168,10 @@ export function resolveStartSettings(
   if (clientCa !== undefined) settings.client_ca_file = resolve(clientCa);
   const sessionTtl = ttl ?? previous?.ssh_session_ttl_secs;
   if (sessionTtl !== undefined) settings.ssh_session_ttl_secs = sessionTtl;
+  const logSize = logMaxSize ?? previous?.log_max_size_mib;
+  if (logSize !== undefined) settings.log_max_size_mib = logSize;
+  const logFiles = logMaxFiles ?? previous?.log_max_files;
+  if (logFiles !== undefined) settings.log_max_files = logFiles;
 
   const tls = settings.tls_generated === true || settings.tls_cert_file !== undefined;
   if (!tls && settings.client_ca_file !== undefined) {
@@ -238,6 +261,8 @@ export function gatewayProcessArgs(name: string, settings: LocalGatewaySettings)
     ...(settings.ssh_session_ttl_secs !== undefined
       ? ["--ssh-session-ttl", String(settings.ssh_session_ttl_secs)]
       : []),
+    ...(settings.log_max_size_mib !== undefined ? ["--log-max-size", String(settings.log_max_size_mib)] : []),
+    ...(settings.log_max_files !== undefined ? ["--log-max-files", String(settings.log_max_files)] : []),
   ];
 }
 

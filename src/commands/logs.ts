@@ -73,9 +73,11 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
       workspace: gateway.workspace,
     });
     for (const line of response.logs) ctx.ui.data(format(line));
-    if (sinceMs > 0 && response.bufferTotal > 0 && response.logs.length < options.lines) {
+    // Only when lines this request asked for are gone: a short answer to
+    // --since or -n is otherwise complete.
+    if (response.earlierLinesDropped) {
       ctx.ui.warn(
-        `log buffer contains only the last ${response.bufferTotal} lines; --since results may be incomplete.`,
+        `earlier log lines were dropped: these are the latest ${response.bufferTotal} the gateway keeps.`,
       );
     }
     return 0;
@@ -99,6 +101,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
     });
     stream.on("data", (event: SandboxStreamEvent) => {
       if (event.payload?.$case === "log") ctx.ui.data(format(event.payload.value));
+      else if (event.payload?.$case === "warning") ctx.ui.warn(event.payload.value.message);
     });
     stream.on("end", () => resolve());
     stream.on("error", (error: Error & { code?: number }) => {

@@ -36,6 +36,10 @@ export interface LocalGatewaySettings {
   client_ca_file?: string;
   /** SSH session token lifetime in seconds. */
   ssh_session_ttl_secs?: number;
+  /** Size in MiB at which a sandbox's log file is rotated. */
+  log_max_size_mib?: number;
+  /** Log files kept per sandbox, the current one included. */
+  log_max_files?: number;
 }
 
 /** metadata.json: upstream's fields plus our optional ones. */

@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { processAlive } from "../core/process.js";
 import { VERSION } from "../core/version.js";
 import { parseDenyList, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
+import { LOG_FILES_MAX, logFileLimits } from "./bus.js";
 import { startGateway } from "./server.js";
 
 export interface GatewayRuntimeInfo {
@@ -32,6 +33,8 @@ async function main(): Promise<void> {
       // Repeatable: client certificates signed by any of these CAs are accepted.
       "client-ca": { type: "string", multiple: true },
       "ssh-session-ttl": { type: "string" },
+      "log-max-size": { type: "string" },
+      "log-max-files": { type: "string" },
     },
   });
   const stateDir = values["state-dir"];
@@ -62,6 +65,15 @@ async function main(): Promise<void> {
   if (ttlText !== undefined && !/^[1-9]\d*$/.test(ttlText)) {
     throw new Error(`--ssh-session-ttl ${ttlText}: expected a whole number of seconds, at least 1`);
   }
+  const logNumber = (flag: "log-max-size" | "log-max-files", max: number): number | undefined => {
+    const text = values[flag];
+    if (text === undefined) return undefined;
+    if (!/^[1-9]\d*$/.test(text) || Number(text) > max) {
+      throw new Error(`--${flag} ${text}: expected a whole number from 1 to ${max}`);
+    }
+    return Number(text);
+  };
+  const logLimits = logFileLimits(logNumber("log-max-size", 1024), logNumber("log-max-files", LOG_FILES_MAX));
   const tls =
     values["tls-cert"] && values["tls-key"]
       ? {
@@ -84,6 +96,7 @@ async function main(): Promise<void> {
     token,
     tls,
     ...(ttlText !== undefined ? { sshSessionTtlSecs: Number(ttlText) } : {}),
+    logLimits,
   });
   const info: GatewayRuntimeInfo = {
     pid: process.pid,

@@ -79,7 +79,9 @@ export type SupervisorNotice = { kind: "files-stored" };
 export type SupervisorReport =
   | { kind: "failure"; reason: string; message: string }
   | { kind: "progress"; step: string; message: string }
-  | { kind: "warning"; message: string };
+  | { kind: "warning"; message: string }
+  /** The sandbox's agent stopped answering its supervisor (frozen, or its event loop stuck), or answers again. */
+  | { kind: "liveness"; responsive: boolean; message: string };
 
 export interface RuntimeEvents {
   report(sandboxId: string, report: SupervisorReport): void;

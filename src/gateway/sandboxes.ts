@@ -4,11 +4,18 @@
 //   create persisted                        → PROVISIONING
 //   supervisor session connected            → READY (Ready=True DependenciesReady)
 //   session lost while READY                → PROVISIONING (DependenciesNotReady)
+//   agent silent for 2 s while READY        → PROVISIONING (AgentUnresponsive)
+//   that agent responds again               → READY (DependenciesReady)
 //   main process exited (even with 0)       → ERROR (MainProcessExited, exit_code)
 //   supervisor failed (bad file, no binary) → ERROR (its reason)
 //   delete                                  → DELETING → row removed
 //
 // ERROR is sticky: nothing but delete leaves it.
+//
+// An unresponsive agent (frozen by SIGSTOP, or its event loop stuck) is not
+// an error: nothing is lost while it is stopped, and a SIGCONT, or the end of
+// a stall on a loaded host, brings it back. Until then exec, connect and
+// upload are refused at once ("not ready") instead of hanging.
 
 import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync } from "node:fs";
@@ -75,6 +82,8 @@ export class Sandboxes {
   private readonly deleting = new Map<string, Promise<void>>();
   /** Set while the gateway stops: supervisors exiting then are expected. */
   private shuttingDown = false;
+  /** Sandboxes whose agent their supervisor reports unresponsive. */
+  private readonly unresponsive = new Set<string>();
 
   constructor(private readonly o: SandboxesOptions) {}
 
@@ -262,6 +271,7 @@ export class Sandboxes {
 
   /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
   launch(sandbox: Sandbox, filesPending = false): void {
+    this.unresponsive.delete(sandbox.metadata!.id);
     const meta = sandbox.metadata!;
     const runtime = this.o.store.getRuntime(meta.id);
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
@@ -414,6 +424,7 @@ export class Sandboxes {
       if (phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_DELETING)
         return false;
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
+      if (this.unresponsive.has(id)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
       setReadyCondition(sandbox, "True", "DependenciesReady", "Supervisor session connected");
       delete sandbox.status!.exitCode;
@@ -464,8 +475,34 @@ export class Sandboxes {
     this.o.log("ERROR", `${reason}: ${message}`, id);
   }
 
+  /** The supervisor's word on its agent's liveness (see the table above). */
+  agentLiveness(id: string, responsive: boolean, message: string): void {
+    if (!responsive) {
+      this.unresponsive.add(id);
+      this.update(id, (sandbox) => {
+        if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_READY) return false;
+        setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
+        setReadyCondition(sandbox, "False", "AgentUnresponsive", message);
+        return true;
+      });
+      this.o.log("WARN", `AgentUnresponsive: ${message}`, id);
+      return;
+    }
+    if (!this.unresponsive.delete(id)) return;
+    this.update(id, (sandbox) => {
+      if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_PROVISIONING) return false;
+      const ready = sandbox.status!.conditions.find((c) => c.type === "Ready");
+      if (ready?.reason !== "AgentUnresponsive" || !this.o.relay.hasSession(id)) return false;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
+      setReadyCondition(sandbox, "True", "DependenciesReady", message);
+      return true;
+    });
+    this.o.log("INFO", message, id);
+  }
+
   supervisorReport(id: string, report: SupervisorReport): void {
-    if (report.kind === "failure") this.fail(id, report.reason, report.message);
+    if (report.kind === "liveness") this.agentLiveness(id, report.responsive, report.message);
+    else if (report.kind === "failure") this.fail(id, report.reason, report.message);
     else if (report.kind === "progress") {
       this.event(id, report.step, report.message, { "openshell.progress.active_detail": report.message });
     } else this.event(id, "Warning", report.message, {}, "Warning");
@@ -522,6 +559,7 @@ export class Sandboxes {
     this.o.runtime.removeSandboxDir(id);
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
+    this.unresponsive.delete(id);
   }
 
   requireReady(sandbox: Sandbox): void {

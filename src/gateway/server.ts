@@ -12,7 +12,7 @@ import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { BULK_WINDOW_BYTES, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
-import { SandboxBus } from "./bus.js";
+import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
 import { RelayHub } from "./relay.js";
 import { LocalRuntime } from "./runtime.js";
 import { Sandboxes } from "./sandboxes.js";
@@ -38,6 +38,8 @@ export interface GatewayOptions {
   token?: string | undefined;
   tls?: GatewayTls | undefined;
   sshSessionTtlSecs?: number;
+  /** Rotation of each sandbox's log file; 10 MiB x 2 by default. */
+  logLimits?: LogFileLimits | undefined;
   /**
    * Reach sandboxes' SSH servers only through their supervisors' relay, as
    * for a remote runtime, instead of their sockets on this host. Tests use it
@@ -81,7 +83,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   mkdirSync(sandboxesDir, { recursive: true, mode: 0o700 });
 
   const store = new Store(join(options.stateDir, "openshell.db"));
-  const bus = new SandboxBus();
+  const bus = new SandboxBus(options.logLimits ?? DEFAULT_LOG_LIMITS);
   const gatewayLog = (level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void => {
     log(`${new Date().toISOString()} ${level} ${sandboxId ? `[${sandboxId}] ` : ""}${message}`);
     if (sandboxId) {

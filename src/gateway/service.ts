@@ -37,7 +37,7 @@ import {
   type WatchSandboxRequest,
 } from "../gen/openshell.js";
 import { PolicySource } from "../gen/sandbox.js";
-import { levelPasses, type SandboxBus, sourcePasses } from "./bus.js";
+import { LOG_RING, LOG_RING_BYTES, levelPasses, type SandboxBus, sourcePasses } from "./bus.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
 import type { SshAccess } from "./ssh.js";
@@ -45,6 +45,19 @@ import { invalidArgument, notFound, StatusError, toStatus, unauthenticated } fro
 import type { Store } from "./store.js";
 
 const LOG_LINES_DEFAULT = 2000;
+const EARLIER_LINES_DROPPED = `earlier log lines were dropped: the gateway keeps the latest ${LOG_RING} lines of a sandbox's log (at most ${LOG_RING_BYTES / 1024 / 1024} MiB)`;
+
+/**
+ * Whether a request for the last `lines` lines since `sinceMs` reaches back
+ * past the oldest line held, when lines before it were dropped: only then
+ * did it ask for lines that are gone.
+ */
+function reachesDroppedLines(bus: SandboxBus, id: string, lines: number, sinceMs: number): boolean {
+  const held = bus.tailLogs(id);
+  if (!bus.earlierLogsDropped(id) || lines < held.length) return false;
+  const oldest = held[0];
+  return oldest === undefined || sinceMs <= oldest.timestampMs;
+}
 const WATCH_LOG_TAIL_DEFAULT = 200;
 
 export interface ServiceOptions {
@@ -245,7 +258,11 @@ export function createService(o: ServiceOptions): OpenShellServer {
             sourcePasses(line.source, request.sources) &&
             levelPasses(line.level, request.minLevel),
         );
-      return { logs, bufferTotal: all.length };
+      return {
+        logs,
+        bufferTotal: all.length,
+        earlierLinesDropped: reachesDroppedLines(o.bus, request.sandboxId, lines, request.sinceMs),
+      };
     }),
 
     watchSandbox: userStream<ServerWritableStream<WatchSandboxRequest, SandboxStreamEvent>>((call) => {
@@ -253,8 +270,27 @@ export function createService(o: ServiceOptions): OpenShellServer {
       if (request.id === "") throw invalidArgument("id is required");
       const initial = o.sandboxes.byId(request.id);
       let closed = false;
+      // A reader slower than the sandbox's log loses log lines, counted and
+      // reported once it catches up; the gateway never queues a flood for it.
+      let congested = false;
+      let skipped = 0;
       const send = (event: SandboxStreamEvent): void => {
-        if (!closed) call.write(event);
+        if (closed) return;
+        if (congested && event.payload?.$case === "log") {
+          skipped++;
+          return;
+        }
+        if (!call.write(event) && !congested) {
+          congested = true;
+          call.once("drain", () => {
+            congested = false;
+            if (skipped > 0) {
+              const message = `${skipped} log line(s) dropped: this reader was slower than the sandbox's log`;
+              skipped = 0;
+              send({ payload: { $case: "warning", value: { message } } });
+            }
+          });
+        }
       };
       const passes = (line: { timestampMs: number; source: string; level: string }): boolean =>
         sourcePasses(line.source, request.logSources) && levelPasses(line.level, request.logMinLevel);
@@ -289,6 +325,9 @@ export function createService(o: ServiceOptions): OpenShellServer {
       }
       if (request.followLogs) {
         const tail = request.logTailLines === 0 ? WATCH_LOG_TAIL_DEFAULT : request.logTailLines;
+        if (reachesDroppedLines(o.bus, request.id, tail, request.logSinceMs)) {
+          send({ payload: { $case: "warning", value: { message: EARLIER_LINES_DROPPED } } });
+        }
         for (const line of o.bus.tailLogs(request.id).slice(-tail)) {
           if (line.timestampMs >= request.logSinceMs && passes(line))
             send({ payload: { $case: "log", value: line } });

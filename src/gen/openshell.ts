@@ -499,6 +499,12 @@ export interface GetSandboxLogsRequest {
 export interface GetSandboxLogsResponse {
   logs: SandboxLogLine[];
   bufferTotal: number;
+  /**
+   * EXTENSION: the request reaches back past the oldest line the gateway
+   * holds, and lines older than that were dropped (the buffer or the log
+   * file was full), so earlier lines it asked for are missing.
+   */
+  earlierLinesDropped: boolean;
 }
 
 export interface PushSandboxLogsRequest {
@@ -6528,7 +6534,7 @@ export const GetSandboxLogsRequest: MessageFns<GetSandboxLogsRequest> = {
 };
 
 function createBaseGetSandboxLogsResponse(): GetSandboxLogsResponse {
-  return { logs: [], bufferTotal: 0 };
+  return { logs: [], bufferTotal: 0, earlierLinesDropped: false };
 }
 
 export const GetSandboxLogsResponse: MessageFns<GetSandboxLogsResponse> = {
@@ -6538,6 +6544,9 @@ export const GetSandboxLogsResponse: MessageFns<GetSandboxLogsResponse> = {
     }
     if (message.bufferTotal !== 0) {
       writer.uint32(16).uint32(message.bufferTotal);
+    }
+    if (message.earlierLinesDropped !== false) {
+      writer.uint32(8000).bool(message.earlierLinesDropped);
     }
     return writer;
   },
@@ -6571,6 +6580,14 @@ export const GetSandboxLogsResponse: MessageFns<GetSandboxLogsResponse> = {
             message.bufferTotal = reader.uint32();
             continue;
           }
+          case 1000: {
+            if (tag !== 8000) {
+              break;
+            }
+
+            message.earlierLinesDropped = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6591,6 +6608,11 @@ export const GetSandboxLogsResponse: MessageFns<GetSandboxLogsResponse> = {
         : isSet(object.buffer_total)
         ? globalThis.Number(object.buffer_total)
         : 0,
+      earlierLinesDropped: isSet(object.earlierLinesDropped)
+        ? globalThis.Boolean(object.earlierLinesDropped)
+        : isSet(object.earlier_lines_dropped)
+        ? globalThis.Boolean(object.earlier_lines_dropped)
+        : false,
     };
   },
 
@@ -6602,6 +6624,9 @@ export const GetSandboxLogsResponse: MessageFns<GetSandboxLogsResponse> = {
     if (message.bufferTotal !== 0) {
       obj.bufferTotal = Math.round(message.bufferTotal);
     }
+    if (message.earlierLinesDropped !== false) {
+      obj.earlierLinesDropped = message.earlierLinesDropped;
+    }
     return obj;
   },
 
@@ -6612,6 +6637,7 @@ export const GetSandboxLogsResponse: MessageFns<GetSandboxLogsResponse> = {
     const message = createBaseGetSandboxLogsResponse();
     message.logs = object.logs?.map((e) => SandboxLogLine.fromPartial(e)) || [];
     message.bufferTotal = object.bufferTotal ?? 0;
+    message.earlierLinesDropped = object.earlierLinesDropped ?? false;
     return message;
   },
 };

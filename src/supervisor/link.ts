@@ -202,19 +202,100 @@ export class SupervisorSession {
   }
 }
 
-/** Batches sandbox log lines onto one PushSandboxLogs stream. */
+/** Lines the pusher holds for the gateway before it asks its producers to wait. */
+const LOG_QUEUE_LINES = 4 * LOG_BATCH;
+/**
+ * Lines it holds at most: producers that cannot wait (the egress proxy's
+ * decisions) are dropped past it, and the drop is logged once there is room.
+ */
+const LOG_QUEUE_MAX_LINES = 16 * LOG_BATCH;
+
+/**
+ * Batches sandbox log lines onto one PushSandboxLogs stream, at the pace the
+ * gateway reads them: a stream that does not take more stops the writing,
+ * and `backpressure` tells producers to wait, so nothing here grows with a
+ * flood. What the gateway did not take when a stream failed is lost with it.
+ */
 export class LogPusher {
   private pending: SandboxLogLine[] = [];
   private timer: NodeJS.Timeout | undefined;
   private stream: ClientWritableStream<PushSandboxLogsRequest> | undefined;
+  /** Set while the stream does not take more: cleared on its "drain" or its end. */
+  private blocked: Promise<void> | undefined;
+  private waiting: { promise: Promise<void>; resolve: () => void } | undefined;
+  private dropped = 0;
 
   constructor(
     private readonly client: OpenShellClient,
     private readonly sandboxId: string,
   ) {}
 
+  /** Queues a line; past LOG_QUEUE_MAX_LINES it is dropped and counted. */
   push(level: string, target: string, message: string): void {
-    this.pending.push({
+    if (this.pending.length >= LOG_QUEUE_MAX_LINES) {
+      this.dropped += 1;
+      return;
+    }
+    if (this.dropped > 0 && this.pending.length < LOG_QUEUE_LINES) {
+      const count = this.dropped;
+      this.dropped = 0;
+      this.pending.push(this.line("WARN", "openshell_supervisor", `${count} log line(s) dropped`));
+    }
+    this.pending.push(this.line(level, target, message));
+    if (this.pending.length >= LOG_BATCH) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
+  }
+
+  /** A promise while the queue is full (producers wait for it), else undefined. */
+  backpressure(): Promise<void> | undefined {
+    if (this.pending.length < LOG_QUEUE_LINES) return undefined;
+    if (!this.waiting) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => {
+        resolve = done;
+      });
+      this.waiting = { promise, resolve };
+    }
+    return this.waiting.promise;
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    while (this.pending.length > 0 && !this.blocked) {
+      if (!this.stream || this.stream.destroyed || this.stream.writableEnded) this.stream = this.openStream();
+      const stream = this.stream;
+      const taken = stream.write({ sandboxId: this.sandboxId, logs: this.pending.splice(0, LOG_BATCH) });
+      if (!taken) this.block(stream);
+    }
+    if (this.waiting && this.pending.length < LOG_QUEUE_LINES) {
+      const { resolve } = this.waiting;
+      this.waiting = undefined;
+      resolve();
+    }
+  }
+
+  private block(stream: ClientWritableStream<PushSandboxLogsRequest>): void {
+    this.blocked = new Promise<void>((resolve) => {
+      if (stream.destroyed) return resolve();
+      const unblock = (): void => {
+        stream.off("drain", unblock);
+        stream.off("close", unblock);
+        stream.off("error", unblock);
+        resolve();
+      };
+      stream.on("drain", unblock);
+      stream.on("close", unblock);
+      stream.on("error", unblock);
+    });
+    void this.blocked.then(() => {
+      this.blocked = undefined;
+      this.flush();
+    });
+  }
+
+  private line(level: string, target: string, message: string): SandboxLogLine {
+    return {
       sandboxId: this.sandboxId,
       timestampMs: Date.now(),
       level,
@@ -222,19 +303,7 @@ export class LogPusher {
       message,
       source: "sandbox",
       fields: {},
-    });
-    if (this.pending.length >= LOG_BATCH) this.flush();
-    else this.timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
-  }
-
-  flush(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-    if (this.pending.length === 0) return;
-    this.stream ??= this.openStream();
-    while (this.pending.length > 0) {
-      this.stream.write({ sandboxId: this.sandboxId, logs: this.pending.splice(0, LOG_BATCH) });
-    }
+    };
   }
 
   private openStream(): ClientWritableStream<PushSandboxLogsRequest> {
@@ -243,19 +312,27 @@ export class LogPusher {
         if (this.stream === stream) this.stream = undefined;
       },
     );
+    // A failed call ends with its callback; the stream's own error is that one.
+    stream.on("error", () => {});
     return stream;
   }
 
-  /** Sends what is pending and closes the stream; resolves when the gateway has it. */
-  close(): Promise<void> {
+  /** Sends what is pending and closes the stream; resolves when the gateway has it (2 s at most). */
+  async close(): Promise<void> {
+    const deadline = performance.now() + 2000;
     this.flush();
+    while (this.blocked && performance.now() < deadline) {
+      await Promise.race([this.blocked, new Promise((resolve) => setTimeout(resolve, 50))]);
+      this.flush();
+    }
     const stream = this.stream;
     this.stream = undefined;
-    if (!stream) return Promise.resolve();
-    return new Promise((resolve) => {
+    if (!stream) return;
+    await new Promise<void>((resolve) => {
       stream.on("status", () => resolve());
+      stream.on("error", () => resolve());
       stream.end();
-      setTimeout(resolve, 2000).unref();
+      setTimeout(resolve, Math.max(0, deadline - performance.now())).unref();
     });
   }
 }

@@ -143,6 +143,8 @@ async function main(): Promise<void> {
   const onAgent = (message: AgentMessage): void => {
     switch (message.t) {
       case "log":
+        // The target is the stream the message came from, one of two the
+        // decoder allows: nothing on this channel can log as "network".
         logs.push(message.s === "stderr" ? "WARN" : "INFO", message.s, message.m);
         break;
       case "ready":
@@ -184,6 +186,11 @@ async function main(): Promise<void> {
       policy: config.policy,
       files,
       onAgent,
+      logBackpressure: () => logs.backpressure(),
+      onAgentLiveness: (responsive, detail) => {
+        diag(detail);
+        report({ kind: "liveness", responsive, message: detail });
+      },
       onProgress: (step, detail) => report({ kind: "progress", step, message: detail }),
       onWarning: (warning) => report({ kind: "warning", message: warning }),
       onNetworkLog: (level, message) => logs.push(level, "network", message),

@@ -16,13 +16,20 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { chmodSync, closeSync, mkdirSync, openSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
-import { createInterface } from "node:readline";
 import { defaultPolicy } from "../core/policy.js";
 import { sharedMemoryStaging } from "../core/staging.js";
 import type { SupervisorLaunch } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
+import {
+  AGENT_BEAT_MS,
+  AGENT_SILENCE_MS,
+  type AgentChannelDrop,
+  type AgentMessage,
+  AgentMessageDecoder,
+  BoundedLineReader,
+} from "./agent/channel.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
@@ -31,11 +38,7 @@ import { applyHostPrep, type ControlBind, normalizeSandboxPath, planMounts } fro
 import { parseDenyList, SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 
-export type AgentMessage =
-  | { t: "ready" }
-  | { t: "log"; s: "stdout" | "stderr"; m: string }
-  | { t: "exit"; code: number }
-  | { t: "fatal"; reason: string; message: string };
+export type { AgentMessage } from "./agent/channel.js";
 
 /** What the supervisor tells the agent on its stdin. */
 export interface AgentConfig {
@@ -228,7 +231,15 @@ export interface PodOptions {
   launch: SupervisorLaunch;
   policy: SandboxPolicy | undefined;
   files: InjectedFileSource;
+  /** Each valid message from the agent but its beats (see agent/channel.ts). */
   onAgent(message: AgentMessage): void;
+  /**
+   * A promise while the log cannot take more (the agent's channel is not
+   * read until it settles), or undefined.
+   */
+  logBackpressure?(): Promise<void> | undefined;
+  /** The agent fell silent for AGENT_SILENCE_MS (false), or spoke again (true). */
+  onAgentLiveness?(responsive: boolean, detail: string): void;
   onProgress(step: string, detail: string): void;
   onWarning(message: string): void;
   /** The egress proxy's decisions, for the sandbox log; `diag` when absent. */
@@ -511,16 +522,12 @@ async function launchPod(
       : {}),
   };
   stdio.stdin.write(`${JSON.stringify(config)}\n`);
-  createInterface({ input: stdio.stdout }).on("line", (line) => {
-    try {
-      o.onAgent(JSON.parse(line) as AgentMessage);
-    } catch {
-      o.diag(`agent: ${line}`);
-    }
-  });
-  createInterface({ input: stdio.stderr }).on("line", (line) => o.diag(`pod: ${line}`));
+  const stopReading = readAgent(o, stdio.stdout, stdio.stderr);
   // No pod, no sandbox to serve: the proxy goes with it.
-  void exited.then(() => egress?.close());
+  void exited.then(() => {
+    stopReading();
+    return egress?.close();
+  });
   return {
     sshSocket: join(launch.sandboxDir, POD_SSH_SOCKET),
     exited,
@@ -531,5 +538,91 @@ async function launchPod(
       await egress?.close();
       cleanUp();
     },
+  };
+}
+
+/** Longest line of the pod's stderr (bwrap's and the agent's diagnostics) that is kept. */
+const POD_DIAG_LINE_MAX_BYTES = 4096;
+/** Lines of the pod's stderr passed on per second; the rest are counted. */
+const POD_DIAG_LINES_PER_SECOND = 20;
+const LIVENESS_CHECK_MS = AGENT_BEAT_MS / 2;
+
+/**
+ * Reads the agent's channel (stdout) and the pod's stderr, both written from
+ * inside the sandbox: bounded lines, only valid messages passed on, drops
+ * counted and reported at most once a second, and the agent's beats watched.
+ * While the log holds the channel back, the agent's silence is not held
+ * against it. Returns a function that stops the watch.
+ */
+function readAgent(o: PodOptions, stdout: NodeJS.ReadableStream, stderr: NodeJS.ReadableStream): () => void {
+  const drops: Record<AgentChannelDrop, number> = { oversized: 0, malformed: 0 };
+  let lastHeard: number | undefined;
+  let held = false;
+  let responsive = true;
+  const heard = (): void => {
+    lastHeard = performance.now();
+    if (!responsive) {
+      responsive = true;
+      o.onAgentLiveness?.(true, "the sandbox agent responds again");
+    }
+  };
+  const decoder = new AgentMessageDecoder(
+    (message) => {
+      heard();
+      if (message.t !== "beat") o.onAgent(message);
+    },
+    (kind) => {
+      drops[kind] += 1;
+    },
+  );
+  stdout.on("data", (chunk: Buffer) => {
+    decoder.push(chunk);
+    const wait = held ? undefined : o.logBackpressure?.();
+    if (wait) {
+      held = true;
+      stdout.pause();
+      void wait.then(() => {
+        held = false;
+        // Silence while the channel was held is the log's, not the agent's.
+        if (lastHeard !== undefined) lastHeard = performance.now();
+        stdout.resume();
+      });
+    }
+  });
+  let diagLines = 0;
+  let suppressed = 0;
+  const diagLine = new BoundedLineReader(
+    POD_DIAG_LINE_MAX_BYTES,
+    (line) => {
+      if (diagLines++ < POD_DIAG_LINES_PER_SECOND) o.diag(`pod: ${line.toString("utf8")}`);
+      else suppressed++;
+    },
+    () => {
+      suppressed++;
+    },
+  );
+  stderr.on("data", (chunk: Buffer) => diagLine.push(chunk));
+  const timer = setInterval(() => {
+    if (lastHeard !== undefined && !held && responsive) {
+      const silent = performance.now() - lastHeard;
+      if (silent > AGENT_SILENCE_MS) {
+        responsive = false;
+        o.onAgentLiveness?.(false, `the sandbox agent has not responded for ${Math.round(silent)} ms`);
+      }
+    }
+  }, LIVENESS_CHECK_MS);
+  const report = setInterval(() => {
+    if (drops.oversized + drops.malformed > 0) {
+      o.diag(`agent channel: dropped ${drops.malformed} malformed and ${drops.oversized} oversized line(s)`);
+      drops.oversized = 0;
+      drops.malformed = 0;
+    }
+    if (suppressed > 0) o.diag(`pod: ${suppressed} more line(s) of diagnostics suppressed`);
+    suppressed = 0;
+    diagLines = 0;
+  }, 1000);
+  return () => {
+    clearInterval(timer);
+    clearInterval(report);
   };
 }

@@ -1,11 +1,15 @@
 // The sandbox's canonical (main) process: started once, exactly as given (no
-// shell), on a pty or on pipes. Its output always flows at full speed — into a
-// replay buffer for later attachers, into line events for the logs, and to
-// whoever is attached; nobody's slowness can stall it. One attacher at a time
-// holds stdin; the others watch.
+// shell), on a pty or on pipes. Its output flows into a replay buffer for
+// later attachers, into line events for the logs, and to whoever is attached;
+// no attacher's slowness can stall it. The log is the one reader that can
+// (pauseOutput): the sandbox's log is stored at the pace the gateway can take
+// it, and a process printing faster blocks on its writes, as on a full pipe,
+// instead of growing any buffer. One attacher at a time holds stdin; the
+// others watch.
 
 import { EventEmitter } from "node:events";
 import { StringDecoder } from "node:string_decoder";
+import { LOG_TEXT_MAX_CHARS } from "./channel.js";
 import {
   type ChildExit,
   ChildStartError,
@@ -85,9 +89,9 @@ export const MAIN_REPLAY_BYTES = 1024 * 1024;
 // Background grandchildren can hold the output pipes open after the process
 // exits; the exit is reported at most this long after the process ended.
 const OUTPUT_GRACE_MS = 2000;
-// A line this long is cut, so a process printing without newlines cannot grow
-// the log line without bound.
-const MAX_LINE_CHARS = 16 * 1024;
+// A line this long is cut into pieces this long, so a process printing
+// without newlines cannot grow a log line without bound.
+const MAX_LINE_CHARS = LOG_TEXT_MAX_CHARS;
 
 interface Attacher {
   listener: MainAttachListener;
@@ -106,6 +110,9 @@ export class MainProcess extends EventEmitter<MainProcessEvents> {
   private child: SessionChild | undefined;
   private status: MainExitStatus | undefined;
   private cancelled = false;
+  private paused = false;
+  /** Settles when paused output is read again. */
+  private resumed: { promise: Promise<void>; resolve: () => void } | undefined;
   private readonly lines = {
     stdout: new LineSplitter(),
     stderr: new LineSplitter(),
@@ -167,6 +174,7 @@ export class MainProcess extends EventEmitter<MainProcessEvents> {
     this.child = child;
     child.stdout.on("data", (data: Buffer) => this.record("stdout", data));
     child.stderr?.on("data", (data: Buffer) => this.record("stderr", data));
+    if (this.paused) this.pauseOutput();
     child.stdin.on("drain", () => this.emit("drain"));
     this.emit("start", child.pid);
     void this.finishWhenDone(child);
@@ -260,6 +268,32 @@ export class MainProcess extends EventEmitter<MainProcessEvents> {
     }
   }
 
+  /** Stops reading the process's output until resumeOutput; the process blocks once its pipe is full. */
+  pauseOutput(): void {
+    if (!this.paused) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => {
+        resolve = done;
+      });
+      this.resumed = { promise, resolve };
+    }
+    this.paused = true;
+    this.child?.stdout.pause();
+    this.child?.stderr?.pause();
+  }
+
+  resumeOutput(): void {
+    this.paused = false;
+    this.resumed?.resolve();
+    this.resumed = undefined;
+    this.child?.stdout.resume();
+    this.child?.stderr?.resume();
+  }
+
+  get outputPaused(): boolean {
+    return this.paused;
+  }
+
   /** A copy of the replay buffer (at most `replayBytes`, oldest first). */
   replay(): MainOutputChunk[] {
     return [...this.replayChunks];
@@ -291,7 +325,11 @@ export class MainProcess extends EventEmitter<MainProcessEvents> {
 
   private async finishWhenDone(child: SessionChild): Promise<void> {
     const status = await child.exited;
-    await outputSettled(child, { graceMs: OUTPUT_GRACE_MS });
+    // Output held back for the log is still read before the exit is reported.
+    await outputSettled(child, {
+      graceMs: OUTPUT_GRACE_MS,
+      blocked: () => (this.paused ? this.resumed?.promise : undefined),
+    });
     // Leftover grandchildren holding the pipes get EPIPE instead of an
     // audience; the exit is what the sandbox's state follows.
     child.stdout.destroy();

@@ -4,10 +4,23 @@
 // upload) from inside the pod, so all of them share its namespaces.
 //
 // It talks to its supervisor over stdin (the configuration, one JSON line)
-// and stdout (JSON lines: ready, log, exit, fatal).
+// and stdout (JSON lines: ready, beat, log, exit, fatal; see channel.ts).
+//
+// stdout is written as a non-blocking stream, never through process.stdout
+// (which blocks the whole agent on a full pipe): when the supervisor reads
+// slowly, the agent stops reading the main process's output, and the main
+// process blocks on its own writes, as on a full pipe. Memory stays bounded
+// at every hop, and SSH keeps being served meanwhile.
 
-import { createInterface } from "node:readline";
-import type { AgentConfig, AgentMessage } from "../pod.js";
+import { Socket } from "node:net";
+import type { AgentConfig } from "../pod.js";
+import {
+  AGENT_BEAT_MS,
+  AGENT_CONFIG_MAX_BYTES,
+  type AgentMessage,
+  BoundedLineReader,
+  encodeAgentMessage,
+} from "./channel.js";
 import { startEgressForwarder } from "./egress.js";
 import { MainProcess } from "./main-process.js";
 import { type SshServer, startSshServer } from "./ssh-server.js";
@@ -15,17 +28,61 @@ import { type SshServer, startSshServer } from "./ssh-server.js";
 /** How long the exit report waits for attached clients to be given the exit status. */
 const ATTACH_SETTLE_MS = 2000;
 
-function send(message: AgentMessage): void {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
+const channel = new Socket({ fd: 1, readable: false, writable: true });
+// The supervisor is gone: so is the pod, in a moment.
+channel.on("error", () => process.exit(1));
+
+/** Writes a message; false when the channel's buffer is full (wait for its "drain"). */
+function send(message: AgentMessage): boolean {
+  return channel.write(encodeAgentMessage(message));
 }
 
-async function readConfig(): Promise<AgentConfig> {
-  const lines = createInterface({ input: process.stdin });
-  for await (const line of lines) return JSON.parse(line) as AgentConfig;
-  throw new Error("no configuration on stdin");
+/** The configuration: the first line on stdin, at most AGENT_CONFIG_MAX_BYTES, of the expected shape. */
+function readConfig(): Promise<AgentConfig> {
+  return new Promise((resolve, reject) => {
+    const done = (error: Error | undefined, config?: AgentConfig): void => {
+      process.stdin.off("data", onData);
+      process.stdin.off("end", onEnd);
+      process.stdin.pause();
+      if (error) reject(error);
+      else resolve(config!);
+    };
+    const lines = new BoundedLineReader(
+      AGENT_CONFIG_MAX_BYTES,
+      (line) => {
+        try {
+          done(undefined, checkConfig(JSON.parse(line.toString("utf8"))));
+        } catch (error) {
+          done(new Error(`invalid configuration on stdin: ${(error as Error).message}`));
+        }
+      },
+      () => done(new Error(`configuration on stdin exceeds ${AGENT_CONFIG_MAX_BYTES} bytes`)),
+    );
+    const onData = (chunk: Buffer): void => lines.push(chunk);
+    const onEnd = (): void => done(new Error("no configuration on stdin"));
+    process.stdin.on("data", onData);
+    process.stdin.on("end", onEnd);
+  });
+}
+
+function checkConfig(value: unknown): AgentConfig {
+  const config = value as AgentConfig;
+  const strings = (list: unknown): boolean =>
+    Array.isArray(list) && list.every((item) => typeof item === "string");
+  if (typeof value !== "object" || value === null) throw new Error("not an object");
+  if (!strings(config.command) || config.command.length === 0) throw new Error("command");
+  if (typeof config.env !== "object" || config.env === null) throw new Error("env");
+  if (!Object.values(config.env).every((v) => typeof v === "string")) throw new Error("env");
+  for (const key of ["workdir", "socketPath", "shell", "sftpServer"] as const) {
+    if (typeof config[key] !== "string") throw new Error(key);
+  }
+  return config;
 }
 
 async function main(): Promise<void> {
+  // From the start, so a supervisor can tell a frozen agent from a slow start.
+  send({ t: "beat" });
+  setInterval(() => send({ t: "beat" }), AGENT_BEAT_MS).unref();
   const config = await readConfig();
   process.chdir(config.workdir);
   // Before any sandboxed process exists, so the first one can already reach the network.
@@ -44,7 +101,14 @@ async function main(): Promise<void> {
     startOnAttach: config.startOnAttach,
     ...(config.ttySize ? { ptySize: config.ttySize } : {}),
   });
-  main.on("line", (line) => send({ t: "log", s: line.stream, m: line.text }));
+  // A full channel holds the main process's output back until it drains.
+  const onDrain = (): void => main.resumeOutput();
+  main.on("line", (line) => {
+    if (!send({ t: "log", s: line.stream, m: line.text }) && !main.outputPaused) {
+      main.pauseOutput();
+      channel.once("drain", onDrain);
+    }
+  });
   // The exit report stops the pod: attached clients get the last output and
   // the exit status first.
   let server: SshServer | undefined;
@@ -72,10 +136,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  send({
-    t: "fatal",
-    reason: "AgentFailed",
-    message: error instanceof Error ? error.message : String(error),
-  });
-  process.exit(1);
+  const message = (error instanceof Error ? error.message : String(error)).slice(0, 4096);
+  // The report first: exiting at once could leave it unwritten.
+  setTimeout(() => process.exit(1), 1000).unref();
+  channel.end(encodeAgentMessage({ t: "fatal", reason: "AgentFailed", message }), () => process.exit(1));
 });
