@@ -18,7 +18,7 @@
 // upload are refused at once ("not ready") instead of hanging.
 
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { fileContentPath, readFileContent, writeFileContent } from "../core/file-content.js";
@@ -72,6 +72,11 @@ export interface SandboxesOptions {
   /** gRPC target supervisors dial. */
   supervisorTarget: string;
   log(level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void;
+}
+
+/** Present in a sandbox's directory while its create call has not returned. */
+function creatingMarker(sandboxDir: string): string {
+  return join(sandboxDir, "creating");
 }
 
 function workspaceOf(value: string): string {
@@ -201,6 +206,9 @@ export class Sandboxes {
     const sandboxDir = this.o.runtime.sandboxDir(id);
     try {
       this.makeSandboxDir(sandboxDir);
+      // Removed once the call is about to succeed; found at start, it marks a
+      // create whose caller never saw it succeed (removeUnfinishedCreates).
+      writeFileSync(creatingMarker(sandboxDir), "");
       this.o.store.createSandbox(sandbox, {
         sandboxId: id,
         ...hostIds,
@@ -221,7 +229,7 @@ export class Sandboxes {
     // The content is written off this thread while the supervisor starts; it
     // reads the content only once told it is stored, and the create call
     // returns only then. A gateway that dies meanwhile leaves a sandbox whose
-    // content is missing, which the next start removes (removeUnfinishedCreates).
+    // creating marker, which the next start removes (removeUnfinishedCreates).
     const stored =
       files.length > 0
         ? writeFileContent(
@@ -244,6 +252,7 @@ export class Sandboxes {
       }
       this.o.runtime.notify(id, { kind: "files-stored" });
     }
+    rmSync(creatingMarker(sandboxDir), { force: true });
     return sandbox;
   }
 
@@ -328,9 +337,11 @@ export class Sandboxes {
   /**
    * On gateway start, before anything resumes: a create whose call never
    * returned (the gateway died while storing its files) leaves nothing behind.
-   * Its files' content is renamed into place just before the call returns, so
-   * a sandbox with files but no stored content was never created as far as
-   * its caller knows: its record, directory and half-written content go.
+   * Its creating marker is removed just before the call returns, so a sandbox
+   * that still has one was never created as far as its caller knows: its
+   * record, directory and half-written content go. (A sandbox whose stored
+   * content went missing later is not one of these: it fails with
+   * FileInjectionFailed when it starts.)
    */
   removeUnfinishedCreates(): void {
     // A directory made just before its record was stored has no record.
@@ -340,14 +351,13 @@ export class Sandboxes {
       if (SANDBOX_ID.test(entry) && !known.has(entry)) this.o.runtime.removeSandboxDir(entry);
     }
     for (const sandbox of this.o.store.allSandboxes()) {
-      if ((sandbox.spec?.files.length ?? 0) === 0) continue;
       const id = sandbox.metadata!.id;
-      if (existsSync(fileContentPath(this.o.runtime.sandboxDir(id)))) continue;
+      if (!existsSync(creatingMarker(this.o.runtime.sandboxDir(id)))) continue;
       this.o.runtime.removeSandboxDir(id);
       this.o.store.deleteSandbox(id);
       this.o.log(
         "WARN",
-        "removed a sandbox whose create did not complete (the gateway stopped while storing its files)",
+        "removed a sandbox whose create did not complete (the gateway stopped before the create returned)",
         id,
       );
     }
