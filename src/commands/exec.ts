@@ -58,7 +58,11 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
 
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  const { sandbox } = await gateway.call(
+    gateway.client.getSandbox,
+    { name, workspace: gateway.workspace },
+    options.timeout > 0 ? { deadlineMs: options.timeout * 1000 + BACKSTOP_GRACE_MS } : {},
+  );
   const phase = sandbox?.status?.phase;
   if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
     throw new OpenShellError(

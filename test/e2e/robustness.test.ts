@@ -242,6 +242,37 @@ describe.each([
 
   // What does not depend on how the gateway reaches the sandbox's SSH server runs once.
   if (!viaRelay) {
+    it(`a gateway that stops answering mid-exec: the CLI's own deadline exits 124 within ${TIMEOUT_S} + 1 s (plus the CLI's start-up)`, async () => {
+      const limit = BOUND_MS + (await cliStartMs());
+      const child = env.spawn([
+        "sandbox",
+        "exec",
+        "-n",
+        bystander,
+        "--timeout",
+        String(TIMEOUT_S),
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 30",
+      ]);
+      const started = performance.now();
+      const done = exitWithin(child, "the exec whose gateway froze", BOUND_MS + 5000);
+      await waitForOutput(child.stdout!, "started\n", "the exec's command started");
+      process.kill(gatewayPid, "SIGSTOP");
+      try {
+        const result = await done;
+        expect(result.code, result.stderr).toBe(124);
+        expect(performance.now() - started).toBeLessThan(limit);
+        expect(result.stderr).toContain(
+          `no exit status within the ${TIMEOUT_S} s timeout; the command was cancelled`,
+        );
+      } finally {
+        process.kill(gatewayPid, "SIGCONT");
+      }
+      await expectGatewayServes("after the gateway was frozen and resumed");
+    });
+
     it(`an agent that stops itself from inside (kill -STOP 2): the exec returns within ${TIMEOUT_S} + 1 s (plus the CLI's start-up)`, async () => {
       const name = uniqueName("selfstop");
       expect((await env.createIdle(name)).code).toBe(0);
