@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Deadline } from "../../src/core/deadline.js";
 import { describeUncaught } from "../../src/core/last-resort.js";
+import { exitCodeOf } from "../../src/core/signals.js";
 
 describe("Deadline", () => {
   beforeEach(() => {
@@ -105,5 +106,13 @@ describe("last-resort containment", () => {
     expect(result.stderr).toContain(
       "uncaught exception (the test process keeps serving): Error: Connection lost before handshake",
     );
+  });
+});
+
+describe("exit statuses from a sandbox's SSH server", () => {
+  it("0 and 255 pass through; 256, 4294967295, -1 and 1.5 are reported as 255; an unknown signal as 128", () => {
+    expect([0, 255].map((code) => exitCodeOf(code, null))).toEqual([0, 255]);
+    expect([256, 4294967295, -1, 1.5].map((code) => exitCodeOf(code, null))).toEqual([255, 255, 255, 255]);
+    expect(exitCodeOf(null, "NOSUCHSIGNAL")).toBe(128);
   });
 });
