@@ -117,6 +117,13 @@ describe.each([
     ]);
   };
 
+  /** The hostile sandbox's own supervisor lived through its relays too: the sandbox is still Ready. */
+  const expectStillReady = async (name: string): Promise<void> => {
+    const got = await env.run(["sandbox", "get", name, "-o", "json"], { timeoutMs: 20_000 });
+    expect(got.code, got.stderr).toBe(0);
+    expect((JSON.parse(got.stdout) as { phase: string }).phase).toBe("Ready");
+  };
+
   /** Creates a sandbox whose main command is the hostile listener, and waits until it is in place. */
   const createHostile = async (mode: "stall" | "garbage" | "truncated"): Promise<string> => {
     const name = uniqueName(mode);
@@ -177,6 +184,7 @@ describe.each([
     expect(unbounded.ms).toBeLessThan(unbounded.limit - BOUND_MS + 10_000 + 1000);
     expect(unbounded.stderr).toContain("SSH to the sandbox failed");
     await expectGatewayServes("after an exec without --timeout");
+    await expectStillReady(name);
   });
 
   it(`garbage on the SSH socket: exec --timeout ${TIMEOUT_S} exits 244 within ${TIMEOUT_S} + 1 s (over a healthy exec)`, async () => {
@@ -188,6 +196,7 @@ describe.each([
       expect(result.stderr).toContain("SSH to the sandbox failed");
     }
     await expectGatewayServes("after two garbage handshakes");
+    await expectStillReady(name);
   });
 
   it(`an SSH banner and then a hang-up: exec --timeout ${TIMEOUT_S} exits 244 within ${TIMEOUT_S} + 1 s (over a healthy exec)`, async () => {
@@ -199,6 +208,7 @@ describe.each([
       expect(result.stderr).toContain("SSH to the sandbox failed");
     }
     await expectGatewayServes("after two truncated handshakes");
+    await expectStillReady(name);
   });
 
   it(`an agent frozen from the host (SIGSTOP): the running exec exits 124 and the next 243/244, each within ${TIMEOUT_S} + 1 s (over a healthy exec)`, async () => {
