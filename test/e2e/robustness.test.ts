@@ -156,8 +156,15 @@ describe.each([
     await env.dispose();
   });
 
-  it(`a stalling socket: exec --timeout ${TIMEOUT_S} exits 244 within ${TIMEOUT_S} + 1 s (over a healthy exec), and the gateway outlives the 10 s handshake timeout`, async () => {
+  it(`a stalling socket: exec --timeout ${TIMEOUT_S} exits 244 within ${TIMEOUT_S} + 1 s (over a healthy exec), a download fails after the CLI's 20 s handshake timeout, and the gateway outlives both`, async () => {
     const name = await createHostile("stall");
+    // A download goes through ForwardTcp, with the CLI's own SSH client (its handshake timeout is 20 s).
+    const downloadStarted = performance.now();
+    const download = exitWithin(
+      env.spawn(["sandbox", "download", name, "/sandbox/anything", join(env.root, "download")]),
+      "a download from the stalled sandbox",
+      40_000,
+    );
     const tail = env.spawn(["logs", name, "--tail"]);
     try {
       const result = await exec(name, ["--timeout", String(TIMEOUT_S), "--", "true"]);
@@ -184,6 +191,13 @@ describe.each([
     expect(unbounded.ms).toBeLessThan(unbounded.limit - BOUND_MS + 10_000 + 1000);
     expect(unbounded.stderr).toContain("SSH to the sandbox failed");
     await expectGatewayServes("after an exec without --timeout");
+    const downloaded = await download;
+    expect(downloaded.code, downloaded.stderr).toBe(1);
+    expect(downloaded.stderr).toBe(
+      "error: SSH to the sandbox failed: Timed out while waiting for handshake\n",
+    );
+    expect(performance.now() - downloadStarted).toBeLessThan(20_000 + 5000);
+    await expectGatewayServes("after the download gave up");
     await expectStillReady(name);
   });
 
