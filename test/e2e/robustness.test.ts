@@ -109,6 +109,10 @@ describe.each([
       );
     });
     expect(health).not.toBe("");
+    // Every failure was handled on its own path, not caught by the last-resort
+    // handler (whose entries, the supervisors' included, land in gateway.log).
+    const log = readFileSync(join(env.stateHome, "openshell", "gateways", "local", "gateway.log"), "utf8");
+    expect(log, `${step}: gateway.log`).not.toMatch(/uncaught exception|unhandled promise rejection/);
     const alive = await exec(bystander, ["--timeout", "20", "--", "echo", "bystander alive"]);
     expect([alive.code, alive.stdout, alive.stderr], `${step}: bystander exec`).toEqual([
       0,
