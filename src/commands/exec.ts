@@ -13,13 +13,12 @@ import { status } from "@grpc/grpc-js";
 import { OpenShellError, usageError } from "../core/errors.js";
 import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../core/names.js";
 import { phaseName } from "../core/phases.js";
+import { EXEC_TIMEOUT_EXIT } from "../core/signals.js";
 import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../gen/openshell.js";
 import { mapGrpcError } from "../transport/grpc.js";
 import type { CommandContext } from "./context.js";
 import { enterRawMode, onEndingSignal } from "./terminal.js";
 
-/** The status a command killed by `--timeout` exits with (GNU timeout's). */
-export const EXEC_TIMEOUT_EXIT = 124;
 /** How long past `--timeout` the CLI waits for the gateway's answer before it gives up itself. */
 const BACKSTOP_GRACE_MS = 500;
 

@@ -2,6 +2,9 @@
 
 import { constants } from "node:os";
 
+/** The status of a command `sandbox exec --timeout` killed (GNU timeout's). */
+export const EXEC_TIMEOUT_EXIT = 124;
+
 export function signalNumber(name: string): number | undefined {
   return (constants.signals as Record<string, number>)[`SIG${name.replace(/^SIG/, "")}`];
 }

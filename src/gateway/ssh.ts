@@ -4,6 +4,19 @@
 // (ExecSandbox / ExecSandboxInteractive), which the gateway runs as an SSH
 // client over the supervisor relay. Exec reuses one SSH connection per
 // sandbox, so a command costs a channel open, not a handshake.
+//
+// The SSH server at the other end is the sandbox's to replace: a process in
+// it can bind its own listener over the pod's socket, stop or kill the agent
+// that serves it, and answer with silence, garbage, or a handshake cut short.
+// So nothing here trusts it to answer, or to fail only once: every emitter
+// fed by its bytes (the ssh2 client, its socket, the relay stream, each
+// channel) keeps an error listener for its whole life, since one 'error'
+// without a listener would end the gateway and, with it, every sandbox.
+// Every wait is bounded (the handshake, each channel open, the kill after a
+// timeout), and an exec's --timeout is one deadline over all of it, from
+// the request's arrival, so the caller hears back in time whatever the
+// sandbox does. A failure ends that exec, or that pooled connection, with a
+// status that says which step the sandbox did not take.
 
 import { randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
@@ -12,7 +25,7 @@ import { Client, type ClientChannel, type PseudoTtyOptions } from "ssh2";
 import { Deadline } from "../core/deadline.js";
 import { validateExecRequest } from "../core/names.js";
 import { shellEscape } from "../core/shell.js";
-import { exitCodeOf } from "../core/signals.js";
+import { EXEC_TIMEOUT_EXIT, exitCodeOf } from "../core/signals.js";
 import type {
   CreateSshSessionResponse,
   ExecSandboxEvent,
@@ -31,7 +44,6 @@ import { hashToken, type Store } from "./store.js";
 
 export const CONNECTIONS_PER_TOKEN = 3;
 export const CONNECTIONS_PER_SANDBOX = 20;
-export const EXEC_TIMEOUT_EXIT = 124;
 /** How long the sandbox's SSH server has to complete a handshake. */
 export const HANDSHAKE_MS = 10_000;
 /** How long it has to open a session channel for a command. */
