@@ -38,8 +38,8 @@ const BOUND_MS = TIMEOUT_S * 1000 + 1000;
  * A listener in place of the pod's SSH socket (bound beside it, then renamed
  * over it, as any process of the sandbox may do in its own run directory).
  * `stall` accepts and never speaks; `garbage` answers with a mebibyte of
- * random bytes; `truncated` sends a valid SSH banner and the start of a
- * binary packet, then hangs up.
+ * random bytes (every other time after a valid banner); `truncated` sends a
+ * valid SSH banner and the start of a binary packet, then hangs up.
  */
 const HOSTILE_LISTENER = String.raw`
 use IO::Socket::UNIX;
@@ -53,9 +53,12 @@ $SIG{PIPE} = "IGNORE";
 print "hostile $mode listener in place\n";
 open(my $random, "<", "/dev/urandom") or die "urandom: $!";
 my @held;
+my $accepted = 0;
 while (my $peer = $server->accept) {
   if ($mode eq "stall") { push @held, $peer; next; }
   if ($mode eq "garbage") {
+    # Every other peer gets a valid banner first, so the packet parser gets the garbage too.
+    print $peer "SSH-2.0-OpenSSH_9.2p1\r\n" if $accepted++ % 2;
     my $bytes;
     for (1 .. 64) { read($random, $bytes, 16384); last unless print $peer $bytes; }
   } else {
