@@ -4,15 +4,23 @@
 // streams live (no buffering, no size cap; EOF is passed on; an idle pipe
 // does not hold the CLI once the command exits), stdout and stderr stay
 // apart, and the CLI exits with the command's status (128 + N for a death by
-// signal N, 124 on --timeout).
+// signal N, 124 on --timeout). `--timeout N` bounds the whole exec, whatever
+// the sandbox does: the gateway's deadline covers reaching the sandbox and
+// starting the command as well as running it, and the CLI holds its own
+// deadline half a second later in case the gateway does not answer either.
 
+import { status } from "@grpc/grpc-js";
 import { OpenShellError, usageError } from "../core/errors.js";
 import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../core/names.js";
 import { phaseName } from "../core/phases.js";
+import { EXEC_TIMEOUT_EXIT } from "../core/signals.js";
 import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../gen/openshell.js";
 import { mapGrpcError } from "../transport/grpc.js";
 import type { CommandContext } from "./context.js";
 import { enterRawMode, onEndingSignal } from "./terminal.js";
+
+/** How long past `--timeout` the CLI waits for the gateway's answer before it gives up itself. */
+const BACKSTOP_GRACE_MS = 500;
 
 export interface ExecOptions {
   name?: string | undefined;
@@ -49,7 +57,11 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
 
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  const { sandbox } = await gateway.call(
+    gateway.client.getSandbox,
+    { name, workspace: gateway.workspace },
+    options.timeout > 0 ? { deadlineMs: options.timeout * 1000 + BACKSTOP_GRACE_MS } : {},
+  );
   const phase = sandbox?.status?.phase;
   if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
     throw new OpenShellError(
@@ -135,10 +147,28 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
           reject(new OpenShellError("connection_lost", "the exec stream ended without an exit status"));
         } else resolve(exitCode);
       });
-      call.on("error", (error: Error & { code?: number }) => {
+      call.on("error", (error: Error & { code?: number; details?: string }) => {
         if (exitCode !== undefined) resolve(exitCode);
-        else reject(mapGrpcError(error, gateway.target));
+        else if (error.code === status.DEADLINE_EXCEEDED) {
+          // The gateway's own deadline passed before the sandbox started the command.
+          reject(new OpenShellError("timeout", `sandbox '${name}': ${error.details ?? error.message}`));
+        } else reject(mapGrpcError(error, gateway.target));
       });
+      if (options.timeout > 0) {
+        // The gateway ends the call at the deadline whatever the sandbox does;
+        // this is the backstop should the gateway not answer in time either.
+        const backstop = setTimeout(
+          () => {
+            call.cancel();
+            ctx.ui.warn(
+              `sandbox '${name}': no exit status within the ${options.timeout} s timeout; the command was cancelled`,
+            );
+            resolve(EXEC_TIMEOUT_EXIT);
+          },
+          options.timeout * 1000 + BACKSTOP_GRACE_MS,
+        );
+        restore.push(() => clearTimeout(backstop));
+      }
     });
     await ctx.rememberSandbox(name);
     return code;

@@ -12,6 +12,7 @@ import {
   writeActiveGateway,
   writeMetadata,
 } from "../core/config.js";
+import { containUncaughtErrors } from "../core/last-resort.js";
 import { VERSION } from "../core/version.js";
 import { logFileLimits } from "../gateway/bus.js";
 import { startGateway } from "../gateway/server.js";
@@ -69,12 +70,17 @@ export async function runForeground(
   ctx.ui.success(
     `Gateway '${options.name}' listening at ${metadata.gateway_endpoint} (foreground; Ctrl-C stops it)`,
   );
+  // An error in one session must not end every sandbox (see core/last-resort.ts).
+  const release = containUncaughtErrors("the gateway", (entry) =>
+    process.stderr.write(`${new Date().toISOString()} ERROR ${entry}\n`),
+  );
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
   });
   await gateway.close();
+  release();
   rmSync(join(stateDir, "gateway.pid"), { force: true });
   rmSync(join(stateDir, "gateway.json"), { force: true });
   ctx.ui.success(`Gateway '${options.name}' stopped`);

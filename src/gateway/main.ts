@@ -7,6 +7,7 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { containUncaughtErrors } from "../core/last-resort.js";
 import { processAlive } from "../core/process.js";
 import { VERSION } from "../core/version.js";
 import { parseDenyList, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
@@ -115,6 +116,10 @@ async function main(): Promise<void> {
   writeFileSync(pidFile, `${process.pid}\n`, { mode: 0o600 });
   writeFileSync(join(stateDir, "gateway.json"), `${JSON.stringify(info)}\n`, { mode: 0o600 });
   process.stdout.write(`${JSON.stringify({ ready: true, ...info })}\n`);
+  // From here on an error in one session must not end every sandbox (see core/last-resort.ts).
+  containUncaughtErrors("the gateway", (entry) =>
+    process.stderr.write(`${new Date().toISOString()} ERROR ${entry}\n`),
+  );
 
   let stopping = false;
   const stop = (): void => {

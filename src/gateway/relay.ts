@@ -163,7 +163,12 @@ export class RelayHub {
     const local = target.kind === "ssh" ? this.localSshSocket(sandboxId) : undefined;
     if (local !== undefined) {
       try {
-        return connectUnixSocket(local);
+        const socket = connectUnixSocket(local);
+        // Whoever takes the socket listens for its errors and acts on them;
+        // this one only keeps an error that comes first (the pod's end
+        // refused or reset) from being an unhandled 'error' that ends the gateway.
+        socket.on("error", () => {});
+        return socket;
       } catch (error) {
         throw new StatusError(
           status.UNAVAILABLE,
@@ -200,7 +205,25 @@ export class RelayHub {
    * the supervisor's own sandbox; from then on the call carries raw bytes.
    */
   claim(call: ServerDuplexStream<RelayFrame, RelayFrame>, callerSandboxId: string): void {
+    // A relay call that never claims its channel would hold a stream for good.
+    const unclaimed = setTimeout(() => {
+      call.emit(
+        "error",
+        new StatusError(status.DEADLINE_EXCEEDED, "relay stream sent no init frame in time"),
+      );
+    }, RELAY_CLAIM_MS);
+    unclaimed.unref();
+    const stop = (): void => clearTimeout(unclaimed);
+    call.once("error", stop);
+    call.once("close", stop);
+    let claimed = false;
+    call.once("end", () => {
+      stop();
+      if (!claimed) call.emit("error", invalidArgument("empty relay stream: expected an init frame"));
+    });
     call.once("data", (frame: RelayFrame) => {
+      claimed = true;
+      stop();
       if (frame.payload?.$case !== "init" || frame.payload.value.channelId === "") {
         call.emit("error", invalidArgument("first RelayFrame must be init"));
         return;

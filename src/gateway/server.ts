@@ -156,6 +156,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     relay,
     ttlSecs: options.sshSessionTtlSecs ?? 86_400,
     advertised: () => ({ host: options.bind === "0.0.0.0" ? "127.0.0.1" : options.bind, port, scheme }),
+    note: (id, message) => gatewayLog("WARN", message, id),
   });
   server.addService(
     withDecodeChecks(FastOpenShellService),

@@ -4,14 +4,28 @@
 // (ExecSandbox / ExecSandboxInteractive), which the gateway runs as an SSH
 // client over the supervisor relay. Exec reuses one SSH connection per
 // sandbox, so a command costs a channel open, not a handshake.
+//
+// The SSH server at the other end is the sandbox's to replace: a process in
+// it can bind its own listener over the pod's socket, stop or kill the agent
+// that serves it, and answer with silence, garbage, or a handshake cut short.
+// So nothing here trusts it to answer, or to fail only once: every emitter
+// fed by its bytes (the ssh2 client, its socket, the relay stream, each
+// channel) keeps an error listener for its whole life, since one 'error'
+// without a listener would end the gateway and, with it, every sandbox.
+// Every wait is bounded (the handshake, each channel open, the kill after a
+// timeout), and an exec's --timeout is one deadline over all of it, from
+// the request's arrival, so the caller hears back in time whatever the
+// sandbox does. A failure ends that exec, or that pooled connection, with a
+// status that says which step the sandbox did not take.
 
 import { randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { type ServerDuplexStream, type ServerWritableStream, status } from "@grpc/grpc-js";
-import { Client, type ClientChannel } from "ssh2";
+import { Client, type ClientChannel, type PseudoTtyOptions } from "ssh2";
+import { Deadline } from "../core/deadline.js";
 import { validateExecRequest } from "../core/names.js";
 import { shellEscape } from "../core/shell.js";
-import { exitCodeOf } from "../core/signals.js";
+import { EXEC_TIMEOUT_EXIT, exitCodeOf } from "../core/signals.js";
 import type {
   CreateSshSessionResponse,
   ExecSandboxEvent,
@@ -30,7 +44,12 @@ import { hashToken, type Store } from "./store.js";
 
 export const CONNECTIONS_PER_TOKEN = 3;
 export const CONNECTIONS_PER_SANDBOX = 20;
-export const EXEC_TIMEOUT_EXIT = 124;
+/** How long the sandbox's SSH server has to complete a handshake. */
+export const HANDSHAKE_MS = 10_000;
+/** How long it has to open a session channel for a command. */
+export const CHANNEL_OPEN_MS = 10_000;
+/** How long a killed command's channel may take to close before its connection counts as unresponsive. */
+const CHANNEL_CLOSE_GRACE_MS = 2_000;
 const COMMAND_MAX_BYTES = 256 * 1024;
 
 export interface SshAccessOptions {
@@ -41,6 +60,8 @@ export interface SshAccessOptions {
   ttlSecs: number;
   /** Where clients dial back for ForwardTcp (the gateway's own address). */
   advertised(): { host: string; port: number; scheme: "http" | "https" };
+  /** A line for the sandbox's log (`openshell logs`), for failures its user should see. */
+  note?(sandboxId: string, message: string): void;
 }
 
 /** Builds the remote shell command for an exec request, as OpenShell does. */
@@ -181,6 +202,12 @@ export class SshAccess {
       release();
       throw error;
     }
+    if (call.cancelled) {
+      // The client went away while the sandbox's end was being opened.
+      remote.destroy();
+      release();
+      return;
+    }
     const local = frameDuplex(call, dataFrameCodec<TcpForwardFrame>());
     bridge(local, remote, release);
     // A client that goes away (ssh exited and its proxy was killed) only
@@ -201,43 +228,88 @@ export class SshAccess {
   private client(sandboxId: string): Promise<Client> {
     let pending = this.clients.get(sandboxId);
     if (!pending) {
-      pending = this.connect(sandboxId);
-      this.clients.set(sandboxId, pending);
-      pending.catch(() => this.clients.delete(sandboxId));
+      const connecting: Promise<Client> = this.connect(sandboxId, () => {
+        if (this.clients.get(sandboxId) === connecting) this.clients.delete(sandboxId);
+      });
+      pending = connecting;
+      this.clients.set(sandboxId, connecting);
+      connecting.catch((error: unknown) => {
+        if (this.clients.get(sandboxId) === connecting) this.clients.delete(sandboxId);
+        this.o.note?.(sandboxId, (error as Error).message);
+      });
     }
     return pending;
   }
 
-  private async connect(sandboxId: string): Promise<Client> {
+  /**
+   * One SSH connection to a sandbox, bounded by the relay's own timeouts and
+   * HANDSHAKE_MS. The sandbox owns the other end: it may stall, send garbage,
+   * or hang up mid-handshake, and ssh2 can report more than one 'error' for
+   * one connection (a handshake timeout, then the connection lost). Every
+   * listener here is persistent, since an 'error' with no listener ends the
+   * gateway, and every one of them ends only this connection.
+   */
+  private async connect(sandboxId: string, forget: () => void): Promise<Client> {
     const sock = await this.o.relay.open(sandboxId, { kind: "ssh" }, `exec:${sandboxId}`);
     const client = new Client();
-    await new Promise<void>((resolve, reject) => {
-      client.once("ready", resolve);
-      client.once("error", reject);
-      client.connect(sandboxSshOptions(sock, { readyTimeout: 10_000, keepaliveCountMax: 4 }));
+    let ready = false;
+    const handshake = new Promise<Client>((resolve, reject) => {
+      client.on("ready", () => {
+        ready = true;
+        resolve(client);
+      });
+      client.on("error", (error: Error) => {
+        forget();
+        if (!ready) reject(unavailable(`SSH to the sandbox failed: ${error.message}`));
+        client.destroy();
+      });
+      client.on("close", () => {
+        forget();
+        if (!ready)
+          reject(unavailable("SSH to the sandbox failed: the connection closed during the handshake"));
+      });
+      client.on("end", () => {
+        forget();
+        // The sandbox closed the connection (it is stopping): close ours too, so
+        // the relay ends now instead of holding the stopping supervisor.
+        sock.end();
+      });
     });
-    const forget = (): void => {
-      this.clients.delete(sandboxId);
-    };
-    client.on("close", forget);
-    client.on("error", forget);
-    client.on("end", () => {
-      forget();
-      // The sandbox closed the connection (it is stopping): close ours too, so
-      // the relay ends now instead of holding the stopping supervisor.
-      sock.end();
-    });
-    return client;
+    try {
+      client.connect(sandboxSshOptions(sock, { readyTimeout: HANDSHAKE_MS, keepaliveCountMax: 4 }));
+    } catch (error) {
+      sock.destroy();
+      throw unavailable(`SSH to the sandbox failed: ${(error as Error).message}`);
+    }
+    return handshake;
   }
 
-  /** Drops a sandbox's pooled SSH connection (on delete or session loss). */
-  dropClient(sandboxId: string): void {
+  /**
+   * Drops a sandbox's pooled SSH connection (on delete, session loss, or when
+   * it stopped answering); with `only`, just when that connection is still the
+   * pooled one, so a newer connection is kept.
+   */
+  dropClient(sandboxId: string, only?: Client): void {
     const pending = this.clients.get(sandboxId);
-    this.clients.delete(sandboxId);
-    pending?.then((client) => client.end()).catch(() => {});
+    if (!pending) return;
+    void pending.then(
+      (client) => {
+        if (only !== undefined && client !== only) return;
+        if (this.clients.get(sandboxId) === pending) this.clients.delete(sandboxId);
+        // destroy, not end: a frozen peer never answers a polite close.
+        client.destroy();
+      },
+      () => {},
+    );
+    if (only === undefined) this.clients.delete(sandboxId);
   }
 
-  private async openChannel(request: ExecSandboxRequest): Promise<ClientChannel> {
+  /**
+   * Opens the session channel for one command. Everything before the command
+   * runs is bounded: by the request's deadline when it has a timeout, and by
+   * the relay's, HANDSHAKE_MS and CHANNEL_OPEN_MS in any case.
+   */
+  private async openChannel(request: ExecSandboxRequest, deadline: Deadline): Promise<ExecChannel> {
     const violation = validateExecRequest(request);
     if (violation) throw invalidArgument(violation);
     if (request.command.length === 0) throw invalidArgument("command is required");
@@ -247,17 +319,34 @@ export class SshAccess {
     const pty = request.tty
       ? { term: "xterm-256color", cols: request.cols || 80, rows: request.rows || 24 }
       : undefined;
+    const notStarted = (why: string): StatusError =>
+      new StatusError(
+        status.DEADLINE_EXCEEDED,
+        `the command did not start within the ${request.timeoutSeconds} s timeout: ${why}`,
+      );
     for (let attempt = 0; ; attempt++) {
-      const client = await this.client(request.sandboxId);
+      const client = await deadline.race(this.client(request.sandboxId), () =>
+        notStarted("the sandbox's SSH server did not complete the handshake"),
+      );
+      const opening = execChannel(client, command, pty);
       try {
-        return await new Promise<ClientChannel>((resolve, reject) => {
-          client.exec(command, pty ? { pty } : {}, (error, channel) =>
-            error ? reject(error) : resolve(channel),
-          );
-        });
+        const channel = await deadline.race(
+          opening.channel,
+          (expired) =>
+            expired === "deadline"
+              ? notStarted("the sandbox's SSH server did not open a session for it")
+              : unavailable(
+                  `the sandbox's SSH server did not open a session for the command within ${CHANNEL_OPEN_MS / 1000} s`,
+                ),
+          CHANNEL_OPEN_MS,
+        );
+        return { channel, client };
       } catch (error) {
-        // A pooled connection can die between uses; retry once on a new one.
-        this.dropClient(request.sandboxId);
+        opening.abandon();
+        // A pooled connection can die between uses, or stop answering: drop it.
+        this.dropClient(request.sandboxId, client);
+        if (error instanceof StatusError) throw error;
+        // Retry once on a new connection after a plain failure.
         if (attempt >= 1) throw unavailable(`exec channel failed: ${(error as Error).message}`);
       }
     }
@@ -265,18 +354,15 @@ export class SshAccess {
 
   /** Streams one command's output as exec events; exactly one exit at the end. */
   private runChannel(
-    channel: ClientChannel,
+    { channel, client }: ExecChannel,
     request: ExecSandboxRequest,
-    sink: {
-      write(event: ExecSandboxEvent): boolean;
-      once(event: "drain", fn: () => void): unknown;
-      end(): void;
-      fail(error: StatusError): void;
-    },
+    deadline: Deadline,
+    sink: ExecSink,
   ): { cancel(): void } {
     let exitCode: number | undefined;
     let finished = false;
     let timer: NodeJS.Timeout | undefined;
+    let closed = false;
     const finish = (code: number | undefined, error?: StatusError): void => {
       if (finished) return;
       finished = true;
@@ -287,6 +373,15 @@ export class SshAccess {
         sink.write({ payload: { $case: "exit", value: { exitCode: code } } });
         sink.end();
       }
+    };
+    // Killing a command needs the sandbox to answer; one that does not close
+    // the channel soon after has a connection that stopped answering.
+    const kill = (): void => {
+      channel.signal("KILL");
+      channel.close();
+      setTimeout(() => {
+        if (!closed) this.dropClient(request.sandboxId, client);
+      }, CHANNEL_CLOSE_GRACE_MS).unref();
     };
     const forward = (stream: NodeJS.ReadableStream, kind: "stdout" | "stderr"): void => {
       stream.on("data", (data: Buffer) => {
@@ -303,6 +398,11 @@ export class SshAccess {
     };
     forward(channel, "stdout");
     forward(channel.stderr, "stderr");
+    const onChannelError = (error: Error): void => {
+      finish(undefined, unavailable(`exec channel failed: ${error.message}`));
+    };
+    channel.on("error", onChannelError);
+    channel.stderr.on("error", onChannelError);
     channel.on("exit", (code: number | null, signal?: string) => {
       exitCode = exitCodeOf(code, signal);
     });
@@ -310,43 +410,67 @@ export class SshAccess {
     // its status arrive in the same read as the exec's confirmation, before
     // the 'exit' listener above existed.
     channel.on("close", (code?: number | null, signal?: string) => {
+      closed = true;
       if (exitCode === undefined && (typeof code === "number" || signal)) exitCode = exitCodeOf(code, signal);
       finish(exitCode);
     });
-    if (request.timeoutSeconds > 0) {
+    const left = deadline.remaining();
+    if (left !== undefined) {
       timer = setTimeout(() => {
-        // Unlike OpenShell, the command is killed, not left running.
-        channel.signal("KILL");
-        channel.close();
+        // Unlike OpenShell, the command is killed, not left running. The exit
+        // is reported now, whether or not the sandbox answers the kill.
+        kill();
         finish(EXEC_TIMEOUT_EXIT);
-      }, request.timeoutSeconds * 1000);
+      }, left);
     }
     return {
       cancel: () => {
         if (finished) return;
         finished = true;
         if (timer) clearTimeout(timer);
-        channel.signal("KILL");
-        channel.close();
+        kill();
       },
     };
   }
 
+  /**
+   * One exec, from request to exit, for both exec calls. The client may go
+   * away at any point; a channel that opens after it did is closed at once,
+   * so no command runs that nobody waits for.
+   */
+  private startExec(
+    request: ExecSandboxRequest,
+    sink: ExecSink,
+    onCancelled: (listener: () => void) => void,
+    started: (channel: ClientChannel) => void,
+  ): void {
+    const deadline = new Deadline(request.timeoutSeconds * 1000);
+    let cancelled = false;
+    let run: { cancel(): void } | undefined;
+    onCancelled(() => {
+      cancelled = true;
+      run?.cancel();
+    });
+    this.openChannel(request, deadline)
+      .then((opened) => {
+        run = this.runChannel(opened, request, deadline, sink);
+        if (cancelled) run.cancel();
+        else started(opened.channel);
+      })
+      .catch((error: unknown) => sink.fail(error));
+  }
+
   exec(call: ServerWritableStream<ExecSandboxRequest, ExecSandboxEvent>): void {
     const request = call.request;
-    this.openChannel(request)
-      .then((channel) => {
+    this.startExec(
+      request,
+      callSink(call),
+      (listener) => call.once("cancelled", listener),
+      (channel) => {
         if (request.stdin.length > 0) channel.write(request.stdin);
         channel.end();
-        const run = this.runChannel(channel, request, {
-          write: (event) => call.write(event),
-          once: (event, fn) => call.once(event, fn),
-          end: () => call.end(),
-          fail: (error) => call.emit("error", toStatus(error)),
-        });
-        call.on("cancelled", () => run.cancel());
-      })
-      .catch((error) => call.emit("error", toStatus(error)));
+      },
+    );
   }
 
   execInteractive(call: ServerDuplexStream<ExecSandboxInput, ExecSandboxEvent>): void {
@@ -359,18 +483,16 @@ export class SshAccess {
         return;
       }
       const request = first.payload.value;
-      this.openChannel(request)
-        .then((channel) => {
+      this.startExec(
+        request,
+        callSink(call),
+        (listener) => call.once("cancelled", listener),
+        (channel) => {
           if (request.stdin.length > 0) channel.write(request.stdin);
-          const run = this.runChannel(channel, request, {
-            write: (event) => call.write(event),
-            once: (event, fn) => call.once(event, fn),
-            end: () => call.end(),
-            fail: (error) => call.emit("error", toStatus(error)),
-          });
           call.on("data", (input: ExecSandboxInput) => {
             const payload = input.payload;
             if (payload?.$case === "stdin") {
+              if (channel.writableEnded || channel.destroyed) return;
               if (!channel.write(payload.value)) {
                 call.pause();
                 channel.once("drain", () => call.resume());
@@ -381,13 +503,68 @@ export class SshAccess {
           });
           // The client's half-close is the command's EOF on stdin.
           call.on("end", () => channel.end());
-          call.on("cancelled", () => run.cancel());
           call.resume();
-        })
-        .catch((error) => call.emit("error", toStatus(error)));
+        },
+      );
     });
     call.once("end", () => {
       if (!started) call.emit("error", toStatus(invalidArgument("empty stream: expected start message")));
     });
   }
+}
+
+interface ExecChannel {
+  channel: ClientChannel;
+  /** The connection it runs on, dropped if the channel stops answering. */
+  client: Client;
+}
+
+/** Where one exec's events go: a gRPC call, whose status ends it. */
+interface ExecSink {
+  write(event: ExecSandboxEvent): boolean;
+  once(event: "drain", fn: () => void): unknown;
+  end(): void;
+  fail(error: unknown): void;
+}
+
+function callSink(
+  call:
+    | ServerWritableStream<ExecSandboxRequest, ExecSandboxEvent>
+    | ServerDuplexStream<ExecSandboxInput, ExecSandboxEvent>,
+): ExecSink {
+  return {
+    write: (event) => call.write(event),
+    once: (event, fn) => call.once(event, fn),
+    end: () => call.end(),
+    fail: (error) => call.emit("error", toStatus(error)),
+  };
+}
+
+/**
+ * Asks for an exec channel. A confirmation that arrives after the caller
+ * gave up (`abandon`) would still start the command, so a late channel is
+ * closed, and its command killed, as soon as it opens.
+ */
+function execChannel(
+  client: Client,
+  command: string,
+  pty: PseudoTtyOptions | undefined,
+): { channel: Promise<ClientChannel>; abandon(): void } {
+  let abandoned = false;
+  const channel = new Promise<ClientChannel>((resolve, reject) => {
+    client.exec(command, pty ? { pty } : {}, (error, opened) => {
+      if (error) reject(error);
+      else if (abandoned) {
+        opened.on("error", () => {});
+        opened.signal("KILL");
+        opened.close();
+      } else resolve(opened);
+    });
+  });
+  return {
+    channel,
+    abandon: () => {
+      abandoned = true;
+    },
+  };
 }

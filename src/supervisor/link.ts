@@ -176,8 +176,14 @@ export class SupervisorSession {
       fail(`cannot reach the sandbox SSH server: ${(error as Error).message}`);
       return;
     }
-    socket.once("error", (error) => fail(`cannot reach the sandbox SSH server: ${error.message}`));
+    // Persistent: the pod owns the other end and may reset it at any time,
+    // and a second 'error' with no listener would end the supervisor.
+    let connected = false;
+    socket.on("error", (error) => {
+      if (!connected) fail(`cannot reach the sandbox SSH server: ${error.message}`);
+    });
     socket.once("connect", () => {
+      connected = true;
       const relay = this.o.client.relayStream();
       relay.write({ payload: { $case: "init", value: { channelId: open.channelId } } });
       const remote = frameDuplex(relay, dataFrameCodec<RelayFrame>(), { readEofFrame: true });

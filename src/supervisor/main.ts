@@ -14,6 +14,7 @@
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
+import { containUncaughtErrors } from "../core/last-resort.js";
 import type { SupervisorLaunch, SupervisorNotice, SupervisorReport } from "../gateway/runtime.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
 import {
@@ -208,6 +209,8 @@ async function main(): Promise<void> {
     throw error;
   }
   diag(`pod started ${since()}`);
+  // Serving from here on: an error in one relay must not end the sandbox (see core/last-resort.ts).
+  containUncaughtErrors("the supervisor", diag);
   shutdownHook = async () => {
     if (!mainExited) await logs.close();
     await pod.stop();

@@ -102,16 +102,20 @@ export async function connectSandboxSsh(
     gatewayError = error;
   });
   const client = new Client();
+  // Persistent from the start: ssh2 can report more than one 'error' for one
+  // connection (a sandbox that stalls the handshake gives a timeout, then the
+  // lost connection), and an 'error' with no listener ends the CLI with a
+  // stack trace instead of this message. Later errors surface as the
+  // channels' closes.
   await new Promise<void>((resolve, reject) => {
     client.once("ready", () => resolve());
-    client.once("error", (error) =>
+    client.on("error", (error) =>
       reject(
         gatewayError ?? new OpenShellError("connection_lost", `SSH to the sandbox failed: ${error.message}`),
       ),
     );
     client.connect(sandboxSshOptions(sock, { readyTimeout: 20_000, keepaliveCountMax: 3 }));
   });
-  client.on("error", () => {});
   return {
     client,
     sandboxId,
