@@ -25,6 +25,7 @@
 // directories in the sandbox are merged into, never emptied.
 
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, type Stats } from "node:fs";
 import { lstat, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
@@ -76,6 +77,12 @@ export interface UploadPlan {
   totals: { entries: number; files: number; bytes: number };
   /** Exact size of the archive packUpload streams (what the sandbox's tar must report reading). */
   archiveBytes: number;
+  /**
+   * Name of the empty file packUpload writes after every entry. The sandbox
+   * places nothing unless its tar extracted it: GNU tar takes an archive cut
+   * at an entry boundary for a whole one. Random, so no entry is ever named so.
+   */
+  endMarker: string;
 }
 
 export interface UploadProgress {
@@ -211,7 +218,7 @@ export async function planUpload(
   const entries = collector.sorted();
   let files = 0;
   let bytes = 0;
-  let archiveBytes = END_OF_ARCHIVE_BYTES;
+  let archiveBytes = END_OF_ARCHIVE_BYTES + END_MARKER_BYTES;
   for (const entry of entries) {
     if (entry.type === "file") {
       files += 1;
@@ -229,6 +236,7 @@ export async function planUpload(
     entries,
     totals: { entries: entries.length, files, bytes },
     archiveBytes: roundUp(archiveBytes, RECORD_BYTES),
+    endMarker: `${STAGING_PREFIX}end.${randomBytes(8).toString("hex")}`,
   };
 }
 
@@ -425,6 +433,10 @@ function runGit(args: string[], cwd: string): Promise<Buffer | undefined> {
 
 const BLOCK_BYTES = 512;
 const END_OF_ARCHIVE_BYTES = 2 * BLOCK_BYTES;
+// The end marker: one ustar header, no content.
+const END_MARKER_BYTES = BLOCK_BYTES;
+// Names the sandbox side gives its staging directories and the end marker.
+const STAGING_PREFIX = ".openshell-upload.";
 // GNU tar reads whole records (20 blocks unless told otherwise) and reports
 // `Total bytes read` in records. Padding the archive to a record boundary, as
 // tar itself does, makes that figure equal to what was sent.
@@ -586,6 +598,13 @@ export async function packUpload(
         onProgress?.({ ...progress });
       }
     }
+    await entryFinished(pack, (cb) =>
+      pack.entry(
+        { name: plan.endMarker, type: "file", size: 0, mode: 0o600, mtime: new Date(0) },
+        Buffer.alloc(0),
+        cb,
+      ),
+    );
     pack.finalize();
   })();
   feeding.catch((error: unknown) => stop(error instanceof Error ? error : new Error(String(error))));
@@ -786,11 +805,61 @@ function changedWhileUploading(entry: UploadEntry, why: string): OpenShellError 
 
 // ---------------------------------------------------------------------------
 // Remote side
+//
+// An upload must land whole or not at all. tar -x writes straight into its
+// directory, so a CLI killed mid-stream (SIGKILL, Ctrl-C), a dropped
+// connection, a full disk, or an entry tar may not write would leave part
+// of the tree behind, mixed with what was there. The sandbox side therefore
+// runs a small POSIX sh script (sh, tar, mv, mkdir, touch, stat: what any
+// image with GNU tar has, so it works against an OpenShell gateway too):
+//
+// 1. Extract into a fresh staging directory inside DIR,
+//    `DIR/.openshell-upload.<pid>.<random>/t`: hidden, never the name of a
+//    real entry, and on DIR's filesystem, so placing is a rename, never a
+//    copy. tar's listing and its errors name members relative to that
+//    directory, exactly as they would have been relative to DIR.
+// 2. Place nothing unless tar exited 0 and extracted the end marker, the
+//    archive's last entry (UploadPlan.endMarker): GNU tar takes an archive
+//    cut at an entry boundary for a whole one and exits 0. tar's messages
+//    are held in memory, not in a file, so a full disk cannot swallow them.
+// 3. Place each top-level entry: a rename when DIR has nothing by that name;
+//    a merge when both are directories (a symlink to a directory in DIR
+//    counts as one, as --keep-directory-symlink has it), recursing, with
+//    the archived mode applied to the merged directory at the end as tar -p
+//    did; otherwise the existing entry is first moved aside into staging,
+//    then replaced. Every directory's moves are journalled in staging (the
+//    names placed, the entries moved aside), so any failure, such as an
+//    injected file that cannot be moved (EBUSY, README "Tamper-proof
+//    files"), or a signal, moves everything back: DIR is left as it was.
+//    A failure is reported as `openshell-upload: STAGE: ERRNO-TEXT\0NAME\0`
+//    with NAME relative to DIR; NUL cannot occur in a name.
+// 4. Remove staging on every exit path: a trap on EXIT, and HUP, INT, PIPE
+//    and TERM turned into exits that run it. A client that disconnects
+//    makes the agent send SIGHUP to the whole process group, and SIGKILL
+//    only 2 s later (src/supervisor/agent/ssh-server.ts), so the trap runs.
+//    A SIGKILL still leaves staging behind, so the next upload into DIR
+//    removes every staging directory whose shell is no longer alive.
+//
+// DIR and the directories above it that the upload had to create are
+// removed again when it fails.
+//
+// What this is not: where no staging directory can be made (DIR is
+// read-only, as /usr/bin is), tar extracts into DIR directly, as before; it
+// can create nothing at DIR's top level and its own error names the path,
+// but a writable directory below a read-only DIR would still take part of
+// a failed upload. A file is never placed over an existing directory (tar
+// removed an empty one); a merged directory keeps the time of the merge as
+// its mtime, since its contents changed then. A SIGKILL in the middle of
+// placing leaves what was placed so far.
+
+/** Options of every extraction; see remoteExtractCommand. */
+const TAR_EXTRACT = `-x -v --totals -b ${RECORD_BLOCKS} -p --no-same-owner --keep-directory-symlink --warning=no-timestamp --quoting-style=escape -f -`;
 
 /**
- * The command the sandbox runs with the archive on stdin.
+ * The command the sandbox runs with the archive on stdin: the staged
+ * extraction described above, around this tar invocation.
  *
- * - `LC_ALL=C`: mkdir's and tar's messages in English (verifyExtraction reads them) and
+ * - `LC_ALL=C`: mkdir's, tar's and mv's messages in English (verifyExtraction reads them) and
  *   names listed with octal escapes for non-ASCII bytes, which decode
  *   exactly, whatever locale the sandbox has.
  * - `-v` lists each member on stdout; `--totals` prints `Total bytes read`
@@ -808,10 +877,160 @@ function changedWhileUploading(entry: UploadEntry, why: string): OpenShellError 
  */
 export function remoteExtractCommand(plan: UploadPlan): string {
   const dir = shellEscape(plan.extractDir);
-  return (
-    `LC_ALL=C mkdir -p -- ${dir} && LC_ALL=C tar -x -v --totals -b ${RECORD_BLOCKS} -p --no-same-owner ` +
-    `--keep-directory-symlink --warning=no-timestamp --quoting-style=escape -f - -C ${dir}`
-  );
+  const token = randomBytes(8).toString("hex");
+  return `D=${dir} E=${shellEscape(plan.endMarker)}
+export LC_ALL=C
+nl='
+'
+c= t=$D
+while [ ! -e "$t" ] && [ ! -L "$t" ]; do
+  c=$t
+  case $t in */*) t=\${t%/*} t=\${t:-/} ;; *) t=. ;; esac
+done
+mkdir -p -- "$D" || exit
+case $D in */) p=$D ;; *) p=$D/ ;; esac
+have() { [ -e "$1" ] || [ -L "$1" ]; }
+wipe() { rm -rf -- "$1" 2>/dev/null || { chmod -R u+rwx -- "$1"; rm -rf -- "$1"; } 2>/dev/null; }
+for o in "$p"${STAGING_PREFIX}*; do
+  q=\${o#"$p"${STAGING_PREFIX}} q=\${q%%.*}
+  case $q in '' | *[!0-9]*) continue ;; esac
+  [ -d "$o" ] && ! kill -0 "$q" 2>/dev/null && wipe "$o"
+done
+S=$p${STAGING_PREFIX}$$.${token} k=0 placed=
+fail() {
+  m=\${3%%"$nl"*}
+  printf 'openshell-upload: %s: %s\\000%s\\000\\n' "$1" "\${m##*: }" "\${2#/}" >&2
+}
+undo() {
+  while [ "$k" -gt 0 ]; do
+    eval "r=\\$r_$k"
+    if [ -d "$S/j/$k" ]; then
+      set --
+      for f in "$S/j/$k/n"/* "$S/j/$k/n"/.[!.]* "$S/j/$k/n"/..?*; do
+        have "$f" || continue
+        n=$D$r/\${f##*/}
+        if ! have "$S/t$r/\${f##*/}" && have "$n"; then
+          [ ! -d "$n" ] || [ -L "$n" ] || [ -w "$n" ] || chmod u+w -- "$n" 2>/dev/null
+          set -- "$@" "$n"
+        fi
+      done
+      [ $# = 0 ] || mv -f -- "$@" "$S/t$r/"
+      set --
+      for f in "$S/j/$k/o"/* "$S/j/$k/o"/.[!.]* "$S/j/$k/o"/..?*; do
+        ! have "$f" || set -- "$@" "$f"
+      done
+      [ $# = 0 ] || mv -f -- "$@" "$D$r/"
+    fi
+    k=$((k - 1))
+  done
+}
+finish() {
+  s=$?
+  trap '' HUP INT PIPE TERM
+  [ -n "$placed" ] || undo
+  wipe "$S"
+  if [ -z "$placed" ] && [ -n "$c" ]; then
+    d=$D
+    while rmdir -- "$d" 2>/dev/null && [ "$d" != "$c" ]; do d=\${d%/*}; done
+  fi
+  exit "$s"
+}
+trap finish EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 141' PIPE
+trap 'exit 143' TERM
+if ! mkdir -m 700 -- "$S" 2>/dev/null; then
+  trap - EXIT HUP INT PIPE TERM
+  exec tar ${TAR_EXTRACT} --exclude="$E" -C "$D"
+fi
+mkdir -- "$S/t" "$S/j" || exit
+exec 3>&1
+e=$(tar ${TAR_EXTRACT} -C "$S/t" 2>&1 >&3 3>&-)
+s=$?
+[ -z "$e" ] || printf '%s\n' "$e" >&2
+[ "$s" = 0 ] || exit "$s"
+[ -f "$S/t/$E" ] && rm -f -- "$S/t/$E" || exit 3
+moving() { [ ! -d "$1" ] || [ -L "$1" ] || [ ! -d "$D$r/\${1##*/}" ]; }
+run() {
+  case $1 in
+    journal) shift; m=$(touch -- "$@" 2>&1) ;;
+    aside) shift; m=$(mv -f -- "$@" "$S/j/$k/o/" 2>&1) ;;
+    place) shift; m=$(mv -f -- "$@" "$D$r/" 2>&1) ;;
+  esac
+}
+pass() {
+  g=$1
+  set --
+  for e in "$S/t$r"/* "$S/t$r"/.[!.]* "$S/t$r"/..?*; do
+    have "$e" && moving "$e" || continue
+    case $g in
+      journal) set -- "$@" "$S/j/$k/n/\${e##*/}" ;;
+      aside) have "$D$r/\${e##*/}" || continue; set -- "$@" "$D$r/\${e##*/}" ;;
+      place)
+        if [ -d "$e" ] && [ ! -L "$e" ] && [ ! -w "$e" ]; then
+          w=$(stat -c %a -- "$e" 2>/dev/null)
+          m=$(chmod u+w -- "$e" 2>&1) && run place "$e" || return
+          [ -z "$w" ] || chmod -- "$w" "$D$r/\${e##*/}" 2>/dev/null
+          continue
+        fi
+        set -- "$@" "$e" ;;
+    esac
+    [ $# -lt 512 ] || { run "$g" "$@" || return; set --; }
+  done
+  [ $# = 0 ] || run "$g" "$@"
+}
+merge() {
+  k=$((k + 1)) r=$1
+  eval "r_$k=\\$r m_$k="
+  if [ -n "$r" ]; then
+    set -- $(stat -c %a -- "$S/t$r" "$D$r/" 2>/dev/null)
+    [ $# != 2 ] || [ "$1" = "$2" ] || eval "m_$k=\\$1"
+    [ -r "$S/t$r" ] && [ -w "$S/t$r" ] && [ -x "$S/t$r" ] || chmod u+rwx -- "$S/t$r"
+  fi
+  b=
+  for e in "$S/t$r"/* "$S/t$r"/.[!.]* "$S/t$r"/..?*; do
+    have "$e" && moving "$e" || continue
+    if [ -d "$D$r/\${e##*/}" ] && [ ! -L "$D$r/\${e##*/}" ]; then
+      fail replace "$r/\${e##*/}" "Is a directory"
+      return 1
+    fi
+    b=1
+  done
+  if [ -n "$b" ]; then
+    if ! m=$(mkdir -- "$S/j/$k" "$S/j/$k/n" "$S/j/$k/o" 2>&1) || ! pass journal; then
+      fail place "$r" "$m"
+      return 1
+    fi
+    if ! pass aside; then
+      for e in "$S/t$r"/* "$S/t$r"/.[!.]* "$S/t$r"/..?*; do
+        have "$e" && moving "$e" && have "$D$r/\${e##*/}" && break
+      done
+      fail replace "$r/\${e##*/}" "$m"
+      return 1
+    fi
+    if ! pass place; then
+      for e in "$S/t$r"/* "$S/t$r"/.[!.]* "$S/t$r"/..?*; do
+        have "$e" && moving "$e" && break
+      done
+      fail place "$r/\${e##*/}" "$m"
+      return 1
+    fi
+  fi
+  set -- "$r"
+  for e in "$S/t$1"/* "$S/t$1"/.[!.]* "$S/t$1"/..?*; do
+    [ -d "$e" ] && [ ! -L "$e" ] || continue
+    merge "$1/\${e##*/}" || return
+  done
+}
+merge "" || exit 1
+placed=1
+while [ "$k" -gt 0 ]; do
+  eval "m=\\$m_$k r=\\$r_$k"
+  [ -z "$m" ] || chmod -- "$m" "$D$r/" 2>/dev/null
+  k=$((k - 1))
+done
+`;
 }
 
 /**
@@ -828,8 +1047,20 @@ export function verifyExtraction(
   const out = typeof stdout === "string" ? stdout : stdout.toString("utf8");
   const err = typeof stderr === "string" ? stderr : stderr.toString("utf8");
 
-  if (exitCode !== 0) throw extractionFailure(plan, err, exitCode);
+  if (exitCode !== 0) throw extractionFailure(plan, out, err, exitCode);
+  const incomplete = incompleteExtraction(plan, out, err);
+  if (incomplete) throw incomplete;
+  if (!/^Total bytes read: \d+/m.test(err)) {
+    throw new OpenShellError(
+      "sandbox_error",
+      "upload could not be verified: the sandbox's tar did not report the bytes it read",
+      { hint: "uploads need GNU tar in the sandbox image" },
+    );
+  }
+}
 
+/** An entry the sandbox did not list, or a byte count other than the archive's; undefined if neither. */
+function incompleteExtraction(plan: UploadPlan, out: string, err: string): OpenShellError | undefined {
   const listed = new Set(
     out
       .split("\n")
@@ -839,31 +1070,30 @@ export function verifyExtraction(
   const missing = plan.entries.filter((entry) => !listed.has(entry.name));
   if (missing.length > 0) {
     const extracted = plan.entries.length - missing.length;
-    throw new OpenShellError(
+    return new OpenShellError(
       "sandbox_error",
       `upload incomplete: the sandbox extracted ${extracted} of ${plan.entries.length} entries; ` +
         `${remoteDisplayPath(plan.extractDir, missing[0]!.name)} is missing`,
     );
   }
-
   const total = /^Total bytes read: (\d+)/m.exec(err);
-  if (!total) {
-    throw new OpenShellError(
+  if (total && Number(total[1]) !== plan.archiveBytes) {
+    return new OpenShellError(
       "sandbox_error",
-      "upload could not be verified: the sandbox's tar did not report the bytes it read",
-      { hint: "uploads need GNU tar in the sandbox image" },
+      `upload incomplete: sent ${plan.archiveBytes} archive bytes to ${plan.remotePath}, the sandbox's tar read ${total[1]}`,
     );
   }
-  const read = Number(total[1]);
-  if (read !== plan.archiveBytes) {
-    throw new OpenShellError(
-      "sandbox_error",
-      `upload incomplete: sent ${plan.archiveBytes} archive bytes to ${plan.remotePath}, the sandbox's tar read ${read}`,
-    );
-  }
+  return undefined;
 }
 
-function extractionFailure(plan: UploadPlan, stderr: string, exitCode: number | null): OpenShellError {
+function extractionFailure(
+  plan: UploadPlan,
+  stdout: string,
+  stderr: string,
+  exitCode: number | null,
+): OpenShellError {
+  const placing = placementFailure(plan, stderr);
+  if (placing) return placing;
   const lines = stderr.split("\n").filter((line) => line.trim() !== "");
   const status = exitCode === null ? "was killed" : `exited with status ${exitCode}`;
 
@@ -884,6 +1114,16 @@ function extractionFailure(plan: UploadPlan, stderr: string, exitCode: number | 
       }
       return failure(`upload failed: ${where}: ${lowerFirst(tarError[3]!)}`, tarError[3]!);
     }
+    // GNU tar when write(2) falls short, which is how a full disk shows on
+    // some filesystems (tmpfs) instead of ENOSPC.
+    const shortWrite = /^tar: (.+?): Wrote only (\d+) of (\d+) bytes$/.exec(line);
+    if (shortWrite) {
+      const where = remoteDisplayPath(plan.extractDir, unescapeTarName(shortWrite[1]!));
+      return new OpenShellError(
+        "sandbox_error",
+        `upload failed: ${where}: no space left on device (tar wrote only ${shortWrite[2]} of ${shortWrite[3]} bytes)`,
+      );
+    }
     // coreutils / busybox mkdir: `mkdir: cannot create directory '<p>': <errno text>`.
     const mkdirError = /^mkdir: (?:cannot|can't) create directory ['\u2018](.*)['\u2019]: ([^:]+)$/.exec(
       line,
@@ -898,11 +1138,59 @@ function extractionFailure(plan: UploadPlan, stderr: string, exitCode: number | 
       hint: "uploads need GNU tar in the sandbox image",
     });
   }
+  // The sandbox's tar exited 0 without reaching the end marker: the archive
+  // was cut short, and the sandbox placed nothing.
+  if (exitCode === 3 && /^Total bytes read: \d+/m.test(stderr)) {
+    return (
+      incompleteExtraction(plan, stdout, stderr) ??
+      new OpenShellError(
+        "sandbox_error",
+        `upload incomplete: the archive sent to ${plan.remotePath} ended before its last entry`,
+      )
+    );
+  }
   const last = lines.filter((line) => !line.startsWith("Total bytes read")).at(-1);
   return new OpenShellError(
     "sandbox_error",
     `upload failed: extracting into ${plan.remotePath}: tar ${status}${last ? `: ${last}` : ""}`,
   );
+}
+
+// What the sandbox's script reports when it cannot move an extracted entry
+// into place (remoteExtractCommand): the stage (`replace`: moving the
+// existing entry aside; `place`: moving the new one in), the errno text, and
+// the name relative to DIR, each field ended by NUL.
+const PLACEMENT_FAILURE = /openshell-upload: (replace|place): ([A-Za-z ,'-]{0,80})\0([^\0]{0,4096})\0/;
+
+/**
+ * The error for an upload the sandbox extracted but could not move into
+ * place, or undefined if that is not what stopped it. The name is used
+ * only when it is DIR itself or one of the planned entries: the report
+ * comes from the sandbox and is not trusted to name anything else.
+ */
+function placementFailure(plan: UploadPlan, stderr: string): OpenShellError | undefined {
+  const report = PLACEMENT_FAILURE.exec(stderr);
+  if (!report) return undefined;
+  const [, stage, errnoText, name] = report as unknown as [string, string, string, string];
+  const known = name === "" || plan.entries.some((entry) => entry.name === name);
+  const where = known ? remoteDisplayPath(plan.extractDir, name) : plan.remotePath;
+  // Renaming a read-only bind of a single file (an injected --file) away
+  // fails with EBUSY: the file tar used to fail to replace.
+  if (stage === "replace" && /^device or resource busy$/i.test(errnoText)) {
+    return new OpenShellError(
+      "sandbox_error",
+      `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
+      { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
+    );
+  }
+  if (/^is a directory$/i.test(errnoText)) {
+    return new OpenShellError(
+      "sandbox_error",
+      `upload failed: ${where}: a directory is already there and a file cannot replace it`,
+    );
+  }
+  const reason = errnoText === "" ? "could not be moved into place" : lowerFirst(errnoText);
+  return failure(`upload failed: ${where}: ${reason}`, errnoText);
 }
 
 function failure(message: string, errnoText: string): OpenShellError {

@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import {
   appendFileSync,
@@ -10,7 +10,7 @@ import {
   statSync,
 } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink, truncate, utimes, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { constants as osConstants, tmpdir } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -630,9 +630,196 @@ describe("shellEscape", () => {
     const file = path.join(work, "a.txt");
     await writeFile(file, "a");
     const plan = await planUpload(file, "-odd dir/", { gitIgnore: false });
-    expect(remoteExtractCommand(plan)).toMatch(
-      /^LC_ALL=C mkdir -p -- '-odd dir' && LC_ALL=C tar -x -v --totals /,
+    const command = remoteExtractCommand(plan);
+    expect(command).toMatch(/^D='-odd dir' /);
+    expect(command).toContain('mkdir -p -- "$D"');
+    expect(command).toContain(
+      'exec tar -x -v --totals -b 20 -p --no-same-owner --keep-directory-symlink --warning=no-timestamp --quoting-style=escape -f - --exclude="$E" -C "$D"',
     );
-    expect(remoteExtractCommand(plan)).toMatch(/ -C '-odd dir'$/);
+    // Run where `-odd dir` is relative: it is taken for a directory, never an option.
+    const result = spawnSync("sh", ["-c", command], { cwd: work, input: await packToBuffer(plan) });
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).not.toThrow();
+    expect(readFileSync(path.join(work, "-odd dir", "a.txt"), "utf8")).toBe("a");
   });
 });
+
+describe("staged extraction: an upload lands whole or leaves DIR as it was", () => {
+  /** Run the command inside a private mount namespace, after `setup` (a shell snippet) prepared it. */
+  function inMountNamespace(setup: string): ((cmd: string) => string[]) | undefined {
+    if (spawnSync("unshare", ["-rm", "true"]).status !== 0) return undefined;
+    return (cmd) => ["unshare", "-rm", "sh", "-c", `${setup} && ${cmd}`];
+  }
+
+  /** Staging directories left in `dir`. */
+  function staging(dir: string): string[] {
+    return readdirSync(dir).filter((name) => name.startsWith(".openshell-upload."));
+  }
+
+  async function existingDestination(): Promise<{
+    src: string;
+    dest: string;
+    before: Record<string, string>;
+  }> {
+    const src = path.join(work, "app");
+    await mkdir(path.join(src, "conf"), { recursive: true });
+    await mkdir(path.join(src, "lib"), { recursive: true });
+    await writeFile(path.join(src, "a.txt"), "new a");
+    await writeFile(path.join(src, "new.txt"), "brand new");
+    await writeFile(path.join(src, "conf", "locked.txt"), "new locked");
+    await writeFile(path.join(src, "lib", "l.txt"), "new l");
+    await writeFile(path.join(src, "z.txt"), "new z");
+    chmodSync(path.join(src, "conf"), 0o750);
+
+    const dest = path.join(work, "dest");
+    await mkdir(path.join(dest, "app", "conf"), { recursive: true });
+    await mkdir(path.join(dest, "real-lib"), { recursive: true });
+    await writeFile(path.join(dest, "app", "a.txt"), "old a");
+    await writeFile(path.join(dest, "app", "kept.txt"), "kept");
+    await writeFile(path.join(dest, "app", "conf", "locked.txt"), "injected");
+    await writeFile(path.join(dest, "real-lib", "other.txt"), "other");
+    await symlink("../real-lib", path.join(dest, "app", "lib"));
+    return { src, dest, before: snapshot(dest) };
+  }
+
+  it("merges into existing directories: 2 files replaced, 1 kept, a symlinked directory kept, the archived mode 750 applied", async () => {
+    const { src, dest } = await existingDestination();
+    const plan = await planUpload(src, dest, { gitIgnore: false });
+    const result = runRemote(plan, await packToBuffer(plan));
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).not.toThrow();
+    const after = snapshot(dest);
+    expect(readFileSync(path.join(dest, "app", "a.txt"), "utf8")).toBe("new a");
+    expect(readFileSync(path.join(dest, "app", "conf", "locked.txt"), "utf8")).toBe("new locked");
+    expect(readFileSync(path.join(dest, "app", "kept.txt"), "utf8")).toBe("kept");
+    expect(after["app/lib"]).toBe("symlink -> ../real-lib");
+    expect(readFileSync(path.join(dest, "real-lib", "l.txt"), "utf8")).toBe("new l");
+    expect(readFileSync(path.join(dest, "real-lib", "other.txt"), "utf8")).toBe("other");
+    expect(after["app/conf"]).toBe("dir 750");
+    expect(staging(dest)).toEqual([]);
+  });
+
+  it("an entry that cannot be replaced (a read-only bind, EBUSY) after 3 were placed leaves DIR as it was, naming the entry", async () => {
+    const { src, dest, before } = await existingDestination();
+    const locked = shellEscape(path.join(dest, "app", "conf", "locked.txt"));
+    const wrap = inMountNamespace(`mount --bind -o ro ${locked} ${locked}`);
+    if (!wrap) return;
+    const plan = await planUpload(src, dest, { gitIgnore: false });
+    const result = runRemote(plan, await packToBuffer(plan), wrap);
+    expect(result.status).toBe(1);
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).toThrow(
+      `upload failed: ${dest}/app/conf/locked.txt: a read-only file is already there and cannot be replaced`,
+    );
+    expect(snapshot(dest)).toEqual(before);
+    expect(staging(dest)).toEqual([]);
+  });
+
+  it("a disk that fills up halfway (a 1 MiB filesystem, a 3 MB upload) leaves DIR as it was and names the file", async () => {
+    const src = path.join(work, "big");
+    await mkdir(src);
+    await writeFile(path.join(src, "a.txt"), "a");
+    await writeFile(path.join(src, "b.bin"), randomBytes(3_000_000));
+    const dest = path.join(work, "small-disk");
+    await mkdir(dest);
+    const wrap = inMountNamespace(
+      `mount -t tmpfs -o size=1m tmpfs ${shellEscape(dest)} && echo kept > ${shellEscape(dest)}/kept.txt`,
+    );
+    if (!wrap) return;
+    const plan = await planUpload(src, dest, { gitIgnore: false });
+    // The tmpfs lives only as long as the namespace: list it before leaving.
+    const result = runRemote(plan, await packToBuffer(plan), (cmd) =>
+      wrap(`( ${cmd}\n); s=$?; ls -A ${shellEscape(dest)}; exit $s`),
+    );
+    expect(result.status, result.stderr.toString()).not.toBe(0);
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).toThrow(
+      `upload failed: ${dest}/big/b.bin: no space left on device`,
+    );
+    // What the filesystem held when the command ended: only what was there before.
+    expect(result.stdout.toString().trim().split("\n").at(-1)).toBe("kept.txt");
+  });
+
+  it("an archive cut at an entry boundary (GNU tar exits 0) places nothing and is reported incomplete", async () => {
+    const src = path.join(work, "cut");
+    await mkdir(src);
+    await writeFile(path.join(src, "first.txt"), "1");
+    await writeFile(path.join(src, "second.txt"), "2");
+    const dest = path.join(work, "dest");
+    const plan = await planUpload(src, dest, { gitIgnore: false });
+    const archive = await packToBuffer(plan);
+    // Directory header, then first.txt's header and one block of content.
+    const result = runRemote(plan, archive.subarray(0, 3 * 512));
+    expect(result.status).toBe(3);
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).toThrow(
+      `upload incomplete: the sandbox extracted 2 of 3 entries; ${dest}/cut/second.txt is missing`,
+    );
+    // DIR did not exist before: the upload made it and removed it again.
+    expect(() => lstatSync(dest)).toThrow(/ENOENT/);
+  });
+
+  it.each(["SIGHUP", "SIGTERM", "SIGINT", "SIGPIPE"] as const)(
+    "%s to the extraction's process group in the middle of a 4 MB archive leaves DIR as it was and no staging directory",
+    async (signal) => {
+      const src = path.join(work, "slow");
+      await mkdir(src);
+      await writeFile(path.join(src, "big.bin"), randomBytes(4 * 1024 * 1024));
+      const dest = path.join(work, "dest");
+      await mkdir(dest);
+      await writeFile(path.join(dest, "kept.txt"), "kept");
+      const plan = await planUpload(src, dest, { gitIgnore: false });
+      const archive = await packToBuffer(plan);
+      const child = spawn("sh", ["-c", remoteExtractCommand(plan)], {
+        detached: true,
+        stdio: ["pipe", "ignore", "ignore"],
+      });
+      const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)));
+      child.stdin.on("error", () => {});
+      child.stdin.write(archive.subarray(0, 1024 * 1024));
+      // Bounded poll: the first megabyte has reached the staged file.
+      const staged = await waitFor("the staged file to hold bytes", 10_000, () => {
+        const [dir] = staging(dest);
+        if (!dir) return undefined;
+        const file = path.join(dest, dir, "t", "slow", "big.bin");
+        return lstatIfExistsSync(file)?.size ? file : undefined;
+      });
+      expect(staged).toContain(".openshell-upload.");
+      process.kill(-child.pid!, signal);
+      const code = await exited;
+      expect(code).toBe(128 + osConstants.signals[signal]);
+      expect(readdirSync(dest)).toEqual(["kept.txt"]);
+    },
+  );
+
+  it("the next upload into the same directory removes a staging directory whose shell is gone, and keeps one whose shell lives", async () => {
+    const file = path.join(work, "a.txt");
+    await writeFile(file, "a");
+    const dest = path.join(work, "dest");
+    const dead = spawnSync("true").pid;
+    const abandoned = path.join(dest, `.openshell-upload.${dead}.0123456789abcdef`);
+    const live = path.join(dest, `.openshell-upload.${process.pid}.0123456789abcdef`);
+    await mkdir(path.join(abandoned, "t", "half"), { recursive: true });
+    await writeFile(path.join(abandoned, "t", "half", "written"), "partial");
+    chmodSync(path.join(abandoned, "t", "half"), 0o555);
+    await mkdir(live, { recursive: true });
+    const plan = await planUpload(file, `${dest}/`, { gitIgnore: false });
+    const result = runRemote(plan, await packToBuffer(plan));
+    expect(() => verifyExtraction(plan, result.stdout, result.stderr, result.status)).not.toThrow();
+    expect(readdirSync(dest).sort()).toEqual([path.basename(live), "a.txt"]);
+  });
+});
+
+function lstatIfExistsSync(p: string): ReturnType<typeof lstatSync> | undefined {
+  try {
+    return lstatSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Polls `probe` every 10 ms until it returns a value, failing with `step` named after `timeoutMs`. */
+async function waitFor<T>(step: string, timeoutMs: number, probe: () => T | undefined): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`waiting for ${step}: not within ${timeoutMs} ms`);
+    await new Promise((done) => setTimeout(done, 10));
+  }
+}
