@@ -32,7 +32,7 @@ export async function runForeground(
   const stateDir = gatewayStateDir(options.name);
   ensurePrivateDir(stateDir);
   const token = ensureGatewayToken(options.name);
-  const { settings } = prepareStart(options.name, options.settings);
+  const { settings } = await prepareStart(options.name, options.settings);
   const gateway = await startGateway({
     name: options.name,
     stateDir,

@@ -273,17 +273,17 @@ export interface PreparedStart {
 }
 
 /** Makes or refreshes generated TLS files and checks given ones. */
-export function prepareStart(name: string, settings: LocalGatewaySettings): PreparedStart {
+export async function prepareStart(name: string, settings: LocalGatewaySettings): Promise<PreparedStart> {
   let prepared: PreparedStart = { settings };
   if (settings.tls_generated) {
-    const generated = ensureGatewayTls(name, settings.bind);
+    const generated = await ensureGatewayTls(name, settings.bind);
     prepared = {
       settings: { ...settings, tls_cert_file: generated.certFile, tls_key_file: generated.keyFile },
       generated,
     };
   }
   checkTlsFiles(prepared.settings);
-  if (settings.client_ca_file) ensureOwnerClientCertificate(name);
+  if (settings.client_ca_file) await ensureOwnerClientCertificate(name);
   return prepared;
 }
 
@@ -448,7 +448,7 @@ export async function startLocalGateway(options: StartOptions): Promise<StartRes
     writeActiveGateway(options.name);
     return { info: running, alreadyRunning: true, metadata };
   }
-  const { settings, generated } = prepareStart(options.name, options.settings);
+  const { settings, generated } = await prepareStart(options.name, options.settings);
   let info: LocalGatewayInfo;
   try {
     info = await spawnGateway(options.name, settings, options.port);

@@ -1,8 +1,14 @@
-// Certificates for `gateway start --tls`, made with node's own crypto: an
-// ECDSA P-256 key pair from generateKeyPairSync, an X.509 v3 certificate
-// written here as DER (the few ASN.1 types a certificate needs), signed with
-// SHA-256. Node can read certificates (X509Certificate) but not write them,
-// and no library is needed for this much.
+// Certificates for `gateway start --tls`: an ECDSA P-256 key pair and an
+// X.509 v3 certificate signed with SHA-256, encoded by @peculiar/x509 over
+// node's WebCrypto. A certificate is parsed by every client that dials the
+// gateway and its encoder is easy to get subtly wrong (lengths, bit strings,
+// time formats, IP bytes), so the encoding is left to a maintained library;
+// node's X509Certificate reads certificates back (issuer, names, validity).
+//
+// The library is loaded only when a certificate is made, so commands that
+// merely name the TLS files do not pay for it at start-up. It needs the Reflect
+// metadata API (its dependency container reads it at import), loaded just
+// before it.
 //
 // The gateway's TLS files live in its state directory:
 //   $XDG_STATE_HOME/openshell/gateways/<name>/tls/ca.crt      the CA remote CLIs trust (--ca)
@@ -13,146 +19,16 @@
 // certificate is reissued from it when it no longer names every address the
 // gateway is reached by, or is about to expire.
 
-import {
-  createHash,
-  createPrivateKey,
-  generateKeyPairSync,
-  type KeyObject,
-  randomBytes,
-  sign,
-  X509Certificate,
-} from "node:crypto";
+import { createPrivateKey, KeyObject, randomBytes, webcrypto, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
+import type * as X509 from "@peculiar/x509";
 import { ensurePrivateDir, gatewayStateDir, writeFileAtomic } from "../core/config.js";
 
-// ---- DER ------------------------------------------------------------------
-
-function derLength(length: number): Buffer {
-  if (length < 0x80) return Buffer.from([length]);
-  const bytes: number[] = [];
-  for (let rest = length; rest > 0; rest = Math.floor(rest / 256)) bytes.unshift(rest % 256);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
-}
-
-function tlv(tag: number, ...content: Buffer[]): Buffer {
-  const body = Buffer.concat(content);
-  return Buffer.concat([Buffer.from([tag]), derLength(body.length), body]);
-}
-
-const sequence = (...items: Buffer[]): Buffer => tlv(0x30, ...items);
-const set = (...items: Buffer[]): Buffer => tlv(0x31, ...items);
-const octetString = (content: Buffer): Buffer => tlv(0x04, content);
-const utf8String = (text: string): Buffer => tlv(0x0c, Buffer.from(text, "utf8"));
-const boolean = (value: boolean): Buffer => tlv(0x01, Buffer.from([value ? 0xff : 0x00]));
-/** EXPLICIT [n]: constructed context-specific tag around a whole element. */
-const explicit = (n: number, content: Buffer): Buffer => tlv(0xa0 | n, content);
-/** IMPLICIT [n] of a primitive type: the content with the tag replaced. */
-const implicit = (n: number, content: Buffer): Buffer => tlv(0x80 | n, content);
-
-/** A non-negative INTEGER from big-endian bytes (minimal, with a sign byte when needed). */
-function unsignedInteger(bytes: Buffer): Buffer {
-  let start = 0;
-  while (start < bytes.length - 1 && bytes[start] === 0) start++;
-  const trimmed = bytes.subarray(start);
-  return tlv(0x02, (trimmed[0]! & 0x80) !== 0 ? Buffer.concat([Buffer.from([0]), trimmed]) : trimmed);
-}
-
-function objectIdentifier(dotted: string): Buffer {
-  const parts = dotted.split(".").map(Number);
-  const bytes: number[] = [40 * parts[0]! + parts[1]!];
-  for (const part of parts.slice(2)) {
-    const chunk: number[] = [part & 0x7f];
-    for (let rest = Math.floor(part / 128); rest > 0; rest = Math.floor(rest / 128)) {
-      chunk.unshift(0x80 | (rest & 0x7f));
-    }
-    bytes.push(...chunk);
-  }
-  return tlv(0x06, Buffer.from(bytes));
-}
-
-function bitString(content: Buffer, unusedBits = 0): Buffer {
-  return tlv(0x03, Buffer.from([unusedBits]), content);
-}
-
-/** A DER named-bit list (KeyUsage): trailing zero bits dropped, as DER requires. */
-function namedBits(bits: number[]): Buffer {
-  const last = Math.max(...bits);
-  const bytes = Buffer.alloc(Math.floor(last / 8) + 1);
-  for (const bit of bits) bytes[Math.floor(bit / 8)]! |= 0x80 >> (bit % 8);
-  return bitString(bytes, 7 - (last % 8));
-}
-
-/** UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5). */
-function time(date: Date): Buffer {
-  const iso = date.toISOString(); // 2025-01-02T03:04:05.678Z
-  const digits = iso.slice(0, 19).replace(/[-:T]/g, "");
-  return date.getUTCFullYear() < 2050
-    ? tlv(0x17, Buffer.from(`${digits.slice(2)}Z`, "ascii"))
-    : tlv(0x18, Buffer.from(`${digits}Z`, "ascii"));
-}
-
-interface Tlv {
-  tag: number;
-  /** Offset of the tag byte. */
-  start: number;
-  /** Offset of the content. */
-  content: number;
-  /** Offset just past the element. */
-  end: number;
-}
-
-function readTlv(der: Buffer, offset: number): Tlv {
-  const tag = der[offset];
-  let lengthByte = der[offset + 1];
-  if (tag === undefined || lengthByte === undefined) throw new Error("truncated DER");
-  let content = offset + 2;
-  let length = lengthByte;
-  if (lengthByte & 0x80) {
-    const count = lengthByte & 0x7f;
-    length = 0;
-    for (let i = 0; i < count; i++) {
-      lengthByte = der[content + i];
-      if (lengthByte === undefined) throw new Error("truncated DER");
-      length = length * 256 + lengthByte;
-    }
-    content += count;
-  }
-  if (content + length > der.length) throw new Error("truncated DER");
-  return { tag, start: offset, content, end: content + length };
-}
-
-/** The children of a constructed element. */
-function children(der: Buffer, parent: Tlv): Tlv[] {
-  const out: Tlv[] = [];
-  for (let offset = parent.content; offset < parent.end; ) {
-    const child = readTlv(der, offset);
-    out.push(child);
-    offset = child.end;
-  }
-  return out;
-}
-
-// ---- certificates -----------------------------------------------------------
-
-const OID = {
-  ecdsaWithSha256: "1.2.840.10045.4.3.2",
-  commonName: "2.5.4.3",
-  organization: "2.5.4.10",
-  subjectKeyIdentifier: "2.5.29.14",
-  keyUsage: "2.5.29.15",
-  subjectAltName: "2.5.29.17",
-  basicConstraints: "2.5.29.19",
-  authorityKeyIdentifier: "2.5.29.35",
-  extKeyUsage: "2.5.29.37",
-  serverAuth: "1.3.6.1.5.5.7.3.1",
-  clientAuth: "1.3.6.1.5.5.7.3.2",
-} as const;
-
-const KEY_USAGE = { digitalSignature: 0, keyCertSign: 5, cRLSign: 6 } as const;
 const DAY_MS = 86_400_000;
+const EC_P256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 
 export interface KeyAndCertificate {
   /** PEM certificate. */
@@ -170,145 +46,96 @@ export interface CertificateRequest {
   validityDays: number;
 }
 
-function distinguishedName(commonName: string): Buffer {
-  return sequence(
-    set(sequence(objectIdentifier(OID.organization), utf8String("openshell"))),
-    set(sequence(objectIdentifier(OID.commonName), utf8String(commonName))),
-  );
+async function x509Library(): Promise<typeof X509.default> {
+  await import("reflect-metadata/lite");
+  // The CommonJS build's exports object, the default export both under node and bundled.
+  const { default: x509 } = await import("@peculiar/x509");
+  x509.cryptoProvider.set(webcrypto);
+  return x509;
 }
 
-function extension(oid: string, critical: boolean, value: Buffer): Buffer {
-  return sequence(objectIdentifier(oid), ...(critical ? [boolean(true)] : []), octetString(value));
-}
-
-/** RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits. */
-function keyIdentifier(spki: Buffer): Buffer {
-  const [, publicKey] = children(spki, readTlv(spki, 0));
-  if (publicKey?.tag !== 0x03) throw new Error("unexpected SubjectPublicKeyInfo");
-  return createHash("sha1")
-    .update(spki.subarray(publicKey.content + 1, publicKey.end))
-    .digest();
-}
-
-function ipBytes(address: string): Buffer {
-  if (isIP(address) === 4) return Buffer.from(address.split(".").map(Number));
-  // IPv6: expand "::" and any embedded IPv4 tail, then 8 groups of 16 bits.
-  let text = address;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const b = v4[1]!.split(".").map(Number);
-    text = `${text.slice(0, v4.index)}${((b[0]! << 8) | b[1]!).toString(16)}:${((b[2]! << 8) | b[3]!).toString(16)}`;
-  }
-  const [head, tail] = text.split("::") as [string, string | undefined];
-  const headGroups = head === "" ? [] : head.split(":");
-  const tailGroups = tail === undefined || tail === "" ? [] : tail.split(":");
-  const groups =
-    tail === undefined
-      ? headGroups
-      : [...headGroups, ...Array(8 - headGroups.length - tailGroups.length).fill("0"), ...tailGroups];
-  const bytes = Buffer.alloc(16);
-  for (const [i, group] of groups.entries()) bytes.writeUInt16BE(Number.parseInt(group, 16), i * 2);
-  return bytes;
-}
-
-function subjectAltName(hosts: string[]): Buffer {
-  return sequence(
-    ...hosts.map((host) =>
-      isIP(host) ? implicit(7, ipBytes(host)) : implicit(2, Buffer.from(host, "ascii")),
-    ),
-  );
-}
-
-/** The DER subject Name of a certificate (used as the issuer of what it signs). */
-function subjectOf(certDer: Buffer): Buffer {
-  const tbs = children(certDer, readTlv(certDer, 0))[0];
-  if (!tbs) throw new Error("unexpected certificate");
-  const fields = children(certDer, tbs);
-  // [0] version, serial, signature, issuer, validity, subject
-  const offset = fields[0]?.tag === 0xa0 ? 1 : 0;
-  const subject = fields[offset + 4];
-  if (!subject) throw new Error("unexpected certificate");
-  return certDer.subarray(subject.start, subject.end);
-}
-
-function pem(label: string, der: Buffer): string {
-  const lines = der.toString("base64").match(/.{1,64}/g) ?? [];
-  return `-----BEGIN ${label}-----\n${lines.join("\n")}\n-----END ${label}-----\n`;
+/**
+ * An IP address as the library's SAN encoder reads it: without a zone, and
+ * with an embedded IPv4 tail (::ffff:1.2.3.4) in hex, which the encoder
+ * would otherwise misread. The URL parser does the rewriting.
+ */
+function canonicalIp(address: string): string {
+  const bare = address.replace(/%.*$/, "");
+  return isIP(bare) === 6 ? new URL(`http://[${bare}]`).hostname.slice(1, -1) : bare;
 }
 
 /**
  * Makes a key pair and a certificate for it: self-signed when `issuer` is
  * absent (a CA), otherwise signed by the issuer's key.
  */
-export function createCertificate(
+export async function createCertificate(
   request: CertificateRequest,
   issuer?: KeyAndCertificate,
   now = new Date(),
-): KeyAndCertificate {
-  const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-  const spki = publicKey.export({ type: "spki", format: "der" });
-  const subject = distinguishedName(request.commonName);
-  let issuerName = subject;
-  let issuerKey: KeyObject = privateKey;
-  let authorityKeyId = keyIdentifier(spki);
-  if (issuer) {
-    const issuerCert = new X509Certificate(issuer.cert);
-    issuerName = subjectOf(issuerCert.raw);
-    issuerKey = createPrivateKey(issuer.key);
-    authorityKeyId = keyIdentifier(issuerCert.publicKey.export({ type: "spki", format: "der" }));
-  }
-
-  const extensions: Buffer[] = [];
-  if (request.usage === "ca") {
-    extensions.push(
-      extension(OID.basicConstraints, true, sequence(boolean(true), unsignedInteger(Buffer.from([0])))),
-      extension(
-        OID.keyUsage,
-        true,
-        namedBits([KEY_USAGE.digitalSignature, KEY_USAGE.keyCertSign, KEY_USAGE.cRLSign]),
-      ),
-    );
-  } else {
-    extensions.push(
-      extension(OID.basicConstraints, true, sequence()),
-      extension(OID.keyUsage, true, namedBits([KEY_USAGE.digitalSignature])),
-      extension(
-        OID.extKeyUsage,
-        false,
-        sequence(objectIdentifier(request.usage === "server" ? OID.serverAuth : OID.clientAuth)),
-      ),
-    );
-  }
+): Promise<KeyAndCertificate> {
+  const x509 = await x509Library();
+  const keys = await webcrypto.subtle.generateKey(EC_P256, true, ["sign", "verify"]);
+  const flags = x509.KeyUsageFlags;
+  const extensions: X509.Extension[] =
+    request.usage === "ca"
+      ? [
+          new x509.BasicConstraintsExtension(true, 0, true),
+          new x509.KeyUsagesExtension(flags.digitalSignature | flags.keyCertSign | flags.cRLSign, true),
+        ]
+      : [
+          new x509.BasicConstraintsExtension(false, undefined, true),
+          new x509.KeyUsagesExtension(flags.digitalSignature, true),
+          new x509.ExtendedKeyUsageExtension(
+            [
+              request.usage === "server"
+                ? x509.ExtendedKeyUsage.serverAuth
+                : x509.ExtendedKeyUsage.clientAuth,
+            ],
+            false,
+          ),
+        ];
   if (request.hosts && request.hosts.length > 0) {
-    extensions.push(extension(OID.subjectAltName, false, subjectAltName(request.hosts)));
+    const names = request.hosts.map(
+      (host): X509.JsonGeneralName =>
+        isIP(host) ? { type: "ip", value: canonicalIp(host) } : { type: "dns", value: host },
+    );
+    extensions.push(new x509.SubjectAlternativeNameExtension(names, false));
   }
-  extensions.push(
-    extension(OID.subjectKeyIdentifier, false, octetString(keyIdentifier(spki))),
-    extension(OID.authorityKeyIdentifier, false, sequence(implicit(0, authorityKeyId))),
-  );
+  extensions.push(await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false));
+
+  let issuerName: X509.Name | undefined;
+  let signingKey = keys.privateKey;
+  if (issuer) {
+    const issuerCert = new x509.X509Certificate(issuer.cert);
+    issuerName = issuerCert.subjectName;
+    extensions.push(await x509.AuthorityKeyIdentifierExtension.create(issuerCert, false));
+    const der = createPrivateKey(issuer.key).export({ type: "pkcs8", format: "der" });
+    signingKey = await webcrypto.subtle.importKey("pkcs8", der, EC_P256, false, ["sign"]);
+  } else {
+    extensions.push(await x509.AuthorityKeyIdentifierExtension.create(keys.publicKey, false));
+  }
 
   const serial = randomBytes(16);
   serial[0] = (serial[0]! & 0x7f) | 0x01; // positive and exactly 16 bytes
-  const algorithm = sequence(objectIdentifier(OID.ecdsaWithSha256));
-  const tbs = sequence(
-    explicit(0, unsignedInteger(Buffer.from([2]))), // v3
-    unsignedInteger(serial),
-    algorithm,
-    issuerName,
-    // An hour of slack for clocks a little behind ours.
-    sequence(
-      time(new Date(now.getTime() - 3600_000)),
-      time(new Date(now.getTime() + request.validityDays * DAY_MS)),
-    ),
+  const subject = new x509.Name([
+    { O: [{ utf8String: "openshell" }] },
+    { CN: [{ utf8String: request.commonName }] },
+  ]);
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: serial.toString("hex"),
     subject,
-    spki,
-    explicit(3, sequence(...extensions)),
-  );
-  const signature = sign("sha256", tbs, { key: issuerKey, dsaEncoding: "der" });
-  const der = sequence(tbs, algorithm, bitString(signature));
+    issuer: issuerName ?? subject,
+    // An hour of slack for clocks a little behind ours.
+    notBefore: new Date(now.getTime() - 3600_000),
+    notAfter: new Date(now.getTime() + request.validityDays * DAY_MS),
+    signingAlgorithm: EC_P256,
+    publicKey: keys.publicKey,
+    signingKey,
+    extensions,
+  });
   return {
-    cert: pem("CERTIFICATE", der),
-    key: privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
+    cert: `${cert.toString("pem")}\n`,
+    key: KeyObject.from(keys.privateKey).export({ type: "pkcs8", format: "pem" }).toString(),
   };
 }
 
@@ -423,15 +250,15 @@ function usableLeaf(
 }
 
 /** The gateway's CA, made once and kept while it has a server certificate's lifetime left. */
-function ensureCa(
+async function ensureCa(
   name: string,
   files: GatewayTlsFiles,
   now: Date,
-): { ca: KeyAndCertificate; newCa: boolean } {
+): Promise<{ ca: KeyAndCertificate; newCa: boolean }> {
   ensurePrivateDir(files.dir);
   const existing = usableCa(files, now);
   if (existing) return { ca: existing, newCa: false };
-  const ca = createCertificate(
+  const ca = await createCertificate(
     { commonName: `openshell gateway ${name} CA`, usage: "ca", validityDays: CA_VALIDITY_DAYS },
     undefined,
     now,
@@ -453,13 +280,13 @@ export interface EnsuredTls extends GatewayTlsFiles {
  * Makes (or reuses) the gateway's CA and a server certificate naming every
  * address of `bind`. Keys are written 0600 in a 0700 directory.
  */
-export function ensureGatewayTls(name: string, bind: string, now = new Date()): EnsuredTls {
+export async function ensureGatewayTls(name: string, bind: string, now = new Date()): Promise<EnsuredTls> {
   const files = gatewayTlsFiles(name);
   const hosts = serverHosts(bind);
-  const { ca, newCa } = ensureCa(name, files, now);
+  const { ca, newCa } = await ensureCa(name, files, now);
   let newServerCert = false;
   if (newCa || !usableLeaf(files.certFile, files.keyFile, ca, hosts, now)) {
-    const server = createCertificate(
+    const server = await createCertificate(
       { commonName: `openshell gateway ${name}`, hosts, usage: "server", validityDays: SERVER_VALIDITY_DAYS },
       ca,
       now,
@@ -476,11 +303,11 @@ export function ensureGatewayTls(name: string, bind: string, now = new Date()): 
  * its owner's CLI in: it also accepts client certificates from its own CA
  * (whose key only its owner can read), and the owner's CLI gets one.
  */
-export function ensureOwnerClientCertificate(name: string, now = new Date()): GatewayTlsFiles {
+export async function ensureOwnerClientCertificate(name: string, now = new Date()): Promise<GatewayTlsFiles> {
   const files = gatewayTlsFiles(name);
-  const { ca, newCa } = ensureCa(name, files, now);
+  const { ca, newCa } = await ensureCa(name, files, now);
   if (newCa || !usableLeaf(files.clientCertFile, files.clientKeyFile, ca, [], now)) {
-    const client = createCertificate(
+    const client = await createCertificate(
       { commonName: `openshell gateway ${name} owner`, usage: "client", validityDays: SERVER_VALIDITY_DAYS },
       ca,
       now,

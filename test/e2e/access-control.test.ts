@@ -658,10 +658,17 @@ describe("--client-ca requires client certificates (mTLS)", () => {
 
   beforeAll(async () => {
     mkdirSync(certs, { recursive: true });
-    const clientsCa = createCertificate({ commonName: "test clients CA", usage: "ca", validityDays: 2 });
-    const aliceCert = createCertificate({ commonName: "alice", usage: "client", validityDays: 2 }, clientsCa);
-    const otherCa = createCertificate({ commonName: "another CA", usage: "ca", validityDays: 2 });
-    const malloryCert = createCertificate(
+    const clientsCa = await createCertificate({
+      commonName: "test clients CA",
+      usage: "ca",
+      validityDays: 2,
+    });
+    const aliceCert = await createCertificate(
+      { commonName: "alice", usage: "client", validityDays: 2 },
+      clientsCa,
+    );
+    const otherCa = await createCertificate({ commonName: "another CA", usage: "ca", validityDays: 2 });
+    const malloryCert = await createCertificate(
       { commonName: "mallory", usage: "client", validityDays: 2 },
       otherCa,
     );

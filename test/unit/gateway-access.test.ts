@@ -141,8 +141,8 @@ describe("the token and metadata files", () => {
     expect(metadata.gateway_endpoint).toBe("https://127.0.0.1:4443");
   });
 
-  it("trusts a self-signed --tls-cert as its own CA", () => {
-    const self = createCertificate({
+  it("trusts a self-signed --tls-cert as its own CA", async () => {
+    const self = await createCertificate({
       commonName: "self",
       hosts: ["127.0.0.1"],
       usage: "ca",

@@ -21,9 +21,9 @@ import {
 
 const DAY_MS = 86_400_000;
 
-describe("createCertificate", () => {
-  const ca = createCertificate({ commonName: "unit CA", usage: "ca", validityDays: CA_VALIDITY_DAYS });
-  const server = createCertificate(
+describe("createCertificate", async () => {
+  const ca = await createCertificate({ commonName: "unit CA", usage: "ca", validityDays: CA_VALIDITY_DAYS });
+  const server = await createCertificate(
     {
       commonName: "unit server",
       hosts: ["localhost", "127.0.0.1", "::1", "10.1.2.3", "gw.example.test"],
@@ -32,7 +32,10 @@ describe("createCertificate", () => {
     },
     ca,
   );
-  const client = createCertificate({ commonName: "unit client", usage: "client", validityDays: 30 }, ca);
+  const client = await createCertificate(
+    { commonName: "unit client", usage: "client", validityDays: 30 },
+    ca,
+  );
   const caCert = new X509Certificate(ca.cert);
   const serverCert = new X509Certificate(server.cert);
   const clientCert = new X509Certificate(client.cert);
@@ -48,14 +51,14 @@ describe("createCertificate", () => {
     expect(caCert.checkPrivateKey(createPrivateKey(ca.key))).toBe(true);
   });
 
-  it("signs a server certificate that chains to the CA and names every host", () => {
+  it("signs a server certificate that chains to the CA and names every host", async () => {
     expect(serverCert.ca).toBe(false);
     expect(serverCert.issuer).toBe(caCert.subject);
     expect(serverCert.checkIssued(caCert)).toBe(true);
     expect(serverCert.verify(caCert.publicKey)).toBe(true);
     // Not signed by anyone else.
     const stranger = new X509Certificate(
-      createCertificate({ commonName: "other", usage: "ca", validityDays: 1 }).cert,
+      (await createCertificate({ commonName: "other", usage: "ca", validityDays: 1 })).cert,
     );
     expect(serverCert.verify(stranger.publicKey)).toBe(false);
     expect(serverCert.checkIssued(stranger)).toBe(false);
@@ -81,8 +84,27 @@ describe("createCertificate", () => {
     expect(clientCert.serialNumber).not.toBe(serverCert.serialNumber);
   });
 
-  it("writes GeneralizedTime for dates from 2050 on", () => {
-    const late = createCertificate(
+  it("names an IPv6 address with an IPv4 tail by all 16 bytes, and a zoned address without its zone", async () => {
+    const made = await createCertificate(
+      {
+        commonName: "v6",
+        hosts: ["::ffff:192.0.2.1", "2001:db8::1.2.3.4", "fe80::7%lo"],
+        usage: "server",
+        validityDays: 1,
+      },
+      ca,
+    );
+    const cert = new X509Certificate(made.cert);
+    expect(cert.subjectAltName).toBe(
+      "IP Address:0:0:0:0:0:FFFF:C000:201, IP Address:2001:DB8:0:0:0:0:102:304, IP Address:FE80:0:0:0:0:0:0:7",
+    );
+    expect(cert.checkIP("::ffff:192.0.2.1")).toBe("::ffff:192.0.2.1");
+    expect(cert.checkIP("2001:db8::102:304")).toBe("2001:db8::102:304");
+    expect(cert.checkIP("::ffff:0.0.0.1")).toBeUndefined();
+  });
+
+  it("writes GeneralizedTime for dates from 2050 on", async () => {
+    const late = await createCertificate(
       { commonName: "late", usage: "ca", validityDays: 30 },
       undefined,
       new Date("2060-03-04T05:06:07Z"),
@@ -145,8 +167,8 @@ describe("the gateway's TLS files", () => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  it("makes ca.crt, ca.key, server.crt and server.key, keys 0600 in a 0700 directory", () => {
-    const made = ensureGatewayTls("unit", "127.0.0.1");
+  it("makes ca.crt, ca.key, server.crt and server.key, keys 0600 in a 0700 directory", async () => {
+    const made = await ensureGatewayTls("unit", "127.0.0.1");
     expect(made.dir).toBe(join(root, "openshell", "gateways", "unit", "tls"));
     expect([made.newCa, made.newServerCert]).toEqual([true, true]);
     expect(statSync(made.dir).mode & 0o777).toBe(0o700);
@@ -160,46 +182,46 @@ describe("the gateway's TLS files", () => {
     for (const host of ["localhost", "127.0.0.1", "::1"]) expect(made.hosts).toContain(host);
   });
 
-  it("reuses them on a later start", () => {
+  it("reuses them on a later start", async () => {
     const files = gatewayTlsFiles("unit");
     const before = [readFileSync(files.caFile, "utf8"), readFileSync(files.certFile, "utf8")];
-    const again = ensureGatewayTls("unit", "127.0.0.1");
+    const again = await ensureGatewayTls("unit", "127.0.0.1");
     expect([again.newCa, again.newServerCert]).toEqual([false, false]);
     expect([readFileSync(files.caFile, "utf8"), readFileSync(files.certFile, "utf8")]).toEqual(before);
   });
 
-  it("reissues the server certificate from the same CA for a new address, and before it expires", () => {
+  it("reissues the server certificate from the same CA for a new address, and before it expires", async () => {
     const files = gatewayTlsFiles("unit");
     const ca = readFileSync(files.caFile, "utf8");
-    const moved = ensureGatewayTls("unit", "10.9.8.7");
+    const moved = await ensureGatewayTls("unit", "10.9.8.7");
     expect([moved.newCa, moved.newServerCert]).toEqual([false, true]);
     expect(readFileSync(files.caFile, "utf8")).toBe(ca);
     expect(new X509Certificate(readFileSync(files.certFile)).checkIP("10.9.8.7")).toBe("10.9.8.7");
 
     const later = new Date(Date.now() + (SERVER_VALIDITY_DAYS - 10) * DAY_MS);
-    const renewed = ensureGatewayTls("unit", "10.9.8.7", later);
+    const renewed = await ensureGatewayTls("unit", "10.9.8.7", later);
     expect([renewed.newCa, renewed.newServerCert]).toEqual([false, true]);
     expect(readFileSync(files.caFile, "utf8")).toBe(ca);
   });
 
-  it("makes a new CA when the old one cannot sign any more", () => {
+  it("makes a new CA when the old one cannot sign any more", async () => {
     const files = gatewayTlsFiles("unit");
     writeFileSync(files.caKeyFile, "not a key");
-    const remade = ensureGatewayTls("unit", "127.0.0.1");
+    const remade = await ensureGatewayTls("unit", "127.0.0.1");
     expect([remade.newCa, remade.newServerCert]).toEqual([true, true]);
     const ca = new X509Certificate(readFileSync(files.caFile));
     expect(new X509Certificate(readFileSync(files.certFile)).verify(ca.publicKey)).toBe(true);
   });
 
-  it("gives the owner a client certificate from the gateway's CA (for --client-ca gateways)", () => {
-    const files = ensureOwnerClientCertificate("unit");
+  it("gives the owner a client certificate from the gateway's CA (for --client-ca gateways)", async () => {
+    const files = await ensureOwnerClientCertificate("unit");
     const ca = new X509Certificate(readFileSync(files.caFile));
     const cert = new X509Certificate(readFileSync(files.clientCertFile));
     expect(cert.verify(ca.publicKey)).toBe(true);
     expect(cert.keyUsage).toEqual(["1.3.6.1.5.5.7.3.2"]);
     expect(statSync(files.clientKeyFile).mode & 0o777).toBe(0o600);
     const first = readFileSync(files.clientCertFile, "utf8");
-    ensureOwnerClientCertificate("unit");
+    await ensureOwnerClientCertificate("unit");
     expect(readFileSync(files.clientCertFile, "utf8")).toBe(first);
   });
 
