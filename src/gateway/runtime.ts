@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { mallocTunables } from "../core/process.js";
 import { removeSharedMemoryStaging } from "../core/staging.js";
+import { unmountGuestDisk } from "../supervisor/guest-disk.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
@@ -49,6 +50,19 @@ export interface SupervisorLaunch {
   sandboxDir: string;
   hostUid: number;
   hostGid: number;
+  /**
+   * The size of the sandbox's own filesystem, which holds everything the
+   * pod may write (src/supervisor/guest-disk.ts); fixed when it is first
+   * made. Absent, or a supervisor that cannot mount: directories in
+   * `sandboxDir` instead.
+   */
+  diskBytes?: number | undefined;
+  /**
+   * The host ids the sandbox's files belonged to when it ran under other ones
+   * (its uid was another sandbox's on this host); the supervisor gives them
+   * to `hostUid`/`hostGid` before the pod starts.
+   */
+  reownFrom?: { uid: number; gid: number } | undefined;
   appRoot: string;
   command: string[];
   tty: boolean;
@@ -102,7 +116,8 @@ export class LocalRuntime {
   private stopping = false;
 
   constructor(
-    private readonly sandboxesDir: string,
+    /** The directory holding one directory per sandbox. */
+    readonly sandboxesRoot: string,
     private readonly supervisorScript: string,
     private readonly gatewayTarget: string,
     private readonly events: RuntimeEvents,
@@ -166,7 +181,7 @@ export class LocalRuntime {
   }
 
   sandboxDir(sandboxId: string): string {
-    return join(this.sandboxesDir, sandboxId);
+    return join(this.sandboxesRoot, sandboxId);
   }
 
   isRunning(sandboxId: string): boolean {
@@ -231,8 +246,14 @@ export class LocalRuntime {
     await Promise.all([...this.running.keys()].map((id) => this.stop(id)));
   }
 
-  removeSandboxDir(sandboxId: string): void {
+  /**
+   * Removes a stopped sandbox's storage: its filesystem's mount, should its
+   * supervisor have died without unmounting it, then its directory, the
+   * image with it.
+   */
+  async removeSandboxDir(sandboxId: string): Promise<void> {
     removeSharedMemoryStaging(sandboxId);
+    await unmountGuestDisk(sandboxId);
     rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
   }
 }
