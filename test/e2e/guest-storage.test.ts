@@ -142,6 +142,50 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
     expect((await env.run(["sandbox", "delete", name])).code).toBe(0);
     expect(mounted(join(DISKS_ROOT, id))).toBe(false);
   });
+
+  it("after the gateway and its supervisors are killed with SIGKILL, the next start mounts the disk afresh with the workspace intact", async () => {
+    const name = uniqueName("crash");
+    expect((await env.createIdle(name)).code).toBe(0);
+    const id = await sandboxId(env, name);
+    const wrote = await env.run([
+      "sandbox",
+      "exec",
+      "-n",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "echo before > /sandbox/mark",
+    ]);
+    expect(wrote.code, wrote.stderr).toBe(0);
+    const pidFile = join(env.stateHome, "openshell", "gateways", "local", "gateway.pid");
+    const gateway = Number(readFileSync(pidFile, "utf8").trim());
+    const supervisors = execFileSync("pgrep", ["-P", String(gateway), "-f", "supervisor.mjs"], {
+      encoding: "utf8",
+    })
+      .split("\n")
+      .filter(Boolean)
+      .map(Number);
+    for (const pid of [gateway, ...supervisors]) process.kill(pid, "SIGKILL");
+    // Until the gateway is gone, `gateway start` would find it running.
+    execFileSync("tail", [`--pid=${gateway}`, "-f", "/dev/null"], { timeout: 10_000 });
+    // Nobody was left to unmount it.
+    expect(mounted(join(DISKS_ROOT, id))).toBe(true);
+
+    const start = await env.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env: disk });
+    expect(start.code, start.stderr).toBe(0);
+    await waitForPhase(env, name, "Ready", 30_000);
+    const read = await env.run(["sandbox", "exec", "-n", name, "--", "cat", "/sandbox/mark"]);
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stdout).toBe("before\n");
+    // One mount, not the stale one with a new one on top.
+    const stacked = readFileSync("/proc/self/mountinfo", "utf8")
+      .split("\n")
+      .filter((line) => line.split(" ")[4] === join(DISKS_ROOT, id));
+    expect(stacked).toHaveLength(1);
+    expect((await env.run(["sandbox", "delete", name])).code).toBe(0);
+    expect(mounted(join(DISKS_ROOT, id))).toBe(false);
+  });
 });
 
 /** The host uid a sandbox's pod runs as: the owner of its workspace on its disk. */
