@@ -253,7 +253,15 @@ export class LocalRuntime {
    */
   async removeSandboxDir(sandboxId: string): Promise<void> {
     removeSharedMemoryStaging(sandboxId);
-    await unmountGuestDisk(sandboxId);
+    try {
+      await unmountGuestDisk(sandboxId);
+    } catch (error) {
+      // The image is unlinked below all the same; its loop device frees the space once unmounted.
+      this.events.stderr(
+        sandboxId,
+        `could not unmount the sandbox's filesystem: ${(error as Error).message}`,
+      );
+    }
     rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
   }
 }

@@ -387,7 +387,9 @@ export class Sandboxes {
       this.o.bus.attachLogFile(id, this.logFile(id));
       const phase = phaseOf(sandbox);
       if (phase === SandboxPhase.SANDBOX_PHASE_DELETING) {
-        void this.finishDelete(sandbox);
+        this.finishDelete(sandbox).catch((error: unknown) =>
+          this.o.log("ERROR", `could not finish deleting: ${(error as Error).message}`, id),
+        );
         continue;
       }
       if (phase === SandboxPhase.SANDBOX_PHASE_ERROR) continue;

@@ -9,6 +9,8 @@ import type { Http2Session } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { phaseOf } from "../core/phases.js";
+import { SandboxPhase } from "../gen/openshell.js";
 import {
   DEFAULT_GUEST_DISK_BYTES,
   MIN_GUEST_DISK_BYTES,
@@ -213,7 +215,13 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   });
 
   // Disks left mounted for sandboxes this gateway no longer has (deleted by a crashed gateway).
-  const known = new Set(store.allSandboxes().map((sandbox) => sandbox.metadata!.id));
+  // A sandbox in Error is not started again, so its disk is not needed until it is deleted.
+  const known = new Set(
+    store
+      .allSandboxes()
+      .filter((sandbox) => phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR)
+      .map((sandbox) => sandbox.metadata!.id),
+  );
   await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
   runtime.prepareSpare();
   sandboxes.resumeAll();

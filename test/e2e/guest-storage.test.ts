@@ -250,3 +250,34 @@ describe.skipIf(!isRoot)("two root gateways on one host", () => {
     }
   });
 });
+
+describe("a gateway whose filesystem is below its free-space margin (OPENSHELL_GATEWAY_MIN_FREE=8000T)", () => {
+  const env = new TestEnv();
+  afterAll(() => env.dispose());
+
+  it("refuses creates with the margin named, and still resumes, runs, deletes and restarts", async () => {
+    await env.startGateway();
+    const name = uniqueName("short");
+    expect((await env.createIdle(name)).code).toBe(0);
+    expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+    const short = { OPENSHELL_GATEWAY_MIN_FREE: "8000T" };
+    await env.startGateway(short);
+    await waitForPhase(env, name, "Ready", 30_000);
+
+    const refused = await env.createIdle(uniqueName("refused"));
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      /the gateway's filesystem has \d+ MiB free, below its 8388608000 MiB margin/,
+    );
+    const exec = await env.run(["sandbox", "exec", "-n", name, "--", "echo", "runs"]);
+    expect(exec.code, exec.stderr).toBe(0);
+    expect(exec.stdout).toBe("runs\n");
+    const deleted = await env.run(["sandbox", "delete", name]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+    await env.startGateway(short);
+    const list = await env.run(["sandbox", "list", "-o", "json"]);
+    expect(list.code, list.stderr).toBe(0);
+    expect(json(list)).toEqual([]);
+  });
+});
