@@ -221,7 +221,8 @@ export async function mountGuestDisk(options: {
     });
   }
   mkdirSync(root, { recursive: true, mode: 0o700 });
-  await command("mount", ["-o", "loop,nodev,nosuid,noatime", image, root]);
+  // The type named: the image is never probed as anything but what was made.
+  await command("mount", ["-t", "ext4", "-o", "loop,nodev,nosuid,noatime", image, root]);
   const mounted = mountAt(root);
   return {
     root,

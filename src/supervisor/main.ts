@@ -15,7 +15,14 @@ import { createInterface } from "node:readline";
 import { readFileContent } from "../core/file-content.js";
 import type { SupervisorLaunch, SupervisorNotice, SupervisorReport } from "../gateway/runtime.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
-import { type AgentMessage, type InjectedFileSource, nodeClosure, PodError, startPod } from "./pod.js";
+import {
+  type AgentMessage,
+  type InjectedFileSource,
+  nodeClosure,
+  PodError,
+  prepareGuestDisk,
+  startPod,
+} from "./pod.js";
 import { fileInjectionFailed } from "./setup-errors.js";
 
 function report(message: SupervisorReport): void {
@@ -105,6 +112,8 @@ async function main(): Promise<void> {
   const closure = nodeClosure();
   closure.catch(() => {}); // reported by startPod
   const launch = await readLaunch();
+  const disk = prepareGuestDisk(launch);
+  disk?.catch(() => {}); // reported by startPod
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
   const { client, identify } = early ?? supervisorClient(launch.gateway);
@@ -173,6 +182,7 @@ async function main(): Promise<void> {
       onNetworkLog: (level, message) => logs.push(level, "network", message),
       diag,
       closure,
+      disk,
     });
   } catch (error) {
     if (error instanceof PodError) {

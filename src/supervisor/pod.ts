@@ -192,6 +192,8 @@ export interface PodOptions {
   diag(line: string): void;
   /** From nodeClosure(), started early. */
   closure: Promise<NodeClosure>;
+  /** From prepareGuestDisk(launch), started early; undefined when the pod has none. */
+  disk?: Promise<GuestDisk> | undefined;
 }
 
 export interface Pod {
@@ -212,7 +214,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       : undefined;
   // Everything the pod may write goes on its own bounded filesystem when the
   // supervisor can mount one (see guest-disk.ts), else in its state directory.
-  const disk = root && launch.diskBytes !== undefined ? await mountDisk(launch) : undefined;
+  const disk = await (o.disk ?? prepareGuestDisk(launch));
   const storage = disk?.root ?? dir;
   if (disk && launch.reownFrom) {
     await reown(storage, launch.reownFrom, launch).catch(async (error: unknown) => {
@@ -342,6 +344,16 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     if (isSandboxSetupError(error)) throw new PodError(error.reason, error.message);
     throw error;
   }
+}
+
+/**
+ * Mounts the sandbox's own filesystem when the supervisor can (root) and the
+ * launch sizes one; started as soon as the launch is read, so that the mount
+ * overlaps fetching the configuration.
+ */
+export function prepareGuestDisk(launch: SupervisorLaunch): Promise<GuestDisk> | undefined {
+  if (process.getuid?.() !== 0 || launch.diskBytes === undefined) return undefined;
+  return mountDisk(launch);
 }
 
 async function mountDisk(launch: SupervisorLaunch): Promise<GuestDisk> {
