@@ -38,12 +38,14 @@ import { execFile } from "node:child_process";
 import {
   closeSync,
   constants,
+  existsSync,
   ftruncateSync,
   mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
   rmdirSync,
+  rmSync,
   statSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -223,6 +225,16 @@ export async function mountGuestDisk(options: {
   mkdirSync(root, { recursive: true, mode: 0o700 });
   // The type named: the image is never probed as anything but what was made.
   await command("mount", ["-t", "ext4", "-o", "loop,nodev,nosuid,noatime", image, root]);
+  if (fresh) {
+    try {
+      await adoptDirectories(options.sandboxDir, root);
+    } catch (error) {
+      // Left as they were, to be adopted at the next start, by an image made afresh then.
+      await release(root).catch(() => {});
+      rmSync(image, { force: true });
+      throw error;
+    }
+  }
   const mounted = mountAt(root);
   return {
     root,
@@ -233,6 +245,28 @@ export async function mountGuestDisk(options: {
       await release(root);
     },
   };
+}
+
+/** The directories a pod writes, which sandboxes made before their own filesystems kept in their state directory. */
+const WRITABLE_DIRECTORIES = ["workspace", "tmp", "rw"];
+
+/**
+ * A sandbox made before it had a filesystem of its own gets one at its next
+ * start, with what it had written: its directories are copied onto the new
+ * filesystem (`cp -a` keeps owners and modes, and copies symlinks as
+ * symlinks, never what they point to), then removed from the state directory.
+ */
+async function adoptDirectories(sandboxDir: string, root: string): Promise<void> {
+  for (const name of WRITABLE_DIRECTORIES) {
+    const old = join(sandboxDir, name);
+    if (!existsSync(old)) continue;
+    try {
+      await command("cp", ["-a", "--", old, join(root, name)]);
+    } catch (error) {
+      throw new Error(`cannot move the sandbox's ${name} onto its filesystem: ${(error as Error).message}`);
+    }
+    rmSync(old, { recursive: true, force: true });
+  }
 }
 
 /** Unmounts a sandbox's disk if it is mounted (a supervisor killed before its stop). */

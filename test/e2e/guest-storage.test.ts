@@ -5,7 +5,7 @@
 // Both need a root gateway (loop mounts, pods under uids of their own).
 
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -185,6 +185,35 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
     expect(stacked).toHaveLength(1);
     expect((await env.run(["sandbox", "delete", name])).code).toBe(0);
     expect(mounted(join(DISKS_ROOT, id))).toBe(false);
+  });
+
+  it("moves what a sandbox made before it had a filesystem of its own wrote onto a new one at its next start", async () => {
+    const name = uniqueName("upgrade");
+    expect((await env.createIdle(name)).code).toBe(0);
+    const id = await sandboxId(env, name);
+    expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+    // The layout before: the workspace a directory in the sandbox's state directory, no image.
+    const dir = sandboxDir(env, id);
+    rmSync(join(dir, GUEST_DISK_IMAGE));
+    mkdirSync(join(dir, "workspace", "project"), { recursive: true, mode: 0o755 });
+    writeFileSync(join(dir, "workspace", "project", "notes.txt"), "written before\n", { mode: 0o644 });
+    await env.startGateway(disk);
+    await waitForPhase(env, name, "Ready", 30_000);
+    const read = await env.run([
+      "sandbox",
+      "exec",
+      "-n",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "cat /sandbox/project/notes.txt; df -k /sandbox | tail -1",
+    ]);
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stdout.startsWith("written before\n")).toBe(true);
+    expect(Number(read.stdout.trim().split("\n").pop()!.split(/\s+/)[1])).toBeLessThanOrEqual(64 * 1024);
+    expect(existsSync(join(dir, "workspace"))).toBe(false);
+    expect((await env.run(["sandbox", "delete", name])).code).toBe(0);
   });
 });
 
