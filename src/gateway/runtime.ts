@@ -237,6 +237,19 @@ export class LocalRuntime {
     const timer = setTimeout(() => running.child.kill("SIGKILL"), graceMs);
     await running.exited;
     clearTimeout(timer);
+    await this.unmountDisk(sandboxId);
+  }
+
+  /** The sandbox's filesystem, should its supervisor have exited without unmounting it (killed, or stopped mid-start). */
+  private async unmountDisk(sandboxId: string): Promise<void> {
+    try {
+      await unmountGuestDisk(sandboxId);
+    } catch (error) {
+      this.events.stderr(
+        sandboxId,
+        `could not unmount the sandbox's filesystem: ${(error as Error).message}`,
+      );
+    }
   }
 
   async stopAll(): Promise<void> {
@@ -253,15 +266,8 @@ export class LocalRuntime {
    */
   async removeSandboxDir(sandboxId: string): Promise<void> {
     removeSharedMemoryStaging(sandboxId);
-    try {
-      await unmountGuestDisk(sandboxId);
-    } catch (error) {
-      // The image is unlinked below all the same; its loop device frees the space once unmounted.
-      this.events.stderr(
-        sandboxId,
-        `could not unmount the sandbox's filesystem: ${(error as Error).message}`,
-      );
-    }
+    // On failure the image is unlinked all the same; its loop device frees the space once unmounted.
+    await this.unmountDisk(sandboxId);
     rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
   }
 }

@@ -278,7 +278,9 @@ export async function unmountGuestDisk(sandboxId: string): Promise<void> {
 /**
  * On gateway start: unmounts the disks of sandboxes whose images were under
  * `sandboxesDir` and which `keep` does not name (deleted while the gateway
- * was down, or left by a crash mid-delete). Others' disks are not touched.
+ * was down, or left by a crash mid-delete), and any disk whose image has
+ * been removed (its gateway's state directory deleted under it): no one can
+ * start that sandbox again. Other gateways' live disks are not touched.
  */
 export async function sweepGuestDisks(
   sandboxesDir: string,
@@ -292,11 +294,12 @@ export async function sweepGuestDisks(
     return;
   }
   for (const id of names) {
-    if (keep(id)) continue;
     const entry = mountAt(guestDiskMountPoint(id));
     if (!entry) continue;
     const backing = loopBackingFile(entry.source);
-    if (backing === undefined || !backing.startsWith(`${sandboxesDir}/`)) continue;
+    if (backing === undefined) continue;
+    const removed = backing.endsWith(" (deleted)");
+    if (!removed && (keep(id) || !backing.startsWith(`${sandboxesDir}/`))) continue;
     await release(guestDiskMountPoint(id)).catch(() => {});
   }
 }

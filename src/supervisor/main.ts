@@ -114,6 +114,10 @@ async function main(): Promise<void> {
   const launch = await readLaunch();
   const disk = prepareGuestDisk(launch);
   disk?.catch(() => {}); // reported by startPod
+  // Stopped before its pod is up, the supervisor still gives back the sandbox's filesystem.
+  shutdownHook = async () => {
+    await (await disk?.catch(() => undefined))?.unmount();
+  };
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
   const { client, identify } = early ?? supervisorClient(launch.gateway);

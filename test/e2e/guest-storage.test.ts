@@ -187,6 +187,35 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
     expect(mounted(join(DISKS_ROOT, id))).toBe(false);
   });
 
+  it("a disk left mounted after its gateway's state directory was removed is unmounted by the next gateway that starts", async () => {
+    const lost = new TestEnv();
+    try {
+      await lost.startGateway(disk);
+      const name = uniqueName("lost");
+      expect((await lost.createIdle(name)).code).toBe(0);
+      const id = await sandboxId(lost, name);
+      const gateway = Number(
+        readFileSync(join(lost.stateHome, "openshell", "gateways", "local", "gateway.pid"), "utf8").trim(),
+      );
+      const supervisors = execFileSync("pgrep", ["-P", String(gateway), "-f", "supervisor.mjs"], {
+        encoding: "utf8",
+      })
+        .split("\n")
+        .filter(Boolean)
+        .map(Number);
+      for (const pid of [gateway, ...supervisors]) process.kill(pid, "SIGKILL");
+      execFileSync("tail", [`--pid=${gateway}`, "-f", "/dev/null"], { timeout: 10_000 });
+      rmSync(lost.stateHome, { recursive: true, force: true });
+      expect(mounted(join(DISKS_ROOT, id))).toBe(true);
+
+      expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+      await env.startGateway(disk);
+      expect(mounted(join(DISKS_ROOT, id))).toBe(false);
+    } finally {
+      await lost.dispose();
+    }
+  });
+
   it("moves what a sandbox made before it had a filesystem of its own wrote onto a new one at its next start", async () => {
     const name = uniqueName("upgrade");
     expect((await env.createIdle(name)).code).toBe(0);
