@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { mallocTunables } from "../core/process.js";
 import { removeSharedMemoryStaging } from "../core/staging.js";
+import { unmountGuestDisk } from "../supervisor/guest-disk.js";
 import { POD_SUPPORT_DIR_ENV, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
@@ -50,6 +51,19 @@ export interface SupervisorLaunch {
   sandboxDir: string;
   hostUid: number;
   hostGid: number;
+  /**
+   * The size of the sandbox's own filesystem, which holds everything the
+   * pod may write (src/supervisor/guest-disk.ts); fixed when it is first
+   * made. Absent, or a supervisor that cannot mount: directories in
+   * `sandboxDir` instead.
+   */
+  diskBytes?: number | undefined;
+  /**
+   * The host ids the sandbox's files belonged to when it ran under other ones
+   * (its uid was another sandbox's on this host); the supervisor gives them
+   * to `hostUid`/`hostGid` before the pod starts.
+   */
+  reownFrom?: { uid: number; gid: number } | undefined;
   appRoot: string;
   command: string[];
   tty: boolean;
@@ -105,7 +119,8 @@ export class LocalRuntime {
   private stopping = false;
 
   constructor(
-    private readonly sandboxesDir: string,
+    /** The directory holding one directory per sandbox. */
+    readonly sandboxesRoot: string,
     private readonly supervisorScript: string,
     private readonly gatewayTarget: string,
     private readonly events: RuntimeEvents,
@@ -124,7 +139,7 @@ export class LocalRuntime {
         LANG: "C.UTF-8",
         OPENSHELL_SUPERVISOR_GATEWAY: this.gatewayTarget,
         // Beside the sandboxes' directories: the pods' execute-only loader and seccomp filter.
-        [POD_SUPPORT_DIR_ENV]: join(dirname(this.sandboxesDir), "pod-support"),
+        [POD_SUPPORT_DIR_ENV]: join(dirname(this.sandboxesRoot), "pod-support"),
         ...(process.env[SECCOMP_DENY_ENV] !== undefined
           ? { [SECCOMP_DENY_ENV]: process.env[SECCOMP_DENY_ENV] }
           : {}),
@@ -174,7 +189,7 @@ export class LocalRuntime {
   }
 
   sandboxDir(sandboxId: string): string {
-    return join(this.sandboxesDir, sandboxId);
+    return join(this.sandboxesRoot, sandboxId);
   }
 
   isRunning(sandboxId: string): boolean {
@@ -230,6 +245,19 @@ export class LocalRuntime {
     const timer = setTimeout(() => running.child.kill("SIGKILL"), graceMs);
     await running.exited;
     clearTimeout(timer);
+    await this.unmountDisk(sandboxId);
+  }
+
+  /** The sandbox's filesystem, should its supervisor have exited without unmounting it (killed, or stopped mid-start). */
+  private async unmountDisk(sandboxId: string): Promise<void> {
+    try {
+      await unmountGuestDisk(sandboxId);
+    } catch (error) {
+      this.events.stderr(
+        sandboxId,
+        `could not unmount the sandbox's filesystem: ${(error as Error).message}`,
+      );
+    }
   }
 
   async stopAll(): Promise<void> {
@@ -239,8 +267,15 @@ export class LocalRuntime {
     await Promise.all([...this.running.keys()].map((id) => this.stop(id)));
   }
 
-  removeSandboxDir(sandboxId: string): void {
+  /**
+   * Removes a stopped sandbox's storage: its filesystem's mount, should its
+   * supervisor have died without unmounting it, then its directory, the
+   * image with it.
+   */
+  async removeSandboxDir(sandboxId: string): Promise<void> {
     removeSharedMemoryStaging(sandboxId);
+    // On failure the image is unlinked all the same; its loop device frees the space once unmounted.
+    await this.unmountDisk(sandboxId);
     rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
   }
 }

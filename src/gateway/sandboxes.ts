@@ -18,7 +18,7 @@
 // upload are refused at once ("not ready") instead of hanging.
 
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { fileContentPath, readFileContent, writeFileContent } from "../core/file-content.js";
@@ -51,6 +51,7 @@ import type { RelayHub } from "./relay.js";
 import type { LocalRuntime, SupervisorReport } from "./runtime.js";
 import { failedPrecondition, invalidArgument, notFound, StatusError } from "./status.js";
 import type { Store } from "./store.js";
+import type { UidHolder, UidLeases } from "./uid-lease.js";
 
 export const DEFAULT_WORKSPACE = "default";
 export const DEFAULT_COMMAND = ["/bin/bash", "-l"];
@@ -60,8 +61,7 @@ export const LIST_MAX = 1000;
 /** A sandbox id (randomUUID), as its directory is named. */
 const SANDBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** First UID given to sandbox pods when the gateway runs as root. */
-const POD_UID_BASE = 2_100_000_000;
+const MiB = 1024 * 1024;
 
 export interface SandboxesOptions {
   store: Store;
@@ -71,6 +71,16 @@ export interface SandboxesOptions {
   appRoot: string;
   /** gRPC target supervisors dial. */
   supervisorTarget: string;
+  /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts). */
+  diskBytes: number;
+  /**
+   * Creates are refused while the filesystem holding the gateway's state has
+   * less free than this: images are sparse, so sandboxes' disks together may
+   * promise more than the host has, and the store must keep room to work.
+   */
+  minFreeBytes: number;
+  /** The host-wide uid ledger; root gateways only. */
+  uidLeases?: UidLeases | undefined;
   log(level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void;
 }
 
@@ -165,6 +175,7 @@ export class Sandboxes {
 
   async create(request: CreateSandboxRequest): Promise<Sandbox> {
     this.validate(request);
+    this.checkFreeSpace();
     const spec = request.spec!;
     const workspace = workspaceOf(request.workspace);
     let name = request.name;
@@ -202,20 +213,23 @@ export class Sandboxes {
       spec: { ...spec, command, tty, files, policy: spec.policy ?? defaultPolicy() },
       status: newSandboxStatus(name),
     };
-    const hostIds = this.allocateHostIds();
     const sandboxDir = this.o.runtime.sandboxDir(id);
+    let hostIds: { hostUid: number; hostGid: number } | undefined;
     try {
+      // The directory first: a uid lease whose sandbox directory is missing is stale.
       this.makeSandboxDir(sandboxDir);
       // Removed once the call is about to succeed; found at start, it marks a
       // create whose caller never saw it succeed (removeUnfinishedCreates).
       writeFileSync(creatingMarker(sandboxDir), "");
+      hostIds = this.allocateHostIds({ sandboxDir, sandboxId: id });
       this.o.store.createSandbox(sandbox, {
         sandboxId: id,
         ...hostIds,
         supervisorSecret: randomBytes(32).toString("hex"),
       });
     } catch (error) {
-      this.o.runtime.removeSandboxDir(id);
+      if (hostIds) this.releaseHostIds(id, hostIds.hostUid);
+      await this.o.runtime.removeSandboxDir(id);
       if (/UNIQUE/.test((error as Error).message)) {
         throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
       }
@@ -259,7 +273,8 @@ export class Sandboxes {
   /** Undoes a create that could not store its files: nothing of it is left. */
   private async discard(id: string): Promise<void> {
     await this.o.runtime.stop(id);
-    this.o.runtime.removeSandboxDir(id);
+    this.releaseHostIds(id);
+    await this.o.runtime.removeSandboxDir(id);
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
   }
@@ -268,18 +283,69 @@ export class Sandboxes {
     return join(this.o.runtime.sandboxDir(id), "sandbox.log");
   }
 
-  private allocateHostIds(): { hostUid: number; hostGid: number } {
-    if (process.getuid?.() !== 0) {
+  /** Refuses a create while the gateway's filesystem is short of its margin (see minFreeBytes). */
+  private checkFreeSpace(): void {
+    let free: number;
+    try {
+      const fs = statfsSync(this.o.runtime.sandboxesRoot);
+      free = fs.bavail * fs.bsize;
+    } catch {
+      return;
+    }
+    if (free >= this.o.minFreeBytes) return;
+    throw failedPrecondition(
+      `the gateway's filesystem has ${Math.floor(free / MiB)} MiB free, below its ${Math.ceil(this.o.minFreeBytes / MiB)} MiB margin ` +
+        "(OPENSHELL_GATEWAY_MIN_FREE); delete sandboxes or free space on it, then create again",
+    );
+  }
+
+  /** A root gateway leases a host-unique uid (see uid-lease.ts); any other runs pods as itself. */
+  private allocateHostIds(holder: UidHolder): { hostUid: number; hostGid: number } {
+    if (!this.o.uidLeases) {
       return { hostUid: process.getuid?.() ?? 0, hostGid: process.getgid?.() ?? 0 };
     }
-    const used = this.o.store.usedHostUids();
-    let uid = POD_UID_BASE;
-    while (used.has(uid)) uid += 1;
+    let uid: number;
+    try {
+      uid = this.o.uidLeases.take(holder);
+    } catch (error) {
+      throw failedPrecondition(`cannot lease a host uid for the sandbox: ${(error as Error).message}`);
+    }
     return { hostUid: uid, hostGid: uid };
   }
 
+  /** Gives the sandbox's uid back to the host; a ledger that fails leaves a stale lease, reclaimed later. */
+  private releaseHostIds(id: string, uid = this.o.store.getRuntime(id)?.hostUid): void {
+    if (!this.o.uidLeases || uid === undefined) return;
+    try {
+      this.o.uidLeases.release(uid, { sandboxDir: this.o.runtime.sandboxDir(id), sandboxId: id });
+    } catch (error) {
+      this.o.log("WARN", `could not release host uid ${uid}: ${(error as Error).message}`, id);
+    }
+  }
+
+  /**
+   * On resume: the sandbox's uid leased to it again. A sandbox made before
+   * uids were leased host-wide may find its uid held by another gateway's
+   * sandbox; it gets a new one, and its files are given to it before it starts.
+   */
+  private retakeHostIds(id: string): { uid: number; gid: number } | undefined {
+    const leases = this.o.uidLeases;
+    const runtime = this.o.store.getRuntime(id);
+    if (!leases || !runtime) return undefined;
+    const holder = { sandboxDir: this.o.runtime.sandboxDir(id), sandboxId: id };
+    if (leases.retake(runtime.hostUid, holder)) return undefined;
+    const uid = leases.take(holder);
+    this.o.store.setHostIds(id, uid, uid);
+    this.o.log(
+      "WARN",
+      `host uid ${runtime.hostUid} is another sandbox's on this host; this one now runs as ${uid}`,
+      id,
+    );
+    return { uid: runtime.hostUid, gid: runtime.hostGid };
+  }
+
   /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
-  launch(sandbox: Sandbox, filesPending = false): void {
+  launch(sandbox: Sandbox, filesPending = false, reownFrom?: { uid: number; gid: number }): void {
     this.unresponsive.delete(sandbox.metadata!.id);
     const meta = sandbox.metadata!;
     const runtime = this.o.store.getRuntime(meta.id);
@@ -299,6 +365,8 @@ export class Sandboxes {
       sandboxDir,
       hostUid: runtime.hostUid,
       hostGid: runtime.hostGid,
+      diskBytes: this.o.diskBytes,
+      ...(reownFrom ? { reownFrom } : {}),
       appRoot: this.o.appRoot,
       command: sandbox.spec!.command,
       tty: sandbox.spec!.tty,
@@ -343,17 +411,18 @@ export class Sandboxes {
    * content went missing later is not one of these: it fails with
    * FileInjectionFailed when it starts.)
    */
-  removeUnfinishedCreates(): void {
+  async removeUnfinishedCreates(): Promise<void> {
     // A directory made just before its record was stored has no record.
     const known = new Set(this.o.store.allSandboxes().map((sandbox) => sandbox.metadata!.id));
     const sandboxesDir = dirname(this.o.runtime.sandboxDir(randomUUID()));
     for (const entry of existsSync(sandboxesDir) ? readdirSync(sandboxesDir) : []) {
-      if (SANDBOX_ID.test(entry) && !known.has(entry)) this.o.runtime.removeSandboxDir(entry);
+      if (SANDBOX_ID.test(entry) && !known.has(entry)) await this.o.runtime.removeSandboxDir(entry);
     }
     for (const sandbox of this.o.store.allSandboxes()) {
       const id = sandbox.metadata!.id;
       if (!existsSync(creatingMarker(this.o.runtime.sandboxDir(id)))) continue;
-      this.o.runtime.removeSandboxDir(id);
+      this.releaseHostIds(id);
+      await this.o.runtime.removeSandboxDir(id);
       this.o.store.deleteSandbox(id);
       this.o.log(
         "WARN",
@@ -364,14 +433,16 @@ export class Sandboxes {
   }
 
   /** On gateway start: every sandbox that was not in Error runs again. */
-  resumeAll(): void {
-    this.removeUnfinishedCreates();
+  async resumeAll(): Promise<void> {
+    await this.removeUnfinishedCreates();
     for (const sandbox of this.o.store.allSandboxes()) {
       const id = sandbox.metadata!.id;
       this.o.bus.attachLogFile(id, this.logFile(id));
       const phase = phaseOf(sandbox);
       if (phase === SandboxPhase.SANDBOX_PHASE_DELETING) {
-        void this.finishDelete(sandbox);
+        this.finishDelete(sandbox).catch((error: unknown) =>
+          this.o.log("ERROR", `could not finish deleting: ${(error as Error).message}`, id),
+        );
         continue;
       }
       if (phase === SandboxPhase.SANDBOX_PHASE_ERROR) continue;
@@ -387,7 +458,7 @@ export class Sandboxes {
         "openshell.progress.active_step": "starting_sandbox",
       });
       try {
-        this.launch(sandbox);
+        this.launch(sandbox, false, this.retakeHostIds(id));
       } catch (error) {
         this.fail(id, "RestartFailed", (error as Error).message);
       }
@@ -566,7 +637,10 @@ export class Sandboxes {
     this.o.store.revokeSandboxSessions(id);
     this.o.relay.detach(id);
     await this.o.runtime.stop(id);
-    this.o.runtime.removeSandboxDir(id);
+    // Before the directory goes, so a lease is never stale while its holder lives.
+    this.releaseHostIds(id);
+    // Storage first: on a full filesystem it is what gives the store room to delete the row.
+    await this.o.runtime.removeSandboxDir(id);
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
     this.unresponsive.delete(id);

@@ -9,6 +9,14 @@ import type { Http2Session } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { phaseOf } from "../core/phases.js";
+import { SandboxPhase } from "../gen/openshell.js";
+import {
+  DEFAULT_GUEST_DISK_BYTES,
+  MIN_GUEST_DISK_BYTES,
+  parseDiskSize,
+  sweepGuestDisks,
+} from "../supervisor/guest-disk.js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { BULK_WINDOW_BYTES, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
@@ -19,6 +27,7 @@ import { Sandboxes } from "./sandboxes.js";
 import { createService, withDecodeChecks } from "./service.js";
 import { SshAccess } from "./ssh.js";
 import { Store } from "./store.js";
+import { UidLeases } from "./uid-lease.js";
 
 export interface GatewayTls {
   cert: Buffer;
@@ -46,7 +55,24 @@ export interface GatewayOptions {
    * (OPENSHELL_SSH_VIA_RELAY=1) to keep the relay path exercised.
    */
   sshViaRelay?: boolean;
+  /** The size of each sandbox's own filesystem; OPENSHELL_SANDBOX_DISK, else 4 GiB. */
+  sandboxDiskBytes?: number;
+  /** Free space below which creates are refused; OPENSHELL_GATEWAY_MIN_FREE, else 1 GiB. */
+  minFreeBytes?: number;
   log?: (line: string) => void;
+}
+
+/** A size setting from the environment (`4GiB`, `64M`, bytes), or the default; a bad one stops the start. */
+function sizeSetting(name: string, fallback: number, minimum: number): number {
+  const text = process.env[name];
+  if (text === undefined || text.trim() === "") return fallback;
+  const bytes = parseDiskSize(text);
+  if (bytes === undefined || bytes < minimum) {
+    throw new Error(
+      `${name}=${text}: expected a size such as 4GiB, 512MiB or a number of bytes, at least ${minimum}`,
+    );
+  }
+  return bytes;
 }
 
 export interface RunningGateway {
@@ -82,7 +108,13 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const sandboxesDir = join(options.stateDir, "sandboxes");
   mkdirSync(sandboxesDir, { recursive: true, mode: 0o700 });
 
+  const sandboxDiskBytes =
+    options.sandboxDiskBytes ??
+    sizeSetting("OPENSHELL_SANDBOX_DISK", DEFAULT_GUEST_DISK_BYTES, MIN_GUEST_DISK_BYTES);
+  const minFreeBytes = options.minFreeBytes ?? sizeSetting("OPENSHELL_GATEWAY_MIN_FREE", 1024 ** 3, 0);
   const store = new Store(join(options.stateDir, "openshell.db"));
+  // Only root runs pods as uids of their own, so only root needs them host-unique.
+  const uidLeases = process.getuid?.() === 0 ? new UidLeases() : undefined;
   const bus = new SandboxBus(options.logLimits ?? DEFAULT_LOG_LIMITS);
   const gatewayLog = (level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void => {
     log(`${new Date().toISOString()} ${level} ${sandboxId ? `[${sandboxId}] ` : ""}${message}`);
@@ -135,6 +167,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     runtime,
     appRoot: options.appRoot,
     supervisorTarget: `unix://${socketPath}`,
+    diskBytes: sandboxDiskBytes,
+    minFreeBytes,
+    uidLeases,
     log: gatewayLog,
   });
 
@@ -182,8 +217,17 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     );
   });
 
+  // Disks left mounted for sandboxes this gateway no longer has (deleted by a crashed gateway).
+  // A sandbox in Error is not started again, so its disk is not needed until it is deleted.
+  const known = new Set(
+    store
+      .allSandboxes()
+      .filter((sandbox) => phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR)
+      .map((sandbox) => sandbox.metadata!.id),
+  );
+  await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
   runtime.prepareSpare();
-  sandboxes.resumeAll();
+  await sandboxes.resumeAll();
   const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);
   reaper.unref();
 
@@ -198,6 +242,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         await runtime.stopAll();
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
         store.close();
+        uidLeases?.close();
         rmSync(socketPath, { force: true });
       })();
       return closing;

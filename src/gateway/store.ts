@@ -3,9 +3,19 @@
 // without file content; injected file content lives in its own table so that
 // listing a thousand sandboxes never reads it. SSH session tokens are stored
 // as SHA-256 digests, never in plain text.
+//
+// A full filesystem must not stop the gateway from deleting sandboxes, which
+// is how space is given back, or from starting. Sandboxes of a root gateway
+// write on filesystems of their own, but an ordinary user's gateway keeps
+// them beside the store, and anything else on the host may fill it too. So
+// the store keeps a reserve: a file of RESERVE_BYTES next to the database,
+// removed when a write that frees space (a delete, a phase change on the way
+// to one) fails for want of it, or before opening when the filesystem is
+// already short, and made again at the next start with room.
 
 import { createHash } from "node:crypto";
-import { chmodSync, existsSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
+import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { Sandbox, type Sandbox as SandboxMessage } from "../gen/openshell.js";
 
@@ -26,15 +36,37 @@ export interface StoredSshSession {
   createdAtMs: number;
 }
 
+/** Room kept on the store's filesystem for the writes that free space. */
+export const RESERVE_BYTES = 8 * 1024 * 1024;
+
+/** Free bytes for an unprivileged writer on the filesystem holding `file`; Infinity when unknown. */
+function freeBytes(file: string): number {
+  try {
+    const fs = statfsSync(dirname(file));
+    return fs.bavail * fs.bsize;
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
+}
+
+/** SQLite's, or the kernel's, "no space left". */
+function isFull(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return code === "SQLITE_FULL" || code === "ENOSPC" || code === "SQLITE_IOERR_WRITE";
+}
+
 export function hashToken(token: string): string {
   return createHash("sha256").update(token).digest("hex");
 }
 
 export class Store {
   private readonly db: Database.Database;
+  private readonly reservePath: string;
 
   constructor(path: string) {
+    this.reservePath = `${path}.reserve`;
     const fresh = !existsSync(path);
+    if (existsSync(this.reservePath) && freeBytes(path) < RESERVE_BYTES) this.dropReserve();
     this.db = new Database(path);
     if (fresh) chmodSync(path, 0o600);
     this.db.pragma("journal_mode = WAL");
@@ -43,6 +75,41 @@ export class Store {
     this.migrate();
     for (const suffix of ["", "-wal", "-shm"]) {
       if (existsSync(path + suffix)) chmodSync(path + suffix, 0o600);
+    }
+    this.fillReserve();
+  }
+
+  /** Writes the reserve when it is missing and the filesystem has room for it and as much again. */
+  private fillReserve(): void {
+    if (existsSync(this.reservePath)) return;
+    try {
+      if (freeBytes(this.reservePath) < 2 * RESERVE_BYTES) return;
+      const fd = openSync(this.reservePath, "wx", 0o600);
+      try {
+        // Written, not sparse: the blocks must be taken now to be given back later.
+        const zeros = Buffer.alloc(1024 * 1024);
+        for (let done = 0; done < RESERVE_BYTES; done += zeros.length) writeSync(fd, zeros);
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      rmSync(this.reservePath, { force: true });
+    }
+  }
+
+  private dropReserve(): boolean {
+    if (!existsSync(this.reservePath)) return false;
+    rmSync(this.reservePath, { force: true });
+    return true;
+  }
+
+  /** Runs a write that frees space; when the filesystem is full, once more after giving up the reserve. */
+  private withReserve<T>(write: () => T): T {
+    try {
+      return write();
+    } catch (error) {
+      if (isFull(error) && this.dropReserve()) return write();
+      throw error;
     }
   }
 
@@ -112,13 +179,15 @@ export class Store {
 
   updateSandbox(sandbox: SandboxMessage): void {
     const meta = sandbox.metadata!;
-    this.db
-      .prepare("UPDATE sandboxes SET payload = ?, updated_at_ms = ? WHERE id = ?")
-      .run(Buffer.from(Sandbox.encode(sandbox).finish()), Date.now(), meta.id);
+    this.withReserve(() =>
+      this.db
+        .prepare("UPDATE sandboxes SET payload = ?, updated_at_ms = ? WHERE id = ?")
+        .run(Buffer.from(Sandbox.encode(sandbox).finish()), Date.now(), meta.id),
+    );
   }
 
   deleteSandbox(id: string): void {
-    this.db.prepare("DELETE FROM sandboxes WHERE id = ?").run(id);
+    this.withReserve(() => this.db.prepare("DELETE FROM sandboxes WHERE id = ?").run(id));
   }
 
   getSandbox(id: string): SandboxMessage | undefined {
@@ -179,10 +248,11 @@ export class Store {
       : undefined;
   }
 
-  /** Host uids already given to sandboxes, so a new sandbox gets its own. */
-  usedHostUids(): Set<number> {
-    const rows = this.db.prepare("SELECT host_uid FROM sandbox_runtime").all() as { host_uid: number }[];
-    return new Set(rows.map((row) => row.host_uid));
+  /** Gives a sandbox other host ids (its uid was leased to another sandbox on this host). */
+  setHostIds(sandboxId: string, hostUid: number, hostGid: number): void {
+    this.db
+      .prepare("UPDATE sandbox_runtime SET host_uid = ?, host_gid = ? WHERE sandbox_id = ?")
+      .run(hostUid, hostGid, sandboxId);
   }
 
   createSshSession(session: StoredSshSession): void {
@@ -225,7 +295,9 @@ export class Store {
   }
 
   revokeSandboxSessions(sandboxId: string): void {
-    this.db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE sandbox_id = ?").run(sandboxId);
+    this.withReserve(() =>
+      this.db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE sandbox_id = ?").run(sandboxId),
+    );
   }
 
   reapSshSessions(nowMs: number): number {

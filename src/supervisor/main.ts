@@ -23,6 +23,7 @@ import {
   nodeClosure,
   PodError,
   podSupport,
+  prepareGuestDisk,
   startPod,
 } from "./pod.js";
 import { POD_SUPPORT_DIR_ENV, SECCOMP_DENY_ENV } from "./seccomp.js";
@@ -122,6 +123,12 @@ async function main(): Promise<void> {
     : undefined;
   earlySupport?.catch(() => {}); // reported by startPod
   const launch = await readLaunch();
+  const disk = prepareGuestDisk(launch);
+  disk?.catch(() => {}); // reported by startPod
+  // Stopped before its pod is up, the supervisor still gives back the sandbox's filesystem.
+  shutdownHook = async () => {
+    await (await disk?.catch(() => undefined))?.unmount();
+  };
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
   const { client, identify } = early ?? supervisorClient(launch.gateway);
@@ -200,6 +207,7 @@ async function main(): Promise<void> {
       support:
         earlySupport ??
         podSupport(join(launch.sandboxDir, "support"), closure, process.env[SECCOMP_DENY_ENV]),
+      disk,
     });
   } catch (error) {
     if (error instanceof PodError) {

@@ -14,7 +14,17 @@
 // a traversable tmpfs first.
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { chmodSync, closeSync, mkdirSync, openSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { defaultPolicy } from "../core/policy.js";
 import { sharedMemoryStaging } from "../core/staging.js";
@@ -33,6 +43,7 @@ import {
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
+import { type GuestDisk, mountGuestDisk } from "./guest-disk.js";
 import { prepareStaging } from "./inject.js";
 import { applyHostPrep, type ControlBind, normalizeSandboxPath, planMounts } from "./mounts.js";
 import { parseDenyList, SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
@@ -249,6 +260,8 @@ export interface PodOptions {
   closure: Promise<NodeClosure>;
   /** From podSupport(), started early. */
   support: Promise<PodSupport>;
+  /** From prepareGuestDisk(launch), started early; undefined when the pod has none. */
+  disk?: Promise<GuestDisk> | undefined;
 }
 
 export interface Pod {
@@ -267,16 +280,26 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     o.files.paths.length > 0
       ? sharedMemoryStaging(launch.sandboxId, root ? launch.hostGid : null)
       : undefined;
+  // Everything the pod may write goes on its own bounded filesystem when the
+  // supervisor can mount one (see guest-disk.ts), else in its state directory.
+  const disk = await (o.disk ?? prepareGuestDisk(launch));
+  const storage = disk?.root ?? dir;
+  if (disk && launch.reownFrom) {
+    await reown(storage, launch.reownFrom, launch).catch(async (error: unknown) => {
+      await disk.unmount().catch(() => {});
+      throw error;
+    });
+  }
   const dirs = {
-    workspace: join(dir, "workspace"),
-    tmp: join(dir, "tmp"),
-    rwRoot: join(dir, "rw"),
+    workspace: join(storage, "workspace"),
+    tmp: join(storage, "tmp"),
+    rwRoot: join(storage, "rw"),
     files: shm?.root ?? join(dir, "files"),
   };
   const removeStaging = (): void => {
     if (shm) rmSync(shm.dir, { recursive: true, force: true });
   };
-  const runDir = join(dir, "run");
+  const runDir = join(storage, "run");
   const uid = identity(policy.process?.runAsUser, SANDBOX_UID);
   const gid = identity(policy.process?.runAsGroup, uid === SANDBOX_UID ? SANDBOX_UID : uid);
   const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
@@ -297,6 +320,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     };
     const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    if (disk) linkRunDir(join(dir, "run"), runDir);
     const closure = await o.closure;
     const support = await o.support;
     // With network rules, the proxy's socket directory goes into the pod read-only:
@@ -365,17 +389,100 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       staging.write((path) => !inDirectory(path));
     }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
-    return await launchPod(o, plan.args, closure.loader, support, root, egress, removeStaging, async () => {
-      await load();
-      staging.write();
-    });
+    return await launchPod(
+      o,
+      plan.args,
+      closure.loader,
+      support,
+      root,
+      egress,
+      disk?.root,
+      async () => {
+        removeStaging();
+        await disk?.unmount();
+      },
+      async () => {
+        await load();
+        staging.write();
+      },
+    );
   } catch (error) {
     await egress?.close();
     removeStaging();
+    await disk
+      ?.unmount()
+      .catch((unmountError: unknown) => o.diag(`guest disk: ${(unmountError as Error).message}`));
     if (error instanceof PodError) throw error;
     if (isSandboxSetupError(error)) throw new PodError(error.reason, error.message);
     throw error;
   }
+}
+
+/**
+ * Mounts the sandbox's own filesystem when the supervisor can (root) and the
+ * launch sizes one; started as soon as the launch is read, so that the mount
+ * overlaps fetching the configuration.
+ */
+export function prepareGuestDisk(launch: SupervisorLaunch): Promise<GuestDisk> | undefined {
+  if (process.getuid?.() !== 0 || launch.diskBytes === undefined) return undefined;
+  return mountDisk(launch);
+}
+
+async function mountDisk(launch: SupervisorLaunch): Promise<GuestDisk> {
+  try {
+    return await mountGuestDisk({
+      sandboxId: launch.sandboxId,
+      sandboxDir: launch.sandboxDir,
+      bytes: launch.diskBytes!,
+    });
+  } catch (error) {
+    throw new PodError(
+      "GuestDiskFailed",
+      `cannot mount the sandbox's filesystem: ${(error as Error).message}`,
+    );
+  }
+}
+
+/**
+ * Gives the sandbox's files to its new host ids. `-h` changes a symlink
+ * itself, never what it points to: the sandbox made those links.
+ */
+async function reown(
+  storage: string,
+  from: { uid: number; gid: number },
+  launch: SupervisorLaunch,
+): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    execFile(
+      "chown",
+      ["-R", "-h", `--from=${from.uid}:${from.gid}`, `${launch.hostUid}:${launch.hostGid}`, storage],
+      (error) =>
+        error
+          ? reject(
+              new PodError(
+                "GuestDiskFailed",
+                `cannot give the sandbox's files to its new uid: ${error.message}`,
+              ),
+            )
+          : resolve(),
+    );
+  });
+}
+
+/**
+ * The gateway reaches the pod's SSH socket at `<sandbox dir>/run`: with a
+ * guest disk that is a symlink to the run directory on it. The sandbox
+ * directory is root's alone, so the pod cannot change where it leads.
+ */
+function linkRunDir(link: string, target: string): void {
+  try {
+    const st = lstatSync(link);
+    if (st.isSymbolicLink() && readlinkSync(link) === target) return;
+    rmSync(link, { recursive: true, force: true });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+  symlinkSync(target, link);
 }
 
 async function launchPod(
@@ -385,8 +492,10 @@ async function launchPod(
   support: PodSupport,
   root: boolean,
   egress: EgressProxy | undefined,
-  /** Removes what the pod was given that outlives it (the files' staging on /dev/shm). */
-  cleanUp: () => void,
+  /** The sandbox's mounted filesystem, when it has one (root only). */
+  diskRoot: string | undefined,
+  /** Removes what the pod was given that outlives it (the files' staging on /dev/shm, the disk's mount). */
+  cleanUp: () => Promise<void>,
   /** Runs once bwrap is started, before the agent gets its configuration; a throw stops the pod. */
   beforeAgent: () => Promise<void>,
 ): Promise<Pod> {
@@ -423,13 +532,15 @@ async function launchPod(
     const sandboxAt = `${EXPOSE_AT}/sandbox`;
     const appAt = `${EXPOSE_AT}/app`;
     const supportAt = `${EXPOSE_AT}/support`;
-    const supportDir = dirname(support.loader);
+    const diskAt = `${EXPOSE_AT}/disk`;
+    const exposed: [string, string][] = [
+      [dirname(support.loader), supportAt],
+      [launch.sandboxDir, sandboxAt],
+      [launch.appRoot, appAt],
+      ...(diskRoot ? [[diskRoot, diskAt] as [string, string]] : []),
+    ];
     const rewrite = (arg: string): string => {
-      for (const [from, to] of [
-        [supportDir, supportAt],
-        [launch.sandboxDir, sandboxAt],
-        [launch.appRoot, appAt],
-      ] as const) {
+      for (const [from, to] of exposed) {
         if (arg === from) return to;
         if (arg.startsWith(`${from}/`)) return to + arg.slice(from.length);
       }
@@ -438,24 +549,21 @@ async function launchPod(
     command = "unshare";
     args = [
       "--mount",
+      // A slave of the host's mounts, so that another sandbox's disk unmounted
+      // on the host is unmounted here too (see guest-disk.ts).
       "--propagation",
-      "private",
+      "slave",
       "--",
       "/bin/sh",
       "-ec",
       [
         `mount -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
-        `mkdir ${sandboxAt} ${appAt} ${supportAt}`,
-        `mount --bind "$1" ${sandboxAt}`,
-        `mount --bind "$2" ${appAt}`,
-        `mount --bind "$3" ${supportAt}`,
-        "shift 3",
+        ...exposed.map(([, to], index) => `mkdir ${to}\nmount --bind "$${index + 1}" ${to}`),
+        `shift ${exposed.length}`,
         'exec "$@"',
       ].join("\n"),
       "openshell-pod",
-      launch.sandboxDir,
-      launch.appRoot,
-      supportDir,
+      ...exposed.map(([from]) => from),
       "setpriv",
       `--reuid=${launch.hostUid}`,
       `--regid=${launch.hostGid}`,
@@ -536,7 +644,7 @@ async function launchPod(
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       await exited;
       await egress?.close();
-      cleanUp();
+      await cleanUp();
     },
   };
 }

@@ -212,7 +212,8 @@ describe("the store", () => {
     expect(
       store.listSandboxes({ workspace: "default", labels: { team: "b" }, limit: 10, offset: 0 }),
     ).toHaveLength(0);
-    expect(store.usedHostUids()).toEqual(new Set([5]));
+    store.setHostIds("id-one", 6, 7);
+    expect(store.getRuntime("id-one")).toMatchObject({ hostUid: 6, hostGid: 7 });
 
     store.createSshSession({
       tokenHash: hashToken("tok"),
