@@ -16,7 +16,7 @@ const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"))
 await build({
   absWorkingDir: root,
   entryPoints: {
-    cli: "src/cli.ts",
+    cli: "src/cli/cli.ts",
     gateway: "src/gateway/main.ts",
     supervisor: "src/supervisor/main.ts",
     agent: "src/supervisor/agent/main.ts",

@@ -2,7 +2,6 @@
 // One implementation, used by the CLI before sending and by the gateway on receipt.
 
 export { DEFAULT_POLICY, defaultPolicy } from "./policy/defaults.js";
-export { loadPolicyFile } from "./policy/load.js";
 export { parsePolicyYaml } from "./policy/parse.js";
 export { policyToDocument, policyToYaml } from "./policy/serialize.js";
 export {

@@ -7,10 +7,10 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { containUncaughtErrors } from "../core/last-resort.js";
-import { processAlive } from "../core/process.js";
-import { VERSION } from "../core/version.js";
-import { parseDenyList, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
+import { containUncaughtErrors } from "../host/last-resort.js";
+import { processAlive } from "../host/process.js";
+import { VERSION } from "../host/version.js";
+import { parseDenyList, SECCOMP_DENY_ENV } from "../runtime/contract.js";
 import { LOG_FILES_MAX, logFileLimits } from "./bus.js";
 import { startGateway } from "./server.js";
 
@@ -116,7 +116,7 @@ async function main(): Promise<void> {
   writeFileSync(pidFile, `${process.pid}\n`, { mode: 0o600 });
   writeFileSync(join(stateDir, "gateway.json"), `${JSON.stringify(info)}\n`, { mode: 0o600 });
   process.stdout.write(`${JSON.stringify({ ready: true, ...info })}\n`);
-  // From here on an error in one session must not end every sandbox (see core/last-resort.ts).
+  // From here on an error in one session must not end every sandbox (see host/last-resort.ts).
   containUncaughtErrors("the gateway", (entry) =>
     process.stderr.write(`${new Date().toISOString()} ERROR ${entry}\n`),
   );

@@ -9,10 +9,16 @@ import { readdirSync, rmSync } from "node:fs";
 import { setPriority } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
-import { mallocTunables } from "../core/process.js";
-import { removeSharedMemoryStaging } from "../core/staging.js";
-import { unmountGuestDisk } from "../supervisor/guest-disk.js";
-import { POD_SUPPORT_DIR_ENV, SECCOMP_DENY_ENV } from "../supervisor/seccomp.js";
+import { mallocTunables } from "../host/process.js";
+import {
+  POD_SUPPORT_DIR_ENV,
+  SECCOMP_DENY_ENV,
+  type SupervisorLaunch,
+  type SupervisorNotice,
+  type SupervisorReport,
+} from "../runtime/contract.js";
+import { unmountGuestDisk } from "../runtime/guest-disk.js";
+import { removeSharedMemoryStaging } from "../runtime/staging.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
@@ -38,64 +44,6 @@ function renice(pid: number | undefined, niceness: number): void {
     }
   }
 }
-
-/** What the gateway tells a supervisor when it starts one. */
-export interface SupervisorLaunch {
-  sandboxId: string;
-  sandboxName: string;
-  workspace: string;
-  instanceId: string;
-  /** gRPC target the supervisor dials, e.g. `unix:///…/supervisor.sock`. */
-  gateway: string;
-  secret: string;
-  sandboxDir: string;
-  hostUid: number;
-  hostGid: number;
-  /**
-   * The size of the sandbox's own filesystem, which holds everything the
-   * pod may write (src/supervisor/guest-disk.ts); fixed when it is first
-   * made. Absent, or a supervisor that cannot mount: directories in
-   * `sandboxDir` instead.
-   */
-  diskBytes?: number | undefined;
-  /**
-   * The host ids the sandbox's files belonged to when it ran under other ones
-   * (its uid was another sandbox's on this host); the supervisor gives them
-   * to `hostUid`/`hostGid` before the pod starts.
-   */
-  reownFrom?: { uid: number; gid: number } | undefined;
-  appRoot: string;
-  command: string[];
-  tty: boolean;
-  environment: Record<string, string>;
-  /** Hold the main command until the first attach (uploads go first). */
-  startOnAttach: boolean;
-  /** Initial size of the main command's pty (80x24 when absent). */
-  ttySize?: { cols: number; rows: number } | undefined;
-  /**
-   * The injected files' content on this host (src/core/file-content.ts), read
-   * directly instead of through GetSandboxFiles; absent when there are none.
-   */
-  filesPath?: string | undefined;
-  /** With `filesPath`: the files' paths in the order it holds them, so the pod is planned before they are read. */
-  filePaths?: string[] | undefined;
-  /**
-   * With `filesPath`, at create: the gateway is still writing it, and sends
-   * a `files-stored` notice on stdin once it has; the content is read after.
-   */
-  filesPending?: boolean | undefined;
-}
-
-/** What the gateway tells a running supervisor on stdin after the launch, one JSON object per line. */
-export type SupervisorNotice = { kind: "files-stored" };
-
-/** Reports a supervisor writes on stdout, one JSON object per line. */
-export type SupervisorReport =
-  | { kind: "failure"; reason: string; message: string }
-  | { kind: "progress"; step: string; message: string }
-  | { kind: "warning"; message: string }
-  /** The sandbox's agent stopped answering its supervisor (frozen, or its event loop stuck), or answers again. */
-  | { kind: "liveness"; responsive: boolean; message: string };
 
 export interface RuntimeEvents {
   report(sandboxId: string, report: SupervisorReport): void;

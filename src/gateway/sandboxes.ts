@@ -21,7 +21,6 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { fileContentPath, readFileContent, writeFileContent } from "../core/file-content.js";
 import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
 import {
   generateSandboxName,
@@ -46,9 +45,11 @@ import {
   type SandboxFile,
   SandboxPhase,
 } from "../gen/openshell.js";
+import type { SupervisorReport } from "../runtime/contract.js";
+import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
 import type { SandboxBus } from "./bus.js";
 import type { RelayHub } from "./relay.js";
-import type { LocalRuntime, SupervisorReport } from "./runtime.js";
+import type { LocalRuntime } from "./runtime.js";
 import { failedPrecondition, invalidArgument, notFound, StatusError } from "./status.js";
 import type { Store } from "./store.js";
 import type { UidHolder, UidLeases } from "./uid-lease.js";

@@ -16,7 +16,7 @@ import {
   MIN_GUEST_DISK_BYTES,
   parseDiskSize,
   sweepGuestDisks,
-} from "../supervisor/guest-disk.js";
+} from "../runtime/guest-disk.js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { BULK_WINDOW_BYTES, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";

@@ -149,7 +149,7 @@ export class Store {
   /**
    * Inserts a new sandbox with its runtime record in one transaction. Its
    * injected files' content is not here but in its state directory
-   * (src/core/file-content.ts).
+   * (src/runtime/file-content.ts).
    */
   createSandbox(sandbox: SandboxMessage, runtime: StoredSandboxRuntime): void {
     const meta = sandbox.metadata!;

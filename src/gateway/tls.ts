@@ -25,7 +25,7 @@ import { isIP } from "node:net";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type * as X509 from "@peculiar/x509";
-import { ensurePrivateDir, gatewayStateDir, writeFileAtomic } from "../core/config.js";
+import { ensurePrivateDir, gatewayStateDir, writeFileAtomic } from "../host/config.js";
 
 const DAY_MS = 86_400_000;
 const EC_P256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;

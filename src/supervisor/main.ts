@@ -13,9 +13,15 @@
 
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { readFileContent } from "../core/file-content.js";
-import { containUncaughtErrors } from "../core/last-resort.js";
-import type { SupervisorLaunch, SupervisorNotice, SupervisorReport } from "../gateway/runtime.js";
+import { containUncaughtErrors } from "../host/last-resort.js";
+import {
+  POD_SUPPORT_DIR_ENV,
+  SECCOMP_DENY_ENV,
+  type SupervisorLaunch,
+  type SupervisorNotice,
+  type SupervisorReport,
+} from "../runtime/contract.js";
+import { readFileContent } from "../runtime/file-content.js";
 import { call, LogPusher, SupervisorSession, supervisorClient } from "./link.js";
 import {
   type AgentMessage,
@@ -26,7 +32,6 @@ import {
   prepareGuestDisk,
   startPod,
 } from "./pod.js";
-import { POD_SUPPORT_DIR_ENV, SECCOMP_DENY_ENV } from "./seccomp.js";
 import { fileInjectionFailed } from "./setup-errors.js";
 
 function report(message: SupervisorReport): void {
@@ -217,7 +222,7 @@ async function main(): Promise<void> {
     throw error;
   }
   diag(`pod started ${since()}`);
-  // Serving from here on: an error in one relay must not end the sandbox (see core/last-resort.ts).
+  // Serving from here on: an error in one relay must not end the sandbox (see host/last-resort.ts).
   containUncaughtErrors("the supervisor", diag);
   shutdownHook = async () => {
     if (!mainExited) await logs.close();

@@ -27,15 +27,17 @@ import {
 } from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { defaultPolicy } from "../core/policy.js";
-import { sharedMemoryStaging } from "../core/staging.js";
-import type { SupervisorLaunch } from "../gateway/runtime.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
+import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
+import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
+import { sharedMemoryStaging } from "../runtime/staging.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import {
   AGENT_BEAT_MS,
   AGENT_SILENCE_MS,
   type AgentChannelDrop,
+  type AgentConfig,
   type AgentMessage,
   AgentMessageDecoder,
   BoundedLineReader,
@@ -43,32 +45,12 @@ import {
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
-import { type GuestDisk, mountGuestDisk } from "./guest-disk.js";
 import { prepareStaging } from "./inject.js";
 import { applyHostPrep, type ControlBind, normalizeSandboxPath, planMounts } from "./mounts.js";
-import { parseDenyList, SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
+import { SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 
-export type { AgentMessage } from "./agent/channel.js";
-
-/** What the supervisor tells the agent on its stdin. */
-export interface AgentConfig {
-  command: string[];
-  tty: boolean;
-  env: Record<string, string>;
-  workdir: string;
-  socketPath: string;
-  startOnAttach: boolean;
-  ttySize?: { cols: number; rows: number } | undefined;
-  shell: string;
-  sftpServer: string;
-  /**
-   * Set when the policy has network rules: the agent forwards 127.0.0.1:<port>
-   * in the pod to the supervisor's egress proxy at this socket. Without it the
-   * pod has no way out at all.
-   */
-  egress?: { proxySocket: string; port: number };
-}
+export type { AgentConfig, AgentMessage } from "./agent/channel.js";
 
 export class PodError extends Error {
   constructor(
@@ -275,7 +257,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   const policy = o.policy ?? defaultPolicy();
   const root = process.getuid?.() === 0;
   const dir = launch.sandboxDir;
-  // Injected files are staged on /dev/shm when it can take them (see src/core/staging.ts).
+  // Injected files are staged on /dev/shm when it can take them (see src/runtime/staging.ts).
   const shm =
     o.files.paths.length > 0
       ? sharedMemoryStaging(launch.sandboxId, root ? launch.hostGid : null)

@@ -28,6 +28,7 @@ import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { SECCOMP_DENY_ENV } from "../runtime/contract.js";
 
 /** A condition on one argument: the filter matches when `(arg & mask) == value`. */
 export interface ArgumentMatch {
@@ -201,37 +202,6 @@ export function seccompSpec(extraDeny: readonly string[] = [], arch: string = pr
   for (const block of complementBlocks(PERSONALITY_ALLOWED)) conditional("personality", { arg: 0, ...block });
   if (!denied.has("clone3")) rules.push({ syscall: "clone3", errno: "ENOSYS" });
   return { extraArches: compatArches(arch), rules };
-}
-
-/** Syscall names as libseccomp spells them; anything else in a deny list is refused before it reaches it. */
-const SYSCALL_NAME = /^[a-z_][a-z0-9_]{0,63}$/;
-
-/**
- * The environment variable naming the directory where supervisors keep what
- * every pod shares (the compiled filter, the agent's execute-only loader);
- * the local runtime sets it.
- */
-export const POD_SUPPORT_DIR_ENV = "OPENSHELL_POD_SUPPORT_DIR";
-
-/** The environment variable through which the gateway's operator names calls to refuse besides the defaults. */
-export const SECCOMP_DENY_ENV = "OPENSHELL_SECCOMP_DENY";
-
-/**
- * Parses a deny list: system call names separated by commas or spaces, e.g.
- * `OPENSHELL_SECCOMP_DENY=io_setup,io_submit`. Throws with the offending
- * entry named.
- */
-export function parseDenyList(text: string | undefined): string[] {
-  if (text === undefined) return [];
-  const names = text.split(/[\s,]+/).filter((name) => name !== "");
-  for (const name of names) {
-    if (!SYSCALL_NAME.test(name)) {
-      throw new Error(
-        `${SECCOMP_DENY_ENV}: '${name}' is not a system call name (expected names like keyctl or io_setup, separated by commas)`,
-      );
-    }
-  }
-  return names;
 }
 
 /** Raised when the filter cannot be built; `reason` becomes the sandbox's condition reason. */

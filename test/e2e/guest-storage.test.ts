@@ -10,7 +10,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HOST_UID_LEASES, POD_UID_BASE } from "../../src/gateway/uid-lease.js";
-import { DISKS_ROOT, GUEST_DISK_IMAGE } from "../../src/supervisor/guest-disk.js";
+import { DISKS_ROOT, GUEST_DISK_IMAGE } from "../../src/runtime/guest-disk.js";
 import { json, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
 
 const isRoot = process.getuid?.() === 0;

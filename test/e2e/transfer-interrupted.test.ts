@@ -9,6 +9,7 @@ import { randomBytes } from "node:crypto";
 import {
   chmodSync,
   closeSync,
+  existsSync,
   lstatSync,
   mkdirSync,
   openSync,
@@ -18,6 +19,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { guestDiskMountPoint } from "../../src/runtime/guest-disk.js";
 import { TestEnv, uniqueName } from "../helpers/cli.js";
 import { describeRun, entries, sandboxTree, writeFile } from "../helpers/tree.js";
 
@@ -29,7 +31,9 @@ function workspaceOnHost(env: TestEnv): string {
   const sandboxes = join(env.stateHome, "openshell", "gateways", "local", "sandboxes");
   const [id, ...others] = readdirSync(sandboxes);
   expect(others, "one sandbox in this environment").toEqual([]);
-  return join(sandboxes, id!, "workspace");
+  // On its own filesystem when the gateway is root (runtime/guest-disk.ts), else in its directory.
+  const onDisk = join(guestDiskMountPoint(id!), "workspace");
+  return existsSync(onDisk) ? onDisk : join(sandboxes, id!, "workspace");
 }
 
 function sizeIfExists(path: string): number | undefined {

@@ -6,8 +6,8 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Deadline } from "../../src/core/deadline.js";
-import { describeUncaught } from "../../src/core/last-resort.js";
 import { exitCodeOf } from "../../src/core/signals.js";
+import { describeUncaught } from "../../src/host/last-resort.js";
 
 describe("Deadline", () => {
   beforeEach(() => {
@@ -84,7 +84,7 @@ describe("last-resort containment", () => {
   it("a process survives a throw in a callback, an unhandled rejection and an 'error' nobody listens to", () => {
     const script = `
       import { EventEmitter } from "node:events";
-      import { containUncaughtErrors } from "./src/core/last-resort.ts";
+      import { containUncaughtErrors } from "./src/host/last-resort.ts";
       containUncaughtErrors("the test process", (entry) => process.stderr.write(entry + "\\n"));
       setTimeout(() => { throw new Error("thrown in a session's callback"); });
       Promise.reject(new Error("rejected and never awaited"));

@@ -30,8 +30,8 @@ import {
   probeCommand,
   resolveDownloadSource,
   typeProbeCommand,
-} from "../../src/core/download.js";
-import { shellEscape } from "../../src/core/upload.js";
+} from "../../src/transport/tar/download.js";
+import { shellEscape } from "../../src/transport/tar/upload.js";
 
 let work: string;
 

@@ -4,7 +4,6 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OpenShellError } from "../../src/core/errors.js";
 import {
-  checkFileSpecs,
   DEFAULT_FILE_MODE,
   describeFile,
   FILE_LIMITS,
@@ -14,7 +13,6 @@ import {
   normalizeSandboxPath,
   parseFileFlag,
   RESERVED_ROOTS,
-  readFileContents,
   sha256Hex,
   sha256HexEach,
   validateMode,
@@ -22,6 +20,7 @@ import {
   validateSandboxPath,
 } from "../../src/core/files.js";
 import type { SandboxFile } from "../../src/gen/openshell.js";
+import { checkFileSpecs, readFileContents } from "../../src/host/local-files.js";
 
 /** What `sandbox create` does with its `--file` specs: check them, read each into a buffer, hash it. */
 async function readFileSpecs(specs: readonly FileSpec[]): Promise<SandboxFile[]> {

@@ -14,7 +14,10 @@ import {
   localMetadata,
   resolveStartSettings,
   targetFor,
-} from "../../src/commands/gateways.js";
+} from "../../src/cli/commands/gateways.js";
+import { OpenShellError } from "../../src/core/errors.js";
+import { secretsEqual } from "../../src/gateway/service.js";
+import { createCertificate, gatewayTlsFiles } from "../../src/gateway/tls.js";
 import {
   type GatewayMetadata,
   gatewayConfigDir,
@@ -23,10 +26,7 @@ import {
   readMetadata,
   readToken,
   writeMetadata,
-} from "../../src/core/config.js";
-import { OpenShellError } from "../../src/core/errors.js";
-import { secretsEqual } from "../../src/gateway/service.js";
-import { createCertificate, gatewayTlsFiles } from "../../src/gateway/tls.js";
+} from "../../src/host/config.js";
 import { mapGrpcError } from "../../src/transport/grpc.js";
 
 describe("secretsEqual", () => {

@@ -6,14 +6,8 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { checkReturnedFiles } from "../../src/commands/create.js";
-import { formatLogLine, parseDuration } from "../../src/commands/logs.js";
-import {
-  FILE_CONTENT_NAME,
-  fileContentPath,
-  readFileContent,
-  writeFileContent,
-} from "../../src/core/file-content.js";
+import { checkReturnedFiles } from "../../src/cli/commands/create.js";
+import { formatLogLine, parseDuration } from "../../src/cli/commands/logs.js";
 import { readyFalseMessage, setPhase, setReadyCondition } from "../../src/core/phases.js";
 import { shellEscape, shellJoin } from "../../src/core/shell.js";
 import { exitCodeOf } from "../../src/core/signals.js";
@@ -22,6 +16,12 @@ import { secretsEqual } from "../../src/gateway/service.js";
 import { buildExecCommand } from "../../src/gateway/ssh.js";
 import { hashToken, Store } from "../../src/gateway/store.js";
 import { type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
+import {
+  FILE_CONTENT_NAME,
+  fileContentPath,
+  readFileContent,
+  writeFileContent,
+} from "../../src/runtime/file-content.js";
 
 function sandbox(name = "s"): Sandbox {
   return {

@@ -11,7 +11,7 @@ import { newSandboxStatus } from "../../src/core/phases.js";
 import { Store } from "../../src/gateway/store.js";
 import { POD_UID_BASE, UidLeases } from "../../src/gateway/uid-lease.js";
 import type { Sandbox } from "../../src/gen/openshell.js";
-import { parseDiskSize } from "../../src/supervisor/guest-disk.js";
+import { parseDiskSize } from "../../src/runtime/guest-disk.js";
 
 describe("disk sizes", () => {
   it("reads 4GiB, 4g and 4294967296 as 4,294,967,296 bytes and 64M as 67,108,864", () => {

@@ -6,13 +6,13 @@ import {
   DEFAULT_POLICY,
   defaultPolicy,
   formatPolicyViolations,
-  loadPolicyFile,
   parsePolicyYaml,
   policySizeViolation,
   policyToYaml,
   validatePolicy,
 } from "../../src/core/policy.js";
 import { SandboxPolicy } from "../../src/gen/sandbox.js";
+import { loadPolicyFile } from "../../src/host/policy-file.js";
 
 const here = new URL(".", import.meta.url).pathname;
 const fixtureDir = join(here, "../fixtures/policies");

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { MALLOC_TUNABLES, mallocTunables } from "../../src/core/process.js";
+import { MALLOC_TUNABLES, mallocTunables } from "../../src/host/process.js";
 
 describe("malloc tunables", () => {
   it("the CLI's #! line sets the same ones as the gateway and supervisors get, the user's after", () => {

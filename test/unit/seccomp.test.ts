@@ -6,13 +6,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import {
-  complementBlocks,
-  parseDenyList,
-  SeccompError,
-  seccompProgram,
-  seccompSpec,
-} from "../../src/supervisor/seccomp.js";
+import { parseDenyList } from "../../src/runtime/contract.js";
+import { complementBlocks, SeccompError, seccompProgram, seccompSpec } from "../../src/supervisor/seccomp.js";
 
 const ALLOWED = [0, 0x8, 0x20000, 0x20008, 0xffffffff];
 

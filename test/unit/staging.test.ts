@@ -2,7 +2,11 @@ import { randomUUID } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, rmSync, statfsSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { removeSharedMemoryStaging, SHARED_MEMORY_DIR, sharedMemoryStaging } from "../../src/core/staging.js";
+import {
+  removeSharedMemoryStaging,
+  SHARED_MEMORY_DIR,
+  sharedMemoryStaging,
+} from "../../src/runtime/staging.js";
 
 const isRoot = process.getuid?.() === 0;
 // The machine the tests run on has a tmpfs /dev/shm (Debian mounts one); the staging falls back without it.

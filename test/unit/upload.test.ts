@@ -24,7 +24,7 @@ import {
   type UploadPlan,
   unescapeTarName,
   verifyExtraction,
-} from "../../src/core/upload.js";
+} from "../../src/transport/tar/upload.js";
 
 let work: string;
 

@@ -17,6 +17,25 @@
 //   the supervisor, so no message can claim to be the egress proxy's
 //   `network` log or the gateway's.
 
+/** What the supervisor tells the agent on its stdin. */
+export interface AgentConfig {
+  command: string[];
+  tty: boolean;
+  env: Record<string, string>;
+  workdir: string;
+  socketPath: string;
+  startOnAttach: boolean;
+  ttySize?: { cols: number; rows: number } | undefined;
+  shell: string;
+  sftpServer: string;
+  /**
+   * Set when the policy has network rules: the agent forwards 127.0.0.1:<port>
+   * in the pod to the supervisor's egress proxy at this socket. Without it the
+   * pod has no way out at all.
+   */
+  egress?: { proxySocket: string; port: number };
+}
+
 /** Longest line the supervisor reads from the agent; a log message's text is well below it even escaped. */
 export const AGENT_LINE_MAX_BYTES = 256 * 1024;
 /** Longest log line text (UTF-16 units); the agent splits longer output lines into pieces this long. */

@@ -13,10 +13,10 @@
 // at every hop, and SSH keeps being served meanwhile.
 
 import { Socket } from "node:net";
-import type { AgentConfig } from "../pod.js";
 import {
   AGENT_BEAT_MS,
   AGENT_CONFIG_MAX_BYTES,
+  type AgentConfig,
   type AgentMessage,
   BoundedLineReader,
   encodeAgentMessage,

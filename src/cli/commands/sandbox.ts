@@ -1,9 +1,9 @@
 // `sandbox get`, `sandbox list`, `sandbox delete`.
 
-import { clearLastSandbox } from "../core/config.js";
-import { OpenShellError, usageError } from "../core/errors.js";
-import { parseSelector } from "../core/names.js";
-import { policyToYaml } from "../core/policy.js";
+import { OpenShellError, usageError } from "../../core/errors.js";
+import { parseSelector } from "../../core/names.js";
+import { policyToYaml } from "../../core/policy.js";
+import { clearLastSandbox } from "../../host/config.js";
 import type { CommandContext } from "./context.js";
 import {
   type OutputFormat,

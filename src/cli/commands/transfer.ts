@@ -6,6 +6,11 @@
 
 import { basename } from "node:path";
 import type { Client } from "ssh2";
+import { OpenShellError } from "../../core/errors.js";
+import { phaseName } from "../../core/phases.js";
+import { escapeForTerminal } from "../../core/terminal-text.js";
+import { SandboxPhase } from "../../gen/openshell.js";
+import { channelExit, connectSandboxSsh, sshExec } from "../../transport/ssh.js";
 import {
   decodeTypeProbe,
   downloadTarCommand,
@@ -13,10 +18,7 @@ import {
   probeCommand,
   resolveDownloadSource,
   typeProbeCommand,
-} from "../core/download.js";
-import { OpenShellError } from "../core/errors.js";
-import { phaseName } from "../core/phases.js";
-import { escapeForTerminal } from "../core/terminal-text.js";
+} from "../../transport/tar/download.js";
 import {
   packUpload,
   planUpload,
@@ -24,9 +26,7 @@ import {
   type UploadPlan,
   type UploadProgress,
   verifyExtraction,
-} from "../core/upload.js";
-import { SandboxPhase } from "../gen/openshell.js";
-import { channelExit, connectSandboxSsh, sshExec } from "../transport/ssh.js";
+} from "../../transport/tar/upload.js";
 import type { CommandContext, ConnectedGateway } from "./context.js";
 import type { Ui } from "./ui.js";
 

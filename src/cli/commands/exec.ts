@@ -10,12 +10,12 @@
 // deadline half a second later in case the gateway does not answer either.
 
 import { status } from "@grpc/grpc-js";
-import { OpenShellError, usageError } from "../core/errors.js";
-import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../core/names.js";
-import { phaseName } from "../core/phases.js";
-import { EXEC_TIMEOUT_EXIT } from "../core/signals.js";
-import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../gen/openshell.js";
-import { mapGrpcError } from "../transport/grpc.js";
+import { OpenShellError, usageError } from "../../core/errors.js";
+import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../../core/names.js";
+import { phaseName } from "../../core/phases.js";
+import { EXEC_TIMEOUT_EXIT } from "../../core/signals.js";
+import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../../gen/openshell.js";
+import { mapGrpcError } from "../../transport/grpc.js";
 import type { CommandContext } from "./context.js";
 import { enterRawMode, onEndingSignal } from "./terminal.js";
 

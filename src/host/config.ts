@@ -11,7 +11,7 @@
 import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
-import { invalidInput, OpenShellError } from "./errors.js";
+import { invalidInput, OpenShellError } from "../core/errors.js";
 
 export const DEFAULT_GATEWAY_NAME = "local";
 export const DEFAULT_GATEWAY_PORT = 17670;

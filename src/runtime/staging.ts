@@ -24,7 +24,7 @@ import {
   statfsSync,
 } from "node:fs";
 import { join } from "node:path";
-import { FILE_LIMITS } from "./files.js";
+import { FILE_LIMITS } from "../core/files.js";
 
 export const SHARED_MEMORY_DIR = "/dev/shm";
 

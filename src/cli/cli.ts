@@ -3,11 +3,11 @@
 // loaded only when that command runs, so `sandbox exec` starts fast.
 
 import { Command, CommanderError, Option } from "commander";
+import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "../core/errors.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
+import { VERSION } from "../host/version.js";
 import type { CommandContext } from "./commands/context.js";
 import type { GlobalOptions } from "./commands/gateways.js";
-import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "./core/errors.js";
-import { escapeForTerminal } from "./core/terminal-text.js";
-import { VERSION } from "./core/version.js";
 
 /** Set by commands whose exit status is a remote command's (exec, connect, attached create). */
 let passthrough = false;

@@ -31,8 +31,8 @@ import { lstat, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
 import tarStream from "tar-stream";
-import { invalidInput, OpenShellError } from "./errors.js";
-import { shellEscape } from "./shell.js";
+import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { shellEscape } from "../../core/shell.js";
 
 // One quoting rule for every remote command (src/core/shell.ts), re-exported
 // beside the commands built with it.

@@ -2,11 +2,11 @@
 // our fields), the list table and the `get` table.
 
 import { stringify as toYaml } from "yaml";
-import { formatBytes, formatMode } from "../core/files.js";
-import { phaseName, readyFalseMessage } from "../core/phases.js";
-import { policyToDocument, policyToYaml } from "../core/policy.js";
-import { escapeForTerminal } from "../core/terminal-text.js";
-import { type Sandbox, SandboxPhase } from "../gen/openshell.js";
+import { formatBytes, formatMode } from "../../core/files.js";
+import { phaseName, readyFalseMessage } from "../../core/phases.js";
+import { policyToDocument, policyToYaml } from "../../core/policy.js";
+import { escapeForTerminal } from "../../core/terminal-text.js";
+import { type Sandbox, SandboxPhase } from "../../gen/openshell.js";
 import { table, type Ui } from "./ui.js";
 
 export type OutputFormat = "table" | "json" | "yaml";

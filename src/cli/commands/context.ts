@@ -1,11 +1,11 @@
 // What every command receives: the streams, the global options, an abort
 // signal (Ctrl-C), and a lazily connected gateway client.
 
-import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../core/config.js";
-import { invalidInput, OpenShellError } from "../core/errors.js";
-import { validateWorkspaceName } from "../core/names.js";
-import type { OpenShellClient } from "../gen/openshell.js";
-import { connectGateway, type GatewayTarget, unary } from "../transport/grpc.js";
+import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { validateWorkspaceName } from "../../core/names.js";
+import type { OpenShellClient } from "../../gen/openshell.js";
+import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../../host/config.js";
+import { connectGateway, type GatewayTarget, unary } from "../../transport/grpc.js";
 import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
 import { type Io, Ui } from "./ui.js";
 

@@ -4,11 +4,11 @@
 
 import { realpathSync } from "node:fs";
 import type { ClientChannel } from "ssh2";
-import { OpenShellError } from "../core/errors.js";
-import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../core/protocol.js";
-import { shellEscape } from "../core/shell.js";
-import { unary } from "../transport/grpc.js";
-import { channelExit, connectSandboxSsh, forwardSsh, sshSubsystem } from "../transport/ssh.js";
+import { OpenShellError } from "../../core/errors.js";
+import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
+import { shellEscape } from "../../core/shell.js";
+import { unary } from "../../transport/grpc.js";
+import { channelExit, connectSandboxSsh, forwardSsh, sshSubsystem } from "../../transport/ssh.js";
 import type { CommandContext, ConnectedGateway } from "./context.js";
 import { enterRawMode, onEndingSignal } from "./terminal.js";
 import type { Io } from "./ui.js";

@@ -5,11 +5,16 @@
 // progress events.
 
 import type { ClientReadableStream } from "@grpc/grpc-js";
-import { OpenShellError } from "../core/errors.js";
-import { readyFalseMessage } from "../core/phases.js";
-import { escapeForTerminal } from "../core/terminal-text.js";
-import { type PlatformEvent, type Sandbox, SandboxPhase, type SandboxStreamEvent } from "../gen/openshell.js";
-import { mapGrpcError } from "../transport/grpc.js";
+import { OpenShellError } from "../../core/errors.js";
+import { readyFalseMessage } from "../../core/phases.js";
+import { escapeForTerminal } from "../../core/terminal-text.js";
+import {
+  type PlatformEvent,
+  type Sandbox,
+  SandboxPhase,
+  type SandboxStreamEvent,
+} from "../../gen/openshell.js";
+import { mapGrpcError } from "../../transport/grpc.js";
 import type { ConnectedGateway } from "./context.js";
 import type { Ui } from "./ui.js";
 

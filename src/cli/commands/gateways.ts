@@ -10,6 +10,13 @@ import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { OpenShellError, usageError } from "../../core/errors.js";
+import {
+  type EnsuredTls,
+  ensureGatewayTls,
+  ensureOwnerClientCertificate,
+  gatewayTlsFiles,
+} from "../../gateway/tls.js";
 import {
   DEFAULT_GATEWAY_NAME,
   DEFAULT_GATEWAY_PORT,
@@ -26,16 +33,9 @@ import {
   writeActiveGateway,
   writeFileAtomic,
   writeMetadata,
-} from "../core/config.js";
-import { OpenShellError, usageError } from "../core/errors.js";
-import { mallocTunables, processAlive } from "../core/process.js";
-import {
-  type EnsuredTls,
-  ensureGatewayTls,
-  ensureOwnerClientCertificate,
-  gatewayTlsFiles,
-} from "../gateway/tls.js";
-import { type GatewayTarget, parseEndpoint } from "../transport/grpc.js";
+} from "../../host/config.js";
+import { mallocTunables, processAlive } from "../../host/process.js";
+import { type GatewayTarget, parseEndpoint } from "../../transport/grpc.js";
 
 export interface GlobalOptions {
   gateway?: string | undefined;

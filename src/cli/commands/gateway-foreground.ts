@@ -4,6 +4,9 @@
 
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { logFileLimits } from "../../gateway/bus.js";
+import { startGateway } from "../../gateway/server.js";
+import { gatewayTlsFiles } from "../../gateway/tls.js";
 import {
   ensurePrivateDir,
   gatewayStateDir,
@@ -11,12 +14,9 @@ import {
   readMetadata,
   writeActiveGateway,
   writeMetadata,
-} from "../core/config.js";
-import { containUncaughtErrors } from "../core/last-resort.js";
-import { VERSION } from "../core/version.js";
-import { logFileLimits } from "../gateway/bus.js";
-import { startGateway } from "../gateway/server.js";
-import { gatewayTlsFiles } from "../gateway/tls.js";
+} from "../../host/config.js";
+import { containUncaughtErrors } from "../../host/last-resort.js";
+import { VERSION } from "../../host/version.js";
 import type { CommandContext } from "./context.js";
 import { appRoot, ensureGatewayToken, localGatewayInfo, localMetadata, prepareStart } from "./gateways.js";
 
@@ -70,7 +70,7 @@ export async function runForeground(
   ctx.ui.success(
     `Gateway '${options.name}' listening at ${metadata.gateway_endpoint} (foreground; Ctrl-C stops it)`,
   );
-  // An error in one session must not end every sandbox (see core/last-resort.ts).
+  // An error in one session must not end every sandbox (see host/last-resort.ts).
   const release = containUncaughtErrors("the gateway", (entry) =>
     process.stderr.write(`${new Date().toISOString()} ERROR ${entry}\n`),
   );

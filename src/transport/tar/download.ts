@@ -32,9 +32,9 @@ import {
 import path from "node:path";
 import type { Readable } from "node:stream";
 import tarStream from "tar-stream";
-import { invalidInput, OpenShellError } from "./errors.js";
-import { shellEscape } from "./shell.js";
-import { escapeForTerminal } from "./terminal-text.js";
+import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { shellEscape } from "../../core/shell.js";
+import { escapeForTerminal } from "../../core/terminal-text.js";
 
 // ---------------------------------------------------------------------------
 // Sandbox path checks (same rules and messages as upstream)

@@ -2,10 +2,10 @@
 // everything wrong with the file, before any RPC is made.
 
 import { readFile } from "node:fs/promises";
-import type { SandboxPolicy } from "../../gen/sandbox.js";
-import { invalidInput, messageOf } from "../errors.js";
-import { parsePolicyYaml } from "./parse.js";
-import { formatPolicyViolations, validatePolicy } from "./validate.js";
+import { invalidInput, messageOf } from "../core/errors.js";
+import { parsePolicyYaml } from "../core/policy/parse.js";
+import { formatPolicyViolations, validatePolicy } from "../core/policy/validate.js";
+import type { SandboxPolicy } from "../gen/sandbox.js";
 
 /**
  * The policy in the file at `path`. Throws an `invalid_input` OpenShellError when the file cannot be

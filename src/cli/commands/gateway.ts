@@ -3,6 +3,9 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { status as grpcStatus } from "@grpc/grpc-js";
+import { OpenShellError, usageError } from "../../core/errors.js";
+import { gatewayTlsFiles } from "../../gateway/tls.js";
+import { ServiceStatus } from "../../gen/openshell.js";
 import {
   DEFAULT_GATEWAY_NAME,
   DEFAULT_GATEWAY_PORT,
@@ -19,11 +22,8 @@ import {
   validateGatewayName,
   writeActiveGateway,
   writeMetadata,
-} from "../core/config.js";
-import { OpenShellError, usageError } from "../core/errors.js";
-import { gatewayTlsFiles } from "../gateway/tls.js";
-import { ServiceStatus } from "../gen/openshell.js";
-import { connectGateway, isServiceError, mapGrpcError, parseEndpoint, unary } from "../transport/grpc.js";
+} from "../../host/config.js";
+import { connectGateway, isServiceError, mapGrpcError, parseEndpoint, unary } from "../../transport/grpc.js";
 import type { CommandContext } from "./context.js";
 import {
   checkTlsFiles,
@@ -390,7 +390,7 @@ export async function gatewayRemove(ctx: CommandContext, options: { name: string
   removeGatewayConfig(options.name);
   if (readActiveGateway() === options.name) {
     const { rmSync } = await import("node:fs");
-    const { configRoot } = await import("../core/config.js");
+    const { configRoot } = await import("../../host/config.js");
     rmSync(resolve(configRoot(), "active_gateway"), { force: true });
   }
   ctx.ui.success(`Removed gateway '${options.name}'`);

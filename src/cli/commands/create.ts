@@ -8,26 +8,25 @@
 // or uploads (annotation openshell.dev/start-on-attach), so the command
 // starts only after the files are in place and none of its output is missed.
 
-import { invalidInput, OpenShellError, usageError } from "../core/errors.js";
+import { invalidInput, OpenShellError, usageError } from "../../core/errors.js";
 import {
-  checkFileSpecs,
   formatMode,
   modeWarnings,
   normalizeSandboxPath,
   parseFileFlag,
-  readFileContents,
   sha256HexEach,
-} from "../core/files.js";
-import { parseLabelFlag, validateCommand, validateSandboxName } from "../core/names.js";
-import { loadPolicyFile } from "../core/policy.js";
+} from "../../core/files.js";
+import { parseLabelFlag, validateCommand, validateSandboxName } from "../../core/names.js";
 import {
   ANNOTATION_START_ON_ATTACH,
   ANNOTATION_TTY_SIZE,
   CAPABILITY_SANDBOX_FILES,
-} from "../core/protocol.js";
-import { parseUploadFlag, planUpload, type UploadPlan } from "../core/upload.js";
-import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../gen/openshell.js";
-import { layoutCreateRequest } from "../transport/frames.js";
+} from "../../core/protocol.js";
+import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../../gen/openshell.js";
+import { checkFileSpecs, readFileContents } from "../../host/local-files.js";
+import { loadPolicyFile } from "../../host/policy-file.js";
+import { layoutCreateRequest } from "../../transport/frames.js";
+import { parseUploadFlag, planUpload, type UploadPlan } from "../../transport/tar/upload.js";
 import type { CommandContext, ConnectedGateway } from "./context.js";
 import { parseEnvFlags } from "./exec.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "./present.js";
