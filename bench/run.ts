@@ -8,6 +8,7 @@
 //   4. `sandbox exec -- true` round trip against `ssh 127.0.0.1 true` and `node -e 0`
 //   5. exec stdout throughput (100 MB)
 //   6. upload/download of a 200 MB tree against `tar | ssh` and a local `tar | tar` pipe
+//   7. a 60 s stdout flood: log size, gateway and supervisor memory, `gateway start` after it (bench/flood.ts)
 //
 // A section that cannot run says why and the others still run. Everything
 // started here is stopped and every temp directory removed, also on failure
@@ -21,6 +22,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { sha256Hex } from "../src/core/files.js";
 import type { SandboxFile } from "../src/gen/openshell.js";
+import { logFlood } from "./flood.js";
 import { BenchEnv, type GatewayInfo, ROOT } from "./lib/gateway.js";
 import {
   aborted,
@@ -583,8 +585,8 @@ function selectedSections(args: readonly string[]): Set<number> {
   const only = new Set<number>();
   for (const arg of args) {
     const id = Number(arg);
-    if (!Number.isInteger(id) || id < 1 || id > 6)
-      throw new Error(`bench: unknown section "${arg}"; use 1 to 6`);
+    if (!Number.isInteger(id) || id < 1 || id > 7)
+      throw new Error(`bench: unknown section "${arg}"; use 1 to 7`);
     only.add(id);
   }
   return only;
@@ -675,6 +677,7 @@ async function main(): Promise<number> {
       ["exec round trip vs OpenSSH", (s) => execLatency(s, shared)],
       ["exec stdout throughput", (s) => execThroughput(s, shared)],
       ["transfer of a 200 MB tree", (s) => transfer(s, shared)],
+      ["a 60 s stdout flood (own gateway)", (s) => logFlood(s)],
     ];
     for (const [index, [title, body]] of all.entries()) {
       if (only.size === 0 || only.has(index + 1)) sections.push(await runSection(index + 1, title, body));

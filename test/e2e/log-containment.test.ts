@@ -12,7 +12,7 @@ import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { collect, json, TestEnv, uniqueName, waitForOutput, waitForPhase } from "../helpers/cli.js";
+import { collect, json, TestEnv, uniqueName, waitFor, waitForOutput, waitForPhase } from "../helpers/cli.js";
 
 const isRoot = process.getuid?.() === 0;
 const MIB = 1024 * 1024;
@@ -91,66 +91,48 @@ function writeIntoChannel(agent: number, data: Buffer): void {
   execFileSync("python3", ["-c", WRITE_INTO_CHANNEL, String(agent)], { input: data, timeout: 30_000 });
 }
 
-function rssMib(pid: number): number {
-  const match = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return Number(match![1]) / 1024;
-}
-
 interface SandboxDoc {
   id: string;
   phase: string;
   reason?: string;
 }
 
-describe.skipIf(!isRoot)("a stdout flood (yes) for 15 s, logs capped at 2 MiB x 2 files", () => {
+// Memory and start-up time under a flood are measured by the bench (section 7,
+// a 60 s flood); this test holds what must be true whatever the machine's speed.
+describe.skipIf(!isRoot)("a stdout flood (yes), logs capped at 2 MiB x 2 files", () => {
   const env = new TestEnv();
-  const idle = uniqueName("idle");
   const flood = uniqueName("flood");
   afterAll(() => env.dispose());
 
-  it("keeps the log within 4 MiB, supervisor and gateway within 80 MiB of idle, restarts in under 5 s, and `logs -n 2000` says earlier lines were dropped", async () => {
+  it("keeps the log within 4 MiB through two rotations, `logs` shows the latest lines and `logs -n 2000` that earlier ones were dropped, also after a restart", async () => {
     const started = await env.run(
       ["gateway", "start", "--port", "0", "--log-max-size", "2", "--log-max-files", "2"],
       { timeoutMs: 30_000 },
     );
     expect(started.code, started.stderr).toBe(0);
-    const created = await env.createIdle(idle, { timeoutMs: 60_000 });
-    expect(created.code, created.stderr).toBe(0);
-    const { supervisor: idleSupervisor } = agentOf(env);
-    const gateway = gatewayPid(env);
-    const idleRss = { gateway: rssMib(gateway), supervisor: rssMib(idleSupervisor) };
-
     const flooding = await env.run(["sandbox", "create", "--name", flood, "--detach", "--", "yes"], {
       timeoutMs: 60_000,
     });
     expect(flooding.code, flooding.stderr).toBe(0);
     const { id } = json<SandboxDoc>(await env.run(["sandbox", "get", flood, "-o", "json"]));
-    const floodSupervisor = descendants(gateway).find(
-      (pid) =>
-        pid !== idleSupervisor && cmdline(pid).includes("supervisor.mjs") && descendants(pid).length > 0,
-    )!;
     const logDir = join(env.stateHome, "openshell", "gateways", "local", "sandboxes", id);
+    const logFiles = (): string[] => readdirSync(logDir).filter((file) => file.startsWith("sandbox.log"));
     const logBytes = (): number =>
-      readdirSync(logDir)
-        .filter((file) => file.startsWith("sandbox.log"))
-        .reduce((sum, file) => sum + statSync(join(logDir, file)).size, 0);
+      logFiles().reduce((sum, file) => sum + statSync(join(logDir, file)).size, 0);
 
-    // Sampled once a second over the flood: the peak is what is bounded.
-    const peak = { gateway: 0, supervisor: 0, log: 0 };
-    for (let second = 0; second < 15; second++) {
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      peak.gateway = Math.max(peak.gateway, rssMib(gateway));
-      peak.supervisor = Math.max(peak.supervisor, rssMib(floodSupervisor));
-      peak.log = Math.max(peak.log, logBytes());
-    }
-    const rotated = readdirSync(logDir).filter((file) => file.startsWith("sandbox.log"));
-    process.stderr.write(
-      `flood: idle gateway ${idleRss.gateway.toFixed(1)} MiB, peak ${peak.gateway.toFixed(1)} MiB; idle supervisor ${idleRss.supervisor.toFixed(1)} MiB, flooding one peak ${peak.supervisor.toFixed(1)} MiB; log peak ${(peak.log / MIB).toFixed(2)} MiB in ${rotated.join(", ")}\n`,
-    );
-    expect(rotated).toContain("sandbox.log.dropped");
-    expect(peak.log).toBeLessThanOrEqual(4 * MIB);
-    expect(peak.gateway - idleRss.gateway).toBeLessThan(80);
-    expect(peak.supervisor - idleRss.supervisor).toBeLessThan(80);
+    // The event: the log has rotated past its last kept file (lines were dropped) and filled
+    // the new one again; every look on the way is within the cap.
+    let peak = 0;
+    let droppedAt: number | undefined;
+    await waitFor("the flood's log to rotate past its two files and refill", 120_000, () => {
+      peak = Math.max(peak, logBytes());
+      if (droppedAt === undefined && logFiles().includes("sandbox.log.dropped")) droppedAt = logBytes();
+      return droppedAt !== undefined && statSync(join(logDir, "sandbox.log")).size > 1024 * 1024
+        ? true
+        : undefined;
+    });
+    expect(peak).toBeLessThanOrEqual(4 * MIB);
+    expect(logBytes()).toBeLessThanOrEqual(4 * MIB);
 
     const all = await env.run(["logs", flood, "-n", "2000"], { timeoutMs: 30_000 });
     expect(all.code, all.stderr).toBe(0);
@@ -163,19 +145,12 @@ describe.skipIf(!isRoot)("a stdout flood (yes) for 15 s, logs capped at 2 MiB x 
 
     const stop = await env.run(["gateway", "stop"], { timeoutMs: 60_000 });
     expect(stop.code, stop.stderr).toBe(0);
-    const before = performance.now();
     const restart = await env.run(["gateway", "start"], { timeoutMs: 30_000 });
-    const restartMs = performance.now() - before;
     expect(restart.code, restart.stderr).toBe(0);
-    const afterStart = rssMib(gatewayPid(env));
-    process.stderr.write(
-      `flood: gateway start with the flooded log took ${Math.round(restartMs)} ms, ${afterStart.toFixed(1)} MiB\n`,
-    );
-    expect(restartMs).toBeLessThan(5000);
-    expect(afterStart - idleRss.gateway).toBeLessThan(80);
     const again = await env.run(["logs", flood, "-n", "2000"], { timeoutMs: 30_000 });
     expect(again.stderr).toContain("earlier log lines were dropped");
-  }, 180_000);
+    expect(logBytes()).toBeLessThanOrEqual(4 * MIB);
+  }, 240_000);
 });
 
 describe.skipIf(!isRoot)("the agent's channel written by a hostile process", () => {

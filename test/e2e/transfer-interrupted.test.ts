@@ -20,7 +20,7 @@ import {
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { guestDiskMountPoint } from "../../src/runtime/guest-disk.js";
-import { TestEnv, uniqueName } from "../helpers/cli.js";
+import { TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
 import { describeRun, entries, sandboxTree, writeFile } from "../helpers/tree.js";
 
 const STAGING = ".openshell-upload.";
@@ -45,16 +45,6 @@ function sizeIfExists(path: string): number | undefined {
 }
 
 /** Polls `probe` every 20 ms until it returns a value, failing with `step` named after `timeoutMs`. */
-async function waitFor<T>(step: string, timeoutMs: number, probe: () => T | undefined): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`waiting for ${step}: not within ${timeoutMs} ms`);
-    await new Promise((done) => setTimeout(done, 20));
-  }
-}
-
 describe("an upload that does not complete leaves nothing in the sandbox", () => {
   const env = new TestEnv("openshell-upload-interrupted-");
   const work = join(env.root, "work");

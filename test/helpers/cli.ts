@@ -124,6 +124,17 @@ export function collect(child: ChildProcess, step: string, options: RunOptions =
   });
 }
 
+/** Polls `probe` every 20 ms until it returns a value, which it resolves with; fails naming `step` after `timeoutMs`. */
+export async function waitFor<T>(step: string, timeoutMs: number, probe: () => T | undefined): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`waiting for ${step}: not within ${timeoutMs} ms`);
+    await new Promise((done) => setTimeout(done, 20));
+  }
+}
+
 /** Waits until `text` appears on a stream, failing with the step named after `timeoutMs`. */
 export function waitForOutput(
   stream: NodeJS.ReadableStream,
