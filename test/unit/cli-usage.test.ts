@@ -5,7 +5,7 @@
 // checks and reached for a gateway fails with another code instead of
 // starting one.
 
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -93,5 +93,19 @@ describe("usage errors, in-process", () => {
     const unreachable = await runCli(["sandbox", "exec", "-n", "x", "--", "true"], { env });
     expect(unreachable.exitCode, unreachable.stderr).toBe(241);
     expect(readdirSync(root)).not.toContain("state");
+  });
+});
+
+describe("the commands' modules", () => {
+  it("import no other command: what two commands share lives in src/cli/", () => {
+    const dir = join(import.meta.dirname, "../../src/cli/commands");
+    const files = readdirSync(dir).filter((file) => file.endsWith(".ts"));
+    expect(files.length).toBeGreaterThanOrEqual(13);
+    const crossings = files.flatMap((file) =>
+      [...readFileSync(join(dir, file), "utf8").matchAll(/(?:from|import\()\s*"(\.\/[^"]+)"/g)].map(
+        (match) => `${file} imports ${match[1]}`,
+      ),
+    );
+    expect(crossings).toEqual([]);
   });
 });
