@@ -148,7 +148,7 @@ export class Invocation {
       return this.passthrough ? PASSTHROUGH_EXIT[error.code] : error.exitCode;
     }
     this.printError(new OpenShellError("internal", messageOf(error)));
-    if (this.env.OPENSHELL_DEBUG) this.io.stderr.write(`${(error as Error).stack ?? ""}\n`);
+    if (this.env.OPENSHELL_DEBUG && error instanceof Error) this.io.stderr.write(`${error.stack ?? ""}\n`);
     return this.passthrough ? PASSTHROUGH_EXIT.internal : 1;
   }
 
