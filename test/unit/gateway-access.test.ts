@@ -14,7 +14,7 @@ import {
   localMetadata,
   resolveStartSettings,
   targetFor,
-} from "../../src/cli/commands/gateways.js";
+} from "../../src/cli/gateways.js";
 import { OpenShellError } from "../../src/core/errors.js";
 import { secretsEqual } from "../../src/gateway/service.js";
 import { createCertificate, gatewayTlsFiles } from "../../src/gateway/tls.js";

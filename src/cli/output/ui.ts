@@ -15,8 +15,8 @@ export function processIo(): Io {
   return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
 }
 
-export function colorFor(stream: { isTTY?: boolean }): ChalkInstance {
-  const enabled = stream.isTTY === true && process.env.NO_COLOR === undefined && process.env.TERM !== "dumb";
+export function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv): ChalkInstance {
+  const enabled = stream.isTTY === true && env.NO_COLOR === undefined && env.TERM !== "dumb";
   return new Chalk({ level: enabled ? 1 : 0 });
 }
 
@@ -24,9 +24,12 @@ export class Ui {
   readonly err: ChalkInstance;
   readonly out: ChalkInstance;
 
-  constructor(readonly io: Io) {
-    this.err = colorFor(io.stderr);
-    this.out = colorFor(io.stdout);
+  constructor(
+    readonly io: Io,
+    env: NodeJS.ProcessEnv,
+  ) {
+    this.err = colorFor(io.stderr, env);
+    this.out = colorFor(io.stdout, env);
   }
 
   get interactive(): boolean {

@@ -27,10 +27,10 @@ import { checkFileSpecs, readFileContents } from "../../host/local-files.js";
 import { loadPolicyFile } from "../../host/policy-file.js";
 import { layoutCreateRequest } from "../../transport/frames.js";
 import { parseUploadFlag, planUpload, type UploadPlan } from "../../transport/tar/upload.js";
-import type { CommandContext, ConnectedGateway } from "./context.js";
+import type { CommandContext, ConnectedGateway } from "../context.js";
+import { type OutputFormat, printDocument, sandboxDocument } from "../output/present.js";
+import { type ProgressMode, waitForReady } from "../wait.js";
 import { parseEnvFlags } from "./exec.js";
-import { type OutputFormat, printDocument, sandboxDocument } from "./present.js";
-import { type ProgressMode, waitForReady } from "./wait.js";
 
 export interface CreateOptions {
   name?: string | undefined;
@@ -46,7 +46,6 @@ export interface CreateOptions {
   tty?: boolean | undefined;
   output: OutputFormat;
   command: string[];
-  markPassthrough(): void;
 }
 
 function checkFlags(o: CreateOptions): void {
@@ -102,7 +101,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const fileSizes = checkFileSpecs(fileSpecs);
   for (const spec of fileSpecs)
     for (const warning of modeWarnings(spec.mode)) ui.warn(`--file ${spec.raw}: ${warning}`);
-  const policyPath = o.policy ?? (process.env.OPENSHELL_SANDBOX_POLICY?.trim() || undefined);
+  const policyPath = o.policy ?? (ctx.env.OPENSHELL_SANDBOX_POLICY?.trim() || undefined);
   const policy = policyPath ? await loadPolicyFile(policyPath) : undefined;
   const uploads: UploadPlan[] = [];
   for (const flag of o.uploads) {
@@ -115,7 +114,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const attach = !o.detach && o.output === "table" && (o.attach || !o.keep || terminal);
   const tty = o.tty ?? (shell ? terminal || attach : terminal && attach);
   const gated = attach || (uploads.length > 0 && !shell);
-  if (attach) o.markPassthrough();
+  if (attach) ctx.markPassthrough();
 
   // ---- the gateway ----
   const gateway = await ctx.gateway();
@@ -188,7 +187,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   if (mode !== "silent") ui.note(`${ui.err.cyan.bold("Created sandbox:")} ${name}`);
   let ready: Sandbox;
   try {
-    ready = await waitForReady(ui, gateway, created, { mode, signal: ctx.signal });
+    ready = await waitForReady(ui, gateway, created, { mode, signal: ctx.signal, env: ctx.env });
   } catch (error) {
     if (!o.keep) {
       await deleteQuietly(gateway, name);

@@ -1,13 +1,15 @@
-// What every command receives: the streams, the global options, an abort
-// signal (Ctrl-C), and a lazily connected gateway client.
+// What every command receives: the streams, the environment, the global
+// options, an abort signal (Ctrl-C), and a lazily connected gateway client.
+// One context lives for one command line; nothing about a run is kept in a
+// module, so command lines can run side by side in one process.
 
-import { invalidInput, OpenShellError } from "../../core/errors.js";
-import { validateWorkspaceName } from "../../core/names.js";
-import type { OpenShellClient } from "../../gen/openshell.js";
-import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../../host/config.js";
-import { connectGateway, type GatewayTarget, unary } from "../../transport/grpc.js";
+import { invalidInput, OpenShellError } from "../core/errors.js";
+import { validateWorkspaceName } from "../core/names.js";
+import type { OpenShellClient } from "../gen/openshell.js";
+import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../host/config.js";
+import { connectGateway, type GatewayTarget, unary } from "../transport/grpc.js";
 import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
-import { type Io, Ui } from "./ui.js";
+import { type Io, Ui } from "./output/ui.js";
 
 export interface ConnectedGateway extends ResolvedGateway {
   client: OpenShellClient;
@@ -28,12 +30,27 @@ export class CommandContext {
   readonly ui: Ui;
   private connected: Promise<ConnectedGateway> | undefined;
   private readonly abort = new AbortController();
+  private passingThrough = false;
 
   constructor(
     readonly io: Io,
+    readonly env: NodeJS.ProcessEnv,
     readonly globals: GlobalOptions,
   ) {
-    this.ui = new Ui(io);
+    this.ui = new Ui(io, env);
+  }
+
+  /**
+   * From here on the command's exit status is a remote command's (exec,
+   * connect, attached create), so the CLI's own failures take the codes no
+   * command produces (README "Exit codes").
+   */
+  markPassthrough(): void {
+    this.passingThrough = true;
+  }
+
+  get passthrough(): boolean {
+    return this.passingThrough;
   }
 
   get signal(): AbortSignal {
@@ -47,7 +64,7 @@ export class CommandContext {
   /** The workspace sandbox commands address, checked before any RPC. */
   get workspace(): string {
     const flag = this.globals.workspace;
-    const workspace = flag ?? process.env.OPENSHELL_WORKSPACE ?? DEFAULT_WORKSPACE;
+    const workspace = flag ?? this.env.OPENSHELL_WORKSPACE ?? DEFAULT_WORKSPACE;
     const problem = workspace === "" ? "workspace must not be empty" : validateWorkspaceName(workspace);
     if (problem) {
       const source = flag !== undefined ? "--workspace" : "OPENSHELL_WORKSPACE=";
@@ -65,6 +82,7 @@ export class CommandContext {
     const workspace = this.workspace;
     this.connected ??= resolveGateway(this.globals, {
       autoStart: options.autoStart ?? true,
+      env: this.env,
       notice: (line) => this.ui.note(this.ui.err.dim(line)),
     }).then((resolved) => {
       const client = connectGateway(resolved.target);

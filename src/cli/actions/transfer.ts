@@ -27,8 +27,8 @@ import {
   type UploadProgress,
   verifyExtraction,
 } from "../../transport/tar/upload.js";
-import type { CommandContext, ConnectedGateway } from "./context.js";
-import type { Ui } from "./ui.js";
+import type { CommandContext, ConnectedGateway } from "../context.js";
+import type { Ui } from "../output/ui.js";
 
 const PROGRESS_INTERVAL_MS = 200;
 

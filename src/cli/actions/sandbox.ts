@@ -4,14 +4,14 @@ import { OpenShellError, usageError } from "../../core/errors.js";
 import { parseSelector } from "../../core/names.js";
 import { policyToYaml } from "../../core/policy.js";
 import { clearLastSandbox } from "../../host/config.js";
-import type { CommandContext } from "./context.js";
+import type { CommandContext } from "../context.js";
 import {
   type OutputFormat,
   printDocument,
   printSandboxDetails,
   printSandboxList,
   sandboxDocument,
-} from "./present.js";
+} from "../output/present.js";
 
 export interface GetOptions {
   name?: string | undefined;

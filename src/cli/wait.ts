@@ -5,18 +5,13 @@
 // progress events.
 
 import type { ClientReadableStream } from "@grpc/grpc-js";
-import { OpenShellError } from "../../core/errors.js";
-import { readyFalseMessage } from "../../core/phases.js";
-import { escapeForTerminal } from "../../core/terminal-text.js";
-import {
-  type PlatformEvent,
-  type Sandbox,
-  SandboxPhase,
-  type SandboxStreamEvent,
-} from "../../gen/openshell.js";
-import { mapGrpcError } from "../../transport/grpc.js";
+import { OpenShellError } from "../core/errors.js";
+import { readyFalseMessage } from "../core/phases.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
+import { type PlatformEvent, type Sandbox, SandboxPhase, type SandboxStreamEvent } from "../gen/openshell.js";
+import { mapGrpcError } from "../transport/grpc.js";
 import type { ConnectedGateway } from "./context.js";
-import type { Ui } from "./ui.js";
+import type { Ui } from "./output/ui.js";
 
 export type ProgressMode = "interactive" | "plain" | "silent";
 
@@ -34,8 +29,8 @@ function isProgress(event: PlatformEvent): boolean {
   ].some((key) => key in event.metadata);
 }
 
-export function provisionTimeoutSecs(): number {
-  const value = Number(process.env.OPENSHELL_PROVISION_TIMEOUT);
+export function provisionTimeoutSecs(env: NodeJS.ProcessEnv): number {
+  const value = Number(env.OPENSHELL_PROVISION_TIMEOUT);
   return Number.isFinite(value) && value > 0 ? value : 300;
 }
 
@@ -112,11 +107,11 @@ export function waitForReady(
   ui: Ui,
   gateway: ConnectedGateway,
   created: Sandbox,
-  options: { mode: ProgressMode; signal: AbortSignal },
+  options: { mode: ProgressMode; signal: AbortSignal; env: NodeJS.ProcessEnv },
 ): Promise<Sandbox> {
   const id = created.metadata!.id;
   const progress = new Progress(ui, options.mode);
-  const timeoutSecs = provisionTimeoutSecs();
+  const timeoutSecs = provisionTimeoutSecs(options.env);
   let sawNonReady = created.status?.phase !== SandboxPhase.SANDBOX_PHASE_READY;
   let last = created;
   return new Promise<Sandbox>((resolve, reject) => {

@@ -9,9 +9,9 @@ import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
 import { unary } from "../../transport/grpc.js";
 import { channelExit, connectSandboxSsh, forwardSsh, sshSubsystem } from "../../transport/ssh.js";
-import type { CommandContext, ConnectedGateway } from "./context.js";
-import { enterRawMode, onEndingSignal } from "./terminal.js";
-import type { Io } from "./ui.js";
+import type { CommandContext, ConnectedGateway } from "../context.js";
+import type { Io } from "../output/ui.js";
+import { enterRawMode, onEndingSignal } from "../terminal.js";
 
 async function sandboxId(ctx: CommandContext, gateway: ConnectedGateway, name: string): Promise<string> {
   const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
@@ -124,7 +124,7 @@ export async function sandboxConnect(
           : resolve(ch);
       if (tty) {
         ssh.client.shell(
-          { term: process.env.TERM || "xterm-256color", rows: stdout.rows ?? 24, cols: stdout.columns ?? 80 },
+          { term: ctx.env.TERM || "xterm-256color", rows: stdout.rows ?? 24, cols: stdout.columns ?? 80 },
           done,
         );
       } else ssh.client.shell(false, done);

@@ -10,13 +10,13 @@ import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { OpenShellError, usageError } from "../../core/errors.js";
+import { OpenShellError, usageError } from "../core/errors.js";
 import {
   type EnsuredTls,
   ensureGatewayTls,
   ensureOwnerClientCertificate,
   gatewayTlsFiles,
-} from "../../gateway/tls.js";
+} from "../gateway/tls.js";
 import {
   DEFAULT_GATEWAY_NAME,
   DEFAULT_GATEWAY_PORT,
@@ -33,16 +33,15 @@ import {
   writeActiveGateway,
   writeFileAtomic,
   writeMetadata,
-} from "../../host/config.js";
-import { mallocTunables, processAlive } from "../../host/process.js";
-import { type GatewayTarget, parseEndpoint } from "../../transport/grpc.js";
+} from "../host/config.js";
+import { mallocTunables, processAlive } from "../host/process.js";
+import { type GatewayTarget, parseEndpoint } from "../transport/grpc.js";
 
 export interface GlobalOptions {
   gateway?: string | undefined;
   gatewayEndpoint?: string | undefined;
   gatewayInsecure?: boolean | undefined;
   workspace?: string | undefined;
-  verbose?: number | undefined;
 }
 
 export interface LocalGatewayInfo {
@@ -52,8 +51,8 @@ export interface LocalGatewayInfo {
   version: string;
 }
 
-function envValue(name: string): string | undefined {
-  const value = process.env[name]?.trim();
+function envValue(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const value = env[name]?.trim();
   return value === "" ? undefined : value;
 }
 
@@ -493,9 +492,9 @@ function isGatewayName(name: string): boolean {
   return name !== "" && name !== "." && name !== ".." && !name.includes("/") && !name.includes("\0");
 }
 
-function insecureRequested(globals: GlobalOptions): boolean {
-  const env = envValue("OPENSHELL_GATEWAY_INSECURE");
-  return globals.gatewayInsecure === true || env === "1" || env === "true";
+function insecureRequested(globals: GlobalOptions, env: NodeJS.ProcessEnv): boolean {
+  const insecure = envValue(env, "OPENSHELL_GATEWAY_INSECURE");
+  return globals.gatewayInsecure === true || insecure === "1" || insecure === "true";
 }
 
 /** The stderr warning for --gateway-insecure on an https gateway, or undefined. */
@@ -519,7 +518,12 @@ function unauthorizedHint(
   return `The token in ${tokenFile} was refused; ask the gateway's owner for its current token file.`;
 }
 
-export function targetFor(name: string, metadata: GatewayMetadata, globals: GlobalOptions): GatewayTarget {
+export function targetFor(
+  name: string,
+  metadata: GatewayMetadata,
+  globals: GlobalOptions,
+  env: NodeJS.ProcessEnv = process.env,
+): GatewayTarget {
   // A bare --gateway-endpoint with no stored gateway has no token file of its own.
   const tokenFile = metadata.token_file ?? (isGatewayName(name) ? gatewayTokenPath(name) : undefined);
   const token = tokenFile ? readToken(tokenFile) : undefined;
@@ -530,7 +534,7 @@ export function targetFor(name: string, metadata: GatewayMetadata, globals: Glob
     ca: readOptional(name, "CA certificate", metadata.ca_file),
     clientCert: readOptional(name, "client certificate", metadata.client_cert_file),
     clientKey: readOptional(name, "client key", metadata.client_key_file),
-    insecure: insecureRequested(globals),
+    insecure: insecureRequested(globals, env),
     unreachableHint: metadata.local
       ? `Start it with \`openshell gateway start${name === DEFAULT_GATEWAY_NAME ? "" : ` --name ${name}`}\`.`
       : "Check that it is running, or register another with `openshell gateway add <endpoint>`.",
@@ -552,10 +556,11 @@ function recordedSettings(metadata: GatewayMetadata | undefined): LocalGatewaySe
  */
 export async function resolveGateway(
   globals: GlobalOptions,
-  options: { autoStart: boolean; notice: (line: string) => void },
+  options: { autoStart: boolean; notice: (line: string) => void; env: NodeJS.ProcessEnv },
 ): Promise<ResolvedGateway> {
-  const explicitName = globals.gateway ?? envValue("OPENSHELL_GATEWAY");
-  const endpoint = globals.gatewayEndpoint ?? envValue("OPENSHELL_GATEWAY_ENDPOINT");
+  const { env } = options;
+  const explicitName = globals.gateway ?? envValue(env, "OPENSHELL_GATEWAY");
+  const endpoint = globals.gatewayEndpoint ?? envValue(env, "OPENSHELL_GATEWAY_ENDPOINT");
   if (endpoint) {
     let name = explicitName;
     if (!name) {
@@ -576,6 +581,7 @@ export async function resolveGateway(
       name,
       { ...base, gateway_endpoint: endpoint },
       { ...globals, gatewayEndpoint: endpoint },
+      env,
     );
     const warning = insecureWarning(target);
     if (warning) options.notice(`warning: ${warning}`);
@@ -608,7 +614,7 @@ export async function resolveGateway(
       `Started gateway '${name}' at ${metadata.gateway_endpoint} (stop it with \`openshell gateway stop\`).`,
     );
   }
-  const target = targetFor(name, metadata!, globals);
+  const target = targetFor(name, metadata!, globals, env);
   const warning = insecureWarning(target);
   if (warning) options.notice(`warning: ${warning}`);
   return { name, metadata, target };

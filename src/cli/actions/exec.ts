@@ -16,8 +16,8 @@ import { phaseName } from "../../core/phases.js";
 import { EXEC_TIMEOUT_EXIT } from "../../core/signals.js";
 import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../../gen/openshell.js";
 import { mapGrpcError } from "../../transport/grpc.js";
-import type { CommandContext } from "./context.js";
-import { enterRawMode, onEndingSignal } from "./terminal.js";
+import type { CommandContext } from "../context.js";
+import { enterRawMode, onEndingSignal } from "../terminal.js";
 
 /** How long past `--timeout` the CLI waits for the gateway's answer before it gives up itself. */
 const BACKSTOP_GRACE_MS = 500;

@@ -4,7 +4,7 @@
 // (the caller's finally), and SIGTERM or SIGHUP, whose default action would
 // end the process with the terminal still raw.
 
-import type { Io } from "./ui.js";
+import type { Io } from "./output/ui.js";
 
 const ENDING_SIGNALS = { SIGHUP: 1, SIGTERM: 15 } as const;
 

@@ -1,0 +1,113 @@
+// `logs [NAME]`: the sandbox's log lines — its main process's output and the
+// gateway's own notes about it — once, or followed with --tail. Every field
+// of a line may come from the sandbox, so each is escaped for the terminal;
+// --raw prints only the messages, as they are, for a user who asks for that.
+
+import { OpenShellError, usageError } from "../../core/errors.js";
+import { escapeForTerminal } from "../../core/terminal-text.js";
+import type { SandboxLogLine, SandboxStreamEvent } from "../../gen/openshell.js";
+import { mapGrpcError } from "../../transport/grpc.js";
+import type { CommandContext } from "../context.js";
+
+export interface LogsOptions {
+  name?: string | undefined;
+  lines: number;
+  tail: boolean;
+  since?: string | undefined;
+  source: string[];
+  level?: string | undefined;
+  raw?: boolean | undefined;
+}
+
+export function parseDuration(text: string): number {
+  const match = /^(\d+)([smh])$/.exec(text.trim());
+  if (!match) {
+    if (/^\d+[a-zA-Z]+$/.test(text.trim()))
+      throw usageError(`unknown duration unit: ${text}`, "Use s, m or h, e.g. 30s, 5m, 1h.");
+    throw usageError(`invalid duration: ${text}`, "Use a number and a unit, e.g. 30s, 5m, 1h.");
+  }
+  const unit = { s: 1000, m: 60_000, h: 3_600_000 }[match[2] as "s" | "m" | "h"];
+  return Number(match[1]) * unit;
+}
+
+export function formatLogLine(line: SandboxLogLine): string {
+  const seconds = (line.timestampMs / 1000).toFixed(3);
+  const source = (line.source || "gateway").padEnd(7);
+  const level = line.level.toUpperCase().padEnd(5);
+  const fields = Object.keys(line.fields)
+    .sort()
+    .map((key) => ` ${key}=${line.fields[key]}`)
+    .join("");
+  return escapeForTerminal(`[${seconds}] [${source}] [${level}] [${line.target}] ${line.message}${fields}`);
+}
+
+const LEVELS = ["error", "warn", "info", "debug", "trace"];
+const SOURCES = ["gateway", "sandbox", "all"];
+
+export async function logs(ctx: CommandContext, options: LogsOptions): Promise<number> {
+  if (!Number.isInteger(options.lines) || options.lines < 1)
+    throw usageError(`-n ${options.lines}: expected a positive whole number`);
+  if (options.level && !LEVELS.includes(options.level.toLowerCase())) {
+    throw usageError(`--level ${options.level}: expected one of ${LEVELS.join(", ")}`);
+  }
+  for (const source of options.source) {
+    if (!SOURCES.includes(source))
+      throw usageError(`--source ${source}: expected one of ${SOURCES.join(", ")}`);
+  }
+  const sinceMs = options.since ? Date.now() - parseDuration(options.since) : 0;
+  const sources = options.source.filter((s) => s !== "all");
+  const minLevel = options.level?.toUpperCase() ?? "";
+  const format = options.raw ? (line: SandboxLogLine) => line.message : formatLogLine;
+  const name = await ctx.sandboxName(options.name);
+  const gateway = await ctx.gateway();
+  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  const id = sandbox?.metadata?.id;
+  if (!id) throw new OpenShellError("internal", "sandbox missing metadata");
+  if (!options.tail) {
+    const response = await gateway.call(gateway.client.getSandboxLogs, {
+      sandboxId: id,
+      lines: options.lines,
+      sinceMs,
+      sources,
+      minLevel,
+      workspace: gateway.workspace,
+    });
+    for (const line of response.logs) ctx.ui.data(format(line));
+    // Only when lines this request asked for are gone: a short answer to
+    // --since or -n is otherwise complete.
+    if (response.earlierLinesDropped) {
+      ctx.ui.warn(
+        `earlier log lines were dropped: these are the latest ${response.bufferTotal} the gateway keeps.`,
+      );
+    }
+    return 0;
+  }
+  await new Promise<void>((resolve, reject) => {
+    const stream = gateway.client.watchSandbox({
+      id,
+      followStatus: false,
+      followLogs: true,
+      followEvents: false,
+      logTailLines: options.lines,
+      eventTail: 0,
+      stopOnTerminal: false,
+      logSinceMs: sinceMs,
+      logSources: sources,
+      logMinLevel: minLevel,
+    });
+    ctx.signal.addEventListener("abort", () => {
+      stream.cancel();
+      resolve();
+    });
+    stream.on("data", (event: SandboxStreamEvent) => {
+      if (event.payload?.$case === "log") ctx.ui.data(format(event.payload.value));
+      else if (event.payload?.$case === "warning") ctx.ui.warn(event.payload.value.message);
+    });
+    stream.on("end", () => resolve());
+    stream.on("error", (error: Error & { code?: number }) => {
+      if (error.code === 1) resolve();
+      else reject(mapGrpcError(error, gateway.target));
+    });
+  });
+  return 0;
+}

@@ -1,0 +1,19 @@
+// `openshell sandbox download NAME PATH [DEST]`.
+
+import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import type { Runner } from "../program.js";
+
+export function addSandboxDownload(sandbox: CommandUnknownOpts, runner: Runner): void {
+  sandbox
+    .command("download")
+    .description("copy a file or directory out of a sandbox's working directory")
+    .argument("<name>")
+    .argument("<path>")
+    .argument("[dest]", "local destination", ".")
+    .action((name, path, dest) =>
+      runner.run(async (ctx) => {
+        const { sandboxDownload } = await import("../actions/transfer.js");
+        return sandboxDownload(ctx, { name, path, dest });
+      }),
+    );
+}

@@ -1,0 +1,20 @@
+// `openshell sandbox upload NAME LOCAL [DEST] [--no-git-ignore]`.
+
+import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import type { Runner } from "../program.js";
+
+export function addSandboxUpload(sandbox: CommandUnknownOpts, runner: Runner): void {
+  sandbox
+    .command("upload")
+    .description("copy a local file or directory into a sandbox")
+    .argument("<name>")
+    .argument("<local>")
+    .argument("[dest]", "destination in the sandbox (default: its working directory)")
+    .option("--no-git-ignore", "include files that .gitignore excludes")
+    .action((name, local, dest, opts) =>
+      runner.run(async (ctx) => {
+        const { sandboxUpload } = await import("../actions/transfer.js");
+        return sandboxUpload(ctx, { name, local, dest, gitIgnore: opts.gitIgnore });
+      }),
+    );
+}

@@ -1,0 +1,25 @@
+// Option parsers and options several commands share. A parser's refusal is a
+// usage error, reported before any gateway is asked.
+
+import { Option } from "@commander-js/extra-typings";
+import { OpenShellError } from "../core/errors.js";
+
+/** A repeatable option's values, in the order given. */
+export function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** A whole number, or a usage error naming the flag. */
+export function integer(flag: string) {
+  return (value: string): number => {
+    if (!/^-?\d+$/.test(value.trim())) {
+      throw new OpenShellError("usage", `${flag} ${value}: expected a whole number`);
+    }
+    return Number(value);
+  };
+}
+
+export const outputOption = () =>
+  new Option("-o, --output <format>", "output format")
+    .choices(["table", "json", "yaml"] as const)
+    .default("table");

@@ -1,0 +1,111 @@
+// Every command's usage errors and their exit codes, run in-process: 2 for the
+// CLI's own usage errors, 240 once `sandbox exec` (or connect, or an attached
+// create) passes a remote command's status through (README "Exit codes").
+// The endpoint points at a closed port, so a command line that got past its
+// checks and reached for a gateway fails with another code instead of
+// starting one.
+
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { runCli } from "../helpers/run-cli.js";
+
+let root: string;
+const env = { OPENSHELL_GATEWAY_ENDPOINT: "http://127.0.0.1:1" };
+
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), "openshell-cli-usage-"));
+  vi.stubEnv("XDG_CONFIG_HOME", join(root, "config"));
+  vi.stubEnv("XDG_STATE_HOME", join(root, "state"));
+});
+
+afterAll(() => {
+  vi.unstubAllEnvs();
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** [command line, exit code, what stderr says] */
+const usageErrors: [string[], number, RegExp][] = [
+  [["no-such-command"], 2, /unknown command 'no-such-command'/],
+  [["--no-such-flag"], 2, /unknown option '--no-such-flag'/],
+  [["sandbox", "create", "--attach", "--detach"], 2, /--attach cannot be combined with --detach/],
+  [["sandbox", "create", "--no-keep", "-o", "json"], 2, /--no-keep cannot be combined with -o/],
+  [["sandbox", "create", "-o", "xml"], 2, /argument 'xml' is invalid.*table, json, yaml/],
+  [["sandbox", "get", "a", "b"], 2, /too many arguments/],
+  [["sandbox", "list", "--limit", "ten"], 2, /--limit ten: expected a whole number/],
+  [["sandbox", "list", "--limit", "0"], 2, /--limit 0: expected a whole number from 1 to 1000/],
+  [["sandbox", "list", "--names", "-o", "json"], 2, /--names/],
+  [["sandbox", "delete"], 2, /no sandbox named/],
+  [["sandbox", "delete", "a", "--all"], 2, /give sandbox names or --all, not both/],
+  [["sandbox", "exec", "-n", "x"], 2, /missing required argument 'command'/],
+  [["sandbox", "exec", "--timeout", "soon", "--", "true"], 2, /--timeout soon: expected a whole number/],
+  [["sandbox", "exec", "-n", "x", "--env", "1BAD=x", "--", "true"], 240, /1BAD/],
+  [
+    ["sandbox", "exec", "-n", "x", "--timeout", "-1", "--", "true"],
+    240,
+    /--timeout -1: expected whole seconds/,
+  ],
+  [["sandbox", "connect", "a", "b"], 2, /too many arguments/],
+  [["sandbox", "upload", "a"], 2, /missing required argument 'local'/],
+  [["sandbox", "download", "a"], 2, /missing required argument 'path'/],
+  [["sandbox", "ssh-config", "a", "b"], 2, /too many arguments/],
+  [["logs", "-n", "0"], 2, /-n 0: expected a positive whole number/],
+  [["logs", "--level", "loud"], 2, /--level loud: expected one of error, warn, info, debug, trace/],
+  [["gateway", "start", "--port", "70000"], 2, /--port 70000: expected a port from 0 to 65535/],
+  [["gateway", "start", "--tls-cert", "gw.crt"], 2, /--tls-cert and --tls-key go together/],
+  [["gateway", "stop", "extra"], 2, /too many arguments/],
+  [["gateway", "list", "-o", "xml"], 2, /argument 'xml' is invalid/],
+  [["gateway", "select", "a", "b"], 2, /too many arguments/],
+  [["gateway", "add"], 2, /missing required argument 'endpoint'/],
+  [["gateway", "remove"], 2, /missing required argument 'name'/],
+  [["status", "-o", "xml"], 2, /argument 'xml' is invalid/],
+  [["ssh-proxy", "--no-such-flag"], 2, /unknown option '--no-such-flag'/],
+];
+
+describe("usage errors, in-process", () => {
+  it.each(usageErrors)("openshell %j exits %i", async (args, code, message) => {
+    const result = await runCli(args, { env });
+    expect(result.stderr).toMatch(message);
+    expect(result.exitCode, result.stderr).toBe(code);
+    expect(result.stdout).toBe("");
+  });
+
+  it("prints help and the version on stdout with exit code 0", async () => {
+    const help = await runCli(["sandbox", "exec", "--help"], { env });
+    expect(help.exitCode).toBe(0);
+    expect(help.stdout).toContain("Usage: openshell sandbox exec [options] <command...>");
+    expect(help.stdout).toContain("openshell sandbox exec --timeout 60 --env DEBUG=1 -- make test");
+    const version = await runCli(["--version"], { env });
+    expect(version.exitCode).toBe(0);
+    expect(version.stdout).toMatch(/^\d+\.\d+\.\d+\n$/);
+  });
+
+  it("runs command lines side by side without sharing their exit codes", async () => {
+    const [exec, list] = await Promise.all([
+      runCli(["sandbox", "exec", "-n", "x", "--env", "1BAD=x", "--", "true"], { env }),
+      runCli(["sandbox", "list", "--limit", "0"], { env }),
+    ]);
+    expect([exec.exitCode, list.exitCode]).toEqual([240, 2]);
+  });
+
+  it("reaches no gateway and starts none", async () => {
+    const unreachable = await runCli(["sandbox", "exec", "-n", "x", "--", "true"], { env });
+    expect(unreachable.exitCode, unreachable.stderr).toBe(241);
+    expect(readdirSync(root)).not.toContain("state");
+  });
+});
+
+describe("the commands' modules", () => {
+  it("import no other command: what two commands share lives in src/cli/", () => {
+    const dir = join(import.meta.dirname, "../../src/cli/commands");
+    const files = readdirSync(dir).filter((file) => file.endsWith(".ts"));
+    expect(files.length).toBeGreaterThanOrEqual(13);
+    const crossings = files.flatMap((file) =>
+      [...readFileSync(join(dir, file), "utf8").matchAll(/(?:from|import\()\s*"(\.\/[^"]+)"/g)].map(
+        (match) => `${file} imports ${match[1]}`,
+      ),
+    );
+    expect(crossings).toEqual([]);
+  });
+});
