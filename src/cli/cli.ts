@@ -5,6 +5,7 @@
 // command runs, exits 130 at once), treats a closed stdout as the end, waits
 // for stdout and stderr to drain, and exits with the command line's code.
 
+import { installPatches } from "../host/patches.js";
 import { processIo } from "./output/ui.js";
 import { Invocation } from "./program.js";
 
@@ -16,6 +17,14 @@ function flushed(): Promise<void> {
 }
 
 async function main(): Promise<never> {
+  // grpc-js passes an IP endpoint's address as the TLS server name (the
+  // certificate is still checked against it), for which node prints a
+  // deprecation warning on every run; none of node's deprecation warnings is
+  // something a user of the CLI can act on.
+  process.noDeprecation = true;
+  for (const failure of installPatches(["grpc-in-place-framing"])) {
+    if (process.env.OPENSHELL_DEBUG) process.stderr.write(`openshell: ${failure.message}\n`);
+  }
   const invocation = new Invocation(processIo(), process.env);
   process.on("SIGINT", () => {
     if (!invocation.cancel()) process.exit(130);

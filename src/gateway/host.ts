@@ -11,6 +11,7 @@
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { containUncaughtErrors } from "../host/last-resort.js";
+import { installPatches } from "../host/patches.js";
 import { processAlive } from "../host/process.js";
 import { VERSION } from "../host/version.js";
 import { parseDenyList, SECCOMP_DENY_ENV } from "../runtime/contract.js";
@@ -89,6 +90,7 @@ export async function hostGateway(options: HostOptions): Promise<HostedGateway> 
   const token = options.tokenFile ? readFileSync(options.tokenFile, "utf8").trim() : undefined;
   if (options.tokenFile && !token) throw new Error(`--token-file ${options.tokenFile} is empty`);
   const tls = readOptionalTls(options);
+  for (const failure of installPatches(["grpc-server-windows"])) options.logError(failure.message);
 
   const gateway = await startGateway({
     name: options.name,

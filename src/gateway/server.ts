@@ -5,7 +5,6 @@
 
 import { createHash } from "node:crypto";
 import { chmodSync, mkdirSync, rmSync } from "node:fs";
-import type { Http2Session } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
@@ -18,7 +17,7 @@ import {
   sweepGuestDisks,
 } from "../runtime/guest-disk.js";
 import { FastOpenShellService } from "../transport/frames.js";
-import { BULK_WINDOW_BYTES, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
 import { RelayHub } from "./relay.js";
@@ -181,7 +180,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.min_ping_interval_without_data_ms": 5_000,
   });
-  widenServerWindows(server);
 
   let port = options.port;
   const scheme = options.tls ? "https" : "http";
@@ -248,36 +246,4 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       return closing;
     },
   };
-}
-
-/**
- * grpc-js servers keep HTTP/2's default 64 KiB receive windows, so a client
- * sending bulk data (a create carrying 10 MiB of files, an upload) waits for
- * a window update every 64 KiB. grpc-js clients take a
- * `grpc-node.flow_control_window` option; its server has none, so the same
- * window is set here on the server's HTTP/2 settings and on each session.
- */
-function widenServerWindows(server: Server): void {
-  type SessionHandler = (http2Server: unknown) => (session: Http2Session) => void;
-  const internals = server as unknown as {
-    commonServerOptions?: { settings?: Record<string, unknown> };
-    _sessionHandler?: SessionHandler;
-    _channelzSessionHandler?: SessionHandler;
-  };
-  if (!internals.commonServerOptions) return;
-  internals.commonServerOptions.settings = {
-    ...internals.commonServerOptions.settings,
-    initialWindowSize: BULK_WINDOW_BYTES,
-  };
-  for (const name of ["_sessionHandler", "_channelzSessionHandler"] as const) {
-    const handler = internals[name];
-    if (typeof handler !== "function") continue;
-    internals[name] = function (this: unknown, http2Server: unknown) {
-      const inner = handler.call(this, http2Server);
-      return (session: Http2Session) => {
-        session.setLocalWindowSize(BULK_WINDOW_BYTES);
-        inner(session);
-      };
-    };
-  }
 }

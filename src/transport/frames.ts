@@ -9,7 +9,6 @@
 // them.
 
 import { makeGenericClientConstructor } from "@grpc/grpc-js";
-import { CompressionFilter } from "@grpc/grpc-js/build/src/compression-filter.js";
 import {
   CreateSandboxRequest,
   ExecSandboxEvent,
@@ -22,6 +21,7 @@ import {
   SandboxSpec,
   TcpForwardFrame,
 } from "../gen/openshell.js";
+import { framedInPlace } from "../host/patches.js";
 import type { FrameCodec } from "./duplex.js";
 
 function varintLength(value: number): number {
@@ -91,67 +91,8 @@ export function decodeBytesField(message: Buffer, tag: number, outerTag?: number
   return message.subarray(inner[1]);
 }
 
-// grpc-js frames every message it sends by copying it behind a five-byte
-// header (compressed flag, length). For a create request with ten MiB of
-// files that copy costs as much as reading them; so a buffer from
-// `framedInPlace` has those five bytes free in front, and the client's
-// framing step (CompressionFilter.sendMessage, patched below) writes the
-// header there and sends the bytes where they are. Anything else, or a
-// grpc-js whose internals differ, is framed as before.
-
-const GRPC_FRAME_HEADER = 5;
-const FRAMED_IN_PLACE = new WeakSet<Uint8Array>();
-
-/** A buffer of `length` bytes that grpc-js will frame without copying it. */
-function framedInPlace(length: number): Buffer {
-  const buffer = Buffer.allocUnsafe(GRPC_FRAME_HEADER + length).subarray(GRPC_FRAME_HEADER);
-  FRAMED_IN_PLACE.add(buffer);
-  return buffer;
-}
-
-interface WriteObject {
-  message: Buffer;
-  flags?: number;
-}
-
-type SendMessage = (
-  this: FilterInternals,
-  message: Promise<WriteObject> | WriteObject,
-) => Promise<WriteObject>;
-
-interface FilterInternals {
-  sendCompression?: { constructor?: { name?: string } };
-  maxSendMessageLength?: number;
-}
-
-/** Whether the in-place framing is active (a test holds grpc-js to it). */
-export const framingInPlace = ((): boolean => {
-  const proto = (CompressionFilter as unknown as { prototype?: { sendMessage?: SendMessage } } | undefined)
-    ?.prototype;
-  const original = proto?.sendMessage;
-  if (!proto || typeof original !== "function") return false;
-  proto.sendMessage = async function (this: FilterInternals, pending) {
-    const resolved = await pending;
-    const bytes = resolved.message;
-    const limit = this.maxSendMessageLength ?? -1;
-    if (
-      !FRAMED_IN_PLACE.has(bytes) ||
-      this.sendCompression?.constructor?.name !== "IdentityHandler" ||
-      (limit !== -1 && bytes.length > limit)
-    ) {
-      return original.call(this, resolved);
-    }
-    const framed = Buffer.from(
-      bytes.buffer,
-      bytes.byteOffset - GRPC_FRAME_HEADER,
-      bytes.length + GRPC_FRAME_HEADER,
-    );
-    framed[0] = 0; // not compressed
-    framed.writeUInt32BE(bytes.length, 1);
-    return { message: framed, ...(resolved.flags === undefined ? {} : { flags: resolved.flags }) };
-  };
-  return true;
-})();
+// A bulk message is laid out in a buffer from `framedInPlace` (host/patches.ts),
+// so grpc-js sends it without copying it behind its frame header.
 
 /** Set on a message whose wire form is already built (`gatherDataFrame`, `layoutCreateRequest`). */
 const WIRE = Symbol("openshell.wire");

@@ -16,6 +16,7 @@ import {
 } from "@grpc/grpc-js";
 import { OpenShellError } from "../core/errors.js";
 import type { OpenShellClient } from "../gen/openshell.js";
+import { BULK_WINDOW_BYTES } from "../host/patches.js";
 import { FastOpenShellClient } from "./frames.js";
 
 /**
@@ -79,31 +80,9 @@ function bearerInterceptor(token: string): Interceptor {
     });
 }
 
-let ipServernameWarningFiltered = false;
-
-/**
- * grpc-js sends the endpoint's host as the TLS server name even when it is an
- * IP address, and node then prints a deprecation warning (DEP0123) on stderr
- * for every run. The certificate is still checked against the IP address; the
- * warning would only confuse a person reading the CLI's output, so it alone is
- * dropped.
- */
-function filterIpServernameWarning(): void {
-  if (ipServernameWarningFiltered) return;
-  ipServernameWarningFiltered = true;
-  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
-  process.emitWarning = ((...args: unknown[]) => {
-    const [, type, code] = args;
-    const options = type as { code?: string } | undefined;
-    if (code === "DEP0123" || (typeof options === "object" && options?.code === "DEP0123")) return;
-    emit(...args);
-  }) as typeof process.emitWarning;
-}
-
 export function channelCredentials(target: GatewayTarget): ChannelCredentials {
   const { tls } = parseEndpoint(target.endpoint);
   if (!tls) return credentials.createInsecure();
-  filterIpServernameWarning();
   return credentials.createSsl(
     target.ca ?? null,
     target.clientKey ?? null,
@@ -116,7 +95,6 @@ export function channelCredentials(target: GatewayTarget): ChannelCredentials {
  * HTTP/2 flow-control windows large enough that a bulk stream (upload,
  * relay) is not throttled to a round trip per 64 KiB.
  */
-export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
 export const BULK_CHANNEL_OPTIONS = { "grpc-node.flow_control_window": BULK_WINDOW_BYTES } as const;
 
 export function connectGateway(target: GatewayTarget): OpenShellClient {

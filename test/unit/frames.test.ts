@@ -15,6 +15,7 @@ import {
   type SandboxResponse,
   TcpForwardFrame,
 } from "../../src/gen/openshell.js";
+import { inPlaceFrameCount, installPatches } from "../../src/host/patches.js";
 import { FRAME_BYTES, frameDuplex } from "../../src/transport/duplex.js";
 import {
   dataFrameCodec,
@@ -24,7 +25,6 @@ import {
   execInputCodec,
   FastOpenShellClient,
   FastOpenShellService,
-  framingInPlace,
   layoutCreateRequest,
   relayCodec,
   serializeCreateRequest,
@@ -154,7 +154,8 @@ describe("injected-file codec", () => {
   });
 
   it("a laid-out request goes through a real grpc-js client and server intact, framed where it lies", async () => {
-    expect(framingInPlace).toBe(true);
+    expect(installPatches(["grpc-in-place-framing"], {})).toEqual([]);
+    const framedBefore = inPlaceFrameCount();
     const server = new Server({ "grpc.max_receive_message_length": 16 * 1024 * 1024 });
     let received: CreateSandboxRequest | undefined;
     server.addService(FastOpenShellService, {
@@ -193,6 +194,8 @@ describe("injected-file codec", () => {
       await new Promise<void>((resolve, reject) =>
         client.createSandbox(request, (error) => (error ? reject(error) : resolve())),
       );
+      // Sent where it lay, not copied behind a header by grpc-js.
+      expect(inPlaceFrameCount()).toBe(framedBefore + 1);
       expect(received!.name).toBe("framed");
       expect(
         received!.spec!.files.map((f) =>

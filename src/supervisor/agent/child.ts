@@ -12,6 +12,7 @@ import { constants as osConstants } from "node:os";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
 import { finished, Readable, Writable } from "node:stream";
 import { type IPty, spawn as spawnPty } from "node-pty";
+import { PatchUnavailable, ptyInputQueue } from "../../host/patches.js";
 
 export interface ChildCommand {
   /** The program: a path, or a name looked up on `env.PATH`. */
@@ -284,8 +285,7 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
       done(killedBy ? { code: 128 + (signal ?? 0), signal: killedBy } : { code: exitCode, signal: null });
     });
   });
-  const writeQueue = (term as unknown as { _writeStream?: { _writeQueue?: unknown[] } })._writeStream
-    ?._writeQueue;
+  const writeQueue = inputQueue(term);
   const stdin = new Writable({
     write(chunk: Buffer, _encoding, callback) {
       if (hasExited) return callback();
@@ -316,6 +316,23 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
       signalGroup(term.pid, signal);
     },
   };
+}
+
+let queueUnavailableReported = false;
+
+/**
+ * node-pty's queue of unwritten input, to wait on; without it (reported once
+ * on the agent's stderr, which its supervisor logs) input is not held back.
+ */
+function inputQueue(term: IPty): { readonly length: number } | undefined {
+  try {
+    return ptyInputQueue(term);
+  } catch (error) {
+    if (!(error instanceof PatchUnavailable)) throw error;
+    if (!queueUnavailableReported) process.stderr.write(`openshell agent: ${error.message}\n`);
+    queueUnavailableReported = true;
+    return undefined;
+  }
 }
 
 function positiveOr(value: number, fallback: number): number {
