@@ -233,7 +233,7 @@ async function main(): Promise<void> {
   };
   pod.exited.then((status) => {
     if (!mainExited && !shuttingDown) {
-      report({ kind: "failure", reason: "SandboxExited", message: `sandbox pod exited (${status})` });
+      report({ kind: "failure", reason: "SandboxExited", message: `sandbox pod exited: ${status}` });
       shutdown("pod exited", 1);
     }
   });

@@ -25,6 +25,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
+import { constants as osConstants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
 import { defaultPolicy } from "../core/policy.js";
 import type { SandboxFile } from "../gen/openshell.js";
@@ -575,7 +576,16 @@ async function launchPod(
   // Listening before anything is awaited, so an early exit or error is not missed.
   stdio.stdin.on("error", () => {});
   const exited = new Promise<string>((resolve) => {
-    child.on("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `status ${code}`));
+    // bubblewrap passes on its first process's status, 128+N when a signal killed it.
+    child.on("exit", (code, signal) =>
+      resolve(
+        signal
+          ? `its bubblewrap was killed by ${signal}`
+          : code !== null && code > 128 && signalName(code - 128)
+            ? `its agent was killed by ${signalName(code - 128)}`
+            : `its agent exited with status ${code}`,
+      ),
+    );
     child.on("error", (error) => resolve(`failed to start: ${error.message}`));
   });
   try {
@@ -715,4 +725,8 @@ function readAgent(o: PodOptions, stdout: NodeJS.ReadableStream, stderr: NodeJS.
     clearInterval(timer);
     clearInterval(report);
   };
+}
+
+function signalName(number: number): string | undefined {
+  return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0];
 }
