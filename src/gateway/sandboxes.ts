@@ -191,7 +191,8 @@ export class Sandboxes {
     // Content stays out of the Sandbox record: every response carries path,
     // mode, size and digest only, so a list of many sandboxes stays small.
     const files: SandboxFile[] = spec.files.map((file) => ({
-      path: normalizeSandboxPath(file.path),
+      // validate() refused any path that does not normalize.
+      path: normalizeSandboxPath(file.path) ?? file.path,
       content: Buffer.alloc(0),
       mode: file.mode === 0 ? 0o444 : file.mode,
       size: file.content.length,

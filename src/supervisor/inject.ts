@@ -15,8 +15,8 @@ import {
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
+import { normalizeSandboxPath } from "../core/files.js";
 import { lstatIfExists, ownDirectory } from "./host-fs.js";
-import { normalizeSandboxPath } from "./mounts.js";
 import { fileInjectionFailed, isSandboxSetupError } from "./setup-errors.js";
 
 export interface InjectedFile {

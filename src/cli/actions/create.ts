@@ -136,7 +136,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
         command: o.command,
         tty,
         files: fileSpecs.map((spec, i) => ({
-          path: normalizeSandboxPath(spec.remote),
+          path: normalizeSandboxPath(spec.remote) ?? spec.remote,
           content: Buffer.alloc(0),
           mode: spec.mode,
           size: fileSizes[i]!,
