@@ -15,7 +15,7 @@ import {
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
-import { normalizeSandboxPath } from "../core/files.js";
+import { normalizeSandboxPath, validateMode, validateSandboxPath } from "../core/files.js";
 import { lstatIfExists, ownDirectory } from "./host-fs.js";
 import { fileInjectionFailed, isSandboxSetupError } from "./setup-errors.js";
 
@@ -111,11 +111,13 @@ export class StagingTree {
 function checkFiles(files: readonly InjectedFile[]): { file: InjectedFile; path: string }[] {
   const paths = new Set<string>();
   const checked = files.map((file) => {
+    // The gateway checked these same rules on receipt; a file that fails them here did not come through it.
     const path = normalizeSandboxPath(file.path);
-    if (path === undefined || path === "/") {
+    if (path === undefined)
       throw fileInjectionFailed(file.path, "the path must be absolute, below /, without ..");
-    }
-    if (!Number.isInteger(file.mode) || file.mode < 0 || file.mode > 0o777) {
+    const pathProblem = validateSandboxPath(file.path);
+    if (pathProblem !== undefined) throw fileInjectionFailed(file.path, `the path ${pathProblem}`);
+    if (validateMode(file.mode) !== undefined) {
       throw fileInjectionFailed(file.path, `mode ${file.mode.toString(8)} is not within 0777`);
     }
     if (paths.has(path)) throw fileInjectionFailed(file.path, "another injected file has the same path");
