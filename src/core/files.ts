@@ -26,6 +26,11 @@ export const FILE_LIMITS = {
 /** Read-only for everyone; on the wire a mode of 0 means this. */
 export const DEFAULT_FILE_MODE = 0o444;
 
+/** The mode a file is written with: its own, or the default for the wire's 0. */
+export function effectiveMode(mode: number): number {
+  return mode === 0 ? DEFAULT_FILE_MODE : mode;
+}
+
 /** Linux's NAME_MAX: a longer component would only fail later, at write time, as an ERROR sandbox. */
 const COMPONENT_MAX_BYTES = 255;
 
@@ -150,7 +155,7 @@ export function validateMode(mode: number): string | undefined {
 
 /** Legal modes that do not do what their author probably meant. */
 export function modeWarnings(mode: number): string[] {
-  const effective = mode === 0 ? DEFAULT_FILE_MODE : mode;
+  const effective = effectiveMode(mode);
   const shown = formatMode(effective);
   const warnings: string[] = [];
   if ((effective & 0o004) === 0) {
@@ -162,10 +167,6 @@ export function modeWarnings(mode: number): string[] {
     warnings.push(`mode ${shown} has write bits, which have no effect: injected files are read-only`);
   }
   return warnings;
-}
-
-function effectiveMode(mode: number): number {
-  return mode === 0 ? DEFAULT_FILE_MODE : mode;
 }
 
 function tooManyFiles(count: number): boolean {

@@ -15,7 +15,7 @@ import {
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
-import { normalizeSandboxPath, validateMode, validateSandboxPath } from "../core/files.js";
+import { effectiveMode, normalizeSandboxPath, validateMode, validateSandboxPath } from "../core/files.js";
 import { lstatIfExists, ownDirectory } from "./host-fs.js";
 import { fileInjectionFailed, isSandboxSetupError } from "./setup-errors.js";
 
@@ -23,7 +23,7 @@ export interface InjectedFile {
   /** Absolute destination inside the sandbox. */
   path: string;
   content: Buffer;
-  /** Permission bits; 0 means 0444. */
+  /** Permission bits; 0 means DEFAULT_FILE_MODE. */
   mode: number;
 }
 
@@ -33,7 +33,6 @@ export interface StageOwner {
   gid: number;
 }
 
-const DEFAULT_MODE = 0o444;
 const DIR_MODE = 0o755;
 
 /**
@@ -97,7 +96,7 @@ export class StagingTree {
       if (!pick(path)) continue;
       try {
         const parent = ensureDirectories(this.root, posix.dirname(path), this.owner, this.known, file.path);
-        writeStaged(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, this.owner);
+        writeStaged(parent, posix.basename(path), file.content, effectiveMode(file.mode), this.owner);
       } catch (error) {
         if (isSandboxSetupError(error)) throw error;
         throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);

@@ -35,6 +35,7 @@ import {
 } from "node:fs";
 import { posix } from "node:path";
 import {
+  DEFAULT_FILE_MODE,
   GROUP_FILE as GROUP,
   normalizeSandboxPath,
   PASSWD_FILE as PASSWD,
@@ -849,7 +850,7 @@ export async function applyHostPrep(steps: readonly HostPrepStep[]): Promise<voi
       const fd = openSync(
         step.hostPath,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-        0o444,
+        DEFAULT_FILE_MODE,
       );
       try {
         if (step.owner !== null) fchownSync(fd, step.owner.uid, step.owner.gid);

@@ -7,6 +7,7 @@ import { OpenShellError } from "../../src/core/errors.js";
 import {
   DEFAULT_FILE_MODE,
   describeFile,
+  effectiveMode,
   FILE_LIMITS,
   type FileSpec,
   formatBytes,
@@ -72,6 +73,12 @@ describe("parseFileFlag", () => {
       mode: 0o444,
     });
     expect(DEFAULT_FILE_MODE).toBe(0o444);
+  });
+
+  it("reads a wire mode of 0 as 0444 and keeps any other mode", () => {
+    expect(effectiveMode(0)).toBe(0o444);
+    expect(effectiveMode(0o555)).toBe(0o555);
+    expect(effectiveMode(0o400)).toBe(0o400);
   });
 
   it("lets LOCAL contain ':' by splitting at the last ':/'", () => {
