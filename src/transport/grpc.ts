@@ -15,15 +15,29 @@ import {
   status,
 } from "@grpc/grpc-js";
 import { OpenShellError } from "../core/errors.js";
+import { FILE_LIMITS } from "../core/files.js";
+import { COMMAND_LIMITS, ENVIRONMENT_LIMITS } from "../core/names.js";
+import { MAX_POLICY_ENCODED_BYTES } from "../core/policy/validate.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { FastOpenShellClient } from "./frames.js";
 
+/** A SandboxFile's bytes besides its path and content: tags, lengths, mode, size, the 64-hex digest. */
+const FILE_FRAMING_BYTES = 96;
+
 /**
- * The largest message either side accepts: 10 MiB of injected files plus
- * 1 MiB for the rest of a create request (policy, env and command are capped
- * at 256 KiB each). OpenShell gateways keep 1 MiB; ours raise it only this far.
+ * The largest message either side accepts: the largest create request the
+ * limits allow. Its files (their content, paths and framing), then the
+ * policy, environment and command (capped at 256 KiB each) and 256 KiB for
+ * the framing of those and the names, labels and workspace. OpenShell
+ * gateways keep 1 MiB; ours raise it only this far.
  */
-export const MAX_MESSAGE_BYTES = 10 * 1024 * 1024 + 1024 * 1024;
+export const MAX_MESSAGE_BYTES =
+  FILE_LIMITS.total +
+  FILE_LIMITS.count * (FILE_LIMITS.pathBytes + FILE_FRAMING_BYTES) +
+  MAX_POLICY_ENCODED_BYTES +
+  ENVIRONMENT_LIMITS.totalBytes +
+  COMMAND_LIMITS.totalBytes +
+  256 * 1024;
 
 export interface GatewayTarget {
   /** Gateway name for messages and hints. */
