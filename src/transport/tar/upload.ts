@@ -33,6 +33,7 @@ import type { Writable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "../../core/errors.js";
 import { shellEscape } from "../../core/shell.js";
+import { collectBounded } from "../bridge.js";
 
 // One quoting rule for every remote command (src/core/shell.ts), re-exported
 // beside the commands built with it.
@@ -421,10 +422,11 @@ function runGit(args: string[], cwd: string): Promise<Buffer | undefined> {
       resolve(undefined);
       return;
     }
-    const chunks: Buffer[] = [];
-    child.stdout?.on("data", (chunk: Buffer) => chunks.push(chunk));
+    // Our own git over the user's tree: its listing is as long as the tree is.
+    const stdout =
+      child.stdout === null ? () => Buffer.alloc(0) : collectBounded(child.stdout, Number.POSITIVE_INFINITY);
     child.on("error", () => resolve(undefined));
-    child.on("close", (code) => resolve(code === 0 ? Buffer.concat(chunks) : undefined));
+    child.on("close", (code) => resolve(code === 0 ? stdout() : undefined));
   });
 }
 
