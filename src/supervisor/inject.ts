@@ -16,7 +16,8 @@ import {
 } from "node:fs";
 import { posix } from "node:path";
 import { effectiveMode, normalizeSandboxPath, validateMode, validateSandboxPath } from "../core/files.js";
-import { lstatIfExists, ownDirectory } from "./host-fs.js";
+import { lstatIfExists } from "../host/fs.js";
+import { ownDirectory } from "./host-fs.js";
 import { fileInjectionFailed, isSandboxSetupError } from "./setup-errors.js";
 
 export interface InjectedFile {

@@ -45,7 +45,8 @@ import {
 } from "../core/files.js";
 import { wholeFilesystemReason } from "../core/policy/validate.js";
 import type { FilesystemPolicy } from "../gen/sandbox.js";
-import { lstatIfExists, ownDirectory } from "./host-fs.js";
+import { lstatIfExists } from "../host/fs.js";
+import { ownDirectory } from "./host-fs.js";
 import {
   fileInjectionFailed,
   filesystemSetupFailed,
