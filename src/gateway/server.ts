@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
+import { isWildcardBind } from "../host/config.js";
 import {
   DEFAULT_GUEST_DISK_BYTES,
   MIN_GUEST_DISK_BYTES,
@@ -190,7 +191,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     sandboxes,
     relay,
     ttlSecs: options.sshSessionTtlSecs ?? 86_400,
-    advertised: () => ({ host: options.bind === "0.0.0.0" ? "127.0.0.1" : options.bind, port, scheme }),
+    advertised: () => ({ host: advertisedHost(options.bind), port, scheme }),
     note: (id, message) => gatewayLog("WARN", message, id),
   });
   server.addService(
@@ -280,4 +281,10 @@ function widenServerWindows(server: Server): void {
       };
     };
   }
+}
+
+/** The host the gateway names for itself: loopback of the bind's family when it binds every interface. */
+function advertisedHost(bind: string): string {
+  if (!isWildcardBind(bind)) return bind;
+  return bind.includes(":") ? "::1" : "127.0.0.1";
 }
