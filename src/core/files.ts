@@ -97,11 +97,9 @@ export interface FileSpec {
 const NORMAL_PATH = /^(?:\/(?!\.\.?(?:\/|$))[^/\0]+)+$/;
 
 /**
- * The one sandbox path contract, shared by the CLI, the gateway and the
- * supervisor: `path` as an absolute, lexically normal path (`//` and `.`
- * collapsed, no trailing `/`), or undefined when it is relative, holds a NUL
- * byte or has a `..` component. `..` is refused, never resolved: resolving it
- * lexically would disagree with the kernel once a symlink sits before it.
+ * The sandbox path contract of the CLI, the gateway and the supervisor: `path` absolute and lexically
+ * normal (`//` and `.` collapsed, no trailing `/`), or undefined when relative, with NUL or with `..`
+ * (refused, never resolved: lexically it would disagree with the kernel past a symlink).
  */
 export function normalizeSandboxPath(path: string): string | undefined {
   // Most paths arrive normal already (the gateway stores them so): no work then.

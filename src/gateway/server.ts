@@ -191,7 +191,12 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     sandboxes,
     relay,
     ttlSecs: options.sshSessionTtlSecs ?? 86_400,
-    advertised: () => ({ host: advertisedHost(options.bind), port, scheme }),
+    // A wildcard bind is reached on loopback, of its own family.
+    advertised: () => ({
+      host: isWildcardBind(options.bind) ? (options.bind.includes(":") ? "::1" : "127.0.0.1") : options.bind,
+      port,
+      scheme,
+    }),
     note: (id, message) => gatewayLog("WARN", message, id),
   });
   server.addService(
@@ -281,10 +286,4 @@ function widenServerWindows(server: Server): void {
       };
     };
   }
-}
-
-/** The host the gateway names for itself: loopback of the bind's family when it binds every interface. */
-function advertisedHost(bind: string): string {
-  if (!isWildcardBind(bind)) return bind;
-  return bind.includes(":") ? "::1" : "127.0.0.1";
 }

@@ -15,6 +15,7 @@ import {
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
+import { messageOf } from "../core/errors.js";
 import { effectiveMode, normalizeSandboxPath, validateMode, validateSandboxPath } from "../core/files.js";
 import { lstatIfExists } from "../host/fs.js";
 import { ownDirectory } from "./host-fs.js";
@@ -87,7 +88,7 @@ export class StagingTree {
       ensureDirectories(this.root, dir, this.owner, this.known);
     } catch (error) {
       if (isSandboxSetupError(error)) throw error;
-      throw fileInjectionFailed(dir, `could not be staged: ${describe(error)}`, error);
+      throw fileInjectionFailed(dir, `could not be staged: ${messageOf(error)}`, error);
     }
   }
 
@@ -100,7 +101,7 @@ export class StagingTree {
         writeStaged(parent, posix.basename(path), file.content, effectiveMode(file.mode), this.owner);
       } catch (error) {
         if (isSandboxSetupError(error)) throw error;
-        throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
+        throw fileInjectionFailed(file.path, `could not be staged: ${messageOf(error)}`, error);
       }
       this.pending.delete(path);
     }
@@ -189,8 +190,4 @@ function writeStaged(dir: string, name: string, content: Uint8Array, mode: numbe
     throw error;
   }
   closeSync(fd);
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -4,11 +4,7 @@
 
 import type { Duplex } from "node:stream";
 
-/**
- * Keeps the first `limit` bytes `stream` emits and drops the rest, so a
- * hostile peer cannot make us buffer without end; the returned function
- * joins what was kept.
- */
+/** Keeps the first `limit` bytes `stream` emits, so a hostile peer cannot make us buffer without end. */
 export function collectBounded(stream: NodeJS.EventEmitter, limit: number): () => Buffer {
   const chunks: Buffer[] = [];
   let kept = 0;

@@ -21,19 +21,14 @@ import { MAX_POLICY_ENCODED_BYTES } from "../core/policy/validate.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { FastOpenShellClient } from "./frames.js";
 
-/** A SandboxFile's bytes besides its path and content: tags, lengths, mode, size, the 64-hex digest. */
-const FILE_FRAMING_BYTES = 96;
-
 /**
- * The largest message either side accepts: the largest create request the
- * limits allow. Its files (their content, paths and framing), then the
- * policy, environment and command (capped at 256 KiB each) and 256 KiB for
- * the framing of those and the names, labels and workspace. OpenShell
- * gateways keep 1 MiB; ours raise it only this far.
+ * The largest message either side accepts: the largest create request the limits allow. Its files
+ * (content, paths, and 96 bytes each of tags, lengths, mode, size and digest), the policy, environment
+ * and command, and 256 KiB for their framing and the names. OpenShell keeps 1 MiB; we go only this far.
  */
 export const MAX_MESSAGE_BYTES =
   FILE_LIMITS.total +
-  FILE_LIMITS.count * (FILE_LIMITS.pathBytes + FILE_FRAMING_BYTES) +
+  FILE_LIMITS.count * (FILE_LIMITS.pathBytes + 96) +
   MAX_POLICY_ENCODED_BYTES +
   ENVIRONMENT_LIMITS.totalBytes +
   COMMAND_LIMITS.totalBytes +

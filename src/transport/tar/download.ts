@@ -24,7 +24,6 @@ import {
   realpath,
   rename,
   rm,
-  stat,
   symlink,
   unlink,
   utimes,
@@ -35,7 +34,7 @@ import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "../../core/errors.js";
 import { shellEscape } from "../../core/shell.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
-import { lstatIfExists } from "../../host/fs.js";
+import { lstatIfExists, statIfExists } from "../../host/fs.js";
 
 // ---------------------------------------------------------------------------
 // Sandbox path checks (same rules and messages as upstream)
@@ -229,7 +228,7 @@ async function extractInto(
   opts: { kind: "file" | "dir"; name: string; source?: string },
 ): Promise<DownloadResult> {
   const { name } = opts;
-  const destStat = await statIfExists(dest);
+  const destStat = statIfExists(dest);
   if (opts.kind === "dir") {
     if (destStat !== undefined && !destStat.isDirectory()) {
       throw invalidInput(
@@ -695,18 +694,4 @@ function refused(entryName: string, why: string): OpenShellError {
 
 function sandboxError(message: string): OpenShellError {
   return new OpenShellError("sandbox_error", escapeForTerminal(message));
-}
-
-async function statIfExists(p: string): Promise<Stats | undefined> {
-  try {
-    return await stat(p);
-  } catch (error) {
-    if (isMissing(error)) return undefined;
-    throw error;
-  }
-}
-
-function isMissing(error: unknown): boolean {
-  const code = typeof error === "object" && error !== null && "code" in error ? error.code : undefined;
-  return code === "ENOENT" || code === "ENOTDIR";
 }

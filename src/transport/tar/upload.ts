@@ -31,7 +31,7 @@ import { readdir, readlink } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
 import tarStream from "tar-stream";
-import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { invalidInput, messageOf, OpenShellError } from "../../core/errors.js";
 import { shellEscape } from "../../core/shell.js";
 import { lstatIfExists } from "../../host/fs.js";
 import { collectBounded } from "../bridge.js";
@@ -267,7 +267,7 @@ class EntryCollector {
       names = await readdir(dir);
     } catch (error) {
       throw invalidInput(
-        `failed to read local upload directory: ${this.displayPath(dir)}: ${reasonOf(error)}`,
+        `failed to read local upload directory: ${this.displayPath(dir)}: ${messageOf(error)}`,
       );
     }
     for (const name of names) {
@@ -362,7 +362,7 @@ function inspectLocal(p: string): Stats | undefined {
   try {
     return lstatIfExists(p);
   } catch (error) {
-    throw invalidInput(`failed to inspect local upload path: ${p}: ${reasonOf(error)}`);
+    throw invalidInput(`failed to inspect local upload path: ${p}: ${messageOf(error)}`);
   }
 }
 
@@ -689,7 +689,7 @@ async function packEntry(
   try {
     fd = openSync(entry.localPath, flags);
   } catch (error) {
-    throw changedWhileUploading(entry, reasonOf(error));
+    throw changedWhileUploading(entry, messageOf(error));
   }
   try {
     const before = fstatSync(fd);
@@ -717,7 +717,7 @@ async function packEntry(
         n = readSync(fd, buffer, 0, Math.min(buffer.length, entry.size - written), written);
       } catch (error) {
         pool.give(buffer);
-        throw changedWhileUploading(entry, reasonOf(error));
+        throw changedWhileUploading(entry, messageOf(error));
       }
       if (n === 0) {
         pool.give(buffer);
@@ -1228,8 +1228,3 @@ export function unescapeTarName(quoted: string): string {
 }
 
 // ---------------------------------------------------------------------------
-
-function reasonOf(error: unknown): string {
-  if (error instanceof Error) return error.message;
-  return String(error);
-}
