@@ -24,7 +24,7 @@ import { FastOpenShellClient } from "./frames.js";
 /**
  * The largest message either side accepts: the largest create request the limits allow. Its files
  * (content, paths, and 96 bytes each of tags, lengths, mode, size and digest), the policy, environment
- * and command, and 256 KiB for their framing and the names. OpenShell keeps 1 MiB; we go only this far.
+ * and command, and 128 KiB for their framing, names and labels. OpenShell keeps 1 MiB; we go this far.
  */
 export const MAX_MESSAGE_BYTES =
   FILE_LIMITS.total +
@@ -32,7 +32,7 @@ export const MAX_MESSAGE_BYTES =
   MAX_POLICY_ENCODED_BYTES +
   ENVIRONMENT_LIMITS.totalBytes +
   COMMAND_LIMITS.totalBytes +
-  256 * 1024;
+  128 * 1024;
 
 export interface GatewayTarget {
   /** Gateway name for messages and hints. */

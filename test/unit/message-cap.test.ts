@@ -60,18 +60,19 @@ function largestCreateRequest(): Uint8Array {
 }
 
 describe("the gRPC message cap", () => {
-  it("is computed from the file limits: 10 MiB of files, 256 paths of 4096 bytes and their framing, 1 MiB for the rest", () => {
+  it("is computed from the file limits: 10 MiB of files, 256 paths of 4096 bytes and their framing, policy, environment, command and 128 KiB for the rest", () => {
     expect(MAX_MESSAGE_BYTES).toBe(
-      FILE_LIMITS.total + FILE_LIMITS.count * (FILE_LIMITS.pathBytes + 96) + 4 * 256 * 1024,
+      FILE_LIMITS.total + FILE_LIMITS.count * (FILE_LIMITS.pathBytes + 96) + 3 * 256 * 1024 + 128 * 1024,
     );
-    expect(MAX_MESSAGE_BYTES).toBe(12_607_488);
+    expect(MAX_MESSAGE_BYTES).toBe(12_476_416);
   });
 
-  it("fits the largest create request the limits allow (which 11 MiB did not), with under 512 KiB to spare", () => {
+  it("fits the largest create request the limits allow (which 11 MiB did not), with under 256 KiB to spare, and stays under the 12 MiB a test sends to be refused", () => {
     expect(validateSandboxPath(longPath(255, FILE_LIMITS.pathBytes))).toBeUndefined();
     const size = largestCreateRequest().length;
     expect(size).toBeGreaterThan(11 * 1024 * 1024);
     expect(size).toBeLessThanOrEqual(MAX_MESSAGE_BYTES);
-    expect(MAX_MESSAGE_BYTES - size).toBeLessThan(512 * 1024);
+    expect(MAX_MESSAGE_BYTES - size).toBeLessThan(256 * 1024);
+    expect(MAX_MESSAGE_BYTES).toBeLessThan(12 * 1024 * 1024);
   });
 });
