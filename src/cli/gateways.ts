@@ -25,6 +25,7 @@ import {
   gatewayStateDir,
   gatewayTokenPath,
   isLoopbackHost,
+  isWildcardBind,
   type LocalGatewaySettings,
   listGatewayNames,
   readActiveGateway,
@@ -107,10 +108,6 @@ export interface StartFlags {
 const MAX_LOG_SIZE_MIB = 1024;
 const MAX_LOG_FILES = 100;
 
-function isWildcard(bind: string): boolean {
-  return bind === "0.0.0.0" || bind === "::";
-}
-
 /**
  * The settings a gateway starts with: the flags given, else what it was last
  * started with, else plaintext on 127.0.0.1. Any TLS flag (--tls, --no-tls,
@@ -152,6 +149,8 @@ export function resolveStartSettings(
     throw usageError(`--log-max-files ${logMaxFiles}: expected a number of files from 1 to ${MAX_LOG_FILES}`);
   }
   const bind = flags.bind ?? previous?.bind ?? "127.0.0.1";
+  if (bind === "")
+    throw usageError("--bind '': expected an address, e.g. 127.0.0.1 or 0.0.0.0 for every interface");
   const settings: LocalGatewaySettings = { bind };
   const explicitTls = flags.tls !== undefined || flags.tlsCert !== undefined;
   if (flags.tls === true) settings.tls_generated = true;
@@ -305,7 +304,7 @@ function ownCaFile(name: string, settings: LocalGatewaySettings): string | undef
 
 /** The host this machine's CLI dials for a gateway bound to `bind`. */
 function localHostFor(settings: LocalGatewaySettings): string {
-  if (!isWildcard(settings.bind)) return settings.bind;
+  if (!isWildcardBind(settings.bind)) return settings.bind;
   if (settings.tls_cert_file && !settings.tls_generated) {
     // A given certificate may name only some of the loopback names.
     try {

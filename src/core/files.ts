@@ -26,6 +26,11 @@ export const FILE_LIMITS = {
 /** Read-only for everyone; on the wire a mode of 0 means this. */
 export const DEFAULT_FILE_MODE = 0o444;
 
+/** The mode a file is written with: its own, or the default for the wire's 0. */
+export function effectiveMode(mode: number): number {
+  return mode === 0 ? DEFAULT_FILE_MODE : mode;
+}
+
 /** Linux's NAME_MAX: a longer component would only fail later, at write time, as an ERROR sandbox. */
 const COMPONENT_MAX_BYTES = 255;
 
@@ -88,16 +93,21 @@ export interface FileSpec {
 // Rules shared by both entry points
 // ---------------------------------------------------------------------------
 
-/** Absolute, without empty or `.` components or a trailing `/`: what normalizing would return unchanged. */
-const ALREADY_NORMAL = /^(?:\/(?!\.(?:\/|$))[^/]+)+$/;
+/** `/a/b`: absolute, no empty, `.` or `..` component, no trailing `/`, no NUL. */
+const NORMAL_PATH = /^(?:\/(?!\.\.?(?:\/|$))[^/\0]+)+$/;
 
-/** Collapses `//` and drops `.` components; `..` is refused elsewhere, never resolved. */
-export function normalizeSandboxPath(path: string): string {
-  if (ALREADY_NORMAL.test(path)) return path;
-  const absolute = path.startsWith("/");
+/**
+ * The sandbox path contract of the CLI, the gateway and the supervisor: `path` absolute and lexically
+ * normal (`//` and `.` collapsed, no trailing `/`), or undefined when relative, with NUL or with `..`
+ * (refused, never resolved: lexically it would disagree with the kernel past a symlink).
+ */
+export function normalizeSandboxPath(path: string): string | undefined {
+  // Most paths arrive normal already (the gateway stores them so): no work then.
+  if (NORMAL_PATH.test(path)) return path;
+  if (!path.startsWith("/") || path.includes("\0")) return undefined;
   const parts = path.split("/").filter((part) => part !== "" && part !== ".");
-  if (absolute) return "/" + parts.join("/");
-  return parts.length === 0 ? "." : parts.join("/");
+  if (parts.includes("..")) return undefined;
+  return "/" + parts.join("/");
 }
 
 /**
@@ -108,11 +118,12 @@ export function validateSandboxPath(path: string): string | undefined {
   if (path.includes("\0")) return "must not contain NUL bytes";
   const length = byteLength(path);
   if (length > FILE_LIMITS.pathBytes) return `exceeds ${FILE_LIMITS.pathBytes} bytes (${length})`;
-  if (!path.startsWith("/")) return "must be absolute";
-  const components = path.split("/");
-  if (components.includes("..")) return "must not contain '..' components";
   const normalized = normalizeSandboxPath(path);
+  if (normalized === undefined) {
+    return path.startsWith("/") ? "must not contain '..' components" : "must be absolute";
+  }
   if (normalized === "/") return "must not be /";
+  const components = path.split("/");
   const last = components[components.length - 1];
   if (last === "" || last === ".") return "must name a file, not end with '/'";
   if (components.some((part) => byteLength(part) > COMPONENT_MAX_BYTES)) {
@@ -142,7 +153,7 @@ export function validateMode(mode: number): string | undefined {
 
 /** Legal modes that do not do what their author probably meant. */
 export function modeWarnings(mode: number): string[] {
-  const effective = mode === 0 ? DEFAULT_FILE_MODE : mode;
+  const effective = effectiveMode(mode);
   const shown = formatMode(effective);
   const warnings: string[] = [];
   if ((effective & 0o004) === 0) {
@@ -154,10 +165,6 @@ export function modeWarnings(mode: number): string[] {
     warnings.push(`mode ${shown} has write bits, which have no effect: injected files are read-only`);
   }
   return warnings;
-}
-
-function effectiveMode(mode: number): number {
-  return mode === 0 ? DEFAULT_FILE_MODE : mode;
 }
 
 function tooManyFiles(count: number): boolean {
@@ -176,7 +183,7 @@ export function overTotalLimit(total: number): boolean {
 function firstDuplicate(paths: readonly string[]): { index: number; earlier: number } | undefined {
   const seen = new Map<string, number>();
   for (const [index, path] of paths.entries()) {
-    const key = normalizeSandboxPath(path);
+    const key = normalizeSandboxPath(path) ?? path;
     const earlier = seen.get(key);
     if (earlier !== undefined) return { index, earlier };
     seen.set(key, index);
@@ -289,7 +296,7 @@ export function checkFileSpecShapes(specs: readonly FileSpec[]): void {
     const earlier = specs[duplicate.earlier]!;
     throw fileError(
       spec.raw,
-      `REMOTE ${normalizeSandboxPath(spec.remote)} is already the destination of --file ${earlier.raw}`,
+      `REMOTE ${normalizeSandboxPath(spec.remote) ?? spec.remote} is already the destination of --file ${earlier.raw}`,
     );
   }
 }
@@ -345,7 +352,8 @@ export function validateSandboxFiles(files: readonly SandboxFile[]): string | un
   }
   const duplicate = firstDuplicate(files.map((file) => file.path));
   if (duplicate !== undefined) {
-    const path = normalizeSandboxPath(files[duplicate.index]!.path);
+    const given = files[duplicate.index]!.path;
+    const path = normalizeSandboxPath(given) ?? given;
     return `spec.files[${duplicate.index}].path ${path} duplicates spec.files[${duplicate.earlier}].path`;
   }
   if (overTotalLimit(total)) {

@@ -21,7 +21,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
-import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
+import { effectiveMode, normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
 import {
   generateSandboxName,
   parseSelector,
@@ -191,9 +191,10 @@ export class Sandboxes {
     // Content stays out of the Sandbox record: every response carries path,
     // mode, size and digest only, so a list of many sandboxes stays small.
     const files: SandboxFile[] = spec.files.map((file) => ({
-      path: normalizeSandboxPath(file.path),
+      // validate() refused any path that does not normalize.
+      path: normalizeSandboxPath(file.path) ?? file.path,
       content: Buffer.alloc(0),
-      mode: file.mode === 0 ? 0o444 : file.mode,
+      mode: effectiveMode(file.mode),
       size: file.content.length,
       // validate() already checked a digest the client sent against the content.
       sha256: file.sha256.toLowerCase() || sha256Hex(file.content),

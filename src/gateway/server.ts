@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
+import { isWildcardBind } from "../host/config.js";
 import {
   DEFAULT_GUEST_DISK_BYTES,
   MIN_GUEST_DISK_BYTES,
@@ -188,7 +189,12 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     sandboxes,
     relay,
     ttlSecs: options.sshSessionTtlSecs ?? 86_400,
-    advertised: () => ({ host: options.bind === "0.0.0.0" ? "127.0.0.1" : options.bind, port, scheme }),
+    // A wildcard bind is reached on loopback, of its own family.
+    advertised: () => ({
+      host: isWildcardBind(options.bind) ? (options.bind.includes(":") ? "::1" : "127.0.0.1") : options.bind,
+      port,
+      scheme,
+    }),
     note: (id, message) => gatewayLog("WARN", message, id),
   });
   server.addService(

@@ -25,7 +25,7 @@ import { isIP } from "node:net";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type * as X509 from "@peculiar/x509";
-import { ensurePrivateDir, gatewayStateDir, writeFileAtomic } from "../host/config.js";
+import { ensurePrivateDir, gatewayStateDir, isWildcardBind, writeFileAtomic } from "../host/config.js";
 
 const DAY_MS = 86_400_000;
 const EC_P256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
@@ -170,17 +170,13 @@ export function gatewayTlsFiles(name: string): GatewayTlsFiles {
   };
 }
 
-function isWildcard(bind: string): boolean {
-  return bind === "0.0.0.0" || bind === "::" || bind === "";
-}
-
 /**
  * The names a gateway bound to `bind` is reached by: loopback always, the
  * bind address, and for a wildcard bind this machine's name and addresses.
  */
 export function serverHosts(bind: string): string[] {
   const hosts = ["localhost", "127.0.0.1", "::1"];
-  if (!isWildcard(bind)) hosts.push(bind);
+  if (!isWildcardBind(bind)) hosts.push(bind);
   else {
     const name = hostname();
     if (/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(name)) hosts.push(name);

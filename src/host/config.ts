@@ -9,6 +9,7 @@
 //   $XDG_STATE_HOME/openshell/gateways/<name>/tls/            generated CA and server certificate
 
 import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { isIPv4, isIPv6 } from "node:net";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { invalidInput, OpenShellError } from "../core/errors.js";
@@ -205,6 +206,15 @@ export function readToken(path: string): string | undefined {
       `cannot read the token file ${path}: ${(error as Error).message}`,
     );
   }
+}
+
+/**
+ * Whether a gateway bound to `bind` listens on every interface: the
+ * unspecified address, IPv4 or IPv6, however spelled (`0.0.0.0`, `::`,
+ * `0:0::0`). An empty bind is not one: grpc-js cannot bind it.
+ */
+export function isWildcardBind(bind: string): boolean {
+  return (isIPv4(bind) && /^[0.]+$/.test(bind)) || (isIPv6(bind) && /^[0:]+$/.test(bind));
 }
 
 /** Whether `host` is a loopback address or name (reachable from this machine only). */

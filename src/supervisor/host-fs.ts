@@ -4,17 +4,7 @@
 // does nothing else while it prepares a pod, and a few hundred files staged
 // through the thread pool cost ten times as long as direct system calls.
 
-import { closeSync, constants, fchmodSync, fchownSync, lstatSync, openSync, type Stats } from "node:fs";
-
-/** `lstat`, with a missing path as `undefined`. */
-export function lstatIfExists(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
-  }
-}
+import { closeSync, constants, fchmodSync, fchownSync, openSync } from "node:fs";
 
 /**
  * Sets a directory's owner (unless `null`) and mode through a descriptor

@@ -15,15 +15,17 @@ import {
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
-import { lstatIfExists, ownDirectory } from "./host-fs.js";
-import { normalizeSandboxPath } from "./mounts.js";
+import { messageOf } from "../core/errors.js";
+import { effectiveMode, normalizeSandboxPath, validateMode, validateSandboxPath } from "../core/files.js";
+import { lstatIfExists } from "../host/fs.js";
+import { ownDirectory } from "./host-fs.js";
 import { fileInjectionFailed, isSandboxSetupError } from "./setup-errors.js";
 
 export interface InjectedFile {
   /** Absolute destination inside the sandbox. */
   path: string;
   content: Buffer;
-  /** Permission bits; 0 means 0444. */
+  /** Permission bits; 0 means DEFAULT_FILE_MODE. */
   mode: number;
 }
 
@@ -33,7 +35,6 @@ export interface StageOwner {
   gid: number;
 }
 
-const DEFAULT_MODE = 0o444;
 const DIR_MODE = 0o755;
 
 /**
@@ -87,7 +88,7 @@ export class StagingTree {
       ensureDirectories(this.root, dir, this.owner, this.known);
     } catch (error) {
       if (isSandboxSetupError(error)) throw error;
-      throw fileInjectionFailed(dir, `could not be staged: ${describe(error)}`, error);
+      throw fileInjectionFailed(dir, `could not be staged: ${messageOf(error)}`, error);
     }
   }
 
@@ -97,10 +98,10 @@ export class StagingTree {
       if (!pick(path)) continue;
       try {
         const parent = ensureDirectories(this.root, posix.dirname(path), this.owner, this.known, file.path);
-        writeStaged(parent, posix.basename(path), file.content, file.mode || DEFAULT_MODE, this.owner);
+        writeStaged(parent, posix.basename(path), file.content, effectiveMode(file.mode), this.owner);
       } catch (error) {
         if (isSandboxSetupError(error)) throw error;
-        throw fileInjectionFailed(file.path, `could not be staged: ${describe(error)}`, error);
+        throw fileInjectionFailed(file.path, `could not be staged: ${messageOf(error)}`, error);
       }
       this.pending.delete(path);
     }
@@ -111,11 +112,13 @@ export class StagingTree {
 function checkFiles(files: readonly InjectedFile[]): { file: InjectedFile; path: string }[] {
   const paths = new Set<string>();
   const checked = files.map((file) => {
+    // The gateway checked these same rules on receipt; a file that fails them here did not come through it.
     const path = normalizeSandboxPath(file.path);
-    if (path === undefined || path === "/") {
+    if (path === undefined)
       throw fileInjectionFailed(file.path, "the path must be absolute, below /, without ..");
-    }
-    if (!Number.isInteger(file.mode) || file.mode < 0 || file.mode > 0o777) {
+    const pathProblem = validateSandboxPath(file.path);
+    if (pathProblem !== undefined) throw fileInjectionFailed(file.path, `the path ${pathProblem}`);
+    if (validateMode(file.mode) !== undefined) {
       throw fileInjectionFailed(file.path, `mode ${file.mode.toString(8)} is not within 0777`);
     }
     if (paths.has(path)) throw fileInjectionFailed(file.path, "another injected file has the same path");
@@ -187,8 +190,4 @@ function writeStaged(dir: string, name: string, content: Uint8Array, mode: numbe
     throw error;
   }
   closeSync(fd);
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

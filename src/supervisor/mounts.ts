@@ -35,7 +35,9 @@ import {
 } from "node:fs";
 import { posix } from "node:path";
 import {
+  DEFAULT_FILE_MODE,
   GROUP_FILE as GROUP,
+  normalizeSandboxPath,
   PASSWD_FILE as PASSWD,
   SANDBOX_TMP,
   SANDBOX_WORKDIR,
@@ -43,7 +45,8 @@ import {
 } from "../core/files.js";
 import { wholeFilesystemReason } from "../core/policy/validate.js";
 import type { FilesystemPolicy } from "../gen/sandbox.js";
-import { lstatIfExists, ownDirectory } from "./host-fs.js";
+import { lstatIfExists } from "../host/fs.js";
+import { ownDirectory } from "./host-fs.js";
 import {
   fileInjectionFailed,
   filesystemSetupFailed,
@@ -178,24 +181,8 @@ const DEV_ENTRIES = new Set([
 /** Where `stageFiles` puts, and the plan binds from, the injected file at sandbox path `path`. */
 export function stagedPath(stagingRoot: string, path: string): string {
   // Joined by hand for the usual normal path: hundreds of files make posix.join show.
-  if (NORMAL_PATH.test(path) && !stagingRoot.endsWith("/")) return stagingRoot + path;
+  if (normalizeSandboxPath(path) === path && !stagingRoot.endsWith("/")) return stagingRoot + path;
   return posix.join(stagingRoot, path);
-}
-
-/** `/a/b`: absolute, no empty, `.` or `..` component, no trailing `/`, no NUL. */
-const NORMAL_PATH = /^(?:\/(?!\.\.?(?:\/|$))[^/\0]+)+$/;
-
-/**
- * `p` as an absolute, lexically normal path (`//` and `.` collapsed, no
- * trailing `/`), or `undefined` when it is relative or climbs with `..`.
- */
-export function normalizeSandboxPath(p: string): string | undefined {
-  // Most paths arrive normal already (the gateway stores them so): no work then.
-  if (NORMAL_PATH.test(p)) return p;
-  if (!p.startsWith("/") || p.includes("\0")) return undefined;
-  if (p.split("/").includes("..")) return undefined;
-  const normal = posix.normalize(p);
-  return normal.length > 1 && normal.endsWith("/") ? normal.slice(0, -1) : normal;
 }
 
 function isAtOrUnder(path: string, dir: string): boolean {
@@ -864,7 +851,7 @@ export async function applyHostPrep(steps: readonly HostPrepStep[]): Promise<voi
       const fd = openSync(
         step.hostPath,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-        0o444,
+        DEFAULT_FILE_MODE,
       );
       try {
         if (step.owner !== null) fchownSync(fd, step.owner.uid, step.owner.gid);

@@ -27,6 +27,7 @@ import {
 } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
+import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
@@ -47,7 +48,7 @@ import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { prepareStaging } from "./inject.js";
-import { applyHostPrep, type ControlBind, normalizeSandboxPath, planMounts } from "./mounts.js";
+import { applyHostPrep, type ControlBind, planMounts } from "./mounts.js";
 import { SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 

@@ -15,16 +15,25 @@ import {
   status,
 } from "@grpc/grpc-js";
 import { OpenShellError } from "../core/errors.js";
+import { FILE_LIMITS } from "../core/files.js";
+import { COMMAND_LIMITS, ENVIRONMENT_LIMITS } from "../core/names.js";
+import { MAX_POLICY_ENCODED_BYTES } from "../core/policy/validate.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { BULK_WINDOW_BYTES } from "../host/patches.js";
 import { FastOpenShellClient } from "./frames.js";
 
 /**
- * The largest message either side accepts: 10 MiB of injected files plus
- * 1 MiB for the rest of a create request (policy, env and command are capped
- * at 256 KiB each). OpenShell gateways keep 1 MiB; ours raise it only this far.
+ * The largest message either side accepts: the largest create request the limits allow. Its files
+ * (content, paths, and 96 bytes each of tags, lengths, mode, size and digest), the policy, environment
+ * and command, and 128 KiB for their framing, names and labels. OpenShell keeps 1 MiB; we go this far.
  */
-export const MAX_MESSAGE_BYTES = 10 * 1024 * 1024 + 1024 * 1024;
+export const MAX_MESSAGE_BYTES =
+  FILE_LIMITS.total +
+  FILE_LIMITS.count * (FILE_LIMITS.pathBytes + 96) +
+  MAX_POLICY_ENCODED_BYTES +
+  ENVIRONMENT_LIMITS.totalBytes +
+  COMMAND_LIMITS.totalBytes +
+  128 * 1024;
 
 export interface GatewayTarget {
   /** Gateway name for messages and hints. */

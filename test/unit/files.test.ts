@@ -1,11 +1,13 @@
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, posix } from "node:path";
+import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OpenShellError } from "../../src/core/errors.js";
 import {
   DEFAULT_FILE_MODE,
   describeFile,
+  effectiveMode,
   FILE_LIMITS,
   type FileSpec,
   formatBytes,
@@ -29,7 +31,7 @@ async function readFileSpecs(specs: readonly FileSpec[]): Promise<SandboxFile[]>
   await readFileContents(specs, contents);
   const digests = await sha256HexEach(contents);
   return specs.map((spec, i) => ({
-    path: normalizeSandboxPath(spec.remote),
+    path: normalizeSandboxPath(spec.remote) ?? spec.remote,
     content: contents[i]!,
     mode: spec.mode,
     size: sizes[i]!,
@@ -71,6 +73,12 @@ describe("parseFileFlag", () => {
       mode: 0o444,
     });
     expect(DEFAULT_FILE_MODE).toBe(0o444);
+  });
+
+  it("reads a wire mode of 0 as 0444 and keeps any other mode", () => {
+    expect(effectiveMode(0)).toBe(0o444);
+    expect(effectiveMode(0o555)).toBe(0o555);
+    expect(effectiveMode(0o400)).toBe(0o400);
   });
 
   it("lets LOCAL contain ':' by splitting at the last ':/'", () => {
@@ -226,6 +234,60 @@ describe("normalizeSandboxPath", () => {
     expect(normalizeSandboxPath("/etc//a")).toBe("/etc/a");
     expect(normalizeSandboxPath("/etc/./a/")).toBe("/etc/a");
     expect(normalizeSandboxPath("//")).toBe("/");
+  });
+
+  // Paths made of the components that matter to the contract: empty ones
+  // (`//`), `.`, `..`, NUL, and ordinary names, with or without a leading `/`.
+  const component = fc.constantFrom("", ".", "..", "a", "b c", "...", ".x", "x.", "\0", "é", "..a");
+  const anyPath = fc
+    .tuple(fc.boolean(), fc.array(component, { maxLength: 8 }))
+    .map(([absolute, parts]) => (absolute ? "/" : "") + parts.join("/"));
+
+  it("returns an absolute normal path, or undefined exactly for relative, NUL or '..' paths", () => {
+    fc.assert(
+      fc.property(anyPath, (path) => {
+        const normal = normalizeSandboxPath(path);
+        const refused = !path.startsWith("/") || path.includes("\0") || path.split("/").includes("..");
+        expect(normal === undefined).toBe(refused);
+        if (normal === undefined) return;
+        expect(normal.startsWith("/")).toBe(true);
+        expect(normal === "/" || !normal.endsWith("/")).toBe(true);
+        expect(normal.includes("//")).toBe(false);
+        expect(normal.split("/").slice(1)).not.toContain(".");
+        expect(normal.split("/").slice(1)).not.toContain("..");
+        // The same components, in the same order, as the path given.
+        expect(normal.split("/").filter(Boolean)).toEqual(
+          path.split("/").filter((p) => p !== "" && p !== "."),
+        );
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it("is idempotent and agrees with posix.normalize on the paths it accepts", () => {
+    fc.assert(
+      fc.property(anyPath, (path) => {
+        const normal = normalizeSandboxPath(path);
+        if (normal === undefined) return;
+        expect(normalizeSandboxPath(normal)).toBe(normal);
+        const posixNormal = posix.normalize(path);
+        expect(normal).toBe(posixNormal.length > 1 ? posixNormal.replace(/\/$/, "") : posixNormal);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it("accepts as a destination only paths that normalize, and keeps them valid once normalized", () => {
+    fc.assert(
+      fc.property(anyPath, (path) => {
+        if (validateSandboxPath(path) !== undefined) return;
+        const normal = normalizeSandboxPath(path);
+        expect(normal).toBeDefined();
+        expect(normal).not.toBe("/");
+        expect(validateSandboxPath(normal!)).toBeUndefined();
+      }),
+      { numRuns: 2000 },
+    );
   });
 });
 

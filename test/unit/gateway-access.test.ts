@@ -23,6 +23,7 @@ import {
   gatewayConfigDir,
   gatewayTokenPath,
   isLoopbackHost,
+  isWildcardBind,
   readMetadata,
   readToken,
   writeMetadata,
@@ -292,6 +293,35 @@ describe("resolveStartSettings", () => {
       "--ssh-session-ttl",
       "90",
     ]);
+  });
+
+  it("takes any spelling of the unspecified address, and only that, as every interface", () => {
+    for (const bind of ["0.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0"])
+      expect([bind, isWildcardBind(bind)]).toEqual([bind, true]);
+    for (const bind of ["", "0", "0.0.0.1", "127.0.0.1", "::1", "[::]", "localhost", "0.0.0.0.example"]) {
+      expect([bind, isWildcardBind(bind)]).toEqual([bind, false]);
+    }
+  });
+
+  it("dials a gateway bound to every interface on loopback, however the bind is spelled (the CLI's old check missed '::0')", () => {
+    for (const bind of ["0.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0"]) {
+      expect([bind, localMetadata("unit", { bind }, 17670, undefined).gateway_endpoint]).toEqual([
+        bind,
+        "http://127.0.0.1:17670",
+      ]);
+    }
+    expect(localMetadata("unit", { bind: "192.0.2.1" }, 17670, undefined).gateway_endpoint).toBe(
+      "http://192.0.2.1:17670",
+    );
+    expect(localMetadata("unit", { bind: "::1" }, 17670, undefined).gateway_endpoint).toBe(
+      "http://[::1]:17670",
+    );
+  });
+
+  it("refuses an empty --bind, which no gateway can listen on", () => {
+    expect(() => resolveStartSettings({ bind: "", tls: true }, undefined)).toThrow(
+      "--bind '': expected an address, e.g. 127.0.0.1 or 0.0.0.0 for every interface",
+    );
   });
 
   it("knows loopback hosts", () => {

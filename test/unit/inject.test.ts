@@ -113,6 +113,25 @@ describe("stageFiles", () => {
         ],
         "//x: another injected file has the same path",
       ],
+      // The same rules as the gateway's, not looser ones.
+      [
+        [{ path: "/proc/x", content: Buffer.from(""), mode: 0 }],
+        "/proc/x: the path must not be under /proc, which is reserved",
+      ],
+      [
+        [{ path: "/etc/x\0y", content: Buffer.from(""), mode: 0 }],
+        "/etc/x\0y: the path must be absolute, below /, without ..",
+      ],
+      [
+        [{ path: "/etc/x/", content: Buffer.from(""), mode: 0 }],
+        "/etc/x/: the path must name a file, not end with '/'",
+      ],
+      [
+        [{ path: "/sandbox", content: Buffer.from(""), mode: 0 }],
+        "/sandbox: the path is the sandbox's workspace directory; name a file inside it (e.g. /sandbox/app.conf)",
+      ],
+      [[{ path: "/x", content: Buffer.from(""), mode: 0o1000 }], "/x: mode 1000 is not within 0777"],
+      [[{ path: "/x", content: Buffer.from(""), mode: -1 }], "/x: mode -1 is not within 0777"],
       [
         [
           { path: "/a/b/c", content: Buffer.from("1"), mode: 0 },

@@ -2,6 +2,7 @@ import { lstat, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from "n
 import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { normalizeSandboxPath } from "../../src/core/files.js";
 import type { FilesystemPolicy } from "../../src/gen/sandbox.js";
 import {
   applyHostPrep,
@@ -9,7 +10,6 @@ import {
   type HostFs,
   type HostPrepStep,
   type MountPlanInput,
-  normalizeSandboxPath,
   planMounts,
 } from "../../src/supervisor/mounts.js";
 import { SandboxSetupError } from "../../src/supervisor/setup-errors.js";

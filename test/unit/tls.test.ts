@@ -230,5 +230,11 @@ describe("the gateway's TLS files", () => {
     const wildcard = serverHosts("0.0.0.0");
     expect(wildcard.slice(0, 3)).toEqual(["localhost", "127.0.0.1", "::1"]);
     expect(wildcard).not.toContain("0.0.0.0");
+    // The gateway's old check missed other spellings of the unspecified address.
+    for (const bind of ["::", "::0", "0:0:0:0:0:0:0:0"]) {
+      const hosts = serverHosts(bind);
+      expect(hosts).not.toContain(bind);
+      expect(hosts).toEqual(wildcard);
+    }
   });
 });

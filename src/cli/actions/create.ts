@@ -10,6 +10,7 @@
 
 import { invalidInput, OpenShellError, usageError } from "../../core/errors.js";
 import {
+  effectiveMode,
   formatMode,
   modeWarnings,
   normalizeSandboxPath,
@@ -65,7 +66,7 @@ export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[])
     if (back.sha256 !== file.sha256 || Number(back.size) !== file.content.length) {
       return `${file.path}: the gateway stored sha256 ${back.sha256 || "(none)"}, expected ${file.sha256}`;
     }
-    if ((back.mode || 0o444) !== (file.mode || 0o444)) {
+    if (effectiveMode(back.mode) !== effectiveMode(file.mode)) {
       return `${file.path}: the gateway stored mode ${formatMode(back.mode)}, expected ${formatMode(file.mode)}`;
     }
   }
@@ -136,7 +137,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
         command: o.command,
         tty,
         files: fileSpecs.map((spec, i) => ({
-          path: normalizeSandboxPath(spec.remote),
+          path: normalizeSandboxPath(spec.remote) ?? spec.remote,
           content: Buffer.alloc(0),
           mode: spec.mode,
           size: fileSizes[i]!,

@@ -14,6 +14,7 @@ import {
   gatewayStateDir,
   gatewayTokenPath,
   isLoopbackHost,
+  isWildcardBind,
   type LocalGatewaySettings,
   listGatewayNames,
   readActiveGateway,
@@ -58,7 +59,7 @@ function sameTls(a: LocalGatewaySettings, b: LocalGatewaySettings): boolean {
 /** Where a CLI on another machine dials this gateway. */
 function remoteHost(settings: LocalGatewaySettings, metadata: GatewayMetadata, names: string[]): string {
   const bind = settings.bind;
-  if (bind !== "0.0.0.0" && bind !== "::") return bind;
+  if (!isWildcardBind(bind)) return bind;
   const external = names.filter((n) => !isLoopbackHost(n) && n !== "localhost");
   return (
     external.find((n) => /^\d+\.\d+\.\d+\.\d+$/.test(n)) ??

@@ -10,6 +10,7 @@ import { OpenShellError } from "../../core/errors.js";
 import { phaseName } from "../../core/phases.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import { SandboxPhase } from "../../gen/openshell.js";
+import { collectBounded } from "../../transport/bridge.js";
 import { channelExit, connectSandboxSsh, sshExec } from "../../transport/ssh.js";
 import {
   decodeTypeProbe,
@@ -117,8 +118,8 @@ async function capture(
 ): Promise<{ stdout: Buffer; stderr: Buffer; code: number }> {
   const channel = await sshExec(client, command);
   channel.end();
-  const stdout = collectBounded(channel);
-  const stderr = collectBounded(channel.stderr);
+  const stdout = collectBounded(channel, CAPTURE_LIMIT);
+  const stderr = collectBounded(channel.stderr, CAPTURE_LIMIT);
   const code = await channelExit(channel);
   return { stdout: stdout(), stderr: stderr(), code };
 }
@@ -127,19 +128,6 @@ async function capture(
 // this, the rest is dropped, so a sandbox cannot make the CLI buffer without end.
 const CAPTURE_LIMIT = 64 * 1024;
 
-/** Keeps the first CAPTURE_LIMIT bytes a stream emits; the returned function joins them. */
-function collectBounded(stream: NodeJS.EventEmitter): () => Buffer {
-  const chunks: Buffer[] = [];
-  let kept = 0;
-  stream.on("data", (d: Buffer) => {
-    if (kept >= CAPTURE_LIMIT) return;
-    const part = d.subarray(0, CAPTURE_LIMIT - kept);
-    chunks.push(part);
-    kept += part.length;
-  });
-  return () => Buffer.concat(chunks);
-}
-
 async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void> {
   if (plan.warning) ui.warn(plan.warning);
   const what = `upload of ${plan.local} to ${plan.remotePath}`;
@@ -147,10 +135,10 @@ async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void
   const channel = await sshExec(client, remoteExtractCommand(plan)).catch((error: unknown) => {
     throw transferLost(what, error);
   });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  channel.on("data", (d: Buffer) => out.push(d));
-  channel.stderr.on("data", (d: Buffer) => err.push(d));
+  // The sandbox's tar lists every entry (escaped, at most 4 bytes a byte) and may warn about each.
+  const limit = plan.entries.reduce((n, entry) => n + 4 * Buffer.byteLength(entry.name) + 256, CAPTURE_LIMIT);
+  const out = collectBounded(channel, limit);
+  const err = collectBounded(channel.stderr, limit);
   const exit = channelExit(channel);
   const done = packUpload(plan, channel, (p: UploadProgress) =>
     progress.update({ bytes: p.bytes, totalBytes: p.totalBytes, files: p.files, totalFiles: p.totalFiles }),
@@ -164,7 +152,7 @@ async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void
         throw error;
       }),
     ]);
-    verifyExtraction(plan, Buffer.concat(out), Buffer.concat(err), code);
+    verifyExtraction(plan, out(), err(), code);
   } catch (error) {
     throw transferLost(what, error);
   } finally {
@@ -232,7 +220,7 @@ export async function sandboxDownload(
     const kind = decodeTypeProbe(type.stdout, options.path);
     const channel = await sshExec(ssh.client, downloadTarCommand(resolved));
     channel.end();
-    const err = collectBounded(channel.stderr);
+    const err = collectBounded(channel.stderr, CAPTURE_LIMIT);
     const exit = channelExit(channel);
     const progress = new TransferProgress(ctx.ui, "Downloading");
     let received = 0;

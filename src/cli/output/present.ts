@@ -2,7 +2,7 @@
 // our fields), the list table and the `get` table.
 
 import { stringify as toYaml } from "yaml";
-import { formatBytes, formatMode } from "../../core/files.js";
+import { effectiveMode, formatBytes, formatMode } from "../../core/files.js";
 import { phaseName, readyFalseMessage } from "../../core/phases.js";
 import { policyToDocument, policyToYaml } from "../../core/policy.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
@@ -35,7 +35,7 @@ export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = 
   if (ready) document.reason = ready;
   document.files = (sandbox.spec?.files ?? []).map((file) => ({
     path: file.path,
-    mode: formatMode(file.mode || 0o444),
+    mode: formatMode(effectiveMode(file.mode)),
     size: file.size,
     sha256: file.sha256,
   }));
@@ -129,7 +129,7 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
     ui.data(ui.out.cyan.bold("Files:"));
     const rows = files.map((f) => [
       f.path,
-      formatMode(f.mode || 0o444),
+      formatMode(effectiveMode(f.mode)),
       formatBytes(Number(f.size)),
       f.sha256,
     ]);

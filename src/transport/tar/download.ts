@@ -24,7 +24,6 @@ import {
   realpath,
   rename,
   rm,
-  stat,
   symlink,
   unlink,
   utimes,
@@ -35,6 +34,7 @@ import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "../../core/errors.js";
 import { shellEscape } from "../../core/shell.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
+import { lstatIfExists, statIfExists } from "../../host/fs.js";
 
 // ---------------------------------------------------------------------------
 // Sandbox path checks (same rules and messages as upstream)
@@ -228,7 +228,7 @@ async function extractInto(
   opts: { kind: "file" | "dir"; name: string; source?: string },
 ): Promise<DownloadResult> {
   const { name } = opts;
-  const destStat = await statIfExists(dest);
+  const destStat = statIfExists(dest);
   if (opts.kind === "dir") {
     if (destStat !== undefined && !destStat.isDirectory()) {
       throw invalidInput(
@@ -252,7 +252,7 @@ async function extractInto(
   }
 
   const target = fileDownloadTarget(dest, name, destStat?.isDirectory() ?? false);
-  const existing = await lstatIfExists(target);
+  const existing = lstatIfExists(target);
   if (existing?.isDirectory())
     throw invalidInput(`cannot overwrite directory '${target}' with downloaded file`);
   const parent = path.dirname(target);
@@ -264,10 +264,10 @@ async function extractInto(
     const extractor = new SafeExtractor(staging, name, "file");
     await extractor.run(input);
     const staged = path.join(staging, name);
-    const stagedStat = await lstatIfExists(staged);
+    const stagedStat = lstatIfExists(staged);
     if (stagedStat === undefined) throw sandboxError(`downloaded archive did not contain '${name}'`);
     if (!stagedStat.isFile()) throw sandboxError(`downloaded entry '${name}' is not a regular file`);
-    const now = await lstatIfExists(target);
+    const now = lstatIfExists(target);
     if (now?.isDirectory()) throw invalidInput(`cannot overwrite directory '${target}' with downloaded file`);
     await rename(staged, target);
     done = true;
@@ -326,7 +326,8 @@ async function mergeInto(staging: string, base: string): Promise<void> {
   for (const entry of await readdir(staging)) {
     const from = path.join(staging, entry);
     const to = path.join(base, entry);
-    const [source, target] = await Promise.all([lstat(from), lstatIfExists(to)]);
+    const source = await lstat(from);
+    const target = lstatIfExists(to);
     if (source.isDirectory() && target?.isDirectory()) await mergeInto(from, to);
     else if (target?.isDirectory()) throw invalidInput(`cannot overwrite directory '${to}' with a download`);
     else await rename(from, to);
@@ -421,10 +422,10 @@ class SafeExtractor {
 
   /** What is at rel in the staging directory, else in `base`; `staged` tells which. */
   private async lookup(rel: string[]): Promise<{ stat: Stats; staged: boolean } | undefined> {
-    const staged = await lstatIfExists(this.abs(rel));
+    const staged = lstatIfExists(this.abs(rel));
     if (staged !== undefined) return { stat: staged, staged: true };
     if (this.base === undefined) return undefined;
-    const existing = await lstatIfExists(path.join(this.base, ...rel));
+    const existing = lstatIfExists(path.join(this.base, ...rel));
     return existing === undefined ? undefined : { stat: existing, staged: false };
   }
 
@@ -629,7 +630,7 @@ class SafeExtractor {
       throw refused(entryName, `hard link to '${linkName}' is not to a regular file extracted before it`);
     }
     for (let i = 1; i <= targetRel.length; i++) {
-      const st = await lstatIfExists(this.abs(targetRel.slice(0, i)));
+      const st = lstatIfExists(this.abs(targetRel.slice(0, i)));
       const expected = i < targetRel.length ? st?.isDirectory() : st?.isFile();
       if (!expected)
         throw refused(entryName, `hard link to '${linkName}' is not to a regular file extracted before it`);
@@ -667,7 +668,7 @@ class SafeExtractor {
   async applyDirModes(root: string): Promise<void> {
     for (const dir of [...this.dirs].reverse()) {
       const abs = path.join(root, ...dir.rel);
-      const st = await lstatIfExists(abs);
+      const st = lstatIfExists(abs);
       if (!st?.isDirectory()) continue;
       await chmod(abs, dir.mode);
       await utimes(abs, dir.mtime, dir.mtime);
@@ -693,27 +694,4 @@ function refused(entryName: string, why: string): OpenShellError {
 
 function sandboxError(message: string): OpenShellError {
   return new OpenShellError("sandbox_error", escapeForTerminal(message));
-}
-
-async function lstatIfExists(p: string): Promise<Stats | undefined> {
-  try {
-    return await lstat(p);
-  } catch (error) {
-    if (isMissing(error)) return undefined;
-    throw error;
-  }
-}
-
-async function statIfExists(p: string): Promise<Stats | undefined> {
-  try {
-    return await stat(p);
-  } catch (error) {
-    if (isMissing(error)) return undefined;
-    throw error;
-  }
-}
-
-function isMissing(error: unknown): boolean {
-  const code = typeof error === "object" && error !== null && "code" in error ? error.code : undefined;
-  return code === "ENOENT" || code === "ENOTDIR";
 }

@@ -27,12 +27,14 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, type Stats } from "node:fs";
-import { lstat, readdir, readlink } from "node:fs/promises";
+import { readdir, readlink } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
 import tarStream from "tar-stream";
-import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { invalidInput, messageOf, OpenShellError } from "../../core/errors.js";
 import { shellEscape } from "../../core/shell.js";
+import { lstatIfExists } from "../../host/fs.js";
+import { collectBounded } from "../bridge.js";
 
 // One quoting rule for every remote command (src/core/shell.ts), re-exported
 // beside the commands built with it.
@@ -180,15 +182,8 @@ export async function planUpload(
   opts: { gitIgnore: boolean },
 ): Promise<UploadPlan> {
   const localPath = path.resolve(local);
-  let rootStat: Stats;
-  try {
-    rootStat = await lstat(local);
-  } catch (error) {
-    if (errnoOf(error) === "ENOENT" || errnoOf(error) === "ENOTDIR") {
-      throw invalidInput(`local path does not exist: ${local}`);
-    }
-    throw invalidInput(`failed to inspect local upload path: ${local}: ${reasonOf(error)}`);
-  }
+  const rootStat = inspectLocal(local);
+  if (rootStat === undefined) throw invalidInput(`local path does not exist: ${local}`);
 
   const kind = rootStat.isDirectory() ? "dir" : "file";
   const where = placeUpload(local, dest, kind);
@@ -272,13 +267,13 @@ class EntryCollector {
       names = await readdir(dir);
     } catch (error) {
       throw invalidInput(
-        `failed to read local upload directory: ${this.displayPath(dir)}: ${reasonOf(error)}`,
+        `failed to read local upload directory: ${this.displayPath(dir)}: ${messageOf(error)}`,
       );
     }
     for (const name of names) {
       const childRel = rel === "" ? name : `${rel}/${name}`;
       const childPath = path.join(dir, name);
-      const stat = await lstatIfExists(childPath);
+      const stat = inspectLocal(childPath);
       // Gone between readdir and lstat: nothing to send.
       if (stat === undefined) continue;
       await this.addStat(childRel, childPath, stat);
@@ -301,14 +296,14 @@ class EntryCollector {
     const parents: Array<{ rel: string; stat: Stats }> = [];
     for (let i = 1; i < parts.length; i++) {
       const parentRel = parts.slice(0, i).join("/");
-      const stat = await lstatIfExists(path.join(this.localPath, parentRel));
+      const stat = inspectLocal(path.join(this.localPath, parentRel));
       // Not a real directory any more (removed, or replaced by a symlink that
       // would lead outside LOCAL): the listing is stale for this path.
       if (stat === undefined || !stat.isDirectory()) return;
       parents.push({ rel: parentRel, stat });
     }
     const localPath = path.join(this.localPath, rel);
-    const stat = await lstatIfExists(localPath);
+    const stat = inspectLocal(localPath);
     if (stat === undefined) return;
     for (const parent of parents) {
       const name = this.archiveName(parent.rel);
@@ -362,12 +357,12 @@ function entryFromStat(
   );
 }
 
-async function lstatIfExists(p: string): Promise<Stats | undefined> {
+/** `lstatIfExists`, with a failure other than a missing path as a one-line error naming the path. */
+function inspectLocal(p: string): Stats | undefined {
   try {
-    return await lstat(p);
+    return lstatIfExists(p);
   } catch (error) {
-    if (errnoOf(error) === "ENOENT" || errnoOf(error) === "ENOTDIR") return undefined;
-    throw invalidInput(`failed to inspect local upload path: ${p}: ${reasonOf(error)}`);
+    throw invalidInput(`failed to inspect local upload path: ${p}: ${messageOf(error)}`);
   }
 }
 
@@ -421,10 +416,11 @@ function runGit(args: string[], cwd: string): Promise<Buffer | undefined> {
       resolve(undefined);
       return;
     }
-    const chunks: Buffer[] = [];
-    child.stdout?.on("data", (chunk: Buffer) => chunks.push(chunk));
+    // Our own git over the user's tree: its listing is as long as the tree is.
+    const stdout =
+      child.stdout === null ? () => Buffer.alloc(0) : collectBounded(child.stdout, Number.POSITIVE_INFINITY);
     child.on("error", () => resolve(undefined));
-    child.on("close", (code) => resolve(code === 0 ? Buffer.concat(chunks) : undefined));
+    child.on("close", (code) => resolve(code === 0 ? stdout() : undefined));
   });
 }
 
@@ -693,7 +689,7 @@ async function packEntry(
   try {
     fd = openSync(entry.localPath, flags);
   } catch (error) {
-    throw changedWhileUploading(entry, reasonOf(error));
+    throw changedWhileUploading(entry, messageOf(error));
   }
   try {
     const before = fstatSync(fd);
@@ -721,7 +717,7 @@ async function packEntry(
         n = readSync(fd, buffer, 0, Math.min(buffer.length, entry.size - written), written);
       } catch (error) {
         pool.give(buffer);
-        throw changedWhileUploading(entry, reasonOf(error));
+        throw changedWhileUploading(entry, messageOf(error));
       }
       if (n === 0) {
         pool.give(buffer);
@@ -1232,12 +1228,3 @@ export function unescapeTarName(quoted: string): string {
 }
 
 // ---------------------------------------------------------------------------
-
-function errnoOf(error: unknown): string | undefined {
-  return typeof error === "object" && error !== null && "code" in error ? String(error.code) : undefined;
-}
-
-function reasonOf(error: unknown): string {
-  if (error instanceof Error) return error.message;
-  return String(error);
-}

@@ -1,0 +1,21 @@
+// Filesystem steps shared by several layers: the supervisor's staging and
+// mounts, the CLI's upload planning and download extraction.
+
+import { lstatSync, type Stats, statSync } from "node:fs";
+
+/** `lstat`, with a path that does not exist (ENOENT, or ENOTDIR under a file) as undefined. */
+export const lstatIfExists = (path: string): Stats | undefined => ifExists(() => lstatSync(path));
+
+/** `stat`, following symlinks, likewise. */
+export const statIfExists = (path: string): Stats | undefined => ifExists(() => statSync(path));
+
+// Synchronous: one system call costs less than a trip through the thread pool.
+function ifExists(call: () => Stats): Stats | undefined {
+  try {
+    return call();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return undefined;
+    throw error;
+  }
+}
