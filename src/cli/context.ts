@@ -31,6 +31,8 @@ export class CommandContext {
   private connected: Promise<ConnectedGateway> | undefined;
   private readonly abort = new AbortController();
   private passingThrough = false;
+  /** 128+N once signal N cancelled the command. */
+  interruptStatus: number | undefined;
 
   constructor(
     readonly io: Io,
@@ -57,8 +59,10 @@ export class CommandContext {
     return this.abort.signal;
   }
 
-  cancel(): void {
-    this.abort.abort();
+  /** Ctrl-C or SIGTERM: `status` is what the command line exits with if it fails because of it. */
+  cancel(status = 130): void {
+    this.interruptStatus ??= status;
+    this.abort.abort(this.interruptStatus);
   }
 
   /** The workspace sandbox commands address, checked before any RPC. */

@@ -24,7 +24,7 @@ import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
 import type { CommandContext } from "./context.js";
 import type { GlobalOptions } from "./gateways.js";
-import type { Io } from "./output/ui.js";
+import { colorFor, type Io } from "./output/ui.js";
 
 /** What a command's action is given: a way to run its body with a context. */
 export interface Runner {
@@ -104,10 +104,14 @@ export class Invocation {
     return this.code;
   }
 
-  /** Ctrl-C: asks the running command to wind down; false when none is running or it was asked already. */
-  cancel(): boolean {
+  /**
+   * Ctrl-C (130) or SIGTERM (143): asks the running command to wind down; a
+   * command that then fails exits with `status`. False when none is running
+   * or it was asked already.
+   */
+  cancel(status = 130): boolean {
     if (this.context === undefined || this.context.signal.aborted) return false;
-    this.context.cancel();
+    this.context.cancel(status);
     return true;
   }
 
@@ -122,6 +126,10 @@ export class Invocation {
       await program.parseAsync(args, { from: "user" });
     } catch (error) {
       this.code = this.failure(error);
+      // A command cut short by Ctrl-C or SIGTERM exits as a shell reports it.
+      if (this.context?.interruptStatus !== undefined && !(error instanceof CommanderError)) {
+        this.code = this.context.interruptStatus;
+      }
     }
     this.context?.close();
     this.code ??= 0;
@@ -153,12 +161,10 @@ export class Invocation {
   }
 
   private printError(error: OpenShellError): void {
-    const color = this.io.stderr.isTTY === true && this.env.NO_COLOR === undefined;
-    const red = (s: string): string => (color ? `\x1b[31m${s}\x1b[39m` : s);
-    const dim = (s: string): string => (color ? `\x1b[2m${s}\x1b[22m` : s);
+    const color = colorFor(this.io.stderr, this.env);
     // The last gate before the terminal: a message may quote a sandbox or a
     // remote gateway, and each is one line.
-    this.io.stderr.write(`${red("error:")} ${escapeForTerminal(error.message)}\n`);
-    if (error.hint) this.io.stderr.write(`${dim(`hint: ${escapeForTerminal(error.hint)}`)}\n`);
+    this.io.stderr.write(`${color.red("error:")} ${escapeForTerminal(error.message)}\n`);
+    if (error.hint) this.io.stderr.write(`${color.dim(`hint: ${escapeForTerminal(error.hint)}`)}\n`);
   }
 }

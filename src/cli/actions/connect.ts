@@ -86,7 +86,8 @@ async function pumpChannel(
     });
     channel.pipe(stdout, { end: false });
     channel.stderr.pipe(stderr, { end: false });
-    const onAbort = (): void => stop(130);
+    // The signal's reason is the status to report (130 for Ctrl-C, 143 for SIGTERM).
+    const onAbort = (): void => stop(typeof options.signal.reason === "number" ? options.signal.reason : 130);
     options.signal.addEventListener("abort", onAbort, { once: true });
     undo.push(() => options.signal.removeEventListener("abort", onAbort));
     const exited = channelExit(channel);

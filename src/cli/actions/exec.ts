@@ -129,7 +129,7 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
         call.cancel();
         resolve(status);
       };
-      const onAbort = (): void => stop(130);
+      const onAbort = (): void => stop(ctx.interruptStatus ?? 130);
       ctx.signal.addEventListener("abort", onAbort, { once: true });
       restore.push(() => ctx.signal.removeEventListener("abort", onAbort));
       call.on("data", (event: ExecSandboxEvent) => {
