@@ -5,7 +5,7 @@
 // lines can be run in-process, side by side, and their exit codes come back
 // to the caller instead of ending the process.
 
-import { Command, CommanderError } from "@commander-js/extra-typings";
+import { Command, CommanderError, type CommandUnknownOpts } from "@commander-js/extra-typings";
 import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "../core/errors.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
@@ -23,6 +23,7 @@ import { addSandboxUpload } from "./commands/sandbox-upload.js";
 import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
 import type { CommandContext } from "./context.js";
+import { createAttaches } from "./flags.js";
 import type { GlobalOptions } from "./gateways.js";
 import { colorFor, type Io } from "./output/ui.js";
 
@@ -35,6 +36,7 @@ export interface Runner {
 function buildProgram(
   io: Io,
   run: (globals: GlobalOptions, body: (ctx: CommandContext) => Promise<number>) => Promise<void>,
+  parsing: (command: CommandUnknownOpts) => void,
 ) {
   const program = new Command("openshell")
     .description(
@@ -78,6 +80,8 @@ function buildProgram(
   addSandboxUpload(sandbox, runner);
   addSandboxDownload(sandbox, runner);
   addSandboxSshConfig(sandbox, runner);
+  // Which command is being parsed: its parse errors take its exit codes.
+  sandbox.hook("preSubcommand", (_sandbox, command) => parsing(command));
 
   addLogs(program, runner);
 
@@ -93,6 +97,8 @@ function buildProgram(
 export class Invocation {
   private context: CommandContext | undefined;
   private code: number | undefined;
+  /** The sandbox subcommand being parsed, once commander has chosen it. */
+  private parsing: CommandUnknownOpts | undefined;
 
   constructor(
     readonly io: Io,
@@ -117,11 +123,17 @@ export class Invocation {
 
   /** Parses and runs `args` (the words after `openshell`); resolves to the exit code. */
   async run(args: string[]): Promise<number> {
-    const program = buildProgram(this.io, async (globals, body) => {
-      const { CommandContext } = await import("./context.js");
-      this.context = new CommandContext(this.io, this.env, globals);
-      this.code = await body(this.context);
-    });
+    const program = buildProgram(
+      this.io,
+      async (globals, body) => {
+        const { CommandContext } = await import("./context.js");
+        this.context = new CommandContext(this.io, this.env, globals);
+        this.code = await body(this.context);
+      },
+      (command) => {
+        this.parsing = command;
+      },
+    );
     try {
       await program.parseAsync(args, { from: "user" });
     } catch (error) {
@@ -136,8 +148,17 @@ export class Invocation {
     return this.code;
   }
 
+  /**
+   * Whether failures take the pass-through codes: as the running command
+   * decided, or, for a parse error, for exec and connect always and for a
+   * create that would attach, judged by the flags parsed before the error.
+   */
   private get passthrough(): boolean {
-    return this.context?.passthrough === true;
+    if (this.context) return this.context.passthrough;
+    const name = this.parsing?.name();
+    if (name === "exec" || name === "connect") return true;
+    const terminal = this.io.stdin.isTTY === true && this.io.stdout.isTTY === true;
+    return name === "create" && createAttaches(this.parsing!.opts(), terminal);
   }
 
   private failure(error: unknown): number {
