@@ -89,6 +89,8 @@ function buildProgram(
   addGatewayCommands(gateway, runner);
 
   addStatus(program, runner);
+  // Where a user of `gateway start` and `gateway stop` looks for it too.
+  addStatus(gateway, runner);
   addSshProxy(program, runner);
   return program;
 }

@@ -97,7 +97,15 @@ describe("every documented exit code", () => {
   /** [code, what produces it, how] */
   const cases: [number, string, () => Promise<Outcome>][] = [
     [0, "sandbox get NAME", () => cli(["sandbox", "get", name])],
-    [1, "sandbox get of a missing sandbox", () => cli(["sandbox", "get", "nope"])],
+    [
+      1,
+      "sandbox get of a missing sandbox, named in the error",
+      async () => {
+        const outcome = await cli(["sandbox", "get", "nope"]);
+        expect(outcome.stderr).toContain("error: sandbox 'nope' not found in workspace 'default'");
+        return outcome;
+      },
+    ],
     [
       1,
       "sandbox exec refused by the gateway (a stranger's token)",
@@ -138,7 +146,15 @@ describe("every documented exit code", () => {
           OPENSHELL_GATEWAY_ENDPOINT: "http://127.0.0.1:1",
         }),
     ],
-    [243, "sandbox exec in a missing sandbox", () => cli(["sandbox", "exec", "-n", "nope", "--", "true"])],
+    [
+      243,
+      "sandbox exec in a missing sandbox, named in the error",
+      async () => {
+        const outcome = await cli(["sandbox", "exec", "-n", "nope", "--", "true"]);
+        expect(outcome.stderr).toContain("error: sandbox 'nope' not found in workspace 'default'");
+        return outcome;
+      },
+    ],
     [
       244,
       "sandbox exec whose sandbox is deleted while the command runs",

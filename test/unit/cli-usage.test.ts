@@ -37,7 +37,7 @@ const usageErrors: [string[], number, RegExp][] = [
   [["sandbox", "list", "--limit", "ten"], 2, /--limit ten: expected a whole number/],
   [["sandbox", "list", "--limit", "0"], 2, /--limit 0: expected a whole number from 1 to 1000/],
   [["sandbox", "list", "--names", "-o", "json"], 2, /--names/],
-  [["sandbox", "delete"], 2, /no sandbox named/],
+  [["sandbox", "delete"], 2, /sandbox delete: missing sandbox name/],
   [["sandbox", "delete", "a", "--all"], 2, /give sandbox names or --all, not both/],
   [["sandbox", "exec", "-n", "x"], 240, /missing required argument 'command'/],
   [["sandbox", "exec", "--timeout", "soon", "--", "true"], 240, /--timeout soon: expected a whole number/],
@@ -95,6 +95,18 @@ describe("usage errors, in-process", () => {
       runCli(["sandbox", "list", "--limit", "0"], { env }),
     ]);
     expect([exec.exitCode, list.exitCode]).toEqual([240, 2]);
+  });
+
+  it("status and gateway status give the same report, naming the gateway, with no empty Resolution note", async () => {
+    const top = await runCli(["status"], { env });
+    const under = await runCli(["gateway", "status"], { env });
+    expect(top.exitCode, top.stderr).toBe(1);
+    expect(top.stdout).toMatch(/Status: Disconnected/);
+    expect(top.stdout).toContain("Error: failed to connect to gateway 'http://127.0.0.1:1'");
+    expect(top.stdout + top.stderr).not.toMatch(/Resolution note/);
+    expect(under).toEqual(top);
+    const json = await runCli(["gateway", "status", "-o", "json"], { env });
+    expect(JSON.parse(json.stdout).error).not.toMatch(/Resolution note|Error: Error/);
   });
 
   it("reaches no gateway and starts none", async () => {

@@ -57,9 +57,8 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
 
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(
-    gateway.client.getSandbox,
-    { name, workspace: gateway.workspace },
+  const sandbox = await gateway.sandbox(
+    name,
     options.timeout > 0 ? { deadlineMs: options.timeout * 1000 + BACKSTOP_GRACE_MS } : {},
   );
   const phase = sandbox?.status?.phase;

@@ -60,9 +60,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
   const format = options.raw ? (line: SandboxLogLine) => line.message : formatLogLine;
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
-  const id = sandbox?.metadata?.id;
-  if (!id) throw new OpenShellError("internal", "sandbox missing metadata");
+  const id = (await gateway.sandbox(name)).metadata!.id;
   if (!options.tail) {
     const response = await gateway.call(gateway.client.getSandboxLogs, {
       sandboxId: id,
