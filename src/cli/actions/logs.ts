@@ -3,7 +3,7 @@
 // of a line may come from the sandbox, so each is escaped for the terminal;
 // --raw prints only the messages, as they are, for a user who asks for that.
 
-import { OpenShellError, usageError } from "../../core/errors.js";
+import { usageError } from "../../core/errors.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import type { SandboxLogLine, SandboxStreamEvent } from "../../gen/openshell.js";
 import { mapGrpcError } from "../../transport/grpc.js";
