@@ -44,3 +44,8 @@ export function createAttaches(
     (o.attach === true || o.keep === false || terminal)
   );
 }
+
+/** A command's help epilogue: "Examples:" and one command line each. */
+export function examples(...lines: string[]): string {
+  return `\nExamples:\n${lines.map((line) => `  ${line}`).join("\n")}`;
+}

@@ -23,7 +23,7 @@ import { addSandboxUpload } from "./commands/sandbox-upload.js";
 import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
 import type { CommandContext } from "./context.js";
-import { createAttaches } from "./flags.js";
+import { createAttaches, examples } from "./flags.js";
 import type { GlobalOptions } from "./gateways.js";
 import { colorFor, type Io } from "./output/ui.js";
 
@@ -32,6 +32,21 @@ export interface Runner {
   /** Runs `body` with this command line's context; its result is the exit code. */
   run(body: (ctx: CommandContext) => Promise<number>): Promise<void>;
 }
+
+/** The top-level help's summary of README "Exit codes". */
+const EXIT_CODES_HELP = `
+Exit codes:
+  0    success
+  1    the CLI failed: bad input, gateway unreachable, not authorized, not found, sandbox in Error
+  2    usage error (unknown flag, missing argument)
+  130  interrupted by Ctrl-C; 143: ended by SIGTERM
+  sandbox exec, sandbox connect and an attached sandbox create exit with the remote command's
+  status (128+N for signal N, 124 for --timeout); their own failures use:
+  240  bad input or usage      241  no gateway, or unreachable
+  243  sandbox not found, not Ready, or in Error
+  244  connection lost, or the command not started within --timeout
+  245  any other internal error
+  A gateway refusing the caller's credentials is 1 from every command.`;
 
 function buildProgram(
   io: Io,
@@ -58,7 +73,16 @@ function buildProgram(
       outputError: (text, write) => write(text),
       getOutHelpWidth: () => io.stdout.columns ?? 80,
     })
-    .exitOverride();
+    .exitOverride()
+    .addHelpText(
+      "after",
+      `${examples(
+        "openshell sandbox create --name demo -- python3 -m http.server 8000",
+        "openshell sandbox exec -n demo -- ls -la",
+        "openshell logs demo --tail",
+      )}
+${EXIT_CODES_HELP}`,
+    );
   const runner: Runner = {
     run: (body) => {
       const { gateway, gatewayEndpoint, gatewayInsecure, workspace } = program.opts();
@@ -70,7 +94,15 @@ function buildProgram(
     .command("sandbox")
     .alias("sb")
     .description("create and use sandboxes")
-    .enablePositionalOptions();
+    .enablePositionalOptions()
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox create --name demo -- sleep infinity",
+        "openshell sandbox list",
+        "openshell sb exec -n demo -- id",
+      ),
+    );
   addSandboxCreate(sandbox, runner);
   addSandboxGet(sandbox, runner);
   addSandboxList(sandbox, runner);
@@ -85,7 +117,14 @@ function buildProgram(
 
   addLogs(program, runner);
 
-  const gateway = program.command("gateway").alias("gw").description("start, stop and choose gateways");
+  const gateway = program
+    .command("gateway")
+    .alias("gw")
+    .description("start, stop and choose gateways")
+    .addHelpText(
+      "after",
+      examples("openshell gateway start", "openshell gateway status", "openshell gateway list"),
+    );
   addGatewayCommands(gateway, runner);
 
   addStatus(program, runner);
