@@ -10,20 +10,12 @@ import { createServer, type Http2Server } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { collect, ROOT, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
+import { collect, documentedExitCodes, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
 import { runCli } from "../helpers/run-cli.js";
 
 interface Outcome {
   exitCode: number | null;
   stderr: string;
-}
-
-/** The codes in the README's "Exit codes" tables and the remote statuses its prose names. */
-function documentedCodes(): number[] {
-  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-  const section = readme.slice(readme.indexOf("## Exit codes"));
-  const body = section.slice(0, section.indexOf("\n## ", 3));
-  return [...body.matchAll(/^\| (\d+) \|/gm)].map((match) => Number(match[1]));
 }
 
 describe("every documented exit code", () => {
@@ -206,7 +198,7 @@ describe("every documented exit code", () => {
   ];
 
   it("covers every code in the README's tables", () => {
-    const documented = documentedCodes();
+    const documented = documentedExitCodes();
     expect(documented).toEqual(expect.arrayContaining([0, 1, 2, 130, 240, 241, 243, 244, 245]));
     const driven = new Set(cases.map(([code]) => code));
     expect(documented.filter((code) => !driven.has(code))).toEqual([]);

@@ -3,10 +3,8 @@
 // are found as a user finds them: in the "Commands:" list of each help,
 // walked from the top (the hidden ssh-proxy named as well).
 
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ROOT } from "../helpers/cli.js";
+import { documentedExitCodes } from "../helpers/cli.js";
 import { runCli } from "../helpers/run-cli.js";
 
 const env = { OPENSHELL_GATEWAY_ENDPOINT: "http://127.0.0.1:1" };
@@ -53,10 +51,7 @@ describe("help", () => {
   });
 
   it("the top-level help lists every exit code in the README's tables", async () => {
-    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-    const section = readme.slice(readme.indexOf("## Exit codes"));
-    const body = section.slice(0, section.indexOf("\n## ", 3));
-    const codes = [...body.matchAll(/^\| (\d+) \|/gm)].map((match) => match[1]!);
+    const codes = documentedExitCodes();
     expect(codes.length).toBeGreaterThanOrEqual(8);
     const text = await help([]);
     const listed = text.slice(text.indexOf("Exit codes:"));
