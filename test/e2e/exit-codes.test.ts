@@ -61,13 +61,13 @@ describe("every documented exit code", () => {
     runCli(args, { env: { HOME: env.home, ...extra } });
 
   /** `sandbox create` held at the wait for Ready (the gateway stopped), then sent `signal`. */
-  const interruptedCreate = async (signal: NodeJS.Signals): Promise<Outcome> => {
+  const interruptedCreate = async (signal: NodeJS.Signals, how = "--detach"): Promise<Outcome> => {
     const child = env.spawn([
       "sandbox",
       "create",
       "--name",
       uniqueName("int"),
-      "--detach",
+      how,
       "--",
       "sleep",
       "infinity",
@@ -125,6 +125,11 @@ describe("every documented exit code", () => {
     ],
     [2, "sandbox list --limit 0", () => cli(["sandbox", "list", "--limit", "0"])],
     [130, "Ctrl-C while create waits for Ready", () => interruptedCreate("SIGINT")],
+    [
+      130,
+      "Ctrl-C while an attaching create waits for Ready (not 244)",
+      () => interruptedCreate("SIGINT", "--attach"),
+    ],
     [143, "SIGTERM while create waits for Ready", () => interruptedCreate("SIGTERM")],
     [240, "sandbox exec with no command", () => cli(["sandbox", "exec", "-n", name])],
     [240, "sandbox exec --timeout abc", () => cli(["sandbox", "exec", "--timeout", "abc", "--", "true"])],
