@@ -104,7 +104,7 @@ export class CommandContext {
           const { sandbox } = await call(client.getSandbox, { name, workspace }, options).catch((error) => {
             if (!isOpenShellError(error) || error.code !== "not_found") throw error;
             throw new OpenShellError("not_found", `sandbox '${name}' not found in workspace '${workspace}'`, {
-              hint: "See the sandboxes there with `openshell sandbox list`.",
+              hint: `See the sandboxes there with \`openshell${workspace === DEFAULT_WORKSPACE ? "" : ` --workspace ${workspace}`} sandbox list\`.`,
               cause: error,
             });
           });
