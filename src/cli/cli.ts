@@ -1,8 +1,8 @@
 // The `openshell` executable's entry point (dist/cli.mjs, run by bin/openshell):
 // the one place that touches the process for the program as a whole. It runs
 // the command line with the process's streams and environment, turns Ctrl-C
-// into a cancellation of the running command (a second one, or one before a
-// command runs, exits 130 at once), treats a closed stdout as the end, waits
+// and SIGTERM into a cancellation of the running command (a second one, or
+// one before a command runs, exits 130 or 143 at once), treats a closed stdout as the end, waits
 // for stdout and stderr to drain, and exits with the command line's code.
 
 import { installPatches } from "../host/patches.js";
@@ -26,9 +26,14 @@ async function main(): Promise<never> {
     if (process.env.OPENSHELL_DEBUG) process.stderr.write(`openshell: ${failure.message}\n`);
   }
   const invocation = new Invocation(processIo(), process.env);
-  process.on("SIGINT", () => {
-    if (!invocation.cancel()) process.exit(130);
-  });
+  for (const [signal, status] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const) {
+    process.on(signal, () => {
+      if (!invocation.cancel(status)) process.exit(status);
+    });
+  }
   process.stdout.on("error", (error: NodeJS.ErrnoException) => {
     if (error.code === "EPIPE") process.exit(invocation.exitCode ?? 0);
   });

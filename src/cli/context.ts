@@ -3,9 +3,9 @@
 // One context lives for one command line; nothing about a run is kept in a
 // module, so command lines can run side by side in one process.
 
-import { invalidInput, OpenShellError } from "../core/errors.js";
+import { invalidInput, isOpenShellError, OpenShellError } from "../core/errors.js";
 import { validateWorkspaceName } from "../core/names.js";
-import type { OpenShellClient } from "../gen/openshell.js";
+import type { OpenShellClient, Sandbox } from "../gen/openshell.js";
 import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../host/config.js";
 import { connectGateway, type GatewayTarget, unary } from "../transport/grpc.js";
 import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
@@ -24,6 +24,8 @@ export interface ConnectedGateway extends ResolvedGateway {
     request: Req,
     options?: { deadlineMs?: number },
   ): Promise<Res>;
+  /** The sandbox NAME in this workspace; a missing one is a not_found error that names it. */
+  sandbox(name: string, options?: { deadlineMs?: number }): Promise<Sandbox>;
 }
 
 export class CommandContext {
@@ -31,6 +33,8 @@ export class CommandContext {
   private connected: Promise<ConnectedGateway> | undefined;
   private readonly abort = new AbortController();
   private passingThrough = false;
+  /** 128+N once signal N cancelled the command. */
+  interruptStatus: number | undefined;
 
   constructor(
     readonly io: Io,
@@ -57,8 +61,10 @@ export class CommandContext {
     return this.abort.signal;
   }
 
-  cancel(): void {
-    this.abort.abort();
+  /** Ctrl-C or SIGTERM: `status` is what the command line exits with if it fails because of it. */
+  cancel(status = 130): void {
+    this.interruptStatus ??= status;
+    this.abort.abort(this.interruptStatus);
   }
 
   /** The workspace sandbox commands address, checked before any RPC. */
@@ -87,12 +93,26 @@ export class CommandContext {
     }).then((resolved) => {
       const client = connectGateway(resolved.target);
       const target: GatewayTarget = resolved.target;
+      const call: ConnectedGateway["call"] = (method, request, options) =>
+        unary(target, method.bind(client), request, { ...options, signal: this.signal });
       return {
         ...resolved,
         client,
         workspace,
-        call: (method, request, options) =>
-          unary(target, method.bind(client), request, { ...options, signal: this.signal }),
+        call,
+        sandbox: async (name, options) => {
+          const { sandbox } = await call(client.getSandbox, { name, workspace }, options).catch((error) => {
+            if (!isOpenShellError(error) || error.code !== "not_found") throw error;
+            throw new OpenShellError("not_found", `sandbox '${name}' not found in workspace '${workspace}'`, {
+              hint: `See the sandboxes there with \`openshell${workspace === DEFAULT_WORKSPACE ? "" : ` --workspace ${workspace}`} sandbox list\`.`,
+              cause: error,
+            });
+          });
+          if (!sandbox?.metadata?.id) {
+            throw new OpenShellError("internal", `sandbox '${name}': the gateway's answer has no metadata`);
+          }
+          return sandbox;
+        },
       };
     });
     return this.connected;

@@ -23,3 +23,29 @@ export const outputOption = () =>
   new Option("-o, --output <format>", "output format")
     .choices(["table", "json", "yaml"] as const)
     .default("table");
+
+/**
+ * Whether `sandbox create` attaches to its command and so exits with its
+ * status (README "Attaching"): on a terminal, or with --attach or --no-keep;
+ * never with --detach or -o.
+ */
+export function createAttaches(
+  o: {
+    detach?: boolean | undefined;
+    attach?: boolean | undefined;
+    keep?: boolean | undefined;
+    output?: string | undefined;
+  },
+  terminal: boolean,
+): boolean {
+  return (
+    o.detach !== true &&
+    (o.output ?? "table") === "table" &&
+    (o.attach === true || o.keep === false || terminal)
+  );
+}
+
+/** A command's help epilogue: "Examples:" and one command line each. */
+export function examples(...lines: string[]): string {
+  return `\nExamples:\n${lines.map((line) => `  ${line}`).join("\n")}`;
+}

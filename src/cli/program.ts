@@ -5,7 +5,7 @@
 // lines can be run in-process, side by side, and their exit codes come back
 // to the caller instead of ending the process.
 
-import { Command, CommanderError } from "@commander-js/extra-typings";
+import { Command, CommanderError, type CommandUnknownOpts } from "@commander-js/extra-typings";
 import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "../core/errors.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
@@ -23,8 +23,9 @@ import { addSandboxUpload } from "./commands/sandbox-upload.js";
 import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
 import type { CommandContext } from "./context.js";
+import { createAttaches, examples } from "./flags.js";
 import type { GlobalOptions } from "./gateways.js";
-import type { Io } from "./output/ui.js";
+import { colorFor, type Io } from "./output/ui.js";
 
 /** What a command's action is given: a way to run its body with a context. */
 export interface Runner {
@@ -32,9 +33,25 @@ export interface Runner {
   run(body: (ctx: CommandContext) => Promise<number>): Promise<void>;
 }
 
+/** The top-level help's summary of README "Exit codes". */
+const EXIT_CODES_HELP = `
+Exit codes:
+  0    success
+  1    the CLI failed: bad input, gateway unreachable, not authorized, not found, sandbox in Error
+  2    usage error (unknown flag, missing argument)
+  130  interrupted by Ctrl-C; 143: ended by SIGTERM
+  sandbox exec, sandbox connect and an attached sandbox create exit with the remote command's
+  status (128+N for signal N, 124 for --timeout); their own failures use:
+  240  bad input or usage      241  no gateway, or unreachable
+  243  sandbox not found, not Ready, or in Error
+  244  connection lost, or the command not started within --timeout
+  245  any other internal error
+  A gateway refusing the caller's credentials is 1 from every command.`;
+
 function buildProgram(
   io: Io,
   run: (globals: GlobalOptions, body: (ctx: CommandContext) => Promise<number>) => Promise<void>,
+  parsing: (command: CommandUnknownOpts) => void,
 ) {
   const program = new Command("openshell")
     .description(
@@ -56,7 +73,16 @@ function buildProgram(
       outputError: (text, write) => write(text),
       getOutHelpWidth: () => io.stdout.columns ?? 80,
     })
-    .exitOverride();
+    .exitOverride()
+    .addHelpText(
+      "after",
+      `${examples(
+        "openshell sandbox create --name demo -- python3 -m http.server 8000",
+        "openshell sandbox exec -n demo -- ls -la",
+        "openshell logs demo --tail",
+      )}
+${EXIT_CODES_HELP}`,
+    );
   const runner: Runner = {
     run: (body) => {
       const { gateway, gatewayEndpoint, gatewayInsecure, workspace } = program.opts();
@@ -68,7 +94,15 @@ function buildProgram(
     .command("sandbox")
     .alias("sb")
     .description("create and use sandboxes")
-    .enablePositionalOptions();
+    .enablePositionalOptions()
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox create --name demo -- sleep infinity",
+        "openshell sandbox list",
+        "openshell sb exec -n demo -- id",
+      ),
+    );
   addSandboxCreate(sandbox, runner);
   addSandboxGet(sandbox, runner);
   addSandboxList(sandbox, runner);
@@ -78,13 +112,24 @@ function buildProgram(
   addSandboxUpload(sandbox, runner);
   addSandboxDownload(sandbox, runner);
   addSandboxSshConfig(sandbox, runner);
+  // Which command is being parsed: its parse errors take its exit codes.
+  sandbox.hook("preSubcommand", (_sandbox, command) => parsing(command));
 
   addLogs(program, runner);
 
-  const gateway = program.command("gateway").alias("gw").description("start, stop and choose gateways");
+  const gateway = program
+    .command("gateway")
+    .alias("gw")
+    .description("start, stop and choose gateways")
+    .addHelpText(
+      "after",
+      examples("openshell gateway start", "openshell gateway status", "openshell gateway list"),
+    );
   addGatewayCommands(gateway, runner);
 
   addStatus(program, runner);
+  // Where a user of `gateway start` and `gateway stop` looks for it too.
+  addStatus(gateway, runner);
   addSshProxy(program, runner);
   return program;
 }
@@ -93,6 +138,8 @@ function buildProgram(
 export class Invocation {
   private context: CommandContext | undefined;
   private code: number | undefined;
+  /** The sandbox subcommand being parsed, once commander has chosen it. */
+  private parsing: CommandUnknownOpts | undefined;
 
   constructor(
     readonly io: Io,
@@ -104,32 +151,55 @@ export class Invocation {
     return this.code;
   }
 
-  /** Ctrl-C: asks the running command to wind down; false when none is running or it was asked already. */
-  cancel(): boolean {
+  /**
+   * Ctrl-C (130) or SIGTERM (143): asks the running command to wind down; a
+   * command that then fails exits with `status`. False when none is running
+   * or it was asked already.
+   */
+  cancel(status = 130): boolean {
     if (this.context === undefined || this.context.signal.aborted) return false;
-    this.context.cancel();
+    this.context.cancel(status);
     return true;
   }
 
   /** Parses and runs `args` (the words after `openshell`); resolves to the exit code. */
   async run(args: string[]): Promise<number> {
-    const program = buildProgram(this.io, async (globals, body) => {
-      const { CommandContext } = await import("./context.js");
-      this.context = new CommandContext(this.io, this.env, globals);
-      this.code = await body(this.context);
-    });
+    const program = buildProgram(
+      this.io,
+      async (globals, body) => {
+        const { CommandContext } = await import("./context.js");
+        this.context = new CommandContext(this.io, this.env, globals);
+        this.code = await body(this.context);
+      },
+      (command) => {
+        this.parsing = command;
+      },
+    );
     try {
       await program.parseAsync(args, { from: "user" });
     } catch (error) {
       this.code = this.failure(error);
+      // A command cut short by Ctrl-C or SIGTERM exits as a shell reports it.
+      if (this.context?.interruptStatus !== undefined && !(error instanceof CommanderError)) {
+        this.code = this.context.interruptStatus;
+      }
     }
     this.context?.close();
     this.code ??= 0;
     return this.code;
   }
 
+  /**
+   * Whether failures take the pass-through codes: as the running command
+   * decided, or, for a parse error, for exec and connect always and for a
+   * create that would attach, judged by the flags parsed before the error.
+   */
   private get passthrough(): boolean {
-    return this.context?.passthrough === true;
+    if (this.context) return this.context.passthrough;
+    const name = this.parsing?.name();
+    if (name === "exec" || name === "connect") return true;
+    const terminal = this.io.stdin.isTTY === true && this.io.stdout.isTTY === true;
+    return name === "create" && createAttaches(this.parsing!.opts(), terminal);
   }
 
   private failure(error: unknown): number {
@@ -153,12 +223,10 @@ export class Invocation {
   }
 
   private printError(error: OpenShellError): void {
-    const color = this.io.stderr.isTTY === true && this.env.NO_COLOR === undefined;
-    const red = (s: string): string => (color ? `\x1b[31m${s}\x1b[39m` : s);
-    const dim = (s: string): string => (color ? `\x1b[2m${s}\x1b[22m` : s);
+    const color = colorFor(this.io.stderr, this.env);
     // The last gate before the terminal: a message may quote a sandbox or a
     // remote gateway, and each is one line.
-    this.io.stderr.write(`${red("error:")} ${escapeForTerminal(error.message)}\n`);
-    if (error.hint) this.io.stderr.write(`${dim(`hint: ${escapeForTerminal(error.hint)}`)}\n`);
+    this.io.stderr.write(`${color.red("error:")} ${escapeForTerminal(error.message)}\n`);
+    if (error.hint) this.io.stderr.write(`${color.dim(`hint: ${escapeForTerminal(error.hint)}`)}\n`);
   }
 }

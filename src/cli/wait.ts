@@ -1,5 +1,6 @@
 // Waiting for a new sandbox to be Ready, on WatchSandbox, with progress for
-// people (a spinner on a terminal) or for logs (timestamped lines), and
+// people (a spinner on a live terminal, ended on every way out) or for logs
+// and scripts (timestamped lines), and
 // upstream's readiness rules: Error is terminal at once; Ready counts only
 // after a non-Ready phase was seen; the idle timeout is extended only by
 // progress events.
@@ -52,7 +53,15 @@ class Progress {
       this.spinnerTimer = setTimeout(() => {
         void import("ora").then(({ default: ora }) => {
           if (this.spinnerTimer === undefined) return;
-          this.spinner = ora({ text: this.text, stream: ui.io.stderr as NodeJS.WritableStream }).start();
+          // Decided here (ui.interactive), not by ora; stdin is left alone so
+          // no exit path can leave the terminal in raw mode.
+          this.spinner = ora({
+            text: this.text,
+            stream: ui.io.stderr as NodeJS.WritableStream,
+            isEnabled: true,
+            color: ui.colored ? "cyan" : false,
+            discardStdin: false,
+          }).start();
         });
       }, SPINNER_DELAY_MS);
     } else if (mode === "plain") this.line("Requesting sandbox...");

@@ -223,7 +223,10 @@ export function mapGrpcError(
       cause: error,
     });
   }
-  const details = error.details || error.message;
+  // grpc-js ends a connection failure with "Resolution note: " even when it has none.
+  const details = (error.details || error.message)
+    .replace(/\.?\s*Resolution note:\s*$/, ".")
+    .replace("Last error: Error: ", "Last error: ");
   switch (error.code) {
     case status.UNAVAILABLE: {
       const tls = tlsFailure(details, target);

@@ -162,6 +162,14 @@ export function waitForOutput(
   });
 }
 
+/** The codes in the first column of the tables under README's "## Exit codes". */
+export function documentedExitCodes(): number[] {
+  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+  const section = readme.slice(readme.indexOf("## Exit codes"));
+  const body = section.slice(0, section.indexOf("\n## ", 3));
+  return [...body.matchAll(/^\| (\d+) \|/gm)].map((match) => Number(match[1]));
+}
+
 /** Parses stdout as exactly one JSON document. */
 export function json<T = unknown>(result: RunResult): T {
   return JSON.parse(result.stdout) as T;

@@ -1,6 +1,7 @@
 // Every command's usage errors and their exit codes, run in-process: 2 for the
-// CLI's own usage errors, 240 once `sandbox exec` (or connect, or an attached
-// create) passes a remote command's status through (README "Exit codes").
+// CLI's own usage errors, 240 for those of `sandbox exec`, `sandbox connect`
+// and a `sandbox create` that attaches, parse errors included, since they pass
+// a remote command's status through (README "Exit codes").
 // The endpoint points at a closed port, so a command line that got past its
 // checks and reached for a gateway fails with another code instead of
 // starting one.
@@ -36,17 +37,24 @@ const usageErrors: [string[], number, RegExp][] = [
   [["sandbox", "list", "--limit", "ten"], 2, /--limit ten: expected a whole number/],
   [["sandbox", "list", "--limit", "0"], 2, /--limit 0: expected a whole number from 1 to 1000/],
   [["sandbox", "list", "--names", "-o", "json"], 2, /--names/],
-  [["sandbox", "delete"], 2, /no sandbox named/],
+  [["sandbox", "delete"], 2, /sandbox delete: missing sandbox name/],
   [["sandbox", "delete", "a", "--all"], 2, /give sandbox names or --all, not both/],
-  [["sandbox", "exec", "-n", "x"], 2, /missing required argument 'command'/],
-  [["sandbox", "exec", "--timeout", "soon", "--", "true"], 2, /--timeout soon: expected a whole number/],
+  [["sandbox", "exec", "-n", "x"], 240, /missing required argument 'command'/],
+  [["sandbox", "exec", "--timeout", "soon", "--", "true"], 240, /--timeout soon: expected a whole number/],
+  [["sandbox", "exec", "--no-such-flag", "--", "true"], 240, /unknown option '--no-such-flag'/],
   [["sandbox", "exec", "-n", "x", "--env", "1BAD=x", "--", "true"], 240, /1BAD/],
   [
     ["sandbox", "exec", "-n", "x", "--timeout", "-1", "--", "true"],
     240,
     /--timeout -1: expected whole seconds/,
   ],
-  [["sandbox", "connect", "a", "b"], 2, /too many arguments/],
+  [["sandbox", "connect", "a", "b"], 240, /too many arguments/],
+  [["sandbox", "connect", "--no-such-flag"], 240, /unknown option '--no-such-flag'/],
+  [["sandbox", "create", "--attach", "--no-such-flag"], 240, /unknown option '--no-such-flag'/],
+  [["sandbox", "create", "--no-keep", "-o", "xml"], 240, /argument 'xml' is invalid/],
+  [["sandbox", "create", "--attach", "--name", "Bad_Name"], 240, /--name Bad_Name/],
+  [["sandbox", "create", "--no-such-flag"], 2, /unknown option '--no-such-flag'/],
+  [["sandbox", "create", "--name", "Bad_Name"], 1, /--name Bad_Name/],
   [["sandbox", "upload", "a"], 2, /missing required argument 'local'/],
   [["sandbox", "download", "a"], 2, /missing required argument 'path'/],
   [["sandbox", "ssh-config", "a", "b"], 2, /too many arguments/],
@@ -87,6 +95,18 @@ describe("usage errors, in-process", () => {
       runCli(["sandbox", "list", "--limit", "0"], { env }),
     ]);
     expect([exec.exitCode, list.exitCode]).toEqual([240, 2]);
+  });
+
+  it("status and gateway status give the same report, naming the gateway, with no empty Resolution note", async () => {
+    const top = await runCli(["status"], { env });
+    const under = await runCli(["gateway", "status"], { env });
+    expect(top.exitCode, top.stderr).toBe(1);
+    expect(top.stdout).toMatch(/Status: Disconnected/);
+    expect(top.stdout).toContain("Error: failed to connect to gateway 'http://127.0.0.1:1'");
+    expect(top.stdout + top.stderr).not.toMatch(/Resolution note/);
+    expect(under).toEqual(top);
+    const json = await runCli(["gateway", "status", "-o", "json"], { env });
+    expect(JSON.parse(json.stdout).error).not.toMatch(/Resolution note|Error: Error/);
   });
 
   it("reaches no gateway and starts none", async () => {

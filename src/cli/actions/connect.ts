@@ -14,11 +14,8 @@ import type { Io } from "../output/ui.js";
 import { enterRawMode, onEndingSignal } from "../terminal.js";
 
 async function sandboxId(ctx: CommandContext, gateway: ConnectedGateway, name: string): Promise<string> {
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
-  const id = sandbox?.metadata?.id;
-  if (!id) throw new OpenShellError("internal", "sandbox missing metadata");
   void ctx;
-  return id;
+  return (await gateway.sandbox(name)).metadata!.id;
 }
 
 /** How long a session stopped by a signal or Ctrl-C waits for the sandbox to confirm the close. */
@@ -86,7 +83,8 @@ async function pumpChannel(
     });
     channel.pipe(stdout, { end: false });
     channel.stderr.pipe(stderr, { end: false });
-    const onAbort = (): void => stop(130);
+    // The signal's reason is the status to report (130 for Ctrl-C, 143 for SIGTERM).
+    const onAbort = (): void => stop(typeof options.signal.reason === "number" ? options.signal.reason : 130);
     options.signal.addEventListener("abort", onAbort, { once: true });
     undo.push(() => options.signal.removeEventListener("abort", onAbort));
     const exited = channelExit(channel);

@@ -29,6 +29,7 @@ import { loadPolicyFile } from "../../host/policy-file.js";
 import { layoutCreateRequest } from "../../transport/frames.js";
 import { parseUploadFlag, planUpload, type UploadPlan } from "../../transport/tar/upload.js";
 import type { CommandContext, ConnectedGateway } from "../context.js";
+import { createAttaches } from "../flags.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "../output/present.js";
 import { type ProgressMode, waitForReady } from "../wait.js";
 import { parseEnvFlags } from "./exec.js";
@@ -82,6 +83,10 @@ async function deleteQuietly(gateway: ConnectedGateway, name: string): Promise<v
 export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Promise<number> {
   checkFlags(o);
   const { ui, io } = ctx;
+  const terminal = io.stdin.isTTY === true && io.stdout.isTTY === true;
+  const attach = createAttaches(o, terminal);
+  // Bad input included: from here on, failures take the pass-through codes.
+  if (attach) ctx.markPassthrough();
 
   // ---- everything local, before any RPC ----
   if (o.name !== undefined) {
@@ -110,12 +115,9 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     uploads.push(await planUpload(spec.local, spec.dest, { gitIgnore: o.gitIgnore }));
   }
 
-  const terminal = io.stdin.isTTY === true && io.stdout.isTTY === true;
   const shell = o.command.length === 0;
-  const attach = !o.detach && o.output === "table" && (o.attach || !o.keep || terminal);
   const tty = o.tty ?? (shell ? terminal || attach : terminal && attach);
   const gated = attach || (uploads.length > 0 && !shell);
-  if (attach) ctx.markPassthrough();
 
   // ---- the gateway ----
   const gateway = await ctx.gateway();

@@ -57,9 +57,8 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
 
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(
-    gateway.client.getSandbox,
-    { name, workspace: gateway.workspace },
+  const sandbox = await gateway.sandbox(
+    name,
     options.timeout > 0 ? { deadlineMs: options.timeout * 1000 + BACKSTOP_GRACE_MS } : {},
   );
   const phase = sandbox?.status?.phase;
@@ -129,7 +128,7 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
         call.cancel();
         resolve(status);
       };
-      const onAbort = (): void => stop(130);
+      const onAbort = (): void => stop(ctx.interruptStatus ?? 130);
       ctx.signal.addEventListener("abort", onAbort, { once: true });
       restore.push(() => ctx.signal.removeEventListener("abort", onAbort));
       call.on("data", (event: ExecSandboxEvent) => {

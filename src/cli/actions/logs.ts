@@ -3,7 +3,7 @@
 // of a line may come from the sandbox, so each is escaped for the terminal;
 // --raw prints only the messages, as they are, for a user who asks for that.
 
-import { OpenShellError, usageError } from "../../core/errors.js";
+import { usageError } from "../../core/errors.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import type { SandboxLogLine, SandboxStreamEvent } from "../../gen/openshell.js";
 import { mapGrpcError } from "../../transport/grpc.js";
@@ -60,9 +60,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
   const format = options.raw ? (line: SandboxLogLine) => line.message : formatLogLine;
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
-  const id = sandbox?.metadata?.id;
-  if (!id) throw new OpenShellError("internal", "sandbox missing metadata");
+  const id = (await gateway.sandbox(name)).metadata!.id;
   if (!options.tail) {
     const response = await gateway.call(gateway.client.getSandboxLogs, {
       sandboxId: id,

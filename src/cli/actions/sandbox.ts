@@ -24,8 +24,7 @@ export async function sandboxGet(ctx: CommandContext, options: GetOptions): Prom
     throw usageError("--policy-only cannot be combined with -o");
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
-  if (!sandbox?.metadata?.id) throw new OpenShellError("internal", "sandbox missing metadata");
+  const sandbox = await gateway.sandbox(name);
   if (options.policyOnly) {
     if (!sandbox.spec?.policy)
       throw new OpenShellError("not_found", "no active policy configured for this sandbox");
@@ -84,7 +83,10 @@ export interface DeleteOptions {
 export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions): Promise<number> {
   if (options.all && options.names.length > 0) throw usageError("give sandbox names or --all, not both");
   if (!options.all && options.names.length === 0) {
-    throw usageError("no sandbox named", "Name the sandboxes to delete, or pass --all.");
+    throw usageError(
+      "sandbox delete: missing sandbox name",
+      "Name the sandboxes to delete (`openshell sandbox delete NAME...`), or pass --all.",
+    );
   }
   const gateway = await ctx.gateway();
   let names = options.names;

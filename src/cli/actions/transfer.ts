@@ -179,7 +179,7 @@ export async function uploadPlans(
 }
 
 async function readySandboxId(gateway: ConnectedGateway, name: string): Promise<string> {
-  const { sandbox } = await gateway.call(gateway.client.getSandbox, { name, workspace: gateway.workspace });
+  const sandbox = await gateway.sandbox(name);
   const phase = sandbox?.status?.phase;
   if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
     throw new OpenShellError("not_ready", `sandbox '${name}' is not ready (phase: ${phaseName(phase)})`);

@@ -2,7 +2,7 @@
 // knows, and the local one it runs.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { integer, outputOption } from "../flags.js";
+import { examples, integer, outputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addGatewayCommands(gateway: CommandUnknownOpts, runner: Runner): void {
@@ -70,6 +70,7 @@ Examples:
     .command("stop")
     .description("stop a local gateway and its sandboxes (they run again on the next start)")
     .option("--name <name>", "gateway name (default: the active one)")
+    .addHelpText("after", examples("openshell gateway stop", "openshell gateway stop --name other"))
     .action((opts) =>
       runner.run(async (ctx) => {
         const { gatewayStop } = await import("../actions/gateway.js");
@@ -81,6 +82,7 @@ Examples:
     .command("list")
     .description("list known gateways")
     .addOption(outputOption())
+    .addHelpText("after", examples("openshell gateway list", "openshell gateway list -o json"))
     .action((opts) =>
       runner.run(async (ctx) => {
         const { gatewayList } = await import("../actions/gateway.js");
@@ -92,6 +94,10 @@ Examples:
     .command("select")
     .description("make a gateway the active one")
     .argument("[name]")
+    .addHelpText(
+      "after",
+      examples("openshell gateway select local", "openshell gateway select  # show the known ones"),
+    )
     .action((name) =>
       runner.run(async (ctx) => {
         const { gatewaySelect } = await import("../actions/gateway.js");
@@ -134,6 +140,7 @@ Examples:
     .command("remove")
     .description("forget a registered gateway")
     .argument("<name>")
+    .addHelpText("after", examples("openshell gateway remove other"))
     .action((name) =>
       runner.run(async (ctx) => {
         const { gatewayRemove } = await import("../actions/gateway.js");

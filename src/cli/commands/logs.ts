@@ -1,7 +1,7 @@
 // `openshell logs [NAME] [-n N] [--tail] [--since D] [--source S] [--level L] [--raw]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { collect, integer } from "../flags.js";
+import { collect, examples, integer } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addLogs(program: CommandUnknownOpts, runner: Runner): void {
@@ -16,6 +16,14 @@ export function addLogs(program: CommandUnknownOpts, runner: Runner): void {
     .option("--source <source>", "gateway, sandbox or all (repeatable)", collect, [])
     .option("--level <level>", "minimum level: error, warn, info, debug, trace")
     .option("--raw", "print only each line's message, exactly as sent (control characters included)")
+    .addHelpText(
+      "after",
+      examples(
+        "openshell logs demo",
+        "openshell logs demo --tail --source sandbox",
+        "openshell logs demo --since 5m --level warn",
+      ),
+    )
     .action((name, opts) =>
       runner.run(async (ctx) => {
         const { logs } = await import("../actions/logs.js");

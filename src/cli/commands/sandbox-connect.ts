@@ -1,6 +1,7 @@
 // `openshell sandbox connect [NAME]`: an interactive shell; exits with its status.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { examples } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxConnect(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -8,6 +9,10 @@ export function addSandboxConnect(sandbox: CommandUnknownOpts, runner: Runner): 
     .command("connect")
     .description("open an interactive shell in a sandbox")
     .argument("[name]")
+    .addHelpText(
+      "after",
+      examples("openshell sandbox connect demo", "openshell sandbox connect  # the last-used sandbox"),
+    )
     .action((name) =>
       runner.run(async (ctx) => {
         ctx.markPassthrough();

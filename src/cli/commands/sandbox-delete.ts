@@ -1,6 +1,7 @@
 // `openshell sandbox delete NAME...|--all`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { examples } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxDelete(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -10,6 +11,14 @@ export function addSandboxDelete(sandbox: CommandUnknownOpts, runner: Runner): v
     .description("delete sandboxes and everything in them")
     .argument("[names...]")
     .option("--all", "delete every sandbox in the workspace")
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox delete demo",
+        "openshell sandbox delete a b c",
+        "openshell sandbox delete --all",
+      ),
+    )
     .action((names, opts) =>
       runner.run(async (ctx) => {
         const { sandboxDelete } = await import("../actions/sandbox.js");

@@ -1,6 +1,7 @@
 // `openshell sandbox download NAME PATH [DEST]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { examples } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxDownload(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -10,6 +11,13 @@ export function addSandboxDownload(sandbox: CommandUnknownOpts, runner: Runner):
     .argument("<name>")
     .argument("<path>")
     .argument("[dest]", "local destination", ".")
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox download demo build/out.tar ./out.tar",
+        "openshell sandbox download demo results ./results",
+      ),
+    )
     .action((name, path, dest) =>
       runner.run(async (ctx) => {
         const { sandboxDownload } = await import("../actions/transfer.js");

@@ -1,7 +1,7 @@
 // `openshell sandbox get [NAME] [--policy-only] [-o FORMAT]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { outputOption } from "../flags.js";
+import { examples, outputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxGet(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -11,6 +11,14 @@ export function addSandboxGet(sandbox: CommandUnknownOpts, runner: Runner): void
     .argument("[name]")
     .option("--policy-only", "print only the effective policy, as YAML that --policy accepts")
     .addOption(outputOption())
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox get demo",
+        "openshell sandbox get demo -o json",
+        "openshell sandbox get --policy-only",
+      ),
+    )
     .action((name, opts) =>
       runner.run(async (ctx) => {
         const { sandboxGet } = await import("../actions/sandbox.js");

@@ -1,7 +1,7 @@
 // `openshell sandbox list [--limit N] [--offset N] [--selector k=v,...] [--ids|--names|-o FORMAT]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { integer, outputOption } from "../flags.js";
+import { examples, integer, outputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxList(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -16,6 +16,14 @@ export function addSandboxList(sandbox: CommandUnknownOpts, runner: Runner): voi
     .option("--ids", "print only ids")
     .option("--names", "print only names")
     .addOption(outputOption())
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox list",
+        "openshell sandbox list --selector team=ml -o json",
+        "openshell sandbox list --names",
+      ),
+    )
     .action((opts) =>
       runner.run(async (ctx) => {
         const { sandboxList } = await import("../actions/sandbox.js");

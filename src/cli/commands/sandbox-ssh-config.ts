@@ -1,6 +1,7 @@
 // `openshell sandbox ssh-config [NAME]`: an OpenSSH Host block.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { examples } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxSshConfig(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -10,7 +11,7 @@ export function addSandboxSshConfig(sandbox: CommandUnknownOpts, runner: Runner)
     .argument("[name]")
     .addHelpText(
       "after",
-      "\nExample:\n  ssh -F <(openshell sandbox ssh-config demo) openshell-demo.default 'uname -a'",
+      examples("ssh -F <(openshell sandbox ssh-config demo) openshell-demo.default 'uname -a'"),
     )
     .action((name) =>
       runner.run(async (ctx) => {

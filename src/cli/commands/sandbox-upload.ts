@@ -1,6 +1,7 @@
 // `openshell sandbox upload NAME LOCAL [DEST] [--no-git-ignore]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { examples } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxUpload(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -11,6 +12,13 @@ export function addSandboxUpload(sandbox: CommandUnknownOpts, runner: Runner): v
     .argument("<local>")
     .argument("[dest]", "destination in the sandbox (default: its working directory)")
     .option("--no-git-ignore", "include files that .gitignore excludes")
+    .addHelpText(
+      "after",
+      examples(
+        "openshell sandbox upload demo ./src /sandbox/src",
+        "openshell sandbox upload demo ./data.csv",
+      ),
+    )
     .action((name, local, dest, opts) =>
       runner.run(async (ctx) => {
         const { sandboxUpload } = await import("../actions/transfer.js");

@@ -2,6 +2,7 @@
 // for OpenSSH, bridging stdin/stdout to a sandbox's SSH server.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { examples } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSshProxy(program: CommandUnknownOpts, runner: Runner): void {
@@ -13,6 +14,10 @@ export function addSshProxy(program: CommandUnknownOpts, runner: Runner): void {
     .option("--sandbox-id <id>")
     .option("--token <token>")
     .option("--server <url>", "gateway endpoint, instead of the one recorded for --gateway-name")
+    .addHelpText(
+      "after",
+      examples("openshell sandbox ssh-config demo  # prints the ProxyCommand line that runs ssh-proxy"),
+    )
     .action((opts) =>
       runner.run(async (ctx) => {
         const { sshProxy } = await import("../actions/connect.js");

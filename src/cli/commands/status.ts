@@ -1,7 +1,7 @@
 // `openshell status [-o FORMAT]`: is the active gateway reachable, and does it accept us.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { outputOption } from "../flags.js";
+import { examples, outputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addStatus(program: CommandUnknownOpts, runner: Runner): void {
@@ -9,6 +9,10 @@ export function addStatus(program: CommandUnknownOpts, runner: Runner): void {
     .command("status")
     .description("show whether the active gateway is reachable and accepts our credentials")
     .addOption(outputOption())
+    .addHelpText(
+      "after",
+      examples("openshell status", "openshell status -o json", "openshell -g other status"),
+    )
     .action((opts) =>
       runner.run(async (ctx) => {
         const { status } = await import("../actions/gateway.js");

@@ -1,6 +1,7 @@
-// Terminal presentation: colour only on a terminal and never with NO_COLOR,
-// glyphs for status lines, and the streams a command writes to. Data goes to
-// stdout; progress, warnings and hints go to stderr.
+// Terminal presentation: colour and spinners only on a live terminal (one
+// with a usable width, outside CI), colour never with NO_COLOR, glyphs for
+// status lines, and the streams a command writes to. Data goes to stdout;
+// progress, warnings and hints go to stderr.
 
 import type { Readable, Writable } from "node:stream";
 import { Chalk, type ChalkInstance } from "chalk";
@@ -8,15 +9,37 @@ import { Chalk, type ChalkInstance } from "chalk";
 export interface Io {
   stdin: Readable & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
   stdout: Writable & { isTTY?: boolean; columns?: number; rows?: number };
-  stderr: Writable & { isTTY?: boolean };
+  stderr: Writable & { isTTY?: boolean; columns?: number };
 }
 
 export function processIo(): Io {
   return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
 }
 
-export function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv): ChalkInstance {
-  const enabled = stream.isTTY === true && env.NO_COLOR === undefined && env.TERM !== "dumb";
+/**
+ * A terminal that redrawn progress can be drawn on: a TTY that reports a
+ * usable width (a pseudo-terminal of 0 columns, as `script -qc` and some CI
+ * runners give, makes every redraw unbounded), not `TERM=dumb`, and not in CI,
+ * whose logs keep every frame.
+ */
+export function isLiveTerminal(
+  stream: { isTTY?: boolean; columns?: number },
+  env: NodeJS.ProcessEnv,
+): boolean {
+  return (
+    stream.isTTY === true &&
+    (stream.columns ?? 0) > 0 &&
+    env.TERM !== "dumb" &&
+    (env.CI === undefined || env.CI === "" || env.CI === "false" || env.CI === "0")
+  );
+}
+
+/** Colour on a live terminal, never with NO_COLOR (set to anything). */
+export function colorFor(
+  stream: { isTTY?: boolean; columns?: number },
+  env: NodeJS.ProcessEnv,
+): ChalkInstance {
+  const enabled = isLiveTerminal(stream, env) && env.NO_COLOR === undefined;
   return new Chalk({ level: enabled ? 1 : 0 });
 }
 
@@ -30,10 +53,15 @@ export class Ui {
   ) {
     this.err = colorFor(io.stderr, env);
     this.out = colorFor(io.stdout, env);
+    this.interactive = isLiveTerminal(io.stderr, env);
   }
 
-  get interactive(): boolean {
-    return this.io.stderr.isTTY === true;
+  /** Whether stderr may show redrawn progress (a spinner, a progress bar). */
+  readonly interactive: boolean;
+
+  /** Whether stderr shows colour. */
+  get colored(): boolean {
+    return this.err.level > 0;
   }
 
   /** One line of data on stdout. */
