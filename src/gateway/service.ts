@@ -19,7 +19,11 @@ import type {
 import { validateWorkspaceName } from "../core/names.js";
 import { phaseOf } from "../core/phases.js";
 import { defaultPolicy } from "../core/policy.js";
-import { CAPABILITY_SANDBOX_FILES, SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
+import {
+  CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_TTL,
+  SUPERVISOR_METADATA_KEY,
+} from "../core/protocol.js";
 import {
   type ExecSandboxEvent,
   type ExecSandboxInput,
@@ -119,7 +123,8 @@ const UNDECODABLE = Symbol("undecodable");
  * gateway had failed; the caller sent a bad field, and is told which.
  */
 const WIDE_FIELDS: Record<string, string> = {
-  createSandbox: "spec.files[].size",
+  createSandbox: "spec.files[].size or spec.ttl_seconds",
+  renewSandbox: "ttl_seconds",
   getSandboxLogs: "since_ms",
   watchSandbox: "log_since_ms",
   pushSandboxLogs: "logs[].timestamp_ms",
@@ -224,7 +229,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
           capabilities: { driverName: "openshell-bubblewrap", driverVersion: o.version },
         },
       ],
-      capabilities: [CAPABILITY_SANDBOX_FILES],
+      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL],
     })),
 
     createSandbox: unary("user", async (request) => ({
@@ -244,6 +249,18 @@ export function createService(o: ServiceOptions): OpenShellServer {
       o.ssh.dropClient(sandboxId);
       return { deleted: await o.sandboxes.delete(request.workspace, request.name) };
     }),
+
+    stopSandbox: unary("user", async (request) => ({
+      sandbox: publicSandbox(await o.sandboxes.stop(request.workspace, request.name)),
+    })),
+
+    startSandbox: unary("user", async (request) => ({
+      sandbox: publicSandbox(await o.sandboxes.start(request.workspace, request.name)),
+    })),
+
+    renewSandbox: unary("user", (request) => ({
+      sandbox: publicSandbox(o.sandboxes.renew(request.workspace, request.name, request.ttlSeconds)),
+    })),
 
     getSandboxLogs: unary("user", (request) => {
       if (request.sandboxId === "") throw invalidArgument("sandbox_id is required");
