@@ -1,0 +1,77 @@
+// `sandbox stop`, `sandbox start`, `sandbox renew`: a sandbox's processes
+// ended and booted again, and its lifetime extended.
+
+import { OpenShellError, usageError } from "../../core/errors.js";
+import { formatTtl, parseTtl, ttlError } from "../../core/lifetime.js";
+import { CAPABILITY_SANDBOX_TTL } from "../../core/protocol.js";
+import type { CommandContext } from "../context.js";
+import { formatTimestamp } from "../output/present.js";
+import { waitForReady } from "../wait.js";
+
+/** Stopping waits for every process of the sandbox to end (the supervisor's grace, then a kill). */
+const STOP_DEADLINE_MS = 60_000;
+
+/** A gateway that lacks sandbox lifetimes would create the sandbox without one: refused instead. */
+export function ttlUnsupported(gateway: string, flag: string): OpenShellError {
+  return new OpenShellError(
+    "unsupported",
+    `gateway '${gateway}' does not support ${flag}: it keeps no sandbox lifetimes (an OpenShell gateway ignores SandboxSpec.ttl_seconds)`,
+    {
+      hint: "Use an openshell gateway (`openshell gateway start`), or delete the sandbox yourself when done.",
+    },
+  );
+}
+
+export async function sandboxStop(
+  ctx: CommandContext,
+  options: { name?: string | undefined },
+): Promise<number> {
+  const name = await ctx.sandboxName(options.name);
+  const gateway = await ctx.gateway();
+  await gateway.call(
+    gateway.client.stopSandbox,
+    { name, workspace: gateway.workspace },
+    { deadlineMs: STOP_DEADLINE_MS },
+  );
+  ctx.ui.success(`Stopped sandbox ${name}`);
+  return 0;
+}
+
+export async function sandboxStart(
+  ctx: CommandContext,
+  options: { name?: string | undefined },
+): Promise<number> {
+  const name = await ctx.sandboxName(options.name);
+  const gateway = await ctx.gateway();
+  const { sandbox } = await gateway.call(
+    gateway.client.startSandbox,
+    { name, workspace: gateway.workspace },
+    { deadlineMs: STOP_DEADLINE_MS },
+  );
+  if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+  const mode = ctx.ui.interactive ? "interactive" : "plain";
+  await waitForReady(ctx.ui, gateway, sandbox, { mode, signal: ctx.signal, env: ctx.env });
+  ctx.ui.success(`Started sandbox ${name}`);
+  return 0;
+}
+
+export async function sandboxRenew(
+  ctx: CommandContext,
+  options: { name?: string | undefined; ttl: string },
+): Promise<number> {
+  const seconds = parseTtl(options.ttl);
+  if (seconds === undefined) throw usageError(ttlError("--ttl", options.ttl));
+  const name = await ctx.sandboxName(options.name);
+  const gateway = await ctx.gateway();
+  const info = await gateway.call(gateway.client.getGatewayInfo, {});
+  if (!info.capabilities.includes(CAPABILITY_SANDBOX_TTL))
+    throw ttlUnsupported(gateway.name, "sandbox renew");
+  const { sandbox } = await gateway.call(gateway.client.renewSandbox, {
+    name,
+    workspace: gateway.workspace,
+    ttlSeconds: seconds,
+  });
+  const at = sandbox?.status?.expiresAtMs ?? 0;
+  ctx.ui.success(`Renewed sandbox ${name}: expires at ${formatTimestamp(at)} UTC (in ${formatTtl(seconds)})`);
+  return 0;
+}
