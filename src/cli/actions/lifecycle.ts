@@ -50,7 +50,7 @@ export async function sandboxStart(
   );
   if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
   const mode = ctx.ui.interactive ? "interactive" : "plain";
-  await waitForReady(ctx.ui, gateway, sandbox, { mode, signal: ctx.signal, env: ctx.env });
+  await waitForReady(ctx.ui, gateway, sandbox, { mode, signal: ctx.signal, env: ctx.env, eventTail: 0 });
   ctx.ui.success(`Started sandbox ${name}`);
   return 0;
 }
