@@ -244,11 +244,10 @@ export function createService(o: ServiceOptions): OpenShellServer {
       sandboxes: o.sandboxes.list(request).map(publicSandbox),
     })),
 
-    deleteSandbox: unary("user", async (request) => {
-      const sandboxId = o.sandboxes.get(request.workspace, request.name).metadata!.id;
-      o.ssh.dropClient(sandboxId);
-      return { deleted: await o.sandboxes.delete(request.workspace, request.name) };
-    }),
+    // Connections to the sandbox are dropped as its processes go (SandboxesOptions.released).
+    deleteSandbox: unary("user", async (request) => ({
+      deleted: await o.sandboxes.delete(request.workspace, request.name),
+    })),
 
     stopSandbox: unary("user", async (request) => ({
       sandbox: publicSandbox(await o.sandboxes.stop(request.workspace, request.name)),

@@ -4,6 +4,7 @@
 import { OpenShellError, usageError } from "../../core/errors.js";
 import { formatTtl, parseTtl, ttlError } from "../../core/lifetime.js";
 import { CAPABILITY_SANDBOX_TTL } from "../../core/protocol.js";
+import { SandboxPhase } from "../../gen/openshell.js";
 import type { CommandContext } from "../context.js";
 import { formatTimestamp } from "../output/present.js";
 import { waitForReady } from "../wait.js";
@@ -49,6 +50,10 @@ export async function sandboxStart(
     { deadlineMs: STOP_DEADLINE_MS },
   );
   if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+  if (sandbox.status?.phase === SandboxPhase.SANDBOX_PHASE_READY) {
+    ctx.ui.success(`Sandbox ${name} is already running`);
+    return 0;
+  }
   const mode = ctx.ui.interactive ? "interactive" : "plain";
   await waitForReady(ctx.ui, gateway, sandbox, { mode, signal: ctx.signal, env: ctx.env, eventTail: 0 });
   ctx.ui.success(`Started sandbox ${name}`);
