@@ -123,8 +123,7 @@ const UNDECODABLE = Symbol("undecodable");
  * gateway had failed; the caller sent a bad field, and is told which.
  */
 const WIDE_FIELDS: Record<string, string> = {
-  createSandbox: "spec.files[].size or spec.ttl_seconds",
-  renewSandbox: "ttl_seconds",
+  createSandbox: "spec.files[].size",
   getSandboxLogs: "since_ms",
   watchSandbox: "log_since_ms",
   pushSandboxLogs: "logs[].timestamp_ms",

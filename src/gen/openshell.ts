@@ -1417,7 +1417,7 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
       SandboxFile.encode(v!, writer.uint32(114).fork()).join();
     }
     if (message.ttlSeconds !== undefined) {
-      writer.uint32(8008).uint64(message.ttlSeconds);
+      writer.uint32(8008).uint32(message.ttlSeconds);
     }
     return writer;
   },
@@ -1515,7 +1515,7 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
               break;
             }
 
-            message.ttlSeconds = longToNumber(reader.uint64());
+            message.ttlSeconds = reader.uint32();
             continue;
           }
         }
@@ -4182,7 +4182,7 @@ export const RenewSandboxRequest: MessageFns<RenewSandboxRequest> = {
       writer.uint32(18).string(message.workspace);
     }
     if (message.ttlSeconds !== 0) {
-      writer.uint32(24).uint64(message.ttlSeconds);
+      writer.uint32(24).uint32(message.ttlSeconds);
     }
     return writer;
   },
@@ -4221,7 +4221,7 @@ export const RenewSandboxRequest: MessageFns<RenewSandboxRequest> = {
               break;
             }
 
-            message.ttlSeconds = longToNumber(reader.uint64());
+            message.ttlSeconds = reader.uint32();
             continue;
           }
         }
