@@ -787,12 +787,19 @@ export class Sandboxes {
         return this.byId(id);
       // A sandbox in Error may still have its supervisor; a stopped one has none.
       await this.freeRuntime(id);
+      let startable = false;
       const sandbox = this.update(id, (s) => {
+        // A delete may have begun while the old supervisor went.
+        startable = [SandboxPhase.SANDBOX_PHASE_STOPPED, SandboxPhase.SANDBOX_PHASE_ERROR].includes(
+          phaseOf(s),
+        );
+        if (!startable) return false;
         setPhase(s, SandboxPhase.SANDBOX_PHASE_STARTING);
         setReadyCondition(s, "False", "Starting", "Sandbox is starting");
         delete s.status!.exitCode;
         return true;
-      })!;
+      });
+      if (!sandbox || !startable) throw failedPrecondition(`sandbox '${name}' is being deleted`);
       this.event(id, "Starting", "Starting the sandbox again", {
         "openshell.progress.active_step": "starting_sandbox",
       });
