@@ -121,7 +121,7 @@ describe("sandbox lifetimes", () => {
     expect(processesWith(doc.id)).toEqual([]);
   }, 60_000);
 
-  it("renew extends the lifetime; renew after expiry is refused", async () => {
+  it("renew extends the lifetime, stopped or not; renew after expiry is refused", async () => {
     const name = uniqueName("renew");
     const t0 = Date.now();
     expect(
@@ -149,6 +149,8 @@ describe("sandbox lifetimes", () => {
     await sleepUntil(t0 + 4000);
     expect((await getDoc(env, name)).phase).toBe("Ready");
 
+    // A stopped sandbox can be renewed, and expires as a running one does.
+    expect((await env.run(["sandbox", "stop", name])).code).toBe(0);
     expect((await env.run(["sandbox", "renew", name, "--ttl", "1s"])).code).toBe(0);
     await deletion(env, doc.id, 10_000);
     const late = await env.run(["sandbox", "renew", name, "--ttl", "1h"]);
