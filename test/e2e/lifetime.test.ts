@@ -10,7 +10,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OpenShellService } from "../../src/gen/openshell.js";
+import { newSandboxStatus, setReadyCondition } from "../../src/core/phases.js";
+import { OpenShellService, type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
 import { gatewayClient, json, TestEnv, uniqueName } from "../helpers/cli.js";
 
 interface SandboxDoc {
@@ -68,6 +69,23 @@ function deletion(env: TestEnv, id: string, timeoutMs: number): Promise<number> 
       }
     });
   });
+}
+
+/** A sandbox as a stand-in gateway returns it. */
+function standIn(name: string, phase: SandboxPhase): Sandbox {
+  return {
+    metadata: {
+      id: "00000000-0000-4000-8000-000000000000",
+      name,
+      createdAtMs: 0,
+      labels: {},
+      resourceVersion: 1,
+      annotations: {},
+      workspace: "default",
+      deletionTimestampMs: 0,
+    },
+    status: { ...newSandboxStatus(name), phase },
+  };
 }
 
 function processesWith(marker: string): string[] {
@@ -231,10 +249,13 @@ describe("sandbox lifetimes", () => {
 
 describe("against a gateway without lifetimes", () => {
   // Answers GetGatewayInfo as an OpenShell gateway does (no capabilities) and
-  // records whether anything was created or renewed.
+  // records whether anything was created or renewed. Like an OpenShell
+  // gateway, it answers StopSandbox while the sandbox is still stopping.
   let server: Server;
   let port = 0;
   let calls = 0;
+  let watches = 0;
+  const stopping: string[] = [];
   const env = new TestEnv();
 
   beforeAll(async () => {
@@ -248,6 +269,24 @@ describe("against a gateway without lifetimes", () => {
       ...handlers,
       getGatewayInfo: (_call: unknown, callback: (e: null, r: unknown) => void) =>
         callback(null, { status: 1, gatewayVersion: "upstream", computeDrivers: [], capabilities: [] }),
+      stopSandbox: (call: { request: { name: string } }, callback: (e: null, r: unknown) => void) => {
+        stopping.push(call.request.name);
+        callback(null, { sandbox: standIn(call.request.name, SandboxPhase.SANDBOX_PHASE_STOPPING) });
+      },
+      // The sandbox "up" stops; any other fails while stopping.
+      watchSandbox: (call: { request: { id: string }; write(event: unknown): boolean }) => {
+        watches += 1;
+        const name = stopping.shift() ?? "";
+        call.write({
+          payload: { $case: "sandbox", value: standIn(name, SandboxPhase.SANDBOX_PHASE_STOPPING) },
+        });
+        const last = standIn(
+          name,
+          name === "up" ? SandboxPhase.SANDBOX_PHASE_STOPPED : SandboxPhase.SANDBOX_PHASE_ERROR,
+        );
+        if (name !== "up") setReadyCondition(last, "False", "StopFailed", "the pod would not stop");
+        setImmediate(() => call.write({ payload: { $case: "sandbox", value: last } }));
+      },
     } as never);
     port = await new Promise<number>((resolve, reject) =>
       server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) =>
@@ -258,6 +297,18 @@ describe("against a gateway without lifetimes", () => {
   afterAll(async () => {
     server.forceShutdown();
     await env.dispose();
+  });
+
+  it("stop waits on the watch until the sandbox is Stopped, and reports a failure to stop", async () => {
+    const endpoint = ["--gateway-endpoint", `http://127.0.0.1:${port}`];
+    const stop = await env.run([...endpoint, "sandbox", "stop", "up"], { timeoutMs: 10_000 });
+    expect(stop.code, stop.stderr).toBe(0);
+    expect(stop.stderr).toContain("Stopped sandbox up");
+    const failed = await env.run([...endpoint, "sandbox", "stop", "down"], { timeoutMs: 10_000 });
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain("StopFailed: the pod would not stop");
+    expect(failed.stderr).not.toContain("Stopped sandbox");
+    expect(watches).toBe(2);
   });
 
   it("refuses create --ttl and sandbox renew before asking for either, and says why", async () => {
