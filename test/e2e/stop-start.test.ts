@@ -178,6 +178,13 @@ describe("sandbox stop and start", () => {
     expect(download.code, download.stderr).toBe(0);
     expect(readFileSync(join(env.root, "result"), "utf8")).toBe("result\n");
     const doc = json<SandboxDoc>(await env.run(["sandbox", "get", crash, "-o", "json"]));
+    expect(existsSync(join(env.stateHome, "openshell", "gateways", "local", "sandboxes", doc.id))).toBe(true);
     expect(doc.phase).toBe("Ready");
+    // A stopped sandbox deletes as any other: nothing of it is left.
+    expect((await env.run(["sandbox", "stop", crash])).code).toBe(0);
+    expect((await env.run(["sandbox", "delete", crash])).code).toBe(0);
+    expect(existsSync(join(env.stateHome, "openshell", "gateways", "local", "sandboxes", doc.id))).toBe(
+      false,
+    );
   });
 });
