@@ -554,12 +554,7 @@ export class Sandboxes {
   supervisorConnected(id: string, instanceId: string): void {
     this.update(id, (sandbox) => {
       const phase = phaseOf(sandbox);
-      if (
-        phase === SandboxPhase.SANDBOX_PHASE_ERROR ||
-        phase === SandboxPhase.SANDBOX_PHASE_DELETING ||
-        stoppedOrStopping(phase)
-      )
-        return false;
+      if (unmovedByReports(phase)) return false;
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       if (this.unresponsive.has(id)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
@@ -603,12 +598,7 @@ export class Sandboxes {
   fail(id: string, reason: string, message: string): void {
     this.update(id, (sandbox) => {
       const phase = phaseOf(sandbox);
-      if (
-        phase === SandboxPhase.SANDBOX_PHASE_DELETING ||
-        phase === SandboxPhase.SANDBOX_PHASE_ERROR ||
-        stoppedOrStopping(phase)
-      )
-        return false;
+      if (unmovedByReports(phase)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
       setReadyCondition(sandbox, "False", reason, message);
       return true;
@@ -658,12 +648,7 @@ export class Sandboxes {
     const sandbox = this.o.store.getSandbox(id);
     if (!sandbox || sandbox.status?.mainProcessInstanceId !== instanceId) return;
     const phase = phaseOf(sandbox);
-    if (
-      phase === SandboxPhase.SANDBOX_PHASE_DELETING ||
-      phase === SandboxPhase.SANDBOX_PHASE_ERROR ||
-      stoppedOrStopping(phase)
-    )
-      return;
+    if (unmovedByReports(phase)) return;
     this.fail(
       id,
       "SupervisorExited",
@@ -889,4 +874,13 @@ export class Sandboxes {
 
 function stoppedOrStopping(phase: SandboxPhase): boolean {
   return phase === SandboxPhase.SANDBOX_PHASE_STOPPING || phase === SandboxPhase.SANDBOX_PHASE_STOPPED;
+}
+
+/** Phases a supervisor's reports (connected, failed, exited) do not change: only the gateway's own calls leave them. */
+function unmovedByReports(phase: SandboxPhase): boolean {
+  return (
+    phase === SandboxPhase.SANDBOX_PHASE_ERROR ||
+    phase === SandboxPhase.SANDBOX_PHASE_DELETING ||
+    stoppedOrStopping(phase)
+  );
 }
