@@ -141,30 +141,33 @@ describe("sandbox lifetimes", () => {
 
   it("renew extends the lifetime, stopped or not; renew after expiry is refused", async () => {
     const name = uniqueName("renew");
-    const t0 = Date.now();
-    expect(
-      (
-        await env.run([
-          "sandbox",
-          "create",
-          "--name",
-          name,
-          "--ttl",
-          "3s",
-          "--detach",
-          "--",
-          "sleep",
-          "infinity",
-        ])
-      ).code,
-    ).toBe(0);
+    const created = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--name",
+        name,
+        "--ttl",
+        "8s",
+        "--detach",
+        "-o",
+        "json",
+        "--",
+        "sleep",
+        "infinity",
+      ],
+      { timeoutMs: 30_000 },
+    );
+    expect(created.code, created.stderr).toBe(0);
+    const first = Date.parse(json<SandboxDoc>(created).expires_at ?? "");
+    const renewedAt = Date.now();
     const renewed = await env.run(["sandbox", "renew", name, "--ttl", "1h"]);
     expect(renewed.code, renewed.stderr).toBe(0);
     expect(renewed.stderr).toMatch(new RegExp(`Renewed sandbox ${name}: expires at .* \\(in 1h\\)`));
     const doc = await getDoc(env, name);
-    expect(Date.parse(doc.expires_at ?? "")).toBeGreaterThanOrEqual(t0 + 3600_000);
+    expect(Date.parse(doc.expires_at ?? "")).toBeGreaterThanOrEqual(renewedAt + 3600_000);
     // Past the first lifetime, it lives on.
-    await sleepUntil(t0 + 4000);
+    await sleepUntil(first + 1000);
     expect((await getDoc(env, name)).phase).toBe("Ready");
 
     // A stopped sandbox can be renewed, and expires as a running one does.
@@ -179,30 +182,33 @@ describe("sandbox lifetimes", () => {
 
   it("a sandbox that expired while the gateway was down is deleted at start, not resumed", async () => {
     const name = uniqueName("expired");
-    const t0 = Date.now();
-    expect(
-      (
-        await env.run([
-          "sandbox",
-          "create",
-          "--name",
-          name,
-          "--ttl",
-          "2s",
-          "--detach",
-          "--",
-          "sleep",
-          "infinity",
-        ])
-      ).code,
-    ).toBe(0);
-    const id = (await getDoc(env, name)).id;
+    const created = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--name",
+        name,
+        "--ttl",
+        "8s",
+        "--detach",
+        "-o",
+        "json",
+        "--",
+        "sleep",
+        "infinity",
+      ],
+      { timeoutMs: 30_000 },
+    );
+    expect(created.code, created.stderr).toBe(0);
+    const doc = json<SandboxDoc>(created);
     expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
-    await sleepUntil(t0 + 2500);
+    // Still there when the gateway stopped: only the next start can delete it.
+    expect(existsSync(join(stateDir(env), "sandboxes", doc.id))).toBe(true);
+    await sleepUntil(Date.parse(doc.expires_at ?? "") + 200);
     await env.startGateway();
     expect((await env.run(["sandbox", "get", name])).code).toBe(1);
-    expect(existsSync(join(stateDir(env), "sandboxes", id))).toBe(false);
-    expect(processesWith(id)).toEqual([]);
+    expect(existsSync(join(stateDir(env), "sandboxes", doc.id))).toBe(false);
+    expect(processesWith(doc.id)).toEqual([]);
   }, 60_000);
 
   it("the gateway's maximum refuses a longer --ttl; its default applies when none is asked", async () => {
