@@ -116,7 +116,8 @@ export function waitForReady(
   ui: Ui,
   gateway: ConnectedGateway,
   created: Sandbox,
-  options: { mode: ProgressMode; signal: AbortSignal; env: NodeJS.ProcessEnv },
+  /** eventTail: how many past events to replay (50; 0 for a restart, whose past is the first boot's). */
+  options: { mode: ProgressMode; signal: AbortSignal; env: NodeJS.ProcessEnv; eventTail?: number },
 ): Promise<Sandbox> {
   const id = created.metadata!.id;
   const progress = new Progress(ui, options.mode);
@@ -132,7 +133,7 @@ export function waitForReady(
       followLogs: false,
       followEvents: true,
       logTailLines: 200,
-      eventTail: 50,
+      eventTail: options.eventTail ?? 50,
       stopOnTerminal: false,
       logSinceMs: 0,
       logSources: ["gateway"],

@@ -74,3 +74,18 @@ export function readyFalseMessage(sandbox: Sandbox): string {
   if (condition.reason && condition.message) return `${condition.reason}: ${condition.message}`;
   return condition.message || condition.reason;
 }
+
+/**
+ * Why a sandbox that is not Ready cannot run a command or move files: a
+ * stopped one names the command that boots it again.
+ */
+export function notReadyMessage(name: string, phase: SandboxPhase | undefined): string {
+  if (phase === SandboxPhase.SANDBOX_PHASE_STOPPED || phase === SandboxPhase.SANDBOX_PHASE_STOPPING) {
+    return `sandbox '${name}' is stopped; start it with: openshell sandbox start ${name}`;
+  }
+  const again =
+    phase === SandboxPhase.SANDBOX_PHASE_ERROR
+      ? `; start it again with: openshell sandbox start ${name}`
+      : "";
+  return `sandbox '${name}' is not ready (phase: ${phaseName(phase)})${again}`;
+}

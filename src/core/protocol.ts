@@ -30,3 +30,9 @@ export const SUPERVISOR_METADATA_KEY = "x-openshell-supervisor";
 /** SSH subsystems of the sandbox agent beyond OpenSSH's. */
 export const SUBSYSTEM_MAIN = "openshell-main";
 export const SUBSYSTEM_START = "openshell-start";
+
+/**
+ * Advertised by gateways that keep SandboxSpec.ttl_seconds and
+ * SandboxStatus.expires_at_ms and serve RenewSandbox (sandbox lifetimes).
+ */
+export const CAPABILITY_SANDBOX_TTL = "sandbox-ttl.v1";

@@ -9,8 +9,14 @@
 //   main process exited (even with 0)       → ERROR (MainProcessExited, exit_code)
 //   supervisor failed (bad file, no binary) → ERROR (its reason)
 //   delete                                  → DELETING → row removed
+//   stop (from any phase but DELETING)      → STOPPING → STOPPED (Stopped)
+//   start (from STOPPED or ERROR)           → STARTING → READY as above
+//   lifetime over (expires_at_ms passed)    → deleted, as by delete
 //
-// ERROR is sticky: nothing but delete leaves it.
+// ERROR is sticky: only start (a new run of the main command) or delete
+// leave it. STOPPED keeps everything but processes: the workspace, injected
+// files, policy and limits; it holds across gateway restarts, as does an
+// expiry (an expired sandbox found at start is deleted, not started).
 //
 // An unresponsive agent (frozen by SIGSTOP, or its event loop stuck) is not
 // an error: nothing is lost while it is stopped, and a SIGCONT, or the end of
@@ -22,6 +28,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync }
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { effectiveMode, normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
+import { formatTtl, TTL_MAX_SECONDS } from "../core/lifetime.js";
 import {
   generateSandboxName,
   parseSelector,
@@ -30,7 +37,7 @@ import {
   validateLabels,
   validateSandboxName,
 } from "../core/names.js";
-import { newSandboxStatus, phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
+import { newSandboxStatus, notReadyMessage, phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
 import {
   defaultPolicy,
   formatPolicyViolations,
@@ -82,8 +89,15 @@ export interface SandboxesOptions {
   minFreeBytes: number;
   /** The host-wide uid ledger; root gateways only. */
   uidLeases?: UidLeases | undefined;
+  /** Lifetimes in seconds: given when a create asks for none, and the longest allowed (0: none). */
+  ttl?: { defaultSeconds: number; maxSeconds: number } | undefined;
+  /** Called when a sandbox's processes go (stop, delete, expiry): connections to it are dropped. */
+  released?: ((sandboxId: string) => void) | undefined;
   log(level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void;
 }
+
+/** setTimeout's longest delay; a later expiry is waited for in steps. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
 
 /** Present in a sandbox's directory while its create call has not returned. */
 function creatingMarker(sandboxDir: string): string {
@@ -100,6 +114,10 @@ export class Sandboxes {
   private shuttingDown = false;
   /** Sandboxes whose agent their supervisor reports unresponsive. */
   private readonly unresponsive = new Set<string>();
+  /** Stops and starts under way, one at a time per sandbox. */
+  private readonly transitions = new Map<string, Promise<unknown>>();
+  /** One timer per sandbox with an expiry. */
+  private readonly expiryTimers = new Map<string, NodeJS.Timeout>();
 
   constructor(private readonly o: SandboxesOptions) {}
 
@@ -186,6 +204,7 @@ export class Sandboxes {
     } else if (this.o.store.getSandboxByName(workspace, name)) {
       throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
     }
+    const ttlSeconds = this.lifetime(spec.ttlSeconds ?? 0, "spec.ttl_seconds");
     const command = spec.command.length === 0 ? DEFAULT_COMMAND : spec.command;
     const tty = spec.command.length === 0 ? true : spec.tty;
     // Content stays out of the Sandbox record: every response carries path,
@@ -213,7 +232,10 @@ export class Sandboxes {
       },
       // The effective policy is stored, so `sandbox get` shows what applies.
       spec: { ...spec, command, tty, files, policy: spec.policy ?? defaultPolicy() },
-      status: newSandboxStatus(name),
+      status: {
+        ...newSandboxStatus(name),
+        ...(ttlSeconds > 0 ? { expiresAtMs: Date.now() + ttlSeconds * 1000 } : {}),
+      },
     };
     const sandboxDir = this.o.runtime.sandboxDir(id);
     let hostIds: { hostUid: number; hostGid: number } | undefined;
@@ -269,7 +291,25 @@ export class Sandboxes {
       this.o.runtime.notify(id, { kind: "files-stored" });
     }
     rmSync(creatingMarker(sandboxDir), { force: true });
+    this.scheduleExpiry(sandbox);
     return sandbox;
+  }
+
+  /**
+   * The lifetime a create or renew gets, in seconds (0: none): the one asked
+   * for, else the gateway's default, else its maximum; more than the maximum
+   * is refused.
+   */
+  private lifetime(asked: number, field: string): number {
+    const { defaultSeconds = 0, maxSeconds = 0 } = this.o.ttl ?? {};
+    if (asked > TTL_MAX_SECONDS)
+      throw invalidArgument(`${field} ${asked} exceeds ${TTL_MAX_SECONDS} (366 days)`);
+    if (maxSeconds > 0 && asked > maxSeconds) {
+      throw invalidArgument(
+        `${field} ${formatTtl(asked)} exceeds this gateway's maximum lifetime of ${formatTtl(maxSeconds)} (OPENSHELL_GATEWAY_MAX_TTL)`,
+      );
+    }
+    return asked || defaultSeconds || maxSeconds;
   }
 
   /** Undoes a create that could not store its files: nothing of it is left. */
@@ -447,7 +487,18 @@ export class Sandboxes {
         );
         continue;
       }
-      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR) continue;
+      if (this.expired(sandbox)) {
+        await this.expire(sandbox);
+        continue;
+      }
+      this.scheduleExpiry(sandbox);
+      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_STOPPED)
+        continue;
+      if (phase === SandboxPhase.SANDBOX_PHASE_STOPPING) {
+        // The gateway stopped mid-stop: its supervisors went with it.
+        this.markStopped(id);
+        continue;
+      }
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
       setReadyCondition(
         sandbox,
@@ -504,8 +555,7 @@ export class Sandboxes {
   supervisorConnected(id: string, instanceId: string): void {
     this.update(id, (sandbox) => {
       const phase = phaseOf(sandbox);
-      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_DELETING)
-        return false;
+      if (unmovedByReports(phase)) return false;
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       if (this.unresponsive.has(id)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
@@ -530,7 +580,7 @@ export class Sandboxes {
     this.update(id, (sandbox) => {
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       const phase = phaseOf(sandbox);
-      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING) return false;
+      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || stoppedOrStopping(phase)) return false;
       if (phase === SandboxPhase.SANDBOX_PHASE_ERROR && sandbox.status!.exitCode !== undefined) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
       sandbox.status!.exitCode = exitCode;
@@ -549,8 +599,7 @@ export class Sandboxes {
   fail(id: string, reason: string, message: string): void {
     this.update(id, (sandbox) => {
       const phase = phaseOf(sandbox);
-      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || phase === SandboxPhase.SANDBOX_PHASE_ERROR)
-        return false;
+      if (unmovedByReports(phase)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
       setReadyCondition(sandbox, "False", reason, message);
       return true;
@@ -600,7 +649,7 @@ export class Sandboxes {
     const sandbox = this.o.store.getSandbox(id);
     if (!sandbox || sandbox.status?.mainProcessInstanceId !== instanceId) return;
     const phase = phaseOf(sandbox);
-    if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || phase === SandboxPhase.SANDBOX_PHASE_ERROR) return;
+    if (unmovedByReports(phase)) return;
     this.fail(
       id,
       "SupervisorExited",
@@ -636,9 +685,9 @@ export class Sandboxes {
 
   private async finishDelete(sandbox: Sandbox): Promise<void> {
     const id = sandbox.metadata!.id;
-    this.o.store.revokeSandboxSessions(id);
-    this.o.relay.detach(id);
-    await this.o.runtime.stop(id);
+    clearTimeout(this.expiryTimers.get(id));
+    this.expiryTimers.delete(id);
+    await this.freeRuntime(id);
     // Before the directory goes, so a lease is never stale while its holder lives.
     this.releaseHostIds(id);
     // Storage first: on a full filesystem it is what gives the store room to delete the row.
@@ -648,8 +697,191 @@ export class Sandboxes {
     this.unresponsive.delete(id);
   }
 
-  requireReady(sandbox: Sandbox): void {
-    if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_READY)
-      throw failedPrecondition("sandbox is not ready");
+  /** Ends every process of a sandbox and frees its runtime (supervisor, pod), keeping its storage. */
+  private async freeRuntime(id: string): Promise<void> {
+    this.o.store.revokeSandboxSessions(id);
+    this.o.released?.(id);
+    this.o.relay.detach(id);
+    await this.o.runtime.stop(id);
+    this.unresponsive.delete(id);
   }
+
+  // ---- stop, start ------------------------------------------------------
+
+  /** Runs one stop or start of a sandbox after any other still under way. */
+  private async serialized<T>(id: string, work: () => Promise<T>): Promise<T> {
+    const before = this.transitions.get(id) ?? Promise.resolve();
+    const run = before.catch(() => {}).then(work);
+    this.transitions.set(id, run);
+    try {
+      return await run;
+    } finally {
+      if (this.transitions.get(id) === run) this.transitions.delete(id);
+    }
+  }
+
+  /** Ends every process of the sandbox, keeping its workspace, files, policy and limits. */
+  async stop(workspace: string, name: string): Promise<Sandbox> {
+    const id = this.get(workspace, name).metadata!.id;
+    return this.serialized(id, async () => {
+      const phase = phaseOf(this.byId(id));
+      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING)
+        throw failedPrecondition(`sandbox '${name}' is being deleted`);
+      if (phase !== SandboxPhase.SANDBOX_PHASE_STOPPED) {
+        this.update(id, (sandbox) => {
+          setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_STOPPING);
+          setReadyCondition(sandbox, "False", "Stopping", "Sandbox is stopping");
+          return true;
+        });
+        this.event(id, "Stopping", "Stopping the sandbox's processes");
+        await this.freeRuntime(id);
+        this.markStopped(id);
+        this.o.log("INFO", "sandbox stopped", id);
+      }
+      return this.byId(id);
+    });
+  }
+
+  private markStopped(id: string): void {
+    const name = this.o.store.getSandbox(id)?.metadata?.name ?? "";
+    this.update(id, (sandbox) => {
+      if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPING) return false;
+      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_STOPPED);
+      setReadyCondition(
+        sandbox,
+        "False",
+        "Stopped",
+        notReadyMessage(name, SandboxPhase.SANDBOX_PHASE_STOPPED),
+      );
+      return true;
+    });
+    this.event(id, "Stopped", "Sandbox stopped");
+  }
+
+  /**
+   * Boots a stopped sandbox, or one in Error, again: a new pod over the same
+   * workspace and files, the main command run anew. Returns once it is
+   * starting; it turns Ready as a created one does.
+   */
+  async start(workspace: string, name: string): Promise<Sandbox> {
+    const id = this.get(workspace, name).metadata!.id;
+    return this.serialized(id, async () => {
+      const phase = phaseOf(this.byId(id));
+      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING)
+        throw failedPrecondition(`sandbox '${name}' is being deleted`);
+      if (phase !== SandboxPhase.SANDBOX_PHASE_STOPPED && phase !== SandboxPhase.SANDBOX_PHASE_ERROR)
+        return this.byId(id);
+      // A sandbox in Error may still have its supervisor; a stopped one has none.
+      await this.freeRuntime(id);
+      let startable = false;
+      const sandbox = this.update(id, (s) => {
+        // A delete may have begun while the old supervisor went.
+        startable = [SandboxPhase.SANDBOX_PHASE_STOPPED, SandboxPhase.SANDBOX_PHASE_ERROR].includes(
+          phaseOf(s),
+        );
+        if (!startable) return false;
+        setPhase(s, SandboxPhase.SANDBOX_PHASE_STARTING);
+        setReadyCondition(s, "False", "Starting", "Sandbox is starting");
+        delete s.status!.exitCode;
+        return true;
+      });
+      if (!sandbox || !startable) throw failedPrecondition(`sandbox '${name}' is being deleted`);
+      this.event(id, "Starting", "Starting the sandbox again", {
+        "openshell.progress.active_step": "starting_sandbox",
+      });
+      try {
+        this.launch(sandbox, false, this.retakeHostIds(id));
+      } catch (error) {
+        this.fail(id, "StartFailed", (error as Error).message);
+      }
+      return this.byId(id);
+    });
+  }
+
+  // ---- lifetimes --------------------------------------------------------
+
+  /** Gives the sandbox `ttlSeconds` more to live, from now. */
+  renew(workspace: string, name: string, ttlSeconds: number): Sandbox {
+    if (ttlSeconds === 0) throw invalidArgument("ttl_seconds is required");
+    const sandbox = this.get(workspace, name);
+    const id = sandbox.metadata!.id;
+    if (phaseOf(sandbox) === SandboxPhase.SANDBOX_PHASE_DELETING || this.expired(sandbox)) {
+      throw failedPrecondition(`sandbox '${name}' has expired and is being deleted`);
+    }
+    const seconds = this.lifetime(ttlSeconds, "ttl_seconds");
+    const renewed = this.update(id, (s) => {
+      s.status!.expiresAtMs = Date.now() + seconds * 1000;
+      if (s.metadata) s.metadata.resourceVersion += 1;
+      return true;
+    })!;
+    this.scheduleExpiry(renewed);
+    this.o.log("INFO", `lifetime renewed: expires in ${formatTtl(seconds)}`, id);
+    return renewed;
+  }
+
+  private expired(sandbox: Sandbox): boolean {
+    const at = sandbox.status?.expiresAtMs ?? 0;
+    return at > 0 && at <= Date.now();
+  }
+
+  /** Arms the sandbox's expiry timer (again), or clears it when it has none. */
+  private scheduleExpiry(sandbox: Sandbox): void {
+    const id = sandbox.metadata!.id;
+    clearTimeout(this.expiryTimers.get(id));
+    this.expiryTimers.delete(id);
+    const at = sandbox.status?.expiresAtMs ?? 0;
+    if (at <= 0) return;
+    const timer = setTimeout(
+      () => {
+        this.expiryTimers.delete(id);
+        const current = this.o.store.getSandbox(id);
+        if (!current) return;
+        if (!this.expired(current)) this.scheduleExpiry(current);
+        else
+          this.expire(current).catch((error: unknown) =>
+            this.o.log("ERROR", `could not delete the expired sandbox: ${(error as Error).message}`, id),
+          );
+      },
+      Math.min(Math.max(0, at - Date.now()), TIMER_MAX_MS),
+    );
+    timer.unref();
+    this.expiryTimers.set(id, timer);
+  }
+
+  /** Deletes a sandbox whose lifetime is over, as `sandbox delete` would. */
+  private async expire(sandbox: Sandbox): Promise<void> {
+    const meta = sandbox.metadata!;
+    this.o.log(
+      "INFO",
+      `lifetime over (expired at ${new Date(sandbox.status?.expiresAtMs ?? 0).toISOString()}): deleting`,
+      meta.id,
+    );
+    this.event(meta.id, "Expired", "Sandbox lifetime is over; deleting it");
+    await this.delete(meta.workspace, meta.name);
+  }
+
+  requireReady(sandbox: Sandbox): void {
+    const phase = phaseOf(sandbox);
+    if (phase !== SandboxPhase.SANDBOX_PHASE_READY)
+      throw failedPrecondition(notReadyMessage(sandbox.metadata?.name ?? "", phase));
+  }
+
+  /** Stops the expiry timers (the gateway is closing). */
+  close(): void {
+    for (const timer of this.expiryTimers.values()) clearTimeout(timer);
+    this.expiryTimers.clear();
+  }
+}
+
+function stoppedOrStopping(phase: SandboxPhase): boolean {
+  return phase === SandboxPhase.SANDBOX_PHASE_STOPPING || phase === SandboxPhase.SANDBOX_PHASE_STOPPED;
+}
+
+/** Phases a supervisor's reports (connected, failed, exited) do not change: only the gateway's own calls leave them. */
+function unmovedByReports(phase: SandboxPhase): boolean {
+  return (
+    phase === SandboxPhase.SANDBOX_PHASE_ERROR ||
+    phase === SandboxPhase.SANDBOX_PHASE_DELETING ||
+    stoppedOrStopping(phase)
+  );
 }

@@ -8,6 +8,7 @@ import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { parseTtl, ttlError } from "../core/lifetime.js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
 import { isWildcardBind } from "../host/config.js";
@@ -59,6 +60,8 @@ export interface GatewayOptions {
   sandboxDiskBytes?: number;
   /** Free space below which creates are refused; OPENSHELL_GATEWAY_MIN_FREE, else 1 GiB. */
   minFreeBytes?: number;
+  /** Sandbox lifetimes in seconds; OPENSHELL_GATEWAY_DEFAULT_TTL and OPENSHELL_GATEWAY_MAX_TTL, else none. */
+  ttl?: { defaultSeconds: number; maxSeconds: number };
   log?: (line: string) => void;
 }
 
@@ -73,6 +76,27 @@ function sizeSetting(name: string, fallback: number, minimum: number): number {
     );
   }
   return bytes;
+}
+
+/** A lifetime setting from the environment (`30m`, `24h`), or 0; a bad one stops the start. */
+function ttlSetting(name: string): number {
+  const text = process.env[name];
+  if (text === undefined || text.trim() === "") return 0;
+  const seconds = parseTtl(text);
+  if (seconds === undefined) throw new Error(ttlError(name, text).replace(`${name} `, `${name}=`));
+  return seconds;
+}
+
+/** The gateway's default and maximum lifetimes; a default above the maximum stops the start. */
+function ttlSettings(): { defaultSeconds: number; maxSeconds: number } {
+  const defaultSeconds = ttlSetting("OPENSHELL_GATEWAY_DEFAULT_TTL");
+  const maxSeconds = ttlSetting("OPENSHELL_GATEWAY_MAX_TTL");
+  if (maxSeconds > 0 && defaultSeconds > maxSeconds) {
+    throw new Error(
+      "OPENSHELL_GATEWAY_DEFAULT_TTL exceeds OPENSHELL_GATEWAY_MAX_TTL; lower it or raise the maximum",
+    );
+  }
+  return { defaultSeconds, maxSeconds };
 }
 
 export interface RunningGateway {
@@ -170,6 +194,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     diskBytes: sandboxDiskBytes,
     minFreeBytes,
     uidLeases,
+    ttl: options.ttl ?? ttlSettings(),
+    released: (id) => ssh?.dropClient(id),
     log: gatewayLog,
   });
 
@@ -222,11 +248,15 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   });
 
   // Disks left mounted for sandboxes this gateway no longer has (deleted by a crashed gateway).
-  // A sandbox in Error is not started again, so its disk is not needed until it is deleted.
+  // A sandbox in Error or Stopped is not started again until asked, so its disk is not needed until it is deleted.
   const known = new Set(
     store
       .allSandboxes()
-      .filter((sandbox) => phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR)
+      .filter(
+        (sandbox) =>
+          phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
+          phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED,
+      )
       .map((sandbox) => sandbox.metadata!.id),
   );
   await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
@@ -242,6 +272,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     close: () => {
       closing ??= (async () => {
         clearInterval(reaper);
+        sandboxes.close();
         sandboxes.beginShutdown();
         await runtime.stopAll();
         await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));

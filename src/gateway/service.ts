@@ -19,7 +19,11 @@ import type {
 import { validateWorkspaceName } from "../core/names.js";
 import { phaseOf } from "../core/phases.js";
 import { defaultPolicy } from "../core/policy.js";
-import { CAPABILITY_SANDBOX_FILES, SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
+import {
+  CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_TTL,
+  SUPERVISOR_METADATA_KEY,
+} from "../core/protocol.js";
 import {
   type ExecSandboxEvent,
   type ExecSandboxInput,
@@ -224,7 +228,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
           capabilities: { driverName: "openshell-bubblewrap", driverVersion: o.version },
         },
       ],
-      capabilities: [CAPABILITY_SANDBOX_FILES],
+      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL],
     })),
 
     createSandbox: unary("user", async (request) => ({
@@ -239,11 +243,22 @@ export function createService(o: ServiceOptions): OpenShellServer {
       sandboxes: o.sandboxes.list(request).map(publicSandbox),
     })),
 
-    deleteSandbox: unary("user", async (request) => {
-      const sandboxId = o.sandboxes.get(request.workspace, request.name).metadata!.id;
-      o.ssh.dropClient(sandboxId);
-      return { deleted: await o.sandboxes.delete(request.workspace, request.name) };
-    }),
+    // Connections to the sandbox are dropped as its processes go (SandboxesOptions.released).
+    deleteSandbox: unary("user", async (request) => ({
+      deleted: await o.sandboxes.delete(request.workspace, request.name),
+    })),
+
+    stopSandbox: unary("user", async (request) => ({
+      sandbox: publicSandbox(await o.sandboxes.stop(request.workspace, request.name)),
+    })),
+
+    startSandbox: unary("user", async (request) => ({
+      sandbox: publicSandbox(await o.sandboxes.start(request.workspace, request.name)),
+    })),
+
+    renewSandbox: unary("user", (request) => ({
+      sandbox: publicSandbox(o.sandboxes.renew(request.workspace, request.name, request.ttlSeconds)),
+    })),
 
     getSandboxLogs: unary("user", (request) => {
       if (request.sandboxId === "") throw invalidArgument("sandbox_id is required");

@@ -227,6 +227,12 @@ export interface SandboxSpec {
   tty: boolean;
   /** EXTENSION: files injected at create time. */
   files: SandboxFile[];
+  /**
+   * EXTENSION: the sandbox's lifetime in seconds from create; 0 means the
+   * gateway's default (none unless configured). At expiry the gateway deletes
+   * it. Capability "sandbox-ttl.v1".
+   */
+  ttlSeconds?: number | undefined;
 }
 
 export interface SandboxSpec_EnvironmentEntry {
@@ -279,7 +285,15 @@ export interface SandboxStatus {
   currentPolicyVersion: number;
   mainProcessInstanceId: string;
   /** Set once the main process has exited; signals are 128 + N. */
-  exitCode?: number | undefined;
+  exitCode?:
+    | number
+    | undefined;
+  /**
+   * EXTENSION: when the gateway deletes the sandbox, in milliseconds since
+   * the epoch; 0 means never. Set from SandboxSpec.ttl_seconds and by
+   * RenewSandbox. Capability "sandbox-ttl.v1".
+   */
+  expiresAtMs?: number | undefined;
 }
 
 export interface SandboxCondition {
@@ -350,6 +364,23 @@ export interface ListSandboxesResponse {
 
 export interface DeleteSandboxResponse {
   deleted: boolean;
+}
+
+export interface StopSandboxRequest {
+  name: string;
+  workspace: string;
+}
+
+export interface StartSandboxRequest {
+  name: string;
+  workspace: string;
+}
+
+/** EXTENSION: the sandbox expires ttl_seconds from now. */
+export interface RenewSandboxRequest {
+  name: string;
+  workspace: string;
+  ttlSeconds: number;
 }
 
 export interface CreateSshSessionRequest {
@@ -1352,6 +1383,7 @@ function createBaseSandboxSpec(): SandboxSpec {
     command: [],
     tty: false,
     files: [],
+    ttlSeconds: undefined,
   };
 }
 
@@ -1383,6 +1415,9 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
     }
     for (const v of message.files) {
       SandboxFile.encode(v!, writer.uint32(114).fork()).join();
+    }
+    if (message.ttlSeconds !== undefined) {
+      writer.uint32(8008).uint32(message.ttlSeconds);
     }
     return writer;
   },
@@ -1475,6 +1510,14 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
             message.files.push(SandboxFile.decode(reader, reader.uint32()));
             continue;
           }
+          case 1001: {
+            if (tag !== 8008) {
+              break;
+            }
+
+            message.ttlSeconds = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1523,6 +1566,11 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
         : [],
       tty: isSet(object.tty) ? globalThis.Boolean(object.tty) : false,
       files: globalThis.Array.isArray(object?.files) ? object.files.map((e: any) => SandboxFile.fromJSON(e)) : [],
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : undefined,
     };
   },
 
@@ -1561,6 +1609,9 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
     if (message.files?.length) {
       obj.files = message.files.map((e) => SandboxFile.toJSON(e));
     }
+    if (message.ttlSeconds !== undefined) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
     return obj;
   },
 
@@ -1592,6 +1643,7 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
     message.command = object.command?.map((e) => e) || [];
     message.tty = object.tty ?? false;
     message.files = object.files?.map((e) => SandboxFile.fromPartial(e)) || [];
+    message.ttlSeconds = object.ttlSeconds ?? undefined;
     return message;
   },
 };
@@ -2404,6 +2456,7 @@ function createBaseSandboxStatus(): SandboxStatus {
     currentPolicyVersion: 0,
     mainProcessInstanceId: "",
     exitCode: undefined,
+    expiresAtMs: undefined,
   };
 }
 
@@ -2435,6 +2488,9 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     }
     if (message.exitCode !== undefined) {
       writer.uint32(72).int32(message.exitCode);
+    }
+    if (message.expiresAtMs !== undefined) {
+      writer.uint32(8000).int64(message.expiresAtMs);
     }
     return writer;
   },
@@ -2524,6 +2580,14 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
             message.exitCode = reader.int32();
             continue;
           }
+          case 1000: {
+            if (tag !== 8000) {
+              break;
+            }
+
+            message.expiresAtMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2577,6 +2641,11 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
         : isSet(object.exit_code)
         ? globalThis.Number(object.exit_code)
         : undefined,
+      expiresAtMs: isSet(object.expiresAtMs)
+        ? globalThis.Number(object.expiresAtMs)
+        : isSet(object.expires_at_ms)
+        ? globalThis.Number(object.expires_at_ms)
+        : undefined,
     };
   },
 
@@ -2609,6 +2678,9 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     if (message.exitCode !== undefined) {
       obj.exitCode = Math.round(message.exitCode);
     }
+    if (message.expiresAtMs !== undefined) {
+      obj.expiresAtMs = Math.round(message.expiresAtMs);
+    }
     return obj;
   },
 
@@ -2626,6 +2698,7 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     message.currentPolicyVersion = object.currentPolicyVersion ?? 0;
     message.mainProcessInstanceId = object.mainProcessInstanceId ?? "";
     message.exitCode = object.exitCode ?? undefined;
+    message.expiresAtMs = object.expiresAtMs ?? undefined;
     return message;
   },
 };
@@ -3922,6 +3995,281 @@ export const DeleteSandboxResponse: MessageFns<DeleteSandboxResponse> = {
   fromPartial<I extends Exact<DeepPartial<DeleteSandboxResponse>, I>>(object: I): DeleteSandboxResponse {
     const message = createBaseDeleteSandboxResponse();
     message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseStopSandboxRequest(): StopSandboxRequest {
+  return { name: "", workspace: "" };
+}
+
+export const StopSandboxRequest: MessageFns<StopSandboxRequest> = {
+  encode(message: StopSandboxRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.workspace !== "") {
+      writer.uint32(18).string(message.workspace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopSandboxRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopSandboxRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workspace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopSandboxRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
+    };
+  },
+
+  toJSON(message: StopSandboxRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.workspace !== "") {
+      obj.workspace = message.workspace;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StopSandboxRequest>, I>>(base?: I): StopSandboxRequest {
+    return StopSandboxRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StopSandboxRequest>, I>>(object: I): StopSandboxRequest {
+    const message = createBaseStopSandboxRequest();
+    message.name = object.name ?? "";
+    message.workspace = object.workspace ?? "";
+    return message;
+  },
+};
+
+function createBaseStartSandboxRequest(): StartSandboxRequest {
+  return { name: "", workspace: "" };
+}
+
+export const StartSandboxRequest: MessageFns<StartSandboxRequest> = {
+  encode(message: StartSandboxRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.workspace !== "") {
+      writer.uint32(18).string(message.workspace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartSandboxRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartSandboxRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workspace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartSandboxRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
+    };
+  },
+
+  toJSON(message: StartSandboxRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.workspace !== "") {
+      obj.workspace = message.workspace;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartSandboxRequest>, I>>(base?: I): StartSandboxRequest {
+    return StartSandboxRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartSandboxRequest>, I>>(object: I): StartSandboxRequest {
+    const message = createBaseStartSandboxRequest();
+    message.name = object.name ?? "";
+    message.workspace = object.workspace ?? "";
+    return message;
+  },
+};
+
+function createBaseRenewSandboxRequest(): RenewSandboxRequest {
+  return { name: "", workspace: "", ttlSeconds: 0 };
+}
+
+export const RenewSandboxRequest: MessageFns<RenewSandboxRequest> = {
+  encode(message: RenewSandboxRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.workspace !== "") {
+      writer.uint32(18).string(message.workspace);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(24).uint32(message.ttlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RenewSandboxRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRenewSandboxRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workspace = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttlSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RenewSandboxRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: RenewSandboxRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.workspace !== "") {
+      obj.workspace = message.workspace;
+    }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RenewSandboxRequest>, I>>(base?: I): RenewSandboxRequest {
+    return RenewSandboxRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RenewSandboxRequest>, I>>(object: I): RenewSandboxRequest {
+    const message = createBaseRenewSandboxRequest();
+    message.name = object.name ?? "";
+    message.workspace = object.workspace ?? "";
+    message.ttlSeconds = object.ttlSeconds ?? 0;
     return message;
   },
 };
@@ -8472,6 +8820,34 @@ export const OpenShellService = {
       Buffer.from(DeleteSandboxResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteSandboxResponse => DeleteSandboxResponse.decode(value),
   },
+  stopSandbox: {
+    path: "/openshell.v1.OpenShell/StopSandbox" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StopSandboxRequest): Buffer => Buffer.from(StopSandboxRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StopSandboxRequest => StopSandboxRequest.decode(value),
+    responseSerialize: (value: SandboxResponse): Buffer => Buffer.from(SandboxResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SandboxResponse => SandboxResponse.decode(value),
+  },
+  startSandbox: {
+    path: "/openshell.v1.OpenShell/StartSandbox" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartSandboxRequest): Buffer => Buffer.from(StartSandboxRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartSandboxRequest => StartSandboxRequest.decode(value),
+    responseSerialize: (value: SandboxResponse): Buffer => Buffer.from(SandboxResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SandboxResponse => SandboxResponse.decode(value),
+  },
+  /** EXTENSION: a new lifetime for a sandbox (capability "sandbox-ttl.v1"). */
+  renewSandbox: {
+    path: "/openshell.v1.OpenShell/RenewSandbox" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RenewSandboxRequest): Buffer => Buffer.from(RenewSandboxRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RenewSandboxRequest => RenewSandboxRequest.decode(value),
+    responseSerialize: (value: SandboxResponse): Buffer => Buffer.from(SandboxResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SandboxResponse => SandboxResponse.decode(value),
+  },
   watchSandbox: {
     path: "/openshell.v1.OpenShell/WatchSandbox" as const,
     requestStream: false as const,
@@ -8614,6 +8990,10 @@ export interface OpenShellServer extends UntypedServiceImplementation {
   getSandbox: handleUnaryCall<GetSandboxRequest, SandboxResponse>;
   listSandboxes: handleUnaryCall<ListSandboxesRequest, ListSandboxesResponse>;
   deleteSandbox: handleUnaryCall<DeleteSandboxRequest, DeleteSandboxResponse>;
+  stopSandbox: handleUnaryCall<StopSandboxRequest, SandboxResponse>;
+  startSandbox: handleUnaryCall<StartSandboxRequest, SandboxResponse>;
+  /** EXTENSION: a new lifetime for a sandbox (capability "sandbox-ttl.v1"). */
+  renewSandbox: handleUnaryCall<RenewSandboxRequest, SandboxResponse>;
   watchSandbox: handleServerStreamingCall<WatchSandboxRequest, SandboxStreamEvent>;
   getSandboxLogs: handleUnaryCall<GetSandboxLogsRequest, GetSandboxLogsResponse>;
   createSshSession: handleUnaryCall<CreateSshSessionRequest, CreateSshSessionResponse>;
@@ -8721,6 +9101,52 @@ export interface OpenShellClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteSandboxResponse) => void,
+  ): ClientUnaryCall;
+  stopSandbox(
+    request: StopSandboxRequest,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  stopSandbox(
+    request: StopSandboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  stopSandbox(
+    request: StopSandboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  startSandbox(
+    request: StartSandboxRequest,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  startSandbox(
+    request: StartSandboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  startSandbox(
+    request: StartSandboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  /** EXTENSION: a new lifetime for a sandbox (capability "sandbox-ttl.v1"). */
+  renewSandbox(
+    request: RenewSandboxRequest,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  renewSandbox(
+    request: RenewSandboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
+  ): ClientUnaryCall;
+  renewSandbox(
+    request: RenewSandboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SandboxResponse) => void,
   ): ClientUnaryCall;
   watchSandbox(request: WatchSandboxRequest, options?: Partial<CallOptions>): ClientReadableStream<SandboxStreamEvent>;
   watchSandbox(

@@ -83,7 +83,7 @@ describe("requests the gateway refuses", () => {
     ["a\u0000b", "workspace must contain only lowercase alphanumeric characters or hyphens"],
     ["a-very-long-workspace-name", "workspace exceeds maximum length (26 > 19)"],
   ])(
-    "refuses workspace %j on create, get, list, delete and logs with INVALID_ARGUMENT",
+    "refuses workspace %j on create, get, list, delete, stop, start, renew and logs with INVALID_ARGUMENT",
     async (workspace, message) => {
       const answers = await Promise.all([
         answer((cb) => client.createSandbox(createRequest(workspace), cb)),
@@ -95,6 +95,9 @@ describe("requests the gateway refuses", () => {
           ),
         ),
         answer((cb) => client.deleteSandbox({ name: "x", workspace }, cb)),
+        answer((cb) => client.stopSandbox({ name: "x", workspace }, cb)),
+        answer((cb) => client.startSandbox({ name: "x", workspace }, cb)),
+        answer((cb) => client.renewSandbox({ name: "x", workspace, ttlSeconds: 60 }, cb)),
         answer((cb) =>
           client.getSandboxLogs(
             { sandboxId: "x", lines: 0, sinceMs: 0, sources: [], minLevel: "", workspace },
@@ -114,6 +117,32 @@ describe("requests the gateway refuses", () => {
       "spec.files[].size is out of range: at most 9007199254740991 (2^53 - 1) is supported",
     );
     expect(await allSandboxes()).toBe(0);
+  });
+
+  it("refuses a lifetime over a year, and a renew without one, with INVALID_ARGUMENT naming the field", async () => {
+    const long = createRequest("");
+    long.spec!.ttlSeconds = 2 ** 32 - 1;
+    expect(await answer((cb) => client.createSandbox(long, cb))).toEqual({
+      code: INVALID_ARGUMENT,
+      details: "spec.ttl_seconds 4294967295 exceeds 31622400 (366 days)",
+    });
+    expect(await allSandboxes()).toBe(0);
+    expect(
+      await answer((cb) => client.renewSandbox({ name: "x", workspace: "", ttlSeconds: 0 }, cb)),
+    ).toEqual({
+      code: INVALID_ARGUMENT,
+      details: "ttl_seconds is required",
+    });
+    for (const call of [
+      (cb: (error: { code?: number } | null) => void) =>
+        client.stopSandbox({ name: "nope", workspace: "" }, cb),
+      (cb: (error: { code?: number } | null) => void) =>
+        client.startSandbox({ name: "nope", workspace: "" }, cb),
+      (cb: (error: { code?: number } | null) => void) =>
+        client.renewSandbox({ name: "nope", workspace: "", ttlSeconds: 60 }, cb),
+    ]) {
+      expect((await answer(call)).code).toBe(5); // NOT_FOUND
+    }
   });
 
   it("answers since_ms of 2^63 - 1 with INVALID_ARGUMENT naming since_ms", async () => {

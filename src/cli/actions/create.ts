@@ -17,11 +17,13 @@ import {
   parseFileFlag,
   sha256HexEach,
 } from "../../core/files.js";
+import { parseTtl, ttlError } from "../../core/lifetime.js";
 import { parseLabelFlag, validateCommand, validateSandboxName } from "../../core/names.js";
 import {
   ANNOTATION_START_ON_ATTACH,
   ANNOTATION_TTY_SIZE,
   CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_TTL,
 } from "../../core/protocol.js";
 import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../../gen/openshell.js";
 import { checkFileSpecs, readFileContents } from "../../host/local-files.js";
@@ -33,6 +35,7 @@ import { createAttaches } from "../flags.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "../output/present.js";
 import { type ProgressMode, waitForReady } from "../wait.js";
 import { parseEnvFlags } from "./exec.js";
+import { ttlUnsupported } from "./lifecycle.js";
 
 export interface CreateOptions {
   name?: string | undefined;
@@ -46,6 +49,8 @@ export interface CreateOptions {
   attach: boolean;
   keep: boolean;
   tty?: boolean | undefined;
+  /** `--ttl`: the sandbox's lifetime, e.g. 30m. */
+  ttl?: string | undefined;
   output: OutputFormat;
   command: string[];
 }
@@ -99,6 +104,8 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     labels[key] = value;
   }
   const environment = parseEnvFlags(o.env);
+  const ttlSeconds = o.ttl === undefined ? undefined : parseTtl(o.ttl);
+  if (o.ttl !== undefined && ttlSeconds === undefined) throw usageError(ttlError("--ttl", o.ttl));
   if (o.command.length > 0) {
     const problem = validateCommand(o.command, "command");
     if (problem) throw invalidInput(problem);
@@ -122,13 +129,11 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   // ---- the gateway ----
   const gateway = await ctx.gateway();
   // The capability question and the reading of the files proceed together.
-  const supportsFiles =
-    fileSpecs.length > 0
-      ? gateway
-          .call(gateway.client.getGatewayInfo, {})
-          .then((info) => info.capabilities.includes(CAPABILITY_SANDBOX_FILES))
-      : Promise.resolve(true);
-  supportsFiles.catch(() => {}); // awaited below, after the files
+  const capabilities =
+    fileSpecs.length > 0 || ttlSeconds !== undefined
+      ? gateway.call(gateway.client.getGatewayInfo, {}).then((info) => info.capabilities)
+      : Promise.resolve([CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL]);
+  capabilities.catch(() => {}); // awaited below, after the files
   const laidOut = layoutCreateRequest(
     {
       spec: {
@@ -138,6 +143,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
         providers: [],
         command: o.command,
         tty,
+        ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
         files: fileSpecs.map((spec, i) => ({
           path: normalizeSandboxPath(spec.remote) ?? spec.remote,
           content: Buffer.alloc(0),
@@ -160,7 +166,10 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     fileSizes,
   );
   await readFileContents(fileSpecs, laidOut.slots);
-  if (!(await supportsFiles)) {
+  if (ttlSeconds !== undefined && !(await capabilities).includes(CAPABILITY_SANDBOX_TTL)) {
+    throw ttlUnsupported(gateway.name, "--ttl");
+  }
+  if (fileSpecs.length > 0 && !(await capabilities).includes(CAPABILITY_SANDBOX_FILES)) {
     throw new OpenShellError(
       "unsupported",
       `gateway '${gateway.name}' does not support --file: it would silently drop the files (an OpenShell gateway ignores SandboxSpec.files)`,

@@ -12,7 +12,7 @@
 import { status } from "@grpc/grpc-js";
 import { OpenShellError, usageError } from "../../core/errors.js";
 import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../../core/names.js";
-import { phaseName } from "../../core/phases.js";
+import { notReadyMessage } from "../../core/phases.js";
 import { EXEC_TIMEOUT_EXIT } from "../../core/signals.js";
 import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../../gen/openshell.js";
 import { mapGrpcError } from "../../transport/grpc.js";
@@ -63,9 +63,11 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
   );
   const phase = sandbox?.status?.phase;
   if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
+    const waitable =
+      phase === SandboxPhase.SANDBOX_PHASE_PROVISIONING || phase === SandboxPhase.SANDBOX_PHASE_STARTING;
     throw new OpenShellError(
       "not_ready",
-      `sandbox '${name}' is not ready (phase: ${phaseName(phase)}); wait for it to reach Ready state`,
+      notReadyMessage(name, phase) + (waitable ? "; wait for it to reach Ready state" : ""),
     );
   }
 

@@ -7,7 +7,7 @@
 import { basename } from "node:path";
 import type { Client } from "ssh2";
 import { OpenShellError } from "../../core/errors.js";
-import { phaseName } from "../../core/phases.js";
+import { notReadyMessage } from "../../core/phases.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import { SandboxPhase } from "../../gen/openshell.js";
 import { collectBounded } from "../../transport/bridge.js";
@@ -182,7 +182,7 @@ async function readySandboxId(gateway: ConnectedGateway, name: string): Promise<
   const sandbox = await gateway.sandbox(name);
   const phase = sandbox?.status?.phase;
   if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
-    throw new OpenShellError("not_ready", `sandbox '${name}' is not ready (phase: ${phaseName(phase)})`);
+    throw new OpenShellError("not_ready", notReadyMessage(name, phase));
   }
   return sandbox!.metadata!.id;
 }

@@ -29,6 +29,7 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
     .option("--detach", "return once Ready; do not attach to the command")
     .option("--attach", "attach to the command even when not on a terminal")
     .option("--no-keep", "delete the sandbox when the attached command ends")
+    .option("--ttl <duration>", "delete the sandbox this long after create, e.g. 30m, 1h, 1h30m")
     .option("--tty", "run the command on a pseudo-terminal")
     .option("--no-tty", "run the command without a pseudo-terminal")
     .addOption(outputOption())
@@ -57,6 +58,7 @@ Examples:
           attach: opts.attach === true,
           keep: opts.keep,
           tty: opts.tty,
+          ttl: opts.ttl,
           output: opts.output,
           command,
         });

@@ -29,6 +29,8 @@ export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = 
     resource_version: meta?.resourceVersion ?? 0,
     created_at: formatTimestamp(meta?.createdAtMs ?? 0),
     phase: phaseName(status?.phase),
+    // Null when the sandbox has no lifetime (lives until deleted).
+    expires_at: status?.expiresAtMs ? new Date(status.expiresAtMs).toISOString() : null,
     current_policy_version: status?.currentPolicyVersion ?? 0,
   };
   if (status?.exitCode !== undefined) document.exit_code = status.exitCode;
@@ -81,12 +83,16 @@ export function printSandboxList(ui: Ui, sandboxes: Sandbox[]): void {
     ui.note("No sandboxes found.");
     return;
   }
+  // EXPIRES only when some sandbox has a lifetime.
+  const expiring = sandboxes.some((s) => (s.status?.expiresAtMs ?? 0) > 0);
   const rows = sandboxes.map((s) => [
     s.metadata?.name ?? "",
     formatTimestamp(s.metadata?.createdAtMs ?? 0),
+    ...(expiring ? [formatTimestamp(s.status?.expiresAtMs ?? 0)] : []),
     phaseName(s.status?.phase),
   ]);
-  const lines = table(["NAME", "CREATED", "PHASE"], rows, (h) => ui.out.bold(h));
+  const headers = ["NAME", "CREATED", ...(expiring ? ["EXPIRES"] : []), "PHASE"];
+  const lines = table(headers, rows, (h) => ui.out.bold(h));
   ui.data(lines[0]!);
   lines.slice(1).forEach((line, i) => {
     const sandbox = sandboxes[i]!;
@@ -108,6 +114,7 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   ui.data(`  ${label("Name:")} ${meta.name}`);
   ui.data(`  ${label("Workspace:")} ${meta.workspace}`);
   ui.data(`  ${label("Created:")} ${formatTimestamp(meta.createdAtMs)}`);
+  if (status?.expiresAtMs) ui.data(`  ${label("Expires:")} ${formatTimestamp(status.expiresAtMs)}`);
   ui.data(`  ${label("Phase:")} ${phaseColor(ui, status?.phase, phaseName(status?.phase))}`);
   const reason = readyFalseMessage(sandbox);
   // The reason may quote the sandbox (a supervisor's failure, a command's output).
