@@ -184,12 +184,22 @@ async function main(): Promise<void> {
   stored?.catch(() => {}); // awaited when the content is read
   const [config, remote] = await Promise.all([
     configured,
-    launch.filesPath === undefined ? getFiles(false) : undefined,
+    launch.filesPath === undefined
+      ? getFiles(false).catch((error: Error) => {
+          throw new PodError(
+            "FileInjectionFailed",
+            `the injected files could not be fetched: ${error.message}`,
+          );
+        })
+      : undefined,
   ]);
   const files: InjectedFileSource = remote
     ? { paths: remote.files.map((file) => file.path), load: async () => remote.files }
     : localFiles(launch.filesPath!, launch.filePaths ?? [], stored!);
-  diag(`launch spec, config and ${files.paths.length} file path(s) fetched ${since()}`);
+  diag(
+    `launch spec, config and ${files.paths.length} injected file(s) ` +
+      `${remote ? "fetched over gRPC" : `at ${launch.filesPath ?? "(none)"}`} ${since()}`,
+  );
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
   let mainExited = false;
@@ -233,35 +243,27 @@ async function main(): Promise<void> {
     }
   };
 
+  // A PodError rejects main: its reason becomes the sandbox's (see the end).
   let pod: Awaited<ReturnType<typeof startPod>>;
-  try {
-    pod = await startPod({
-      launch,
-      policy: config.policy,
-      files,
-      onAgent,
-      logBackpressure: () => logs.backpressure(),
-      onAgentLiveness: (responsive, detail) => {
-        diag(detail);
-        void report({ kind: "liveness", responsive, message: detail });
-      },
-      onProgress: (step, detail) => void report({ kind: "progress", step, message: detail }),
-      onWarning: (warning) => void report({ kind: "warning", message: warning }),
-      onNetworkLog: (level, message) => logs.push(level, "network", message),
-      diag,
-      closure,
-      support:
-        earlySupport ??
-        podSupport(join(launch.sandboxDir, "support"), closure, process.env[SECCOMP_DENY_ENV]),
-      disk,
-    });
-  } catch (error) {
-    if (error instanceof PodError) {
-      await report({ kind: "failure", reason: error.reason, message: error.message });
-      process.exit(1);
-    }
-    throw error;
-  }
+  pod = await startPod({
+    launch,
+    policy: config.policy,
+    files,
+    onAgent,
+    logBackpressure: () => logs.backpressure(),
+    onAgentLiveness: (responsive, detail) => {
+      diag(detail);
+      void report({ kind: "liveness", responsive, message: detail });
+    },
+    onProgress: (step, detail) => void report({ kind: "progress", step, message: detail }),
+    onWarning: (warning) => void report({ kind: "warning", message: warning }),
+    onNetworkLog: (level, message) => logs.push(level, "network", message),
+    diag,
+    closure,
+    support:
+      earlySupport ?? podSupport(join(launch.sandboxDir, "support"), closure, process.env[SECCOMP_DENY_ENV]),
+    disk,
+  });
   diag(`pod started ${since()}`);
   // Serving from here on: an error in one relay must not end the sandbox (see host/last-resort.ts).
   containUncaughtErrors("the supervisor", diag);
@@ -283,6 +285,7 @@ async function main(): Promise<void> {
 main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
   diag(error instanceof Error && error.stack ? error.stack : message);
-  await report({ kind: "failure", reason: "SupervisorFailed", message });
+  const reason = error instanceof PodError ? error.reason : "SupervisorFailed";
+  await report({ kind: "failure", reason, message });
   process.exit(1);
 });
