@@ -1,0 +1,128 @@
+// The runtime contract as a supervisor on another machine speaks it: with
+// OPENSHELL_SUPERVISOR_MODE=remote the gateway starts each supervisor with
+// its identity in the environment and nothing on stdin, and the supervisor
+// fetches its launch spec and injected files over gRPC and reports its
+// failures there, through the real CLI, gateway, supervisor and bubblewrap.
+
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gatewayClient, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
+
+const REMOTE = { OPENSHELL_SUPERVISOR_MODE: "remote" };
+
+function children(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
+    readFileSync(`/proc/${pid}/task/${task}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number),
+  );
+}
+
+const isSupervisor = (pid: number): boolean => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("supervisor.mjs");
+  } catch {
+    return false;
+  }
+};
+
+function environ(pid: number): Record<string, string> {
+  return Object.fromEntries(
+    readFileSync(`/proc/${pid}/environ`, "utf8")
+      .split("\0")
+      .filter(Boolean)
+      .map((entry) => [entry.slice(0, entry.indexOf("=")), entry.slice(entry.indexOf("=") + 1)]),
+  );
+}
+
+describe("a supervisor told only through its environment and gRPC", () => {
+  const env = new TestEnv();
+  const name = uniqueName("remote");
+  const note = Buffer.from("fetched over the wire\n");
+  const tool = Buffer.from('#!/bin/sh\necho tool-ran "$@"\n');
+  const stateDir = () => join(env.stateHome, "openshell", "gateways", "local");
+  let sandboxId = "";
+
+  beforeAll(async () => {
+    await env.startGateway(REMOTE);
+    writeFileSync(join(env.root, "note.txt"), note);
+    writeFileSync(join(env.root, "tool.sh"), tool);
+    const created = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--name",
+        name,
+        "--detach",
+        "--file",
+        "./note.txt:/sandbox/note.txt",
+        "--file",
+        "./tool.sh:/opt/tools/tool.sh:0555",
+        "--",
+        "sleep",
+        "infinity",
+      ],
+      { cwd: env.root, env: REMOTE },
+    );
+    expect(created.code, created.stderr).toBe(0);
+    const client = gatewayClient(env);
+    sandboxId = await new Promise<string>((resolve, reject) =>
+      client.getSandbox({ name, workspace: "" }, (error, response) =>
+        error ? reject(error) : resolve(response.sandbox!.metadata!.id),
+      ),
+    );
+    client.close();
+  });
+  afterAll(() => env.dispose());
+
+  it("runs with its identity in its environment, no stdin from the gateway, and no spare beside it", () => {
+    const gatewayPid = Number(readFileSync(join(stateDir(), "gateway.pid"), "utf8").trim());
+    const supervisors = children(gatewayPid).filter(isSupervisor);
+    expect(supervisors).toHaveLength(1);
+    const pid = supervisors[0]!;
+    expect(readlinkSync(`/proc/${pid}/fd/0`)).toBe("/dev/null");
+    const vars = environ(pid);
+    expect(vars.OPENSHELL_SANDBOX_ID).toBe(sandboxId);
+    expect(vars.OPENSHELL_ENDPOINT).toMatch(/^unix:\/\//);
+    expect(vars.OPENSHELL_SANDBOX_SECRET).toMatch(/./);
+    // What it runs came over gRPC, not in its environment.
+    expect(Object.values(vars).join("\n")).not.toContain("infinity");
+  });
+
+  it("fetched its injected files over gRPC: byte-identical, with their modes, and the tool runs", async () => {
+    const log = readFileSync(join(stateDir(), "gateway.log"), "utf8");
+    expect(log).toMatch(
+      new RegExp(`SUP \\[${sandboxId}\\] launch spec, config and 2 injected file\\(s\\) fetched over gRPC`),
+    );
+    const shown = await env.run([
+      "sandbox",
+      "exec",
+      "-n",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "cat /sandbox/note.txt; stat -c %a /sandbox/note.txt /opt/tools/tool.sh; /opt/tools/tool.sh x",
+    ]);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(shown.stdout).toBe(`${note}444\n555\ntool-ran x\n`);
+  });
+
+  it("reports a failure to get its files over gRPC: the sandbox goes to Error (FileInjectionFailed), never runs without them", async () => {
+    const stop = await env.run(["gateway", "stop"], { timeoutMs: 60_000 });
+    expect(stop.code, stop.stderr).toBe(0);
+    const stored = join(stateDir(), "sandboxes", sandboxId, "files.pb");
+    expect(existsSync(stored)).toBe(true);
+    rmSync(stored);
+    await env.startGateway(REMOTE);
+    await waitForPhase(env, name, "Error");
+    const got = await env.run(["sandbox", "get", name, "-o", "json"]);
+    expect(got.stdout).toContain("FileInjectionFailed");
+    expect(got.stdout).toContain("could not be fetched");
+    const ran = await env.run(["sandbox", "exec", "-n", name, "--", "true"]);
+    expect(ran.code).not.toBe(0);
+  });
+});
