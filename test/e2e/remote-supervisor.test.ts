@@ -6,7 +6,10 @@
 
 import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { credentials, Metadata, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SUPERVISOR_METADATA_KEY } from "../../src/core/protocol.js";
+import { OpenShellClient, type SupervisorLaunchSpec } from "../../src/gen/openshell.js";
 import { gatewayClient, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
 
 const REMOTE = { OPENSHELL_SUPERVISOR_MODE: "remote" };
@@ -45,6 +48,7 @@ describe("a supervisor told only through its environment and gRPC", () => {
   const tool = Buffer.from('#!/bin/sh\necho tool-ran "$@"\n');
   const stateDir = () => join(env.stateHome, "openshell", "gateways", "local");
   let sandboxId = "";
+  let supervisorVars: Record<string, string> = {};
 
   beforeAll(async () => {
     await env.startGateway(REMOTE);
@@ -85,11 +89,42 @@ describe("a supervisor told only through its environment and gRPC", () => {
     const pid = supervisors[0]!;
     expect(readlinkSync(`/proc/${pid}/fd/0`)).toBe("/dev/null");
     const vars = environ(pid);
+    supervisorVars = vars;
     expect(vars.OPENSHELL_SANDBOX_ID).toBe(sandboxId);
     expect(vars.OPENSHELL_ENDPOINT).toMatch(/^unix:\/\//);
     expect(vars.OPENSHELL_SANDBOX_SECRET).toMatch(/./);
     // What it runs came over gRPC, not in its environment.
     expect(Object.values(vars).join("\n")).not.toContain("infinity");
+  });
+
+  it("gives its launch spec to any process holding that environment, and to no one else", async () => {
+    const client = new OpenShellClient(supervisorVars.OPENSHELL_ENDPOINT!, credentials.createInsecure());
+    const launch = (credential: string, id = sandboxId) =>
+      new Promise<SupervisorLaunchSpec>((resolve, reject) => {
+        const metadata = new Metadata();
+        if (credential !== "") metadata.set(SUPERVISOR_METADATA_KEY, credential);
+        client.getSupervisorLaunch({ sandboxId: id }, metadata, (error, response) =>
+          error ? reject(error) : resolve(response),
+        );
+      });
+    try {
+      const own = `${sandboxId}:${supervisorVars.OPENSHELL_SANDBOX_SECRET}`;
+      const spec = await launch(own);
+      expect(spec.sandboxId).toBe(sandboxId);
+      expect(spec.sandboxName).toBe(name);
+      expect(spec.command).toEqual(["sleep", "infinity"]);
+      // Remote: no path on the gateway's host to read the files from.
+      expect(spec.filesPath).toBe("");
+      await expect(launch("")).rejects.toMatchObject({ code: status.UNAUTHENTICATED });
+      await expect(launch(`${sandboxId}:not-the-secret`)).rejects.toMatchObject({
+        code: status.UNAUTHENTICATED,
+      });
+      await expect(launch(own, "0b7c2c7e-9a43-4c1e-8d7e-3f3c1d2a9b10")).rejects.toMatchObject({
+        code: status.NOT_FOUND,
+      });
+    } finally {
+      client.close();
+    }
   });
 
   it("fetched its injected files over gRPC: byte-identical, with their modes, and the tool runs", async () => {
