@@ -358,6 +358,8 @@ export class Sandboxes {
     this.o.store.updateSandbox(sandbox);
     const sandboxDir = this.o.runtime.sandboxDir(meta.id);
     this.makeSandboxDir(sandboxDir);
+    const ttySize = parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]);
+    const localFiles = sandbox.spec!.files.length > 0 && !this.o.runtime.remote;
     this.o.runtime.start(
       {
         sandboxId: meta.id,
@@ -368,20 +370,17 @@ export class Sandboxes {
         hostUid: runtime.hostUid,
         hostGid: runtime.hostGid,
         diskBytes: this.o.diskBytes,
-        ...(reownFrom ? { reownFrom } : {}),
+        reownFrom,
         appRoot: this.o.appRoot,
         command: sandbox.spec!.command,
         tty: sandbox.spec!.tty,
         environment: sandbox.spec!.environment,
         startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
-        ttySize: parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]),
+        ttyCols: ttySize?.cols ?? 0,
+        ttyRows: ttySize?.rows ?? 0,
         // The local fast path, unless supervisors run as remote ones.
-        ...(sandbox.spec!.files.length > 0 && !this.o.runtime.remote
-          ? {
-              filesPath: fileContentPath(sandboxDir),
-              filePaths: sandbox.spec!.files.map((file) => file.path),
-            }
-          : {}),
+        filesPath: localFiles ? fileContentPath(sandboxDir) : "",
+        filePaths: localFiles ? sandbox.spec!.files.map((file) => file.path) : [],
       },
       runtime.supervisorSecret,
     );

@@ -40,7 +40,7 @@ import {
   type WatchSandboxRequest,
 } from "../gen/openshell.js";
 import { PolicySource } from "../gen/sandbox.js";
-import { launchToWire, reportFromWire } from "../runtime/contract.js";
+import { reportFromWire } from "../runtime/contract.js";
 import { LOG_RING, LOG_RING_BYTES, levelPasses, type SandboxBus, sourcePasses } from "./bus.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
@@ -395,7 +395,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
     }),
 
     getSupervisorLaunch: unary("none", (request: GetSupervisorLaunchRequest, metadata) =>
-      launchToWire(o.sandboxes.supervisorLaunch(requireSupervisor(metadata, request.sandboxId))),
+      o.sandboxes.supervisorLaunch(requireSupervisor(metadata, request.sandboxId)),
     ),
 
     reportSupervisorStatus: unary("none", (request: SupervisorStatusReport, metadata) => {

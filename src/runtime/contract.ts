@@ -61,89 +61,13 @@ export function readSupervisorEnv(env: Record<string, string | undefined>): Supe
   return { sandboxId, endpoint: env[SUPERVISOR_ENV.endpoint]!, secret: env[SUPERVISOR_ENV.secret]! };
 }
 
-/** What a supervisor runs, as the supervisor uses it (on the wire: SupervisorLaunchSpec). */
-export interface SupervisorLaunch {
-  sandboxId: string;
-  sandboxName: string;
-  workspace: string;
-  instanceId: string;
-  sandboxDir: string;
-  hostUid: number;
-  hostGid: number;
-  /**
-   * The size of the sandbox's own filesystem, which holds everything the
-   * pod may write (src/runtime/guest-disk.ts); fixed when it is first
-   * made. Absent, or a supervisor that cannot mount: directories in
-   * `sandboxDir` instead.
-   */
-  diskBytes?: number | undefined;
-  /**
-   * The host ids the sandbox's files belonged to when it ran under other ones
-   * (its uid was another sandbox's on this host); the supervisor gives them
-   * to `hostUid`/`hostGid` before the pod starts.
-   */
-  reownFrom?: { uid: number; gid: number } | undefined;
-  appRoot: string;
-  command: string[];
-  tty: boolean;
-  environment: Record<string, string>;
-  /** Hold the main command until the first attach (uploads go first). */
-  startOnAttach: boolean;
-  /** Initial size of the main command's pty (80x24 when absent). */
-  ttySize?: { cols: number; rows: number } | undefined;
-  /**
-   * The local fast path: the injected files' content on the supervisor's
-   * host (src/runtime/file-content.ts), read there instead of fetched with
-   * GetSandboxFiles. Absent: fetched.
-   */
-  filesPath?: string | undefined;
-  /** With `filesPath`: the files' paths in the order it holds them, so the pod is planned before they are read. */
-  filePaths?: string[] | undefined;
-}
-
-export function launchToWire(launch: SupervisorLaunch): SupervisorLaunchSpec {
-  return {
-    sandboxId: launch.sandboxId,
-    sandboxName: launch.sandboxName,
-    workspace: launch.workspace,
-    instanceId: launch.instanceId,
-    command: launch.command,
-    tty: launch.tty,
-    environment: launch.environment,
-    startOnAttach: launch.startOnAttach,
-    ttyCols: launch.ttySize?.cols ?? 0,
-    ttyRows: launch.ttySize?.rows ?? 0,
-    filesPath: launch.filesPath ?? "",
-    filePaths: launch.filesPath === undefined ? [] : (launch.filePaths ?? []),
-    sandboxDir: launch.sandboxDir,
-    hostUid: launch.hostUid,
-    hostGid: launch.hostGid,
-    diskBytes: launch.diskBytes ?? 0,
-    reownFrom: launch.reownFrom,
-    appRoot: launch.appRoot,
-  };
-}
-
-export function launchFromWire(spec: SupervisorLaunchSpec): SupervisorLaunch {
-  return {
-    sandboxId: spec.sandboxId,
-    sandboxName: spec.sandboxName,
-    workspace: spec.workspace,
-    instanceId: spec.instanceId,
-    sandboxDir: spec.sandboxDir,
-    hostUid: spec.hostUid,
-    hostGid: spec.hostGid,
-    ...(spec.diskBytes > 0 ? { diskBytes: spec.diskBytes } : {}),
-    ...(spec.reownFrom ? { reownFrom: { uid: spec.reownFrom.uid, gid: spec.reownFrom.gid } } : {}),
-    appRoot: spec.appRoot,
-    command: spec.command,
-    tty: spec.tty,
-    environment: spec.environment,
-    startOnAttach: spec.startOnAttach,
-    ...(spec.ttyCols > 0 && spec.ttyRows > 0 ? { ttySize: { cols: spec.ttyCols, rows: spec.ttyRows } } : {}),
-    ...(spec.filesPath !== "" ? { filesPath: spec.filesPath, filePaths: spec.filePaths } : {}),
-  };
-}
+/**
+ * What a supervisor runs: the launch spec of GetSupervisorLaunch, its fields
+ * documented in proto/openshell.proto. Unset is zero there: no `diskBytes`
+ * (directories in `sandboxDir`), no `ttyCols`/`ttyRows` (80x24), no
+ * `filesPath` (the files are fetched with GetSandboxFiles).
+ */
+export type SupervisorLaunch = SupervisorLaunchSpec;
 
 /** What a supervisor reports (on the wire: SupervisorStatusReport). */
 export type SupervisorReport =

@@ -19,7 +19,6 @@ import { Metadata } from "@grpc/grpc-js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { containUncaughtErrors } from "../host/last-resort.js";
 import {
-  launchFromWire,
   POD_SUPPORT_DIR_ENV,
   readSupervisorEnv,
   reportToWire,
@@ -169,7 +168,7 @@ async function main(): Promise<void> {
   const sandboxId = identity.sandboxId;
   const configured = call(client.getSandboxConfig.bind(client), { sandboxId });
   configured.catch(() => {}); // awaited below
-  const launch = launchFromWire(await call(client.getSupervisorLaunch.bind(client), { sandboxId }));
+  const launch = await call(client.getSupervisorLaunch.bind(client), { sandboxId });
   const disk = prepareGuestDisk(launch);
   disk?.catch(() => {}); // reported by startPod
   // Stopped before its pod is up, the supervisor still gives back the sandbox's filesystem.
@@ -180,11 +179,11 @@ async function main(): Promise<void> {
   // it; otherwise the content comes over the wire.
   const getFiles = (withoutContent: boolean) =>
     call(client.getSandboxFiles.bind(client), { sandboxId, withoutContent });
-  const stored = launch.filesPath === undefined ? undefined : getFiles(true);
+  const stored = launch.filesPath === "" ? undefined : getFiles(true);
   stored?.catch(() => {}); // awaited when the content is read
   const [config, remote] = await Promise.all([
     configured,
-    launch.filesPath === undefined
+    launch.filesPath === ""
       ? getFiles(false).catch((error: Error) => {
           throw new PodError(
             "FileInjectionFailed",
@@ -195,10 +194,10 @@ async function main(): Promise<void> {
   ]);
   const files: InjectedFileSource = remote
     ? { paths: remote.files.map((file) => file.path), load: async () => remote.files }
-    : localFiles(launch.filesPath!, launch.filePaths ?? [], stored!);
+    : localFiles(launch.filesPath, launch.filePaths, stored!);
   diag(
     `launch spec, config and ${files.paths.length} injected file(s) ` +
-      `${remote ? "fetched over gRPC" : `at ${launch.filesPath ?? "(none)"}`} ${since()}`,
+      `${remote ? "fetched over gRPC" : `at ${launch.filesPath}`} ${since()}`,
   );
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
