@@ -4,33 +4,16 @@
 // fetches its launch spec and injected files over gRPC and reports its
 // failures there, through the real CLI, gateway, supervisor and bubblewrap.
 
-import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { credentials, Metadata, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SUPERVISOR_METADATA_KEY } from "../../src/core/protocol.js";
 import { OpenShellClient, type SupervisorLaunchSpec } from "../../src/gen/openshell.js";
 import { gatewayClient, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
+import { children, gatewayPid, isSupervisor } from "../helpers/processes.js";
 
 const REMOTE = { OPENSHELL_SUPERVISOR_MODE: "remote" };
-
-function children(pid: number): number[] {
-  return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
-    readFileSync(`/proc/${pid}/task/${task}/children`, "utf8")
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number),
-  );
-}
-
-const isSupervisor = (pid: number): boolean => {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("supervisor.mjs");
-  } catch {
-    return false;
-  }
-};
 
 function environ(pid: number): Record<string, string> {
   return Object.fromEntries(
@@ -83,8 +66,7 @@ describe("a supervisor told only through its environment and gRPC", () => {
   afterAll(() => env.dispose());
 
   it("runs with its identity in its environment, no stdin from the gateway, and no spare beside it", () => {
-    const gatewayPid = Number(readFileSync(join(stateDir(), "gateway.pid"), "utf8").trim());
-    const supervisors = children(gatewayPid).filter(isSupervisor);
+    const supervisors = children(gatewayPid(env)).filter(isSupervisor);
     expect(supervisors).toHaveLength(1);
     const pid = supervisors[0]!;
     expect(readlinkSync(`/proc/${pid}/fd/0`)).toBe("/dev/null");
