@@ -1,8 +1,12 @@
 // The local compute runtime: one supervisor process per sandbox, started by
-// the gateway on this machine. The supervisor gets its configuration on
-// stdin and keeps stdin open: when the gateway goes away the pipe closes and
-// the supervisor tears its pod down, so no sandbox outlives its gateway.
-// On its stdout it reports failures the gateway turns into conditions.
+// the gateway on this machine and told what to run through the runtime
+// contract (src/runtime/contract.ts): its identity in its environment, the
+// rest over gRPC. A supervisor started ahead of need (the spare) gets that
+// environment as one line on stdin, and keeps stdin open: when the gateway
+// goes away the pipe closes and the supervisor tears its pod down, so no
+// sandbox outlives its gateway. In remote mode (OPENSHELL_SUPERVISOR_MODE=
+// remote) each supervisor starts as one in another machine's pod would:
+// environment only, no stdin, files fetched over gRPC, no spare.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdirSync, rmSync } from "node:fs";
@@ -13,9 +17,10 @@ import { mallocTunables } from "../host/process.js";
 import {
   POD_SUPPORT_DIR_ENV,
   SECCOMP_DENY_ENV,
+  SUPERVISOR_ENV,
   type SupervisorLaunch,
-  type SupervisorNotice,
   type SupervisorReport,
+  supervisorEnv,
 } from "../runtime/contract.js";
 import { unmountGuestDisk } from "../runtime/guest-disk.js";
 import { removeSharedMemoryStaging } from "../runtime/staging.js";
@@ -53,9 +58,12 @@ export interface RuntimeEvents {
 
 interface Running {
   child: ChildProcess;
-  instanceId: string;
+  launch: SupervisorLaunch;
   exited: Promise<void>;
 }
+
+/** The environment variable that starts supervisors as remote ones (see the header). */
+export const SUPERVISOR_MODE_ENV = "OPENSHELL_SUPERVISOR_MODE";
 
 export class LocalRuntime {
   private readonly running = new Map<string, Running>();
@@ -72,20 +80,27 @@ export class LocalRuntime {
     private readonly supervisorScript: string,
     private readonly gatewayTarget: string,
     private readonly events: RuntimeEvents,
+    /** Remote mode (see the header): no spare, no stdin, no files read from this host. */
+    readonly remote = process.env[SUPERVISOR_MODE_ENV] === "remote",
   ) {}
 
-  /** A supervisor process; a spare starts at the lowest priority from its first instruction (see renice). */
-  private spawnSupervisor(spare = false): ChildProcess {
+  /**
+   * A supervisor process, told its identity in its environment, or (a
+   * spare) on stdin later; a spare starts at the lowest priority from its
+   * first instruction (see renice).
+   */
+  private spawnSupervisor(spare = false, identity: Record<string, string> = {}): ChildProcess {
     const [command, args] =
       spare && CAN_RAISE_PRIORITY
         ? ["nice", ["-n", String(SPARE_NICENESS), process.execPath, this.supervisorScript]]
         : [process.execPath, [this.supervisorScript]];
     return spawn(command, args, {
-      stdio: ["pipe", "pipe", "pipe"],
+      stdio: [this.remote ? "ignore" : "pipe", "pipe", "pipe"],
       env: {
         PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
         LANG: "C.UTF-8",
-        OPENSHELL_SUPERVISOR_GATEWAY: this.gatewayTarget,
+        [SUPERVISOR_ENV.endpoint]: this.gatewayTarget,
+        ...identity,
         // Beside the sandboxes' directories: the pods' execute-only loader and seccomp filter.
         [POD_SUPPORT_DIR_ENV]: join(dirname(this.sandboxesRoot), "pod-support"),
         ...(process.env[SECCOMP_DENY_ENV] !== undefined
@@ -102,7 +117,7 @@ export class LocalRuntime {
    * root), else once the sandbox that used the last one is up.
    */
   prepareSpare(): void {
-    if (this.stopping || this.spare) return;
+    if (this.stopping || this.spare || this.remote) return;
     const spare = this.spawnSupervisor(true);
     spare.on("exit", () => {
       if (this.spare === spare) this.spare = undefined;
@@ -126,9 +141,9 @@ export class LocalRuntime {
     return this.spawnSupervisor();
   }
 
-  /** Tells a sandbox's supervisor something after its launch (see SupervisorNotice). */
-  notify(sandboxId: string, notice: SupervisorNotice): void {
-    this.running.get(sandboxId)?.child.stdin?.write(`${JSON.stringify(notice)}\n`);
+  /** What the running supervisor of a sandbox was launched to run (GetSupervisorLaunch). */
+  launchOf(sandboxId: string): SupervisorLaunch | undefined {
+    return this.running.get(sandboxId)?.launch;
   }
 
   /** A supervisor has fetched its configuration: the gateway is not needed for a while. */
@@ -144,11 +159,12 @@ export class LocalRuntime {
     return this.running.has(sandboxId);
   }
 
-  start(launch: SupervisorLaunch): void {
+  start(launch: SupervisorLaunch, secret: string): void {
     // Staging a killed supervisor left behind; its pod is gone.
     removeSharedMemoryStaging(launch.sandboxId);
-    const child = this.takeSpare();
-    child.stdin!.write(`${JSON.stringify(launch)}\n`);
+    const identity = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.gatewayTarget, secret });
+    const child = this.remote ? this.spawnSupervisor(false, identity) : this.takeSpare();
+    child.stdin?.write(`${JSON.stringify(identity)}\n`);
     // The next spare: as root, once this supervisor has its configuration
     // (see configured), loading only while the CPU is otherwise idle;
     // otherwise once this sandbox is up (the gateway calls prepareSpare when
@@ -157,17 +173,10 @@ export class LocalRuntime {
     // thread for 10-30 ms, which the new supervisor's first call waits on.
     setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
     // The pipe stays open for the supervisor's lifetime; see the header.
-    child.stdin!.on("error", () => {});
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      try {
-        this.events.report(launch.sandboxId, JSON.parse(line) as SupervisorReport);
-      } catch {
-        this.events.stderr(launch.sandboxId, line);
-      }
-    });
-    createInterface({ input: child.stderr! }).on("line", (line) =>
-      this.events.stderr(launch.sandboxId, line),
-    );
+    child.stdin?.on("error", () => {});
+    for (const stream of [child.stdout!, child.stderr!]) {
+      createInterface({ input: stream }).on("line", (line) => this.events.stderr(launch.sandboxId, line));
+    }
     const exited = new Promise<void>((resolve) => {
       child.on("exit", (code, signal) => {
         if (this.running.get(launch.sandboxId)?.child === child) this.running.delete(launch.sandboxId);
@@ -182,7 +191,7 @@ export class LocalRuntime {
         });
       });
     });
-    this.running.set(launch.sandboxId, { child, instanceId: launch.instanceId, exited });
+    this.running.set(launch.sandboxId, { child, launch, exited });
   }
 
   /** Stops a sandbox's supervisor (and with it the pod); resolves when it is gone. */

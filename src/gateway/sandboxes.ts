@@ -52,7 +52,7 @@ import {
   type SandboxFile,
   SandboxPhase,
 } from "../gen/openshell.js";
-import type { SupervisorReport } from "../runtime/contract.js";
+import type { SupervisorLaunch, SupervisorReport } from "../runtime/contract.js";
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
 import type { SandboxBus } from "./bus.js";
 import type { RelayHub } from "./relay.js";
@@ -77,8 +77,6 @@ export interface SandboxesOptions {
   relay: RelayHub;
   runtime: LocalRuntime;
   appRoot: string;
-  /** gRPC target supervisors dial. */
-  supervisorTarget: string;
   /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts). */
   diskBytes: number;
   /**
@@ -118,6 +116,8 @@ export class Sandboxes {
   private readonly transitions = new Map<string, Promise<unknown>>();
   /** One timer per sandbox with an expiry. */
   private readonly expiryTimers = new Map<string, NodeJS.Timeout>();
+  /** Creates whose files' content is still being written; GetSandboxFiles waits on them. */
+  private readonly storing = new Map<string, Promise<void>>();
 
   constructor(private readonly o: SandboxesOptions) {}
 
@@ -264,9 +264,9 @@ export class Sandboxes {
       "openshell.progress.complete_step": "requesting_sandbox",
       "openshell.progress.active_step": "starting_sandbox",
     });
-    // The content is written off this thread while the supervisor starts; it
-    // reads the content only once told it is stored, and the create call
-    // returns only then. A gateway that dies meanwhile leaves a sandbox whose
+    // The content is written off this thread while the supervisor starts; its
+    // GetSandboxFiles is answered only once the content is stored, and the
+    // create call returns only then. A gateway that dies meanwhile leaves a sandbox whose
     // creating marker, which the next start removes (removeUnfinishedCreates).
     const stored =
       files.length > 0
@@ -280,15 +280,17 @@ export class Sandboxes {
           )
         : undefined;
     stored?.catch(() => {}); // awaited below, after the launch
-    this.launch(sandbox, stored !== undefined);
+    if (stored) this.storing.set(id, stored);
+    this.launch(sandbox);
     if (stored) {
       try {
         await stored;
       } catch (error) {
         await this.discard(id);
         throw error;
+      } finally {
+        this.storing.delete(id);
       }
-      this.o.runtime.notify(id, { kind: "files-stored" });
     }
     rmSync(creatingMarker(sandboxDir), { force: true });
     this.scheduleExpiry(sandbox);
@@ -387,7 +389,7 @@ export class Sandboxes {
   }
 
   /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
-  launch(sandbox: Sandbox, filesPending = false, reownFrom?: { uid: number; gid: number }): void {
+  launch(sandbox: Sandbox, reownFrom?: { uid: number; gid: number }): void {
     this.unresponsive.delete(sandbox.metadata!.id);
     const meta = sandbox.metadata!;
     const runtime = this.o.store.getRuntime(meta.id);
@@ -397,32 +399,32 @@ export class Sandboxes {
     this.o.store.updateSandbox(sandbox);
     const sandboxDir = this.o.runtime.sandboxDir(meta.id);
     this.makeSandboxDir(sandboxDir);
-    this.o.runtime.start({
-      sandboxId: meta.id,
-      sandboxName: meta.name,
-      workspace: meta.workspace,
-      instanceId,
-      gateway: this.o.supervisorTarget,
-      secret: runtime.supervisorSecret,
-      sandboxDir,
-      hostUid: runtime.hostUid,
-      hostGid: runtime.hostGid,
-      diskBytes: this.o.diskBytes,
-      ...(reownFrom ? { reownFrom } : {}),
-      appRoot: this.o.appRoot,
-      command: sandbox.spec!.command,
-      tty: sandbox.spec!.tty,
-      environment: sandbox.spec!.environment,
-      startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
-      ttySize: parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]),
-      ...(sandbox.spec!.files.length > 0
-        ? {
-            filesPath: fileContentPath(sandboxDir),
-            filePaths: sandbox.spec!.files.map((file) => file.path),
-            filesPending,
-          }
-        : {}),
-    });
+    const ttySize = parseTtySize(meta.annotations[ANNOTATION_TTY_SIZE]);
+    const localFiles = sandbox.spec!.files.length > 0 && !this.o.runtime.remote;
+    this.o.runtime.start(
+      {
+        sandboxId: meta.id,
+        sandboxName: meta.name,
+        workspace: meta.workspace,
+        instanceId,
+        sandboxDir,
+        hostUid: runtime.hostUid,
+        hostGid: runtime.hostGid,
+        diskBytes: this.o.diskBytes,
+        reownFrom,
+        appRoot: this.o.appRoot,
+        command: sandbox.spec!.command,
+        tty: sandbox.spec!.tty,
+        environment: sandbox.spec!.environment,
+        startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
+        ttyCols: ttySize?.cols ?? 0,
+        ttyRows: ttySize?.rows ?? 0,
+        // The local fast path, unless supervisors run as remote ones.
+        filesPath: localFiles ? fileContentPath(sandboxDir) : "",
+        filePaths: localFiles ? sandbox.spec!.files.map((file) => file.path) : [],
+      },
+      runtime.supervisorSecret,
+    );
   }
 
   private makeSandboxDir(sandboxDir: string): void {
@@ -430,10 +432,15 @@ export class Sandboxes {
     mkdirSync(sandboxDir, { recursive: true, mode: 0o711 });
   }
 
-  /** The injected files of a sandbox, content included, for its supervisor. */
-  files(sandboxId: string): SandboxFile[] {
+  /**
+   * The injected files of a sandbox for its supervisor, once their content is
+   * stored: with content, or (`withoutContent`, the local fast path) as the
+   * sandbox's spec lists them.
+   */
+  async files(sandboxId: string, withoutContent = false): Promise<SandboxFile[]> {
+    await this.storing.get(sandboxId);
     const expected = this.o.store.getSandbox(sandboxId)?.spec?.files ?? [];
-    if (expected.length === 0) return [];
+    if (expected.length === 0 || withoutContent) return expected;
     try {
       return readFileContent(
         fileContentPath(this.o.runtime.sandboxDir(sandboxId)),
@@ -511,7 +518,7 @@ export class Sandboxes {
         "openshell.progress.active_step": "starting_sandbox",
       });
       try {
-        this.launch(sandbox, false, this.retakeHostIds(id));
+        this.launch(sandbox, this.retakeHostIds(id));
       } catch (error) {
         this.fail(id, "RestartFailed", (error as Error).message);
       }
@@ -545,6 +552,13 @@ export class Sandboxes {
       metadata,
     };
     this.o.bus.publishEvent(id, event);
+  }
+
+  /** What the sandbox's running supervisor is to run (GetSupervisorLaunch); NOT_FOUND when none runs. */
+  supervisorLaunch(id: string): SupervisorLaunch {
+    const launch = this.o.runtime.launchOf(id);
+    if (!launch) throw new StatusError(status.NOT_FOUND, `sandbox ${id} has no running supervisor`);
+    return launch;
   }
 
   /** A supervisor fetched its configuration (GetSandboxConfig answered). */
@@ -790,7 +804,7 @@ export class Sandboxes {
         "openshell.progress.active_step": "starting_sandbox",
       });
       try {
-        this.launch(sandbox, false, this.retakeHostIds(id));
+        this.launch(sandbox, this.retakeHostIds(id));
       } catch (error) {
         this.fail(id, "StartFailed", (error as Error).message);
       }

@@ -190,7 +190,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     relay,
     runtime,
     appRoot: options.appRoot,
-    supervisorTarget: `unix://${socketPath}`,
     diskBytes: sandboxDiskBytes,
     minFreeBytes,
     uidLeases,

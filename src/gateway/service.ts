@@ -29,6 +29,8 @@ import {
   type ExecSandboxInput,
   type ExecSandboxRequest,
   type GatewayMessage,
+  type GetSandboxFilesRequest,
+  type GetSupervisorLaunchRequest,
   type OpenShellServer,
   type PushSandboxLogsRequest,
   type RelayFrame,
@@ -37,10 +39,12 @@ import {
   type SandboxStreamEvent,
   ServiceStatus,
   type SupervisorMessage,
+  type SupervisorStatusReport,
   type TcpForwardFrame,
   type WatchSandboxRequest,
 } from "../gen/openshell.js";
 import { PolicySource } from "../gen/sandbox.js";
+import { reportFromWire } from "../runtime/contract.js";
 import { LOG_RING, LOG_RING_BYTES, levelPasses, type SandboxBus, sourcePasses } from "./bus.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
@@ -394,15 +398,27 @@ export function createService(o: ServiceOptions): OpenShellServer {
       }
     },
 
-    getSandboxFiles: (call, callback) => {
-      try {
-        const id = requireSupervisor(call.metadata, call.request.sandboxId);
-        const files = o.sandboxes.files(id).map((file) => ({ ...file, size: file.content.length }));
-        callback(null, { files });
-      } catch (error) {
-        callback(toStatus(error));
-      }
-    },
+    getSandboxFiles: unary("none", async (request: GetSandboxFilesRequest, metadata) => {
+      const id = requireSupervisor(metadata, request.sandboxId);
+      const files = await o.sandboxes.files(id, request.withoutContent);
+      return {
+        files: files.map((file) => ({
+          ...file,
+          ...(request.withoutContent ? { content: Buffer.alloc(0) } : { size: file.content.length }),
+        })),
+      };
+    }),
+
+    getSupervisorLaunch: unary("none", (request: GetSupervisorLaunchRequest, metadata) =>
+      o.sandboxes.supervisorLaunch(requireSupervisor(metadata, request.sandboxId)),
+    ),
+
+    reportSupervisorStatus: unary("none", (request: SupervisorStatusReport, metadata) => {
+      const id = requireSupervisor(metadata, request.sandboxId);
+      const report = reportFromWire(request);
+      if (report) o.sandboxes.supervisorReport(id, report);
+      return {};
+    }),
 
     pushSandboxLogs: (
       call: ServerReadableStream<PushSandboxLogsRequest, Record<string, never>>,

@@ -630,10 +630,92 @@ export interface RelayClose {
 /** EXTENSION messages. */
 export interface GetSandboxFilesRequest {
   sandboxId: string;
+  /**
+   * Paths and modes only: the caller reads the content where its launch
+   * spec's files_path says. Either way the answer waits until the content
+   * is stored (at create the gateway writes it while the supervisor starts).
+   */
+  withoutContent: boolean;
 }
 
 export interface GetSandboxFilesResponse {
   files: SandboxFile[];
+}
+
+export interface GetSupervisorLaunchRequest {
+  sandboxId: string;
+}
+
+export interface SupervisorLaunchSpec {
+  sandboxId: string;
+  sandboxName: string;
+  workspace: string;
+  instanceId: string;
+  command: string[];
+  tty: boolean;
+  environment: { [key: string]: string };
+  /** Hold the main command until the first attach (uploads go first). */
+  startOnAttach: boolean;
+  /** The main command's pty; 80x24 when unset. */
+  ttyCols: number;
+  ttyRows: number;
+  /**
+   * Where the injected files' content is: empty, fetch it with
+   * GetSandboxFiles; else a file on the supervisor's host (the local fast
+   * path) holding the files of file_paths in that order.
+   */
+  filesPath: string;
+  filePaths: string[];
+  /** The local runtime: the sandbox's directory and host ids on this host. */
+  sandboxDir: string;
+  hostUid: number;
+  hostGid: number;
+  /** The sandbox filesystem's size; 0: directories in sandbox_dir instead. */
+  diskBytes: number;
+  /** Host ids the sandbox's files belonged to, given to host_uid/host_gid first. */
+  reownFrom?:
+    | HostIds
+    | undefined;
+  /** Where the gateway's installation is (the agent's code). */
+  appRoot: string;
+}
+
+export interface SupervisorLaunchSpec_EnvironmentEntry {
+  key: string;
+  value: string;
+}
+
+export interface HostIds {
+  uid: number;
+  gid: number;
+}
+
+export interface SupervisorStatusReport {
+  sandboxId: string;
+  report?:
+    | { $case: "failure"; value: SupervisorFailure }
+    | { $case: "progress"; value: SupervisorProgress }
+    | { $case: "warning"; value: string }
+    | { $case: "liveness"; value: AgentLiveness }
+    | undefined;
+}
+
+export interface SupervisorFailure {
+  reason: string;
+  message: string;
+}
+
+export interface SupervisorProgress {
+  step: string;
+  message: string;
+}
+
+export interface AgentLiveness {
+  responsive: boolean;
+  message: string;
+}
+
+export interface ReportSupervisorStatusResponse {
 }
 
 function createBaseHealthRequest(): HealthRequest {
@@ -8619,13 +8701,16 @@ export const RelayClose: MessageFns<RelayClose> = {
 };
 
 function createBaseGetSandboxFilesRequest(): GetSandboxFilesRequest {
-  return { sandboxId: "" };
+  return { sandboxId: "", withoutContent: false };
 }
 
 export const GetSandboxFilesRequest: MessageFns<GetSandboxFilesRequest> = {
   encode(message: GetSandboxFilesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.sandboxId !== "") {
       writer.uint32(10).string(message.sandboxId);
+    }
+    if (message.withoutContent !== false) {
+      writer.uint32(16).bool(message.withoutContent);
     }
     return writer;
   },
@@ -8651,6 +8736,14 @@ export const GetSandboxFilesRequest: MessageFns<GetSandboxFilesRequest> = {
             message.sandboxId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.withoutContent = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8670,6 +8763,11 @@ export const GetSandboxFilesRequest: MessageFns<GetSandboxFilesRequest> = {
         : isSet(object.sandbox_id)
         ? globalThis.String(object.sandbox_id)
         : "",
+      withoutContent: isSet(object.withoutContent)
+        ? globalThis.Boolean(object.withoutContent)
+        : isSet(object.without_content)
+        ? globalThis.Boolean(object.without_content)
+        : false,
     };
   },
 
@@ -8677,6 +8775,9 @@ export const GetSandboxFilesRequest: MessageFns<GetSandboxFilesRequest> = {
     const obj: any = {};
     if (message.sandboxId !== "") {
       obj.sandboxId = message.sandboxId;
+    }
+    if (message.withoutContent !== false) {
+      obj.withoutContent = message.withoutContent;
     }
     return obj;
   },
@@ -8687,6 +8788,7 @@ export const GetSandboxFilesRequest: MessageFns<GetSandboxFilesRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetSandboxFilesRequest>, I>>(object: I): GetSandboxFilesRequest {
     const message = createBaseGetSandboxFilesRequest();
     message.sandboxId = object.sandboxId ?? "";
+    message.withoutContent = object.withoutContent ?? false;
     return message;
   },
 };
@@ -8756,6 +8858,1171 @@ export const GetSandboxFilesResponse: MessageFns<GetSandboxFilesResponse> = {
   fromPartial<I extends Exact<DeepPartial<GetSandboxFilesResponse>, I>>(object: I): GetSandboxFilesResponse {
     const message = createBaseGetSandboxFilesResponse();
     message.files = object.files?.map((e) => SandboxFile.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetSupervisorLaunchRequest(): GetSupervisorLaunchRequest {
+  return { sandboxId: "" };
+}
+
+export const GetSupervisorLaunchRequest: MessageFns<GetSupervisorLaunchRequest> = {
+  encode(message: GetSupervisorLaunchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sandboxId !== "") {
+      writer.uint32(10).string(message.sandboxId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSupervisorLaunchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSupervisorLaunchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sandboxId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSupervisorLaunchRequest {
+    return {
+      sandboxId: isSet(object.sandboxId)
+        ? globalThis.String(object.sandboxId)
+        : isSet(object.sandbox_id)
+        ? globalThis.String(object.sandbox_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetSupervisorLaunchRequest): unknown {
+    const obj: any = {};
+    if (message.sandboxId !== "") {
+      obj.sandboxId = message.sandboxId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSupervisorLaunchRequest>, I>>(base?: I): GetSupervisorLaunchRequest {
+    return GetSupervisorLaunchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSupervisorLaunchRequest>, I>>(object: I): GetSupervisorLaunchRequest {
+    const message = createBaseGetSupervisorLaunchRequest();
+    message.sandboxId = object.sandboxId ?? "";
+    return message;
+  },
+};
+
+function createBaseSupervisorLaunchSpec(): SupervisorLaunchSpec {
+  return {
+    sandboxId: "",
+    sandboxName: "",
+    workspace: "",
+    instanceId: "",
+    command: [],
+    tty: false,
+    environment: {},
+    startOnAttach: false,
+    ttyCols: 0,
+    ttyRows: 0,
+    filesPath: "",
+    filePaths: [],
+    sandboxDir: "",
+    hostUid: 0,
+    hostGid: 0,
+    diskBytes: 0,
+    reownFrom: undefined,
+    appRoot: "",
+  };
+}
+
+export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
+  encode(message: SupervisorLaunchSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sandboxId !== "") {
+      writer.uint32(10).string(message.sandboxId);
+    }
+    if (message.sandboxName !== "") {
+      writer.uint32(18).string(message.sandboxName);
+    }
+    if (message.workspace !== "") {
+      writer.uint32(26).string(message.workspace);
+    }
+    if (message.instanceId !== "") {
+      writer.uint32(34).string(message.instanceId);
+    }
+    for (const v of message.command) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.tty !== false) {
+      writer.uint32(48).bool(message.tty);
+    }
+    globalThis.Object.entries(message.environment).forEach(([key, value]: [string, string]) => {
+      SupervisorLaunchSpec_EnvironmentEntry.encode({ key: key as any, value }, writer.uint32(58).fork()).join();
+    });
+    if (message.startOnAttach !== false) {
+      writer.uint32(64).bool(message.startOnAttach);
+    }
+    if (message.ttyCols !== 0) {
+      writer.uint32(72).uint32(message.ttyCols);
+    }
+    if (message.ttyRows !== 0) {
+      writer.uint32(80).uint32(message.ttyRows);
+    }
+    if (message.filesPath !== "") {
+      writer.uint32(90).string(message.filesPath);
+    }
+    for (const v of message.filePaths) {
+      writer.uint32(98).string(v!);
+    }
+    if (message.sandboxDir !== "") {
+      writer.uint32(106).string(message.sandboxDir);
+    }
+    if (message.hostUid !== 0) {
+      writer.uint32(112).uint32(message.hostUid);
+    }
+    if (message.hostGid !== 0) {
+      writer.uint32(120).uint32(message.hostGid);
+    }
+    if (message.diskBytes !== 0) {
+      writer.uint32(128).uint64(message.diskBytes);
+    }
+    if (message.reownFrom !== undefined) {
+      HostIds.encode(message.reownFrom, writer.uint32(138).fork()).join();
+    }
+    if (message.appRoot !== "") {
+      writer.uint32(146).string(message.appRoot);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupervisorLaunchSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupervisorLaunchSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sandboxId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sandboxName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.workspace = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.instanceId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.command.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.tty = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            const entry7 = SupervisorLaunchSpec_EnvironmentEntry.decode(reader, reader.uint32());
+            if (entry7.value !== undefined) {
+              message.environment[entry7.key] = entry7.value;
+            }
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.startOnAttach = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.ttyCols = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.ttyRows = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.filesPath = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.filePaths.push(reader.string());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.sandboxDir = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.hostUid = reader.uint32();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.hostGid = reader.uint32();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.diskBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.reownFrom = HostIds.decode(reader, reader.uint32());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.appRoot = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupervisorLaunchSpec {
+    return {
+      sandboxId: isSet(object.sandboxId)
+        ? globalThis.String(object.sandboxId)
+        : isSet(object.sandbox_id)
+        ? globalThis.String(object.sandbox_id)
+        : "",
+      sandboxName: isSet(object.sandboxName)
+        ? globalThis.String(object.sandboxName)
+        : isSet(object.sandbox_name)
+        ? globalThis.String(object.sandbox_name)
+        : "",
+      workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
+      instanceId: isSet(object.instanceId)
+        ? globalThis.String(object.instanceId)
+        : isSet(object.instance_id)
+        ? globalThis.String(object.instance_id)
+        : "",
+      command: globalThis.Array.isArray(object?.command) ? object.command.map((e: any) => globalThis.String(e)) : [],
+      tty: isSet(object.tty) ? globalThis.Boolean(object.tty) : false,
+      environment: isObject(object.environment)
+        ? (globalThis.Object.entries(object.environment) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      startOnAttach: isSet(object.startOnAttach)
+        ? globalThis.Boolean(object.startOnAttach)
+        : isSet(object.start_on_attach)
+        ? globalThis.Boolean(object.start_on_attach)
+        : false,
+      ttyCols: isSet(object.ttyCols)
+        ? globalThis.Number(object.ttyCols)
+        : isSet(object.tty_cols)
+        ? globalThis.Number(object.tty_cols)
+        : 0,
+      ttyRows: isSet(object.ttyRows)
+        ? globalThis.Number(object.ttyRows)
+        : isSet(object.tty_rows)
+        ? globalThis.Number(object.tty_rows)
+        : 0,
+      filesPath: isSet(object.filesPath)
+        ? globalThis.String(object.filesPath)
+        : isSet(object.files_path)
+        ? globalThis.String(object.files_path)
+        : "",
+      filePaths: globalThis.Array.isArray(object?.filePaths)
+        ? object.filePaths.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.file_paths)
+        ? object.file_paths.map((e: any) => globalThis.String(e))
+        : [],
+      sandboxDir: isSet(object.sandboxDir)
+        ? globalThis.String(object.sandboxDir)
+        : isSet(object.sandbox_dir)
+        ? globalThis.String(object.sandbox_dir)
+        : "",
+      hostUid: isSet(object.hostUid)
+        ? globalThis.Number(object.hostUid)
+        : isSet(object.host_uid)
+        ? globalThis.Number(object.host_uid)
+        : 0,
+      hostGid: isSet(object.hostGid)
+        ? globalThis.Number(object.hostGid)
+        : isSet(object.host_gid)
+        ? globalThis.Number(object.host_gid)
+        : 0,
+      diskBytes: isSet(object.diskBytes)
+        ? globalThis.Number(object.diskBytes)
+        : isSet(object.disk_bytes)
+        ? globalThis.Number(object.disk_bytes)
+        : 0,
+      reownFrom: isSet(object.reownFrom)
+        ? HostIds.fromJSON(object.reownFrom)
+        : isSet(object.reown_from)
+        ? HostIds.fromJSON(object.reown_from)
+        : undefined,
+      appRoot: isSet(object.appRoot)
+        ? globalThis.String(object.appRoot)
+        : isSet(object.app_root)
+        ? globalThis.String(object.app_root)
+        : "",
+    };
+  },
+
+  toJSON(message: SupervisorLaunchSpec): unknown {
+    const obj: any = {};
+    if (message.sandboxId !== "") {
+      obj.sandboxId = message.sandboxId;
+    }
+    if (message.sandboxName !== "") {
+      obj.sandboxName = message.sandboxName;
+    }
+    if (message.workspace !== "") {
+      obj.workspace = message.workspace;
+    }
+    if (message.instanceId !== "") {
+      obj.instanceId = message.instanceId;
+    }
+    if (message.command?.length) {
+      obj.command = message.command;
+    }
+    if (message.tty !== false) {
+      obj.tty = message.tty;
+    }
+    if (message.environment) {
+      const entries = globalThis.Object.entries(message.environment) as [string, string][];
+      if (entries.length > 0) {
+        obj.environment = {};
+        entries.forEach(([k, v]) => {
+          obj.environment[k] = v;
+        });
+      }
+    }
+    if (message.startOnAttach !== false) {
+      obj.startOnAttach = message.startOnAttach;
+    }
+    if (message.ttyCols !== 0) {
+      obj.ttyCols = Math.round(message.ttyCols);
+    }
+    if (message.ttyRows !== 0) {
+      obj.ttyRows = Math.round(message.ttyRows);
+    }
+    if (message.filesPath !== "") {
+      obj.filesPath = message.filesPath;
+    }
+    if (message.filePaths?.length) {
+      obj.filePaths = message.filePaths;
+    }
+    if (message.sandboxDir !== "") {
+      obj.sandboxDir = message.sandboxDir;
+    }
+    if (message.hostUid !== 0) {
+      obj.hostUid = Math.round(message.hostUid);
+    }
+    if (message.hostGid !== 0) {
+      obj.hostGid = Math.round(message.hostGid);
+    }
+    if (message.diskBytes !== 0) {
+      obj.diskBytes = Math.round(message.diskBytes);
+    }
+    if (message.reownFrom !== undefined) {
+      obj.reownFrom = HostIds.toJSON(message.reownFrom);
+    }
+    if (message.appRoot !== "") {
+      obj.appRoot = message.appRoot;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SupervisorLaunchSpec>, I>>(base?: I): SupervisorLaunchSpec {
+    return SupervisorLaunchSpec.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SupervisorLaunchSpec>, I>>(object: I): SupervisorLaunchSpec {
+    const message = createBaseSupervisorLaunchSpec();
+    message.sandboxId = object.sandboxId ?? "";
+    message.sandboxName = object.sandboxName ?? "";
+    message.workspace = object.workspace ?? "";
+    message.instanceId = object.instanceId ?? "";
+    message.command = object.command?.map((e) => e) || [];
+    message.tty = object.tty ?? false;
+    message.environment = (globalThis.Object.entries(object.environment ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.startOnAttach = object.startOnAttach ?? false;
+    message.ttyCols = object.ttyCols ?? 0;
+    message.ttyRows = object.ttyRows ?? 0;
+    message.filesPath = object.filesPath ?? "";
+    message.filePaths = object.filePaths?.map((e) => e) || [];
+    message.sandboxDir = object.sandboxDir ?? "";
+    message.hostUid = object.hostUid ?? 0;
+    message.hostGid = object.hostGid ?? 0;
+    message.diskBytes = object.diskBytes ?? 0;
+    message.reownFrom = (object.reownFrom !== undefined && object.reownFrom !== null)
+      ? HostIds.fromPartial(object.reownFrom)
+      : undefined;
+    message.appRoot = object.appRoot ?? "";
+    return message;
+  },
+};
+
+function createBaseSupervisorLaunchSpec_EnvironmentEntry(): SupervisorLaunchSpec_EnvironmentEntry {
+  return { key: "", value: "" };
+}
+
+export const SupervisorLaunchSpec_EnvironmentEntry: MessageFns<SupervisorLaunchSpec_EnvironmentEntry> = {
+  encode(message: SupervisorLaunchSpec_EnvironmentEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupervisorLaunchSpec_EnvironmentEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupervisorLaunchSpec_EnvironmentEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupervisorLaunchSpec_EnvironmentEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: SupervisorLaunchSpec_EnvironmentEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SupervisorLaunchSpec_EnvironmentEntry>, I>>(
+    base?: I,
+  ): SupervisorLaunchSpec_EnvironmentEntry {
+    return SupervisorLaunchSpec_EnvironmentEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SupervisorLaunchSpec_EnvironmentEntry>, I>>(
+    object: I,
+  ): SupervisorLaunchSpec_EnvironmentEntry {
+    const message = createBaseSupervisorLaunchSpec_EnvironmentEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseHostIds(): HostIds {
+  return { uid: 0, gid: 0 };
+}
+
+export const HostIds: MessageFns<HostIds> = {
+  encode(message: HostIds, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.uid !== 0) {
+      writer.uint32(8).uint32(message.uid);
+    }
+    if (message.gid !== 0) {
+      writer.uint32(16).uint32(message.gid);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostIds {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostIds();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.uid = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.gid = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostIds {
+    return {
+      uid: isSet(object.uid) ? globalThis.Number(object.uid) : 0,
+      gid: isSet(object.gid) ? globalThis.Number(object.gid) : 0,
+    };
+  },
+
+  toJSON(message: HostIds): unknown {
+    const obj: any = {};
+    if (message.uid !== 0) {
+      obj.uid = Math.round(message.uid);
+    }
+    if (message.gid !== 0) {
+      obj.gid = Math.round(message.gid);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HostIds>, I>>(base?: I): HostIds {
+    return HostIds.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HostIds>, I>>(object: I): HostIds {
+    const message = createBaseHostIds();
+    message.uid = object.uid ?? 0;
+    message.gid = object.gid ?? 0;
+    return message;
+  },
+};
+
+function createBaseSupervisorStatusReport(): SupervisorStatusReport {
+  return { sandboxId: "", report: undefined };
+}
+
+export const SupervisorStatusReport: MessageFns<SupervisorStatusReport> = {
+  encode(message: SupervisorStatusReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sandboxId !== "") {
+      writer.uint32(10).string(message.sandboxId);
+    }
+    switch (message.report?.$case) {
+      case "failure":
+        SupervisorFailure.encode(message.report.value, writer.uint32(18).fork()).join();
+        break;
+      case "progress":
+        SupervisorProgress.encode(message.report.value, writer.uint32(26).fork()).join();
+        break;
+      case "warning":
+        writer.uint32(34).string(message.report.value);
+        break;
+      case "liveness":
+        AgentLiveness.encode(message.report.value, writer.uint32(42).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupervisorStatusReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupervisorStatusReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sandboxId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.report = { $case: "failure", value: SupervisorFailure.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.report = { $case: "progress", value: SupervisorProgress.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.report = { $case: "warning", value: reader.string() };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.report = { $case: "liveness", value: AgentLiveness.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupervisorStatusReport {
+    return {
+      sandboxId: isSet(object.sandboxId)
+        ? globalThis.String(object.sandboxId)
+        : isSet(object.sandbox_id)
+        ? globalThis.String(object.sandbox_id)
+        : "",
+      report: isSet(object.failure)
+        ? { $case: "failure", value: SupervisorFailure.fromJSON(object.failure) }
+        : isSet(object.progress)
+        ? { $case: "progress", value: SupervisorProgress.fromJSON(object.progress) }
+        : isSet(object.warning)
+        ? { $case: "warning", value: globalThis.String(object.warning) }
+        : isSet(object.liveness)
+        ? { $case: "liveness", value: AgentLiveness.fromJSON(object.liveness) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: SupervisorStatusReport): unknown {
+    const obj: any = {};
+    if (message.sandboxId !== "") {
+      obj.sandboxId = message.sandboxId;
+    }
+    if (message.report?.$case === "failure") {
+      obj.failure = SupervisorFailure.toJSON(message.report.value);
+    } else if (message.report?.$case === "progress") {
+      obj.progress = SupervisorProgress.toJSON(message.report.value);
+    } else if (message.report?.$case === "warning") {
+      obj.warning = message.report.value;
+    } else if (message.report?.$case === "liveness") {
+      obj.liveness = AgentLiveness.toJSON(message.report.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SupervisorStatusReport>, I>>(base?: I): SupervisorStatusReport {
+    return SupervisorStatusReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SupervisorStatusReport>, I>>(object: I): SupervisorStatusReport {
+    const message = createBaseSupervisorStatusReport();
+    message.sandboxId = object.sandboxId ?? "";
+    switch (object.report?.$case) {
+      case "failure": {
+        if (object.report?.value !== undefined && object.report?.value !== null) {
+          message.report = { $case: "failure", value: SupervisorFailure.fromPartial(object.report.value) };
+        }
+        break;
+      }
+      case "progress": {
+        if (object.report?.value !== undefined && object.report?.value !== null) {
+          message.report = { $case: "progress", value: SupervisorProgress.fromPartial(object.report.value) };
+        }
+        break;
+      }
+      case "warning": {
+        if (object.report?.value !== undefined && object.report?.value !== null) {
+          message.report = { $case: "warning", value: object.report.value };
+        }
+        break;
+      }
+      case "liveness": {
+        if (object.report?.value !== undefined && object.report?.value !== null) {
+          message.report = { $case: "liveness", value: AgentLiveness.fromPartial(object.report.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseSupervisorFailure(): SupervisorFailure {
+  return { reason: "", message: "" };
+}
+
+export const SupervisorFailure: MessageFns<SupervisorFailure> = {
+  encode(message: SupervisorFailure, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reason !== "") {
+      writer.uint32(10).string(message.reason);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupervisorFailure {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupervisorFailure();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupervisorFailure {
+    return {
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: SupervisorFailure): unknown {
+    const obj: any = {};
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SupervisorFailure>, I>>(base?: I): SupervisorFailure {
+    return SupervisorFailure.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SupervisorFailure>, I>>(object: I): SupervisorFailure {
+    const message = createBaseSupervisorFailure();
+    message.reason = object.reason ?? "";
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseSupervisorProgress(): SupervisorProgress {
+  return { step: "", message: "" };
+}
+
+export const SupervisorProgress: MessageFns<SupervisorProgress> = {
+  encode(message: SupervisorProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.step !== "") {
+      writer.uint32(10).string(message.step);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SupervisorProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSupervisorProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.step = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SupervisorProgress {
+    return {
+      step: isSet(object.step) ? globalThis.String(object.step) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: SupervisorProgress): unknown {
+    const obj: any = {};
+    if (message.step !== "") {
+      obj.step = message.step;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SupervisorProgress>, I>>(base?: I): SupervisorProgress {
+    return SupervisorProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SupervisorProgress>, I>>(object: I): SupervisorProgress {
+    const message = createBaseSupervisorProgress();
+    message.step = object.step ?? "";
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseAgentLiveness(): AgentLiveness {
+  return { responsive: false, message: "" };
+}
+
+export const AgentLiveness: MessageFns<AgentLiveness> = {
+  encode(message: AgentLiveness, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.responsive !== false) {
+      writer.uint32(8).bool(message.responsive);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentLiveness {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentLiveness();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.responsive = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentLiveness {
+    return {
+      responsive: isSet(object.responsive) ? globalThis.Boolean(object.responsive) : false,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: AgentLiveness): unknown {
+    const obj: any = {};
+    if (message.responsive !== false) {
+      obj.responsive = message.responsive;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AgentLiveness>, I>>(base?: I): AgentLiveness {
+    return AgentLiveness.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AgentLiveness>, I>>(object: I): AgentLiveness {
+    const message = createBaseAgentLiveness();
+    message.responsive = object.responsive ?? false;
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseReportSupervisorStatusResponse(): ReportSupervisorStatusResponse {
+  return {};
+}
+
+export const ReportSupervisorStatusResponse: MessageFns<ReportSupervisorStatusResponse> = {
+  encode(_: ReportSupervisorStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportSupervisorStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportSupervisorStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportSupervisorStatusResponse {
+    return {};
+  },
+
+  toJSON(_: ReportSupervisorStatusResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportSupervisorStatusResponse>, I>>(base?: I): ReportSupervisorStatusResponse {
+    return ReportSupervisorStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportSupervisorStatusResponse>, I>>(_: I): ReportSupervisorStatusResponse {
+    const message = createBaseReportSupervisorStatusResponse();
     return message;
   },
 };
@@ -8969,7 +10236,10 @@ export const OpenShellService = {
     responseSerialize: (value: RelayFrame): Buffer => Buffer.from(RelayFrame.encode(value).finish()),
     responseDeserialize: (value: Buffer): RelayFrame => RelayFrame.decode(value),
   },
-  /** EXTENSION: the injected files of a sandbox, with content. Supervisors only. */
+  /**
+   * EXTENSION: the runtime contract (src/runtime/contract.ts). Supervisors only.
+   * The injected files of a sandbox, with content unless asked without.
+   */
   getSandboxFiles: {
     path: "/openshell.v1.OpenShell/GetSandboxFiles" as const,
     requestStream: false as const,
@@ -8980,6 +10250,34 @@ export const OpenShellService = {
     responseSerialize: (value: GetSandboxFilesResponse): Buffer =>
       Buffer.from(GetSandboxFilesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetSandboxFilesResponse => GetSandboxFilesResponse.decode(value),
+  },
+  /**
+   * What the supervisor runs; it knows only its sandbox id, credentials and
+   * the gateway's endpoint from its environment.
+   */
+  getSupervisorLaunch: {
+    path: "/openshell.v1.OpenShell/GetSupervisorLaunch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSupervisorLaunchRequest): Buffer =>
+      Buffer.from(GetSupervisorLaunchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSupervisorLaunchRequest => GetSupervisorLaunchRequest.decode(value),
+    responseSerialize: (value: SupervisorLaunchSpec): Buffer =>
+      Buffer.from(SupervisorLaunchSpec.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SupervisorLaunchSpec => SupervisorLaunchSpec.decode(value),
+  },
+  /** Progress, warnings, failures and the agent's liveness, as they happen. */
+  reportSupervisorStatus: {
+    path: "/openshell.v1.OpenShell/ReportSupervisorStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SupervisorStatusReport): Buffer =>
+      Buffer.from(SupervisorStatusReport.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SupervisorStatusReport => SupervisorStatusReport.decode(value),
+    responseSerialize: (value: ReportSupervisorStatusResponse): Buffer =>
+      Buffer.from(ReportSupervisorStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportSupervisorStatusResponse =>
+      ReportSupervisorStatusResponse.decode(value),
   },
 } as const;
 
@@ -9007,8 +10305,18 @@ export interface OpenShellServer extends UntypedServiceImplementation {
   connectSupervisor: handleBidiStreamingCall<SupervisorMessage, GatewayMessage>;
   reportMainProcessExit: handleUnaryCall<ReportMainProcessExitRequest, ReportMainProcessExitResponse>;
   relayStream: handleBidiStreamingCall<RelayFrame, RelayFrame>;
-  /** EXTENSION: the injected files of a sandbox, with content. Supervisors only. */
+  /**
+   * EXTENSION: the runtime contract (src/runtime/contract.ts). Supervisors only.
+   * The injected files of a sandbox, with content unless asked without.
+   */
   getSandboxFiles: handleUnaryCall<GetSandboxFilesRequest, GetSandboxFilesResponse>;
+  /**
+   * What the supervisor runs; it knows only its sandbox id, credentials and
+   * the gateway's endpoint from its environment.
+   */
+  getSupervisorLaunch: handleUnaryCall<GetSupervisorLaunchRequest, SupervisorLaunchSpec>;
+  /** Progress, warnings, failures and the agent's liveness, as they happen. */
+  reportSupervisorStatus: handleUnaryCall<SupervisorStatusReport, ReportSupervisorStatusResponse>;
 }
 
 export interface OpenShellClient extends Client {
@@ -9270,7 +10578,10 @@ export interface OpenShellClient extends Client {
   relayStream(): ClientDuplexStream<RelayFrame, RelayFrame>;
   relayStream(options: Partial<CallOptions>): ClientDuplexStream<RelayFrame, RelayFrame>;
   relayStream(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<RelayFrame, RelayFrame>;
-  /** EXTENSION: the injected files of a sandbox, with content. Supervisors only. */
+  /**
+   * EXTENSION: the runtime contract (src/runtime/contract.ts). Supervisors only.
+   * The injected files of a sandbox, with content unless asked without.
+   */
   getSandboxFiles(
     request: GetSandboxFilesRequest,
     callback: (error: ServiceError | null, response: GetSandboxFilesResponse) => void,
@@ -9285,6 +10596,41 @@ export interface OpenShellClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetSandboxFilesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * What the supervisor runs; it knows only its sandbox id, credentials and
+   * the gateway's endpoint from its environment.
+   */
+  getSupervisorLaunch(
+    request: GetSupervisorLaunchRequest,
+    callback: (error: ServiceError | null, response: SupervisorLaunchSpec) => void,
+  ): ClientUnaryCall;
+  getSupervisorLaunch(
+    request: GetSupervisorLaunchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SupervisorLaunchSpec) => void,
+  ): ClientUnaryCall;
+  getSupervisorLaunch(
+    request: GetSupervisorLaunchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SupervisorLaunchSpec) => void,
+  ): ClientUnaryCall;
+  /** Progress, warnings, failures and the agent's liveness, as they happen. */
+  reportSupervisorStatus(
+    request: SupervisorStatusReport,
+    callback: (error: ServiceError | null, response: ReportSupervisorStatusResponse) => void,
+  ): ClientUnaryCall;
+  reportSupervisorStatus(
+    request: SupervisorStatusReport,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportSupervisorStatusResponse) => void,
+  ): ClientUnaryCall;
+  reportSupervisorStatus(
+    request: SupervisorStatusReport,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportSupervisorStatusResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,65 +1,138 @@
-// The runtime contract: what a gateway tells the supervisor of a sandbox it
-// starts, and what the supervisor reports back. The gateway and the
-// supervisor both import this module and neither owns it; nothing here
-// depends on either side.
+// The runtime contract: how a gateway tells the supervisor of a sandbox what
+// to run, and how the supervisor reports back. The gateway and the supervisor
+// both import this module and neither owns it; nothing here depends on either
+// side.
+//
+// A supervisor needs only its environment and a network path to the gateway,
+// as upstream's supervisor in a pod does: the environment names the sandbox,
+// the gateway's endpoint and the sandbox's credential (supervisorEnv); over
+// gRPC the supervisor then fetches its launch spec (GetSupervisorLaunch), its
+// policy (GetSandboxConfig) and its injected files (GetSandboxFiles), and
+// reports progress and failure (ReportSupervisorStatus). The local runtime's
+// fast path is an option of the same spec: `filesPath` names a file on the
+// supervisor's host holding the content, read there instead of fetched.
+//
+// The local runtime starts supervisors ahead of need (a spare), before their
+// sandbox exists; such a supervisor gets the same environment as one JSON line
+// on stdin (a process's environment is fixed when it starts), and the end of
+// that stdin means its gateway is gone.
 
-/** What the gateway tells a supervisor when it starts one. */
-export interface SupervisorLaunch {
+import type { SupervisorLaunchSpec, SupervisorStatusReport } from "../gen/openshell.js";
+
+/** The environment variables of the contract, upstream's names where it has them. */
+export const SUPERVISOR_ENV = {
+  sandboxId: "OPENSHELL_SANDBOX_ID",
+  /** The gateway's gRPC target, e.g. `unix:///…/supervisor.sock` or `host:port`. */
+  endpoint: "OPENSHELL_ENDPOINT",
+  /** The sandbox's credential, presented on every call. */
+  secret: "OPENSHELL_SANDBOX_SECRET",
+} as const;
+
+/** Who a supervisor is and where its gateway is: all it is told outside gRPC. */
+export interface SupervisorIdentity {
   sandboxId: string;
-  sandboxName: string;
-  workspace: string;
-  instanceId: string;
-  /** gRPC target the supervisor dials, e.g. `unix:///…/supervisor.sock`. */
-  gateway: string;
+  endpoint: string;
   secret: string;
-  sandboxDir: string;
-  hostUid: number;
-  hostGid: number;
-  /**
-   * The size of the sandbox's own filesystem, which holds everything the
-   * pod may write (src/runtime/guest-disk.ts); fixed when it is first
-   * made. Absent, or a supervisor that cannot mount: directories in
-   * `sandboxDir` instead.
-   */
-  diskBytes?: number | undefined;
-  /**
-   * The host ids the sandbox's files belonged to when it ran under other ones
-   * (its uid was another sandbox's on this host); the supervisor gives them
-   * to `hostUid`/`hostGid` before the pod starts.
-   */
-  reownFrom?: { uid: number; gid: number } | undefined;
-  appRoot: string;
-  command: string[];
-  tty: boolean;
-  environment: Record<string, string>;
-  /** Hold the main command until the first attach (uploads go first). */
-  startOnAttach: boolean;
-  /** Initial size of the main command's pty (80x24 when absent). */
-  ttySize?: { cols: number; rows: number } | undefined;
-  /**
-   * The injected files' content on this host (src/runtime/file-content.ts), read
-   * directly instead of through GetSandboxFiles; absent when there are none.
-   */
-  filesPath?: string | undefined;
-  /** With `filesPath`: the files' paths in the order it holds them, so the pod is planned before they are read. */
-  filePaths?: string[] | undefined;
-  /**
-   * With `filesPath`, at create: the gateway is still writing it, and sends
-   * a `files-stored` notice on stdin once it has; the content is read after.
-   */
-  filesPending?: boolean | undefined;
 }
 
-/** What the gateway tells a running supervisor on stdin after the launch, one JSON object per line. */
-export type SupervisorNotice = { kind: "files-stored" };
+/** The environment that tells a supervisor its identity. */
+export function supervisorEnv(identity: SupervisorIdentity): Record<string, string> {
+  return {
+    [SUPERVISOR_ENV.sandboxId]: identity.sandboxId,
+    [SUPERVISOR_ENV.endpoint]: identity.endpoint,
+    [SUPERVISOR_ENV.secret]: identity.secret,
+  };
+}
 
-/** Reports a supervisor writes on stdout, one JSON object per line. */
+/**
+ * A supervisor's identity from its environment; undefined when the sandbox is
+ * not named yet (a spare), and an error naming the variable when it is
+ * incomplete.
+ */
+export function readSupervisorEnv(env: Record<string, string | undefined>): SupervisorIdentity | undefined {
+  const sandboxId = env[SUPERVISOR_ENV.sandboxId];
+  if (sandboxId === undefined || sandboxId === "") return undefined;
+  const missing = (["endpoint", "secret"] as const).find((key) => !env[SUPERVISOR_ENV[key]]);
+  if (missing) {
+    throw new Error(
+      `${SUPERVISOR_ENV[missing]} is not set: a supervisor needs ${Object.values(SUPERVISOR_ENV).join(", ")}`,
+    );
+  }
+  return { sandboxId, endpoint: env[SUPERVISOR_ENV.endpoint]!, secret: env[SUPERVISOR_ENV.secret]! };
+}
+
+/**
+ * What a supervisor runs: the launch spec of GetSupervisorLaunch, its fields
+ * documented in proto/openshell.proto. Unset is zero there: no `diskBytes`
+ * (directories in `sandboxDir`), no `ttyCols`/`ttyRows` (80x24), no
+ * `filesPath` (the files are fetched with GetSandboxFiles).
+ */
+export type SupervisorLaunch = SupervisorLaunchSpec;
+
+/** What a supervisor reports (on the wire: SupervisorStatusReport). */
 export type SupervisorReport =
   | { kind: "failure"; reason: string; message: string }
   | { kind: "progress"; step: string; message: string }
   | { kind: "warning"; message: string }
   /** The sandbox's agent stopped answering its supervisor (frozen, or its event loop stuck), or answers again. */
   | { kind: "liveness"; responsive: boolean; message: string };
+
+/** The longest report text the gateway keeps; a supervisor's words are bounded like any sandbox's. */
+export const REPORT_TEXT_MAX = 4096;
+/** A failure reason or progress step: a condition reason's shape. */
+const REPORT_WORD = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+
+export function reportToWire(sandboxId: string, report: SupervisorReport): SupervisorStatusReport {
+  switch (report.kind) {
+    case "failure":
+      return {
+        sandboxId,
+        report: { $case: "failure", value: { reason: report.reason, message: report.message } },
+      };
+    case "progress":
+      return {
+        sandboxId,
+        report: { $case: "progress", value: { step: report.step, message: report.message } },
+      };
+    case "warning":
+      return { sandboxId, report: { $case: "warning", value: report.message } };
+    case "liveness":
+      return {
+        sandboxId,
+        report: { $case: "liveness", value: { responsive: report.responsive, message: report.message } },
+      };
+  }
+}
+
+/**
+ * A report as the gateway takes it: texts cut to REPORT_TEXT_MAX, a reason
+ * or step that is not a plain word replaced; undefined when it says nothing.
+ */
+export function reportFromWire(wire: SupervisorStatusReport): SupervisorReport | undefined {
+  const text = (value: string): string => value.slice(0, REPORT_TEXT_MAX);
+  const word = (value: string, fallback: string): string => (REPORT_WORD.test(value) ? value : fallback);
+  const report = wire.report;
+  switch (report?.$case) {
+    case "failure":
+      return {
+        kind: "failure",
+        reason: word(report.value.reason, "SupervisorFailed"),
+        message: text(report.value.message),
+      };
+    case "progress":
+      return {
+        kind: "progress",
+        step: word(report.value.step, "Progress"),
+        message: text(report.value.message),
+      };
+    case "warning":
+      return { kind: "warning", message: text(report.value) };
+    case "liveness":
+      return { kind: "liveness", responsive: report.value.responsive, message: text(report.value.message) };
+    default:
+      return undefined;
+  }
+}
 
 /** Syscall names as libseccomp spells them; anything else in a deny list is refused before it reaches it. */
 const SYSCALL_NAME = /^[a-z_][a-z0-9_]{0,63}$/;

@@ -1,24 +1,30 @@
-// The supervisor: one process per sandbox, the only privileged part. It
-// fetches the sandbox's policy and injected files from the gateway (the files
-// from the local file the gateway names, when it does), writes
-// the files root-owned, starts the bubblewrap pod whose first process is the
-// agent, and once the agent reports the main process running and SSH served
-// it opens the supervisor session that makes the sandbox Ready. It relays
-// SSH for the gateway, forwards the main process's output as log lines, and
-// reports the main process's exit.
+// The supervisor: one process per sandbox, the only privileged part. It is
+// told what to run through the runtime contract (src/runtime/contract.ts):
+// its sandbox, credential and gateway in its environment, then over gRPC its
+// launch spec, policy and injected files (the files from the local file the
+// spec names, when it does). It writes the files root-owned, starts the
+// bubblewrap pod whose first process is the agent, and once the agent reports
+// the main process running and SSH served it opens the supervisor session
+// that makes the sandbox Ready. It relays SSH for the gateway, forwards the
+// main process's output as log lines, and reports the main process's exit.
 //
-// Reports for the gateway (failures, progress) go to stdout as JSON lines;
-// diagnostics go to stderr. stdin carries the launch configuration and stays
-// open: its end means the gateway is gone, and the sandbox stops with it.
+// Progress and failures go to the gateway over gRPC (ReportSupervisorStatus);
+// diagnostics go to stderr. A supervisor started before its sandbox exists (a
+// spare) reads the contract's environment as one JSON line on stdin, which
+// stays open: its end means the gateway is gone, and the sandbox stops with it.
 
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { Metadata } from "@grpc/grpc-js";
+import type { OpenShellClient } from "../gen/openshell.js";
 import { containUncaughtErrors } from "../host/last-resort.js";
 import {
   POD_SUPPORT_DIR_ENV,
+  readSupervisorEnv,
+  reportToWire,
   SECCOMP_DENY_ENV,
-  type SupervisorLaunch,
-  type SupervisorNotice,
+  SUPERVISOR_ENV,
+  type SupervisorIdentity,
   type SupervisorReport,
 } from "../runtime/contract.js";
 import { readFileContent } from "../runtime/file-content.js";
@@ -34,26 +40,52 @@ import {
 } from "./pod.js";
 import { fileInjectionFailed } from "./setup-errors.js";
 
-function report(message: SupervisorReport): void {
-  process.stdout.write(`${JSON.stringify(message)}\n`);
-}
-
 function diag(line: string): void {
   process.stderr.write(`${line}\n`);
 }
 
+/** The longest a report may wait for the gateway: a stopping supervisor does not hang on a gone one. */
+const REPORT_DEADLINE_MS = 5000;
+let reporter: { client: OpenShellClient; sandboxId: string } | undefined;
+/** Reports in flight, in order; a supervisor exits only once they are through. */
+let reports: Promise<void> = Promise.resolve();
+
+function report(message: SupervisorReport): Promise<void> {
+  const to = reporter;
+  if (!to) {
+    diag(`${message.kind}: ${message.message}`);
+    return reports;
+  }
+  reports = reports.then(
+    () =>
+      new Promise<void>((resolve) => {
+        const deadline = new Date(Date.now() + REPORT_DEADLINE_MS);
+        to.client.reportSupervisorStatus(
+          reportToWire(to.sandboxId, message),
+          new Metadata(),
+          { deadline },
+          (error) => {
+            if (error) diag(`could not report ${message.kind} (${message.message}): ${error.message}`);
+            resolve();
+          },
+        );
+      }),
+  );
+  return reports;
+}
+
 /**
- * The injected files a local gateway names: their paths from the launch,
- * their content read from the file only when staging needs it (for most
- * sandboxes, once bwrap is starting). Content that cannot be read, or does
- * not match the paths, stops the sandbox before anything in it runs.
+ * The injected files whose content is on this host: their paths from the
+ * launch spec, their content read from the file only when staging needs it
+ * (for most sandboxes, once bwrap is starting) and once the gateway says it
+ * is stored. Content that cannot be read, or does not match the paths, stops
+ * the sandbox before anything in it runs.
  */
-function localFiles(path: string, paths: readonly string[], pending: boolean): InjectedFileSource {
+function localFiles(path: string, paths: readonly string[], stored: Promise<unknown>): InjectedFileSource {
   return {
     paths,
     load: async () => {
-      // At create the gateway writes the content while this supervisor starts.
-      if (pending) await stored;
+      await stored;
       try {
         return readFileContent(path, paths);
       } catch (error) {
@@ -63,33 +95,33 @@ function localFiles(path: string, paths: readonly string[], pending: boolean): I
   };
 }
 
-/** Resolves when the gateway says the injected files' content is stored (SupervisorLaunch.filesPending). */
-let contentStored: () => void = () => {};
-const stored = new Promise<void>((resolve) => {
-  contentStored = resolve;
-});
-
 /**
- * The launch configuration: the first line on stdin. Later lines are the
- * gateway's notices; stdin stays open, and its end (the gateway exiting)
- * stops the sandbox.
+ * The supervisor's identity: from its environment, or for a spare the same
+ * variables as one JSON line on stdin, whose end then stops the sandbox.
  */
-function readLaunch(): Promise<SupervisorLaunch> {
+function readIdentity(): Promise<SupervisorIdentity> {
+  const fromEnv = readSupervisorEnv(process.env);
+  if (fromEnv) return Promise.resolve(fromEnv);
   const lines = createInterface({ input: process.stdin });
   return new Promise((resolve, reject) => {
-    let launched = false;
-    lines.on("line", (line) => {
-      if (!launched) {
-        launched = true;
-        process.stdin.on("end", () => shutdown("gateway connection closed", 0));
-        resolve(JSON.parse(line) as SupervisorLaunch);
-      } else if ((JSON.parse(line) as SupervisorNotice).kind === "files-stored") {
-        contentStored();
+    lines.once("line", (line) => {
+      process.stdin.on("end", () => shutdown("gateway connection closed", 0));
+      try {
+        const identity = readSupervisorEnv({
+          ...process.env,
+          ...(JSON.parse(line) as Record<string, string>),
+        });
+        if (identity) resolve(identity);
+        else reject(new Error(`no ${SUPERVISOR_ENV.sandboxId} on stdin`));
+      } catch (error) {
+        reject(error);
       }
     });
-    lines.on("close", () => {
-      if (!launched) reject(new Error("no launch configuration on stdin"));
-    });
+    lines.on("close", () =>
+      reject(
+        new Error(`no sandbox named: set ${SUPERVISOR_ENV.sandboxId} (or give the environment on stdin)`),
+      ),
+    );
   });
 }
 
@@ -106,7 +138,8 @@ function shutdown(reason: string, code: number): void {
   const hook = shutdownHook ?? (() => Promise.resolve());
   hook()
     .catch((error) => diag(`error while stopping: ${(error as Error).message}`))
-    .finally(() => process.exit(code));
+    // Reports on their way (a failure) reach the gateway before the exit does.
+    .finally(() => reports.then(() => process.exit(code)));
 }
 
 async function main(): Promise<void> {
@@ -114,9 +147,8 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => shutdown("SIGINT", 0));
   // A spare supervisor is started before its sandbox exists: it connects to
   // its gateway first, then waits on stdin for the sandbox to serve.
-  const early = process.env.OPENSHELL_SUPERVISOR_GATEWAY
-    ? supervisorClient(process.env.OPENSHELL_SUPERVISOR_GATEWAY)
-    : undefined;
+  const endpoint = process.env[SUPERVISOR_ENV.endpoint];
+  const early = endpoint ? supervisorClient(endpoint) : undefined;
   early?.client.getChannel().getConnectivityState(true);
   const closure = nodeClosure();
   closure.catch(() => {}); // reported by startPod
@@ -127,28 +159,46 @@ async function main(): Promise<void> {
     ? podSupport(supportDir, closure, process.env[SECCOMP_DENY_ENV])
     : undefined;
   earlySupport?.catch(() => {}); // reported by startPod
-  const launch = await readLaunch();
+  const identity = await readIdentity();
+  const start = performance.now();
+  const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
+  const { client, identify } = early ?? supervisorClient(identity.endpoint);
+  identify(identity.sandboxId, identity.secret);
+  reporter = { client, sandboxId: identity.sandboxId };
+  const sandboxId = identity.sandboxId;
+  const configured = call(client.getSandboxConfig.bind(client), { sandboxId });
+  configured.catch(() => {}); // awaited below
+  const launch = await call(client.getSupervisorLaunch.bind(client), { sandboxId });
   const disk = prepareGuestDisk(launch);
   disk?.catch(() => {}); // reported by startPod
   // Stopped before its pod is up, the supervisor still gives back the sandbox's filesystem.
   shutdownHook = async () => {
     await (await disk?.catch(() => undefined))?.unmount();
   };
-  const start = performance.now();
-  const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
-  const { client, identify } = early ?? supervisorClient(launch.gateway);
-  identify(launch.sandboxId, launch.secret);
-  // A local gateway names the file that holds the content; otherwise it comes over the wire.
+  // The fast path reads the content on this host once the gateway has stored
+  // it; otherwise the content comes over the wire.
+  const getFiles = (withoutContent: boolean) =>
+    call(client.getSandboxFiles.bind(client), { sandboxId, withoutContent });
+  const stored = launch.filesPath === "" ? undefined : getFiles(true);
+  stored?.catch(() => {}); // awaited when the content is read
   const [config, remote] = await Promise.all([
-    call(client.getSandboxConfig.bind(client), { sandboxId: launch.sandboxId }),
-    launch.filesPath === undefined
-      ? call(client.getSandboxFiles.bind(client), { sandboxId: launch.sandboxId })
+    configured,
+    launch.filesPath === ""
+      ? getFiles(false).catch((error: Error) => {
+          throw new PodError(
+            "FileInjectionFailed",
+            `the injected files could not be fetched: ${error.message}`,
+          );
+        })
       : undefined,
   ]);
   const files: InjectedFileSource = remote
     ? { paths: remote.files.map((file) => file.path), load: async () => remote.files }
-    : localFiles(launch.filesPath!, launch.filePaths ?? [], launch.filesPending === true);
-  diag(`config and ${files.paths.length} file path(s) fetched ${since()}`);
+    : localFiles(launch.filesPath, launch.filePaths, stored!);
+  diag(
+    `launch spec, config and ${files.paths.length} injected file(s) ` +
+      `${remote ? "fetched over gRPC" : `at ${launch.filesPath}`} ${since()}`,
+  );
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
   let mainExited = false;
@@ -186,41 +236,33 @@ async function main(): Promise<void> {
           .finally(() => shutdown(`main process exited with status ${message.code}`, 0));
         break;
       case "fatal":
-        report({ kind: "failure", reason: message.reason, message: message.message });
+        void report({ kind: "failure", reason: message.reason, message: message.message });
         shutdown(message.message, 1);
         break;
     }
   };
 
+  // A PodError rejects main: its reason becomes the sandbox's (see the end).
   let pod: Awaited<ReturnType<typeof startPod>>;
-  try {
-    pod = await startPod({
-      launch,
-      policy: config.policy,
-      files,
-      onAgent,
-      logBackpressure: () => logs.backpressure(),
-      onAgentLiveness: (responsive, detail) => {
-        diag(detail);
-        report({ kind: "liveness", responsive, message: detail });
-      },
-      onProgress: (step, detail) => report({ kind: "progress", step, message: detail }),
-      onWarning: (warning) => report({ kind: "warning", message: warning }),
-      onNetworkLog: (level, message) => logs.push(level, "network", message),
-      diag,
-      closure,
-      support:
-        earlySupport ??
-        podSupport(join(launch.sandboxDir, "support"), closure, process.env[SECCOMP_DENY_ENV]),
-      disk,
-    });
-  } catch (error) {
-    if (error instanceof PodError) {
-      report({ kind: "failure", reason: error.reason, message: error.message });
-      process.exit(1);
-    }
-    throw error;
-  }
+  pod = await startPod({
+    launch,
+    policy: config.policy,
+    files,
+    onAgent,
+    logBackpressure: () => logs.backpressure(),
+    onAgentLiveness: (responsive, detail) => {
+      diag(detail);
+      void report({ kind: "liveness", responsive, message: detail });
+    },
+    onProgress: (step, detail) => void report({ kind: "progress", step, message: detail }),
+    onWarning: (warning) => void report({ kind: "warning", message: warning }),
+    onNetworkLog: (level, message) => logs.push(level, "network", message),
+    diag,
+    closure,
+    support:
+      earlySupport ?? podSupport(join(launch.sandboxDir, "support"), closure, process.env[SECCOMP_DENY_ENV]),
+    disk,
+  });
   diag(`pod started ${since()}`);
   // Serving from here on: an error in one relay must not end the sandbox (see host/last-resort.ts).
   containUncaughtErrors("the supervisor", diag);
@@ -233,15 +275,16 @@ async function main(): Promise<void> {
   };
   pod.exited.then((status) => {
     if (!mainExited && !shuttingDown) {
-      report({ kind: "failure", reason: "SandboxExited", message: `sandbox pod exited: ${status}` });
+      void report({ kind: "failure", reason: "SandboxExited", message: `sandbox pod exited: ${status}` });
       shutdown("pod exited", 1);
     }
   });
 }
 
-main().catch((error: unknown) => {
+main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
-  report({ kind: "failure", reason: "SupervisorFailed", message });
   diag(error instanceof Error && error.stack ? error.stack : message);
+  const reason = error instanceof PodError ? error.reason : "SupervisorFailed";
+  await report({ kind: "failure", reason, message });
   process.exit(1);
 });

@@ -408,7 +408,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
  * overlaps fetching the configuration.
  */
 export function prepareGuestDisk(launch: SupervisorLaunch): Promise<GuestDisk> | undefined {
-  if (process.getuid?.() !== 0 || launch.diskBytes === undefined) return undefined;
+  if (process.getuid?.() !== 0 || launch.diskBytes === 0) return undefined;
   return mountDisk(launch);
 }
 
@@ -417,7 +417,7 @@ async function mountDisk(launch: SupervisorLaunch): Promise<GuestDisk> {
     return await mountGuestDisk({
       sandboxId: launch.sandboxId,
       sandboxDir: launch.sandboxDir,
-      bytes: launch.diskBytes!,
+      bytes: launch.diskBytes,
     });
   } catch (error) {
     throw new PodError(
@@ -615,7 +615,8 @@ async function launchPod(
     workdir: WORKDIR,
     socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
     startOnAttach: launch.startOnAttach,
-    ttySize: launch.ttySize,
+    ttySize:
+      launch.ttyCols > 0 && launch.ttyRows > 0 ? { cols: launch.ttyCols, rows: launch.ttyRows } : undefined,
     shell,
     sftpServer: "/usr/lib/openssh/sftp-server",
     ...(egress

@@ -2,10 +2,10 @@
 // used, at the lowest priority so it loads only on idle CPU, and raises it
 // to normal before it starts a pod, so sandboxes never run at low priority.
 
-import { readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TestEnv, uniqueName } from "../helpers/cli.js";
+import { children, commandLine, isSupervisor, gatewayPid as pidOf } from "../helpers/processes.js";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -14,26 +14,6 @@ function niceness(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]);
 }
-
-function children(pid: number): number[] {
-  return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
-    readFileSync(`/proc/${pid}/task/${task}/children`, "utf8")
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number),
-  );
-}
-
-function commandLine(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, "utf8");
-  } catch {
-    return "";
-  }
-}
-
-const isSupervisor = (pid: number): boolean => commandLine(pid).includes("supervisor.mjs");
 
 /** The supervisor serving a sandbox has its pod below it (a spare may have ldd running, never a pod). */
 const hasPod = (pid: number): boolean =>
@@ -48,9 +28,7 @@ describe.runIf(isRoot)("the spare supervisor", () => {
     await env.startGateway();
     const created = await env.createIdle(name);
     expect(created.code, created.stderr).toBe(0);
-    gatewayPid = Number(
-      readFileSync(join(env.stateHome, "openshell", "gateways", "local", "gateway.pid"), "utf8").trim(),
-    );
+    gatewayPid = pidOf(env);
   });
   afterAll(() => env.dispose());
 

@@ -1,0 +1,34 @@
+// The host's view of a gateway's processes, read from /proc.
+
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { TestEnv } from "./cli.js";
+
+/** The direct children of `pid`, from every one of its threads. */
+export function children(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
+    readFileSync(`/proc/${pid}/task/${task}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number),
+  );
+}
+
+/** A process's command line, NUL-separated; empty once it is gone. */
+export function commandLine(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+  } catch {
+    return "";
+  }
+}
+
+export const isSupervisor = (pid: number): boolean => commandLine(pid).includes("supervisor.mjs");
+
+/** The pid of the environment's running gateway `name`. */
+export function gatewayPid(env: TestEnv, name = "local"): number {
+  return Number(
+    readFileSync(join(env.stateHome, "openshell", "gateways", name, "gateway.pid"), "utf8").trim(),
+  );
+}
