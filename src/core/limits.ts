@@ -173,3 +173,33 @@ export function describeLimits(limits: Limits): string {
   if (limits.diskBytes !== undefined) parts.push(`disk ${formatBytes(limits.diskBytes)}`);
   return parts.length === 0 ? "none" : parts.join(", ");
 }
+
+/** The process limit a sandbox gets when neither it nor the gateway's operator names one. */
+export const DEFAULT_PIDS = 1024;
+
+/**
+ * Limits from a gateway setting such as `cpu=2,memory=4Gi,pids=512,disk=10Gi`
+ * (OPENSHELL_SANDBOX_LIMITS, OPENSHELL_SANDBOX_MAX_LIMITS); a message naming
+ * the setting and the offending entry otherwise.
+ */
+export function parseLimitList(text: string, setting: string): Limits | string {
+  const limits: Limits = {};
+  for (const entry of text.split(/[\s,]+/).filter((part) => part !== "")) {
+    const [key, value = ""] = entry.split("=", 2) as [string, string?];
+    const field = `${setting} ${key}`;
+    const parsed =
+      key === "cpu"
+        ? parseCpu(value, field)
+        : key === "memory" || key === "disk"
+          ? parseQuantity(value, field)
+          : key === "pids"
+            ? parsePids(value, field)
+            : `${setting}: unknown limit '${key}' (expected cpu=, memory=, pids= or disk=, separated by commas)`;
+    if (typeof parsed === "string") return parsed;
+    const name = ({ cpu: "cpuMillis", memory: "memoryBytes", pids: "pids", disk: "diskBytes" } as const)[
+      key as "cpu"
+    ];
+    limits[name] = parsed;
+  }
+  return limits;
+}

@@ -22,6 +22,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync }
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
+import { effectiveLimits, type Limits, limitsToResources, resourcesToLimits } from "../core/limits.js";
 import {
   generateSandboxName,
   parseSelector,
@@ -44,7 +45,9 @@ import {
   type Sandbox,
   type SandboxFile,
   SandboxPhase,
+  SandboxTemplate,
 } from "../gen/openshell.js";
+import { CgroupError, createSandboxCgroups, procsFiles } from "../runtime/cgroups.js";
 import type { SupervisorReport } from "../runtime/contract.js";
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
 import type { SandboxBus } from "./bus.js";
@@ -72,8 +75,10 @@ export interface SandboxesOptions {
   appRoot: string;
   /** gRPC target supervisors dial. */
   supervisorTarget: string;
-  /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts). */
+  /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts) unless it asks another. */
   diskBytes: number;
+  /** Limits a sandbox gets when it asks none (a process limit always), and the most it may ask. */
+  limits: { defaults: Limits; maxima: Limits };
   /**
    * Creates are refused while the filesystem holding the gateway's state has
    * less free than this: images are sparse, so sandboxes' disks together may
@@ -163,6 +168,7 @@ export class Sandboxes {
     ];
     const first = checks.find((message) => message !== undefined);
     if (first) throw invalidArgument(first);
+    this.limitsOf(spec.template?.resources);
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
     }
@@ -174,10 +180,49 @@ export class Sandboxes {
     }
   }
 
+  /** The effective limits of a request's `template.resources`; INVALID_ARGUMENT or FAILED_PRECONDITION otherwise. */
+  private limitsOf(resources: Record<string, unknown> | undefined): Limits {
+    const requested = resourcesToLimits(resources);
+    if (typeof requested === "string") throw invalidArgument(requested);
+    const limits = effectiveLimits(requested, this.o.limits.defaults, this.o.limits.maxima);
+    if (typeof limits === "string") throw failedPrecondition(limits);
+    if (requested.diskBytes !== undefined && process.getuid?.() !== 0) {
+      throw failedPrecondition(
+        "cannot enforce the disk limit on this host: only a gateway running as root gives each sandbox a filesystem of its own",
+      );
+    }
+    return limits;
+  }
+
+  /**
+   * Makes the sandbox's control groups with its limits in them (again, after
+   * a host restart); a limit the host cannot enforce is FAILED_PRECONDITION.
+   * Limits no one asked for (the gateway's defaults) are dropped with a
+   * warning on a host without writable cgroups, such as an unprivileged gateway.
+   */
+  private enforce(id: string, sandbox: Sandbox, explicit: boolean): string[] | undefined {
+    const limits = resourcesToLimits(sandbox.spec!.template?.resources);
+    if (typeof limits === "string") throw invalidArgument(limits);
+    const { diskBytes: _disk, ...cgroupLimits } = limits;
+    try {
+      return procsFiles(createSandboxCgroups(id, cgroupLimits));
+    } catch (error) {
+      if (!(error instanceof CgroupError)) throw error;
+      if (explicit) {
+        throw failedPrecondition(`cannot enforce the ${error.limit} limit on this host: ${error.message}`);
+      }
+      this.o.log("WARN", `default limits not enforced: ${error.limit}: ${error.message}`, id);
+      return undefined;
+    }
+  }
+
   async create(request: CreateSandboxRequest): Promise<Sandbox> {
     this.validate(request);
     this.checkFreeSpace();
     const spec = request.spec!;
+    const limits = this.limitsOf(spec.template?.resources);
+    const asked = resourcesToLimits(spec.template?.resources);
+    const explicit = typeof asked === "object" && Object.keys(asked).length > 0;
     const workspace = workspaceOf(request.workspace);
     let name = request.name;
     if (name === "") {
@@ -211,9 +256,27 @@ export class Sandboxes {
         deletionTimestampMs: 0,
       },
       // The effective policy is stored, so `sandbox get` shows what applies.
-      spec: { ...spec, command, tty, files, policy: spec.policy ?? defaultPolicy() },
+      spec: {
+        ...spec,
+        command,
+        tty,
+        files,
+        policy: spec.policy ?? defaultPolicy(),
+        // The effective limits too, defaults included.
+        template: {
+          ...(spec.template ?? SandboxTemplate.fromPartial({})),
+          resources: limitsToResources(limits),
+        },
+      },
       status: newSandboxStatus(name),
     };
+    let cgroupProcs: string[] | undefined;
+    try {
+      cgroupProcs = this.enforce(id, sandbox, explicit);
+    } catch (error) {
+      await this.o.runtime.removeSandboxDir(id);
+      throw error;
+    }
     const sandboxDir = this.o.runtime.sandboxDir(id);
     let hostIds: { hostUid: number; hostGid: number } | undefined;
     try {
@@ -257,7 +320,7 @@ export class Sandboxes {
           )
         : undefined;
     stored?.catch(() => {}); // awaited below, after the launch
-    this.launch(sandbox, stored !== undefined);
+    this.launch(sandbox, stored !== undefined, undefined, cgroupProcs ?? []);
     if (stored) {
       try {
         await stored;
@@ -346,9 +409,24 @@ export class Sandboxes {
   }
 
   /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
-  launch(sandbox: Sandbox, filesPending = false, reownFrom?: { uid: number; gid: number }): void {
+  launch(
+    sandbox: Sandbox,
+    filesPending = false,
+    reownFrom?: { uid: number; gid: number },
+    cgroups?: string[],
+  ): void {
     this.unresponsive.delete(sandbox.metadata!.id);
     const meta = sandbox.metadata!;
+    let cgroupProcs = cgroups;
+    if (cgroupProcs === undefined) {
+      try {
+        cgroupProcs = this.enforce(meta.id, sandbox, true);
+      } catch (error) {
+        this.fail(meta.id, "LimitsNotEnforceable", (error as Error).message);
+        return;
+      }
+    }
+    const limits = resourcesToLimits(sandbox.spec!.template?.resources);
     const runtime = this.o.store.getRuntime(meta.id);
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
     const instanceId = randomUUID();
@@ -366,7 +444,8 @@ export class Sandboxes {
       sandboxDir,
       hostUid: runtime.hostUid,
       hostGid: runtime.hostGid,
-      diskBytes: this.o.diskBytes,
+      diskBytes: (typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes,
+      ...(cgroupProcs ? { cgroupProcs } : {}),
       ...(reownFrom ? { reownFrom } : {}),
       appRoot: this.o.appRoot,
       command: sandbox.spec!.command,

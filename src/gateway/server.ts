@@ -9,6 +9,7 @@ import type { Http2Session } from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { DEFAULT_PIDS, type Limits, parseLimitList } from "../core/limits.js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
 import {
@@ -57,6 +58,12 @@ export interface GatewayOptions {
   sshViaRelay?: boolean;
   /** The size of each sandbox's own filesystem; OPENSHELL_SANDBOX_DISK, else 4 GiB. */
   sandboxDiskBytes?: number;
+  /**
+   * Limits of a sandbox that asks none (OPENSHELL_SANDBOX_LIMITS, e.g.
+   * `pids=512,memory=2Gi`; a process limit of 1024 when it names none), and
+   * the most one may ask (OPENSHELL_SANDBOX_MAX_LIMITS; none by default).
+   */
+  limits?: { defaults: Limits; maxima: Limits };
   /** Free space below which creates are refused; OPENSHELL_GATEWAY_MIN_FREE, else 1 GiB. */
   minFreeBytes?: number;
   log?: (line: string) => void;
@@ -73,6 +80,13 @@ function sizeSetting(name: string, fallback: number, minimum: number): number {
     );
   }
   return bytes;
+}
+
+/** A limits setting from the environment; a bad one stops the start. */
+function limitsSetting(name: string): Limits {
+  const parsed = parseLimitList(process.env[name] ?? "", name);
+  if (typeof parsed === "string") throw new Error(parsed);
+  return parsed;
 }
 
 export interface RunningGateway {
@@ -168,6 +182,15 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     appRoot: options.appRoot,
     supervisorTarget: `unix://${socketPath}`,
     diskBytes: sandboxDiskBytes,
+    limits: options.limits ?? {
+      defaults: {
+        pids: DEFAULT_PIDS,
+        // Only a root gateway gives sandboxes filesystems of their own.
+        ...(process.getuid?.() === 0 ? { diskBytes: sandboxDiskBytes } : {}),
+        ...limitsSetting("OPENSHELL_SANDBOX_LIMITS"),
+      },
+      maxima: limitsSetting("OPENSHELL_SANDBOX_MAX_LIMITS"),
+    },
     minFreeBytes,
     uidLeases,
     log: gatewayLog,

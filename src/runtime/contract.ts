@@ -23,6 +23,12 @@ export interface SupervisorLaunch {
    */
   diskBytes?: number | undefined;
   /**
+   * The `cgroup.procs` files of the sandbox's control groups, which the
+   * gateway made with its limits in them: the pod's first process joins
+   * them before anything of the sandbox runs, so every process counts.
+   */
+  cgroupProcs?: string[] | undefined;
+  /**
    * The host ids the sandbox's files belonged to when it ran under other ones
    * (its uid was another sandbox's on this host); the supervisor gives them
    * to `hostUid`/`hostGid` before the pod starts.

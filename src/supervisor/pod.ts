@@ -565,6 +565,12 @@ async function launchPod(
   } catch (error) {
     throw new PodError("SeccompUnavailable", `cannot open the seccomp filter: ${(error as Error).message}`);
   }
+  if (launch.cgroupProcs && launch.cgroupProcs.length > 0) {
+    // The pod's first process joins the sandbox's control groups before it
+    // becomes the pod, so every process of the sandbox is bounded and counted.
+    args = ["-c", JOIN_CGROUPS, "openshell-join", ...launch.cgroupProcs, "--", command, ...args];
+    command = "/bin/sh";
+  }
   let child: ChildProcess;
   try {
     child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe", filter], env: { PATH, LANG: "C.UTF-8" } });
@@ -630,6 +636,10 @@ async function launchPod(
     },
   };
 }
+
+/** Writes its pid to each file before `--`, then execs what follows; any failure stops it (status 125). */
+const JOIN_CGROUPS =
+  'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f" || { echo "cannot join $f" >&2; exit 125; }; done; exec "$@"';
 
 /** Longest line of the pod's stderr (bwrap's and the agent's diagnostics) that is kept. */
 const POD_DIAG_LINE_MAX_BYTES = 4096;
