@@ -47,7 +47,13 @@ import {
   SandboxPhase,
   SandboxTemplate,
 } from "../gen/openshell.js";
-import { CgroupError, createSandboxCgroups, procsFiles } from "../runtime/cgroups.js";
+import {
+  CgroupError,
+  createSandboxCgroups,
+  execGroupOf,
+  procsFiles,
+  type SandboxCgroups,
+} from "../runtime/cgroups.js";
 import type { SupervisorReport } from "../runtime/contract.js";
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
 import type { SandboxBus } from "./bus.js";
@@ -200,12 +206,12 @@ export class Sandboxes {
    * Limits no one asked for (the gateway's defaults) are dropped with a
    * warning on a host without writable cgroups, such as an unprivileged gateway.
    */
-  private enforce(id: string, sandbox: Sandbox, explicit: boolean): string[] | undefined {
+  private enforce(id: string, sandbox: Sandbox, explicit: boolean): SandboxCgroups | undefined {
     const limits = resourcesToLimits(sandbox.spec!.template?.resources);
     if (typeof limits === "string") throw invalidArgument(limits);
     const { diskBytes: _disk, ...cgroupLimits } = limits;
     try {
-      return procsFiles(createSandboxCgroups(id, cgroupLimits));
+      return createSandboxCgroups(id, cgroupLimits);
     } catch (error) {
       if (!(error instanceof CgroupError)) throw error;
       if (explicit) {
@@ -270,9 +276,9 @@ export class Sandboxes {
       },
       status: newSandboxStatus(name),
     };
-    let cgroupProcs: string[] | undefined;
+    let groups: SandboxCgroups | undefined;
     try {
-      cgroupProcs = this.enforce(id, sandbox, explicit);
+      groups = this.enforce(id, sandbox, explicit);
     } catch (error) {
       await this.o.runtime.removeSandboxDir(id);
       throw error;
@@ -320,7 +326,7 @@ export class Sandboxes {
           )
         : undefined;
     stored?.catch(() => {}); // awaited below, after the launch
-    this.launch(sandbox, stored !== undefined, undefined, cgroupProcs ?? []);
+    this.launch(sandbox, stored !== undefined, undefined, groups ?? null);
     if (stored) {
       try {
         await stored;
@@ -413,14 +419,15 @@ export class Sandboxes {
     sandbox: Sandbox,
     filesPending = false,
     reownFrom?: { uid: number; gid: number },
-    cgroups?: string[],
+    /** The sandbox's control groups as create made them (null: none); made again when absent. */
+    cgroups?: SandboxCgroups | null,
   ): void {
     this.unresponsive.delete(sandbox.metadata!.id);
     const meta = sandbox.metadata!;
-    let cgroupProcs = cgroups;
-    if (cgroupProcs === undefined) {
+    let groups = cgroups;
+    if (groups === undefined) {
       try {
-        cgroupProcs = this.enforce(meta.id, sandbox, true);
+        groups = this.enforce(meta.id, sandbox, true);
       } catch (error) {
         this.fail(meta.id, "LimitsNotEnforceable", (error as Error).message);
         return;
@@ -445,7 +452,7 @@ export class Sandboxes {
       hostUid: runtime.hostUid,
       hostGid: runtime.hostGid,
       diskBytes: (typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes,
-      ...(cgroupProcs ? { cgroupProcs } : {}),
+      ...(groups ? { cgroupProcs: procsFiles(groups), execCgroup: execGroupOf(groups) } : {}),
       ...(reownFrom ? { reownFrom } : {}),
       appRoot: this.o.appRoot,
       command: sandbox.spec!.command,

@@ -240,6 +240,13 @@ export function procsFiles(groups: SandboxCgroups): string[] {
   return [...new Set(Object.values(groups.dirs))].map((dir) => join(dir, "cgroup.procs"));
 }
 
+/** The group in which a sandbox's execs get groups of their own: v2's (cgroup.kill), else v1's freezer. */
+export function execGroupOf(groups: SandboxCgroups): { dir: string; freezer: boolean } | undefined {
+  if (groups.dirs.unified) return { dir: groups.dirs.unified, freezer: false };
+  if (groups.dirs.freezer) return { dir: groups.dirs.freezer, freezer: true };
+  return undefined;
+}
+
 function pidsIn(dir: string): number[] {
   try {
     return readFileSync(join(dir, "cgroup.procs"), "utf8")

@@ -29,6 +29,12 @@ export interface SupervisorLaunch {
    */
   cgroupProcs?: string[] | undefined;
   /**
+   * The sandbox's group in which each exec gets one of its own, killed whole
+   * when the exec ends: v2 (cgroup.kill), or v1's freezer. The supervisor
+   * gives it to the sandbox's uid and hands the agent a descriptor for it.
+   */
+  execCgroup?: { dir: string; freezer: boolean } | undefined;
+  /**
    * The host ids the sandbox's files belonged to when it ran under other ones
    * (its uid was another sandbox's on this host); the supervisor gives them
    * to `hostUid`/`hostGid` before the pod starts.

@@ -16,6 +16,7 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import {
   chmodSync,
+  chownSync,
   closeSync,
   lstatSync,
   mkdirSync,
@@ -571,11 +572,27 @@ async function launchPod(
     args = ["-c", JOIN_CGROUPS, "openshell-join", ...launch.cgroupProcs, "--", command, ...args];
     command = "/bin/sh";
   }
+  // The sandbox's exec group, the sandbox uid's to make groups in, open for the agent (fd 4).
+  let groups: number | undefined;
+  if (launch.execCgroup) {
+    try {
+      const dir = launch.execCgroup.dir;
+      chownSync(dir, launch.hostUid, launch.hostGid);
+      chownSync(join(dir, "cgroup.procs"), launch.hostUid, launch.hostGid);
+      groups = openSync(dir, "r");
+    } catch (error) {
+      o.diag(`no control group per exec: ${(error as Error).message}`);
+    }
+  }
   let child: ChildProcess;
   try {
-    child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe", filter], env: { PATH, LANG: "C.UTF-8" } });
+    child = spawn(command, args, {
+      stdio: ["pipe", "pipe", "pipe", filter, ...(groups === undefined ? [] : [groups])],
+      env: { PATH, LANG: "C.UTF-8" },
+    });
   } finally {
     closeSync(filter);
+    if (groups !== undefined) closeSync(groups);
   }
   const stdio = { stdin: child.stdin!, stdout: child.stdout!, stderr: child.stderr! };
   // Listening before anything is awaited, so an early exit or error is not missed.
@@ -616,6 +633,7 @@ async function launchPod(
     ...(egress
       ? { egress: { proxySocket: `${EGRESS_DIR}/${basename(egress.socketPath)}`, port: EGRESS_PROXY_PORT } }
       : {}),
+    ...(groups !== undefined ? { execGroups: { fd: 4, freezer: launch.execCgroup!.freezer } } : {}),
   };
   stdio.stdin.write(`${JSON.stringify(config)}\n`);
   const stopReading = readAgent(o, stdio.stdout, stdio.stderr);
