@@ -73,7 +73,7 @@ function formatCpu(millis: number): string {
 }
 
 /** Bytes as the largest binary unit that divides them (`512Mi`), else bytes. */
-export function formatBytes(bytes: number): string {
+export function formatQuantity(bytes: number): string {
   for (const unit of ["Ei", "Pi", "Ti", "Gi", "Mi", "Ki"]) {
     const size = QUANTITY_UNITS[unit]!;
     if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
@@ -85,9 +85,9 @@ export function formatBytes(bytes: number): string {
 export function limitsToResources(limits: Limits): JsonObject {
   const out: Record<string, string> = {};
   if (limits.cpuMillis !== undefined) out.cpu = formatCpu(limits.cpuMillis);
-  if (limits.memoryBytes !== undefined) out.memory = formatBytes(limits.memoryBytes);
+  if (limits.memoryBytes !== undefined) out.memory = formatQuantity(limits.memoryBytes);
   if (limits.pids !== undefined) out.pids = String(limits.pids);
-  if (limits.diskBytes !== undefined) out["ephemeral-storage"] = formatBytes(limits.diskBytes);
+  if (limits.diskBytes !== undefined) out["ephemeral-storage"] = formatQuantity(limits.diskBytes);
   return { limits: out };
 }
 
@@ -156,7 +156,7 @@ export function effectiveLimits(requested: Limits, defaults: Limits, maxima: Lim
     if (value !== undefined) out[key] = value;
     const max = maxima[key];
     if (max !== undefined && out[key] !== undefined && out[key]! > max) {
-      const show = key === "cpuMillis" ? formatCpu : key === "pids" ? String : formatBytes;
+      const show = key === "cpuMillis" ? formatCpu : key === "pids" ? String : formatQuantity;
       return `${NAMES[key]} limit ${show(out[key]!)} exceeds this gateway's maximum ${show(max)}`;
     }
     if (out[key] === undefined) delete out[key];
@@ -168,9 +168,9 @@ export function effectiveLimits(requested: Limits, defaults: Limits, maxima: Lim
 export function describeLimits(limits: Limits): string {
   const parts: string[] = [];
   if (limits.cpuMillis !== undefined) parts.push(`cpu ${formatCpu(limits.cpuMillis)}`);
-  if (limits.memoryBytes !== undefined) parts.push(`memory ${formatBytes(limits.memoryBytes)}`);
+  if (limits.memoryBytes !== undefined) parts.push(`memory ${formatQuantity(limits.memoryBytes)}`);
   if (limits.pids !== undefined) parts.push(`pids ${limits.pids}`);
-  if (limits.diskBytes !== undefined) parts.push(`disk ${formatBytes(limits.diskBytes)}`);
+  if (limits.diskBytes !== undefined) parts.push(`disk ${formatQuantity(limits.diskBytes)}`);
   return parts.length === 0 ? "none" : parts.join(", ");
 }
 

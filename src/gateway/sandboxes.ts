@@ -22,7 +22,13 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync }
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
-import { effectiveLimits, type Limits, limitsToResources, resourcesToLimits } from "../core/limits.js";
+import {
+  effectiveLimits,
+  formatQuantity,
+  type Limits,
+  limitsToResources,
+  resourcesToLimits,
+} from "../core/limits.js";
 import {
   generateSandboxName,
   parseSelector,
@@ -46,16 +52,20 @@ import {
   type SandboxFile,
   SandboxPhase,
   SandboxTemplate,
+  type SandboxUsage,
 } from "../gen/openshell.js";
 import {
   CgroupError,
+  cgroupUsage,
   createSandboxCgroups,
   execGroupOf,
+  findSandboxCgroups,
   procsFiles,
   type SandboxCgroups,
 } from "../runtime/cgroups.js";
 import type { SupervisorReport } from "../runtime/contract.js";
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
+import { guestDiskMountPoint } from "../runtime/guest-disk.js";
 import type { SandboxBus } from "./bus.js";
 import type { RelayHub } from "./relay.js";
 import type { LocalRuntime } from "./runtime.js";
@@ -72,6 +82,7 @@ export const LIST_MAX = 1000;
 const SANDBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const MiB = 1024 * 1024;
+const EXT4_SUPER_MAGIC = 0xef53;
 
 export interface SandboxesOptions {
   store: Store;
@@ -612,6 +623,8 @@ export class Sandboxes {
   }
 
   mainProcessExited(id: string, instanceId: string, exitCode: number): void {
+    // A SIGKILL while the sandbox's memory group counts an OOM kill: the kernel's doing.
+    const oom = exitCode === 137 && (this.oomKills(id) ?? 0) > 0;
     this.update(id, (sandbox) => {
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       const phase = phaseOf(sandbox);
@@ -619,12 +632,21 @@ export class Sandboxes {
       if (phase === SandboxPhase.SANDBOX_PHASE_ERROR && sandbox.status!.exitCode !== undefined) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
       sandbox.status!.exitCode = exitCode;
-      setReadyCondition(
-        sandbox,
-        "False",
-        "MainProcessExited",
-        `Canonical main process exited with status ${exitCode}`,
-      );
+      if (oom) {
+        setReadyCondition(
+          sandbox,
+          "False",
+          "OOMKilled",
+          `Canonical main process was killed by the out-of-memory killer at the sandbox's memory limit (${this.memoryLimit(id)})`,
+        );
+      } else {
+        setReadyCondition(
+          sandbox,
+          "False",
+          "MainProcessExited",
+          `Canonical main process exited with status ${exitCode}`,
+        );
+      }
       return true;
     });
     this.o.log("INFO", `main process exited with status ${exitCode}`, id);
@@ -731,6 +753,36 @@ export class Sandboxes {
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
     this.unresponsive.delete(id);
+  }
+
+  /** The sandbox with what it uses now (status.usage), for GetSandbox. */
+  withUsage(sandbox: Sandbox): Sandbox {
+    const id = sandbox.metadata?.id;
+    if (!id || !sandbox.status) return sandbox;
+    const groups = findSandboxCgroups(id);
+    const usage: SandboxUsage = groups ? cgroupUsage(groups) : {};
+    try {
+      const fs = statfsSync(guestDiskMountPoint(id));
+      // The sandbox's own filesystem, when mounted (a root gateway's running sandbox).
+      if (fs.type === EXT4_SUPER_MAGIC) usage.diskBytes = (fs.blocks - fs.bfree) * fs.bsize;
+    } catch {
+      // Not mounted.
+    }
+    return { ...sandbox, status: { ...sandbox.status, usage } };
+  }
+
+  /** The kills by the OOM killer in the sandbox's memory group so far; undefined without one. */
+  oomKills(id: string): number | undefined {
+    const groups = findSandboxCgroups(id);
+    return groups ? cgroupUsage(groups).oomKills : undefined;
+  }
+
+  /** The sandbox's memory limit as `sandbox get` shows it. */
+  memoryLimit(id: string): string {
+    const limits = resourcesToLimits(this.o.store.getSandbox(id)?.spec?.template?.resources);
+    return typeof limits === "object" && limits.memoryBytes !== undefined
+      ? formatQuantity(limits.memoryBytes)
+      : "none set";
   }
 
   requireReady(sandbox: Sandbox): void {

@@ -279,7 +279,27 @@ export interface SandboxStatus {
   currentPolicyVersion: number;
   mainProcessInstanceId: string;
   /** Set once the main process has exited; signals are 128 + N. */
-  exitCode?: number | undefined;
+  exitCode?:
+    | number
+    | undefined;
+  /** EXTENSION: what the sandbox uses now, in GetSandbox answers (never stored). */
+  usage?: SandboxUsage | undefined;
+}
+
+/** EXTENSION: a sandbox's current use of what its limits bound. */
+export interface SandboxUsage {
+  /** CPU time of all its processes since it started. */
+  cpuSeconds?: number | undefined;
+  memoryBytes?: number | undefined;
+  pids?:
+    | number
+    | undefined;
+  /** Used on its own filesystem. */
+  diskBytes?:
+    | number
+    | undefined;
+  /** Processes the out-of-memory killer ended. */
+  oomKills?: number | undefined;
 }
 
 export interface SandboxCondition {
@@ -2404,6 +2424,7 @@ function createBaseSandboxStatus(): SandboxStatus {
     currentPolicyVersion: 0,
     mainProcessInstanceId: "",
     exitCode: undefined,
+    usage: undefined,
   };
 }
 
@@ -2435,6 +2456,9 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     }
     if (message.exitCode !== undefined) {
       writer.uint32(72).int32(message.exitCode);
+    }
+    if (message.usage !== undefined) {
+      SandboxUsage.encode(message.usage, writer.uint32(242).fork()).join();
     }
     return writer;
   },
@@ -2524,6 +2548,14 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
             message.exitCode = reader.int32();
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.usage = SandboxUsage.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2577,6 +2609,7 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
         : isSet(object.exit_code)
         ? globalThis.Number(object.exit_code)
         : undefined,
+      usage: isSet(object.usage) ? SandboxUsage.fromJSON(object.usage) : undefined,
     };
   },
 
@@ -2609,6 +2642,9 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     if (message.exitCode !== undefined) {
       obj.exitCode = Math.round(message.exitCode);
     }
+    if (message.usage !== undefined) {
+      obj.usage = SandboxUsage.toJSON(message.usage);
+    }
     return obj;
   },
 
@@ -2626,6 +2662,158 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     message.currentPolicyVersion = object.currentPolicyVersion ?? 0;
     message.mainProcessInstanceId = object.mainProcessInstanceId ?? "";
     message.exitCode = object.exitCode ?? undefined;
+    message.usage = (object.usage !== undefined && object.usage !== null)
+      ? SandboxUsage.fromPartial(object.usage)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSandboxUsage(): SandboxUsage {
+  return { cpuSeconds: undefined, memoryBytes: undefined, pids: undefined, diskBytes: undefined, oomKills: undefined };
+}
+
+export const SandboxUsage: MessageFns<SandboxUsage> = {
+  encode(message: SandboxUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpuSeconds !== undefined) {
+      writer.uint32(9).double(message.cpuSeconds);
+    }
+    if (message.memoryBytes !== undefined) {
+      writer.uint32(16).uint64(message.memoryBytes);
+    }
+    if (message.pids !== undefined) {
+      writer.uint32(24).uint32(message.pids);
+    }
+    if (message.diskBytes !== undefined) {
+      writer.uint32(32).uint64(message.diskBytes);
+    }
+    if (message.oomKills !== undefined) {
+      writer.uint32(40).uint32(message.oomKills);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SandboxUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSandboxUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.cpuSeconds = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pids = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.diskBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.oomKills = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SandboxUsage {
+    return {
+      cpuSeconds: isSet(object.cpuSeconds)
+        ? globalThis.Number(object.cpuSeconds)
+        : isSet(object.cpu_seconds)
+        ? globalThis.Number(object.cpu_seconds)
+        : undefined,
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : undefined,
+      pids: isSet(object.pids) ? globalThis.Number(object.pids) : undefined,
+      diskBytes: isSet(object.diskBytes)
+        ? globalThis.Number(object.diskBytes)
+        : isSet(object.disk_bytes)
+        ? globalThis.Number(object.disk_bytes)
+        : undefined,
+      oomKills: isSet(object.oomKills)
+        ? globalThis.Number(object.oomKills)
+        : isSet(object.oom_kills)
+        ? globalThis.Number(object.oom_kills)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SandboxUsage): unknown {
+    const obj: any = {};
+    if (message.cpuSeconds !== undefined) {
+      obj.cpuSeconds = floatToJson(message.cpuSeconds);
+    }
+    if (message.memoryBytes !== undefined) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    if (message.pids !== undefined) {
+      obj.pids = Math.round(message.pids);
+    }
+    if (message.diskBytes !== undefined) {
+      obj.diskBytes = Math.round(message.diskBytes);
+    }
+    if (message.oomKills !== undefined) {
+      obj.oomKills = Math.round(message.oomKills);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SandboxUsage>, I>>(base?: I): SandboxUsage {
+    return SandboxUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SandboxUsage>, I>>(object: I): SandboxUsage {
+    const message = createBaseSandboxUsage();
+    message.cpuSeconds = object.cpuSeconds ?? undefined;
+    message.memoryBytes = object.memoryBytes ?? undefined;
+    message.pids = object.pids ?? undefined;
+    message.diskBytes = object.diskBytes ?? undefined;
+    message.oomKills = object.oomKills ?? undefined;
     return message;
   },
 };
@@ -8874,6 +9062,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
