@@ -54,6 +54,7 @@ const FILE_RUNS = 16;
 const FILE_COUNT = 256;
 const FILE_TOTAL = 10 * 1024 * 1024;
 const EXEC_RUNS = 30;
+const SECTION_COUNT = 8;
 const STREAM_BYTES = 100_000_000;
 const STREAM_RUNS = 3;
 const TREE_BIG_FILES = 40;
@@ -587,8 +588,8 @@ function selectedSections(args: readonly string[]): Set<number> {
   const only = new Set<number>();
   for (const arg of args) {
     const id = Number(arg);
-    if (!Number.isInteger(id) || id < 1 || id > 7)
-      throw new Error(`bench: unknown section "${arg}"; use 1 to 7`);
+    if (!Number.isInteger(id) || id < 1 || id > SECTION_COUNT)
+      throw new Error(`bench: unknown section "${arg}"; use 1 to ${SECTION_COUNT}`);
     only.add(id);
   }
   return only;
