@@ -12,6 +12,7 @@ import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { DEFAULT_PIDS, type Limits, parseLimitList } from "../core/limits.js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
+import { sweepIdleCgroups } from "../runtime/cgroups.js";
 import {
   DEFAULT_GUEST_DISK_BYTES,
   MIN_GUEST_DISK_BYTES,
@@ -249,6 +250,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       .map((sandbox) => sandbox.metadata!.id),
   );
   await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
+  sweepIdleCgroups();
   runtime.prepareSpare();
   await sandboxes.resumeAll();
   const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);

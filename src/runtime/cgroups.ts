@@ -12,7 +12,7 @@
 // hierarchy, so they stay inside whatever bounds the gateway itself.
 //
 // An exec's processes get a group of their own inside the sandbox's (see
-// execGroup): v2's cgroup.kill, or v1's freezer, ends its whole tree.
+// execGroupOf): v2's cgroup.kill, or v1's freezer, ends its whole tree.
 
 import {
   existsSync,
@@ -21,6 +21,7 @@ import {
   readFileSync,
   rmdirSync,
   statfsSync,
+  statSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -409,4 +410,35 @@ export function cgroupUsage(groups: SandboxCgroups): CgroupUsage {
     set("oomKills", readKey(groups.dirs.memory, "memory.oom_control", "oom_kill"));
   }
   return usage;
+}
+
+/**
+ * Removes sandboxes' groups, of any gateway on this host, that hold no
+ * process and were made more than `olderThanMs` ago: those of sandboxes
+ * deleted with their state (or stopped; a start makes them again). Younger
+ * ones may be a create's whose pod has not joined yet.
+ */
+export function sweepIdleCgroups(
+  olderThanMs = 60_000,
+  root = cgroupRoot(),
+  /** Sandbox ids to consider; all by default. */
+  only?: (id: string) => boolean,
+): number {
+  const found = layout(root);
+  let removed = 0;
+  for (const parent of new Set(Object.values(found.parents))) {
+    for (const name of subgroups(parent)) {
+      if (!name.startsWith("openshell-") || (only && !only(name.slice("openshell-".length)))) continue;
+      const dir = join(parent, name);
+      try {
+        if (Date.now() - statSync(dir).mtimeMs < olderThanMs || pidsIn(dir).length > 0) continue;
+        for (const child of subgroups(dir)) rmdirSync(join(dir, child));
+        rmdirSync(dir);
+        removed += 1;
+      } catch {
+        // Busy after all, or gone.
+      }
+    }
+  }
+  return removed;
 }

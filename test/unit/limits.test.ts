@@ -23,7 +23,9 @@ import {
   destroySandboxCgroups,
   killGroup,
   procsFiles,
+  sweepIdleCgroups,
 } from "../../src/runtime/cgroups.js";
+import { waitFor } from "../helpers/cli.js";
 
 describe("limit quantities", () => {
   it("reads cpu as millicores: 500m, 1, 2.5, .5", () => {
@@ -125,6 +127,35 @@ describe.skipIf(!root)("a sandbox's control groups", () => {
       await destroySandboxCgroups(groups);
     }
     expect(existsSync(groups.dirs.pids!)).toBe(false);
+  });
+
+  it("sweeps a sandbox's idle groups, never one holding a process", async () => {
+    const idle = createSandboxCgroups(`test-${process.pid}-idle`, { pids: 5 });
+    const busy = createSandboxCgroups(`test-${process.pid}-busy`, { pids: 5 });
+    const child = spawn(
+      "/bin/sh",
+      ["-c", `echo $$ > '${join(busy.dirs.pids!, "cgroup.procs")}'; exec sleep 30`],
+      {
+        stdio: "ignore",
+      },
+    );
+    try {
+      const joined = await waitFor("the shell to join", 5000, () =>
+        readFileSync(join(busy.dirs.pids!, "cgroup.procs"), "utf8").trim() !== "" ? true : undefined,
+      );
+      expect(joined).toBe(true);
+      const mine = (id: string): boolean => id.startsWith(`test-${process.pid}-`);
+      // Too young: a create's whose pod has not joined yet.
+      expect(sweepIdleCgroups(60_000, undefined, mine)).toBe(0);
+      sweepIdleCgroups(0, undefined, mine);
+      expect(existsSync(idle.dirs.pids!)).toBe(false);
+      expect(existsSync(busy.dirs.pids!)).toBe(true);
+    } finally {
+      child.kill("SIGKILL");
+      await new Promise((resolve) => child.once("exit", resolve));
+      await destroySandboxCgroups(busy);
+      await destroySandboxCgroups(idle);
+    }
   });
 
   it("refuses a limit under a root that is no cgroup hierarchy, naming the limit and why", () => {
