@@ -464,6 +464,9 @@ export class Sandboxes {
       hostGid: runtime.hostGid,
       diskBytes: (typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes,
       ...(groups ? { cgroupProcs: procsFiles(groups), execCgroup: execGroupOf(groups) } : {}),
+      ...(groups && typeof limits === "object" && limits.memoryBytes !== undefined
+        ? { shmBytes: Math.max(MiB, Math.floor(limits.memoryBytes / 4)) }
+        : {}),
       ...(reownFrom ? { reownFrom } : {}),
       appRoot: this.o.appRoot,
       command: sandbox.spec!.command,

@@ -29,6 +29,12 @@ export interface SupervisorLaunch {
    */
   cgroupProcs?: string[] | undefined;
   /**
+   * The size of the pod's own /dev/shm when the sandbox has a memory limit
+   * (a quarter of it): its pages count against that limit, so a full
+   * /dev/shm is ENOSPC for the writer rather than an OOM kill of the sandbox.
+   */
+  shmBytes?: number | undefined;
+  /**
    * The sandbox's group in which each exec gets one of its own, killed whole
    * when the exec ends: v2 (cgroup.kill), or v1's freezer. The supervisor
    * gives it to the sandbox's uid and hands the agent a descriptor for it.

@@ -496,6 +496,9 @@ async function launchPod(
     // bubblewrap's PID 1 holds the agent's channel on its stdio and is
     // dumpable: its /proc entry is covered (see agent-guard.ts).
     ...(planArgs.includes("--proc") ? ["--tmpfs", "/proc/1", "--remount-ro", "/proc/1"] : []),
+    ...(planArgs.includes("--dev") && launch.shmBytes !== undefined
+      ? ["--perms", "1777", "--size", String(launch.shmBytes), "--tmpfs", "/dev/shm"]
+      : []),
     "--seccomp",
     String(SECCOMP_FD),
     "--setenv",
