@@ -294,6 +294,8 @@ export class Sandboxes {
       await this.o.runtime.removeSandboxDir(id);
       throw error;
     }
+    // Defaults this host could not enforce are not claimed either.
+    if (!groups) sandbox.spec!.template!.resources = limitsToResources({ diskBytes: limits.diskBytes });
     const sandboxDir = this.o.runtime.sandboxDir(id);
     let hostIds: { hostUid: number; hostGid: number } | undefined;
     try {

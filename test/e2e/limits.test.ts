@@ -197,6 +197,29 @@ describe.skipIf(!isRoot)("sandbox limits (root gateway)", () => {
     );
   }, 60_000);
 
+  it("the gateway's defaults and maxima apply: a default process limit, a memory limit above the maximum refused", async () => {
+    const other = new TestEnv();
+    try {
+      await other.startGateway({
+        OPENSHELL_SANDBOX_LIMITS: "pids=100",
+        OPENSHELL_SANDBOX_MAX_LIMITS: "memory=1Gi",
+      });
+      const refused = await other.run(["sandbox", "create", "--memory", "2Gi", "--detach", "--", "true"]);
+      expect(refused.code).not.toBe(0);
+      expect(refused.stderr).toContain("memory limit 2Gi exceeds this gateway's maximum 1Gi");
+      const name = uniqueName("defaults");
+      const created = await other.createIdle(name);
+      expect(created.code, created.stderr).toBe(0);
+      const doc = json<Document>(await other.run(["sandbox", "get", name, "-o", "json"]));
+      expect(doc.limits?.pids).toBe("100");
+      expect(readFileSync(join(findSandboxCgroups(doc.id)!.dirs.pids!, "pids.max"), "utf8").trim()).toBe(
+        "100",
+      );
+    } finally {
+      await other.dispose();
+    }
+  }, 60_000);
+
   it("a limit this host cannot enforce refuses the create, naming it; none asked still creates", async () => {
     const other = new TestEnv();
     try {
@@ -217,8 +240,12 @@ describe.skipIf(!isRoot)("sandbox limits (root gateway)", () => {
       expect(refused.stderr).toContain("/nonexistent/cgroup/memory");
       const list = await other.run(["sandbox", "list"]);
       expect(list.stdout).not.toContain("refused");
-      const plain = await other.createIdle(uniqueName("plain"));
+      const plainName = uniqueName("plain");
+      const plain = await other.createIdle(plainName);
       expect(plain.code, plain.stderr).toBe(0);
+      // Its default process limit could not be enforced, so it is not claimed.
+      const doc = json<Document>(await other.run(["sandbox", "get", plainName, "-o", "json"]));
+      expect(doc.limits?.pids).toBeUndefined();
     } finally {
       await other.dispose();
     }
