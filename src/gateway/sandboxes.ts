@@ -122,6 +122,8 @@ export class Sandboxes {
   private shuttingDown = false;
   /** Sandboxes whose agent their supervisor reports unresponsive. */
   private readonly unresponsive = new Set<string>();
+  /** Sandboxes' control groups as made at create or start, so an exec or get need not look for them. */
+  private readonly cgroups = new Map<string, SandboxCgroups>();
 
   constructor(private readonly o: SandboxesOptions) {}
 
@@ -222,7 +224,9 @@ export class Sandboxes {
     if (typeof limits === "string") throw invalidArgument(limits);
     const { diskBytes: _disk, ...cgroupLimits } = limits;
     try {
-      return createSandboxCgroups(id, cgroupLimits);
+      const groups = createSandboxCgroups(id, cgroupLimits);
+      this.cgroups.set(id, groups);
+      return groups;
     } catch (error) {
       if (!(error instanceof CgroupError)) throw error;
       if (explicit) {
@@ -291,6 +295,7 @@ export class Sandboxes {
     try {
       groups = this.enforce(id, sandbox, explicit);
     } catch (error) {
+      this.cgroups.delete(id);
       await this.o.runtime.removeSandboxDir(id);
       throw error;
     }
@@ -312,6 +317,7 @@ export class Sandboxes {
       });
     } catch (error) {
       if (hostIds) this.releaseHostIds(id, hostIds.hostUid);
+      this.cgroups.delete(id);
       await this.o.runtime.removeSandboxDir(id);
       if (/UNIQUE/.test((error as Error).message)) {
         throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
@@ -360,6 +366,7 @@ export class Sandboxes {
     await this.o.runtime.removeSandboxDir(id);
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
+    this.cgroups.delete(id);
   }
 
   private logFile(id: string): string {
@@ -758,13 +765,23 @@ export class Sandboxes {
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
     this.unresponsive.delete(id);
+    this.cgroups.delete(id);
+  }
+
+  private cgroupsOf(id: string): SandboxCgroups | undefined {
+    let groups = this.cgroups.get(id);
+    if (!groups) {
+      groups = findSandboxCgroups(id);
+      if (groups && this.o.store.getSandbox(id)) this.cgroups.set(id, groups);
+    }
+    return groups;
   }
 
   /** The sandbox with what it uses now (status.usage), for GetSandbox. */
   withUsage(sandbox: Sandbox): Sandbox {
     const id = sandbox.metadata?.id;
     if (!id || !sandbox.status) return sandbox;
-    const groups = findSandboxCgroups(id);
+    const groups = this.cgroupsOf(id);
     const usage: SandboxUsage = groups ? cgroupUsage(groups) : {};
     try {
       const fs = statfsSync(guestDiskMountPoint(id));
@@ -778,7 +795,7 @@ export class Sandboxes {
 
   /** The kills by the OOM killer in the sandbox's memory group so far; undefined without one. */
   oomKills(id: string): number | undefined {
-    const groups = findSandboxCgroups(id);
+    const groups = this.cgroupsOf(id);
     return groups ? cgroupUsage(groups).oomKills : undefined;
   }
 
