@@ -9,6 +9,7 @@
 //   5. exec stdout throughput (100 MB)
 //   6. upload/download of a 200 MB tree against `tar | ssh` and a local `tar | tar` pipe
 //   7. a 60 s stdout flood: log size, gateway and supervisor memory, `gateway start` after it (bench/flood.ts)
+//   8. exec round trip of a sandbox beside a fork bomb, a memory hog and a cpu spin in another (bench/neighbour.ts)
 //
 // A section that cannot run says why and the others still run. Everything
 // started here is stopped and every temp directory removed, also on failure
@@ -45,6 +46,7 @@ import {
 import { PrivateSshd } from "./lib/sshd.js";
 import { formatMiB, formatMs, megabytesPerSecond, percentile, round, summarize } from "./lib/stats.js";
 import { generateTree, verifySample } from "./lib/tree.js";
+import { noisyNeighbour } from "./neighbour.js";
 
 const CREATE_RUNS = 20;
 const IDLE_SANDBOXES = 20;
@@ -52,6 +54,7 @@ const FILE_RUNS = 16;
 const FILE_COUNT = 256;
 const FILE_TOTAL = 10 * 1024 * 1024;
 const EXEC_RUNS = 30;
+const SECTION_COUNT = 8;
 const STREAM_BYTES = 100_000_000;
 const STREAM_RUNS = 3;
 const TREE_BIG_FILES = 40;
@@ -585,8 +588,8 @@ function selectedSections(args: readonly string[]): Set<number> {
   const only = new Set<number>();
   for (const arg of args) {
     const id = Number(arg);
-    if (!Number.isInteger(id) || id < 1 || id > 7)
-      throw new Error(`bench: unknown section "${arg}"; use 1 to 7`);
+    if (!Number.isInteger(id) || id < 1 || id > SECTION_COUNT)
+      throw new Error(`bench: unknown section "${arg}"; use 1 to ${SECTION_COUNT}`);
     only.add(id);
   }
   return only;
@@ -678,6 +681,7 @@ async function main(): Promise<number> {
       ["exec stdout throughput", (s) => execThroughput(s, shared)],
       ["transfer of a 200 MB tree", (s) => transfer(s, shared)],
       ["a 60 s stdout flood (own gateway)", (s) => logFlood(s)],
+      ["exec beside a noisy neighbour (own gateway)", (s) => noisyNeighbour(s)],
     ];
     for (const [index, [title, body]] of all.entries()) {
       if (only.size === 0 || only.has(index + 1)) sections.push(await runSection(index + 1, title, body));

@@ -14,6 +14,7 @@ import { setPriority } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { mallocTunables } from "../host/process.js";
+import { destroySandboxCgroups, findSandboxCgroups } from "../runtime/cgroups.js";
 import {
   POD_SUPPORT_DIR_ENV,
   SECCOMP_DENY_ENV,
@@ -231,6 +232,8 @@ export class LocalRuntime {
    */
   async removeSandboxDir(sandboxId: string): Promise<void> {
     removeSharedMemoryStaging(sandboxId);
+    const groups = findSandboxCgroups(sandboxId);
+    if (groups) await destroySandboxCgroups(groups);
     // On failure the image is unlinked all the same; its loop device frees the space once unmounted.
     await this.unmountDisk(sandboxId);
     rmSync(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });

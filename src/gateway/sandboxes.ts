@@ -30,6 +30,13 @@ import { status } from "@grpc/grpc-js";
 import { effectiveMode, normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
 import { formatTtl, TTL_MAX_SECONDS } from "../core/lifetime.js";
 import {
+  effectiveLimits,
+  formatQuantity,
+  type Limits,
+  limitsToResources,
+  resourcesToLimits,
+} from "../core/limits.js";
+import {
   generateSandboxName,
   parseSelector,
   validateCommand,
@@ -51,9 +58,21 @@ import {
   type Sandbox,
   type SandboxFile,
   SandboxPhase,
+  SandboxTemplate,
+  type SandboxUsage,
 } from "../gen/openshell.js";
+import {
+  CgroupError,
+  cgroupUsage,
+  createSandboxCgroups,
+  execGroupOf,
+  findSandboxCgroups,
+  procsFiles,
+  type SandboxCgroups,
+} from "../runtime/cgroups.js";
 import type { SupervisorLaunch, SupervisorReport } from "../runtime/contract.js";
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
+import { guestDiskMountPoint } from "../runtime/guest-disk.js";
 import type { SandboxBus } from "./bus.js";
 import type { RelayHub } from "./relay.js";
 import type { LocalRuntime } from "./runtime.js";
@@ -70,6 +89,7 @@ export const LIST_MAX = 1000;
 const SANDBOX_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const MiB = 1024 * 1024;
+const EXT4_SUPER_MAGIC = 0xef53;
 
 export interface SandboxesOptions {
   store: Store;
@@ -77,8 +97,10 @@ export interface SandboxesOptions {
   relay: RelayHub;
   runtime: LocalRuntime;
   appRoot: string;
-  /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts). */
+  /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts) unless it asks another. */
   diskBytes: number;
+  /** Limits a sandbox gets when it asks none (a process limit always), and the most it may ask. */
+  limits: { defaults: Limits; maxima: Limits };
   /**
    * Creates are refused while the filesystem holding the gateway's state has
    * less free than this: images are sparse, so sandboxes' disks together may
@@ -118,6 +140,8 @@ export class Sandboxes {
   private readonly expiryTimers = new Map<string, NodeJS.Timeout>();
   /** Creates whose files' content is still being written; GetSandboxFiles waits on them. */
   private readonly storing = new Map<string, Promise<void>>();
+  /** Sandboxes' control groups as made at create or start, so an exec or get need not look for them. */
+  private readonly cgroups = new Map<string, SandboxCgroups>();
 
   constructor(private readonly o: SandboxesOptions) {}
 
@@ -181,6 +205,7 @@ export class Sandboxes {
     ];
     const first = checks.find((message) => message !== undefined);
     if (first) throw invalidArgument(first);
+    this.limitsOf(spec.template?.resources);
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
     }
@@ -192,10 +217,51 @@ export class Sandboxes {
     }
   }
 
+  /** The effective limits of a request's `template.resources`; INVALID_ARGUMENT or FAILED_PRECONDITION otherwise. */
+  private limitsOf(resources: Record<string, unknown> | undefined): Limits {
+    const requested = resourcesToLimits(resources);
+    if (typeof requested === "string") throw invalidArgument(requested);
+    const limits = effectiveLimits(requested, this.o.limits.defaults, this.o.limits.maxima);
+    if (typeof limits === "string") throw failedPrecondition(limits);
+    if (requested.diskBytes !== undefined && process.getuid?.() !== 0) {
+      throw failedPrecondition(
+        "cannot enforce the disk limit on this host: only a gateway running as root gives each sandbox a filesystem of its own",
+      );
+    }
+    return limits;
+  }
+
+  /**
+   * Makes the sandbox's control groups with its limits in them (again, after
+   * a host restart); a limit the host cannot enforce is FAILED_PRECONDITION.
+   * Limits no one asked for (the gateway's defaults) are dropped with a
+   * warning on a host without writable cgroups, such as an unprivileged gateway.
+   */
+  private enforce(id: string, sandbox: Sandbox, explicit: boolean): SandboxCgroups | undefined {
+    const limits = resourcesToLimits(sandbox.spec!.template?.resources);
+    if (typeof limits === "string") throw invalidArgument(limits);
+    const { diskBytes: _disk, ...cgroupLimits } = limits;
+    try {
+      const groups = createSandboxCgroups(id, cgroupLimits);
+      this.cgroups.set(id, groups);
+      return groups;
+    } catch (error) {
+      if (!(error instanceof CgroupError)) throw error;
+      if (explicit) {
+        throw failedPrecondition(`cannot enforce the ${error.limit} limit on this host: ${error.message}`);
+      }
+      this.o.log("WARN", `default limits not enforced: ${error.limit}: ${error.message}`, id);
+      return undefined;
+    }
+  }
+
   async create(request: CreateSandboxRequest): Promise<Sandbox> {
     this.validate(request);
     this.checkFreeSpace();
     const spec = request.spec!;
+    const limits = this.limitsOf(spec.template?.resources);
+    const asked = resourcesToLimits(spec.template?.resources);
+    const explicit = typeof asked === "object" && Object.keys(asked).length > 0;
     const workspace = workspaceOf(request.workspace);
     let name = request.name;
     if (name === "") {
@@ -231,12 +297,33 @@ export class Sandboxes {
         deletionTimestampMs: 0,
       },
       // The effective policy is stored, so `sandbox get` shows what applies.
-      spec: { ...spec, command, tty, files, policy: spec.policy ?? defaultPolicy() },
+      spec: {
+        ...spec,
+        command,
+        tty,
+        files,
+        policy: spec.policy ?? defaultPolicy(),
+        // The effective limits too, defaults included.
+        template: {
+          ...(spec.template ?? SandboxTemplate.fromPartial({})),
+          resources: limitsToResources(limits),
+        },
+      },
       status: {
         ...newSandboxStatus(name),
         ...(ttlSeconds > 0 ? { expiresAtMs: Date.now() + ttlSeconds * 1000 } : {}),
       },
     };
+    let groups: SandboxCgroups | undefined;
+    try {
+      groups = this.enforce(id, sandbox, explicit);
+    } catch (error) {
+      this.cgroups.delete(id);
+      await this.o.runtime.removeSandboxDir(id);
+      throw error;
+    }
+    // Defaults this host could not enforce are not claimed either.
+    if (!groups) sandbox.spec!.template!.resources = limitsToResources({ diskBytes: limits.diskBytes });
     const sandboxDir = this.o.runtime.sandboxDir(id);
     let hostIds: { hostUid: number; hostGid: number } | undefined;
     try {
@@ -253,6 +340,7 @@ export class Sandboxes {
       });
     } catch (error) {
       if (hostIds) this.releaseHostIds(id, hostIds.hostUid);
+      this.cgroups.delete(id);
       await this.o.runtime.removeSandboxDir(id);
       if (/UNIQUE/.test((error as Error).message)) {
         throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
@@ -281,7 +369,7 @@ export class Sandboxes {
         : undefined;
     stored?.catch(() => {}); // awaited below, after the launch
     if (stored) this.storing.set(id, stored);
-    this.launch(sandbox);
+    this.launch(sandbox, undefined, groups ?? null);
     if (stored) {
       try {
         await stored;
@@ -321,6 +409,7 @@ export class Sandboxes {
     await this.o.runtime.removeSandboxDir(id);
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
+    this.cgroups.delete(id);
   }
 
   private logFile(id: string): string {
@@ -389,9 +478,24 @@ export class Sandboxes {
   }
 
   /** Starts (or restarts) the sandbox's supervisor with a fresh instance id. */
-  launch(sandbox: Sandbox, reownFrom?: { uid: number; gid: number }): void {
+  launch(
+    sandbox: Sandbox,
+    reownFrom?: { uid: number; gid: number },
+    /** The sandbox's control groups as create made them (null: none); made again when absent. */
+    cgroups?: SandboxCgroups | null,
+  ): void {
     this.unresponsive.delete(sandbox.metadata!.id);
     const meta = sandbox.metadata!;
+    let groups = cgroups;
+    if (groups === undefined) {
+      try {
+        groups = this.enforce(meta.id, sandbox, true);
+      } catch (error) {
+        this.fail(meta.id, "LimitsNotEnforceable", (error as Error).message);
+        return;
+      }
+    }
+    const limits = resourcesToLimits(sandbox.spec!.template?.resources);
     const runtime = this.o.store.getRuntime(meta.id);
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
     const instanceId = randomUUID();
@@ -410,7 +514,13 @@ export class Sandboxes {
         sandboxDir,
         hostUid: runtime.hostUid,
         hostGid: runtime.hostGid,
-        diskBytes: this.o.diskBytes,
+        diskBytes: (typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes,
+        cgroupProcs: groups ? procsFiles(groups) : [],
+        execCgroup: groups ? execGroupOf(groups) : undefined,
+        shmBytes:
+          groups && typeof limits === "object" && limits.memoryBytes !== undefined
+            ? Math.max(MiB, Math.floor(limits.memoryBytes / 4))
+            : 0,
         reownFrom,
         appRoot: this.o.appRoot,
         command: sandbox.spec!.command,
@@ -591,6 +701,8 @@ export class Sandboxes {
   }
 
   mainProcessExited(id: string, instanceId: string, exitCode: number): void {
+    // A SIGKILL while the sandbox's memory group counts an OOM kill: the kernel's doing.
+    const oom = exitCode === 137 && (this.oomKills(id) ?? 0) > 0;
     this.update(id, (sandbox) => {
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       const phase = phaseOf(sandbox);
@@ -598,12 +710,21 @@ export class Sandboxes {
       if (phase === SandboxPhase.SANDBOX_PHASE_ERROR && sandbox.status!.exitCode !== undefined) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
       sandbox.status!.exitCode = exitCode;
-      setReadyCondition(
-        sandbox,
-        "False",
-        "MainProcessExited",
-        `Canonical main process exited with status ${exitCode}`,
-      );
+      if (oom) {
+        setReadyCondition(
+          sandbox,
+          "False",
+          "OOMKilled",
+          `Canonical main process was killed by the out-of-memory killer at the sandbox's memory limit (${this.memoryLimit(id)})`,
+        );
+      } else {
+        setReadyCondition(
+          sandbox,
+          "False",
+          "MainProcessExited",
+          `Canonical main process exited with status ${exitCode}`,
+        );
+      }
       return true;
     });
     this.o.log("INFO", `main process exited with status ${exitCode}`, id);
@@ -709,6 +830,46 @@ export class Sandboxes {
     this.o.store.deleteSandbox(id);
     this.o.bus.close(id);
     this.unresponsive.delete(id);
+    this.cgroups.delete(id);
+  }
+
+  private cgroupsOf(id: string): SandboxCgroups | undefined {
+    let groups = this.cgroups.get(id);
+    if (!groups) {
+      groups = findSandboxCgroups(id);
+      if (groups && this.o.store.getSandbox(id)) this.cgroups.set(id, groups);
+    }
+    return groups;
+  }
+
+  /** The sandbox with what it uses now (status.usage), for GetSandbox. */
+  withUsage(sandbox: Sandbox): Sandbox {
+    const id = sandbox.metadata?.id;
+    if (!id || !sandbox.status) return sandbox;
+    const groups = this.cgroupsOf(id);
+    const usage: SandboxUsage = groups ? cgroupUsage(groups) : {};
+    try {
+      const fs = statfsSync(guestDiskMountPoint(id));
+      // The sandbox's own filesystem, when mounted (a root gateway's running sandbox).
+      if (fs.type === EXT4_SUPER_MAGIC) usage.diskBytes = (fs.blocks - fs.bfree) * fs.bsize;
+    } catch {
+      // Not mounted.
+    }
+    return { ...sandbox, status: { ...sandbox.status, usage } };
+  }
+
+  /** The kills by the OOM killer in the sandbox's memory group so far; undefined without one. */
+  oomKills(id: string): number | undefined {
+    const groups = this.cgroupsOf(id);
+    return groups ? cgroupUsage(groups).oomKills : undefined;
+  }
+
+  /** The sandbox's memory limit as `sandbox get` shows it. */
+  memoryLimit(id: string): string {
+    const limits = resourcesToLimits(this.o.store.getSandbox(id)?.spec?.template?.resources);
+    return typeof limits === "object" && limits.memoryBytes !== undefined
+      ? formatQuantity(limits.memoryBytes)
+      : "none set";
   }
 
   /** Ends every process of a sandbox and frees its runtime (supervisor, pod), keeping its storage. */

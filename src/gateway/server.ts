@@ -9,9 +9,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { parseTtl, ttlError } from "../core/lifetime.js";
+import { DEFAULT_PIDS, type Limits, parseLimitList } from "../core/limits.js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
 import { isWildcardBind } from "../host/config.js";
+import { sweepIdleCgroups } from "../runtime/cgroups.js";
 import {
   DEFAULT_GUEST_DISK_BYTES,
   MIN_GUEST_DISK_BYTES,
@@ -58,6 +60,12 @@ export interface GatewayOptions {
   sshViaRelay?: boolean;
   /** The size of each sandbox's own filesystem; OPENSHELL_SANDBOX_DISK, else 4 GiB. */
   sandboxDiskBytes?: number;
+  /**
+   * Limits of a sandbox that asks none (OPENSHELL_SANDBOX_LIMITS, e.g.
+   * `pids=512,memory=2Gi`; a process limit of 1024 when it names none), and
+   * the most one may ask (OPENSHELL_SANDBOX_MAX_LIMITS; none by default).
+   */
+  limits?: { defaults: Limits; maxima: Limits };
   /** Free space below which creates are refused; OPENSHELL_GATEWAY_MIN_FREE, else 1 GiB. */
   minFreeBytes?: number;
   /** Sandbox lifetimes in seconds; OPENSHELL_GATEWAY_DEFAULT_TTL and OPENSHELL_GATEWAY_MAX_TTL, else none. */
@@ -97,6 +105,13 @@ function ttlSettings(): { defaultSeconds: number; maxSeconds: number } {
     );
   }
   return { defaultSeconds, maxSeconds };
+}
+
+/** A limits setting from the environment; a bad one stops the start. */
+function limitsSetting(name: string): Limits {
+  const parsed = parseLimitList(process.env[name] ?? "", name);
+  if (typeof parsed === "string") throw new Error(parsed);
+  return parsed;
 }
 
 export interface RunningGateway {
@@ -191,6 +206,15 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     runtime,
     appRoot: options.appRoot,
     diskBytes: sandboxDiskBytes,
+    limits: options.limits ?? {
+      defaults: {
+        pids: DEFAULT_PIDS,
+        // Only a root gateway gives sandboxes filesystems of their own.
+        ...(process.getuid?.() === 0 ? { diskBytes: sandboxDiskBytes } : {}),
+        ...limitsSetting("OPENSHELL_SANDBOX_LIMITS"),
+      },
+      maxima: limitsSetting("OPENSHELL_SANDBOX_MAX_LIMITS"),
+    },
     minFreeBytes,
     uidLeases,
     ttl: options.ttl ?? ttlSettings(),
@@ -259,6 +283,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       .map((sandbox) => sandbox.metadata!.id),
   );
   await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
+  sweepIdleCgroups();
   runtime.prepareSpare();
   await sandboxes.resumeAll();
   const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);

@@ -240,7 +240,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
     })),
 
     getSandbox: unary("user", (request) => ({
-      sandbox: publicSandbox(o.sandboxes.get(request.workspace, request.name)),
+      sandbox: o.sandboxes.withUsage(publicSandbox(o.sandboxes.get(request.workspace, request.name))),
     })),
 
     listSandboxes: unary("user", (request) => ({

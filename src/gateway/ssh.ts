@@ -363,10 +363,16 @@ export class SshAccess {
     let finished = false;
     let timer: NodeJS.Timeout | undefined;
     let closed = false;
+    const oomBefore = this.o.sandboxes.oomKills(request.sandboxId);
     const finish = (code: number | undefined, error?: StatusError): void => {
       if (finished) return;
       finished = true;
       if (timer) clearTimeout(timer);
+      const oom = code === 137 ? this.o.sandboxes.oomKills(request.sandboxId) : undefined;
+      if (oom !== undefined && oomBefore !== undefined && oom > oomBefore) {
+        const message = `openshell: killed by the out-of-memory killer: the sandbox's processes reached its memory limit (${this.o.sandboxes.memoryLimit(request.sandboxId)})\n`;
+        sink.write({ payload: { $case: "stderr", value: { data: Buffer.from(message) } } });
+      }
       if (code === undefined) {
         sink.fail(error ?? unavailable("exec relay closed before the command reported an exit status"));
       } else {

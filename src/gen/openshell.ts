@@ -293,7 +293,27 @@ export interface SandboxStatus {
    * the epoch; 0 means never. Set from SandboxSpec.ttl_seconds and by
    * RenewSandbox. Capability "sandbox-ttl.v1".
    */
-  expiresAtMs?: number | undefined;
+  expiresAtMs?:
+    | number
+    | undefined;
+  /** EXTENSION: what the sandbox uses now, in GetSandbox answers (never stored). */
+  usage?: SandboxUsage | undefined;
+}
+
+/** EXTENSION: a sandbox's current use of what its limits bound. */
+export interface SandboxUsage {
+  /** CPU time of all its processes since it started. */
+  cpuSeconds?: number | undefined;
+  memoryBytes?: number | undefined;
+  pids?:
+    | number
+    | undefined;
+  /** Used on its own filesystem. */
+  diskBytes?:
+    | number
+    | undefined;
+  /** Processes the out-of-memory killer ended. */
+  oomKills?: number | undefined;
 }
 
 export interface SandboxCondition {
@@ -678,11 +698,26 @@ export interface SupervisorLaunchSpec {
     | undefined;
   /** Where the gateway's installation is (the agent's code). */
   appRoot: string;
+  /**
+   * The cgroup.procs files of the sandbox's control groups (its limits): the
+   * pod's first process joins them before anything of the sandbox runs.
+   */
+  cgroupProcs: string[];
+  /** The pod's /dev/shm size when the sandbox has a memory limit; 0: default. */
+  shmBytes: number;
+  /** The group under which each exec gets its own, killed whole when it ends. */
+  execCgroup?: ExecCgroup | undefined;
 }
 
 export interface SupervisorLaunchSpec_EnvironmentEntry {
   key: string;
   value: string;
+}
+
+export interface ExecCgroup {
+  dir: string;
+  /** v1: the freezer hierarchy (freeze, kill every pid, thaw); else v2's cgroup.kill. */
+  freezer: boolean;
 }
 
 export interface HostIds {
@@ -2539,6 +2574,7 @@ function createBaseSandboxStatus(): SandboxStatus {
     mainProcessInstanceId: "",
     exitCode: undefined,
     expiresAtMs: undefined,
+    usage: undefined,
   };
 }
 
@@ -2573,6 +2609,9 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     }
     if (message.expiresAtMs !== undefined) {
       writer.uint32(8000).int64(message.expiresAtMs);
+    }
+    if (message.usage !== undefined) {
+      SandboxUsage.encode(message.usage, writer.uint32(8010).fork()).join();
     }
     return writer;
   },
@@ -2670,6 +2709,14 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
             message.expiresAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 1001: {
+            if (tag !== 8010) {
+              break;
+            }
+
+            message.usage = SandboxUsage.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2728,6 +2775,7 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
         : isSet(object.expires_at_ms)
         ? globalThis.Number(object.expires_at_ms)
         : undefined,
+      usage: isSet(object.usage) ? SandboxUsage.fromJSON(object.usage) : undefined,
     };
   },
 
@@ -2763,6 +2811,9 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     if (message.expiresAtMs !== undefined) {
       obj.expiresAtMs = Math.round(message.expiresAtMs);
     }
+    if (message.usage !== undefined) {
+      obj.usage = SandboxUsage.toJSON(message.usage);
+    }
     return obj;
   },
 
@@ -2781,6 +2832,158 @@ export const SandboxStatus: MessageFns<SandboxStatus> = {
     message.mainProcessInstanceId = object.mainProcessInstanceId ?? "";
     message.exitCode = object.exitCode ?? undefined;
     message.expiresAtMs = object.expiresAtMs ?? undefined;
+    message.usage = (object.usage !== undefined && object.usage !== null)
+      ? SandboxUsage.fromPartial(object.usage)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSandboxUsage(): SandboxUsage {
+  return { cpuSeconds: undefined, memoryBytes: undefined, pids: undefined, diskBytes: undefined, oomKills: undefined };
+}
+
+export const SandboxUsage: MessageFns<SandboxUsage> = {
+  encode(message: SandboxUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpuSeconds !== undefined) {
+      writer.uint32(9).double(message.cpuSeconds);
+    }
+    if (message.memoryBytes !== undefined) {
+      writer.uint32(16).uint64(message.memoryBytes);
+    }
+    if (message.pids !== undefined) {
+      writer.uint32(24).uint32(message.pids);
+    }
+    if (message.diskBytes !== undefined) {
+      writer.uint32(32).uint64(message.diskBytes);
+    }
+    if (message.oomKills !== undefined) {
+      writer.uint32(40).uint32(message.oomKills);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SandboxUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSandboxUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.cpuSeconds = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pids = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.diskBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.oomKills = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SandboxUsage {
+    return {
+      cpuSeconds: isSet(object.cpuSeconds)
+        ? globalThis.Number(object.cpuSeconds)
+        : isSet(object.cpu_seconds)
+        ? globalThis.Number(object.cpu_seconds)
+        : undefined,
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : undefined,
+      pids: isSet(object.pids) ? globalThis.Number(object.pids) : undefined,
+      diskBytes: isSet(object.diskBytes)
+        ? globalThis.Number(object.diskBytes)
+        : isSet(object.disk_bytes)
+        ? globalThis.Number(object.disk_bytes)
+        : undefined,
+      oomKills: isSet(object.oomKills)
+        ? globalThis.Number(object.oomKills)
+        : isSet(object.oom_kills)
+        ? globalThis.Number(object.oom_kills)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SandboxUsage): unknown {
+    const obj: any = {};
+    if (message.cpuSeconds !== undefined) {
+      obj.cpuSeconds = floatToJson(message.cpuSeconds);
+    }
+    if (message.memoryBytes !== undefined) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    if (message.pids !== undefined) {
+      obj.pids = Math.round(message.pids);
+    }
+    if (message.diskBytes !== undefined) {
+      obj.diskBytes = Math.round(message.diskBytes);
+    }
+    if (message.oomKills !== undefined) {
+      obj.oomKills = Math.round(message.oomKills);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SandboxUsage>, I>>(base?: I): SandboxUsage {
+    return SandboxUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SandboxUsage>, I>>(object: I): SandboxUsage {
+    const message = createBaseSandboxUsage();
+    message.cpuSeconds = object.cpuSeconds ?? undefined;
+    message.memoryBytes = object.memoryBytes ?? undefined;
+    message.pids = object.pids ?? undefined;
+    message.diskBytes = object.diskBytes ?? undefined;
+    message.oomKills = object.oomKills ?? undefined;
     return message;
   },
 };
@@ -8955,6 +9158,9 @@ function createBaseSupervisorLaunchSpec(): SupervisorLaunchSpec {
     diskBytes: 0,
     reownFrom: undefined,
     appRoot: "",
+    cgroupProcs: [],
+    shmBytes: 0,
+    execCgroup: undefined,
   };
 }
 
@@ -9013,6 +9219,15 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
     }
     if (message.appRoot !== "") {
       writer.uint32(146).string(message.appRoot);
+    }
+    for (const v of message.cgroupProcs) {
+      writer.uint32(154).string(v!);
+    }
+    if (message.shmBytes !== 0) {
+      writer.uint32(160).uint64(message.shmBytes);
+    }
+    if (message.execCgroup !== undefined) {
+      ExecCgroup.encode(message.execCgroup, writer.uint32(170).fork()).join();
     }
     return writer;
   },
@@ -9177,6 +9392,30 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
             message.appRoot = reader.string();
             continue;
           }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.cgroupProcs.push(reader.string());
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.shmBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.execCgroup = ExecCgroup.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -9278,6 +9517,21 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
         : isSet(object.app_root)
         ? globalThis.String(object.app_root)
         : "",
+      cgroupProcs: globalThis.Array.isArray(object?.cgroupProcs)
+        ? object.cgroupProcs.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.cgroup_procs)
+        ? object.cgroup_procs.map((e: any) => globalThis.String(e))
+        : [],
+      shmBytes: isSet(object.shmBytes)
+        ? globalThis.Number(object.shmBytes)
+        : isSet(object.shm_bytes)
+        ? globalThis.Number(object.shm_bytes)
+        : 0,
+      execCgroup: isSet(object.execCgroup)
+        ? ExecCgroup.fromJSON(object.execCgroup)
+        : isSet(object.exec_cgroup)
+        ? ExecCgroup.fromJSON(object.exec_cgroup)
+        : undefined,
     };
   },
 
@@ -9343,6 +9597,15 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
     if (message.appRoot !== "") {
       obj.appRoot = message.appRoot;
     }
+    if (message.cgroupProcs?.length) {
+      obj.cgroupProcs = message.cgroupProcs;
+    }
+    if (message.shmBytes !== 0) {
+      obj.shmBytes = Math.round(message.shmBytes);
+    }
+    if (message.execCgroup !== undefined) {
+      obj.execCgroup = ExecCgroup.toJSON(message.execCgroup);
+    }
     return obj;
   },
 
@@ -9379,6 +9642,11 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
       ? HostIds.fromPartial(object.reownFrom)
       : undefined;
     message.appRoot = object.appRoot ?? "";
+    message.cgroupProcs = object.cgroupProcs?.map((e) => e) || [];
+    message.shmBytes = object.shmBytes ?? 0;
+    message.execCgroup = (object.execCgroup !== undefined && object.execCgroup !== null)
+      ? ExecCgroup.fromPartial(object.execCgroup)
+      : undefined;
     return message;
   },
 };
@@ -9468,6 +9736,91 @@ export const SupervisorLaunchSpec_EnvironmentEntry: MessageFns<SupervisorLaunchS
     const message = createBaseSupervisorLaunchSpec_EnvironmentEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseExecCgroup(): ExecCgroup {
+  return { dir: "", freezer: false };
+}
+
+export const ExecCgroup: MessageFns<ExecCgroup> = {
+  encode(message: ExecCgroup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.dir !== "") {
+      writer.uint32(10).string(message.dir);
+    }
+    if (message.freezer !== false) {
+      writer.uint32(16).bool(message.freezer);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExecCgroup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecCgroup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.dir = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.freezer = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExecCgroup {
+    return {
+      dir: isSet(object.dir) ? globalThis.String(object.dir) : "",
+      freezer: isSet(object.freezer) ? globalThis.Boolean(object.freezer) : false,
+    };
+  },
+
+  toJSON(message: ExecCgroup): unknown {
+    const obj: any = {};
+    if (message.dir !== "") {
+      obj.dir = message.dir;
+    }
+    if (message.freezer !== false) {
+      obj.freezer = message.freezer;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExecCgroup>, I>>(base?: I): ExecCgroup {
+    return ExecCgroup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExecCgroup>, I>>(object: I): ExecCgroup {
+    const message = createBaseExecCgroup();
+    message.dir = object.dir ?? "";
+    message.freezer = object.freezer ?? false;
     return message;
   },
 };
@@ -10646,6 +10999,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;

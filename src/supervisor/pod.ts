@@ -16,6 +16,7 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import {
   chmodSync,
+  chownSync,
   closeSync,
   lstatSync,
   mkdirSync,
@@ -497,6 +498,9 @@ async function launchPod(
     // bubblewrap's PID 1 holds the agent's channel on its stdio and is
     // dumpable: its /proc entry is covered (see agent-guard.ts).
     ...(planArgs.includes("--proc") ? ["--tmpfs", "/proc/1", "--remount-ro", "/proc/1"] : []),
+    ...(planArgs.includes("--dev") && launch.shmBytes > 0
+      ? ["--perms", "1777", "--size", String(launch.shmBytes), "--tmpfs", "/dev/shm"]
+      : []),
     "--seccomp",
     String(SECCOMP_FD),
     "--setenv",
@@ -567,11 +571,33 @@ async function launchPod(
   } catch (error) {
     throw new PodError("SeccompUnavailable", `cannot open the seccomp filter: ${(error as Error).message}`);
   }
+  if (launch.cgroupProcs && launch.cgroupProcs.length > 0) {
+    // The pod's first process joins the sandbox's control groups before it
+    // becomes the pod, so every process of the sandbox is bounded and counted.
+    args = ["-c", JOIN_CGROUPS, "openshell-join", ...launch.cgroupProcs, "--", command, ...args];
+    command = "/bin/sh";
+  }
+  // The sandbox's exec group, the sandbox uid's to make groups in, open for the agent (fd 4).
+  let groups: number | undefined;
+  if (launch.execCgroup) {
+    try {
+      const dir = launch.execCgroup.dir;
+      chownSync(dir, launch.hostUid, launch.hostGid);
+      chownSync(join(dir, "cgroup.procs"), launch.hostUid, launch.hostGid);
+      groups = openSync(dir, "r");
+    } catch (error) {
+      o.diag(`no control group per exec: ${(error as Error).message}`);
+    }
+  }
   let child: ChildProcess;
   try {
-    child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe", filter], env: { PATH, LANG: "C.UTF-8" } });
+    child = spawn(command, args, {
+      stdio: ["pipe", "pipe", "pipe", filter, ...(groups === undefined ? [] : [groups])],
+      env: { PATH, LANG: "C.UTF-8" },
+    });
   } finally {
     closeSync(filter);
+    if (groups !== undefined) closeSync(groups);
   }
   const stdio = { stdin: child.stdin!, stdout: child.stdout!, stderr: child.stderr! };
   // Listening before anything is awaited, so an early exit or error is not missed.
@@ -622,6 +648,7 @@ async function launchPod(
     ...(egress
       ? { egress: { proxySocket: `${EGRESS_DIR}/${basename(egress.socketPath)}`, port: EGRESS_PROXY_PORT } }
       : {}),
+    ...(groups !== undefined ? { execGroups: { fd: 4, freezer: launch.execCgroup!.freezer } } : {}),
   };
   stdio.stdin.write(`${JSON.stringify(config)}\n`);
   const stopReading = readAgent(o, stdio.stdout, stdio.stderr);
@@ -642,6 +669,10 @@ async function launchPod(
     },
   };
 }
+
+/** Writes its pid to each file before `--`, then execs what follows; any failure stops it (status 125). */
+const JOIN_CGROUPS =
+  'for f; do shift; [ "$f" = -- ] && break; echo $$ > "$f" || { echo "cannot join $f" >&2; exit 125; }; done; exec "$@"';
 
 /** Longest line of the pod's stderr (bwrap's and the agent's diagnostics) that is kept. */
 const POD_DIAG_LINE_MAX_BYTES = 4096;

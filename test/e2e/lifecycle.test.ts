@@ -132,13 +132,27 @@ describe("isolation seen from inside a sandbox", () => {
 
   it("does not see another sandbox's processes", async () => {
     const marker = `sleep ${31_000 + (process.pid % 1000)}`;
-    const started = await sh(b, `setsid ${marker} >/dev/null 2>&1 & echo started`);
-    expect(started.stdout).toContain("started");
+    // An exec's processes end with it, so the marker's exec stays open meanwhile.
+    const holder = env.spawn([
+      "sandbox",
+      "exec",
+      "-n",
+      b,
+      "--",
+      "sh",
+      "-c",
+      `setsid ${marker} & echo started; wait`,
+    ]);
+    const held = collect(holder, "the marker's exec");
+    const started = await waitForOutput(holder.stdout!, "started", "the marker started");
+    expect(started).toContain("started");
     const inB = await sh(b, "ps -eo args");
     expect(inB.stdout).toContain(marker);
     const inA = await sh(a, "ps -eo args");
     expect(inA.code).toBe(0);
     expect(inA.stdout).not.toContain(marker);
+    holder.kill("SIGTERM");
+    await held;
   });
 });
 

@@ -41,6 +41,8 @@ const minimal: SupervisorLaunch = {
   ttyRows: 0,
   filesPath: "",
   filePaths: [],
+  cgroupProcs: [],
+  shmBytes: 0,
 };
 
 describe("the launch spec", () => {
@@ -59,6 +61,9 @@ describe("the launch spec", () => {
       ttyRows: 43,
       filesPath: "/var/lib/openshell/sandboxes/x/files.pb",
       filePaths: ["/sandbox/b.txt", "/sandbox/a.txt"],
+      cgroupProcs: ["/sys/fs/cgroup/memory/openshell/x/cgroup.procs"],
+      shmBytes: 64 * 1024 ** 2,
+      execCgroup: { dir: "/sys/fs/cgroup/freezer/openshell/x", freezer: true },
     };
     expect(overTheWire(full)).toEqual(full);
   });

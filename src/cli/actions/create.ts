@@ -18,6 +18,7 @@ import {
   sha256HexEach,
 } from "../../core/files.js";
 import { parseTtl, ttlError } from "../../core/lifetime.js";
+import { type Limits, limitsToResources, parseCpu, parsePids, parseQuantity } from "../../core/limits.js";
 import { parseLabelFlag, validateCommand, validateSandboxName } from "../../core/names.js";
 import {
   ANNOTATION_START_ON_ATTACH,
@@ -25,7 +26,12 @@ import {
   CAPABILITY_SANDBOX_FILES,
   CAPABILITY_SANDBOX_TTL,
 } from "../../core/protocol.js";
-import type { CreateSandboxRequest, Sandbox, SandboxFile } from "../../gen/openshell.js";
+import {
+  type CreateSandboxRequest,
+  type Sandbox,
+  type SandboxFile,
+  SandboxTemplate,
+} from "../../gen/openshell.js";
 import { checkFileSpecs, readFileContents } from "../../host/local-files.js";
 import { loadPolicyFile } from "../../host/policy-file.js";
 import { layoutCreateRequest } from "../../transport/frames.js";
@@ -53,6 +59,29 @@ export interface CreateOptions {
   ttl?: string | undefined;
   output: OutputFormat;
   command: string[];
+  cpu?: string | undefined;
+  memory?: string | undefined;
+  pids?: string | undefined;
+  disk?: string | undefined;
+}
+
+/** `template.resources` from --cpu, --memory, --pids and --disk, as upstream sends cpu and memory; undefined when none is given. */
+function resourcesFlags(o: CreateOptions): Record<string, unknown> | undefined {
+  const limits: Limits = {};
+  const take = (value: number | string): number => {
+    if (typeof value === "string") throw invalidInput(value);
+    return value;
+  };
+  if (o.cpu !== undefined) limits.cpuMillis = take(parseCpu(o.cpu));
+  if (o.memory !== undefined) limits.memoryBytes = take(parseQuantity(o.memory, "--memory"));
+  if (o.pids !== undefined) limits.pids = take(parsePids(o.pids));
+  if (o.disk !== undefined) limits.diskBytes = take(parseQuantity(o.disk, "--disk"));
+  if (Object.keys(limits).length === 0) return undefined;
+  // Upstream's spelling for what it has: `cpu` and `memory` as given.
+  const resources = limitsToResources(limits) as { limits: Record<string, string> };
+  if (o.cpu !== undefined) resources.limits.cpu = o.cpu.trim();
+  if (o.memory !== undefined) resources.limits.memory = o.memory.trim();
+  return resources;
 }
 
 function checkFlags(o: CreateOptions): void {
@@ -106,6 +135,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const environment = parseEnvFlags(o.env);
   const ttlSeconds = o.ttl === undefined ? undefined : parseTtl(o.ttl);
   if (o.ttl !== undefined && ttlSeconds === undefined) throw usageError(ttlError("--ttl", o.ttl));
+  const resources = resourcesFlags(o);
   if (o.command.length > 0) {
     const problem = validateCommand(o.command, "command");
     if (problem) throw invalidInput(problem);
@@ -144,6 +174,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
         command: o.command,
         tty,
         ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
+        ...(resources ? { template: SandboxTemplate.fromPartial({ resources }) } : {}),
         files: fileSpecs.map((spec, i) => ({
           path: normalizeSandboxPath(spec.remote) ?? spec.remote,
           content: Buffer.alloc(0),

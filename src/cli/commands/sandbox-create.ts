@@ -26,6 +26,13 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
     .option("--upload <local[:dest]>", "upload a file or directory once Ready (repeatable)", collect, [])
     .option("--no-git-ignore", "with --upload: include files that .gitignore excludes")
     .option("--policy <file>", "sandbox policy YAML (env OPENSHELL_SANDBOX_POLICY)")
+    .option("--cpu <cores>", "cpu limit in cores or millicores, e.g. 0.5, 2 or 500m")
+    .option("--memory <bytes>", "memory limit, e.g. 512Mi or 4Gi; past it a process is killed (137)")
+    .option("--pids <count>", "most processes and threads at once (the gateway's default otherwise)")
+    .option(
+      "--disk <bytes>",
+      "size of the sandbox's own filesystem (workspace and writable paths), e.g. 10Gi",
+    )
     .option("--detach", "return once Ready; do not attach to the command")
     .option("--attach", "attach to the command even when not on a terminal")
     .option("--no-keep", "delete the sandbox when the attached command ends")
@@ -61,6 +68,10 @@ Examples:
           ttl: opts.ttl,
           output: opts.output,
           command,
+          cpu: opts.cpu,
+          memory: opts.memory,
+          pids: opts.pids,
+          disk: opts.disk,
         });
       }),
     );

@@ -3,10 +3,11 @@
 
 import { stringify as toYaml } from "yaml";
 import { effectiveMode, formatBytes, formatMode } from "../../core/files.js";
+import { describeLimits, limitsToResources, resourcesToLimits } from "../../core/limits.js";
 import { phaseName, readyFalseMessage } from "../../core/phases.js";
 import { policyToDocument, policyToYaml } from "../../core/policy.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
-import { type Sandbox, SandboxPhase } from "../../gen/openshell.js";
+import { type Sandbox, SandboxPhase, type SandboxUsage } from "../../gen/openshell.js";
 import { table, type Ui } from "./ui.js";
 
 export type OutputFormat = "table" | "json" | "yaml";
@@ -51,11 +52,37 @@ export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = 
       message: c.message,
       last_transition_time: c.lastTransitionTime,
     }));
+    const limits = resourcesToLimits(sandbox.spec?.template?.resources);
+    if (typeof limits === "object" && Object.keys(limits).length > 0) {
+      document.limits = limitsToResources(limits).limits;
+    }
+    if (status?.usage) document.usage = usageDocument(status.usage);
     document.policy_source = "sandbox";
     document.revision = null;
     document.policy = sandbox.spec?.policy ? policyToDocument(sandbox.spec.policy) : null;
   }
   return document;
+}
+
+function usageDocument(usage: SandboxUsage): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (usage.cpuSeconds !== undefined) out.cpu_seconds = Math.round(usage.cpuSeconds * 1000) / 1000;
+  if (usage.memoryBytes !== undefined) out.memory_bytes = usage.memoryBytes;
+  if (usage.pids !== undefined) out.pids = usage.pids;
+  if (usage.diskBytes !== undefined) out.disk_bytes = usage.diskBytes;
+  if (usage.oomKills !== undefined) out.oom_kills = usage.oomKills;
+  return out;
+}
+
+/** `cpu 1.20 s, memory 12.3 MiB, pids 4, disk 2.0 MiB`. */
+function describeUsage(usage: SandboxUsage): string {
+  const parts: string[] = [];
+  if (usage.cpuSeconds !== undefined) parts.push(`cpu ${usage.cpuSeconds.toFixed(2)} s`);
+  if (usage.memoryBytes !== undefined) parts.push(`memory ${formatBytes(usage.memoryBytes)}`);
+  if (usage.pids !== undefined) parts.push(`pids ${usage.pids}`);
+  if (usage.diskBytes !== undefined) parts.push(`disk ${formatBytes(usage.diskBytes)}`);
+  if (usage.oomKills) parts.push(`${usage.oomKills} killed out of memory`);
+  return parts.join(", ");
 }
 
 export function printDocument(ui: Ui, format: "json" | "yaml", value: unknown): void {
@@ -122,6 +149,9 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
   ui.data(`  ${label("Resource version:")} ${meta.resourceVersion}`);
   ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);
+  const limits = resourcesToLimits(sandbox.spec?.template?.resources);
+  if (typeof limits === "object") ui.data(`  ${label("Limits:")} ${describeLimits(limits)}`);
+  if (status?.usage) ui.data(`  ${label("Usage:")} ${describeUsage(status.usage)}`);
   for (const [title, map] of [
     ["Labels:", meta.labels],
     ["Annotations:", meta.annotations],

@@ -34,6 +34,12 @@ export interface AgentConfig {
    * pod has no way out at all.
    */
   egress?: { proxySocket: string; port: number };
+  /**
+   * The descriptor, inherited from the supervisor, of the sandbox's control
+   * group in which the agent makes one per exec; `freezer` for a v1 freezer
+   * group (killed frozen), else v2 (cgroup.kill).
+   */
+  execGroups?: { fd: number; freezer: boolean };
 }
 
 /** Longest line the supervisor reads from the agent; a log message's text is well below it even escaped. */

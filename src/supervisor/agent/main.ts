@@ -22,6 +22,7 @@ import {
   encodeAgentMessage,
 } from "./channel.js";
 import { startEgressForwarder } from "./egress.js";
+import { ExecGroups } from "./exec-groups.js";
 import { MainProcess } from "./main-process.js";
 import { type SshServer, startSshServer } from "./ssh-server.js";
 
@@ -117,7 +118,16 @@ async function main(): Promise<void> {
       send({ t: "exit", code: status.code }),
     );
   });
+  let execGroups: ExecGroups | undefined;
+  if (config.execGroups) {
+    try {
+      execGroups = ExecGroups.adopt(config.execGroups.fd, config.execGroups.freezer);
+    } catch (error) {
+      process.stderr.write(`no control group per exec: ${(error as Error).message}\n`);
+    }
+  }
   server = await startSshServer({
+    execGroups,
     socketPath: config.socketPath,
     env: config.env,
     workdir: config.workdir,

@@ -24,6 +24,7 @@ import {
   signalFromName,
   startChild,
 } from "./child.js";
+import type { ExecGroup, ExecGroups } from "./exec-groups.js";
 import type { MainAttachment, MainProcess } from "./main-process.js";
 
 /** What the server reports; `console` fits. Debug lines (one per request) are optional. */
@@ -47,6 +48,8 @@ export interface SshServerOptions {
   mainProcess?: MainProcess;
   /** OpenSSH's sftp-server, for the `sftp` subsystem (and so for scp). */
   sftpServerPath?: string;
+  /** A control group per session's process (see exec-groups.ts). */
+  execGroups?: ExecGroups | undefined;
   logger: AgentLogger;
 }
 
@@ -126,6 +129,7 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
     log,
     runs: new Set(),
     attachEnds: new Set(),
+    execGroups: options.execGroups,
   };
   // A fresh key each start, never stored: nothing pins it (clients run with
   // StrictHostKeyChecking=no), and node's own PKCS#8 ed25519 keys do not parse in ssh2.
@@ -185,6 +189,8 @@ interface ServerContext {
   runs: Set<Run>;
   /** Main attachments still sending their last output and exit status. */
   attachEnds: Set<Promise<unknown>>;
+  /** A group per exec, killed whole when it ends (absent without cgroups). */
+  execGroups: ExecGroups | undefined;
 }
 
 /** What a running session reacts to after its start request. */
@@ -264,14 +270,14 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
   session.on("exec", (accept, _reject, info) => {
     log.debug?.(`ssh: exec ${JSON.stringify(info.command)}${state.pty ? " (pty)" : ""}`);
     const command = sessionCommand(context, state, ["-c", info.command]);
-    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget));
+    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget, context.execGroups));
   });
   session.on("shell", (accept) => {
     log.debug?.(`ssh: shell${state.pty ? " (pty)" : ""}`);
     // A login shell on a terminal; without one, a plain shell reading
     // commands from stdin (editors' remote helpers drive it that way).
     const command = sessionCommand(context, state, state.pty ? ["-l"] : []);
-    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget));
+    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget, context.execGroups));
   });
   session.on("subsystem", (accept, reject, info) => {
     if (info.name === "sftp") {
@@ -285,7 +291,9 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
         cwd: context.workdir,
         env: childEnv(context, state),
       };
-      return begin(accept, (channel) => runCommand(channel, command, undefined, log, forget));
+      return begin(accept, (channel) =>
+        runCommand(channel, command, undefined, log, forget, context.execGroups),
+      );
     }
     if (info.name === SUBSYSTEM_MAIN && context.mainProcess) {
       const main = context.mainProcess;
@@ -329,10 +337,13 @@ function runCommand(
   pty: PtySpec | undefined,
   log: AgentLogger,
   forget: (run: Run) => void,
+  groups: ExecGroups | undefined,
 ): Run | undefined {
   let child: SessionChild;
+  let group: ExecGroup | undefined;
   try {
-    child = startChild(command, pty && { ...pty });
+    if (groups) ({ value: child, group } = groups.spawnIn(() => startChild(command, pty && { ...pty })));
+    else child = startChild(command, pty && { ...pty });
   } catch (error) {
     const code = error instanceof ChildStartError ? error.code : 127;
     const reason = error instanceof Error ? error.message : String(error);
@@ -375,7 +386,10 @@ function runCommand(
       stopStreaming();
       child.signal("SIGHUP");
       // Kept referenced: an agent shutting down still finishes the kill.
-      setTimeout(() => child.signal("SIGKILL"), KILL_GRACE_MS);
+      setTimeout(() => {
+        child.signal("SIGKILL");
+        void group?.end();
+      }, KILL_GRACE_MS);
     },
   };
 
@@ -385,6 +399,8 @@ function runCommand(
 
   void (async () => {
     const exit = await child.exited;
+    // The exec is over: whatever it started goes with it.
+    void group?.end();
     if (exit.error) channel.stderr.write(`openshell: ${exit.error}\n`);
     await Promise.race([
       outputSettled(child, { graceMs: OUTPUT_GRACE_MS, blocked: () => drained(channel, gone) }),
