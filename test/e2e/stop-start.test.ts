@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { json, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
+import { json, TestEnv, uniqueName, waitFor, waitForPhase } from "../helpers/cli.js";
 
 interface SandboxDoc {
   id: string;
@@ -81,22 +81,21 @@ describe("sandbox stop and start", () => {
     await execOut("head -c 100000 /dev/urandom > /sandbox/data; sha256sum /sandbox/data > /sandbox/data.sum");
     const before = await execOut("sha256sum /sandbox/data /etc/app/cfg");
     expect(before).toContain(injectedSha);
-    // A process started to outlive its exec: stop must end it too.
-    const background = await env.run(
-      [
-        "sandbox",
-        "exec",
-        "-n",
-        name,
-        "--",
-        "sh",
-        "-c",
-        `setsid sleep ${marker} >/dev/null 2>&1 < /dev/null &`,
-      ],
-      { timeoutMs: 30_000 },
+    // A running exec and a process it started in a session of its own: stop ends both.
+    const running = env.spawn([
+      "sandbox",
+      "exec",
+      "-n",
+      name,
+      "--",
+      "sh",
+      "-c",
+      `setsid sleep ${marker} & wait`,
+    ]);
+    const execEnded = new Promise<number | null>((resolve) => running.once("exit", resolve));
+    await waitFor("the exec's background process", 30_000, () =>
+      processesWith(`sleep ${marker}`).length === 1 ? true : undefined,
     );
-    expect(background.code, background.stderr).toBe(0);
-    expect(processesWith(`sleep ${marker}`)).toHaveLength(1);
     const id = (await get()).id;
     expect(processesWith(id).length).toBeGreaterThan(0);
 
@@ -110,6 +109,7 @@ describe("sandbox stop and start", () => {
     // No process of the sandbox is left, its supervisor neither.
     expect(processesWith(`sleep ${marker}`)).toEqual([]);
     expect(processesWith(id)).toEqual([]);
+    expect(await execEnded).toBe(244);
 
     const started = await env.run(["sandbox", "start", name], { timeoutMs: 60_000 });
     expect(started.code, started.stderr).toBe(0);
