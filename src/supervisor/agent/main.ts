@@ -12,6 +12,7 @@
 // process blocks on its own writes, as on a full pipe. Memory stays bounded
 // at every hop, and SSH keeps being served meanwhile.
 
+import { execFile } from "node:child_process";
 import { Socket } from "node:net";
 import {
   AGENT_BEAT_MS,
@@ -21,6 +22,7 @@ import {
   BoundedLineReader,
   encodeAgentMessage,
 } from "./channel.js";
+import { programProblem } from "./child.js";
 import { startEgressForwarder } from "./egress.js";
 import { MainProcess } from "./main-process.js";
 import { type SshServer, startSshServer } from "./ssh-server.js";
@@ -79,6 +81,44 @@ function checkConfig(value: unknown): AgentConfig {
   return config;
 }
 
+/** A failure the supervisor is told about under its own reason. */
+class AgentFatal extends Error {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A pod whose filesystem policy hides its shell, or its main command, would report Ready and fail
+ * at its first use (`/bin/bash: No such file or directory`): both are tried before Ready instead.
+ * The shell is run, not just found, so a missing dynamic loader or library counts too. A command
+ * held for the first attach may still be uploaded, so it is not looked for.
+ */
+async function checkRunnable(config: AgentConfig): Promise<void> {
+  const visible =
+    "list the directories it needs (e.g. /usr, /bin, /lib, /lib64) in filesystem_policy.read_only";
+  const ran = await new Promise<string | undefined>((done) => {
+    execFile(config.shell, ["-c", ":"], { cwd: config.workdir, env: config.env, timeout: 10_000 }, (error) =>
+      done(error ? ((error as NodeJS.ErrnoException).code?.toString() ?? error.message) : undefined),
+    );
+  });
+  if (ran !== undefined) {
+    throw new AgentFatal(
+      "ShellUnavailable",
+      `the sandbox cannot run its shell ${config.shell} (${ran}): ${visible}`,
+    );
+  }
+  if (config.startOnAttach) return;
+  const [file = "", ...args] = config.command;
+  const problem = programProblem({ file, args, cwd: config.workdir, env: config.env });
+  if (problem !== undefined) {
+    throw new AgentFatal("MainCommandUnavailable", `the main command cannot start: ${problem.message}`);
+  }
+}
+
 async function main(): Promise<void> {
   // From the start, so a supervisor can tell a frozen agent from a slow start.
   send({ t: "beat" });
@@ -93,6 +133,7 @@ async function main(): Promise<void> {
       log: (message) => process.stderr.write(`${message}\n`),
     });
   }
+  await checkRunnable(config);
   const main = new MainProcess({
     command: config.command,
     cwd: config.workdir,
@@ -139,5 +180,6 @@ main().catch((error: unknown) => {
   const message = (error instanceof Error ? error.message : String(error)).slice(0, 4096);
   // The report first: exiting at once could leave it unwritten.
   setTimeout(() => process.exit(1), 1000).unref();
-  channel.end(encodeAgentMessage({ t: "fatal", reason: "AgentFailed", message }), () => process.exit(1));
+  const reason = error instanceof AgentFatal ? error.reason : "AgentFailed";
+  channel.end(encodeAgentMessage({ t: "fatal", reason, message }), () => process.exit(1));
 });
