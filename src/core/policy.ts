@@ -14,7 +14,9 @@ export {
   MAX_POLICY_ENCODED_BYTES,
   MAX_SANDBOX_ID,
   MIN_SANDBOX_ID,
+  POLICY_VERSION,
   PROVIDER_RULE_PREFIX,
   policySizeViolation,
+  policyVersionWarning,
   validatePolicy,
 } from "./policy/validate.js";

@@ -35,6 +35,7 @@ import {
   defaultPolicy,
   formatPolicyViolations,
   policySizeViolation,
+  policyVersionWarning,
   validatePolicy,
 } from "../core/policy.js";
 import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE, parseTtySize } from "../core/protocol.js";
@@ -241,6 +242,9 @@ export class Sandboxes {
       "openshell.progress.complete_step": "requesting_sandbox",
       "openshell.progress.active_step": "starting_sandbox",
     });
+    // Accepted as upstream accepts it, and said where the creator sees it (create's stderr).
+    const versionWarning = spec.policy ? policyVersionWarning(spec.policy) : undefined;
+    if (versionWarning) this.event(id, "Warning", `policy ${versionWarning}`, {}, "Warning");
     // The content is written off this thread while the supervisor starts; it
     // reads the content only once told it is stored, and the create call
     // returns only then. A gateway that dies meanwhile leaves a sandbox whose

@@ -66,6 +66,19 @@ export function validatePolicy(policy: SandboxPolicy): string[] {
   return violations;
 }
 
+/** The one policy schema version there is. */
+export const POLICY_VERSION = 1;
+
+/**
+ * What to tell the user about a policy `version` other than 1. Upstream checks the value nowhere,
+ * so a policy saying `version: 2` is accepted, and read as version 1: a warning, not a refusal.
+ * 0 is a request that left the field unset (protobuf's default), not a version.
+ */
+export function policyVersionWarning(policy: SandboxPolicy): string | undefined {
+  if (policy.version === 0 || policy.version === POLICY_VERSION) return undefined;
+  return `version: ${policy.version} is unknown; it is read as version ${POLICY_VERSION}, the only version there is (set version: ${POLICY_VERSION})`;
+}
+
 /** Upstream's size cap on the policy in a create request, as a violation, or undefined. */
 export function policySizeViolation(policy: SandboxPolicy): string | undefined {
   const size = SandboxPolicy.encode(policy).finish().length;
