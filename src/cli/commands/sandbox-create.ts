@@ -25,6 +25,7 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
     )
     .option("--upload <local[:dest]>", "upload a file or directory once Ready (repeatable)", collect, [])
     .option("--no-git-ignore", "with --upload: include files that .gitignore excludes")
+    .option("--upload-git", "with --upload of a repository: include its .git (history, config, hooks)")
     .option("--policy <file>", "sandbox policy YAML (env OPENSHELL_SANDBOX_POLICY)")
     .option("--detach", "return once Ready; do not attach to the command")
     .option("--attach", "attach to the command even when not on a terminal")
@@ -52,6 +53,7 @@ Examples:
           files: opts.file,
           uploads: opts.upload,
           gitIgnore: opts.gitIgnore,
+          uploadGit: opts.uploadGit,
           policy: opts.policy,
           detach: opts.detach === true,
           attach: opts.attach === true,

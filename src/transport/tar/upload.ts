@@ -177,7 +177,15 @@ function remoteDisplayPath(extractDir: string, member: string): string {
 export async function planUpload(
   local: string,
   dest: string | undefined,
-  opts: { gitIgnore: boolean },
+  opts: {
+    gitIgnore: boolean;
+    /**
+     * Also send LOCAL's `.git` (a directory LOCAL only): `git ls-files` never lists it, so a
+     * filtered upload of a repository otherwise arrives without its history. Unfiltered uploads
+     * carry it anyway.
+     */
+    git?: boolean;
+  },
 ): Promise<UploadPlan> {
   const localPath = path.resolve(local);
   let rootStat: Stats;
@@ -210,6 +218,7 @@ export async function planUpload(
     filter = "gitignore";
     if (where.rootName !== "") collector.add(where.rootName, localPath, rootStat);
     for (const rel of gitFiles) await collector.addGitPath(rel);
+    if (opts.git === true) warning = await collector.addGitDir();
   } else {
     if (where.rootName !== "") collector.add(where.rootName, localPath, rootStat);
     await collector.addTree("");
@@ -316,6 +325,25 @@ class EntryCollector {
     }
     await this.addStat(rel, localPath, stat);
     if (stat.isDirectory()) await this.addTree(rel);
+  }
+
+  /**
+   * LOCAL's `.git`, whole (objects, refs, config, hooks), or a warning saying why the sandbox's
+   * git will not find a repository: none here, or a `.git` file naming a directory elsewhere (a
+   * worktree or a submodule), which is sent but whose target is not.
+   */
+  async addGitDir(): Promise<string | undefined> {
+    const gitPath = path.join(this.localPath, ".git");
+    const stat = await lstatIfExists(gitPath);
+    if (stat === undefined) {
+      return `${this.local} has no .git to include; upload the repository's top-level directory`;
+    }
+    await this.addStat(".git", gitPath, stat);
+    if (stat.isDirectory()) {
+      await this.addTree(".git");
+      return undefined;
+    }
+    return `${this.displayPath(gitPath)} is not a directory (a worktree or submodule link); the repository it names is not uploaded`;
   }
 
   /** Sorted per directory: a directory, then its children by byte order, depth first. */
