@@ -125,6 +125,9 @@ async function main(): Promise<void> {
   setInterval(() => send({ t: "beat" }), AGENT_BEAT_MS).unref();
   const config = await readConfig();
   process.chdir(config.workdir);
+  // Runs while the forwarder and the SSH server start; awaited before anything is started or Ready.
+  const runnable = checkRunnable(config);
+  runnable.catch(() => {});
   // Before any sandboxed process exists, so the first one can already reach the network.
   if (config.egress) {
     await startEgressForwarder({
@@ -133,7 +136,6 @@ async function main(): Promise<void> {
       log: (message) => process.stderr.write(`${message}\n`),
     });
   }
-  await checkRunnable(config);
   const main = new MainProcess({
     command: config.command,
     cwd: config.workdir,
@@ -171,6 +173,7 @@ async function main(): Promise<void> {
       error: (message) => process.stderr.write(`${message}\n`),
     },
   });
+  await runnable;
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });
   process.stderr.write(`agent ready ${Math.round(performance.now())} ms after its start\n`);
