@@ -18,5 +18,6 @@ export {
   PROVIDER_RULE_PREFIX,
   policySizeViolation,
   policyVersionWarning,
+  shelllessFilesystemViolation,
   validatePolicy,
 } from "./policy/validate.js";

@@ -36,6 +36,7 @@ import {
   formatPolicyViolations,
   policySizeViolation,
   policyVersionWarning,
+  shelllessFilesystemViolation,
   validatePolicy,
 } from "../core/policy.js";
 import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE, parseTtySize } from "../core/protocol.js";
@@ -172,6 +173,8 @@ export class Sandboxes {
       if (size) throw invalidArgument(size);
       const violations = validatePolicy(spec.policy);
       if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
+      const shellless = shelllessFilesystemViolation(spec.policy.filesystem);
+      if (shellless) throw invalidArgument(`policy refused: ${shellless}`);
     }
   }
 

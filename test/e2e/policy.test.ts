@@ -237,25 +237,40 @@ describe("policies that would fail later fail or warn at create", () => {
   };
 
   it.each([
-    ["read_write: [/etc] alone", "version: 1\nfilesystem_policy:\n  read_write: [/etc]\n", []],
     [
-      "read_write: [/etc] alone, for a shell",
+      "read_write: [/etc] alone",
       "version: 1\nfilesystem_policy:\n  read_write: [/etc]\n",
-      ["--detach"],
+      ["sleep", "infinity"],
     ],
-    ["only the workspace", "version: 1\nfilesystem_policy:\n  include_workdir: true\n", []],
-  ])("%s: create fails, naming filesystem_policy, and never reports Ready", async (_label, policy, extra) => {
+    ["read_write: [/etc] alone, for a shell", "version: 1\nfilesystem_policy:\n  read_write: [/etc]\n", []],
+    ["only the workspace", "version: 1\nfilesystem_policy:\n  include_workdir: true\n", ["true"]],
+    ["/usr read-write (empty)", "version: 1\nfilesystem_policy:\n  read_write: [/usr, /bin]\n", ["true"]],
+  ])(
+    "%s: refused at create, naming filesystem_policy.read_only, nothing created",
+    async (_label, policy, command) => {
+      const result = await create(policy, ["--detach"], command);
+      expect(result.code, result.stderr).toBe(1);
+      expect(result.stderr).toMatch(
+        /^error: policy refused: filesystem_policy\.read_only: covers neither \/usr nor \/bin, so the sandbox has no shell/m,
+      );
+      expect(result.stderr).not.toMatch(/ready/i);
+      const list = await env.run(["sandbox", "list", "-o", "json"]);
+      expect(json(list)).toEqual([]);
+    },
+  );
+
+  it("a shell without its libraries (read_only: [/usr/bin]) fails create before Ready, naming filesystem_policy", async () => {
     const name = uniqueName("late");
-    const result = await create(
-      policy,
-      ["--name", name, ...extra],
-      extra.length > 0 ? [] : ["sleep", "infinity"],
-    );
+    const result = await create("version: 1\nfilesystem_policy:\n  read_only: [/usr/bin]\n", [
+      "--name",
+      name,
+    ]);
     expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toMatch(/ShellUnavailable: .*filesystem_policy\.read_only/);
     expect(result.stderr).not.toMatch(/ready/i);
     const got = await env.run(["sandbox", "get", name, "-o", "json"]);
     expect(json<{ phase: string }>(got).phase).toBe("Error");
+    await env.run(["sandbox", "delete", name]);
   });
 
   it("a main command the sandbox does not have fails create, never Ready", async () => {
