@@ -10,6 +10,7 @@ import {
   statSync,
 } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink, truncate, utimes, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { constants as osConstants, tmpdir } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -326,6 +327,19 @@ describe(".gitignore filtering", () => {
     expect(status.status, status.stderr).toBe(0);
     // The copy agrees with the original: the deleted file is missing, the untracked one is new.
     expect(status.stdout).toBe(" D tracked-then-deleted.txt\n?? untracked.txt\n");
+  });
+
+  it("with git: true, leaves out a socket a running git keeps in .git", async () => {
+    const server = createServer();
+    const socketPath = path.join(repo, ".git", "fsmonitor--daemon.ipc");
+    await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+    try {
+      const plan = await planUpload(repo, "/sandbox", { gitIgnore: true, git: true });
+      expect(names(plan)).toContain("repo/.git/HEAD");
+      expect(names(plan)).not.toContain("repo/.git/fsmonitor--daemon.ipc");
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it("with git: true, warns when the directory holds no .git", async () => {

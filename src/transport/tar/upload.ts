@@ -273,8 +273,8 @@ class EntryCollector {
     return rel === "" ? this.local : path.join(this.local, rel);
   }
 
-  /** Everything under LOCAL/rel, depth first. */
-  async addTree(rel: string): Promise<void> {
+  /** Everything under LOCAL/rel, depth first; with skipSockets, sockets are left out. */
+  async addTree(rel: string, skipSockets = false): Promise<void> {
     const dir = path.join(this.localPath, rel);
     let names: string[];
     try {
@@ -289,9 +289,9 @@ class EntryCollector {
       const childPath = path.join(dir, name);
       const stat = await lstatIfExists(childPath);
       // Gone between readdir and lstat: nothing to send.
-      if (stat === undefined) continue;
+      if (stat === undefined || (skipSockets && stat.isSocket())) continue;
       await this.addStat(childRel, childPath, stat);
-      if (stat.isDirectory()) await this.addTree(childRel);
+      if (stat.isDirectory()) await this.addTree(childRel, skipSockets);
     }
   }
 
@@ -340,7 +340,8 @@ class EntryCollector {
     }
     await this.addStat(".git", gitPath, stat);
     if (stat.isDirectory()) {
-      await this.addTree(".git");
+      // A socket there is a running git's (the fsmonitor daemon's), meaningless anywhere else.
+      await this.addTree(".git", true);
       return undefined;
     }
     return `${this.displayPath(gitPath)} is not a directory (a worktree or submodule link); the repository it names is not uploaded`;
