@@ -100,9 +100,21 @@ class AgentFatal extends Error {
 async function checkRunnable(config: AgentConfig): Promise<void> {
   const visible =
     "list the directories it needs (e.g. /usr, /bin, /lib, /lib64) in filesystem_policy.read_only";
+  // Without the startup files a shell may be told to source: what is tried is the shell itself.
+  const { BASH_ENV: _bashEnv, ENV: _env, ...env } = config.env;
   const ran = await new Promise<string | undefined>((done) => {
-    execFile(config.shell, ["-c", ":"], { cwd: config.workdir, env: config.env, timeout: 10_000 }, (error) =>
-      done(error ? ((error as NodeJS.ErrnoException).code?.toString() ?? error.message) : undefined),
+    execFile(
+      config.shell,
+      ["-c", ":"],
+      { cwd: config.workdir, env, timeout: 10_000, maxBuffer: 4096 },
+      (error, _stdout, stderr) => {
+        const code = (error as { code?: unknown } | null)?.code;
+        // The kernel refused it (ENOENT: it or its loader is missing), or the loader did (127:
+        // a library is missing). A timeout or another status is not the filesystem policy's doing.
+        if (typeof code === "string" && !code.startsWith("ERR_")) done(code);
+        else if (code === 126 || code === 127) done(String(stderr).trim().split("\n")[0]!.slice(0, 300));
+        else done(undefined);
+      },
     );
   });
   if (ran !== undefined) {
