@@ -96,7 +96,8 @@ class Progress {
         else this.spinner.text = this.text;
       }
     }
-    if (event.type === "Warning" && this.mode !== "silent") this.ui.warn(escapeForTerminal(event.message));
+    // Warnings reach stderr in every mode: `-o json` silences progress, not what the user must know.
+    if (event.type === "Warning") this.ui.warn(escapeForTerminal(event.message));
   }
 
   finish(ok: boolean, message: string): void {
@@ -189,7 +190,7 @@ export function waitForReady(
         if (isProgress(payload.value)) arm();
         progress.event(payload.value);
       } else if (payload?.$case === "warning") {
-        if (options.mode !== "silent") ui.warn(escapeForTerminal(payload.value.message));
+        ui.warn(escapeForTerminal(payload.value.message));
       }
     });
     stream.on("error", (error) => {

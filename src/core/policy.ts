@@ -14,7 +14,10 @@ export {
   MAX_POLICY_ENCODED_BYTES,
   MAX_SANDBOX_ID,
   MIN_SANDBOX_ID,
+  POLICY_VERSION,
   PROVIDER_RULE_PREFIX,
   policySizeViolation,
+  policyVersionWarning,
+  shelllessFilesystemViolation,
   validatePolicy,
 } from "./policy/validate.js";

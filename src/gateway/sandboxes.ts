@@ -49,6 +49,8 @@ import {
   defaultPolicy,
   formatPolicyViolations,
   policySizeViolation,
+  policyVersionWarning,
+  shelllessFilesystemViolation,
   validatePolicy,
 } from "../core/policy.js";
 import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE, parseTtySize } from "../core/protocol.js";
@@ -214,6 +216,8 @@ export class Sandboxes {
       if (size) throw invalidArgument(size);
       const violations = validatePolicy(spec.policy);
       if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
+      const shellless = shelllessFilesystemViolation(spec.policy.filesystem);
+      if (shellless) throw invalidArgument(`policy refused: ${shellless}`);
     }
   }
 
@@ -352,6 +356,9 @@ export class Sandboxes {
       "openshell.progress.complete_step": "requesting_sandbox",
       "openshell.progress.active_step": "starting_sandbox",
     });
+    // Accepted as upstream accepts it, and said where the creator sees it (create's stderr).
+    const versionWarning = spec.policy ? policyVersionWarning(spec.policy) : undefined;
+    if (versionWarning) this.event(id, "Warning", `policy ${versionWarning}`, {}, "Warning");
     // The content is written off this thread while the supervisor starts; its
     // GetSandboxFiles is answered only once the content is stored, and the
     // create call returns only then. A gateway that dies meanwhile leaves a sandbox whose

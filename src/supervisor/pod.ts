@@ -312,6 +312,8 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     // the pod can connect to the socket but not replace it.
     const egressPolicy = egressPolicyFor(policy);
     if (egressPolicy !== undefined) {
+      // An endpoint that grants nothing here is accepted (upstream enforces it), but said at create.
+      for (const warning of egressPolicy.warnings) o.onWarning(warning);
       egress = await startEgressProxy({
         socketPath: join(dir, "egress", "proxy.sock"),
         policy: egressPolicy,

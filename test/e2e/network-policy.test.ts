@@ -5,7 +5,7 @@
 // proxy, an unlisted port is refused, and nothing gets around the proxy.
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { connect, createServer, type Server } from "node:net";
 import { networkInterfaces } from "node:os";
@@ -298,6 +298,39 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       );
       expect(tunnelled.stderr).toContain("CONNECT tunnel failed, response 403");
       expect(tunnelled.stdout).toBe("rc=56\n");
+    });
+
+    it("node's own fetch: NODE_USE_ENV_PROXY=1 is set, Node < 24 ignores it, undici's EnvHttpProxyAgent gets through", async () => {
+      const url = `http://${serverAddress}:${listed}`;
+      const fetchScript = (setup: string, path: string) =>
+        `node -e '${setup} fetch("${url}${path}").then(r => r.text()).then(t => process.stdout.write(t), e => { console.log("fetch failed: " + (e.cause?.code ?? e.message)); })'`;
+      const bare = await sandboxExec(
+        env,
+        name,
+        `node -p 'process.env.NODE_USE_ENV_PROXY + " " + process.versions.node'; ${fetchScript("", "/bare")}`,
+      );
+      const [flag, version = "", ...rest] = bare.stdout.split(/[ \n]/);
+      expect(flag, bare.stderr).toBe("1");
+      // What README says: Node 24 and 22.21 on honour the variables; older ones go direct, where there is no route.
+      const [major = 0, minor = 0] = version.split(".").map(Number);
+      if (major >= 24 || (major === 22 && minor >= 21))
+        expect(rest.join(" ")).toContain(`hello ${listed} /bare`);
+      else expect(bare.stdout).toContain("fetch failed:");
+      // The README's recipe for Node 20 and 22; npm ships an undici the sandbox sees through /usr.
+      const undici = join(
+        execFileSync("npm", ["root", "-g"], { encoding: "utf8" }).trim(),
+        "npm/node_modules/undici",
+      );
+      if (!existsSync(undici)) return;
+      const agent = await sandboxExec(
+        env,
+        name,
+        fetchScript(
+          `const u = require("${undici}"); u.setGlobalDispatcher(new u.EnvHttpProxyAgent());`,
+          "/undici",
+        ),
+      );
+      expect(agent.stdout, agent.stderr).toBe(`hello ${listed} /undici\n`);
     });
 
     it("lets nothing reach the listed address around the proxy", async () => {

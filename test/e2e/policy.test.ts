@@ -224,6 +224,95 @@ describe("policies refused before anything is created", () => {
   });
 });
 
+describe("policies that would fail later fail or warn at create", () => {
+  const env = new TestEnv();
+  beforeAll(() => env.startGateway());
+  afterAll(() => env.dispose());
+
+  const create = (policy: string, extra: string[] = [], command = ["sleep", "infinity"]) => {
+    writeFileSync(join(env.root, "late.yaml"), policy);
+    return env.run(["sandbox", "create", "--policy", "./late.yaml", ...extra, "--", ...command], {
+      cwd: env.root,
+    });
+  };
+
+  it.each([
+    [
+      "read_write: [/etc] alone",
+      "version: 1\nfilesystem_policy:\n  read_write: [/etc]\n",
+      ["sleep", "infinity"],
+    ],
+    ["read_write: [/etc] alone, for a shell", "version: 1\nfilesystem_policy:\n  read_write: [/etc]\n", []],
+    ["only the workspace", "version: 1\nfilesystem_policy:\n  include_workdir: true\n", ["true"]],
+    ["/usr read-write (empty)", "version: 1\nfilesystem_policy:\n  read_write: [/usr, /bin]\n", ["true"]],
+  ])(
+    "%s: refused at create, naming filesystem_policy.read_only, nothing created",
+    async (_label, policy, command) => {
+      const result = await create(policy, ["--detach"], command);
+      expect(result.code, result.stderr).toBe(1);
+      expect(result.stderr).toMatch(
+        /^error: policy refused: filesystem_policy\.read_only: covers neither \/usr nor \/bin, so the sandbox has no shell/m,
+      );
+      expect(result.stderr).not.toMatch(/ready/i);
+      const list = await env.run(["sandbox", "list", "-o", "json"]);
+      expect(json(list)).toEqual([]);
+    },
+  );
+
+  it("a shell without its libraries (read_only: [/usr/bin]) fails create before Ready, naming filesystem_policy", async () => {
+    const name = uniqueName("late");
+    const result = await create("version: 1\nfilesystem_policy:\n  read_only: [/usr/bin]\n", [
+      "--name",
+      name,
+    ]);
+    expect(result.code, result.stderr).toBe(1);
+    expect(result.stderr).toMatch(/ShellUnavailable: .*filesystem_policy\.read_only/);
+    expect(result.stderr).not.toMatch(/ready/i);
+    const got = await env.run(["sandbox", "get", name, "-o", "json"]);
+    expect(json<{ phase: string }>(got).phase).toBe("Error");
+    await env.run(["sandbox", "delete", name]);
+  });
+
+  it("a main command the sandbox does not have fails create, never Ready", async () => {
+    const result = await create("version: 1\n", ["--detach"], ["no-such-command-here"]);
+    expect(result.code, result.stderr).toBe(1);
+    expect(result.stderr).toContain("no-such-command-here: command not found");
+    expect(result.stderr).not.toMatch(/ready/i);
+  });
+
+  it("version: 2 is accepted, as upstream accepts it, with a warning on stderr naming the key", async () => {
+    const result = await create("version: 2\n", ["--no-keep"], ["true"]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/version: 2 is unknown.*set version: 1/);
+  });
+
+  it("version: 1 draws no such warning", async () => {
+    const result = await create("version: 1\n", ["--no-keep"], ["true"]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).not.toContain("version");
+  });
+
+  const enforced = `version: 1
+network_policies:
+  github:
+    endpoints:
+      - { host: api.github.com, port: 443, protocol: rest, enforcement: enforce, access: read-only }
+`;
+  it.each([
+    ["plain", ["--no-keep"]],
+    ["-o json", ["-o", "json", "--detach"]],
+  ])(
+    "an enforced L7 endpoint that grants nothing here is warned about on stderr at create (%s)",
+    async (_label, extra) => {
+      const result = await create(enforced, extra, ["true"]);
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stderr).toMatch(
+        /network_policies\.github\.endpoints\[0\] \(api\.github\.com:443\) allows nothing here: requires enforced rest rules/,
+      );
+    },
+  );
+});
+
 describe("real policy files", () => {
   const env = new TestEnv();
   beforeAll(() => env.startGateway());

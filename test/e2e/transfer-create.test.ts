@@ -61,6 +61,45 @@ describe("sandbox create --upload -- CMD", () => {
     expect(json(list)).toEqual([]);
   });
 
+  it("--upload-git: the repository arrives with its .git, and git in the sandbox sees a clean tree", async () => {
+    const result = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--upload",
+        "./proj",
+        "--upload-git",
+        "--no-keep",
+        "--",
+        "sh",
+        "-c",
+        "cd proj && git status --porcelain && git log --format=%s",
+      ],
+      { cwd: work, timeoutMs: 120_000 },
+    );
+    expect(result.code, describeRun(result)).toBe(0);
+    // Ignored files stay behind and are ignored there too; nothing tracked differs.
+    expect(result.stdout).toBe("initial\n");
+  });
+
+  it("without --upload-git, .git stays behind (the default)", async () => {
+    const result = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--upload",
+        "./proj",
+        "--no-keep",
+        "--",
+        "sh",
+        "-c",
+        "ls -a proj | grep -c '^.git$'",
+      ],
+      { cwd: work, timeoutMs: 120_000 },
+    );
+    expect(result.stdout).toBe("0\n");
+  });
+
   it("without --no-keep or --attach: returns once Ready, and the command's output is in `openshell logs`", async () => {
     const name = uniqueName("upl-bg");
     const result = await env.run(

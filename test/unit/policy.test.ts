@@ -9,6 +9,8 @@ import {
   parsePolicyYaml,
   policySizeViolation,
   policyToYaml,
+  policyVersionWarning,
+  shelllessFilesystemViolation,
   validatePolicy,
 } from "../../src/core/policy.js";
 import { SandboxPolicy } from "../../src/gen/sandbox.js";
@@ -59,6 +61,8 @@ describe("upstream policy files", () => {
     const policy = parsePolicyYaml(readFileSync(join(fixtureDir, name), "utf8"), name);
     expect(policy.version).toBe(1);
     expect(validatePolicy(policy)).toEqual([]);
+    expect(policyVersionWarning(policy)).toBeUndefined();
+    expect(shelllessFilesystemViolation(policy.filesystem)).toBeUndefined();
     expect(roundTrip(policy)).toStrictEqual(policy);
     expect(roundTrip(overTheWire(policy))).toStrictEqual(policy);
   });
@@ -610,6 +614,51 @@ describe("validatePolicy: network", () => {
     const big = defaultPolicy();
     big.networkPolicies = { huge: { name: "x".repeat(262_144), endpoints: [], binaries: [] } };
     expect(policySizeViolation(big)).toMatch(/^policy serialized size exceeds maximum \(\d+ > 262144\)$/);
+  });
+});
+
+describe("policyVersionWarning", () => {
+  it("warns about a version other than 1, naming the key, and accepts the policy", () => {
+    const policy = parsePolicyYaml("version: 2\n", "v2.yaml");
+    expect(validatePolicy(policy)).toEqual([]);
+    expect(policyVersionWarning(policy)).toBe(
+      "version: 2 is unknown; it is read as version 1, the only version there is (set version: 1)",
+    );
+  });
+
+  it("says nothing for version 1, nor for a request that left the field unset (0)", () => {
+    expect(policyVersionWarning(parsePolicyYaml("version: 1\n", "v1.yaml"))).toBeUndefined();
+    expect(policyVersionWarning({ ...defaultPolicy(), version: 0 })).toBeUndefined();
+  });
+});
+
+describe("shelllessFilesystemViolation", () => {
+  const fs = (readOnly: string[], readWrite: string[] = []) => ({
+    includeWorkdir: true,
+    readOnly,
+    readWrite,
+  });
+
+  it.each([[["/usr"]], [["/usr/"]], [["/bin"]], [["/usr/bin"]], [["/usr/bin/bash"]], [["//usr//bin/"]]])(
+    "a read_only %j covers the shell",
+    (readOnly) => {
+      expect(shelllessFilesystemViolation(fs(readOnly))).toBeUndefined();
+    },
+  );
+
+  it("no filesystem section means the default, which has a shell", () => {
+    expect(shelllessFilesystemViolation(undefined)).toBeUndefined();
+    expect(shelllessFilesystemViolation(defaultPolicy().filesystem)).toBeUndefined();
+  });
+
+  it.each([
+    ["read_write only", fs([], ["/etc"])],
+    ["/usr read-write (an empty private directory)", fs([], ["/usr", "/bin"])],
+    ["unrelated read_only paths", fs(["/etc", "/usr/share", "/usrx"])],
+  ])("%s is refused, naming filesystem_policy.read_only", (_label, policy) => {
+    expect(shelllessFilesystemViolation(policy)).toMatch(
+      /^filesystem_policy\.read_only: covers neither \/usr nor \/bin/,
+    );
   });
 });
 

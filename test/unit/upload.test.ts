@@ -10,6 +10,7 @@ import {
   statSync,
 } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink, truncate, utimes, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { constants as osConstants, tmpdir } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -306,6 +307,47 @@ describe(".gitignore filtering", () => {
     expect(listed).toContain("repo/debug.log");
     expect(listed).toContain("repo/build/out.bin");
     expect(listed).toContain("repo/.git/HEAD");
+  });
+
+  it("with git: true, adds the repository's .git to the filtered files, and git works on the copy", async () => {
+    const plan = await planUpload(repo, "/sandbox", { gitIgnore: true, git: true });
+    expect(plan.filter).toBe("gitignore");
+    expect(plan.warning).toBeUndefined();
+    const listed = names(plan);
+    expect(listed).toContain("repo/.git/");
+    expect(listed).toContain("repo/.git/HEAD");
+    expect(listed).not.toContain("repo/debug.log");
+    const dest = path.join(work, "dest");
+    const archive = await packToBuffer({ ...plan, extractDir: dest });
+    expect(runRemote({ ...plan, extractDir: dest }, archive).status).toBe(0);
+    const status = spawnSync("git", ["status", "--porcelain"], {
+      cwd: path.join(dest, "repo"),
+      encoding: "utf8",
+    });
+    expect(status.status, status.stderr).toBe(0);
+    // The copy agrees with the original: the deleted file is missing, the untracked one is new.
+    expect(status.stdout).toBe(" D tracked-then-deleted.txt\n?? untracked.txt\n");
+  });
+
+  it("with git: true, leaves out a socket a running git keeps in .git", async () => {
+    const server = createServer();
+    const socketPath = path.join(repo, ".git", "fsmonitor--daemon.ipc");
+    await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+    try {
+      const plan = await planUpload(repo, "/sandbox", { gitIgnore: true, git: true });
+      expect(names(plan)).toContain("repo/.git/HEAD");
+      expect(names(plan)).not.toContain("repo/.git/fsmonitor--daemon.ipc");
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("with git: true, warns when the directory holds no .git", async () => {
+    const plan = await planUpload(path.join(repo, "sub"), "/sandbox", { gitIgnore: true, git: true });
+    expect(plan.warning).toBe(
+      `${path.join(repo, "sub")} has no .git to include; upload the repository's top-level directory`,
+    );
+    expect(names(plan)).toEqual(["sub/", "sub/b.txt"]);
   });
 
   it("scopes the listing to a subdirectory", async () => {

@@ -50,6 +50,7 @@ export interface CreateOptions {
   files: string[];
   uploads: string[];
   gitIgnore: boolean;
+  uploadGit?: boolean | undefined;
   policy?: string | undefined;
   detach: boolean;
   attach: boolean;
@@ -90,6 +91,7 @@ function checkFlags(o: CreateOptions): void {
   if (o.attach && o.detach) throw usageError("--attach cannot be combined with --detach");
   if (o.attach && o.output !== "table") throw usageError("--attach cannot be combined with -o");
   if (!o.gitIgnore && o.uploads.length === 0) throw usageError("--no-git-ignore needs --upload");
+  if (o.uploadGit && o.uploads.length === 0) throw usageError("--upload-git needs --upload");
 }
 
 /** Compares the digests the gateway returned with what was sent. */
@@ -149,7 +151,9 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const uploads: UploadPlan[] = [];
   for (const flag of o.uploads) {
     const spec = parseUploadFlag(flag);
-    uploads.push(await planUpload(spec.local, spec.dest, { gitIgnore: o.gitIgnore }));
+    uploads.push(
+      await planUpload(spec.local, spec.dest, { gitIgnore: o.gitIgnore, git: o.uploadGit === true }),
+    );
   }
 
   const shell = o.command.length === 0;

@@ -189,9 +189,12 @@ async function readySandboxId(gateway: ConnectedGateway, name: string): Promise<
 
 export async function sandboxUpload(
   ctx: CommandContext,
-  options: { name: string; local: string; dest: string | undefined; gitIgnore: boolean },
+  options: { name: string; local: string; dest: string | undefined; gitIgnore: boolean; git?: boolean },
 ): Promise<number> {
-  const plan = await planUpload(options.local, options.dest, { gitIgnore: options.gitIgnore });
+  const plan = await planUpload(options.local, options.dest, {
+    gitIgnore: options.gitIgnore,
+    git: options.git === true,
+  });
   const gateway = await ctx.gateway();
   const id = await readySandboxId(gateway, options.name);
   await uploadPlans(ctx, gateway, id, [plan]);

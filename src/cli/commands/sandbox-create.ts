@@ -25,6 +25,7 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
     )
     .option("--upload <local[:dest]>", "upload a file or directory once Ready (repeatable)", collect, [])
     .option("--no-git-ignore", "with --upload: include files that .gitignore excludes")
+    .option("--upload-git", "with --upload of a repository: include its .git (history, config, hooks)")
     .option("--policy <file>", "sandbox policy YAML (env OPENSHELL_SANDBOX_POLICY)")
     .option("--cpu <cores>", "cpu limit in cores or millicores, e.g. 0.5, 2 or 500m")
     .option("--memory <bytes>", "memory limit, e.g. 512Mi or 4Gi; past it a process is killed (137)")
@@ -60,6 +61,7 @@ Examples:
           files: opts.file,
           uploads: opts.upload,
           gitIgnore: opts.gitIgnore,
+          uploadGit: opts.uploadGit,
           policy: opts.policy,
           detach: opts.detach === true,
           attach: opts.attach === true,

@@ -1,4 +1,4 @@
-// `openshell sandbox upload NAME LOCAL [DEST] [--no-git-ignore]`.
+// `openshell sandbox upload NAME LOCAL [DEST] [--no-git-ignore] [--git]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
 import { examples } from "../flags.js";
@@ -12,6 +12,7 @@ export function addSandboxUpload(sandbox: CommandUnknownOpts, runner: Runner): v
     .argument("<local>")
     .argument("[dest]", "destination in the sandbox (default: its working directory)")
     .option("--no-git-ignore", "include files that .gitignore excludes")
+    .option("--git", "of a repository: include its .git (history, config, hooks)")
     .addHelpText(
       "after",
       examples(
@@ -22,7 +23,7 @@ export function addSandboxUpload(sandbox: CommandUnknownOpts, runner: Runner): v
     .action((name, local, dest, opts) =>
       runner.run(async (ctx) => {
         const { sandboxUpload } = await import("../actions/transfer.js");
-        return sandboxUpload(ctx, { name, local, dest, gitIgnore: opts.gitIgnore });
+        return sandboxUpload(ctx, { name, local, dest, gitIgnore: opts.gitIgnore, git: opts.git === true });
       }),
     );
 }

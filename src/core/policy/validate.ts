@@ -4,7 +4,8 @@
 // (`network_policies.pypi.endpoints[0]: ...`), the rest in upstream's words.
 
 import { isIP } from "node:net";
-import { type NetworkEndpoint, SandboxPolicy } from "../../gen/sandbox.js";
+import { posix } from "node:path";
+import { type FilesystemPolicy, type NetworkEndpoint, SandboxPolicy } from "../../gen/sandbox.js";
 import { HostPattern, HostSelector } from "./host-pattern.js";
 import { isExplicitTcp, l7EndpointErrors } from "./l7.js";
 import { indexPath, keyPath, sortedEntries } from "./location.js";
@@ -64,6 +65,39 @@ export function validatePolicy(policy: SandboxPolicy): string[] {
 
   violations.push(...middlewareViolations(policy));
   return violations;
+}
+
+/** Where the shell every exec, connect and command-less sandbox runs is, with its merged-usr home. */
+const SHELL_PATHS = ["/bin/bash", "/usr/bin/bash"];
+
+/**
+ * This runtime's rule on top of upstream's: nothing outside the policy exists in a pod and
+ * `read_write` paths start as empty private directories, so a filesystem policy whose `read_only`
+ * paths hold no shell (`read_write: [/etc]` alone) makes a sandbox that would report Ready and fail
+ * at its first command. Undefined when some `read_only` path covers the shell (whether its
+ * libraries are there too is tried in the pod, before Ready).
+ */
+export function shelllessFilesystemViolation(fs: FilesystemPolicy | undefined): string | undefined {
+  if (fs === undefined) return undefined;
+  const readOnly = fs.readOnly.map((path) => posix.normalize(path).replace(/(.)\/+$/, "$1"));
+  const covered = SHELL_PATHS.some((shell) =>
+    readOnly.some((dir) => shell === dir || shell.startsWith(`${dir}/`)),
+  );
+  if (covered) return undefined;
+  return "filesystem_policy.read_only: covers neither /usr nor /bin, so the sandbox has no shell (/bin/bash) for its command, exec or connect (read_write paths start empty); add /usr, /bin, /lib and /lib64";
+}
+
+/** The one policy schema version there is. */
+export const POLICY_VERSION = 1;
+
+/**
+ * What to tell the user about a policy `version` other than 1. Upstream checks the value nowhere,
+ * so a policy saying `version: 2` is accepted, and read as version 1: a warning, not a refusal.
+ * 0 is a request that left the field unset (protobuf's default), not a version.
+ */
+export function policyVersionWarning(policy: SandboxPolicy): string | undefined {
+  if (policy.version === 0 || policy.version === POLICY_VERSION) return undefined;
+  return `version: ${policy.version} is unknown; it is read as version ${POLICY_VERSION}, the only version there is (set version: ${POLICY_VERSION})`;
 }
 
 /** Upstream's size cap on the policy in a create request, as a violation, or undefined. */

@@ -161,6 +161,17 @@ function startError(errno: string | undefined, message: string): ChildStartError
   return new ChildStartError(errno === "EACCES" || errno === "ENOEXEC" ? 126 : 127, message);
 }
 
+/** Why `command` could not be started (its ChildStartError), or undefined if its program is found. */
+export function programProblem(command: ChildCommand): ChildStartError | undefined {
+  try {
+    resolveProgram(command);
+    return undefined;
+  } catch (error) {
+    if (error instanceof ChildStartError) return error;
+    throw error;
+  }
+}
+
 /** Finds the program the way execvp would, so "not found" (127) and "not executable" (126) read clearly. */
 function resolveProgram(command: ChildCommand): ResolvedProgram {
   const { file, cwd } = command;

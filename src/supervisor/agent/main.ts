@@ -12,6 +12,7 @@
 // process blocks on its own writes, as on a full pipe. Memory stays bounded
 // at every hop, and SSH keeps being served meanwhile.
 
+import { execFile } from "node:child_process";
 import { Socket } from "node:net";
 import {
   AGENT_BEAT_MS,
@@ -21,6 +22,7 @@ import {
   BoundedLineReader,
   encodeAgentMessage,
 } from "./channel.js";
+import { programProblem } from "./child.js";
 import { startEgressForwarder } from "./egress.js";
 import { ExecGroups } from "./exec-groups.js";
 import { MainProcess } from "./main-process.js";
@@ -80,12 +82,65 @@ function checkConfig(value: unknown): AgentConfig {
   return config;
 }
 
+/** A failure the supervisor is told about under its own reason. */
+class AgentFatal extends Error {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A pod whose filesystem policy hides its shell, or its main command, would report Ready and fail
+ * at its first use (`/bin/bash: No such file or directory`): both are tried before Ready instead.
+ * The shell is run, not just found, so a missing dynamic loader or library counts too. A command
+ * held for the first attach may still be uploaded, so it is not looked for.
+ */
+async function checkRunnable(config: AgentConfig): Promise<void> {
+  const visible =
+    "list the directories it needs (e.g. /usr, /bin, /lib, /lib64) in filesystem_policy.read_only";
+  // Without the startup files a shell may be told to source: what is tried is the shell itself.
+  const { BASH_ENV: _bashEnv, ENV: _env, ...env } = config.env;
+  const ran = await new Promise<string | undefined>((done) => {
+    execFile(
+      config.shell,
+      ["-c", ":"],
+      { cwd: config.workdir, env, timeout: 10_000, maxBuffer: 4096 },
+      (error, _stdout, stderr) => {
+        const code = (error as { code?: unknown } | null)?.code;
+        // The kernel refused it (ENOENT: it or its loader is missing), or the loader did (127:
+        // a library is missing). A timeout or another status is not the filesystem policy's doing.
+        if (typeof code === "string" && !code.startsWith("ERR_")) done(code);
+        else if (code === 126 || code === 127) done(String(stderr).trim().split("\n")[0]!.slice(0, 300));
+        else done(undefined);
+      },
+    );
+  });
+  if (ran !== undefined) {
+    throw new AgentFatal(
+      "ShellUnavailable",
+      `the sandbox cannot run its shell ${config.shell} (${ran}): ${visible}`,
+    );
+  }
+  if (config.startOnAttach) return;
+  const [file = "", ...args] = config.command;
+  const problem = programProblem({ file, args, cwd: config.workdir, env: config.env });
+  if (problem !== undefined) {
+    throw new AgentFatal("MainCommandUnavailable", `the main command cannot start: ${problem.message}`);
+  }
+}
+
 async function main(): Promise<void> {
   // From the start, so a supervisor can tell a frozen agent from a slow start.
   send({ t: "beat" });
   setInterval(() => send({ t: "beat" }), AGENT_BEAT_MS).unref();
   const config = await readConfig();
   process.chdir(config.workdir);
+  // Runs while the forwarder and the SSH server start; awaited before anything is started or Ready.
+  const runnable = checkRunnable(config);
+  runnable.catch(() => {});
   // Before any sandboxed process exists, so the first one can already reach the network.
   if (config.egress) {
     await startEgressForwarder({
@@ -140,6 +195,7 @@ async function main(): Promise<void> {
       error: (message) => process.stderr.write(`${message}\n`),
     },
   });
+  await runnable;
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });
   process.stderr.write(`agent ready ${Math.round(performance.now())} ms after its start\n`);
@@ -149,5 +205,6 @@ main().catch((error: unknown) => {
   const message = (error instanceof Error ? error.message : String(error)).slice(0, 4096);
   // The report first: exiting at once could leave it unwritten.
   setTimeout(() => process.exit(1), 1000).unref();
-  channel.end(encodeAgentMessage({ t: "fatal", reason: "AgentFailed", message }), () => process.exit(1));
+  const reason = error instanceof AgentFatal ? error.reason : "AgentFailed";
+  channel.end(encodeAgentMessage({ t: "fatal", reason, message }), () => process.exit(1));
 });

@@ -24,6 +24,7 @@
 // not inspect requests: failing closed is the only honest reading.
 
 import { HostPattern } from "../../core/policy/host-pattern.js";
+import { indexPath, keyPath } from "../../core/policy/location.js";
 import type { NetworkEndpoint, NetworkPolicyRule } from "../../gen/sandbox.js";
 import {
   type Cidr,
@@ -108,13 +109,12 @@ export class EgressPolicy {
         const rule = networkPolicies[key]!;
         const name = rule.name || key;
         const endpoints = rule.endpoints.map((ep) => compileEndpoint(ep));
-        for (const ep of endpoints) {
+        endpoints.forEach((ep, index) => {
           if (ep.address.kind === "unusable") {
-            warnings.push(
-              `network policy '${name}' endpoint ${ep.label} allows nothing: ${ep.address.reason}`,
-            );
+            const where = indexPath(keyPath(keyPath("network_policies", key), "endpoints"), index);
+            warnings.push(`${where} (${ep.label}) allows nothing here: ${ep.address.reason}`);
           }
-        }
+        });
         return { name, endpoints, binaries: rule.binaries.map((b) => BinaryPattern.compile(b.path)) };
       });
     return new EgressPolicy(rules, warnings);

@@ -179,7 +179,15 @@ function remoteDisplayPath(extractDir: string, member: string): string {
 export async function planUpload(
   local: string,
   dest: string | undefined,
-  opts: { gitIgnore: boolean },
+  opts: {
+    gitIgnore: boolean;
+    /**
+     * Also send LOCAL's `.git` (a directory LOCAL only): `git ls-files` never lists it, so a
+     * filtered upload of a repository otherwise arrives without its history. Unfiltered uploads
+     * carry it anyway.
+     */
+    git?: boolean;
+  },
 ): Promise<UploadPlan> {
   const localPath = path.resolve(local);
   const rootStat = inspectLocal(local);
@@ -205,6 +213,7 @@ export async function planUpload(
     filter = "gitignore";
     if (where.rootName !== "") collector.add(where.rootName, localPath, rootStat);
     for (const rel of gitFiles) await collector.addGitPath(rel);
+    if (opts.git === true) warning = await collector.addGitDir();
   } else {
     if (where.rootName !== "") collector.add(where.rootName, localPath, rootStat);
     await collector.addTree("");
@@ -259,8 +268,8 @@ class EntryCollector {
     return rel === "" ? this.local : path.join(this.local, rel);
   }
 
-  /** Everything under LOCAL/rel, depth first. */
-  async addTree(rel: string): Promise<void> {
+  /** Everything under LOCAL/rel, depth first; with skipSockets, sockets are left out. */
+  async addTree(rel: string, skipSockets = false): Promise<void> {
     const dir = path.join(this.localPath, rel);
     let names: string[];
     try {
@@ -275,9 +284,9 @@ class EntryCollector {
       const childPath = path.join(dir, name);
       const stat = inspectLocal(childPath);
       // Gone between readdir and lstat: nothing to send.
-      if (stat === undefined) continue;
+      if (stat === undefined || (skipSockets && stat.isSocket())) continue;
       await this.addStat(childRel, childPath, stat);
-      if (stat.isDirectory()) await this.addTree(childRel);
+      if (stat.isDirectory()) await this.addTree(childRel, skipSockets);
     }
   }
 
@@ -311,6 +320,26 @@ class EntryCollector {
     }
     await this.addStat(rel, localPath, stat);
     if (stat.isDirectory()) await this.addTree(rel);
+  }
+
+  /**
+   * LOCAL's `.git`, whole (objects, refs, config, hooks), or a warning saying why the sandbox's
+   * git will not find a repository: none here, or a `.git` file naming a directory elsewhere (a
+   * worktree or a submodule), which is sent but whose target is not.
+   */
+  async addGitDir(): Promise<string | undefined> {
+    const gitPath = path.join(this.localPath, ".git");
+    const stat = await lstatIfExists(gitPath);
+    if (stat === undefined) {
+      return `${this.local} has no .git to include; upload the repository's top-level directory`;
+    }
+    await this.addStat(".git", gitPath, stat);
+    if (stat.isDirectory()) {
+      // A socket there is a running git's (the fsmonitor daemon's), meaningless anywhere else.
+      await this.addTree(".git", true);
+      return undefined;
+    }
+    return `${this.displayPath(gitPath)} is not a directory (a worktree or submodule link); the repository it names is not uploaded`;
   }
 
   /** Sorted per directory: a directory, then its children by byte order, depth first. */
