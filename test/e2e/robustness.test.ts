@@ -203,7 +203,8 @@ describe.each([
     expect(downloaded.stderr).toBe(
       "error: SSH to the sandbox failed: Timed out while waiting for handshake\n",
     );
-    expect(performance.now() - downloadStarted).toBeLessThan(20_000 + 5000);
+    // Gave up at the handshake timeout rather than hanging; the margin is for a loaded host.
+    expect(performance.now() - downloadStarted).toBeLessThan(20_000 + 15_000);
     await expectGatewayServes("after the download gave up");
     await expectStillReady(name);
   });
