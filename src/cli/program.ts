@@ -23,6 +23,7 @@ import { addSandboxSshConfig } from "./commands/sandbox-ssh-config.js";
 import { addSandboxStart } from "./commands/sandbox-start.js";
 import { addSandboxStop } from "./commands/sandbox-stop.js";
 import { addSandboxUpload } from "./commands/sandbox-upload.js";
+import { addSandboxWait } from "./commands/sandbox-wait.js";
 import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
 import type { CommandContext } from "./context.js";
@@ -113,6 +114,7 @@ ${EXIT_CODES_HELP}`,
   addSandboxStop(sandbox, runner);
   addSandboxStart(sandbox, runner);
   addSandboxRenew(sandbox, runner);
+  addSandboxWait(sandbox, runner);
   addSandboxExec(sandbox, runner);
   addSandboxConnect(sandbox, runner);
   addSandboxUpload(sandbox, runner);
@@ -203,7 +205,7 @@ export class Invocation {
   private get passthrough(): boolean {
     if (this.context) return this.context.passthrough;
     const name = this.parsing?.name();
-    if (name === "exec" || name === "connect") return true;
+    if (name === "exec" || name === "connect" || name === "wait") return true;
     const terminal = this.io.stdin.isTTY === true && this.io.stdout.isTTY === true;
     return name === "create" && createAttaches(this.parsing!.opts(), terminal);
   }

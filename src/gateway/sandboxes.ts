@@ -6,12 +6,18 @@
 //   session lost while READY                → PROVISIONING (DependenciesNotReady)
 //   agent silent for 2 s while READY        → PROVISIONING (AgentUnresponsive)
 //   that agent responds again               → READY (DependenciesReady)
-//   main process exited (even with 0)       → ERROR (MainProcessExited, exit_code)
+//   main process exited (any status)        → phase unchanged; exit_code and
+//                                             MainCommand=True Completed "exit status N"
 //   supervisor failed (bad file, no binary) → ERROR (its reason)
 //   delete                                  → DELETING → row removed
 //   stop (from any phase but DELETING)      → STOPPING → STOPPED (Stopped)
 //   start (from STOPPED or ERROR)           → STARTING → READY as above
 //   lifetime over (expires_at_ms passed)    → deleted, as by delete
+//
+// A completed main command is not a failure (upstream makes it ERROR, even
+// for 0): the pod keeps running, so exec, upload, download and logs still
+// serve, and `sandbox wait` reads the status. A new run (start, a relaunch)
+// forgets it.
 //
 // ERROR is sticky: only start (a new run of the main command) or delete
 // leave it. STOPPED keeps everything but processes: the workspace, injected
@@ -37,7 +43,16 @@ import {
   validateLabels,
   validateSandboxName,
 } from "../core/names.js";
-import { newSandboxStatus, notReadyMessage, phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
+import {
+  clearMainCommand,
+  mainExitStatus,
+  newSandboxStatus,
+  notReadyMessage,
+  phaseOf,
+  setMainCommandCompleted,
+  setPhase,
+  setReadyCondition,
+} from "../core/phases.js";
 import {
   defaultPolicy,
   formatPolicyViolations,
@@ -394,6 +409,7 @@ export class Sandboxes {
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
     const instanceId = randomUUID();
     sandbox.status!.mainProcessInstanceId = instanceId;
+    clearMainCommand(sandbox);
     this.o.store.updateSandbox(sandbox);
     const sandboxDir = this.o.runtime.sandboxDir(meta.id);
     this.makeSandboxDir(sandboxDir);
@@ -560,7 +576,6 @@ export class Sandboxes {
       if (this.unresponsive.has(id)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
       setReadyCondition(sandbox, "True", "DependenciesReady", "Supervisor session connected");
-      delete sandbox.status!.exitCode;
       return true;
     });
     this.event(id, "Ready", "Sandbox ready", { "openshell.progress.complete_step": "starting_sandbox" });
@@ -580,19 +595,12 @@ export class Sandboxes {
     this.update(id, (sandbox) => {
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       const phase = phaseOf(sandbox);
-      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || stoppedOrStopping(phase)) return false;
-      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR && sandbox.status!.exitCode !== undefined) return false;
-      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
-      sandbox.status!.exitCode = exitCode;
-      setReadyCondition(
-        sandbox,
-        "False",
-        "MainProcessExited",
-        `Canonical main process exited with status ${exitCode}`,
-      );
+      if (unmovedByReports(phase) || mainExitStatus(sandbox) !== undefined) return false;
+      setMainCommandCompleted(sandbox, exitCode);
+      if (sandbox.metadata) sandbox.metadata.resourceVersion += 1;
       return true;
     });
-    this.o.log("INFO", `main process exited with status ${exitCode}`, id);
+    this.o.log("INFO", `main command completed with exit status ${exitCode}`, id);
   }
 
   /** Moves a sandbox to ERROR with a reason, unless it is being deleted. */
@@ -782,7 +790,7 @@ export class Sandboxes {
         if (!startable) return false;
         setPhase(s, SandboxPhase.SANDBOX_PHASE_STARTING);
         setReadyCondition(s, "False", "Starting", "Sandbox is starting");
-        delete s.status!.exitCode;
+        clearMainCommand(s);
         return true;
       });
       if (!sandbox || !startable) throw failedPrecondition(`sandbox '${name}' is being deleted`);
