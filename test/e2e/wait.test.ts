@@ -1,0 +1,133 @@
+// A main command that completes, through the real CLI, gateway, supervisor
+// and bubblewrap: the sandbox stays Ready and usable with the exit status
+// recorded, `sandbox wait` collects that status (and the output with
+// --logs), and `create --attach` gives the same in one command.
+
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { json, TestEnv, uniqueName } from "../helpers/cli.js";
+
+interface SandboxDoc {
+  phase: string;
+  created_at: string;
+  main_exit_status: number | null;
+  reason?: string;
+  conditions?: { type: string; status: string; reason: string; message: string }[];
+}
+
+const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/;
+
+describe("a completed main command", () => {
+  const env = new TestEnv();
+  beforeAll(() => env.startGateway(), 60_000);
+  afterAll(() => env.dispose());
+
+  it("`create -- true` in a script, then exec and get: Ready, exit status 0, no error", async () => {
+    const name = uniqueName("done");
+    const created = await env.run(["sandbox", "create", "--name", name, "--", "true"]);
+    expect(created.code, created.stderr).toBe(0);
+    // A script's notice names the command that collects the status.
+    expect(created.stderr).toContain(`openshell sandbox wait ${name}`);
+    const waited = await env.run(["sandbox", "wait", name, "--timeout", "30"]);
+    expect(waited.code, waited.stderr).toBe(0);
+
+    const exec = await env.run(["sandbox", "exec", "-n", name, "--", "echo", "ok"]);
+    expect(exec.code, exec.stderr).toBe(0);
+    expect(exec.stdout).toBe("ok\n");
+
+    const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect(doc.phase).toBe("Ready");
+    expect(doc.main_exit_status).toBe(0);
+    expect(doc.reason).toBeUndefined();
+    expect(doc.created_at).toMatch(ISO_UTC);
+    const text = await env.run(["sandbox", "get", name]);
+    expect(text.stdout).toContain("completed, exit status 0");
+
+    // A stop keeps the record of the run that completed; start runs the command anew.
+    expect((await env.run(["sandbox", "stop", name])).code).toBe(0);
+    const stopped = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect([stopped.phase, stopped.main_exit_status]).toEqual(["Stopped", 0]);
+    expect((await env.run(["sandbox", "start", name])).code).toBe(0);
+    const again = await env.run(["sandbox", "wait", name, "--timeout", "30"]);
+    expect(again.code, again.stderr).toBe(0);
+    expect((await env.run(["sandbox", "exec", "-n", name, "--", "true"])).code).toBe(0);
+  });
+
+  it("detached create, then `sandbox wait --logs` prints the output and exits with the status", async () => {
+    const name = uniqueName("w");
+    const created = await env.run(["sandbox", "create", "--name", name, "--", "sh", "-c", "echo hi; exit 3"]);
+    expect(created.code, created.stderr).toBe(0);
+    const waited = await env.run(["sandbox", "wait", name, "--logs"]);
+    expect(waited.stdout).toBe("hi\n");
+    expect(waited.code, waited.stderr).toBe(3);
+    // A non-zero status is a completed command, not a failed sandbox.
+    const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect(doc.phase).toBe("Ready");
+    expect(doc.main_exit_status).toBe(3);
+    const exec = await env.run(["sandbox", "exec", "-n", name, "--", "echo", "still here"]);
+    expect(exec.stdout).toBe("still here\n");
+  });
+
+  it("`sandbox wait` follows a running command to its end, stderr to stderr", async () => {
+    const name = uniqueName("later");
+    const created = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "echo before; until [ -e /sandbox/go ]; do sleep 0.05; done; echo after >&2; exit 7",
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    const waiting = env.run(["sandbox", "wait", name, "--logs"]);
+    const go = await env.run(["sandbox", "exec", "-n", name, "--", "touch", "/sandbox/go"]);
+    expect(go.code).toBe(0);
+    const waited = await waiting;
+    expect(waited.code, waited.stderr).toBe(7);
+    expect(waited.stdout).toBe("before\n");
+    expect(waited.stderr).toContain("after\n");
+  });
+
+  it("`--timeout` ends a wait for a command that runs on with 244, and the command keeps running", async () => {
+    const name = uniqueName("forever");
+    expect((await env.createIdle(name)).code).toBe(0);
+    const started = Date.now();
+    const waited = await env.run(["sandbox", "wait", name, "--timeout", "1"]);
+    expect(waited.code).toBe(244);
+    expect(waited.stderr).toContain("did not complete within 1 s");
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect(doc.main_exit_status).toBeNull();
+
+    // A sandbox stopped before its command completed ends the wait with 243.
+    const waiting = env.run(["sandbox", "wait", name]);
+    expect((await env.run(["sandbox", "stop", name])).code).toBe(0);
+    const cut = await waiting;
+    expect(cut.code).toBe(243);
+    expect(cut.stderr).toContain("was stopped before its command completed");
+  });
+
+  it("`create --attach` prints the output and exits with the status in one command", async () => {
+    const name = uniqueName("att");
+    const created = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      name,
+      "--attach",
+      "--",
+      "sh",
+      "-c",
+      "echo hi; exit 3",
+    ]);
+    expect(created.stdout).toBe("hi\n");
+    expect(created.code, created.stderr).toBe(3);
+  });
+
+  it("waiting on a missing sandbox is 243 and names it", async () => {
+    const waited = await env.run(["sandbox", "wait", "nope-missing"]);
+    expect(waited.code).toBe(243);
+    expect(waited.stderr).toContain("nope-missing");
+  });
+});
