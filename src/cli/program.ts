@@ -44,11 +44,11 @@ Exit codes:
   1    the CLI failed: bad input, gateway unreachable, not authorized, not found, sandbox in Error
   2    usage error (unknown flag, missing argument)
   130  interrupted by Ctrl-C; 143: ended by SIGTERM
-  sandbox exec, sandbox connect and an attached sandbox create exit with the remote command's
-  status (128+N for signal N, 124 for --timeout); their own failures use:
+  sandbox exec, sandbox connect, sandbox wait and an attached sandbox create exit with the
+  remote command's status (128+N for signal N, 124 for --timeout); their own failures use:
   240  bad input or usage      241  no gateway, or unreachable
   243  sandbox not found, not Ready, or in Error
-  244  connection lost, or the command not started within --timeout
+  244  connection lost, or the command not started (wait: not completed) within --timeout
   245  any other internal error
   A gateway refusing the caller's credentials is 1 from every command.`;
 

@@ -232,7 +232,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     if (!shell && !o.detach && !terminal) {
       ui.note(
         ui.err.dim(
-          `The command runs in the background; wait for it and its exit status with \`openshell sandbox wait ${name} --logs\`.`,
+          `The command runs in the background; see its output with \`openshell logs ${name}\`, or wait for its exit status with \`openshell sandbox wait ${name} --logs\`.`,
         ),
       );
     }
