@@ -3,6 +3,8 @@
 // recorded, `sandbox wait` collects that status (and the output with
 // --logs), and `create --attach` gives the same in one command.
 
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { json, TestEnv, uniqueName } from "../helpers/cli.js";
 
@@ -129,5 +131,95 @@ describe("a completed main command", () => {
     const waited = await env.run(["sandbox", "wait", "nope-missing"]);
     expect(waited.code).toBe(243);
     expect(waited.stderr).toContain("nope-missing");
+  });
+});
+
+describe("machine-readable output", () => {
+  const env = new TestEnv();
+  beforeAll(() => env.startGateway(), 60_000);
+  afterAll(() => env.dispose());
+
+  it("-o json of get, list, upload, download, delete and exec parses, with ISO times; logs --raw and -o json", async () => {
+    const name = uniqueName("json");
+    const created = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "echo one; echo two >&2; printf 'three\\n'",
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await env.run(["sandbox", "wait", name])).code).toBe(0);
+
+    const list = json<SandboxDoc[]>(await env.run(["sandbox", "list", "-o", "json"]));
+    expect(list[0]!.created_at).toMatch(ISO_UTC);
+
+    // logs --raw: exactly the command's lines; -o json: one record per line.
+    const raw = await env.run(["logs", name, "--raw"]);
+    expect(raw.code, raw.stderr).toBe(0);
+    expect(raw.stdout.split("\n").filter(Boolean).sort()).toEqual(["one", "three", "two"]);
+    const records = (await env.run(["logs", name, "-o", "json", "--source", "sandbox"])).stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Record<string, string>);
+    const two = records.find((r) => r.message === "two");
+    expect(two).toMatchObject({ source: "sandbox", stream: "stderr", level: "WARN" });
+    expect(two!.time).toMatch(ISO_UTC);
+
+    writeFileSync(join(env.root, "in.txt"), "hello\n");
+    const up = await env.run([
+      "sandbox",
+      "upload",
+      name,
+      join(env.root, "in.txt"),
+      "/sandbox/in.txt",
+      "-o",
+      "json",
+    ]);
+    expect(up.code, up.stderr).toBe(0);
+    const upDoc = JSON.parse(up.stdout) as Record<string, unknown>;
+    expect(upDoc).toMatchObject({ sandbox: name, direction: "upload", files: 1, bytes: 6 });
+    expect(upDoc.completed_at).toMatch(ISO_UTC);
+
+    const down = await env.run([
+      "sandbox",
+      "download",
+      name,
+      "in.txt",
+      join(env.root, "out.txt"),
+      "-o",
+      "json",
+    ]);
+    expect(down.code, down.stderr).toBe(0);
+    expect(JSON.parse(down.stdout)).toMatchObject({ direction: "download", files: 1, bytes: 6 });
+    expect(readFileSync(join(env.root, "out.txt"), "utf8")).toBe("hello\n");
+
+    // exec: the output streams as ever; the document is the last line of stderr.
+    const exec = await env.run([
+      "sandbox",
+      "exec",
+      "-n",
+      name,
+      "-o",
+      "json",
+      "--",
+      "sh",
+      "-c",
+      "echo out; printf err >&2; exit 4",
+    ]);
+    expect(exec.code).toBe(4);
+    expect(exec.stdout).toBe("out\n");
+    const lines = exec.stderr.split("\n").filter(Boolean);
+    expect(lines[0]).toBe("err");
+    const execDoc = JSON.parse(lines.at(-1)!) as Record<string, unknown>;
+    expect(execDoc).toMatchObject({ exit_status: 4, stdout_bytes: 4, stderr_bytes: 3 });
+    expect(execDoc.ended_at).toMatch(ISO_UTC);
+
+    const del = await env.run(["sandbox", "delete", name, "nope-gone", "-o", "json"]);
+    expect(del.code).toBe(1);
+    expect(JSON.parse(del.stdout)).toEqual({ deleted: [name], not_found: ["nope-gone"] });
   });
 });
