@@ -16,10 +16,10 @@ export function isoTime(ms: number | undefined): string | null {
   return ms ? new Date(ms).toISOString() : null;
 }
 
-/** A time for people: UTC to the second. */
+/** A time for people: ISO 8601 UTC to the second. */
 export function formatTimestamp(ms: number): string {
   if (!ms) return "-";
-  return new Date(ms).toISOString().replace("T", " ").slice(0, 19);
+  return `${new Date(ms).toISOString().slice(0, 19)}Z`;
 }
 
 export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = {}): Record<string, unknown> {
