@@ -6,7 +6,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { json, TestEnv, uniqueName } from "../helpers/cli.js";
+import { collect, json, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
 
 interface SandboxDoc {
   phase: string;
@@ -91,9 +91,19 @@ describe("a completed main command", () => {
     expect(waited.stderr).toContain("after\n");
   });
 
-  it("`--timeout` ends a wait for a command that runs on with 244, and the command keeps running", async () => {
+  it("--timeout (244), Ctrl-C (130) and SIGTERM (143) end a wait, the command runs on; a stop ends it with 243", async () => {
     const name = uniqueName("forever");
-    expect((await env.createIdle(name)).code).toBe(0);
+    const idle = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "echo idle; exec sleep infinity",
+    ]);
+    expect(idle.code, idle.stderr).toBe(0);
     const started = Date.now();
     const waited = await env.run(["sandbox", "wait", name, "--timeout", "1"]);
     expect(waited.code).toBe(244);
@@ -101,6 +111,19 @@ describe("a completed main command", () => {
     expect(Date.now() - started).toBeLessThan(10_000);
     const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
     expect(doc.main_exit_status).toBeNull();
+
+    // Ctrl-C and SIGTERM end a wait as a shell reports them; the command runs on.
+    for (const [signal, code] of [
+      ["SIGINT", 130],
+      ["SIGTERM", 143],
+    ] as const) {
+      const child = env.spawn(["sandbox", "wait", name, "--logs"]);
+      const ended = collect(child, `sandbox wait, then ${signal}`, { timeoutMs: 10_000 });
+      // Connected and waiting: the command's first output line arrived.
+      await waitForOutput(child.stdout!, "idle\n", "the wait streaming the command's output");
+      child.kill(signal);
+      expect((await ended).code).toBe(code);
+    }
 
     // A sandbox stopped before its command completed ends the wait with 243.
     const waiting = env.run(["sandbox", "wait", name]);

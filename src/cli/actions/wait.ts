@@ -107,8 +107,12 @@ export async function sandboxWait(ctx: CommandContext, options: WaitOptions): Pr
       } else if (payload?.$case === "log") {
         // The command's own lines, as it wrote them; not the proxy's decisions.
         const line = payload.value;
-        if (line.target === "stdout") io.stdout.write(`${line.message}\n`);
-        else if (line.target === "stderr") io.stderr.write(`${line.message}\n`);
+        const out = line.target === "stdout" ? io.stdout : line.target === "stderr" ? io.stderr : undefined;
+        // A slow reader holds the stream (the gateway then skips lines and says how many), not memory here.
+        if (out && !out.write(`${line.message}\n`)) {
+          stream.pause();
+          out.once("drain", () => stream.resume());
+        }
       } else if (payload?.$case === "warning") ctx.ui.warn(payload.value.message);
     });
     stream.on("end", () =>
