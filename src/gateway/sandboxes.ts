@@ -22,7 +22,9 @@
 // ERROR is sticky: only start (a new run of the main command) or delete
 // leave it. STOPPED keeps everything but processes: the workspace, injected
 // files, policy and limits; it holds across gateway restarts, as does an
-// expiry (an expired sandbox found at start is deleted, not started).
+// expiry (an expired sandbox found at start is deleted, not started). A
+// sandbox whose command had completed comes back from a gateway restart
+// Stopped, its status kept: its command is not run again unasked.
 //
 // An unresponsive agent (frozen by SIGSTOP, or its event loop stuck) is not
 // an error: nothing is lost while it is stopped, and a SIGCONT, or the end of
@@ -490,7 +492,7 @@ export class Sandboxes {
     }
   }
 
-  /** On gateway start: every sandbox that was not in Error runs again. */
+  /** On gateway start: every sandbox that was not in Error, Stopped or completed runs again. */
   async resumeAll(): Promise<void> {
     await this.removeUnfinishedCreates();
     for (const sandbox of this.o.store.allSandboxes()) {
@@ -512,6 +514,16 @@ export class Sandboxes {
         continue;
       if (phase === SandboxPhase.SANDBOX_PHASE_STOPPING) {
         // The gateway stopped mid-stop: its supervisors went with it.
+        this.markStopped(id);
+        continue;
+      }
+      if (mainExitStatus(sandbox) !== undefined) {
+        // Its command completed before: it is not run again unasked (start
+        // does that), and its exit status stays for `sandbox wait`.
+        this.update(id, (s) => {
+          setPhase(s, SandboxPhase.SANDBOX_PHASE_STOPPING);
+          return true;
+        });
         this.markStopped(id);
         continue;
       }

@@ -157,6 +157,37 @@ describe("a completed main command", () => {
   });
 });
 
+describe("a completed command across a gateway restart", () => {
+  const env = new TestEnv();
+  beforeAll(() => env.startGateway(), 60_000);
+  afterAll(() => env.dispose());
+
+  it("comes back Stopped with its status kept, its command not run again until start", async () => {
+    const name = uniqueName("once");
+    const created = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      name,
+      "--",
+      "sh",
+      "-c",
+      "echo run >> /sandbox/runs; exit 5",
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await env.run(["sandbox", "wait", name])).code).toBe(5);
+    expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+    await env.startGateway();
+    const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect([doc.phase, doc.main_exit_status]).toEqual(["Stopped", 5]);
+    expect((await env.run(["sandbox", "wait", name])).code).toBe(5);
+    expect((await env.run(["sandbox", "start", name])).code).toBe(0);
+    expect((await env.run(["sandbox", "wait", name])).code).toBe(5);
+    const runs = await env.run(["sandbox", "exec", "-n", name, "--", "cat", "/sandbox/runs"]);
+    expect(runs.stdout).toBe("run\nrun\n");
+  });
+});
+
 describe("machine-readable output", () => {
   const env = new TestEnv();
   beforeAll(() => env.startGateway(), 60_000);
