@@ -230,8 +230,14 @@ describe("main process exit and gateway restart", () => {
       const read = await env.run(["sandbox", "exec", "-n", name, "--", "cat", "/sandbox/state"]);
       expect(read.stdout).toBe("kept\n");
     }
-    // Sandboxes in Error stay listed in Error, with their reason.
-    for (const doc of after) expect(["Ready", "Provisioning", "Error"]).toContain(doc.phase);
+    // Sandboxes in Error stay listed in Error, with their reason; one whose
+    // command completed (the exit test's above) is Stopped, its status kept.
+    for (const doc of after) {
+      if (doc.main_exit_status !== null && doc.main_exit_status !== undefined) {
+        expect([doc.name, doc.phase]).toEqual([doc.name, "Stopped"]);
+      } else expect(["Ready", "Provisioning", "Error"]).toContain(doc.phase);
+    }
+    expect(after.some((doc) => doc.phase === "Stopped")).toBe(true);
     expect(readdirSync(join(env.stateHome, "openshell", "gateways", "local", "sandboxes")).length).toBe(
       after.length,
     );
