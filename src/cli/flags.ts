@@ -24,6 +24,10 @@ export const outputOption = () =>
     .choices(["table", "json", "yaml"] as const)
     .default("table");
 
+/** `-o text|json` for a command whose result is prose for people unless a script asks for JSON. */
+export const jsonOutputOption = (what = "json: the result as one JSON document on stdout") =>
+  new Option("-o, --output <format>", `text, or ${what}`).choices(["text", "json"] as const);
+
 /**
  * Whether `sandbox create` attaches to its command and so exits with its
  * status (README "Attaching"): on a terminal, or with --attach or --no-keep;

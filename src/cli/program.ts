@@ -23,6 +23,7 @@ import { addSandboxSshConfig } from "./commands/sandbox-ssh-config.js";
 import { addSandboxStart } from "./commands/sandbox-start.js";
 import { addSandboxStop } from "./commands/sandbox-stop.js";
 import { addSandboxUpload } from "./commands/sandbox-upload.js";
+import { addSandboxWait } from "./commands/sandbox-wait.js";
 import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
 import type { CommandContext } from "./context.js";
@@ -43,11 +44,11 @@ Exit codes:
   1    the CLI failed: bad input, gateway unreachable, not authorized, not found, sandbox in Error
   2    usage error (unknown flag, missing argument)
   130  interrupted by Ctrl-C; 143: ended by SIGTERM
-  sandbox exec, sandbox connect and an attached sandbox create exit with the remote command's
-  status (128+N for signal N, 124 for --timeout); their own failures use:
+  sandbox exec, sandbox connect, sandbox wait and an attached sandbox create exit with the
+  remote command's status (128+N for signal N, 124 for --timeout); their own failures use:
   240  bad input or usage      241  no gateway, or unreachable
   243  sandbox not found, not Ready, or in Error
-  244  connection lost, or the command not started within --timeout
+  244  connection lost, or the command not started (wait: not completed) within --timeout
   245  any other internal error
   A gateway refusing the caller's credentials is 1 from every command.`;
 
@@ -113,6 +114,7 @@ ${EXIT_CODES_HELP}`,
   addSandboxStop(sandbox, runner);
   addSandboxStart(sandbox, runner);
   addSandboxRenew(sandbox, runner);
+  addSandboxWait(sandbox, runner);
   addSandboxExec(sandbox, runner);
   addSandboxConnect(sandbox, runner);
   addSandboxUpload(sandbox, runner);
@@ -203,7 +205,7 @@ export class Invocation {
   private get passthrough(): boolean {
     if (this.context) return this.context.passthrough;
     const name = this.parsing?.name();
-    if (name === "exec" || name === "connect") return true;
+    if (name === "exec" || name === "connect" || name === "wait") return true;
     const terminal = this.io.stdin.isTTY === true && this.io.stdout.isTTY === true;
     return name === "create" && createAttaches(this.parsing!.opts(), terminal);
   }

@@ -39,6 +39,38 @@ export function setReadyCondition(
   sandbox.status.conditions = [...others, condition];
 }
 
+/** The condition a completed main command leaves: its exit status, while the sandbox stays usable. */
+export const MAIN_COMMAND_CONDITION = "MainCommand";
+
+export function setMainCommandCompleted(sandbox: Sandbox, exitCode: number): void {
+  sandbox.status ??= newSandboxStatus(sandbox.metadata?.name ?? "");
+  sandbox.status.exitCode = exitCode;
+  const condition: SandboxCondition = {
+    type: MAIN_COMMAND_CONDITION,
+    status: "True",
+    reason: "Completed",
+    message: `exit status ${exitCode}`,
+    lastTransitionTime: new Date().toISOString(),
+  };
+  const others = sandbox.status.conditions.filter((c) => c.type !== MAIN_COMMAND_CONDITION);
+  sandbox.status.conditions = [...others, condition];
+}
+
+/** Forgets a completed main command: a new run of it begins. */
+export function clearMainCommand(sandbox: Sandbox): void {
+  if (!sandbox.status) return;
+  delete sandbox.status.exitCode;
+  sandbox.status.conditions = sandbox.status.conditions.filter((c) => c.type !== MAIN_COMMAND_CONDITION);
+}
+
+/** The exit status of the main command when it has completed, else undefined. */
+export function mainExitStatus(sandbox: Sandbox): number | undefined {
+  const completed = sandbox.status?.conditions.some(
+    (c) => c.type === MAIN_COMMAND_CONDITION && c.reason === "Completed",
+  );
+  return completed ? sandbox.status?.exitCode : undefined;
+}
+
 export function setPhase(sandbox: Sandbox, phase: SandboxPhase): void {
   if (!sandbox.status) setReadyCondition(sandbox, "False", "Pending", "Sandbox is being created");
   sandbox.status!.phase = phase;

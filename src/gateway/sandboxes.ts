@@ -6,17 +6,25 @@
 //   session lost while READY                → PROVISIONING (DependenciesNotReady)
 //   agent silent for 2 s while READY        → PROVISIONING (AgentUnresponsive)
 //   that agent responds again               → READY (DependenciesReady)
-//   main process exited (even with 0)       → ERROR (MainProcessExited, exit_code)
+//   main process exited (any status)        → phase unchanged; exit_code and
+//                                             MainCommand=True Completed "exit status N"
 //   supervisor failed (bad file, no binary) → ERROR (its reason)
 //   delete                                  → DELETING → row removed
 //   stop (from any phase but DELETING)      → STOPPING → STOPPED (Stopped)
 //   start (from STOPPED or ERROR)           → STARTING → READY as above
 //   lifetime over (expires_at_ms passed)    → deleted, as by delete
 //
+// A completed main command is not a failure (upstream makes it ERROR, even
+// for 0): the pod keeps running, so exec, upload, download and logs still
+// serve, and `sandbox wait` reads the status. A new run (start, a relaunch)
+// forgets it.
+//
 // ERROR is sticky: only start (a new run of the main command) or delete
 // leave it. STOPPED keeps everything but processes: the workspace, injected
 // files, policy and limits; it holds across gateway restarts, as does an
-// expiry (an expired sandbox found at start is deleted, not started).
+// expiry (an expired sandbox found at start is deleted, not started). A
+// sandbox whose command had completed comes back from a gateway restart
+// Stopped, its status kept: its command is not run again unasked.
 //
 // An unresponsive agent (frozen by SIGSTOP, or its event loop stuck) is not
 // an error: nothing is lost while it is stopped, and a SIGCONT, or the end of
@@ -44,7 +52,16 @@ import {
   validateLabels,
   validateSandboxName,
 } from "../core/names.js";
-import { newSandboxStatus, notReadyMessage, phaseOf, setPhase, setReadyCondition } from "../core/phases.js";
+import {
+  clearMainCommand,
+  mainExitStatus,
+  newSandboxStatus,
+  notReadyMessage,
+  phaseOf,
+  setMainCommandCompleted,
+  setPhase,
+  setReadyCondition,
+} from "../core/phases.js";
 import {
   defaultPolicy,
   formatPolicyViolations,
@@ -507,6 +524,7 @@ export class Sandboxes {
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
     const instanceId = randomUUID();
     sandbox.status!.mainProcessInstanceId = instanceId;
+    clearMainCommand(sandbox);
     this.o.store.updateSandbox(sandbox);
     const sandboxDir = this.o.runtime.sandboxDir(meta.id);
     this.makeSandboxDir(sandboxDir);
@@ -598,7 +616,7 @@ export class Sandboxes {
     }
   }
 
-  /** On gateway start: every sandbox that was not in Error runs again. */
+  /** On gateway start: every sandbox that was not in Error, Stopped or completed runs again. */
   async resumeAll(): Promise<void> {
     await this.removeUnfinishedCreates();
     for (const sandbox of this.o.store.allSandboxes()) {
@@ -620,6 +638,16 @@ export class Sandboxes {
         continue;
       if (phase === SandboxPhase.SANDBOX_PHASE_STOPPING) {
         // The gateway stopped mid-stop: its supervisors went with it.
+        this.markStopped(id);
+        continue;
+      }
+      if (mainExitStatus(sandbox) !== undefined) {
+        // Its command completed before: it is not run again unasked (start
+        // does that), and its exit status stays for `sandbox wait`.
+        this.update(id, (s) => {
+          setPhase(s, SandboxPhase.SANDBOX_PHASE_STOPPING);
+          return true;
+        });
         this.markStopped(id);
         continue;
       }
@@ -691,7 +719,6 @@ export class Sandboxes {
       if (this.unresponsive.has(id)) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
       setReadyCondition(sandbox, "True", "DependenciesReady", "Supervisor session connected");
-      delete sandbox.status!.exitCode;
       return true;
     });
     this.event(id, "Ready", "Sandbox ready", { "openshell.progress.complete_step": "starting_sandbox" });
@@ -713,28 +740,25 @@ export class Sandboxes {
     this.update(id, (sandbox) => {
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       const phase = phaseOf(sandbox);
-      if (phase === SandboxPhase.SANDBOX_PHASE_DELETING || stoppedOrStopping(phase)) return false;
-      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR && sandbox.status!.exitCode !== undefined) return false;
-      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
-      sandbox.status!.exitCode = exitCode;
+      if (unmovedByReports(phase) || mainExitStatus(sandbox) !== undefined) return false;
       if (oom) {
+        // Killed at its memory limit: a failure, not a completion.
+        if (phase === SandboxPhase.SANDBOX_PHASE_ERROR) return false;
+        setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_ERROR);
+        sandbox.status!.exitCode = exitCode;
         setReadyCondition(
           sandbox,
           "False",
           "OOMKilled",
           `Canonical main process was killed by the out-of-memory killer at the sandbox's memory limit (${this.memoryLimit(id)})`,
         );
-      } else {
-        setReadyCondition(
-          sandbox,
-          "False",
-          "MainProcessExited",
-          `Canonical main process exited with status ${exitCode}`,
-        );
+        return true;
       }
+      setMainCommandCompleted(sandbox, exitCode);
+      if (sandbox.metadata) sandbox.metadata.resourceVersion += 1;
       return true;
     });
-    this.o.log("INFO", `main process exited with status ${exitCode}`, id);
+    this.o.log("INFO", `main command completed with exit status ${exitCode}`, id);
   }
 
   /** Moves a sandbox to ERROR with a reason, unless it is being deleted. */
@@ -964,7 +988,7 @@ export class Sandboxes {
         if (!startable) return false;
         setPhase(s, SandboxPhase.SANDBOX_PHASE_STARTING);
         setReadyCondition(s, "False", "Starting", "Sandbox is starting");
-        delete s.status!.exitCode;
+        clearMainCommand(s);
         return true;
       });
       if (!sandbox || !startable) throw failedPrecondition(`sandbox '${name}' is being deleted`);

@@ -337,11 +337,14 @@ export function createService(o: ServiceOptions): OpenShellServer {
       };
       call.on("cancelled", finish);
       call.on("close", finish);
-      send({ payload: { $case: "sandbox", value: publicSandbox(initial) } });
       if (request.stopOnTerminal && phaseOf(initial) === SandboxPhase.SANDBOX_PHASE_READY) {
+        send({ payload: { $case: "sandbox", value: publicSandbox(initial) } });
         finish();
         return;
       }
+      // The held lines before the state, as live lines come before the
+      // state change that follows them: a client that sees the main command
+      // completed has seen all of its output.
       if (request.followLogs) {
         const tail = request.logTailLines === 0 ? WATCH_LOG_TAIL_DEFAULT : request.logTailLines;
         if (reachesDroppedLines(o.bus, request.id, tail, request.logSinceMs)) {
@@ -352,6 +355,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
             send({ payload: { $case: "log", value: line } });
         }
       }
+      send({ payload: { $case: "sandbox", value: publicSandbox(initial) } });
       if (request.followEvents) {
         for (const event of o.bus.tailEvents(request.id, request.eventTail)) {
           send({ payload: { $case: "event", value: event } });

@@ -6,7 +6,9 @@
 // bubblewrap pod whose first process is the agent, and once the agent reports
 // the main process running and SSH served it opens the supervisor session
 // that makes the sandbox Ready. It relays SSH for the gateway, forwards the
-// main process's output as log lines, and reports the main process's exit.
+// main process's output as log lines, and reports the main process's exit,
+// after which the pod stays up (the agent keeps serving exec and file
+// transfer) until the sandbox is stopped.
 //
 // Progress and failures go to the gateway over gRPC (ReportSupervisorStatus);
 // diagnostics go to stderr. A supervisor started before its sandbox exists (a
@@ -201,7 +203,6 @@ async function main(): Promise<void> {
   );
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
-  let mainExited = false;
 
   const onAgent = (message: AgentMessage): void => {
     switch (message.t) {
@@ -222,7 +223,6 @@ async function main(): Promise<void> {
         session.start();
         break;
       case "exit":
-        mainExited = true;
         void logs
           .close()
           .then(() =>
@@ -232,8 +232,9 @@ async function main(): Promise<void> {
               exitCode: message.code,
             }),
           )
-          .catch((error) => diag(`could not report the main process exit: ${(error as Error).message}`))
-          .finally(() => shutdown(`main process exited with status ${message.code}`, 0));
+          .catch((error) => diag(`could not report the main process exit: ${(error as Error).message}`));
+        // The pod stays: exec, upload, download and logs still serve a sandbox whose command completed.
+        diag(`main process exited with status ${message.code}; the pod stays up`);
         break;
       case "fatal":
         void report({ kind: "failure", reason: message.reason, message: message.message });
@@ -267,14 +268,14 @@ async function main(): Promise<void> {
   // Serving from here on: an error in one relay must not end the sandbox (see host/last-resort.ts).
   containUncaughtErrors("the supervisor", diag);
   shutdownHook = async () => {
-    if (!mainExited) await logs.close();
+    await logs.close();
     await pod.stop();
     // An attached client's last output and exit status are still on their way.
     await session?.drain(RELAY_DRAIN_MS);
     session?.stop();
   };
   pod.exited.then((status) => {
-    if (!mainExited && !shuttingDown) {
+    if (!shuttingDown) {
       void report({ kind: "failure", reason: "SandboxExited", message: `sandbox pod exited: ${status}` });
       shutdown("pod exited", 1);
     }

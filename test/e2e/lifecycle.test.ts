@@ -14,6 +14,7 @@ interface SandboxDoc {
   name: string;
   phase: string;
   exit_code?: number;
+  main_exit_status?: number | null;
   reason?: string;
 }
 
@@ -182,7 +183,7 @@ describe("main process exit and gateway restart", () => {
   beforeAll(() => env.startGateway());
   afterAll(() => env.dispose());
 
-  it("a main process that exits turns the sandbox to Error with its exit code", async () => {
+  it("a main process that exits leaves the sandbox Ready with its exit status, not Error", async () => {
     const name = uniqueName("exits");
     const created = await env.run([
       "sandbox",
@@ -199,14 +200,16 @@ describe("main process exit and gateway restart", () => {
     expect(created.code, created.stderr).toBe(0);
     const go = await env.run(["sandbox", "exec", "-n", name, "--", "touch", "/sandbox/go"]);
     expect(go.code).toBe(0);
-    await waitForPhase(env, name, "Error");
+    const waited = await env.run(["sandbox", "wait", name]);
+    expect(waited.code).toBe(3);
     const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
-    expect(doc?.phase).toBe("Error");
+    expect(doc?.phase).toBe("Ready");
     expect(doc?.exit_code).toBe(3);
-    expect(doc?.reason).toContain("MainProcessExited");
+    expect(doc?.main_exit_status).toBe(3);
+    expect(doc?.reason).toBeUndefined();
   });
 
-  it("an exit with status 0 is an Error too", async () => {
+  it("an exit with status 0 is no Error either", async () => {
     const name = uniqueName("exits0");
     const created = await env.run(["sandbox", "create", "--name", name, "--no-keep", "--", "true"]);
     expect(created.code).toBe(0);
@@ -241,8 +244,14 @@ describe("main process exit and gateway restart", () => {
       const read = await env.run(["sandbox", "exec", "-n", name, "--", "cat", "/sandbox/state"]);
       expect(read.stdout).toBe("kept\n");
     }
-    // Sandboxes in Error stay listed in Error, with their reason.
-    for (const doc of after) expect(["Ready", "Provisioning", "Error"]).toContain(doc.phase);
+    // Sandboxes in Error stay listed in Error, with their reason; one whose
+    // command completed (the exit test's above) is Stopped, its status kept.
+    for (const doc of after) {
+      if (doc.main_exit_status !== null && doc.main_exit_status !== undefined) {
+        expect([doc.name, doc.phase]).toEqual([doc.name, "Stopped"]);
+      } else expect(["Ready", "Provisioning", "Error"]).toContain(doc.phase);
+    }
+    expect(after.some((doc) => doc.phase === "Stopped")).toBe(true);
     expect(readdirSync(join(env.stateHome, "openshell", "gateways", "local", "sandboxes")).length).toBe(
       after.length,
     );

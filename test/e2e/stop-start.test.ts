@@ -162,12 +162,15 @@ describe("sandbox stop and start", () => {
         "--",
         "sh",
         "-c",
-        // The first run leaves a result and fails; every later one idles.
-        "test -f /sandbox/result && exec sleep infinity; echo result > /sandbox/result; exit 3",
+        // The first run leaves a result and, once Ready, takes its sandbox
+        // down (its agent, the command's parent, killed); every later one
+        // idles. A command that merely exits is no failure (wait.test.ts).
+        "test -f /sandbox/result && exec sleep infinity; echo result > /sandbox/result; until [ -e /sandbox/go ]; do sleep 0.05; done; kill -KILL $PPID",
       ],
       { timeoutMs: 60_000 },
     );
     expect(created.code, created.stderr).toBe(0);
+    expect((await env.run(["sandbox", "exec", "-n", crash, "--", "touch", "/sandbox/go"])).code).toBe(0);
     await waitForPhase(env, crash, "Error");
     const refused = await env.run(["sandbox", "download", crash, "result", join(env.root, "result")]);
     expect(refused.code).toBe(1);

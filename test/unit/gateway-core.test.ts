@@ -7,8 +7,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { checkReturnedFiles } from "../../src/cli/actions/create.js";
-import { formatLogLine, parseDuration } from "../../src/cli/actions/logs.js";
-import { readyFalseMessage, setPhase, setReadyCondition } from "../../src/core/phases.js";
+import { formatLogLine, logLineRecord, parseDuration } from "../../src/cli/actions/logs.js";
+import { sandboxDocument } from "../../src/cli/output/present.js";
+import {
+  clearMainCommand,
+  mainExitStatus,
+  readyFalseMessage,
+  setMainCommandCompleted,
+  setPhase,
+  setReadyCondition,
+} from "../../src/core/phases.js";
 import { shellEscape, shellJoin } from "../../src/core/shell.js";
 import { exitCodeOf } from "../../src/core/signals.js";
 import { levelPasses, sourcePasses } from "../../src/gateway/bus.js";
@@ -95,6 +103,53 @@ describe("log filters", () => {
 });
 
 describe("phases and conditions", () => {
+  it("records a completed main command beside Ready, and forgets it for a new run", () => {
+    const s = sandbox();
+    setPhase(s, SandboxPhase.SANDBOX_PHASE_READY);
+    setReadyCondition(s, "True", "DependenciesReady", "Supervisor session connected");
+    expect(mainExitStatus(s)).toBeUndefined();
+    expect(sandboxDocument(s).main_exit_status).toBeNull();
+    setMainCommandCompleted(s, 3);
+    expect(mainExitStatus(s)).toBe(3);
+    expect(readyFalseMessage(s)).toBe("");
+    const doc = sandboxDocument(s, { full: true });
+    expect(doc).toMatchObject({ phase: "Ready", exit_code: 3, main_exit_status: 3 });
+    expect(doc.conditions).toContainEqual(
+      expect.objectContaining({
+        type: "MainCommand",
+        status: "True",
+        reason: "Completed",
+        message: "exit status 3",
+      }),
+    );
+    expect(doc.created_at).toBe(new Date(s.metadata!.createdAtMs).toISOString());
+    clearMainCommand(s);
+    expect(mainExitStatus(s)).toBeUndefined();
+    expect(s.status!.exitCode).toBeUndefined();
+    expect(s.status!.conditions.map((c) => c.type)).toEqual(["Ready"]);
+  });
+
+  it("a log line as a JSON Lines record", () => {
+    const record = JSON.parse(
+      logLineRecord({
+        sandboxId: "x",
+        timestampMs: 1_700_000_000_123,
+        level: "warn",
+        target: "stderr",
+        message: "oops",
+        source: "sandbox",
+        fields: {},
+      }),
+    );
+    expect(record).toEqual({
+      time: "2023-11-14T22:13:20.123Z",
+      source: "sandbox",
+      stream: "stderr",
+      level: "WARN",
+      message: "oops",
+    });
+  });
+
   it("prefers 'reason: message' of a Ready=False condition", () => {
     const s = sandbox();
     expect(readyFalseMessage(s)).toBe("");

@@ -266,7 +266,9 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   if (!attach) {
     if (!shell && !o.detach && !terminal) {
       ui.note(
-        ui.err.dim(`The command runs in the background; see its output with \`openshell logs ${name}\`.`),
+        ui.err.dim(
+          `The command runs in the background; see its output with \`openshell logs ${name}\`, or wait for its exit status with \`openshell sandbox wait ${name} --logs\`.`,
+        ),
       );
     }
     return 0;

@@ -28,6 +28,8 @@ export interface ExecOptions {
   env: string[];
   timeout: number;
   tty?: boolean | undefined;
+  /** json: after the command's output, one JSON document (status, byte counts, times) as the last line of stderr. */
+  output?: "text" | "json" | undefined;
   command: string[];
 }
 
@@ -71,6 +73,8 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
     );
   }
 
+  const startedAt = Date.now();
+  const counted = { stdout: 0, stderr: 0, stderrEndsLine: true };
   const call = gateway.client.execSandboxInteractive();
   const send = (input: ExecSandboxInput): boolean => call.write(input);
   send({
@@ -137,6 +141,9 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
         const payload = event.payload;
         if (payload?.$case === "stdout" || payload?.$case === "stderr") {
           const out = payload.$case === "stdout" ? stdout : stderr;
+          counted[payload.$case] += payload.value.data.length;
+          if (payload.$case === "stderr" && payload.value.data.length > 0)
+            counted.stderrEndsLine = payload.value.data.at(-1) === 0x0a;
           if (!out.write(payload.value.data)) {
             call.pause();
             out.once("drain", () => call.resume());
@@ -172,6 +179,18 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
       }
     });
     await ctx.rememberSandbox(name);
+    if (options.output === "json") {
+      const document = {
+        sandbox: name,
+        exit_status: code,
+        stdout_bytes: counted.stdout,
+        stderr_bytes: counted.stderr,
+        started_at: new Date(startedAt).toISOString(),
+        ended_at: new Date().toISOString(),
+      };
+      // On a line of its own, whatever the command left unfinished.
+      stderr.write(`${counted.stderrEndsLine ? "" : "\n"}${JSON.stringify(document)}\n`);
+    }
     return code;
   } finally {
     for (const undo of restore.reverse()) undo();

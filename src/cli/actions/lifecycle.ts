@@ -137,6 +137,6 @@ export async function sandboxRenew(
     ttlSeconds: seconds,
   });
   const at = sandbox?.status?.expiresAtMs ?? 0;
-  ctx.ui.success(`Renewed sandbox ${name}: expires at ${formatTimestamp(at)} UTC (in ${formatTtl(seconds)})`);
+  ctx.ui.success(`Renewed sandbox ${name}: expires at ${formatTimestamp(at)} (in ${formatTtl(seconds)})`);
   return 0;
 }

@@ -1,7 +1,9 @@
 // `logs [NAME]`: the sandbox's log lines — its main process's output and the
 // gateway's own notes about it — once, or followed with --tail. Every field
 // of a line may come from the sandbox, so each is escaped for the terminal;
-// --raw prints only the messages, as they are, for a user who asks for that.
+// --raw prints only the main command's output lines, as they are, for a user
+// who asks for that; -o json prints one JSON object per line (JSON Lines),
+// with its time in ISO 8601 UTC, for scripts.
 
 import { usageError } from "../../core/errors.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
@@ -17,6 +19,7 @@ export interface LogsOptions {
   source: string[];
   level?: string | undefined;
   raw?: boolean | undefined;
+  output?: "text" | "json" | undefined;
 }
 
 export function parseDuration(text: string): number {
@@ -41,6 +44,23 @@ export function formatLogLine(line: SandboxLogLine): string {
   return escapeForTerminal(`[${seconds}] [${source}] [${level}] [${line.target}] ${line.message}${fields}`);
 }
 
+/** One line as a JSON Lines record: what a script filters on, the time in ISO 8601 UTC. */
+export function logLineRecord(line: SandboxLogLine): string {
+  return JSON.stringify({
+    time: new Date(line.timestampMs).toISOString(),
+    source: line.source || "gateway",
+    stream: line.target,
+    level: line.level.toUpperCase(),
+    message: line.message,
+    ...(Object.keys(line.fields).length > 0 ? { fields: line.fields } : {}),
+  });
+}
+
+/** The main command's own output: what --raw prints unless --source says otherwise. */
+function commandOutput(line: SandboxLogLine): boolean {
+  return line.source === "sandbox" && (line.target === "stdout" || line.target === "stderr");
+}
+
 const LEVELS = ["error", "warn", "info", "debug", "trace"];
 const SOURCES = ["gateway", "sandbox", "all"];
 
@@ -57,7 +77,16 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
   const sinceMs = options.since ? Date.now() - parseDuration(options.since) : 0;
   const sources = options.source.filter((s) => s !== "all");
   const minLevel = options.level?.toUpperCase() ?? "";
-  const format = options.raw ? (line: SandboxLogLine) => line.message : formatLogLine;
+  if (options.raw && options.output === "json") throw usageError("--raw cannot be combined with -o json");
+  const format = options.raw
+    ? (line: SandboxLogLine) => line.message
+    : options.output === "json"
+      ? logLineRecord
+      : formatLogLine;
+  const shown = options.raw && options.source.length === 0 ? commandOutput : () => true;
+  const print = (line: SandboxLogLine): void => {
+    if (shown(line)) ctx.ui.data(format(line));
+  };
   const name = await ctx.sandboxName(options.name);
   const gateway = await ctx.gateway();
   const id = (await gateway.sandbox(name)).metadata!.id;
@@ -70,7 +99,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
       minLevel,
       workspace: gateway.workspace,
     });
-    for (const line of response.logs) ctx.ui.data(format(line));
+    for (const line of response.logs) print(line);
     // Only when lines this request asked for are gone: a short answer to
     // --since or -n is otherwise complete.
     if (response.earlierLinesDropped) {
@@ -98,7 +127,7 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
       resolve();
     });
     stream.on("data", (event: SandboxStreamEvent) => {
-      if (event.payload?.$case === "log") ctx.ui.data(format(event.payload.value));
+      if (event.payload?.$case === "log") print(event.payload.value);
       else if (event.payload?.$case === "warning") ctx.ui.warn(event.payload.value.message);
     });
     stream.on("end", () => resolve());

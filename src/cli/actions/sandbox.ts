@@ -78,6 +78,8 @@ export async function sandboxList(ctx: CommandContext, options: ListOptions): Pr
 export interface DeleteOptions {
   names: string[];
   all: boolean;
+  /** json: `{"deleted": [...], "not_found": [...]}` on stdout. */
+  output?: "text" | "json" | undefined;
 }
 
 export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions): Promise<number> {
@@ -99,12 +101,10 @@ export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions)
       allWorkspaces: false,
     });
     names = sandboxes.map((s) => s.metadata?.name ?? "").filter((n) => n !== "");
-    if (names.length === 0) {
-      ctx.ui.note("No sandboxes to delete.");
-      return 0;
-    }
+    if (names.length === 0) ctx.ui.note("No sandboxes to delete.");
   }
-  let missing = 0;
+  const deletedNames: string[] = [];
+  const missingNames: string[] = [];
   for (const name of names) {
     try {
       const { deleted } = await gateway.call(
@@ -114,19 +114,23 @@ export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions)
       );
       if (deleted) {
         clearLastSandbox(gateway.name, name);
+        deletedNames.push(name);
         ctx.ui.success(`Deleted sandbox ${name}`);
       } else {
-        missing += 1;
+        missingNames.push(name);
         ctx.ui.warn(`Sandbox ${name} not found`);
       }
     } catch (error) {
       if (error instanceof OpenShellError && error.code === "not_found") {
-        missing += 1;
+        missingNames.push(name);
         ctx.ui.warn(`Sandbox ${name} not found`);
         continue;
       }
       throw error;
     }
   }
-  return missing > 0 ? 1 : 0;
+  if (options.output === "json") {
+    ctx.io.stdout.write(`${JSON.stringify({ deleted: deletedNames, not_found: missingNames }, null, 2)}\n`);
+  }
+  return missingNames.length > 0 ? 1 : 0;
 }

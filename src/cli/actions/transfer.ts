@@ -128,7 +128,24 @@ async function capture(
 // this, the rest is dropped, so a sandbox cannot make the CLI buffer without end.
 const CAPTURE_LIMIT = 64 * 1024;
 
-async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void> {
+/** What one transfer moved, as `-o json` reports it. */
+export interface TransferSummary {
+  files: number;
+  bytes: number;
+  path: string;
+}
+
+function printSummary(
+  ctx: CommandContext,
+  sandbox: string,
+  direction: "upload" | "download",
+  summary: TransferSummary,
+): void {
+  const document = { sandbox, direction, ...summary, completed_at: new Date().toISOString() };
+  ctx.io.stdout.write(`${JSON.stringify(document, null, 2)}\n`);
+}
+
+async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<TransferSummary> {
   if (plan.warning) ui.warn(plan.warning);
   const what = `upload of ${plan.local} to ${plan.remotePath}`;
   const progress = new TransferProgress(ui, "Uploading");
@@ -161,6 +178,7 @@ async function uploadOne(ui: Ui, client: Client, plan: UploadPlan): Promise<void
   ui.success(
     `Uploaded ${count(plan.totals.files, "file")}, ${megabytes(plan.totals.bytes)} to ${plan.remotePath}`,
   );
+  return { files: plan.totals.files, bytes: plan.totals.bytes, path: plan.remotePath };
 }
 
 /** Uploads each plan in order over one SSH connection. */
@@ -169,10 +187,12 @@ export async function uploadPlans(
   gateway: ConnectedGateway,
   sandboxId: string,
   plans: UploadPlan[],
-): Promise<void> {
+): Promise<TransferSummary[]> {
   const ssh = await connectSandboxSsh(gateway.client, gateway.target, sandboxId, { signal: ctx.signal });
   try {
-    for (const plan of plans) await uploadOne(ctx.ui, ssh.client, plan);
+    const summaries: TransferSummary[] = [];
+    for (const plan of plans) summaries.push(await uploadOne(ctx.ui, ssh.client, plan));
+    return summaries;
   } finally {
     await ssh.close();
   }
@@ -189,7 +209,14 @@ async function readySandboxId(gateway: ConnectedGateway, name: string): Promise<
 
 export async function sandboxUpload(
   ctx: CommandContext,
-  options: { name: string; local: string; dest: string | undefined; gitIgnore: boolean; git?: boolean },
+  options: {
+    name: string;
+    local: string;
+    dest: string | undefined;
+    gitIgnore: boolean;
+    git?: boolean;
+    output?: "text" | "json" | undefined;
+  },
 ): Promise<number> {
   const plan = await planUpload(options.local, options.dest, {
     gitIgnore: options.gitIgnore,
@@ -197,13 +224,14 @@ export async function sandboxUpload(
   });
   const gateway = await ctx.gateway();
   const id = await readySandboxId(gateway, options.name);
-  await uploadPlans(ctx, gateway, id, [plan]);
+  const [summary] = await uploadPlans(ctx, gateway, id, [plan]);
+  if (options.output === "json") printSummary(ctx, options.name, "upload", summary!);
   return 0;
 }
 
 export async function sandboxDownload(
   ctx: CommandContext,
-  options: { name: string; path: string; dest: string },
+  options: { name: string; path: string; dest: string; output?: "text" | "json" | undefined },
 ): Promise<number> {
   const gateway = await ctx.gateway();
   const id = await readySandboxId(gateway, options.name);
@@ -248,6 +276,7 @@ export async function sandboxDownload(
       progress.clear();
     }
     ctx.ui.success(`Downloaded ${count(result.files, "file")}, ${megabytes(result.bytes)} to ${result.path}`);
+    if (options.output === "json") printSummary(ctx, options.name, "download", result);
     return 0;
   } catch (error) {
     throw transferLost(what, error);

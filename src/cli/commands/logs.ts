@@ -1,7 +1,7 @@
-// `openshell logs [NAME] [-n N] [--tail] [--since D] [--source S] [--level L] [--raw]`.
+// `openshell logs [NAME] [-n N] [--tail] [--since D] [--source S] [--level L] [--raw | -o json]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { collect, examples, integer } from "../flags.js";
+import { collect, examples, integer, jsonOutputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addLogs(program: CommandUnknownOpts, runner: Runner): void {
@@ -15,13 +15,19 @@ export function addLogs(program: CommandUnknownOpts, runner: Runner): void {
     .option("--since <duration>", "only lines newer than this (30s, 5m, 1h)")
     .option("--source <source>", "gateway, sandbox or all (repeatable)", collect, [])
     .option("--level <level>", "minimum level: error, warn, info, debug, trace")
-    .option("--raw", "print only each line's message, exactly as sent (control characters included)")
+    .option(
+      "--raw",
+      "print only the main command's output lines, exactly as sent (control characters included)",
+    )
+    .addOption(jsonOutputOption("json: one JSON object per line (time, source, stream, level, message)"))
     .addHelpText(
       "after",
       examples(
         "openshell logs demo",
         "openshell logs demo --tail --source sandbox",
         "openshell logs demo --since 5m --level warn",
+        "openshell logs demo --raw > output.txt",
+        "openshell logs demo -o json | jq -r 'select(.stream == \"stderr\") | .message'",
       ),
     )
     .action((name, opts) =>
@@ -35,6 +41,7 @@ export function addLogs(program: CommandUnknownOpts, runner: Runner): void {
           source: opts.source,
           level: opts.level,
           raw: opts.raw === true,
+          output: opts.output,
         });
       }),
     );

@@ -1,7 +1,7 @@
 // `openshell sandbox download NAME PATH [DEST]`.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { examples } from "../flags.js";
+import { examples, jsonOutputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxDownload(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -11,17 +11,19 @@ export function addSandboxDownload(sandbox: CommandUnknownOpts, runner: Runner):
     .argument("<name>")
     .argument("<path>")
     .argument("[dest]", "local destination", ".")
+    .addOption(jsonOutputOption())
     .addHelpText(
       "after",
       examples(
+        "openshell sandbox download demo results ./results -o json",
         "openshell sandbox download demo build/out.tar ./out.tar",
         "openshell sandbox download demo results ./results",
       ),
     )
-    .action((name, path, dest) =>
+    .action((name, path, dest, opts) =>
       runner.run(async (ctx) => {
         const { sandboxDownload } = await import("../actions/transfer.js");
-        return sandboxDownload(ctx, { name, path, dest });
+        return sandboxDownload(ctx, { name, path, dest, output: opts.output });
       }),
     );
 }

@@ -2,7 +2,7 @@
 // command's status, so the CLI's own failures once it runs use 240–245.
 
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
-import { collect, integer } from "../flags.js";
+import { collect, integer, jsonOutputOption } from "../flags.js";
 import type { Runner } from "../program.js";
 
 export function addSandboxExec(sandbox: CommandUnknownOpts, runner: Runner): void {
@@ -20,6 +20,11 @@ export function addSandboxExec(sandbox: CommandUnknownOpts, runner: Runner): voi
     )
     .option("--tty", "allocate a pseudo-terminal")
     .option("--no-tty", "never allocate a pseudo-terminal")
+    .addOption(
+      jsonOutputOption(
+        "json: after the output, the exit status and byte counts as one JSON line, the last on stderr",
+      ),
+    )
     .argument("<command...>", "command and arguments (after --)")
     .passThroughOptions()
     .addHelpText(
@@ -28,7 +33,8 @@ export function addSandboxExec(sandbox: CommandUnknownOpts, runner: Runner): voi
 Examples:
   openshell sandbox exec -n demo -- ls -la
   tar c src | openshell sandbox exec -- tar x -C /sandbox
-  openshell sandbox exec --timeout 60 --env DEBUG=1 -- make test`,
+  openshell sandbox exec --timeout 60 --env DEBUG=1 -- make test
+  openshell sandbox exec -o json -- make 2>err.log; tail -n 1 err.log | jq .exit_status`,
     )
     .action((command, opts) =>
       runner.run(async (ctx) => {
@@ -40,6 +46,7 @@ Examples:
           env: opts.env,
           timeout: opts.timeout,
           tty: opts.tty,
+          output: opts.output,
           command,
         });
       }),

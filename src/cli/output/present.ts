@@ -4,7 +4,7 @@
 import { stringify as toYaml } from "yaml";
 import { effectiveMode, formatBytes, formatMode } from "../../core/files.js";
 import { describeLimits, limitsToResources, resourcesToLimits } from "../../core/limits.js";
-import { phaseName, readyFalseMessage } from "../../core/phases.js";
+import { mainExitStatus, phaseName, readyFalseMessage } from "../../core/phases.js";
 import { policyToDocument, policyToYaml } from "../../core/policy.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import { type Sandbox, SandboxPhase, type SandboxUsage } from "../../gen/openshell.js";
@@ -12,9 +12,15 @@ import { table, type Ui } from "./ui.js";
 
 export type OutputFormat = "table" | "json" | "yaml";
 
+/** A time in a machine-readable document: ISO 8601 UTC, or null when unset. */
+export function isoTime(ms: number | undefined): string | null {
+  return ms ? new Date(ms).toISOString() : null;
+}
+
+/** A time for people: ISO 8601 UTC to the second. */
 export function formatTimestamp(ms: number): string {
   if (!ms) return "-";
-  return new Date(ms).toISOString().replace("T", " ").slice(0, 19);
+  return `${new Date(ms).toISOString().slice(0, 19)}Z`;
 }
 
 export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = {}): Record<string, unknown> {
@@ -28,13 +34,15 @@ export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = 
     labels: { ...(meta?.labels ?? {}) },
     annotations: { ...(meta?.annotations ?? {}) },
     resource_version: meta?.resourceVersion ?? 0,
-    created_at: formatTimestamp(meta?.createdAtMs ?? 0),
+    created_at: isoTime(meta?.createdAtMs),
     phase: phaseName(status?.phase),
     // Null when the sandbox has no lifetime (lives until deleted).
-    expires_at: status?.expiresAtMs ? new Date(status.expiresAtMs).toISOString() : null,
+    expires_at: isoTime(status?.expiresAtMs),
     current_policy_version: status?.currentPolicyVersion ?? 0,
   };
   if (status?.exitCode !== undefined) document.exit_code = status.exitCode;
+  // Set once the main command has ended (the sandbox stays usable); null while it runs.
+  document.main_exit_status = mainExitStatus(sandbox) ?? null;
   if (ready) document.reason = ready;
   document.files = (sandbox.spec?.files ?? []).map((file) => ({
     path: file.path,
@@ -146,7 +154,9 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   const reason = readyFalseMessage(sandbox);
   // The reason may quote the sandbox (a supervisor's failure, a command's output).
   if (reason) ui.data(`  ${label("Reason:")} ${escapeForTerminal(reason)}`);
-  if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
+  const completed = mainExitStatus(sandbox);
+  if (completed !== undefined) ui.data(`  ${label("Main command:")} completed, exit status ${completed}`);
+  else if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
   ui.data(`  ${label("Resource version:")} ${meta.resourceVersion}`);
   ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);
   const limits = resourcesToLimits(sandbox.spec?.template?.resources);

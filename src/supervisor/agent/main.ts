@@ -165,8 +165,9 @@ async function main(): Promise<void> {
       channel.once("drain", onDrain);
     }
   });
-  // The exit report stops the pod: attached clients get the last output and
-  // the exit status first.
+  // Attached clients get the last output and the exit status before the
+  // exit is reported, so no one acting on the report (`sandbox wait`) is
+  // ahead of them. The agent stays: exec and file transfer go on serving.
   let server: SshServer | undefined;
   main.on("exit", (status) => {
     void (server?.attachmentsSettled(ATTACH_SETTLE_MS) ?? Promise.resolve()).then(() =>

@@ -60,8 +60,8 @@ export interface SshServer {
   /**
    * Resolves once every main-process attachment that has been told of the
    * exit has sent its last output and the exit status (or its client left),
-   * at most `timeoutMs` later. The agent reports the exit, which stops the
-   * pod, only then: attached clients must not lose the end of the story.
+   * at most `timeoutMs` later. The agent reports the exit only then, so
+   * attached clients hear the end of the story before anyone acting on it.
    */
   attachmentsSettled(timeoutMs: number): Promise<void>;
 }
