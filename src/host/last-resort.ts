@@ -45,6 +45,14 @@ export function containUncaughtErrors(what: string, log: (entry: string) => void
       // A log that cannot be written (its disk full, its pipe gone) must not turn into a second uncaught error.
     }
   };
+  // Its log may be its stderr: once that pipe is gone (the gateway that read
+  // it died), each failed write would be one more uncaught error, logged
+  // with one more failed write, for ever. A closed stdio stream is dropped.
+  const ignore = (): void => {};
+  for (const stream of [process.stdout, process.stderr]) stream.on("error", ignore);
   process.on("uncaughtException", handler);
-  return () => process.off("uncaughtException", handler);
+  return () => {
+    process.off("uncaughtException", handler);
+    for (const stream of [process.stdout, process.stderr]) stream.off("error", ignore);
+  };
 }

@@ -107,6 +107,24 @@ describe("last-resort containment", () => {
       "uncaught exception (the test process keeps serving): Error: Connection lost before handshake",
     );
   });
+
+  it("a log written to a stderr whose reader is gone does not turn into errors without end", () => {
+    // stderr is a pipe whose reader has exited: every write fails with EPIPE.
+    const script = `
+      import { containUncaughtErrors } from "./src/host/last-resort.ts";
+      let logged = 0;
+      containUncaughtErrors("the test process", (entry) => { logged++; process.stderr.write(entry + "\\n"); });
+      setTimeout(() => { throw new Error("after the reader left"); }, 50);
+      setTimeout(() => { process.stdout.write("logged " + logged + "\\n"); process.exit(0); }, 300);
+    `;
+    const result = spawnSync(
+      "bash",
+      ["-c", `exec "$0" --import tsx --input-type=module -e "$1" 2> >(true)`, process.execPath, script],
+      { cwd: join(import.meta.dirname, "../.."), encoding: "utf8", timeout: 20_000 },
+    );
+    // The one error, logged once: not a failed write logged with another failed write.
+    expect([result.status, result.stdout]).toEqual([0, "logged 1\n"]);
+  });
 });
 
 describe("exit statuses from a sandbox's SSH server", () => {
