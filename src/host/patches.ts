@@ -1,7 +1,7 @@
 // The one module that reaches into dependencies' internals. Each patch buys
-// something the dependency's public API cannot, measured with `npm run bench`
-// (figures below, same run, patched against OPENSHELL_NO_PATCHES=all), and
-// each is installed explicitly by the entry points that want it
+// something the dependency's public API cannot (`npm run bench` with and
+// without OPENSHELL_NO_PATCHES=all measures it, sections 3 and 6), and each
+// is installed explicitly by the entry points that want it
 // (`installPatches`). A patch whose internal is missing or changed is not
 // installed and is reported to the caller, never silently replaced by a
 // fallback; test/unit/patches.test.ts fails loudly when any internal a patch
@@ -11,8 +11,7 @@
 //   a deep import of build/src/compression-filter.js): grpc-js frames every
 //   message it sends by copying it behind a five-byte header. A buffer from
 //   `framedInPlace` keeps those five bytes free in front and is sent where it
-//   lies. Buys: section 3 (create with 256 files, 10 MiB): see the note in the
-//   README's bench section for the figures.
+//   lies: one copy of a create's ten MiB of files fewer in the CLI (section 3).
 // - grpc-server-windows (grpc-js `Server` `commonServerOptions`,
 //   `_sessionHandler`, `_channelzSessionHandler`): grpc-js clients take a
 //   `grpc-node.flow_control_window`, its server has no such option and keeps
