@@ -13,6 +13,7 @@ import {
   type SandboxFile,
   SandboxPhase,
   type SandboxStreamEvent,
+  WatchSandboxRequest,
 } from "../../src/gen/openshell.js";
 import { connectGateway } from "../../src/transport/grpc.js";
 import {
@@ -132,18 +133,7 @@ export class BenchEnv {
   }
 
   private watchUntilReady(name: string, id: string, timeoutMs: number): Promise<void> {
-    const stream = this.client().watchSandbox({
-      id,
-      followStatus: true,
-      followLogs: false,
-      followEvents: false,
-      logTailLines: 0,
-      eventTail: 0,
-      stopOnTerminal: false,
-      logSinceMs: 0,
-      logSources: [],
-      logMinLevel: "",
-    });
+    const stream = this.client().watchSandbox(WatchSandboxRequest.fromPartial({ id, followStatus: true }));
     return new Promise((resolveReady, reject) => {
       let settled = false;
       const settle = (error?: Error): void => {

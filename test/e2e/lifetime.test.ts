@@ -11,7 +11,12 @@ import { join } from "node:path";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSandboxStatus, setReadyCondition } from "../../src/core/phases.js";
-import { OpenShellService, type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
+import {
+  OpenShellService,
+  type Sandbox,
+  SandboxPhase,
+  WatchSandboxRequest,
+} from "../../src/gen/openshell.js";
 import { gatewayClient, json, TestEnv, uniqueName } from "../helpers/cli.js";
 
 interface SandboxDoc {
@@ -37,18 +42,7 @@ async function getDoc(env: TestEnv, name: string): Promise<SandboxDoc> {
 function deletion(env: TestEnv, id: string, timeoutMs: number): Promise<number> {
   const client = gatewayClient(env);
   return new Promise<number>((resolve, reject) => {
-    const stream = client.watchSandbox({
-      id,
-      followStatus: true,
-      followLogs: false,
-      followEvents: false,
-      logTailLines: 0,
-      eventTail: 0,
-      stopOnTerminal: false,
-      logSinceMs: 0,
-      logSources: [],
-      logMinLevel: "",
-    });
+    const stream = client.watchSandbox(WatchSandboxRequest.fromPartial({ id, followStatus: true }));
     const timer = setTimeout(() => {
       stream.cancel();
       reject(new Error(`sandbox ${id} was not deleted within ${timeoutMs} ms`));

@@ -185,7 +185,7 @@ export function uniqueName(prefix: string): string {
 // ---- the gateway's own API, for waiting on events and inspecting the wire ----
 
 import { readFileSync } from "node:fs";
-import { type OpenShellClient, SandboxPhase } from "../../src/gen/openshell.js";
+import { type OpenShellClient, SandboxPhase, WatchSandboxRequest } from "../../src/gen/openshell.js";
 import { connectGateway, type GatewayTarget } from "../../src/transport/grpc.js";
 
 export function gatewayTarget(env: TestEnv, name = "local"): GatewayTarget {
@@ -225,18 +225,7 @@ export async function waitForPhase(
       );
     });
     await new Promise<void>((resolveWait, reject) => {
-      const stream = client.watchSandbox({
-        id,
-        followStatus: true,
-        followLogs: false,
-        followEvents: false,
-        logTailLines: 0,
-        eventTail: 0,
-        stopOnTerminal: false,
-        logSinceMs: 0,
-        logSources: [],
-        logMinLevel: "",
-      });
+      const stream = client.watchSandbox(WatchSandboxRequest.fromPartial({ id, followStatus: true }));
       const timer = setTimeout(() => {
         stream.cancel();
         reject(new Error(`sandbox ${name} did not reach ${phase} within ${timeoutMs} ms`));

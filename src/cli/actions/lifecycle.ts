@@ -6,7 +6,7 @@ import { formatTtl, parseTtl, ttlError } from "../../core/lifetime.js";
 import { readyFalseMessage } from "../../core/phases.js";
 import { CAPABILITY_SANDBOX_TTL } from "../../core/protocol.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
-import { SandboxPhase, type SandboxStreamEvent } from "../../gen/openshell.js";
+import { SandboxPhase, type SandboxStreamEvent, WatchSandboxRequest } from "../../gen/openshell.js";
 import { mapGrpcError } from "../../transport/grpc.js";
 import type { CommandContext, ConnectedGateway } from "../context.js";
 import { formatTimestamp } from "../output/present.js";
@@ -49,18 +49,7 @@ export async function sandboxStop(
 function waitForStopped(ctx: CommandContext, gateway: ConnectedGateway, id: string): Promise<void> {
   const value = Number(ctx.env.OPENSHELL_LIFECYCLE_TIMEOUT);
   const timeoutSecs = Number.isFinite(value) && value > 0 ? value : 300;
-  const stream = gateway.client.watchSandbox({
-    id,
-    followStatus: true,
-    followLogs: false,
-    followEvents: false,
-    logTailLines: 0,
-    eventTail: 0,
-    stopOnTerminal: false,
-    logSinceMs: 0,
-    logSources: [],
-    logMinLevel: "",
-  });
+  const stream = gateway.client.watchSandbox(WatchSandboxRequest.fromPartial({ id, followStatus: true }));
   return new Promise<void>((resolve, reject) => {
     let settled = false;
     const settle = (error?: OpenShellError): void => {
