@@ -121,7 +121,8 @@ export async function hostGateway(options: HostOptions): Promise<HostedGateway> 
 
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> => {
-    stopped ??= gateway.close().finally(() => {
+    // A hosted gateway's sandboxes outlive it (see runtime.ts): the next start adopts them.
+    stopped ??= gateway.close({ keepSandboxes: true }).finally(() => {
       release();
       rmSync(pidFile, { force: true });
       rmSync(infoFile, { force: true });

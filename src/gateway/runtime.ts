@@ -2,18 +2,25 @@
 // the gateway on this machine and told what to run through the runtime
 // contract (src/runtime/contract.ts): its identity in its environment, the
 // rest over gRPC. A supervisor started ahead of need (the spare) gets that
-// environment as one line on stdin, and keeps stdin open: when the gateway
-// goes away the pipe closes and the supervisor tears its pod down, so no
-// sandbox outlives its gateway. In remote mode (OPENSHELL_SUPERVISOR_MODE=
-// remote) each supervisor starts as one in another machine's pod would:
-// environment only, no stdin, files fetched over gRPC, no spare.
+// environment as one line on stdin; a spare whose stdin ends before it was
+// given a sandbox exits. In remote mode (OPENSHELL_SUPERVISOR_MODE=remote)
+// each supervisor starts as one in another machine's pod would: environment
+// only, no stdin, files fetched over gRPC, no spare.
+//
+// Work outlives the gateway: supervisors run in sessions of their own (a
+// signal to the gateway's process group does not reach them), and a gateway
+// that stops, crashes or is upgraded leaves them running; they reconnect when
+// a gateway listens again. The sandbox's directory records its supervisor's
+// pid and start time (SUPERVISOR_RECORD), and the next gateway adopts the
+// process it names (adopt): it watches it by pid and stops it by signal, as it
+// would one of its own children.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { readdirSync, rmSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { setPriority } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
-import { mallocTunables } from "../host/process.js";
+import { identityAlive, mallocTunables, type ProcessIdentity, processIdentity } from "../host/process.js";
 import { destroySandboxCgroups, findSandboxCgroups } from "../runtime/cgroups.js";
 import {
   POD_SUPPORT_DIR_ENV,
@@ -58,9 +65,31 @@ export interface RuntimeEvents {
 }
 
 interface Running {
-  child: ChildProcess;
-  launch: SupervisorLaunch;
+  /** The process, when this gateway started it; an adopted one is known by its identity only. */
+  child?: ChildProcess;
+  identity?: ProcessIdentity;
+  /** What it was launched to run: known only to the gateway that started it. */
+  launch?: SupervisorLaunch;
   exited: Promise<void>;
+  /** Looks for an adopted supervisor's exit now, rather than at its next tick; ends the watch. */
+  poll?: () => void;
+  unwatch?: () => void;
+}
+
+/** The file in a sandbox's directory naming its supervisor process (see the header). */
+const SUPERVISOR_RECORD = "supervisor.pid";
+/** How often a gateway looks whether an adopted supervisor still runs. */
+const ADOPTED_POLL_MS = 500;
+
+/** The supervisor a sandbox's directory records; undefined when it records none that parses. */
+function readSupervisorRecord(sandboxDir: string): ProcessIdentity | undefined {
+  try {
+    const text = readFileSync(join(sandboxDir, SUPERVISOR_RECORD), "utf8");
+    const match = /^(\d{1,10}) (\d{1,20})\n$/.exec(text);
+    return match ? { pid: Number(match[1]), start: match[2]! } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The environment variable that starts supervisors as remote ones (see the header). */
@@ -97,6 +126,8 @@ export class LocalRuntime {
         : [process.execPath, [this.supervisorScript]];
     return spawn(command, args, {
       stdio: [this.remote ? "ignore" : "pipe", "pipe", "pipe"],
+      // A session of its own: see the header.
+      detached: true,
       env: {
         PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
         LANG: "C.UTF-8",
@@ -163,9 +194,9 @@ export class LocalRuntime {
   start(launch: SupervisorLaunch, secret: string): void {
     // Staging a killed supervisor left behind; its pod is gone.
     removeSharedMemoryStaging(launch.sandboxId);
-    const identity = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.gatewayTarget, secret });
-    const child = this.remote ? this.spawnSupervisor(false, identity) : this.takeSpare();
-    child.stdin?.write(`${JSON.stringify(identity)}\n`);
+    const env = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.gatewayTarget, secret });
+    const child = this.remote ? this.spawnSupervisor(false, env) : this.takeSpare();
+    child.stdin?.write(`${JSON.stringify(env)}\n`);
     // The next spare: as root, once this supervisor has its configuration
     // (see configured), loading only while the CPU is otherwise idle;
     // otherwise once this sandbox is up (the gateway calls prepareSpare when
@@ -173,10 +204,16 @@ export class LocalRuntime {
     // with this pod's start for the CPU, and forking the gateway takes its
     // thread for 10-30 ms, which the new supervisor's first call waits on.
     setTimeout(() => this.prepareSpare(), SPARE_DELAY_MS).unref();
-    // The pipe stays open for the supervisor's lifetime; see the header.
     child.stdin?.on("error", () => {});
     for (const stream of [child.stdout!, child.stderr!]) {
       createInterface({ input: stream }).on("line", (line) => this.events.stderr(launch.sandboxId, line));
+    }
+    // For the next gateway, should this one go first (see the header).
+    const identity = child.pid === undefined ? undefined : processIdentity(child.pid);
+    if (identity) {
+      writeFileSync(join(launch.sandboxDir, SUPERVISOR_RECORD), `${identity.pid} ${identity.start}\n`, {
+        mode: 0o600,
+      });
     }
     const exited = new Promise<void>((resolve) => {
       child.on("exit", (code, signal) => {
@@ -195,14 +232,64 @@ export class LocalRuntime {
     this.running.set(launch.sandboxId, { child, launch, exited });
   }
 
+  /**
+   * Takes on the supervisor an earlier gateway started for a sandbox, when
+   * the record in its directory names one that still runs this gateway's
+   * supervisor program; false when there is none to adopt. Its exit is
+   * reported as a child's would be, with neither code nor signal known.
+   */
+  adopt(sandboxId: string, instanceId: string): boolean {
+    if (this.running.has(sandboxId)) return true;
+    const identity = readSupervisorRecord(this.sandboxDir(sandboxId));
+    if (!identity || !identityAlive(identity) || !this.runsSupervisor(identity.pid)) return false;
+    let timer: NodeJS.Timeout | undefined;
+    let poll!: () => void;
+    const exited = new Promise<void>((resolve) => {
+      poll = () => {
+        if (identityAlive(identity)) return;
+        clearInterval(timer);
+        if (this.running.get(sandboxId)?.identity === identity) this.running.delete(sandboxId);
+        this.events.exited(sandboxId, instanceId, null, null);
+        resolve();
+      };
+    });
+    timer = setInterval(poll, ADOPTED_POLL_MS);
+    timer.unref();
+    this.running.set(sandboxId, { identity, exited, poll, unwatch: () => clearInterval(timer) });
+    return true;
+  }
+
+  /** Whether process `pid` runs this gateway's supervisor program. */
+  private runsSupervisor(pid: number): boolean {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(this.supervisorScript);
+    } catch {
+      return false;
+    }
+  }
+
   /** Stops a sandbox's supervisor (and with it the pod); resolves when it is gone. */
   async stop(sandboxId: string, graceMs = 5000): Promise<void> {
     const running = this.running.get(sandboxId);
     if (!running) return;
-    running.child.kill("SIGTERM");
-    const timer = setTimeout(() => running.child.kill("SIGKILL"), graceMs);
+    const signal = (name: NodeJS.Signals): void => {
+      if (running.child) running.child.kill(name);
+      else if (identityAlive(running.identity!)) {
+        try {
+          process.kill(running.identity!.pid, name);
+        } catch {
+          // Gone in between.
+        }
+      }
+    };
+    signal("SIGTERM");
+    const timer = setTimeout(() => signal("SIGKILL"), graceMs);
+    // An adopted supervisor is no child: its exit is looked for, often while it stops.
+    const polling = running.poll ? setInterval(running.poll, 50) : undefined;
     await running.exited;
     clearTimeout(timer);
+    clearInterval(polling);
+    rmSync(join(this.sandboxDir(sandboxId), SUPERVISOR_RECORD), { force: true });
     await this.unmountDisk(sandboxId);
   }
 
@@ -223,6 +310,26 @@ export class LocalRuntime {
     this.spare?.kill("SIGTERM");
     this.spare = undefined;
     await Promise.all([...this.running.keys()].map((id) => this.stop(id)));
+  }
+
+  /**
+   * Leaves every sandbox's supervisor running for the next gateway to adopt
+   * (see the header); the spare, which serves no sandbox yet, stops.
+   */
+  detachAll(): void {
+    this.stopping = true;
+    this.spare?.kill("SIGTERM");
+    this.spare = undefined;
+    for (const running of this.running.values()) {
+      running.unwatch?.();
+      const child = running.child;
+      if (!child) continue;
+      child.removeAllListeners("exit");
+      // Its diagnostics go to its sandbox's directory once these pipes are gone.
+      for (const stream of [child.stdin, child.stdout, child.stderr]) stream?.destroy();
+      child.unref();
+    }
+    this.running.clear();
   }
 
   /**

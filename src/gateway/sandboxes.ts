@@ -132,6 +132,12 @@ export interface SandboxesOptions {
   ttl?: { defaultSeconds: number; maxSeconds: number } | undefined;
   /** Called when a sandbox's processes go (stop, delete, expiry): connections to it are dropped. */
   released?: ((sandboxId: string) => void) | undefined;
+  /**
+   * How long a restarted gateway waits for a running sandbox's supervisor to
+   * reconnect before it stops it and turns the sandbox to Error
+   * (SupervisorLost); 30 s unless set.
+   */
+  adoptTimeoutMs?: number | undefined;
   log(level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void;
 }
 
@@ -161,6 +167,8 @@ export class Sandboxes {
   private readonly storing = new Map<string, Promise<void>>();
   /** Sandboxes' control groups as made at create or start, so an exec or get need not look for them. */
   private readonly cgroups = new Map<string, SandboxCgroups>();
+  /** Sandboxes whose supervisor this gateway adopted and awaits, with the bound's timer. */
+  private readonly adopting = new Map<string, NodeJS.Timeout>();
 
   constructor(private readonly o: SandboxesOptions) {}
 
@@ -605,6 +613,7 @@ export class Sandboxes {
     for (const sandbox of this.o.store.allSandboxes()) {
       const id = sandbox.metadata!.id;
       if (!existsSync(creatingMarker(this.o.runtime.sandboxDir(id)))) continue;
+      await this.o.runtime.stop(id);
       this.releaseHostIds(id);
       await this.o.runtime.removeSandboxDir(id);
       this.o.store.deleteSandbox(id);
@@ -616,7 +625,24 @@ export class Sandboxes {
     }
   }
 
-  /** On gateway start: every sandbox that was not in Error, Stopped or completed runs again. */
+  /**
+   * On gateway start, first: the supervisors an earlier gateway left running
+   * are taken on (LocalRuntime.adopt), whatever their sandbox's phase, so
+   * that stop, start and delete end them, and nothing of theirs (a mounted
+   * disk) is swept as left over.
+   */
+  adoptSupervisors(): void {
+    for (const sandbox of this.o.store.allSandboxes()) {
+      this.o.runtime.adopt(sandbox.metadata!.id, sandbox.status?.mainProcessInstanceId ?? "");
+    }
+  }
+
+  /**
+   * On gateway start, after adoptSupervisors: a running sandbox whose
+   * supervisor was adopted waits for it to reconnect; one whose supervisor is
+   * gone goes to Error (SupervisorLost), or Stopped when its command had
+   * completed; deletes, stops and expiries under way finish.
+   */
   async resumeAll(): Promise<void> {
     await this.removeUnfinishedCreates();
     for (const sandbox of this.o.store.allSandboxes()) {
@@ -634,16 +660,23 @@ export class Sandboxes {
         continue;
       }
       this.scheduleExpiry(sandbox);
-      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_STOPPED)
-        continue;
-      if (phase === SandboxPhase.SANDBOX_PHASE_STOPPING) {
-        // The gateway stopped mid-stop: its supervisors went with it.
+      // A sandbox in Error keeps an adopted supervisor until it is started again or deleted.
+      if (phase === SandboxPhase.SANDBOX_PHASE_ERROR) continue;
+      if (phase === SandboxPhase.SANDBOX_PHASE_STOPPING || phase === SandboxPhase.SANDBOX_PHASE_STOPPED) {
+        // The gateway stopped mid-stop: the stop finishes.
+        await this.freeRuntime(id);
         this.markStopped(id);
         continue;
       }
+      // Its supervisor outlived the last gateway: it is adopted, not started again.
+      if (this.o.runtime.isRunning(id)) {
+        this.awaitAdopted(sandbox, sandbox.status!.mainProcessInstanceId);
+        continue;
+      }
       if (mainExitStatus(sandbox) !== undefined) {
-        // Its command completed before: it is not run again unasked (start
-        // does that), and its exit status stays for `sandbox wait`.
+        // Its command completed before and its pod is gone: it is not run
+        // again unasked (start does that), and its exit status stays for
+        // `sandbox wait`.
         this.update(id, (s) => {
           setPhase(s, SandboxPhase.SANDBOX_PHASE_STOPPING);
           return true;
@@ -651,23 +684,81 @@ export class Sandboxes {
         this.markStopped(id);
         continue;
       }
-      setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
-      setReadyCondition(
-        sandbox,
-        "False",
-        "GatewayRestarted",
-        "Gateway restarted; starting the sandbox again",
+      this.fail(
+        id,
+        "SupervisorLost",
+        "the sandbox's processes are gone (the host restarted, or they were killed while no gateway ran); " +
+          `\`openshell sandbox start ${sandbox.metadata!.name}\` runs it again`,
       );
-      this.o.store.updateSandbox(sandbox);
-      this.event(id, "Restarting", "Gateway restarted; starting the sandbox again", {
-        "openshell.progress.active_step": "starting_sandbox",
-      });
-      try {
-        this.launch(sandbox, this.retakeHostIds(id));
-      } catch (error) {
-        this.fail(id, "RestartFailed", (error as Error).message);
-      }
     }
+  }
+
+  /**
+   * A running sandbox whose supervisor this gateway adopted: not Ready until
+   * the supervisor's session reconnects, and stopped, in Error
+   * (SupervisorLost), if it has not within the bound.
+   */
+  private awaitAdopted(sandbox: Sandbox, instanceId: string): void {
+    const id = sandbox.metadata!.id;
+    this.keepHostIds(id);
+    const waiting = "Gateway restarted; waiting for the sandbox's supervisor to reconnect";
+    this.update(id, (s) => {
+      setPhase(s, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
+      setReadyCondition(s, "False", "GatewayRestarted", waiting);
+      return true;
+    });
+    this.event(id, "Adopting", waiting);
+    const timeoutMs = this.o.adoptTimeoutMs ?? 30_000;
+    const timer = setTimeout(() => {
+      this.adopting.delete(id);
+      this.supervisorLost(id, timeoutMs).catch((error: unknown) =>
+        this.o.log(
+          "ERROR",
+          `could not stop a supervisor that did not reconnect: ${(error as Error).message}`,
+          id,
+        ),
+      );
+    }, timeoutMs);
+    timer.unref();
+    this.adopting.set(id, timer);
+    // It may have reconnected before this gateway got to it.
+    if (this.o.relay.hasSession(id)) this.supervisorConnected(id, instanceId);
+  }
+
+  /** An adopted supervisor that did not reconnect in time is stopped; its sandbox goes to Error (or Stopped, its command completed). */
+  private async supervisorLost(id: string, timeoutMs: number): Promise<void> {
+    await this.serialized(id, async () => {
+      const sandbox = this.o.store.getSandbox(id);
+      if (!sandbox || unmovedByReports(phaseOf(sandbox)) || this.o.relay.hasSession(id)) return;
+      const completed = mainExitStatus(sandbox) !== undefined;
+      // Out of the phases reports move first, so the supervisor's exit below is no news.
+      if (completed) {
+        this.update(id, (s) => {
+          setPhase(s, SandboxPhase.SANDBOX_PHASE_STOPPING);
+          return true;
+        });
+      } else {
+        this.fail(
+          id,
+          "SupervisorLost",
+          `its supervisor did not reconnect within ${Math.round(timeoutMs / 1000)} s of the gateway's start and was stopped; ` +
+            `\`openshell sandbox start ${sandbox.metadata!.name}\` runs it again`,
+        );
+      }
+      await this.freeRuntime(id);
+      if (completed) this.markStopped(id);
+    });
+  }
+
+  /** An adopted sandbox's uid, leased to it again; if another sandbox holds it meanwhile, that is logged. */
+  private keepHostIds(id: string): void {
+    const runtime = this.o.store.getRuntime(id);
+    if (!this.o.uidLeases || !runtime) return;
+    if (
+      this.o.uidLeases.retake(runtime.hostUid, { sandboxDir: this.o.runtime.sandboxDir(id), sandboxId: id })
+    )
+      return;
+    this.o.log("WARN", `host uid ${runtime.hostUid} is leased to another sandbox on this host as well`, id);
   }
 
   // ---- status changes ---------------------------------------------------
@@ -717,6 +808,8 @@ export class Sandboxes {
       if (unmovedByReports(phase)) return false;
       if (sandbox.status!.mainProcessInstanceId !== instanceId) return false;
       if (this.unresponsive.has(id)) return false;
+      clearTimeout(this.adopting.get(id));
+      this.adopting.delete(id);
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_READY);
       setReadyCondition(sandbox, "True", "DependenciesReady", "Supervisor session connected");
       return true;
@@ -726,6 +819,8 @@ export class Sandboxes {
   }
 
   supervisorDisconnected(id: string): void {
+    // A gateway that stops cuts its supervisors' sessions; they stay as they were for the next one.
+    if (this.shuttingDown) return;
     this.update(id, (sandbox) => {
       if (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_READY) return false;
       setPhase(sandbox, SandboxPhase.SANDBOX_PHASE_PROVISIONING);
@@ -816,11 +911,13 @@ export class Sandboxes {
     if (!sandbox || sandbox.status?.mainProcessInstanceId !== instanceId) return;
     const phase = phaseOf(sandbox);
     if (unmovedByReports(phase)) return;
-    this.fail(
-      id,
-      "SupervisorExited",
-      `sandbox supervisor exited ${signal ? `on signal ${signal}` : `with status ${code}`}`,
-    );
+    // An adopted supervisor is no child of this gateway's: how it ended is not known.
+    const how = signal
+      ? `exited on signal ${signal}`
+      : code !== null
+        ? `exited with status ${code}`
+        : "is gone";
+    this.fail(id, "SupervisorExited", `sandbox supervisor ${how}`);
   }
 
   // ---- delete -----------------------------------------------------------
@@ -1074,8 +1171,9 @@ export class Sandboxes {
 
   /** Stops the expiry timers (the gateway is closing). */
   close(): void {
-    for (const timer of this.expiryTimers.values()) clearTimeout(timer);
+    for (const timer of [...this.expiryTimers.values(), ...this.adopting.values()]) clearTimeout(timer);
     this.expiryTimers.clear();
+    this.adopting.clear();
   }
 }
 

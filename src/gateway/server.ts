@@ -70,6 +70,12 @@ export interface GatewayOptions {
   minFreeBytes?: number;
   /** Sandbox lifetimes in seconds; OPENSHELL_GATEWAY_DEFAULT_TTL and OPENSHELL_GATEWAY_MAX_TTL, else none. */
   ttl?: { defaultSeconds: number; maxSeconds: number };
+  /**
+   * How long a sandbox's supervisor left running by an earlier gateway has
+   * to reconnect before it is stopped; OPENSHELL_GATEWAY_ADOPT_TIMEOUT
+   * (`30s`, `2m`), else 30 s.
+   */
+  adoptTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -117,7 +123,11 @@ function limitsSetting(name: string): Limits {
 export interface RunningGateway {
   port: number;
   endpoint: string;
-  close(): Promise<void>;
+  /**
+   * Stops the gateway; its sandboxes stop with it, unless `keepSandboxes`:
+   * then their supervisors run on for the next gateway to adopt.
+   */
+  close(options?: { keepSandboxes?: boolean }): Promise<void>;
 }
 
 const SESSION_REAP_MS = 3600_000;
@@ -218,6 +228,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     minFreeBytes,
     uidLeases,
     ttl: options.ttl ?? ttlSettings(),
+    adoptTimeoutMs: options.adoptTimeoutMs ?? (ttlSetting("OPENSHELL_GATEWAY_ADOPT_TIMEOUT") || 30) * 1000,
     released: (id) => ssh?.dropClient(id),
     log: gatewayLog,
   });
@@ -270,15 +281,18 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     );
   });
 
+  sandboxes.adoptSupervisors();
   // Disks left mounted for sandboxes this gateway no longer has (deleted by a crashed gateway).
-  // A sandbox in Error or Stopped is not started again until asked, so its disk is not needed until it is deleted.
+  // A sandbox in Error or Stopped is not started again until asked, so its disk is not needed
+  // until it is deleted, unless its supervisor still runs.
   const known = new Set(
     store
       .allSandboxes()
       .filter(
         (sandbox) =>
-          phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
-          phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED,
+          runtime.isRunning(sandbox.metadata!.id) ||
+          (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
+            phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED),
       )
       .map((sandbox) => sandbox.metadata!.id),
   );
@@ -293,13 +307,19 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   return {
     port,
     endpoint: `${scheme}://${host}:${port}`,
-    close: () => {
+    close: (closeOptions = {}) => {
       closing ??= (async () => {
         clearInterval(reaper);
         sandboxes.close();
         sandboxes.beginShutdown();
-        await runtime.stopAll();
-        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        if (closeOptions.keepSandboxes) {
+          runtime.detachAll();
+          // Supervisors hold their sessions and log streams open: they are cut, and reconnect to the next gateway.
+          server.forceShutdown();
+        } else {
+          await runtime.stopAll();
+          await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        }
         store.close();
         uidLeases?.close();
         rmSync(socketPath, { force: true });

@@ -17,14 +17,41 @@ export function processAlive(pid: number): boolean {
   return !isZombie(pid);
 }
 
-function isZombie(pid: number): boolean {
+/** The fields of /proc/PID/stat after the command name (which is in parentheses and may hold any character), from the state on. */
+function statFields(pid: number): string[] | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The state follows the command name, which is in parentheses and may hold any character.
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) === "Z";
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+function isZombie(pid: number): boolean {
+  return statFields(pid)?.[0] === "Z";
+}
+
+/**
+ * A process as the kernel tells it apart from a later one given the same
+ * pid: the pid and its start time (clock ticks after boot).
+ */
+export interface ProcessIdentity {
+  pid: number;
+  start: string;
+}
+
+/** The identity of a running process; undefined when there is none (or a zombie). */
+export function processIdentity(pid: number): ProcessIdentity | undefined {
+  const fields = statFields(pid);
+  // starttime is field 22 of the stat line, the 20th from the state (field 3).
+  const start = fields?.[19];
+  if (!fields || fields[0] === "Z" || !start || !/^\d+$/.test(start)) return undefined;
+  return { pid, start };
+}
+
+/** Whether the process `identity` names still runs (not a later one with its pid). */
+export function identityAlive(identity: ProcessIdentity): boolean {
+  return processIdentity(identity.pid)?.start === identity.start;
 }
 
 /**

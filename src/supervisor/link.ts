@@ -32,6 +32,8 @@ import { connectUnixSocket } from "../transport/unix.js";
 
 const LOG_FLUSH_MS = 200;
 const LOG_BATCH = 100;
+/** The longest wait between two attempts to reach a gateway that is away. */
+const RECONNECT_MAX_MS = 2000;
 
 /**
  * A client of the gateway whose calls carry the sandbox's credentials once
@@ -55,6 +57,9 @@ export function supervisorClient(target: string): {
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 15_000,
+    // A gateway that went away is looked for again every few seconds, not every two minutes.
+    "grpc.initial_reconnect_backoff_ms": 500,
+    "grpc.max_reconnect_backoff_ms": RECONNECT_MAX_MS,
     interceptors: [interceptor],
   });
   return {
@@ -87,11 +92,14 @@ export interface SessionOptions {
   /** Unix socket of the pod's SSH server, as seen from the host. */
   sshSocket: string;
   log(line: string): void;
+  /** Called each time a gateway accepts the session (again, after a reconnect). */
+  accepted?(): void;
 }
 
 /**
- * Holds the supervisor session open, reconnecting with backoff (1 s → 30 s)
- * if it drops, and serves each RelayOpen by dialing the pod's SSH socket and
+ * Holds the supervisor session open, reconnecting with backoff (0.5 s → 2 s,
+ * so a gateway that comes back adopts its sandboxes within seconds) if it
+ * drops, for as long as the supervisor runs, and serves each RelayOpen by dialing the pod's SSH socket and
  * bridging it to a new RelayStream call.
  */
 export class SupervisorSession {
@@ -99,7 +107,7 @@ export class SupervisorSession {
   private stopped = false;
   /** Open relays, each settled once the gateway has ended its call (all bytes through). */
   private readonly relays = new Set<Promise<void>>();
-  private backoffMs = 1000;
+  private backoffMs = 500;
   constructor(private readonly o: SessionOptions) {}
 
   start(): void {
@@ -139,15 +147,17 @@ export class SupervisorSession {
     });
     stream.on("data", (message: GatewayMessage) => {
       const payload = message.payload;
-      if (payload?.$case === "sessionAccepted") this.backoffMs = 1000;
-      else if (payload?.$case === "relayOpen") this.openRelay(stream, payload.value);
+      if (payload?.$case === "sessionAccepted") {
+        this.backoffMs = 500;
+        this.o.accepted?.();
+      } else if (payload?.$case === "relayOpen") this.openRelay(stream, payload.value);
       else if (payload?.$case === "sessionRejected") this.o.log(`session rejected: ${payload.value.reason}`);
     });
     const retry = (): void => {
       if (this.stream !== stream || this.stopped) return;
       this.stream = undefined;
       const delay = this.backoffMs;
-      this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
+      this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
       setTimeout(() => this.connect(), delay).unref();
     };
     stream.on("error", retry);

@@ -11,10 +11,19 @@
 // transfer) until the sandbox is stopped.
 //
 // Progress and failures go to the gateway over gRPC (ReportSupervisorStatus);
-// diagnostics go to stderr. A supervisor started before its sandbox exists (a
-// spare) reads the contract's environment as one JSON line on stdin, which
-// stays open: its end means the gateway is gone, and the sandbox stops with it.
+// diagnostics go to stderr, and to a bounded file in the sandbox's directory
+// once stderr's reader is gone. A supervisor started before its sandbox exists
+// (a spare) reads the contract's environment as one JSON line on stdin; a
+// spare whose stdin ends first exits.
+//
+// The sandbox outlives its gateway: a gateway that goes away ends none of its
+// processes. The supervisor's session reconnects (link.ts) until a gateway
+// listens again and adopts it, and a main process exit that could not be
+// reported is reported then. Only a stop from the gateway (SIGTERM), its
+// pod's end, or the removal of its sandbox's directory (the sandbox deleted,
+// or its gateway's state removed while it was away) ends it.
 
+import { appendFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { Metadata } from "@grpc/grpc-js";
@@ -42,9 +51,33 @@ import {
 } from "./pod.js";
 import { fileInjectionFailed } from "./setup-errors.js";
 
+/** The diagnostics file, once stderr's reader (the gateway that started this supervisor) is gone. */
+let diagFile: string | undefined;
+let diagFileBytes = 0;
+/** Diagnostics kept in the file at most: past that they are dropped. */
+const DIAG_FILE_MAX_BYTES = 1024 * 1024;
+let stderrGone = false;
+process.stderr.on("error", () => {
+  stderrGone = true;
+});
+
 function diag(line: string): void {
-  process.stderr.write(`${line}\n`);
+  if (!stderrGone) {
+    process.stderr.write(`${line}\n`);
+    return;
+  }
+  if (!diagFile || diagFileBytes >= DIAG_FILE_MAX_BYTES) return;
+  const text = `${new Date().toISOString()} ${line.slice(0, 4096)}\n`;
+  diagFileBytes += Buffer.byteLength(text);
+  try {
+    appendFileSync(diagFile, text, { mode: 0o600 });
+  } catch {
+    // Diagnostics only.
+  }
 }
+
+/** How often the supervisor looks whether its sandbox's directory is still there (see the header). */
+const SANDBOX_DIR_POLL_MS = 2000;
 
 /** The longest a report may wait for the gateway: a stopping supervisor does not hang on a gone one. */
 const REPORT_DEADLINE_MS = 5000;
@@ -107,7 +140,8 @@ function readIdentity(): Promise<SupervisorIdentity> {
   const lines = createInterface({ input: process.stdin });
   return new Promise((resolve, reject) => {
     lines.once("line", (line) => {
-      process.stdin.on("end", () => shutdown("gateway connection closed", 0));
+      // From here on the end of stdin is only the gateway going away: the sandbox stays.
+      lines.removeAllListeners("close");
       try {
         const identity = readSupervisorEnv({
           ...process.env,
@@ -171,6 +205,10 @@ async function main(): Promise<void> {
   const configured = call(client.getSandboxConfig.bind(client), { sandboxId });
   configured.catch(() => {}); // awaited below
   const launch = await call(client.getSupervisorLaunch.bind(client), { sandboxId });
+  diagFile = join(launch.sandboxDir, "supervisor.log");
+  setInterval(() => {
+    if (!existsSync(launch.sandboxDir)) shutdown("the sandbox's directory was removed", 0);
+  }, SANDBOX_DIR_POLL_MS).unref();
   const disk = prepareGuestDisk(launch);
   disk?.catch(() => {}); // reported by startPod
   // Stopped before its pod is up, the supervisor still gives back the sandbox's filesystem.
@@ -203,6 +241,23 @@ async function main(): Promise<void> {
   );
   const logs = new LogPusher(client, launch.sandboxId);
   let session: SupervisorSession | undefined;
+  /** The main process's exit status until a gateway has taken it (it may be away when it happens). */
+  let exitToReport: number | undefined;
+  const reportExit = (): void => {
+    const exitCode = exitToReport;
+    if (exitCode === undefined) return;
+    call(client.reportMainProcessExit.bind(client), {
+      sandboxId: launch.sandboxId,
+      instanceId: launch.instanceId,
+      exitCode,
+    }).then(
+      () => {
+        exitToReport = undefined;
+      },
+      (error: Error) =>
+        diag(`could not report the main process exit (again once reconnected): ${error.message}`),
+    );
+  };
 
   const onAgent = (message: AgentMessage): void => {
     switch (message.t) {
@@ -219,20 +274,13 @@ async function main(): Promise<void> {
           instanceId: launch.instanceId,
           sshSocket: pod.sshSocket,
           log: diag,
+          accepted: reportExit,
         });
         session.start();
         break;
       case "exit":
-        void logs
-          .close()
-          .then(() =>
-            call(client.reportMainProcessExit.bind(client), {
-              sandboxId: launch.sandboxId,
-              instanceId: launch.instanceId,
-              exitCode: message.code,
-            }),
-          )
-          .catch((error) => diag(`could not report the main process exit: ${(error as Error).message}`));
+        exitToReport = message.code;
+        void logs.close().then(reportExit);
         // The pod stays: exec, upload, download and logs still serve a sandbox whose command completed.
         diag(`main process exited with status ${message.code}; the pod stays up`);
         break;

@@ -288,7 +288,12 @@ export function mapGrpcError(
         { cause: error },
       );
     case status.CANCELLED:
-      return new OpenShellError("connection_lost", `call cancelled: ${details}`, { cause: error });
+      // What a client sees of a gateway that stops while the call is open.
+      return new OpenShellError(
+        "connection_lost",
+        `connection to gateway '${target.name}' lost (the call was cancelled: ${details})`,
+        { cause: error },
+      );
     default:
       return new OpenShellError("internal", `gateway '${target.name}': ${details}`, { cause: error });
   }

@@ -213,7 +213,10 @@ describe("injected files inside a sandbox", () => {
   });
 
   // Last in this group: it leaves the sandbox in Error.
-  it("a sandbox whose stored content is gone goes to Error (FileInjectionFailed) on restart, never runs without its files", async () => {
+  it("a sandbox whose stored content is gone goes to Error (FileInjectionFailed) at its next start, never runs without its files", async () => {
+    // Running sandboxes outlive their gateway: this one is stopped first, so that it starts again.
+    const stopped = await env.run(["sandbox", "stop", name], { timeoutMs: 60_000 });
+    expect(stopped.code, stopped.stderr).toBe(0);
     const stop = await env.run(["gateway", "stop"], { timeoutMs: 60_000 });
     expect(stop.code, stop.stderr).toBe(0);
     const sandboxes = join(env.stateHome, "openshell", "gateways", "local", "sandboxes");
@@ -223,6 +226,8 @@ describe("injected files inside a sandbox", () => {
     expect(stored).toHaveLength(1);
     rmSync(stored[0]!);
     await env.startGateway();
+    const start = await env.run(["sandbox", "start", name], { timeoutMs: 60_000 });
+    expect(start.code).not.toBe(0);
     await waitForPhase(env, name, "Error");
     const got = await env.run(["sandbox", "get", name, "-o", "json"]);
     expect(got.stdout).toContain("FileInjectionFailed");

@@ -143,7 +143,7 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
     expect(mounted(join(DISKS_ROOT, id))).toBe(false);
   });
 
-  it("after the gateway and its supervisors are killed with SIGKILL, the next start mounts the disk afresh with the workspace intact", async () => {
+  it("after the gateway and its supervisors are killed with SIGKILL, the sandbox is SupervisorLost and its start mounts the disk afresh with the workspace intact", async () => {
     const name = uniqueName("crash");
     expect((await env.createIdle(name)).code).toBe(0);
     const id = await sandboxId(env, name);
@@ -174,6 +174,12 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
 
     const start = await env.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env: disk });
     expect(start.code, start.stderr).toBe(0);
+    // Its processes are gone: it says so, and runs again when asked.
+    await waitForPhase(env, name, "Error", 30_000);
+    const lost = await env.run(["sandbox", "get", name, "-o", "json"]);
+    expect(lost.stdout).toContain("SupervisorLost");
+    const started = await env.run(["sandbox", "start", name], { timeoutMs: 60_000 });
+    expect(started.code, started.stderr).toBe(0);
     await waitForPhase(env, name, "Ready", 30_000);
     const read = await env.run(["sandbox", "exec", "-n", name, "--", "cat", "/sandbox/mark"]);
     expect(read.code, read.stderr).toBe(0);
@@ -220,6 +226,8 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
     const name = uniqueName("upgrade");
     expect((await env.createIdle(name)).code).toBe(0);
     const id = await sandboxId(env, name);
+    // Stopped, so that its next start lays out its storage.
+    expect((await env.run(["sandbox", "stop", name], { timeoutMs: 60_000 })).code).toBe(0);
     expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
     // The layout before: the workspace a directory in the sandbox's state directory, no image.
     const dir = sandboxDir(env, id);
@@ -227,6 +235,8 @@ describe.skipIf(!isRoot)("a sandbox that fills its 64 MiB filesystem (root gatew
     mkdirSync(join(dir, "workspace", "project"), { recursive: true, mode: 0o755 });
     writeFileSync(join(dir, "workspace", "project", "notes.txt"), "written before\n", { mode: 0o644 });
     await env.startGateway(disk);
+    const started = await env.run(["sandbox", "start", name], { timeoutMs: 60_000 });
+    expect(started.code, started.stderr).toBe(0);
     await waitForPhase(env, name, "Ready", 30_000);
     const read = await env.run([
       "sandbox",

@@ -6,7 +6,8 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { collect, json, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
+import { identityAlive } from "../../src/host/process.js";
+import { collect, json, TestEnv, uniqueName, waitFor, waitForOutput, waitForPhase } from "../helpers/cli.js";
 
 interface SandboxDoc {
   phase: string;
@@ -162,7 +163,7 @@ describe("a completed command across a gateway restart", () => {
   beforeAll(() => env.startGateway(), 60_000);
   afterAll(() => env.dispose());
 
-  it("comes back Stopped with its status kept, its command not run again until start", async () => {
+  it("comes back Ready with its status kept (its pod outlived the gateway), or Stopped when its pod is gone; its command is not run again until start", async () => {
     const name = uniqueName("once");
     const created = await env.run([
       "sandbox",
@@ -177,6 +178,19 @@ describe("a completed command across a gateway restart", () => {
     expect(created.code, created.stderr).toBe(0);
     expect((await env.run(["sandbox", "wait", name])).code).toBe(5);
     expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+    await env.startGateway();
+    await waitForPhase(env, name, "Ready");
+    const adopted = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect([adopted.phase, adopted.main_exit_status]).toEqual(["Ready", 5]);
+    expect((await env.run(["sandbox", "wait", name])).code).toBe(5);
+    const once = await env.run(["sandbox", "exec", "-n", name, "--", "cat", "/sandbox/runs"]);
+    expect(once.stdout).toBe("run\n");
+
+    // Its supervisor killed while no gateway runs: the pod is gone, the status stays.
+    const [supervisor] = env.supervisorRecords();
+    expect((await env.run(["gateway", "stop"], { timeoutMs: 60_000 })).code).toBe(0);
+    process.kill(supervisor!.pid, "SIGKILL");
+    await waitFor("the supervisor to be gone", 10_000, () => (identityAlive(supervisor!) ? undefined : true));
     await env.startGateway();
     const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
     expect([doc.phase, doc.main_exit_status]).toEqual(["Stopped", 5]);

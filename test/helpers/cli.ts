@@ -3,7 +3,7 @@
 // sandboxes), and tearing it all down afterwards.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -85,9 +85,40 @@ export class TestEnv {
     if (result.code !== 0) throw new Error(`gateway start failed: ${result.stderr}`);
   }
 
+  /** The supervisors this environment's gateways recorded, running or not. */
+  supervisorRecords(): ProcessIdentity[] {
+    const gateways = join(this.stateHome, "openshell", "gateways");
+    const records: ProcessIdentity[] = [];
+    for (const gateway of existsSync(gateways) ? readdirSync(gateways) : []) {
+      const sandboxes = join(gateways, gateway, "sandboxes");
+      for (const id of existsSync(sandboxes) ? readdirSync(sandboxes) : []) {
+        try {
+          const [pid, start] = readFileSync(join(sandboxes, id, "supervisor.pid"), "utf8")
+            .trim()
+            .split(" ");
+          records.push({ pid: Number(pid), start: start ?? "" });
+        } catch {
+          // No supervisor recorded.
+        }
+      }
+    }
+    return records;
+  }
+
+  /**
+   * Stops the gateway and removes everything. Sandboxes outlive their
+   * gateway; their supervisors end once their directories are gone, and are
+   * waited for (killed after 15 s) so that no test leaves processes behind.
+   */
   async dispose(): Promise<void> {
     await this.run(["gateway", "stop"], { timeoutMs: 60_000 }).catch(() => undefined);
-    rmSync(this.root, { recursive: true, force: true });
+    const supervisors = this.supervisorRecords();
+    rmSync(this.root, { recursive: true, force: true, maxRetries: 5 });
+    const deadline = Date.now() + 15_000;
+    while (supervisors.some(identityAlive) && Date.now() < deadline) {
+      await new Promise((done) => setTimeout(done, 50));
+    }
+    for (const supervisor of supervisors.filter(identityAlive)) process.kill(supervisor.pid, "SIGKILL");
   }
 }
 
@@ -186,6 +217,7 @@ export function uniqueName(prefix: string): string {
 
 import { readFileSync } from "node:fs";
 import { type OpenShellClient, SandboxPhase, WatchSandboxRequest } from "../../src/gen/openshell.js";
+import { identityAlive, type ProcessIdentity } from "../../src/host/process.js";
 import { connectGateway, type GatewayTarget } from "../../src/transport/grpc.js";
 
 export function gatewayTarget(env: TestEnv, name = "local"): GatewayTarget {

@@ -238,7 +238,7 @@ export async function gatewayStop(
   }
   process.kill(info.pid, "SIGTERM");
   const deadline = Date.now() + 30_000;
-  // The gateway stops its sandboxes first; wait for the process to be gone.
+  // Its sandboxes keep running (the next start adopts them); wait for the process to be gone.
   while (localGatewayInfo(name) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -68,7 +68,7 @@ Examples:
 
   gateway
     .command("stop")
-    .description("stop a local gateway and its sandboxes (they run again on the next start)")
+    .description("stop a local gateway; its sandboxes keep running, and its next start takes them on")
     .option("--name <name>", "gateway name (default: the active one)")
     .addHelpText("after", examples("openshell gateway stop", "openshell gateway stop --name other"))
     .action((opts) =>
