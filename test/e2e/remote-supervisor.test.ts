@@ -129,12 +129,17 @@ describe("a supervisor told only through its environment and gRPC", () => {
   });
 
   it("reports a failure to get its files over gRPC: the sandbox goes to Error (FileInjectionFailed), never runs without them", async () => {
+    // Running sandboxes outlive their gateway: this one is stopped first, so that it starts again.
+    const stopped = await env.run(["sandbox", "stop", name], { timeoutMs: 60_000 });
+    expect(stopped.code, stopped.stderr).toBe(0);
     const stop = await env.run(["gateway", "stop"], { timeoutMs: 60_000 });
     expect(stop.code, stop.stderr).toBe(0);
     const stored = join(stateDir(), "sandboxes", sandboxId, "files.pb");
     expect(existsSync(stored)).toBe(true);
     rmSync(stored);
     await env.startGateway(REMOTE);
+    const start = await env.run(["sandbox", "start", name], { timeoutMs: 60_000 });
+    expect(start.code).not.toBe(0);
     await waitForPhase(env, name, "Error");
     const got = await env.run(["sandbox", "get", name, "-o", "json"]);
     expect(got.stdout).toContain("FileInjectionFailed");
