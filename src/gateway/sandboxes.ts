@@ -77,6 +77,7 @@ import {
   type Sandbox,
   type SandboxFile,
   SandboxPhase,
+  type SandboxSpec,
   SandboxTemplate,
   type SandboxUsage,
 } from "../gen/openshell.js";
@@ -232,6 +233,7 @@ export class Sandboxes {
     ];
     const first = checks.find((message) => message !== undefined);
     if (first) throw invalidArgument(first);
+    refuseUnhonoured(spec);
     this.limitsOf(spec.template?.resources);
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
@@ -1175,6 +1177,56 @@ export class Sandboxes {
     this.expiryTimers.clear();
     this.adopting.clear();
   }
+}
+
+/** The longest text a template field may hold (upstream's bound). */
+const TEMPLATE_TEXT_MAX = 1024;
+
+/**
+ * Refuses what a create asks that this gateway's runtime cannot do, naming
+ * the field: a sandbox that is not what was asked for is never started.
+ */
+function refuseUnhonoured(spec: SandboxSpec): void {
+  const template = spec.template;
+  for (const field of ["image", "runtimeClassName", "agentSocket"] as const) {
+    const value = template?.[field] ?? "";
+    if (Buffer.byteLength(value) > TEMPLATE_TEXT_MAX) {
+      throw invalidArgument(`spec.template.${snakeCase(field)} exceeds ${TEMPLATE_TEXT_MAX} bytes`);
+    }
+  }
+  const gpu = spec.resourceRequirements?.gpu;
+  if (gpu?.count === 0)
+    throw invalidArgument("spec.resource_requirements.gpu: gpu count must be greater than 0");
+  const unhonoured: [string, boolean, string][] = [
+    [
+      "spec.template.image",
+      (template?.image ?? "") !== "",
+      "this gateway runs sandboxes on its host's root filesystem; it cannot run them from images",
+    ],
+    ["spec.resource_requirements.gpu", gpu !== undefined, "this gateway's runtime gives sandboxes no GPUs"],
+    [
+      "spec.template.runtime_class_name",
+      (template?.runtimeClassName ?? "") !== "",
+      "this gateway's runtime (bubblewrap) has no runtime classes",
+    ],
+    [
+      "spec.template.agent_socket",
+      (template?.agentSocket ?? "") !== "",
+      "this gateway's runtime places the agent's socket itself",
+    ],
+    [
+      "spec.template.driver_config",
+      Object.keys(template?.driverConfig ?? {}).length > 0,
+      "this gateway's runtime (bubblewrap) takes no driver configuration",
+    ],
+  ];
+  for (const [field, asked, why] of unhonoured) {
+    if (asked) throw new StatusError(status.UNIMPLEMENTED, `${field}: ${why}`);
+  }
+}
+
+function snakeCase(name: string): string {
+  return name.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`);
 }
 
 function stoppedOrStopping(phase: SandboxPhase): boolean {

@@ -8,7 +8,12 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePolicyYaml } from "../../src/core/policy/parse.js";
-import { type CreateSandboxRequest, type OpenShellClient, SandboxPhase } from "../../src/gen/openshell.js";
+import {
+  type CreateSandboxRequest,
+  type OpenShellClient,
+  SandboxPhase,
+  SandboxTemplate,
+} from "../../src/gen/openshell.js";
 import { gatewayClient, TestEnv } from "../helpers/cli.js";
 import { describeRun } from "../helpers/tree.js";
 
@@ -24,6 +29,7 @@ function answer(run: (callback: (error: { code?: number; details?: string } | nu
 }
 
 const INVALID_ARGUMENT = 3;
+type Spec = NonNullable<CreateSandboxRequest["spec"]>;
 
 function createRequest(workspace: string, size?: string): CreateSandboxRequest {
   return {
@@ -118,6 +124,37 @@ describe("requests the gateway refuses", () => {
     );
     expect(await allSandboxes()).toBe(0);
   });
+
+  const template = (fields: Partial<SandboxTemplate>) => (spec: Spec) => {
+    spec.template = { ...SandboxTemplate.fromPartial({}), ...fields };
+  };
+  const gpu = (count?: number) => (spec: Spec) => {
+    spec.resourceRequirements = { gpu: count === undefined ? {} : { count } };
+  };
+  it.each([
+    ["template.image", template({ image: "ghcr.io/nvidia/openshell-community/sandboxes/base:latest" }), 12],
+    ["resource_requirements.gpu", gpu(), 12],
+    ["resource_requirements.gpu", gpu(2), 12],
+    ["resource_requirements.gpu", gpu(0), INVALID_ARGUMENT],
+    ["template.runtime_class_name", template({ runtimeClassName: "kata" }), 12],
+    ["template.agent_socket", template({ agentSocket: "/run/agent.sock" }), 12],
+    [
+      "template.driver_config",
+      template({ driverConfig: { kubernetes: { pod: { priority_class_name: "batch-low" } } } }),
+      12,
+    ],
+    ["template.image", template({ image: "x".repeat(1025) }), INVALID_ARGUMENT],
+  ] as const)(
+    "refuses spec.%s it cannot honour, naming it, creating nothing (%#)",
+    async (field, change, code) => {
+      const request = createRequest("");
+      change(request.spec!);
+      const result = await answer((cb) => client.createSandbox(request, cb));
+      expect(result.code, result.details).toBe(code);
+      expect(result.details.startsWith(`spec.${field}`), result.details).toBe(true);
+      expect(await allSandboxes()).toBe(0);
+    },
+  );
 
   it("refuses a lifetime over a year, and a renew without one, with INVALID_ARGUMENT naming the field", async () => {
     const long = createRequest("");
