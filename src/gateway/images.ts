@@ -1,0 +1,304 @@
+// The gateway's image store: root filesystems for sandboxes made from OCI
+// images (`sandbox create --from`), built on the field's own tools: skopeo
+// copies an image from wherever it is (a registry, with the usual registry
+// auth files; an OCI or docker archive; an OCI layout) into a private OCI
+// layout, and umoci unpacks its layers, whiteouts applied, into a root
+// filesystem. Roots are kept by manifest digest, one per image however many
+// sandboxes use it, and are never written once unpacked.
+//
+// On disk, under the store's directory:
+//   roots/<hex>/       the unpacked tree of the image whose manifest digest is sha256:<hex>
+//   images/<hex>.json  what is known of it: digest, references, config, size
+//   tmp/               pulls under way; a pull that fails or is interrupted leaves
+//                      only this, removed when the store opens
+// A root is renamed into place only once complete, and its record written
+// after it, so nothing half-pulled ever looks usable.
+
+import { execFile } from "node:child_process";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
+
+/** What an image says about how to run it (its config's `config` object). */
+export interface ImageConfig {
+  env: string[];
+  workingDir: string;
+  user: string;
+  entrypoint: string[];
+  cmd: string[];
+}
+
+export interface StoredImage {
+  /** The manifest digest, `sha256:<hex>`. */
+  digest: string;
+  /** The sources this image was pulled as, most recent first. */
+  references: string[];
+  config: ImageConfig;
+  /** Bytes the unpacked root takes. */
+  sizeBytes: number;
+  pulledAtMs: number;
+}
+
+export interface ImageStoreOptions {
+  /** Registries (`host:port`) reached over plain HTTP or with unverified TLS. */
+  insecureRegistries?: readonly string[];
+  /** The prefix a community sandbox name (`base`) is resolved under. */
+  communityRegistry?: string;
+}
+
+/** Upstream's community registry prefix; OPENSHELL_COMMUNITY_REGISTRY overrides it. */
+export const DEFAULT_COMMUNITY_REGISTRY = "ghcr.io/nvidia/openshell-community/sandboxes";
+
+/** A pull that failed: its message names the source and what went wrong. */
+export class ImagePullError extends Error {}
+
+/** The most a tool's stderr is kept of, for its error message. */
+const TOOL_OUTPUT_MAX = 64 * 1024;
+/** The largest manifest or config blob the store reads. */
+const BLOB_MAX = 4 * 1024 * 1024;
+
+const DIGEST = /^sha256:([0-9a-f]{64})$/;
+/** A community sandbox name: a plain word, no registry, path or tag. */
+const COMMUNITY_NAME = /^[a-z0-9][a-z0-9._-]{0,127}$/;
+
+function run(tool: string, args: readonly string[], signal?: AbortSignal): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      tool,
+      args,
+      { maxBuffer: TOOL_OUTPUT_MAX, signal, env: { ...process.env, LANG: "C.UTF-8" } },
+      (error, stdout, stderr) => {
+        if (!error) return resolve(stdout);
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === "ENOENT") {
+          reject(new Error(`${tool} is not installed (Debian: apt-get install ${tool})`));
+          return;
+        }
+        const last = String(stderr).trim().split("\n").filter(Boolean).pop() ?? error.message;
+        reject(new Error(last.replace(/^time="[^"]*" level=\w+ msg="(.*)"$/, "$1").slice(0, 2048)));
+      },
+    );
+  });
+}
+
+function readJson(path: string): unknown {
+  if (statSync(path).size > BLOB_MAX) throw new Error(`${path} exceeds ${BLOB_MAX} bytes`);
+  return JSON.parse(readFileSync(path, "utf8"));
+}
+
+function strings(value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((item): item is string => typeof item === "string") : [];
+}
+
+/** The blob `digest` of an OCI layout, as JSON. */
+function layoutBlob(layout: string, digest: unknown): Record<string, unknown> {
+  const match = typeof digest === "string" ? DIGEST.exec(digest) : null;
+  if (!match) throw new Error(`not a sha256 digest: ${String(digest).slice(0, 100)}`);
+  return readJson(join(layout, "blobs", "sha256", match[1]!)) as Record<string, unknown>;
+}
+
+/** The image in a one-image OCI layout: its manifest digest, config and architecture. */
+function inspectLayout(layout: string): { digest: string; config: ImageConfig; architecture: string } {
+  const index = readJson(join(layout, "index.json")) as { manifests?: { digest?: unknown }[] };
+  const digest = index.manifests?.[0]?.digest;
+  const manifest = layoutBlob(layout, digest) as { config?: { digest?: unknown } };
+  const image = layoutBlob(layout, manifest.config?.digest) as {
+    architecture?: unknown;
+    config?: Record<string, unknown>;
+  };
+  const config = image.config ?? {};
+  return {
+    digest: digest as string,
+    architecture: typeof image.architecture === "string" ? image.architecture : "",
+    config: {
+      env: strings(config.Env),
+      workingDir: typeof config.WorkingDir === "string" ? config.WorkingDir : "",
+      user: typeof config.User === "string" ? config.User : "",
+      entrypoint: strings(config.Entrypoint),
+      cmd: strings(config.Cmd),
+    },
+  };
+}
+
+/** The OCI architecture name of this host's. */
+function hostArchitecture(): string {
+  const names: Record<string, string> = {
+    x64: "amd64",
+    arm64: "arm64",
+    arm: "arm",
+    ppc64: "ppc64le",
+    s390x: "s390x",
+  };
+  return names[process.arch] ?? process.arch;
+}
+
+/** Bytes under `dir`, as `du` counts them (hard links once). */
+async function diskUsage(dir: string): Promise<number> {
+  const out = await run("du", ["-sb", dir]);
+  return Number(out.split("\t")[0]) || 0;
+}
+
+export class ImageStore {
+  private readonly pulls = new Map<string, Promise<StoredImage>>();
+  private readonly community: string;
+  private readonly insecure: Set<string>;
+
+  constructor(
+    readonly dir: string,
+    options: ImageStoreOptions = {},
+  ) {
+    this.community = (options.communityRegistry ?? DEFAULT_COMMUNITY_REGISTRY).replace(/\/+$/, "");
+    this.insecure = new Set(options.insecureRegistries ?? []);
+    for (const sub of ["roots", "images"]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o711 });
+    // Pulls a stopped gateway left unfinished.
+    rmSync(join(dir, "tmp"), { recursive: true, force: true });
+    mkdirSync(join(dir, "tmp"), { mode: 0o700 });
+  }
+
+  /**
+   * Where `source` is: an image reference (a community name under the
+   * community registry), or, given as an absolute path, an archive (OCI, or
+   * docker's), an OCI layout directory, or a plain root filesystem directory.
+   */
+  private locate(source: string): {
+    kind: "registry" | "archive" | "layout" | "rootfs";
+    from: string;
+    args: string[];
+  } {
+    if (isAbsolute(source)) {
+      let directory: boolean;
+      try {
+        directory = statSync(source).isDirectory();
+      } catch {
+        throw new ImagePullError(`image '${source}': no such file or directory`);
+      }
+      if (!directory) return { kind: "archive", from: `oci-archive:${source}`, args: [] };
+      if (existsSync(join(source, "oci-layout"))) return { kind: "layout", from: `oci:${source}`, args: [] };
+      return { kind: "rootfs", from: source, args: [] };
+    }
+    const reference =
+      COMMUNITY_NAME.test(source) && !source.includes(".") ? `${this.community}/${source}` : source;
+    const registry = reference.split("/")[0]!;
+    return {
+      kind: "registry",
+      from: `docker://${reference}`,
+      args: this.insecure.has(registry) ? ["--src-tls-verify=false"] : [],
+    };
+  }
+
+  /** Brings `source` into the OCI layout `layout` as its one image, `layout:image`. */
+  private async fetch(source: string, layout: string, signal?: AbortSignal): Promise<void> {
+    const { kind, from, args } = this.locate(source);
+    if (kind === "rootfs") {
+      // A plain tree becomes a one-layer image: stored, shared and digested as any other.
+      await run("umoci", ["init", "--layout", layout], signal);
+      await run("umoci", ["new", "--image", `${layout}:image`], signal);
+      await run("umoci", ["insert", "--image", `${layout}:image`, source, "/"], signal);
+      return;
+    }
+    try {
+      await run("skopeo", ["copy", "--quiet", ...args, from, `oci:${layout}:image`], signal);
+    } catch (error) {
+      if (kind !== "archive") throw error;
+      // Not an OCI archive: a docker archive (`docker save`) perhaps.
+      rmSync(layout, { recursive: true, force: true });
+      await run(
+        "skopeo",
+        ["copy", "--quiet", `docker-archive:${source}`, `oci:${layout}:image`],
+        signal,
+      ).catch(() => {
+        throw error;
+      });
+    }
+  }
+
+  /** The image for `source`, pulled and unpacked unless already stored; concurrent pulls of one source share one. */
+  pull(source: string, signal?: AbortSignal): Promise<StoredImage> {
+    const running = this.pulls.get(source);
+    if (running) return running;
+    const pulling = this.pullOnce(source, signal).finally(() => this.pulls.delete(source));
+    this.pulls.set(source, pulling);
+    return pulling;
+  }
+
+  private async pullOnce(source: string, signal?: AbortSignal): Promise<StoredImage> {
+    const work = mkdtempSync(join(this.dir, "tmp", "pull-"));
+    try {
+      const layout = join(work, "layout");
+      await this.fetch(source, layout, signal);
+      const { digest, config, architecture } = inspectLayout(layout);
+      const hex = DIGEST.exec(digest)![1]!;
+      if (architecture !== "" && architecture !== hostArchitecture()) {
+        throw new Error(`it is built for ${architecture}; this host runs ${hostArchitecture()}`);
+      }
+      const known = this.get(digest);
+      if (!known || !existsSync(this.root(digest))) {
+        const bundle = join(work, "bundle");
+        const rootless = process.getuid?.() !== 0 ? ["--rootless"] : [];
+        await run("umoci", ["unpack", ...rootless, "--image", `${layout}:image`, bundle], signal);
+        rmSync(this.root(digest), { recursive: true, force: true });
+        renameSync(join(bundle, "rootfs"), this.root(digest));
+      }
+      const image: StoredImage = {
+        digest,
+        references: [source, ...(known?.references ?? []).filter((ref) => ref !== source)].slice(0, 16),
+        config,
+        sizeBytes: known?.sizeBytes ?? (await diskUsage(this.root(digest))),
+        pulledAtMs: Date.now(),
+      };
+      await writeFile(join(this.dir, "images", `${hex}.json.tmp`), JSON.stringify(image));
+      renameSync(join(this.dir, "images", `${hex}.json.tmp`), join(this.dir, "images", `${hex}.json`));
+      return image;
+    } catch (error) {
+      if (error instanceof ImagePullError) throw error;
+      throw new ImagePullError(`image '${source}': ${(error as Error).message}`);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }
+
+  /** The unpacked root of the image with manifest digest `digest`. */
+  root(digest: string): string {
+    const match = DIGEST.exec(digest);
+    if (!match) throw new Error(`not a sha256 digest: ${digest}`);
+    return join(this.dir, "roots", match[1]!);
+  }
+
+  /** The stored image with manifest digest `digest`, if complete. */
+  get(digest: string): StoredImage | undefined {
+    const match = DIGEST.exec(digest);
+    if (!match) return undefined;
+    try {
+      const image = readJson(join(this.dir, "images", `${match[1]}.json`)) as StoredImage;
+      return existsSync(this.root(digest)) ? image : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Every stored image, most recently pulled first. */
+  list(): StoredImage[] {
+    return readdirSync(join(this.dir, "images"))
+      .filter((name) => /^[0-9a-f]{64}\.json$/.test(name))
+      .map((name) => this.get(`sha256:${name.slice(0, 64)}`))
+      .filter((image): image is StoredImage => image !== undefined)
+      .sort((a, b) => b.pulledAtMs - a.pulledAtMs);
+  }
+
+  /** Removes a stored image: its record first, so a half-removed root never looks usable. */
+  remove(digest: string): void {
+    const match = DIGEST.exec(digest);
+    if (!match) throw new Error(`not a sha256 digest: ${digest}`);
+    rmSync(join(this.dir, "images", `${match[1]}.json`), { force: true });
+    rmSync(this.root(digest), { recursive: true, force: true });
+  }
+}
