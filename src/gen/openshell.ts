@@ -37,8 +37,9 @@ export const protobufFileName = "openshell.proto";
  * embedded gateway speak. Package, service, message names, field numbers and
  * types match the OpenShell wire format so either side can talk to the other.
  *
- * Extensions of our own are marked EXTENSION. They use field numbers and
- * method names that OpenShell does not use, so an OpenShell peer ignores them.
+ * Extensions of our own are marked EXTENSION and listed, with why, in
+ * EXTENSIONS.md. They use field numbers (from 1000) and method names that
+ * OpenShell does not use, so an OpenShell peer ignores them.
  */
 
 export enum ServiceStatus {
@@ -1531,7 +1532,7 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
       writer.uint32(104).bool(message.tty);
     }
     for (const v of message.files) {
-      SandboxFile.encode(v!, writer.uint32(114).fork()).join();
+      SandboxFile.encode(v!, writer.uint32(8018).fork()).join();
     }
     if (message.ttlSeconds !== undefined) {
       writer.uint32(8008).uint32(message.ttlSeconds);
@@ -1619,8 +1620,8 @@ export const SandboxSpec: MessageFns<SandboxSpec> = {
             message.tty = reader.bool();
             continue;
           }
-          case 14: {
-            if (tag !== 114) {
+          case 1002: {
+            if (tag !== 8018) {
               break;
             }
 

@@ -106,17 +106,19 @@ function withWire<T extends object>(message: T, wire: Buffer): T {
   return Object.defineProperty(message, WIRE, { value: wire, enumerable: false });
 }
 
-// Wire tags (field number << 3 | 2, length-delimited).
-const FIELD_1 = 0x0a;
-const FIELD_2 = 0x12;
-const FIELD_14 = 0x72;
+/** The wire tag of length-delimited field `field` (field number << 3 | 2). */
+const delimitedTag = (field: number): number => field * 8 + 2;
+const FIELD_1 = delimitedTag(1);
+const FIELD_2 = delimitedTag(2);
+/** SandboxSpec.files, an extension number (proto/EXTENSIONS.md). */
+const SPEC_FILES_FIELD = 1002;
+const SPEC_FILES = delimitedTag(SPEC_FILES_FIELD);
 const EMPTY = Buffer.alloc(0);
 
 /** The tag and length that open a length-delimited field of `length` bytes. */
 function fieldHeader(tag: number, length: number): Buffer {
-  const out = Buffer.allocUnsafe(1 + varintLength(length));
-  out[0] = tag;
-  writeVarint(out, 1, length);
+  const out = Buffer.allocUnsafe(varintLength(tag) + varintLength(length));
+  writeVarint(out, writeVarint(out, 0, tag), length);
   return out;
 }
 
@@ -194,7 +196,7 @@ export function layoutCreateRequest(
     const fields = SandboxFile.encode({ ...file, content: EMPTY }).finish();
     const contentHead = size > 0 ? fieldHeader(FIELD_2, size) : EMPTY;
     return {
-      head: fieldHeader(FIELD_14, fields.length + contentHead.length + size),
+      head: fieldHeader(SPEC_FILES, fields.length + contentHead.length + size),
       fields,
       contentHead,
       size,
@@ -320,7 +322,7 @@ export function deserializeFilesResponse(buffer: Uint8Array): GetSandboxFilesRes
 export function deserializeCreateRequest(buffer: Buffer): CreateSandboxRequest {
   const request = splitField(buffer, 1);
   if (request?.taken.length !== 1) return CreateSandboxRequest.decode(buffer);
-  const spec = splitField(request.taken[0]!, 14);
+  const spec = splitField(request.taken[0]!, SPEC_FILES_FIELD);
   if (!spec) return CreateSandboxRequest.decode(buffer);
   return {
     ...CreateSandboxRequest.decode(request.rest),
