@@ -15,6 +15,12 @@ export const ANNOTATION_START_ON_ATTACH = "openshell.dev/start-on-attach";
  */
 export const ANNOTATION_TTY_SIZE = "openshell.dev/tty-size";
 
+/**
+ * Set by the gateway on a sandbox made from an image (`--from`): the digest
+ * of the image's manifest, the exact image it runs, whatever its tag names later.
+ */
+export const ANNOTATION_IMAGE_DIGEST = "openshell.dev/image-digest";
+
 /** Parses a `COLSxROWS` size, within what a terminal can be. */
 export function parseTtySize(value: string | undefined): { cols: number; rows: number } | undefined {
   const match = /^(\d{1,4})x(\d{1,4})$/.exec(value ?? "");

@@ -70,7 +70,12 @@ import {
   shelllessFilesystemViolation,
   validatePolicy,
 } from "../core/policy.js";
-import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE, parseTtySize } from "../core/protocol.js";
+import {
+  ANNOTATION_IMAGE_DIGEST,
+  ANNOTATION_START_ON_ATTACH,
+  ANNOTATION_TTY_SIZE,
+  parseTtySize,
+} from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
   type PlatformEvent,
@@ -94,6 +99,7 @@ import type { SupervisorLaunch, SupervisorReport } from "../runtime/contract.js"
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
 import { guestDiskMountPoint } from "../runtime/guest-disk.js";
 import type { SandboxBus } from "./bus.js";
+import { ImagePullError, type ImageStore, type StoredImage } from "./images.js";
 import type { RelayHub } from "./relay.js";
 import type { LocalRuntime } from "./runtime.js";
 import { failedPrecondition, invalidArgument, notFound, StatusError } from "./status.js";
@@ -139,6 +145,8 @@ export interface SandboxesOptions {
    * (SupervisorLost); 30 s unless set.
    */
   adoptTimeoutMs?: number | undefined;
+  /** Where sandboxes' images are pulled and kept (`--from`); without it, a create naming an image is refused. */
+  images?: ImageStore | undefined;
   log(level: "INFO" | "WARN" | "ERROR", message: string, sandboxId?: string): void;
 }
 
@@ -233,7 +241,7 @@ export class Sandboxes {
     ];
     const first = checks.find((message) => message !== undefined);
     if (first) throw invalidArgument(first);
-    refuseUnhonoured(spec);
+    refuseUnhonoured(spec, this.o.images !== undefined);
     this.limitsOf(spec.template?.resources);
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
@@ -302,8 +310,20 @@ export class Sandboxes {
       throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
     }
     const ttlSeconds = this.lifetime(spec.ttlSeconds ?? 0, "spec.ttl_seconds");
-    const command = spec.command.length === 0 ? DEFAULT_COMMAND : spec.command;
-    const tty = spec.command.length === 0 ? true : spec.tty;
+    const source = spec.template?.image ?? "";
+    const image = source === "" ? undefined : await this.image(source);
+    // An image's Entrypoint and Cmd are its command when none is given, run as given (no terminal unless asked).
+    const imageCommand = image ? [...image.config.entrypoint, ...image.config.cmd] : [];
+    // An image with neither gets a shell, as on the host root: sh, which every image with a shell has.
+    const command =
+      spec.command.length > 0
+        ? spec.command
+        : imageCommand.length > 0
+          ? imageCommand
+          : image
+            ? ["/bin/sh"]
+            : DEFAULT_COMMAND;
+    const tty = spec.command.length === 0 && imageCommand.length === 0 ? true : spec.tty;
     // Content stays out of the Sandbox record: every response carries path,
     // mode, size and digest only, so a list of many sandboxes stays small.
     const files: SandboxFile[] = spec.files.map((file) => ({
@@ -323,7 +343,10 @@ export class Sandboxes {
         createdAtMs: Date.now(),
         labels: { ...request.labels },
         resourceVersion: 1,
-        annotations: { ...request.annotations },
+        annotations: {
+          ...request.annotations,
+          ...(image ? { [ANNOTATION_IMAGE_DIGEST]: image.digest } : {}),
+        },
         workspace,
         deletionTimestampMs: 0,
       },
@@ -532,6 +555,11 @@ export class Sandboxes {
     const limits = resourcesToLimits(sandbox.spec!.template?.resources);
     const runtime = this.o.store.getRuntime(meta.id);
     if (!runtime) throw new Error(`sandbox ${meta.id} has no runtime record`);
+    const image = this.imageLaunch(sandbox);
+    if (typeof image === "string") {
+      this.fail(meta.id, "ImageMissing", image);
+      return;
+    }
     const instanceId = randomUUID();
     sandbox.status!.mainProcessInstanceId = instanceId;
     clearMainCommand(sandbox);
@@ -560,16 +588,62 @@ export class Sandboxes {
         appRoot: this.o.appRoot,
         command: sandbox.spec!.command,
         tty: sandbox.spec!.tty,
-        environment: sandbox.spec!.environment,
         startOnAttach: meta.annotations[ANNOTATION_START_ON_ATTACH] === "true",
         ttyCols: ttySize?.cols ?? 0,
         ttyRows: ttySize?.rows ?? 0,
         // The local fast path, unless supervisors run as remote ones.
         filesPath: localFiles ? fileContentPath(sandboxDir) : "",
         filePaths: localFiles ? sandbox.spec!.files.map((file) => file.path) : [],
+        ...image,
       },
       runtime.supervisorSecret,
     );
+  }
+
+  /**
+   * The image a create names: one already stored under that source is used
+   * as it is (`image pull` refreshes a tag), else it is pulled now; a source
+   * that cannot be had is refused, naming it, before anything is created.
+   */
+  private async image(source: string): Promise<StoredImage> {
+    const images = this.o.images!;
+    const stored = images.list().find((image) => image.references.includes(source));
+    if (stored) return stored;
+    try {
+      return await images.pull(source);
+    } catch (error) {
+      if (error instanceof ImagePullError) throw new StatusError(status.FAILED_PRECONDITION, error.message);
+      throw error;
+    }
+  }
+
+  /**
+   * What a sandbox's launch takes from its image: the root, working
+   * directory and user, and the image's environment under the sandbox's own;
+   * a message when the image is no longer stored.
+   */
+  private imageLaunch(
+    sandbox: Sandbox,
+  ): Pick<SupervisorLaunch, "imageRoot" | "workingDir" | "imageUser" | "environment"> | string {
+    const environment = sandbox.spec!.environment;
+    const digest = sandbox.metadata!.annotations[ANNOTATION_IMAGE_DIGEST];
+    if (digest === undefined) return { imageRoot: "", workingDir: "", imageUser: "", environment };
+    const image = this.o.images?.get(digest);
+    if (!image) {
+      return `its image ${sandbox.spec!.template?.image ?? ""} (${digest}) is no longer stored; pull it again`;
+    }
+    const imageEnv = Object.fromEntries(
+      image.config.env.map((entry) => [
+        entry.slice(0, entry.indexOf("=")),
+        entry.slice(entry.indexOf("=") + 1),
+      ]),
+    );
+    return {
+      imageRoot: this.o.images!.root(digest),
+      workingDir: image.config.workingDir,
+      imageUser: image.config.user,
+      environment: { ...imageEnv, ...environment },
+    };
   }
 
   private makeSandboxDir(sandboxDir: string): void {
@@ -1186,7 +1260,7 @@ const TEMPLATE_TEXT_MAX = 1024;
  * Refuses what a create asks that this gateway's runtime cannot do, naming
  * the field: a sandbox that is not what was asked for is never started.
  */
-function refuseUnhonoured(spec: SandboxSpec): void {
+function refuseUnhonoured(spec: SandboxSpec, images: boolean): void {
   const template = spec.template;
   for (const field of ["image", "runtimeClassName", "agentSocket"] as const) {
     const value = template?.[field] ?? "";
@@ -1200,7 +1274,7 @@ function refuseUnhonoured(spec: SandboxSpec): void {
   const unhonoured: [string, boolean, string][] = [
     [
       "spec.template.image",
-      (template?.image ?? "") !== "",
+      !images && (template?.image ?? "") !== "",
       "this gateway runs sandboxes on its host's root filesystem; it cannot run them from images",
     ],
     ["spec.resource_requirements.gpu", gpu !== undefined, "this gateway's runtime gives sandboxes no GPUs"],

@@ -707,7 +707,21 @@ export interface SupervisorLaunchSpec {
   /** The pod's /dev/shm size when the sandbox has a memory limit; 0: default. */
   shmBytes: number;
   /** The group under which each exec gets its own, killed whole when it ends. */
-  execCgroup?: ExecCgroup | undefined;
+  execCgroup?:
+    | ExecCgroup
+    | undefined;
+  /**
+   * A sandbox from an image: the host directory holding the image's unpacked
+   * root, shown read-only as the pod's own; empty: the host's root.
+   */
+  imageRoot: string;
+  /** Where processes start (the image's WorkingDir); empty: the workspace. */
+  workingDir: string;
+  /**
+   * The image's User (`uid[:gid]` or a name in its /etc/passwd), for a
+   * policy that names no run_as_user.
+   */
+  imageUser: string;
 }
 
 export interface SupervisorLaunchSpec_EnvironmentEntry {
@@ -9162,6 +9176,9 @@ function createBaseSupervisorLaunchSpec(): SupervisorLaunchSpec {
     cgroupProcs: [],
     shmBytes: 0,
     execCgroup: undefined,
+    imageRoot: "",
+    workingDir: "",
+    imageUser: "",
   };
 }
 
@@ -9229,6 +9246,15 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
     }
     if (message.execCgroup !== undefined) {
       ExecCgroup.encode(message.execCgroup, writer.uint32(170).fork()).join();
+    }
+    if (message.imageRoot !== "") {
+      writer.uint32(178).string(message.imageRoot);
+    }
+    if (message.workingDir !== "") {
+      writer.uint32(186).string(message.workingDir);
+    }
+    if (message.imageUser !== "") {
+      writer.uint32(194).string(message.imageUser);
     }
     return writer;
   },
@@ -9417,6 +9443,30 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
             message.execCgroup = ExecCgroup.decode(reader, reader.uint32());
             continue;
           }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.imageRoot = reader.string();
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.workingDir = reader.string();
+            continue;
+          }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.imageUser = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -9533,6 +9583,21 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
         : isSet(object.exec_cgroup)
         ? ExecCgroup.fromJSON(object.exec_cgroup)
         : undefined,
+      imageRoot: isSet(object.imageRoot)
+        ? globalThis.String(object.imageRoot)
+        : isSet(object.image_root)
+        ? globalThis.String(object.image_root)
+        : "",
+      workingDir: isSet(object.workingDir)
+        ? globalThis.String(object.workingDir)
+        : isSet(object.working_dir)
+        ? globalThis.String(object.working_dir)
+        : "",
+      imageUser: isSet(object.imageUser)
+        ? globalThis.String(object.imageUser)
+        : isSet(object.image_user)
+        ? globalThis.String(object.image_user)
+        : "",
     };
   },
 
@@ -9607,6 +9672,15 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
     if (message.execCgroup !== undefined) {
       obj.execCgroup = ExecCgroup.toJSON(message.execCgroup);
     }
+    if (message.imageRoot !== "") {
+      obj.imageRoot = message.imageRoot;
+    }
+    if (message.workingDir !== "") {
+      obj.workingDir = message.workingDir;
+    }
+    if (message.imageUser !== "") {
+      obj.imageUser = message.imageUser;
+    }
     return obj;
   },
 
@@ -9648,6 +9722,9 @@ export const SupervisorLaunchSpec: MessageFns<SupervisorLaunchSpec> = {
     message.execCgroup = (object.execCgroup !== undefined && object.execCgroup !== null)
       ? ExecCgroup.fromPartial(object.execCgroup)
       : undefined;
+    message.imageRoot = object.imageRoot ?? "";
+    message.workingDir = object.workingDir ?? "";
+    message.imageUser = object.imageUser ?? "";
     return message;
   },
 };

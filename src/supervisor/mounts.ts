@@ -113,6 +113,16 @@ export interface MountPlanInput {
    */
   hostOwner: HostOwner | null;
   hostname: string;
+  /**
+   * The host directory that stands for the pod's `/` when the sandbox runs
+   * from an image: `read_only` paths are bound from under it (an image's
+   * symlinks are recreated as symlinks, so they resolve inside the pod, and a
+   * path through one is never looked up on the host). Unset: the host's own
+   * root.
+   */
+  root?: string;
+  /** Where processes start; the workdir unless set (an image's WorkingDir). */
+  chdir?: string;
   fs?: HostFs;
 }
 
@@ -332,7 +342,7 @@ class MountPlanner {
     for (const op of ordered) args.push(...op.args);
     // Non-recursive remounts: the writable binds below stay writable.
     for (const dir of [...this.explodes.keys()].sort()) args.push("--remount-ro", dir);
-    args.push("--remount-ro", "/", "--chdir", this.workdir);
+    args.push("--remount-ro", "/", "--chdir", this.input.chdir ?? this.workdir);
 
     const injectedDirectories = this.requests
       .filter((r) => r.origin === "injected" && r.isDir && !this.dropped.has(r))
@@ -373,7 +383,7 @@ class MountPlanner {
     const symlinks = new Map<string, string>();
     for (const [path, writable] of policyPaths) {
       if (writable || this.privateBacking(path, false) !== undefined) continue;
-      const entry = this.fs.lstat(path);
+      const entry = this.lstatInRoot(path);
       if (entry?.kind === "symlink") symlinks.set(path, entry.target);
     }
     const through = (path: string, asGiven: string, reason: SandboxSetupReason) =>
@@ -399,12 +409,13 @@ class MountPlanner {
           privateRoot: backing,
         };
       } else {
-        const entry = this.fs.lstat(dest);
+        const entry = this.lstatInRoot(dest);
         if (entry === undefined) {
           this.missing.push(given);
           continue;
         }
-        request = { dest, asGiven: given, origin, writable: false, isDir: entry.kind === "dir", src: dest };
+        const src = this.input.root === undefined ? dest : posix.join(this.input.root, dest);
+        request = { dest, asGiven: given, origin, writable: false, isDir: entry.kind === "dir", src };
         if (entry.kind === "symlink") request.symlinkTarget = entry.target;
       }
       const earlier = seen.get(dest);
@@ -527,6 +538,22 @@ class MountPlanner {
     if (cover === undefined) return true;
     if (cover.writable || cover.privateRoot !== undefined || cover.symlinkTarget !== undefined) return false;
     return this.fs.lstat(posix.join(cover.src, ...componentsBelow(dir, cover.dest))) === undefined;
+  }
+
+  /**
+   * A `read_only` path as the root shows it: the host's own, or under an
+   * image's root, looked up one component at a time so that a symlink on the
+   * way (which the host would follow to its own files) makes the path
+   * missing rather than leading out of the image.
+   */
+  private lstatInRoot(path: string): HostEntry | undefined {
+    const root = this.input.root;
+    if (root === undefined) return this.fs.lstat(path);
+    const parts = componentsBelow(path, "/");
+    for (let n = 1; n < parts.length; n++) {
+      if (this.fs.lstat(posix.join(root, ...parts.slice(0, n)))?.kind !== "dir") return undefined;
+    }
+    return this.fs.lstat(posix.join(root, ...parts));
   }
 
   private policyOrigin(dest: string, writable: boolean): Origin {

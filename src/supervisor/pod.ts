@@ -18,9 +18,12 @@ import {
   chmodSync,
   chownSync,
   closeSync,
+  existsSync,
   lstatSync,
   mkdirSync,
   openSync,
+  readdirSync,
+  readFileSync,
   readlinkSync,
   rmSync,
   symlinkSync,
@@ -32,6 +35,7 @@ import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
+import { lstatIfExists } from "../host/fs.js";
 import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
 import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
 import { sharedMemoryStaging } from "../runtime/staging.js";
@@ -49,7 +53,7 @@ import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { prepareStaging } from "./inject.js";
-import { applyHostPrep, type ControlBind, planMounts } from "./mounts.js";
+import { applyHostPrep, type ControlBind, type HostOwner, planMounts } from "./mounts.js";
 import { SeccompError, seccompProgram, seccompSpec } from "./seccomp.js";
 import { isSandboxSetupError } from "./setup-errors.js";
 
@@ -162,11 +166,15 @@ export async function podSupport(
   }
 }
 
-function writeIdentityFiles(dir: string, uid: number, gid: number): { passwd: string; group: string } {
+function writeIdentityFiles(
+  dir: string,
+  uid: number,
+  gid: number,
+  shell: string,
+): { passwd: string; group: string } {
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const passwd = join(dir, "passwd");
   const group = join(dir, "group");
-  const shell = "/bin/bash";
   writeFileSync(
     passwd,
     [
@@ -255,6 +263,72 @@ export interface Pod {
   stop(): Promise<void>;
 }
 
+/** Top-level entries of an image's root the pod does not show from the image: its own mounts take those places. */
+const IMAGE_HIDDEN = new Set(["proc", "dev", "sandbox", "tmp"]);
+
+/**
+ * An image's filesystem policy: every top-level entry of its root read-only
+ * (the image is the sandbox's whole system, as in a container), with the
+ * policy's writable paths and workspace as given.
+ */
+function imagePolicy(fs: FilesystemPolicy, imageRoot: string): FilesystemPolicy {
+  const entries = readdirSync(imageRoot).filter((name) => !IMAGE_HIDDEN.has(name));
+  return { ...fs, readOnly: entries.map((name) => `/${name}`) };
+}
+
+/**
+ * The uid and gid an image's User names: `uid[:gid]`, or a name in the
+ * image's own /etc/passwd (read only when neither /etc nor the file is a
+ * link, which would be the host's). Undefined for none, root, or a name it
+ * does not have.
+ */
+export function imageIdentity(imageRoot: string, user: string): { uid: number; gid: number } | undefined {
+  const [name, group] = user.split(":");
+  let uid: number | undefined;
+  let gid: number | undefined;
+  if (name !== undefined && /^\d{1,9}$/.test(name)) uid = Number(name);
+  else if (name) {
+    const etc = join(imageRoot, "etc");
+    const passwd = join(etc, "passwd");
+    if (lstatIfExists(etc)?.isDirectory() && lstatIfExists(passwd)?.isFile()) {
+      const line = readFileSync(passwd, "utf8")
+        .split("\n")
+        .find((entry) => entry.split(":")[0] === name);
+      const fields = line?.split(":");
+      if (fields && /^\d{1,9}$/.test(fields[2] ?? "")) {
+        uid = Number(fields[2]);
+        gid = /^\d{1,9}$/.test(fields[3] ?? "") ? Number(fields[3]) : uid;
+      }
+    }
+  }
+  if (group !== undefined && /^\d{1,9}$/.test(group)) gid = Number(group);
+  if (uid === undefined || uid === 0) return undefined;
+  return { uid, gid: gid ?? uid };
+}
+
+/**
+ * Fills a new sandbox's workspace from its image's `/sandbox`, once: the
+ * image's tree copied as it is (links stay links, never followed), then
+ * given to the pod's host owner.
+ */
+async function seedWorkspace(imageRoot: string, workspace: string, marker: string, owner: HostOwner | null) {
+  const seed = join(imageRoot, "sandbox");
+  if (existsSync(marker) || !lstatIfExists(seed)?.isDirectory()) return;
+  await run("cp", ["-a", "--no-dereference", `${seed}/.`, `${workspace}/`]);
+  if (owner) await run("chown", ["-R", "--no-dereference", `${owner.uid}:${owner.gid}`, workspace]);
+  writeFileSync(marker, "");
+}
+
+function run(command: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { maxBuffer: 1024 * 1024 }, (error, _stdout, stderr) =>
+      error
+        ? reject(new PodError("WorkspaceSeedFailed", `${command}: ${String(stderr).trim() || error.message}`))
+        : resolve(),
+    );
+  });
+}
+
 export async function startPod(o: PodOptions): Promise<Pod> {
   const { launch } = o;
   const policy = o.policy ?? defaultPolicy();
@@ -285,9 +359,20 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     if (shm) rmSync(shm.dir, { recursive: true, force: true });
   };
   const runDir = join(storage, "run");
-  const uid = identity(policy.process?.runAsUser, SANDBOX_UID);
-  const gid = identity(policy.process?.runAsGroup, uid === SANDBOX_UID ? SANDBOX_UID : uid);
+  const imageRoot = launch.imageRoot === "" ? undefined : launch.imageRoot;
+  const fromImage = imageRoot ? imageIdentity(imageRoot, launch.imageUser) : undefined;
+  const uid = identity(policy.process?.runAsUser, fromImage?.uid ?? SANDBOX_UID);
+  const gid = identity(
+    policy.process?.runAsGroup,
+    fromImage && policy.process?.runAsUser === undefined
+      ? fromImage.gid
+      : uid === SANDBOX_UID
+        ? SANDBOX_UID
+        : uid,
+  );
   const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
+  // An image may have no bash (a busybox image): its sh then.
+  const shell = imageRoot && !existsInImage(imageRoot, "/bin/bash") ? "/bin/sh" : "/bin/bash";
   let egress: EgressProxy | undefined;
 
   try {
@@ -303,7 +388,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       loaded = true;
       staging.add(await o.files.load());
     };
-    const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid);
+    const { passwd, group } = writeIdentityFiles(join(dir, "etc"), uid, gid, shell);
     mkdirSync(runDir, { recursive: true, mode: 0o700 });
     if (disk) linkRunDir(join(dir, "run"), runDir);
     const closure = await o.closure;
@@ -342,8 +427,12 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     const plan = planMounts({
       // A policy without a filesystem section gets the default one, as
       // OpenShell's supervisor fills in a baseline.
-      policy: withRootLinks(policy.filesystem ?? defaultPolicy().filesystem!),
+      policy: imageRoot
+        ? imagePolicy(policy.filesystem ?? defaultPolicy().filesystem!, imageRoot)
+        : withRootLinks(policy.filesystem ?? defaultPolicy().filesystem!),
       workdir: WORKDIR,
+      ...(imageRoot ? { root: imageRoot } : {}),
+      ...(launch.workingDir ? { chdir: launch.workingDir } : {}),
       dirs,
       injectedFiles: injected,
       passwdFile: passwd,
@@ -376,6 +465,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       staging.write((path) => !inDirectory(path));
     }
     await applyHostPrep([...plan.prep, { kind: "root", hostPath: runDir, mode: 0o700, owner: hostOwner }]);
+    if (imageRoot) await seedWorkspace(imageRoot, dirs.workspace, join(storage, "image-seeded"), hostOwner);
     return await launchPod(
       o,
       plan.args,
@@ -392,6 +482,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
         await load();
         staging.write();
       },
+      shell,
     );
   } catch (error) {
     await egress?.close();
@@ -472,6 +563,38 @@ function linkRunDir(link: string, target: string): void {
   symlinkSync(target, link);
 }
 
+/** How many links a path in an image may pass through before it is taken as missing. */
+const IMAGE_LINK_HOPS = 40;
+
+/**
+ * Whether `path` exists in the image whose root is `imageRoot`, its links
+ * followed as the pod would, inside the image (an absolute target starts
+ * again at the image's root), never on the host.
+ */
+export function existsInImage(imageRoot: string, path: string): boolean {
+  let pending = path.split("/").filter(Boolean);
+  let at: string[] = [];
+  for (let hops = 0; pending.length > 0; ) {
+    const name = pending.shift()!;
+    if (name === ".") continue;
+    if (name === "..") {
+      at.pop();
+      continue;
+    }
+    const entry = lstatIfExists(join(imageRoot, ...at, name));
+    if (!entry) return false;
+    if (!entry.isSymbolicLink()) {
+      at.push(name);
+      continue;
+    }
+    if (++hops > IMAGE_LINK_HOPS) return false;
+    const target = readlinkSync(join(imageRoot, ...at, name));
+    if (target.startsWith("/")) at = [];
+    pending = [...target.split("/").filter(Boolean), ...pending];
+  }
+  return true;
+}
+
 async function launchPod(
   o: PodOptions,
   planArgs: string[],
@@ -485,9 +608,10 @@ async function launchPod(
   cleanUp: () => Promise<void>,
   /** Runs once bwrap is started, before the agent gets its configuration; a throw stops the pod. */
   beforeAgent: () => Promise<void>,
+  /** The shell of exec and connect: bash, or an image's sh when it has no bash. */
+  shell: string,
 ): Promise<Pod> {
   const { launch } = o;
-  const shell = "/bin/bash";
   const agent = [
     `${CONTROL_ROOT}/lib/${basename(loader)}`,
     "--library-path",
@@ -528,6 +652,8 @@ async function launchPod(
       [launch.sandboxDir, sandboxAt],
       [launch.appRoot, appAt],
       ...(diskRoot ? [[diskRoot, diskAt] as [string, string]] : []),
+      // The image's root, in the gateway's state directory that only root may traverse.
+      ...(launch.imageRoot ? [[launch.imageRoot, `${EXPOSE_AT}/image`] as [string, string]] : []),
     ];
     const rewrite = (arg: string): string => {
       for (const [from, to] of exposed) {
@@ -640,7 +766,7 @@ async function launchPod(
     command: launch.command,
     tty: launch.tty,
     env,
-    workdir: WORKDIR,
+    workdir: launch.workingDir || WORKDIR,
     socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
     startOnAttach: launch.startOnAttach,
     ttySize:

@@ -132,7 +132,6 @@ describe("requests the gateway refuses", () => {
     spec.resourceRequirements = { gpu: count === undefined ? {} : { count } };
   };
   it.each([
-    ["template.image", template({ image: "ghcr.io/nvidia/openshell-community/sandboxes/base:latest" }), 12],
     ["resource_requirements.gpu", gpu(), 12],
     ["resource_requirements.gpu", gpu(2), 12],
     ["resource_requirements.gpu", gpu(0), INVALID_ARGUMENT],

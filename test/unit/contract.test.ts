@@ -43,6 +43,9 @@ const minimal: SupervisorLaunch = {
   filePaths: [],
   cgroupProcs: [],
   shmBytes: 0,
+  imageRoot: "",
+  workingDir: "",
+  imageUser: "",
 };
 
 describe("the launch spec", () => {
@@ -64,6 +67,9 @@ describe("the launch spec", () => {
       cgroupProcs: ["/sys/fs/cgroup/memory/openshell/x/cgroup.procs"],
       shmBytes: 64 * 1024 ** 2,
       execCgroup: { dir: "/sys/fs/cgroup/freezer/openshell/x", freezer: true },
+      imageRoot: "/var/lib/openshell/images/roots/ab12",
+      workingDir: "/app",
+      imageUser: "1000:1000",
     };
     expect(overTheWire(full)).toEqual(full);
   });

@@ -512,3 +512,55 @@ describe("applyHostPrep", () => {
     );
   });
 });
+
+describe("planMounts on an image's root", () => {
+  /** An image unpacked at /IMG, with links that would lead out of it on the host. */
+  const IMAGE: Record<string, HostEntry> = {
+    "/IMG": dir,
+    "/IMG/usr": dir,
+    "/IMG/usr/bin": dir,
+    "/IMG/usr/bin/sh": file,
+    "/IMG/bin": link("usr/bin"),
+    "/IMG/etc": dir,
+    "/IMG/etc/passwd": file,
+    "/IMG/etc/group": file,
+    "/IMG/opt": link("/host/opt"),
+    "/IMG/app": link("../../../../etc"),
+    // The host's own, which no plan may bind.
+    "/host/opt": dir,
+    "/host/opt/secret": file,
+    "/etc": dir,
+    "/etc/shadow": file,
+  };
+  const policy: FilesystemPolicy = {
+    includeWorkdir: true,
+    readOnly: ["/usr", "/bin", "/etc", "/opt", "/app", "/opt/secret", "/app/shadow"],
+    readWrite: ["/tmp"],
+  };
+  const plan = () =>
+    planMounts(
+      input({ policy, root: "/IMG", chdir: "/usr", fs: fakeHost(IMAGE), injectedFiles: ["/etc/app/cfg"] }),
+    );
+
+  it("binds read_only paths from under the image's root and recreates its links inside the pod", () => {
+    const ops = mountOps(plan().args);
+    expect(ops).toContain("--ro-bind /IMG/usr /usr");
+    // The image's /etc lacks the injected file's directory: a tmpfs shows its entries around it.
+    expect(ops).toContain("--tmpfs /etc");
+    expect(ops).toContain("--ro-bind /S/files/etc/app /etc/app");
+    expect(ops).toContain("--symlink usr/bin /bin");
+    expect(ops).toContain("--symlink /host/opt /opt");
+    expect(ops).toContain("--symlink ../../../../etc /app");
+    expect(ops.at(-1)).toBe("--chdir /usr");
+  });
+
+  it("never binds a host path a link of the image's leads to", () => {
+    const result = plan();
+    const sources = mountOps(result.args)
+      .filter((op) => op.startsWith("--ro-bind") || op.startsWith("--bind"))
+      .map((op) => op.split(" ")[1]!);
+    for (const source of sources) expect(source, source).toMatch(/^\/(IMG|S)\//);
+    // Paths through the image's links are planned where the links lead, inside the pod, and are not there.
+    expect(result.missing).toEqual(expect.arrayContaining(["/app/shadow", "/opt/secret"]));
+  });
+});

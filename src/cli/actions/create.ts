@@ -8,6 +8,9 @@
 // or uploads (annotation openshell.dev/start-on-attach), so the command
 // starts only after the files are in place and none of its output is missed.
 
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { resolve } from "node:path";
 import { invalidInput, OpenShellError, usageError } from "../../core/errors.js";
 import {
   effectiveMode,
@@ -58,12 +61,29 @@ export interface CreateOptions {
   tty?: boolean | undefined;
   /** `--ttl`: the sandbox's lifetime, e.g. 30m. */
   ttl?: string | undefined;
+  /** `--from`: the image the sandbox runs (a reference, a community name, or a local archive or directory). */
+  from?: string | undefined;
   output: OutputFormat;
   command: string[];
   cpu?: string | undefined;
   memory?: string | undefined;
   pids?: string | undefined;
   disk?: string | undefined;
+}
+
+/**
+ * `template.image` from --from: a local archive or directory (a path that
+ * exists here, or one written as a path) goes as its absolute path, which a
+ * gateway on this machine reads; anything else is an image reference.
+ */
+function imageSource(from: string | undefined): string | undefined {
+  const source = from?.trim();
+  if (source === undefined) return undefined;
+  if (source === "")
+    throw invalidInput("--from: expected an image reference or a local archive or directory");
+  return /^(\.{0,2}\/|~\/)/.test(source) || existsSync(source)
+    ? resolve(source.replace(/^~(?=\/)/, homedir()))
+    : source;
 }
 
 /** `template.resources` from --cpu, --memory, --pids and --disk, as upstream sends cpu and memory; undefined when none is given. */
@@ -138,6 +158,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const ttlSeconds = o.ttl === undefined ? undefined : parseTtl(o.ttl);
   if (o.ttl !== undefined && ttlSeconds === undefined) throw usageError(ttlError("--ttl", o.ttl));
   const resources = resourcesFlags(o);
+  const image = imageSource(o.from);
   if (o.command.length > 0) {
     const problem = validateCommand(o.command, "command");
     if (problem) throw invalidInput(problem);
@@ -178,7 +199,9 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
         command: o.command,
         tty,
         ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
-        ...(resources ? { template: SandboxTemplate.fromPartial({ resources }) } : {}),
+        ...(resources || image
+          ? { template: SandboxTemplate.fromPartial({ ...(resources ? { resources } : {}), image }) }
+          : {}),
         files: fileSpecs.map((spec, i) => ({
           path: normalizeSandboxPath(spec.remote) ?? spec.remote,
           content: Buffer.alloc(0),

@@ -10,6 +10,10 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
     .command("create")
     .description("create a sandbox, wait until it is Ready, optionally run a command in it")
     .option("--name <name>", "sandbox name (lowercase letters, digits, hyphens; at most 19)")
+    .option(
+      "--from <source>",
+      "run from an image: a reference (registry/repo:tag or @sha256:...), a community name (base), or a local OCI/docker archive, OCI layout or root filesystem directory",
+    )
     .option("--label <key=value>", "label (repeatable)", collect, [])
     .option(
       "--env <key=value>",
@@ -49,7 +53,8 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
 Examples:
   openshell sandbox create --name demo -- sh -c 'id -u; sleep infinity'
   openshell sandbox create --file ./SOUL.md:/sandbox/.agent/SOUL.md --upload ./src -- python main.py
-  openshell sandbox create --no-keep --policy ./policy.yaml -- make test`,
+  openshell sandbox create --no-keep --policy ./policy.yaml -- make test
+  openshell sandbox create --from registry.example.com/team/tools:1.4 -- make test`,
     )
     .action((command, opts) =>
       runner.run(async (ctx) => {
@@ -68,6 +73,7 @@ Examples:
           keep: opts.keep,
           tty: opts.tty,
           ttl: opts.ttl,
+          from: opts.from,
           output: opts.output,
           command,
           cpu: opts.cpu,

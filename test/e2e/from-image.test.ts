@@ -1,0 +1,207 @@
+// `sandbox create --from` with real parts: Debian's reference registry on
+// 127.0.0.1, a static-busybox image built here with umoci (no node, no
+// glibc: the agent comes from the runtime's control path), pulled by the
+// gateway with skopeo and unpacked with umoci. The sandbox sees the image's
+// tree, not the host's, runs with the image's Env, WorkingDir, User and
+// Entrypoint/Cmd, has its workspace seeded from the image's /sandbox, and
+// takes injected files as on the host root. Links in an image lead nowhere
+// on the host. An archive and a plain directory serve as sources too; a
+// source that cannot be had is refused naming it, leaving no sandbox.
+
+import {
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { json, TestEnv, uniqueName } from "../helpers/cli.js";
+import { TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
+
+/** busybox applets the images link to, enough for the tests' commands. */
+const APPLETS = ["sh", "cat", "ls", "echo", "env", "pwd", "id", "sleep", "test", "touch", "mkdir"];
+
+/** A static busybox and its applets under `root`: a shell and tools with no library at all. */
+function busybox(root: string): void {
+  mkdirSync(join(root, "bin"), { recursive: true });
+  writeFileSync(join(root, "bin", "busybox"), readFileSync("/bin/busybox"));
+  chmodSync(join(root, "bin", "busybox"), 0o755);
+  for (const applet of APPLETS) symlinkSync("busybox", join(root, "bin", applet));
+}
+
+describe("sandbox create --from", () => {
+  const registry = new TestRegistry();
+  const env = new TestEnv();
+  const work = mkdtempSync(join(tmpdir(), "openshell-from-"));
+  /** A host directory no sandbox may see, which the hostile image's links point at. */
+  const hostSecret = join(work, "host-secret");
+  let reference = "";
+  let hostile = "";
+  let image: TestImage;
+
+  beforeAll(async () => {
+    await registry.start();
+    writeTree(hostSecret, { "secret.txt": "host only\n", "etc/app/.keep": "" });
+    image = new TestImage(work, "bb")
+      .layer((root) => {
+        busybox(root);
+        writeTree(root, {
+          "only-in-image": "from the image\n",
+          "sandbox/seed/file": "seeded\n",
+          "etc/passwd": "root:x:0:0::/root:/bin/sh\napp:x:1234:1234::/app:/bin/sh\n",
+        });
+        mkdirSync(join(root, "app"));
+      })
+      .config(
+        "--config.env",
+        "GREETING=hello",
+        "--config.env",
+        "PATH=/bin",
+        "--config.workingdir",
+        "/app",
+        "--config.user",
+        "app",
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        "echo main-ran > /sandbox/main; exec sleep 100000",
+      );
+    reference = image.push(registry, "bb:1");
+    hostile = new TestImage(work, "hostile")
+      .layer((root) => {
+        busybox(root);
+        symlinkSync(hostSecret, join(root, "leak"));
+        symlinkSync(`../../../../../../../..${hostSecret}`, join(root, "climb"));
+        // A policy path and an injected file's parent, each through a link to the host.
+        symlinkSync(join(hostSecret, "etc"), join(root, "etc"));
+      })
+      .push(registry, "hostile:1");
+    await env.startGateway({ OPENSHELL_INSECURE_REGISTRIES: registry.host });
+  }, 120_000);
+
+  afterAll(async () => {
+    await env.dispose();
+    registry.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  const exec = (name: string, script: string) =>
+    env.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script]);
+
+  it("runs the image's tree with its Env, WorkingDir, User and Entrypoint/Cmd, its workspace seeded; injected files as on the host root", async () => {
+    const name = uniqueName("from");
+    writeFileSync(join(work, "cfg.yaml"), "key: value\n");
+    const created = await env.run(
+      [
+        "sandbox",
+        "create",
+        "--name",
+        name,
+        "--from",
+        reference,
+        "--file",
+        `${join(work, "cfg.yaml")}:/etc/app/cfg.yaml`,
+        "--detach",
+      ],
+      { timeoutMs: 120_000 },
+    );
+    expect(created.code, created.stderr).toBe(0);
+    const seen = await exec(
+      name,
+      "id -u; pwd; echo $GREETING; cat /only-in-image; cat /sandbox/seed/file; cat /etc/app/cfg.yaml; " +
+        "test -e /etc/debian_version && echo host-file-visible; test -e /usr/bin/node && echo host-node-visible; " +
+        "until [ -e /sandbox/main ]; do sleep 0.1; done; cat /sandbox/main; " +
+        "echo tampered >> /etc/app/cfg.yaml 2>/dev/null || echo refused",
+    );
+    expect(seen.code, seen.stderr).toBe(0);
+    expect(seen.stdout).toBe("1234\n/app\nhello\nfrom the image\nseeded\nkey: value\nmain-ran\nrefused\n");
+    const doc = json<{ annotations?: Record<string, string> }>(
+      await env.run(["sandbox", "get", name, "-o", "json"]),
+    );
+    expect(JSON.stringify(doc)).toMatch(/sha256:[0-9a-f]{64}/);
+  });
+
+  it("keeps one root for every sandbox of an image", async () => {
+    const names = [uniqueName("one"), uniqueName("two")];
+    for (const name of names) {
+      const created = await env.run(["sandbox", "create", "--name", name, "--from", reference, "--detach"]);
+      expect(created.code, created.stderr).toBe(0);
+    }
+    const roots = readdirSync(join(env.stateHome, "openshell", "gateways", "local", "images", "roots"));
+    expect(roots).toHaveLength(1);
+  });
+
+  it("lets no link in an image reach the host: absolute, climbing, or on an injected file's way", async () => {
+    const name = uniqueName("hostile");
+    writeFileSync(join(work, "inj"), "injected\n");
+    const created = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      name,
+      "--from",
+      hostile,
+      "--file",
+      `${join(work, "inj")}:/etc/app/injected`,
+      "--detach",
+      "--",
+      "sleep",
+      "100000",
+    ]);
+    if (created.code === 0) {
+      const seen = await exec(name, "cat /leak/secret.txt /climb/secret.txt /etc/../secret.txt 2>&1; true");
+      expect(seen.stdout).not.toContain("host only");
+    } else {
+      // Refused, naming the injected file whose way passes through the link.
+      expect(created.stderr).toContain("/etc/app/injected");
+    }
+    // Nothing was written into the host directory the image's /etc points at.
+    expect(readdirSync(join(hostSecret, "etc", "app"))).toEqual([".keep"]);
+  });
+
+  it("takes an OCI archive and a plain root filesystem directory", async () => {
+    const archive = image.archive(join(work, "bb.tar"));
+    const tree = join(work, "tree");
+    busybox(tree);
+    writeTree(tree, { marker: "plain tree\n" });
+    for (const [source, expected] of [
+      [archive, "from the image\n"],
+      [tree, "plain tree\n"],
+    ] as const) {
+      const name = uniqueName("src");
+      const created = await env.run([
+        "sandbox",
+        "create",
+        "--name",
+        name,
+        "--from",
+        source,
+        "--detach",
+        "--",
+        "sleep",
+        "100000",
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+      const seen = await exec(name, "cat /only-in-image /marker 2>/dev/null; true");
+      expect(seen.stdout).toBe(expected);
+    }
+  });
+
+  it("refuses a source it cannot have, naming it, and leaves no sandbox", async () => {
+    const before = json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"])).length;
+    for (const source of [`${registry.host}/nope:1`, join(work, "missing.tar")]) {
+      const created = await env.run(["sandbox", "create", "--from", source, "--detach"]);
+      expect(created.code).not.toBe(0);
+      expect(created.stderr).toContain(`image '${source}'`);
+    }
+    expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before);
+  });
+});
