@@ -42,3 +42,15 @@ export const SUBSYSTEM_START = "openshell-start";
  * SandboxStatus.expires_at_ms and serve RenewSandbox (sandbox lifetimes).
  */
 export const CAPABILITY_SANDBOX_TTL = "sandbox-ttl.v1";
+
+/**
+ * The variables through which a pod that brings its own transfer tools (one
+ * on an image, see supervisor/pod.ts) names them to upload and download;
+ * unset elsewhere (the host root, an OpenShell gateway's sandboxes).
+ */
+export const TRANSFER_TOOL_ENV = { tar: "OPENSHELL_TAR", realpath: "OPENSHELL_REALPATH" } as const;
+
+/** A transfer tool as a sandbox shell command names it: the pod's own when it has one, else the sandbox's. */
+export function remoteTool(tool: keyof typeof TRANSFER_TOOL_ENV): string {
+  return `\${${TRANSFER_TOOL_ENV[tool]}:-${tool}}`;
+}

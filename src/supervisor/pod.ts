@@ -33,6 +33,7 @@ import { constants as osConstants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
 import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
+import { TRANSFER_TOOL_ENV } from "../core/protocol.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { lstatIfExists } from "../host/fs.js";
@@ -108,6 +109,42 @@ export function nodeClosure(): Promise<NodeClosure> {
       }
     });
   });
+}
+
+/**
+ * What upload and download run in a sandbox besides its shell: GNU tar and
+ * coreutils' realpath. An image may lack them (busybox has neither GNU
+ * version), so an image's pod gets the host's from the control path, each
+ * run through the control path's loader and libraries; the transfer
+ * commands use them through OPENSHELL_TAR and OPENSHELL_REALPATH.
+ */
+
+async function transferTools(
+  closure: NodeClosure,
+): Promise<{ binds: ControlBind[]; env: Record<string, string> }> {
+  const binds: ControlBind[] = [];
+  const env: Record<string, string> = {};
+  const bound = new Set(closure.libraries.map((lib) => basename(lib)));
+  bound.add(basename(closure.loader));
+  for (const [tool, variable] of Object.entries(TRANSFER_TOOL_ENV)) {
+    const path = [`/usr/bin/${tool}`, `/bin/${tool}`].find((candidate) => existsSync(candidate));
+    if (!path) continue;
+    const output = await new Promise<string>((resolve, reject) =>
+      execFile("ldd", [path], { encoding: "utf8" }, (error, stdout) =>
+        error ? reject(error) : resolve(stdout),
+      ),
+    ).catch(() => undefined);
+    if (output === undefined) continue;
+    for (const lib of parseLdd(output).libraries) {
+      if (bound.has(basename(lib))) continue;
+      bound.add(basename(lib));
+      binds.push({ src: lib, dest: `${CONTROL_ROOT}/lib/${basename(lib)}`, writable: false });
+    }
+    binds.push({ src: path, dest: `${CONTROL_ROOT}/tools/${tool}`, writable: false });
+    env[variable] =
+      `${CONTROL_ROOT}/lib/${basename(closure.loader)} --library-path ${CONTROL_ROOT}/lib ${CONTROL_ROOT}/tools/${tool}`;
+  }
+  return { binds, env };
 }
 
 function parseLdd(output: string): NodeClosure {
@@ -393,6 +430,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     if (disk) linkRunDir(join(dir, "run"), runDir);
     const closure = await o.closure;
     const support = await o.support;
+    const tools = imageRoot ? await transferTools(closure) : { binds: [], env: {} };
     // With network rules, the proxy's socket directory goes into the pod read-only:
     // the pod can connect to the socket but not replace it.
     const egressPolicy = egressPolicyFor(policy);
@@ -423,6 +461,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       },
       { src: runDir, dest: `${CONTROL_ROOT}/run`, writable: true },
       ...(egress ? [{ src: dirname(egress.socketPath), dest: EGRESS_DIR, writable: false }] : []),
+      ...tools.binds,
     ];
     const plan = planMounts({
       // A policy without a filesystem section gets the default one, as
@@ -483,6 +522,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
         staging.write();
       },
       shell,
+      tools.env,
     );
   } catch (error) {
     await egress?.close();
@@ -610,6 +650,8 @@ async function launchPod(
   beforeAgent: () => Promise<void>,
   /** The shell of exec and connect: bash, or an image's sh when it has no bash. */
   shell: string,
+  /** Variables every process of the pod gets after the sandbox's own (the transfer tools). */
+  toolEnv: Record<string, string>,
 ): Promise<Pod> {
   const { launch } = o;
   const agent = [
@@ -759,6 +801,7 @@ async function launchPod(
     LANG: "C.UTF-8",
     OPENSHELL_SANDBOX: "1",
     ...launch.environment,
+    ...toolEnv,
     // After the user's environment, as upstream: the proxy is the only way out.
     ...(egress ? proxyEnvironment() : {}),
   };
@@ -766,7 +809,8 @@ async function launchPod(
     command: launch.command,
     tty: launch.tty,
     env,
-    workdir: launch.workingDir || WORKDIR,
+    workdir: WORKDIR,
+    ...(launch.workingDir ? { mainWorkdir: launch.workingDir } : {}),
     socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
     startOnAttach: launch.startOnAttach,
     ttySize:

@@ -72,7 +72,7 @@ describe("sandbox create --from", () => {
         "--config.cmd",
         "-c",
         "--config.cmd",
-        "echo main-ran > /sandbox/main; exec sleep 100000",
+        'echo "main-ran in $(pwd)" > /sandbox/main; exec sleep 100000',
       );
     reference = image.push(registry, "bb:1");
     hostile = new TestImage(work, "hostile")
@@ -122,7 +122,18 @@ describe("sandbox create --from", () => {
         "echo tampered >> /etc/app/cfg.yaml 2>/dev/null || echo refused",
     );
     expect(seen.code, seen.stderr).toBe(0);
-    expect(seen.stdout).toBe("1234\n/app\nhello\nfrom the image\nseeded\nkey: value\nmain-ran\nrefused\n");
+    // The main command starts in the image's WorkingDir; exec, as on the host root, in the workspace.
+    expect(seen.stdout).toBe(
+      "1234\n/sandbox\nhello\nfrom the image\nseeded\nkey: value\nmain-ran in /app\nrefused\n",
+    );
+    // Upload and download with the runtime's own tar and realpath: busybox has neither GNU one.
+    writeTree(join(work, "up"), { "a.txt": "uploaded\n" });
+    const up = await env.run(["sandbox", "upload", name, join(work, "up"), "/sandbox/up"]);
+    expect(up.code, up.stderr).toBe(0);
+    expect((await exec(name, "cat /sandbox/up/a.txt")).stdout).toBe("uploaded\n");
+    const down = await env.run(["sandbox", "download", name, "/sandbox/seed", join(work, "down")]);
+    expect(down.code, down.stderr).toBe(0);
+    expect(readFileSync(join(work, "down", "file"), "utf8")).toBe("seeded\n");
     const doc = json<{ annotations?: Record<string, string> }>(
       await env.run(["sandbox", "get", name, "-o", "json"]),
     );

@@ -206,7 +206,7 @@ describe("probes run by a real shell", () => {
     expect(cmd).toContain(" -- ");
     expect(cmd.endsWith(shellEscape("--checkpoint-action=exec=id"))).toBe(true);
     expect(downloadTarCommand("/sandbox/with space/name with space")).toBe(
-      "tar -c -f - -C '/sandbox/with space' -- 'name with space'",
+      "${OPENSHELL_TAR:-tar} -c -f - -C '/sandbox/with space' -- 'name with space'",
     );
   });
 });

@@ -237,7 +237,10 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     );
   }
   const request: CreateSandboxRequest = laidOut.request;
-  const creating = gateway.call(gateway.client.createSandbox, request, { deadlineMs: 60_000 });
+  // A create from an image not yet pulled waits for the pull.
+  const creating = gateway.call(gateway.client.createSandbox, request, {
+    deadlineMs: image === undefined ? 60_000 : 30 * 60_000,
+  });
   creating.catch(() => {}); // awaited below, after the digests
   // Hashed while the gateway receives and stores the files: needed only to check its answer.
   const digests = await sha256HexEach(laidOut.slots);

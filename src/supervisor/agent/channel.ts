@@ -22,7 +22,10 @@ export interface AgentConfig {
   command: string[];
   tty: boolean;
   env: Record<string, string>;
+  /** Where exec and connect start: the workspace. */
   workdir: string;
+  /** Where the main command starts, when not the workspace (an image's WorkingDir). */
+  mainWorkdir?: string | undefined;
   socketPath: string;
   startOnAttach: boolean;
   ttySize?: { cols: number; rows: number } | undefined;

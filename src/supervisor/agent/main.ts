@@ -79,6 +79,8 @@ function checkConfig(value: unknown): AgentConfig {
   for (const key of ["workdir", "socketPath", "shell", "sftpServer"] as const) {
     if (typeof config[key] !== "string") throw new Error(key);
   }
+  if (config.mainWorkdir !== undefined && typeof config.mainWorkdir !== "string")
+    throw new Error("mainWorkdir");
   return config;
 }
 
@@ -126,7 +128,7 @@ async function checkRunnable(config: AgentConfig): Promise<void> {
   }
   if (config.startOnAttach) return;
   const [file = "", ...args] = config.command;
-  const problem = programProblem({ file, args, cwd: config.workdir, env: config.env });
+  const problem = programProblem({ file, args, cwd: config.mainWorkdir ?? config.workdir, env: config.env });
   if (problem !== undefined) {
     throw new AgentFatal("MainCommandUnavailable", `the main command cannot start: ${problem.message}`);
   }
@@ -151,7 +153,7 @@ async function main(): Promise<void> {
   }
   const main = new MainProcess({
     command: config.command,
-    cwd: config.workdir,
+    cwd: config.mainWorkdir ?? config.workdir,
     env: { ...config.env, TERM: config.tty ? "xterm-256color" : "dumb" },
     tty: config.tty,
     startOnAttach: config.startOnAttach,

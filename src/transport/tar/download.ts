@@ -32,6 +32,7 @@ import path from "node:path";
 import type { Readable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { remoteTool } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import { lstatIfExists, statIfExists } from "../../host/fs.js";
@@ -105,7 +106,7 @@ const downloadHint = "download paths must be inside the sandbox working director
 
 /** Prints the workspace root, then the requested path with symlinks resolved (non-zero if it does not exist). */
 export function probeCommand(requested: string): string {
-  return `pwd -P && realpath -e -- ${shellEscape(requested)}`;
+  return `pwd -P && ${remoteTool("realpath")} -e -- ${shellEscape(requested)}`;
 }
 
 /** Strip one trailing `\n`, then one `\r` — nothing more, so a path ending in a space survives. */
@@ -164,7 +165,7 @@ export function decodeTypeProbe(stdout: string | Buffer, requested: string): "fi
 export function downloadTarCommand(resolved: string): string {
   const parent = path.posix.dirname(resolved);
   const name = path.posix.basename(resolved);
-  return `tar -c -f - -C ${shellEscape(parent)} -- ${shellEscape(name)}`;
+  return `${remoteTool("tar")} -c -f - -C ${shellEscape(parent)} -- ${shellEscape(name)}`;
 }
 
 // ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import path from "node:path";
 import type { Writable } from "node:stream";
 import tarStream from "tar-stream";
 import { invalidInput, messageOf, OpenShellError } from "../../core/errors.js";
+import { remoteTool } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
 import { lstatIfExists } from "../../host/fs.js";
 import { collectBounded } from "../bridge.js";
@@ -967,11 +968,11 @@ trap 'exit 141' PIPE
 trap 'exit 143' TERM
 if ! mkdir -m 700 -- "$S" 2>/dev/null; then
   trap - EXIT HUP INT PIPE TERM
-  exec tar ${TAR_EXTRACT} --exclude="$E" -C "$D"
+  exec ${remoteTool("tar")} ${TAR_EXTRACT} --exclude="$E" -C "$D"
 fi
 mkdir -- "$S/t" "$S/j" || exit
 exec 3>&1
-e=$(tar ${TAR_EXTRACT} -C "$S/t" 2>&1 >&3 3>&-)
+e=$(${remoteTool("tar")} ${TAR_EXTRACT} -C "$S/t" 2>&1 >&3 3>&-)
 s=$?
 [ -z "$e" ] || printf '%s\n' "$e" >&2
 [ "$s" = 0 ] || exit "$s"
