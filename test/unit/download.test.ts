@@ -16,6 +16,7 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import tarStream from "tar-stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { remoteTool } from "../../src/core/protocol.js";
 import {
   checkResolvedPath,
   checkSourcePath,
@@ -206,7 +207,7 @@ describe("probes run by a real shell", () => {
     expect(cmd).toContain(" -- ");
     expect(cmd.endsWith(shellEscape("--checkpoint-action=exec=id"))).toBe(true);
     expect(downloadTarCommand("/sandbox/with space/name with space")).toBe(
-      "${OPENSHELL_TAR:-tar} -c -f - -C '/sandbox/with space' -- 'name with space'",
+      `${remoteTool("tar")} -c -f - -C '/sandbox/with space' -- 'name with space'`,
     );
   });
 });

@@ -15,6 +15,7 @@ import { constants as osConstants, tmpdir } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { remoteTool } from "../../src/core/protocol.js";
 import {
   packUpload,
   parseUploadFlag,
@@ -676,7 +677,7 @@ describe("shellEscape", () => {
     expect(command).toMatch(/^D='-odd dir' /);
     expect(command).toContain('mkdir -p -- "$D"');
     expect(command).toContain(
-      'exec ${OPENSHELL_TAR:-tar} -x -v --totals -b 20 -p --no-same-owner --keep-directory-symlink --warning=no-timestamp --quoting-style=escape -f - --exclude="$E" -C "$D"',
+      `exec ${remoteTool("tar")} -x -v --totals -b 20 -p --no-same-owner --keep-directory-symlink --warning=no-timestamp --quoting-style=escape -f - --exclude="$E" -C "$D"`,
     );
     // Run where `-odd dir` is relative: it is taken for a directory, never an option.
     const result = spawnSync("sh", ["-c", command], { cwd: work, input: await packToBuffer(plan) });
