@@ -1,0 +1,472 @@
+// A handle on one sandbox: its commands (over one shared SSH connection),
+// its files (the CLI's upload and download engine), its logs, and its
+// lifecycle. `await using sandbox = await client.create(...)` deletes it
+// when the scope ends, however it ends.
+
+import { basename } from "node:path";
+import type { Client } from "ssh2";
+import { OpenShellError } from "../core/errors.js";
+import { normalizeSandboxPath } from "../core/files.js";
+import { parseTtl, ttlError } from "../core/lifetime.js";
+import { phaseName } from "../core/phases.js";
+import { CAPABILITY_SANDBOX_TTL, SUBSYSTEM_START } from "../core/protocol.js";
+import { shellEscape } from "../core/shell.js";
+import { escapeForTerminal } from "../core/terminal-text.js";
+import {
+  type Sandbox as SandboxInfo,
+  type SandboxLogLine,
+  SandboxPhase,
+  WatchSandboxRequest,
+} from "../gen/openshell.js";
+import { collectBounded } from "../transport/bridge.js";
+import { channelExit, sshExec, sshSubsystem } from "../transport/ssh.js";
+import {
+  decodeTypeProbe,
+  downloadTarCommand,
+  extractDownload,
+  probeCommand,
+  resolveDownloadSource,
+  typeProbeCommand,
+} from "../transport/tar/download.js";
+import {
+  packUpload,
+  planUpload,
+  remoteExtractCommand,
+  type UploadPlan,
+  type UploadProgress,
+  verifyExtraction,
+} from "../transport/tar/upload.js";
+import {
+  type CommandOptions,
+  type CommandProcess,
+  type ExecOptions,
+  type ExecResult,
+  runCommand,
+  SshLink,
+  spawnCommand,
+} from "./commands.js";
+import { AbortError, InvalidArgumentError, NotFoundError, SandboxFailedError, typed } from "./errors.js";
+import type { Link } from "./link.js";
+
+export type { SandboxInfo, SandboxLogLine };
+
+/** What one upload or download moved. */
+export interface TransferSummary {
+  files: number;
+  bytes: number;
+  /** Where it landed: the sandbox path of an upload, the local path of a download. */
+  path: string;
+}
+
+export interface TransferOptions {
+  signal?: AbortSignal | undefined;
+  onProgress?: ((progress: { bytes: number; totalBytes?: number | undefined }) => void) | undefined;
+}
+
+export interface UploadOptions extends TransferOptions {
+  /** Skip what .gitignore files ignore (default true), as `sandbox upload` does. */
+  gitIgnore?: boolean | undefined;
+  /** Upload a git work tree's files only (tracked and untracked, not ignored). */
+  git?: boolean | undefined;
+}
+
+export interface LogOptions {
+  /** Keep following new lines until the signal aborts or the sandbox is deleted. */
+  follow?: boolean | undefined;
+  /** Only lines from this time on: a Date, milliseconds since the epoch, or a duration back from now ("5m"). */
+  since?: Date | number | string | undefined;
+  /** How many of the latest lines to start with (default 200). */
+  lines?: number | undefined;
+  /** `gateway`, `sandbox`, or both (default). */
+  sources?: ("gateway" | "sandbox")[] | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+/** Output of the sandbox's probes and tar, which print a path or an error line; the rest is dropped. */
+const CAPTURE_LIMIT = 64 * 1024;
+/** Stopping waits for every process of the sandbox to end (the supervisor's grace, then a kill). */
+const LIFECYCLE_DEADLINE_MS = 60_000;
+
+function sinceMs(since: LogOptions["since"]): number {
+  if (since === undefined) return 0;
+  if (since instanceof Date) return since.getTime();
+  if (typeof since === "number") return since;
+  const match = /^(\d+)([smh])$/.exec(since.trim());
+  if (!match)
+    throw new InvalidArgumentError(`since ${since}: expected a duration like 30s, 5m or 1h`, {
+      field: "since",
+    });
+  return Date.now() - Number(match[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[match[2] as "s" | "m" | "h"];
+}
+
+function stderrLines(stderr: Buffer): string[] {
+  return escapeForTerminal(stderr)
+    .split("\\n")
+    .map((line) => line.trim())
+    .filter((line) => line !== "");
+}
+
+export class Sandbox {
+  #link: Link;
+  #info: SandboxInfo;
+  #ssh: SshLink;
+  #deleteOnDispose: boolean;
+
+  /** @internal Handles come from `OpenShell.create` and `OpenShell.get`. */
+  constructor(link: Link, info: SandboxInfo, options: { deleteOnDispose?: boolean } = {}) {
+    this.#link = link;
+    this.#info = info;
+    this.#ssh = new SshLink(() => link.grpc(), info.metadata!.id);
+    this.#deleteOnDispose = options.deleteOnDispose ?? true;
+  }
+
+  get name(): string {
+    return this.#info.metadata!.name;
+  }
+
+  get id(): string {
+    return this.#info.metadata!.id;
+  }
+
+  /** The sandbox as the gateway last described it (`refresh()` asks again). */
+  get info(): SandboxInfo {
+    return this.#info;
+  }
+
+  /** Its phase as `sandbox list` shows it: Provisioning, Ready, Error, Stopped, ... */
+  get phase(): string {
+    return phaseName(this.#info.status?.phase);
+  }
+
+  /** Asks the gateway for the sandbox's current state. */
+  refresh(options: { signal?: AbortSignal } = {}): Promise<SandboxInfo> {
+    return typed(async () => {
+      this.#info = await this.#link.sandbox(this.name, options);
+      return this.#info;
+    });
+  }
+
+  // ---- commands ----
+
+  /**
+   * Runs a command and resolves with its exit status and output; a non-zero
+   * exit is not an error. A string runs in the sandbox's shell, an array as
+   * its words. Abort and `timeoutMs` end the process in the sandbox.
+   */
+  async exec(command: string | readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
+    const result = await typed(() => runCommand(this.#ssh, command, options));
+    return { ...result, stdout: result.stdout.toString("utf8"), stderr: result.stderr.toString("utf8") };
+  }
+
+  /** Starts a command and hands over its streams: write stdin, read stdout and stderr, `wait()` for the end. */
+  spawn(
+    command: string | readonly string[],
+    options: CommandOptions & { tty?: { cols: number; rows: number; term?: string } } = {},
+  ): Promise<CommandProcess> {
+    return typed(() => spawnCommand(this.#ssh, command, options));
+  }
+
+  // ---- files ----
+
+  /** Reads a file of the sandbox (at most `maxBytes`, default 16 MiB; a longer file is an error). */
+  async readFile(path: string, options: { maxBytes?: number; signal?: AbortSignal } = {}): Promise<Buffer> {
+    const maxBytes = options.maxBytes ?? 16 * 1024 * 1024;
+    const result = await typed(() =>
+      runCommand(this.#ssh, ["cat", "--", path], {
+        maxOutputBytes: maxBytes,
+        ...(options.signal ? { signal: options.signal } : {}),
+      }),
+    );
+    if (result.exitCode !== 0) {
+      const reason = stderrLines(result.stderr).pop() ?? `cat exited with status ${result.exitCode}`;
+      throw new NotFoundError(`cannot read sandbox:${path}: ${reason}`);
+    }
+    if (result.truncated) {
+      throw new InvalidArgumentError(`sandbox:${path} is larger than maxBytes (${maxBytes})`, {
+        field: "maxBytes",
+      });
+    }
+    return result.stdout;
+  }
+
+  /** Writes a file in the sandbox, creating its directory; `mode` as chmod takes it (e.g. 0o644). */
+  async writeFile(
+    path: string,
+    data: string | Uint8Array,
+    options: { mode?: number; signal?: AbortSignal } = {},
+  ): Promise<void> {
+    const normalized = normalizeSandboxPath(path);
+    if (!normalized) {
+      throw new InvalidArgumentError(`path ${path}: expected an absolute path without '..'`, {
+        field: "path",
+      });
+    }
+    const dir = normalized.slice(0, normalized.lastIndexOf("/")) || "/";
+    const q = shellEscape(normalized);
+    const chmod = options.mode !== undefined ? ` && chmod ${(options.mode & 0o7777).toString(8)} ${q}` : "";
+    const result = await typed(() =>
+      runCommand(this.#ssh, `mkdir -p ${shellEscape(dir)} && cat > ${q}${chmod}`, {
+        stdin: data,
+        maxOutputBytes: CAPTURE_LIMIT,
+        ...(options.signal ? { signal: options.signal } : {}),
+      }),
+    );
+    if (result.exitCode !== 0) {
+      const reason = stderrLines(result.stderr).pop() ?? `exit status ${result.exitCode}`;
+      throw new OpenShellError("failed_precondition", `cannot write sandbox:${path}: ${reason}`);
+    }
+  }
+
+  /** Uploads a local file or directory to `dest` in the sandbox (default /sandbox), as `sandbox upload` does. */
+  upload(local: string, dest?: string, options: UploadOptions = {}): Promise<TransferSummary> {
+    return typed(async () => {
+      const plan = await planUpload(local, dest, {
+        gitIgnore: options.gitIgnore ?? true,
+        git: options.git === true,
+      });
+      return uploadPlan(await this.#ssh.client(options.signal), plan, options);
+    });
+  }
+
+  /** @internal Uploads planned transfers in order over this handle's connection (`create`'s uploads). */
+  async uploadPlans(plans: UploadPlan[], options: TransferOptions = {}): Promise<TransferSummary[]> {
+    const client = await this.#ssh.client(options.signal);
+    const summaries: TransferSummary[] = [];
+    for (const plan of plans) summaries.push(await uploadPlan(client, plan, options));
+    return summaries;
+  }
+
+  /** Downloads a sandbox file or directory into local `dest`, as `sandbox download` does. */
+  download(path: string, dest: string, options: TransferOptions = {}): Promise<TransferSummary> {
+    return typed(() => this.#download(path, dest, options));
+  }
+
+  async #download(path: string, dest: string, options: TransferOptions): Promise<TransferSummary> {
+    const client = await this.#ssh.client(options.signal);
+    const probe = await capture(client, probeCommand(path));
+    if (probe.code !== 0) {
+      const reason = stderrLines(probe.stderr).pop() ?? "";
+      throw new NotFoundError(
+        `failed to resolve sandbox source path '${path}'${reason ? `: ${reason}` : ""}`,
+      );
+    }
+    const resolved = resolveDownloadSource(probe.stdout, path);
+    const type = await capture(client, typeProbeCommand(resolved));
+    const kind = decodeTypeProbe(type.stdout, path);
+    const channel = await sshExec(client, downloadTarCommand(resolved));
+    channel.end();
+    const onAbort = (): void => {
+      channel.close();
+    };
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    const err = collectBounded(channel.stderr, CAPTURE_LIMIT);
+    const exit = channelExit(channel);
+    let received = 0;
+    if (options.onProgress) {
+      channel.on("data", (d: Buffer) => {
+        received += d.length;
+        options.onProgress?.({ bytes: received });
+      });
+    }
+    try {
+      const [result] = await Promise.all([
+        extractDownload(channel, dest, { kind, name: basename(resolved), source: path }),
+        exit.then((code) => {
+          if (code !== 0) {
+            throw new OpenShellError(
+              "sandbox_error",
+              `ssh tar create exited with status ${code}: ${stderrLines(err()).join("; ")}`,
+            );
+          }
+        }),
+      ]);
+      return { files: result.files, bytes: result.bytes, path: result.path };
+    } catch (error) {
+      if (options.signal?.aborted) throw new AbortError("the download was aborted", { cause: error });
+      throw error;
+    } finally {
+      options.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** The sandbox's log lines; with `follow`, new ones as they come, until the signal aborts. */
+  logs(options: LogOptions = {}): AsyncIterable<SandboxLogLine> {
+    const link = this.#link;
+    const id = this.id;
+    const since = sinceMs(options.since);
+    const lines = options.lines ?? 200;
+    const sources = options.sources ?? [];
+    return {
+      [Symbol.asyncIterator]: async function* () {
+        if (!options.follow) {
+          const response = await typed(async () => {
+            const { client, target } = await link.grpc();
+            return link.call(
+              target,
+              client.getSandboxLogs.bind(client),
+              {
+                sandboxId: id,
+                lines,
+                sinceMs: since,
+                sources,
+                minLevel: "",
+                workspace: link.workspace,
+              },
+              options.signal ? { signal: options.signal } : {},
+            );
+          });
+          yield* response.logs;
+          return;
+        }
+        const request = WatchSandboxRequest.fromPartial({
+          id,
+          followLogs: true,
+          logTailLines: lines,
+          logSinceMs: since,
+          logSources: sources,
+        });
+        for await (const event of link.watch(request, options.signal)) {
+          if (event.payload?.$case === "log") yield event.payload.value;
+        }
+      },
+    };
+  }
+
+  // ---- lifecycle ----
+
+  /** Ends the sandbox's processes; it keeps its files and can be started again. Resolves once Stopped. */
+  stop(options: { signal?: AbortSignal } = {}): Promise<void> {
+    return typed(async () => {
+      await this.#ssh.close();
+      this.#ssh = new SshLink(() => this.#link.grpc(), this.id);
+      const { client, target } = await this.#link.grpc();
+      const { sandbox } = await this.#link.call(
+        target,
+        client.stopSandbox.bind(client),
+        { name: this.name, workspace: this.#link.workspace },
+        { deadlineMs: LIFECYCLE_DEADLINE_MS, ...(options.signal ? { signal: options.signal } : {}) },
+      );
+      if (sandbox?.metadata) this.#info = sandbox;
+      if (sandbox?.metadata && sandbox.status?.phase !== SandboxPhase.SANDBOX_PHASE_STOPPED) {
+        this.#info = await this.#link.waitFor(this.id, SandboxPhase.SANDBOX_PHASE_STOPPED, options);
+      }
+    });
+  }
+
+  /** Boots a stopped sandbox again; resolves once it is Ready. */
+  start(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<void> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      const { sandbox } = await this.#link.call(
+        target,
+        client.startSandbox.bind(client),
+        { name: this.name, workspace: this.#link.workspace },
+        { deadlineMs: LIFECYCLE_DEADLINE_MS, ...(options.signal ? { signal: options.signal } : {}) },
+      );
+      if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+      this.#info = sandbox;
+      if (sandbox.status?.phase !== SandboxPhase.SANDBOX_PHASE_READY) {
+        this.#info = await this.#link.waitReady(sandbox, { ...options, eventTail: 0 });
+      }
+    });
+  }
+
+  /** Extends the sandbox's lifetime to `ttl` from now (seconds, or "30m", "2h", "1d"). */
+  renew(ttl: number | string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    return typed(async () => {
+      const seconds = typeof ttl === "number" ? ttl : parseTtl(ttl);
+      if (seconds === undefined || !Number.isInteger(seconds) || seconds <= 0) {
+        throw new InvalidArgumentError(ttlError("ttl", String(ttl)), { field: "ttl" });
+      }
+      await this.#link.requireCapability(CAPABILITY_SANDBOX_TTL, "renew");
+      const { client, target } = await this.#link.grpc();
+      const { sandbox } = await this.#link.call(
+        target,
+        client.renewSandbox.bind(client),
+        { name: this.name, workspace: this.#link.workspace, ttlSeconds: seconds },
+        options.signal ? { signal: options.signal } : {},
+      );
+      if (sandbox?.metadata) this.#info = sandbox;
+    });
+  }
+
+  /** Releases the main command held for uploads (`create` with `uploads` and a command does this itself). */
+  async startMain(): Promise<void> {
+    await typed(async () => {
+      const channel = await sshSubsystem(await this.#ssh.client(), SUBSYSTEM_START);
+      channel.resume();
+      const code = await channelExit(channel);
+      if (code !== 0)
+        throw new SandboxFailedError(`the sandbox could not start its command (status ${code})`, {
+          reason: "MainCommandStart",
+        });
+    });
+  }
+
+  /** Deletes the sandbox; resolves false when it was already gone. */
+  async delete(options: { signal?: AbortSignal } = {}): Promise<boolean> {
+    await this.close();
+    return this.#link.delete(this.name, options);
+  }
+
+  /** Closes this handle's SSH connection (running commands end with it); the sandbox stays. */
+  close(): Promise<void> {
+    return this.#ssh.close();
+  }
+
+  /** `await using`: deletes the sandbox (or, for a handle from `get`, closes only the connection). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#deleteOnDispose) await this.delete();
+    else await this.close();
+  }
+}
+
+/** @internal Runs a probe command and collects its (bounded) output and status. */
+async function capture(
+  client: Client,
+  command: string,
+): Promise<{ stdout: Buffer; stderr: Buffer; code: number }> {
+  const channel = await sshExec(client, command);
+  channel.end();
+  const stdout = collectBounded(channel, CAPTURE_LIMIT);
+  const stderr = collectBounded(channel.stderr, CAPTURE_LIMIT);
+  const code = await channelExit(channel);
+  return { stdout: stdout(), stderr: stderr(), code };
+}
+
+/** @internal Uploads one plan over an SSH connection: counted done only when the sandbox's tar reports every entry and byte. */
+export async function uploadPlan(
+  client: Client,
+  plan: UploadPlan,
+  options: TransferOptions = {},
+): Promise<TransferSummary> {
+  const channel = await sshExec(client, remoteExtractCommand(plan));
+  const limit = plan.entries.reduce((n, entry) => n + 4 * Buffer.byteLength(entry.name) + 256, CAPTURE_LIMIT);
+  const out = collectBounded(channel, limit);
+  const err = collectBounded(channel.stderr, limit);
+  const exit = channelExit(channel);
+  const onAbort = (): void => {
+    channel.close();
+  };
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  const done = packUpload(plan, channel, (p: UploadProgress) =>
+    options.onProgress?.({ bytes: p.bytes, totalBytes: p.totalBytes }),
+  );
+  try {
+    const [code] = await Promise.all([
+      exit,
+      done.catch((error: unknown) => {
+        // The archive will not be complete: the sandbox's tar must not take it as such.
+        channel.close();
+        throw error;
+      }),
+    ]);
+    verifyExtraction(plan, out(), err(), code);
+  } catch (error) {
+    if (options.signal?.aborted) throw new AbortError("the upload was aborted", { cause: error });
+    throw error;
+  } finally {
+    options.signal?.removeEventListener("abort", onAbort);
+  }
+  return { files: plan.totals.files, bytes: plan.totals.bytes, path: plan.remotePath };
+}
