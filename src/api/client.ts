@@ -47,10 +47,10 @@ import { checkFileSpecs, readFileContents } from "../host/local-files.js";
 import { loadPolicyFile } from "../host/policy-file.js";
 import { layoutCreateRequest } from "../transport/frames.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
-import { resolveClientGateway } from "./config.js";
+import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
 import { Link, type ProgressEvent } from "./link.js";
-import { Sandbox } from "./sandbox.js";
+import { renewSandbox, Sandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
 export interface OpenShellOptions {
   /** A registered gateway's name (default: OPENSHELL_GATEWAY, else the active gateway). */
@@ -110,6 +110,10 @@ export interface CreateOptions {
 export interface ListOptions {
   /** A label selector, `key=value,key2=value2`. */
   selector?: string | undefined;
+  /** At most this many (one request; default: every sandbox, page by page). */
+  limit?: number | undefined;
+  /** Skip this many first (default 0). */
+  offset?: number | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -193,7 +197,18 @@ export class OpenShell {
           env,
         ),
       workspace,
+      env,
     );
+  }
+
+  /**
+   * @internal A client on a gateway resolved elsewhere: the CLI's, which may
+   * have started the local gateway first, and uses this client's channel.
+   */
+  static forResolved(resolved: ResolvedGateway, workspace: string, env: NodeJS.ProcessEnv): OpenShell {
+    const client = new OpenShell({ workspace });
+    client.#link = new Link(() => resolved, workspace, env);
+    return client;
   }
 
   /** A client whose gateway is resolved now, so a missing configuration fails here. */
@@ -287,7 +302,10 @@ export class OpenShell {
 
     // ---- the gateway ----
     if (files.length > 0) await link.requireCapability(CAPABILITY_SANDBOX_FILES, "files");
-    if (ttlSeconds !== undefined) await link.requireCapability(CAPABILITY_SANDBOX_TTL, "ttl");
+    if (ttlSeconds !== undefined)
+      await link.requireCapability(CAPABILITY_SANDBOX_TTL, "ttl", () =>
+        ttlUnsupported(link.gateway().name, "ttl"),
+      );
     const laidOut = layoutCreateRequest(
       {
         spec: {
@@ -363,6 +381,11 @@ export class OpenShell {
     );
   }
 
+  /** @internal A handle on a sandbox the caller already holds the state of (the CLI's create). */
+  handle(info: SandboxInfo): Sandbox {
+    return new Sandbox(this.#link, info, { deleteOnDispose: false });
+  }
+
   /** The sandboxes of the workspace, page by page, optionally those matching a label selector. */
   list(options: ListOptions = {}): AsyncIterable<SandboxInfo> {
     const link = this.#link;
@@ -373,10 +396,10 @@ export class OpenShell {
         throw new InvalidArgumentError((error as Error).message, { field: "selector" });
       }
     }
-    const pageSize = 100;
+    const pageSize = options.limit ?? 100;
     return {
       [Symbol.asyncIterator]: async function* () {
-        for (let offset = 0; ; offset += pageSize) {
+        for (let offset = options.offset ?? 0; ; offset += pageSize) {
           const { sandboxes } = await typed(async () => {
             const { client, target } = await link.grpc();
             return link.call(
@@ -393,7 +416,7 @@ export class OpenShell {
             );
           });
           yield* sandboxes;
-          if (sandboxes.length < pageSize) return;
+          if (options.limit !== undefined || sandboxes.length < pageSize) return;
         }
       },
     };
@@ -415,6 +438,20 @@ export class OpenShell {
         }
       },
     };
+  }
+
+  /** Stops sandbox `name` (its processes end, its files stay); resolves with its state once Stopped. */
+  stop(name: string, options: { signal?: AbortSignal } = {}): Promise<SandboxInfo | undefined> {
+    return typed(() => stopSandbox(this.#link, name, options));
+  }
+
+  /** Extends sandbox `name`'s lifetime to `ttl` from now (seconds, or "30m", "2h", "1d"). */
+  renew(
+    name: string,
+    ttl: number | string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<SandboxInfo | undefined> {
+    return typed(() => renewSandbox(this.#link, name, ttl, options));
   }
 
   /** Deletes sandbox `name`; resolves false when there was none. */

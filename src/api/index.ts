@@ -23,6 +23,7 @@ export type {
   SandboxInfo,
   SandboxLogLine,
   TransferOptions,
+  TransferProgress,
   TransferSummary,
   UploadOptions,
 } from "./sandbox.js";

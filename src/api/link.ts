@@ -3,12 +3,13 @@
 // errors mapped, server streams as async iterables, and the waits for a
 // sandbox's phase. Internal to the API.
 
-import type {
-  CallOptions,
-  ClientReadableStream,
-  ClientUnaryCall,
-  Metadata,
-  ServiceError,
+import {
+  type CallOptions,
+  type ClientReadableStream,
+  type ClientUnaryCall,
+  type Metadata,
+  type ServiceError,
+  status,
 } from "@grpc/grpc-js";
 import { OpenShellError } from "../core/errors.js";
 import { readyFalseMessage } from "../core/phases.js";
@@ -67,6 +68,7 @@ export class Link {
   constructor(
     resolve: () => ResolvedGateway,
     readonly workspace: string,
+    readonly env: NodeJS.ProcessEnv = process.env,
   ) {
     this.#resolved = resolve;
   }
@@ -94,7 +96,11 @@ export class Link {
     options: { deadlineMs?: number; signal?: AbortSignal } = {},
   ): Promise<Res> {
     return unary(target, method, request, options).catch((error: unknown) => {
-      if (options.signal?.aborted) throw new AbortError("the call was aborted", { cause: error });
+      // The cancelled call's own message (what the CLI prints on Ctrl-C), as an AbortError.
+      if (options.signal?.aborted)
+        throw new AbortError(error instanceof Error ? error.message : "the call was aborted", {
+          cause: error,
+        });
       throw error;
     });
   }
@@ -130,8 +136,9 @@ export class Link {
     return this.#capabilities;
   }
 
-  async requireCapability(capability: string, what: string): Promise<void> {
+  async requireCapability(capability: string, what: string, refusal?: () => OpenShellError): Promise<void> {
     if ((await this.capabilities()).includes(capability)) return;
+    if (refusal) throw refusal();
     throw new OpenShellError(
       "unsupported",
       `gateway '${this.gateway().name}' does not support ${what}: it lacks ${capability}`,
@@ -165,7 +172,8 @@ export class Link {
     try {
       for await (const event of stream as AsyncIterable<SandboxStreamEvent>) yield event;
     } catch (error) {
-      if (signal?.aborted) return;
+      // Ended by our side (the signal, or a cancel): the end of the stream, not a failure.
+      if (signal?.aborted || (error as { code?: number }).code === status.CANCELLED) return;
       throw mapGrpcError(error, target);
     } finally {
       signal?.removeEventListener("abort", onAbort);
@@ -173,23 +181,39 @@ export class Link {
     }
   }
 
-  /** Waits on WatchSandbox until the sandbox reaches `phase` (Error fails). */
-  async waitFor(id: string, phase: SandboxPhase, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
-    for await (const event of this.watch(
-      WatchSandboxRequest.fromPartial({ id, followStatus: true }),
-      options.signal,
-    )) {
-      if (event.payload?.$case !== "sandbox") continue;
-      const sandbox = event.payload.value;
-      if (sandbox.status?.phase === phase) return sandbox;
-      if (sandbox.status?.phase === SandboxPhase.SANDBOX_PHASE_ERROR) {
-        const reason = readyFalseMessage(sandbox);
-        throw new SandboxFailedError(escapeForTerminal(reason) || "sandbox entered Error", { reason });
+  /**
+   * Waits on WatchSandbox for Stopped, as upstream's CLI does
+   * (OPENSHELL_LIFECYCLE_TIMEOUT, 300 s); Error fails.
+   */
+  async waitStopped(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<Sandbox> {
+    const value = Number(this.env.OPENSHELL_LIFECYCLE_TIMEOUT);
+    const timeoutSecs = Number.isFinite(value) && value > 0 ? value : 300;
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), timeoutSecs * 1000);
+    const stop = AbortSignal.any([timeout.signal, ...(options.signal ? [options.signal] : [])]);
+    try {
+      for await (const event of this.watch(
+        WatchSandboxRequest.fromPartial({ id, followStatus: true }),
+        stop,
+      )) {
+        if (event.payload?.$case !== "sandbox") continue;
+        const sandbox = event.payload.value;
+        if (sandbox.status?.phase === SandboxPhase.SANDBOX_PHASE_STOPPED) return sandbox;
+        if (sandbox.status?.phase === SandboxPhase.SANDBOX_PHASE_ERROR) {
+          const reason = readyFalseMessage(sandbox);
+          throw new SandboxFailedError(escapeForTerminal(reason) || "sandbox entered Error", { reason });
+        }
       }
+    } finally {
+      clearTimeout(timer);
     }
-    if (options.signal?.aborted)
-      throw new AbortError("the wait was aborted", { cause: options.signal.reason });
-    throw new UnavailableError("the sandbox watch ended early", { code: "connection_lost" });
+    if (options.signal?.aborted) {
+      throw new AbortError("interrupted while the sandbox stops", { cause: options.signal.reason });
+    }
+    if (timeout.signal.aborted) {
+      throw new TimeoutError(`timed out after ${timeoutSecs}s waiting for the sandbox to stop`);
+    }
+    throw new UnavailableError("the sandbox watch ended before it was stopped", { code: "connection_lost" });
   }
 
   /**
@@ -208,8 +232,8 @@ export class Link {
   ): Promise<Sandbox> {
     const timeoutMs =
       options.timeoutMs ??
-      (Number(process.env.OPENSHELL_PROVISION_TIMEOUT) > 0
-        ? Number(process.env.OPENSHELL_PROVISION_TIMEOUT) * 1000
+      (Number(this.env.OPENSHELL_PROVISION_TIMEOUT) > 0
+        ? Number(this.env.OPENSHELL_PROVISION_TIMEOUT) * 1000
         : PROVISION_TIMEOUT_MS);
     let sawNonReady = created.status?.phase !== SandboxPhase.SANDBOX_PHASE_READY;
     let last = created;

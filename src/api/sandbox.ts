@@ -45,7 +45,14 @@ import {
   SshLink,
   spawnCommand,
 } from "./commands.js";
-import { AbortError, InvalidArgumentError, NotFoundError, SandboxFailedError, typed } from "./errors.js";
+import {
+  AbortError,
+  InvalidArgumentError,
+  NotFoundError,
+  SandboxFailedError,
+  toApiError,
+  typed,
+} from "./errors.js";
 import type { Link } from "./link.js";
 
 export type { SandboxInfo, SandboxLogLine };
@@ -58,9 +65,17 @@ export interface TransferSummary {
   path: string;
 }
 
+export interface TransferProgress {
+  bytes: number;
+  totalBytes?: number | undefined;
+  files?: number | undefined;
+  totalFiles?: number | undefined;
+}
+
 export interface TransferOptions {
   signal?: AbortSignal | undefined;
-  onProgress?: ((progress: { bytes: number; totalBytes?: number | undefined }) => void) | undefined;
+  /** Bytes so far; an upload also says its total and its files so far and in all. */
+  onProgress?: ((progress: TransferProgress) => void) | undefined;
 }
 
 export interface UploadOptions extends TransferOptions {
@@ -79,6 +94,10 @@ export interface LogOptions {
   lines?: number | undefined;
   /** `gateway`, `sandbox`, or both (default). */
   sources?: ("gateway" | "sandbox")[] | undefined;
+  /** Only lines at this level or above: ERROR, WARN, INFO, DEBUG, TRACE. */
+  minLevel?: string | undefined;
+  /** Called with what the gateway warns about: dropped lines, a lagging stream. */
+  onWarning?: ((message: string) => void) | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -144,6 +163,11 @@ export class Sandbox {
       this.#info = await this.#link.sandbox(this.name, options);
       return this.#info;
     });
+  }
+
+  /** Opens the handle's SSH connection now, instead of on the first command or transfer. */
+  async open(options: { signal?: AbortSignal } = {}): Promise<void> {
+    await typed(() => this.#ssh.client(options.signal));
   }
 
   // ---- commands ----
@@ -228,7 +252,7 @@ export class Sandbox {
     });
   }
 
-  /** @internal Uploads planned transfers in order over this handle's connection (`create`'s uploads). */
+  /** @internal Uploads planned transfers in order over this handle's connection (`create`'s, the CLI's). */
   async uploadPlans(plans: UploadPlan[], options: TransferOptions = {}): Promise<TransferSummary[]> {
     const client = await this.#ssh.client(options.signal);
     const summaries: TransferSummary[] = [];
@@ -316,6 +340,12 @@ export class Sandbox {
             );
           });
           yield* response.logs;
+          // Only when lines this request asked for are gone: a short answer to since or lines is otherwise complete.
+          if (response.earlierLinesDropped) {
+            options.onWarning?.(
+              `earlier log lines were dropped: these are the latest ${response.bufferTotal} the gateway keeps.`,
+            );
+          }
           return;
         }
         const request = WatchSandboxRequest.fromPartial({
@@ -324,9 +354,15 @@ export class Sandbox {
           logTailLines: lines,
           logSinceMs: since,
           logSources: sources,
+          logMinLevel: options.minLevel ?? "",
         });
-        for await (const event of link.watch(request, options.signal)) {
-          if (event.payload?.$case === "log") yield event.payload.value;
+        try {
+          for await (const event of link.watch(request, options.signal)) {
+            if (event.payload?.$case === "log") yield event.payload.value;
+            else if (event.payload?.$case === "warning") options.onWarning?.(event.payload.value.message);
+          }
+        } catch (error) {
+          throw toApiError(error);
         }
       },
     };
@@ -339,17 +375,7 @@ export class Sandbox {
     return typed(async () => {
       await this.#ssh.close();
       this.#ssh = new SshLink(() => this.#link.grpc(), this.id);
-      const { client, target } = await this.#link.grpc();
-      const { sandbox } = await this.#link.call(
-        target,
-        client.stopSandbox.bind(client),
-        { name: this.name, workspace: this.#link.workspace },
-        { deadlineMs: LIFECYCLE_DEADLINE_MS, ...(options.signal ? { signal: options.signal } : {}) },
-      );
-      if (sandbox?.metadata) this.#info = sandbox;
-      if (sandbox?.metadata && sandbox.status?.phase !== SandboxPhase.SANDBOX_PHASE_STOPPED) {
-        this.#info = await this.#link.waitFor(this.id, SandboxPhase.SANDBOX_PHASE_STOPPED, options);
-      }
+      this.#info = (await stopSandbox(this.#link, this.name, options)) ?? this.#info;
     });
   }
 
@@ -374,19 +400,7 @@ export class Sandbox {
   /** Extends the sandbox's lifetime to `ttl` from now (seconds, or "30m", "2h", "1d"). */
   renew(ttl: number | string, options: { signal?: AbortSignal } = {}): Promise<void> {
     return typed(async () => {
-      const seconds = typeof ttl === "number" ? ttl : parseTtl(ttl);
-      if (seconds === undefined || !Number.isInteger(seconds) || seconds <= 0) {
-        throw new InvalidArgumentError(ttlError("ttl", String(ttl)), { field: "ttl" });
-      }
-      await this.#link.requireCapability(CAPABILITY_SANDBOX_TTL, "renew");
-      const { client, target } = await this.#link.grpc();
-      const { sandbox } = await this.#link.call(
-        target,
-        client.renewSandbox.bind(client),
-        { name: this.name, workspace: this.#link.workspace, ttlSeconds: seconds },
-        options.signal ? { signal: options.signal } : {},
-      );
-      if (sandbox?.metadata) this.#info = sandbox;
+      this.#info = (await renewSandbox(this.#link, this.name, ttl, options)) ?? this.#info;
     });
   }
 
@@ -450,7 +464,12 @@ export async function uploadPlan(
   };
   options.signal?.addEventListener("abort", onAbort, { once: true });
   const done = packUpload(plan, channel, (p: UploadProgress) =>
-    options.onProgress?.({ bytes: p.bytes, totalBytes: p.totalBytes }),
+    options.onProgress?.({
+      bytes: p.bytes,
+      totalBytes: p.totalBytes,
+      files: p.files,
+      totalFiles: p.totalFiles,
+    }),
   );
   try {
     const [code] = await Promise.all([
@@ -469,4 +488,58 @@ export async function uploadPlan(
     options.signal?.removeEventListener("abort", onAbort);
   }
   return { files: plan.totals.files, bytes: plan.totals.bytes, path: plan.remotePath };
+}
+
+/** @internal StopSandbox by name, then the wait for Stopped (ours answers once stopped, upstream's while stopping). */
+export async function stopSandbox(
+  link: Link,
+  name: string,
+  options: { signal?: AbortSignal | undefined },
+): Promise<SandboxInfo | undefined> {
+  const { client, target } = await link.grpc();
+  const { sandbox } = await link.call(
+    target,
+    client.stopSandbox.bind(client),
+    { name, workspace: link.workspace },
+    { deadlineMs: LIFECYCLE_DEADLINE_MS, ...(options.signal ? { signal: options.signal } : {}) },
+  );
+  if (sandbox?.metadata && sandbox.status?.phase !== SandboxPhase.SANDBOX_PHASE_STOPPED) {
+    return link.waitStopped(sandbox.metadata.id, options);
+  }
+  return sandbox;
+}
+
+/** A gateway that lacks sandbox lifetimes would create the sandbox without one: refused instead. */
+export function ttlUnsupported(gateway: string, flag: string): OpenShellError {
+  return new OpenShellError(
+    "unsupported",
+    `gateway '${gateway}' does not support ${flag}: it keeps no sandbox lifetimes (an OpenShell gateway ignores SandboxSpec.ttl_seconds)`,
+    {
+      hint: "Use an openshell gateway (`openshell gateway start`), or delete the sandbox yourself when done.",
+    },
+  );
+}
+
+/** @internal RenewSandbox by name, after checking the gateway keeps lifetimes. */
+export async function renewSandbox(
+  link: Link,
+  name: string,
+  ttl: number | string,
+  options: { signal?: AbortSignal | undefined; what?: string },
+): Promise<SandboxInfo | undefined> {
+  const seconds = typeof ttl === "number" ? ttl : parseTtl(ttl);
+  if (seconds === undefined || !Number.isInteger(seconds) || seconds <= 0) {
+    throw new InvalidArgumentError(ttlError("ttl", String(ttl)), { field: "ttl" });
+  }
+  await link.requireCapability(CAPABILITY_SANDBOX_TTL, "renew", () =>
+    ttlUnsupported(link.gateway().name, options.what ?? "sandbox renew"),
+  );
+  const { client, target } = await link.grpc();
+  const { sandbox } = await link.call(
+    target,
+    client.renewSandbox.bind(client),
+    { name, workspace: link.workspace, ttlSeconds: seconds },
+    options.signal ? { signal: options.signal } : {},
+  );
+  return sandbox;
 }
