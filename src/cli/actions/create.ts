@@ -248,7 +248,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   try {
     if (uploads.length > 0) {
       const { uploadPlans } = await import("./transfer.js");
-      await uploadPlans(ctx, gateway, ready.metadata!.id, uploads);
+      await uploadPlans(ctx, ready, uploads);
     }
     if (gated && !attach) {
       const { startMain } = await import("./connect.js");
