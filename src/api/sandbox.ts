@@ -8,7 +8,7 @@ import type { Client } from "ssh2";
 import { OpenShellError } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { parseTtl, ttlError } from "../core/lifetime.js";
-import { phaseName } from "../core/phases.js";
+import { mainExitStatus, phaseName, readyFalseMessage } from "../core/phases.js";
 import { CAPABILITY_SANDBOX_TTL, SUBSYSTEM_START } from "../core/protocol.js";
 import { shellEscape } from "../core/shell.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
@@ -50,6 +50,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   SandboxFailedError,
+  TimeoutError,
   toApiError,
   typed,
 } from "./errors.js";
@@ -368,6 +369,26 @@ export class Sandbox {
     };
   }
 
+  /**
+   * Waits for the main command to complete and resolves with its exit
+   * status. `onOutput` gets the command's lines (from the first one the
+   * gateway still holds) as they come; the stream waits for a promise it
+   * returns. A sandbox stopped, failed or deleted first rejects.
+   */
+  wait(
+    options: {
+      signal?: AbortSignal | undefined;
+      timeoutMs?: number | undefined;
+      onOutput?: ((line: SandboxLogLine) => void | Promise<void>) | undefined;
+      /** What the gateway warns about: lines skipped for a slow reader. */
+      onWarning?: ((message: string) => void) | undefined;
+      /** @internal The timeout's message (the CLI names its flag). */
+      timeoutMessage?: string | undefined;
+    } = {},
+  ): Promise<number> {
+    return typed(() => waitMain(this.#link, this.name, this.id, options));
+  }
+
   // ---- lifecycle ----
 
   /** Ends the sandbox's processes; it keeps its files and can be started again. Resolves once Stopped. */
@@ -542,4 +563,88 @@ export async function renewSandbox(
     options.signal ? { signal: options.signal } : {},
   );
   return sandbox;
+}
+
+/** As many past lines as a gateway keeps: the whole output, from its start, where it is still held. */
+const ALL_LINES = 1_000_000;
+
+/** The main command's exit status once completed; a failure when it never can; undefined while it runs. */
+function mainOutcome(name: string, sandbox: SandboxInfo): number | OpenShellError | undefined {
+  const status = mainExitStatus(sandbox);
+  if (status !== undefined) return status;
+  switch (sandbox.status?.phase) {
+    case SandboxPhase.SANDBOX_PHASE_ERROR: {
+      const reason = readyFalseMessage(sandbox);
+      return new SandboxFailedError(
+        `sandbox '${name}' failed before its command completed: ${reason || "phase Error"}`,
+        { reason },
+      );
+    }
+    case SandboxPhase.SANDBOX_PHASE_STOPPING:
+    case SandboxPhase.SANDBOX_PHASE_STOPPED:
+      return new OpenShellError("not_ready", `sandbox '${name}' was stopped before its command completed`, {
+        hint: `Start it again (the command runs anew) with: openshell sandbox start ${name}`,
+      });
+    case SandboxPhase.SANDBOX_PHASE_DELETING:
+      return new NotFoundError(`sandbox '${name}' is being deleted; its command did not complete`);
+    default:
+      return undefined;
+  }
+}
+
+/** @internal WatchSandbox until the main command completes; its lines to `onOutput` on the way. */
+export async function waitMain(
+  link: Link,
+  name: string,
+  id: string,
+  options: {
+    signal?: AbortSignal | undefined;
+    timeoutMs?: number | undefined;
+    onOutput?: ((line: SandboxLogLine) => void | Promise<void>) | undefined;
+    onWarning?: ((message: string) => void) | undefined;
+    timeoutMessage?: string | undefined;
+  },
+): Promise<number> {
+  const timeout = new AbortController();
+  const timer =
+    options.timeoutMs !== undefined && options.timeoutMs > 0
+      ? setTimeout(() => timeout.abort(), options.timeoutMs)
+      : undefined;
+  const stop = AbortSignal.any([timeout.signal, ...(options.signal ? [options.signal] : [])]);
+  const logs = options.onOutput !== undefined;
+  // The gateway sends the held lines before the sandbox's state, and each line
+  // before the state change that follows it: the output is complete when the
+  // status says the command completed.
+  const request = WatchSandboxRequest.fromPartial({
+    id,
+    followStatus: true,
+    followLogs: logs,
+    logTailLines: logs ? ALL_LINES : 0,
+    logSources: ["sandbox"],
+  });
+  try {
+    for await (const event of link.watch(request, stop)) {
+      const payload = event.payload;
+      if (payload?.$case === "sandbox") {
+        const result = mainOutcome(name, payload.value);
+        if (typeof result === "number") return result;
+        if (result) throw result;
+      } else if (payload?.$case === "log") {
+        // A slow consumer holds the stream (the gateway then skips lines and says how many), not memory here.
+        await options.onOutput?.(payload.value);
+      } else if (payload?.$case === "warning") {
+        options.onWarning?.(payload.value.message);
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  if (options.signal?.aborted) throw new AbortError("interrupted", { cause: options.signal.reason });
+  if (timeout.signal.aborted) {
+    throw new TimeoutError(
+      options.timeoutMessage ??
+        `sandbox '${name}': its command did not complete within ${options.timeoutMs} ms`,
+    );
+  }
+  throw new NotFoundError(`sandbox '${name}' was deleted before its command completed`);
 }

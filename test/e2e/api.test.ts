@@ -13,10 +13,12 @@ import {
   NotAuthorizedError,
   NotFoundError,
   OpenShell,
+  OpenShellError,
   type Sandbox,
   TimeoutError,
   UnavailableError,
 } from "../../src/api/index.js";
+import { SandboxPhase } from "../../src/gen/openshell.js";
 import { gatewayTarget, TestEnv, uniqueName } from "../helpers/cli.js";
 
 describe("the TypeScript API", () => {
@@ -257,6 +259,28 @@ describe("the TypeScript API", () => {
     expect(events[0]).toBe("created");
     expect(events.at(-1)).toBe("ready");
     await expect(client.get(name)).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it("stops and starts a sandbox, watched, and a handle whose connection was lost opens a new one", async () => {
+    await using other = await client.get(sandbox.name);
+    expect((await other.exec("echo before")).stdout).toBe("before\n");
+    const controller = new AbortController();
+    const phases: string[] = [];
+    const watching = (async () => {
+      for await (const info of client.watch(sandbox.name, { signal: controller.signal })) {
+        phases.push(String(info.status?.phase));
+        if (info.status?.phase === SandboxPhase.SANDBOX_PHASE_STOPPED) controller.abort();
+      }
+    })();
+    await sandbox.stop();
+    expect(sandbox.phase).toBe("Stopped");
+    await watching;
+    expect(phases.at(-1)).toBe(String(SandboxPhase.SANDBOX_PHASE_STOPPED));
+    await expect(other.exec("true")).rejects.toBeInstanceOf(OpenShellError);
+    await sandbox.start();
+    expect(sandbox.phase).toBe("Ready");
+    // `other` lost its connection with the stop; its next command opens a new one.
+    expect((await other.exec("echo after")).stdout).toBe("after\n");
   });
 
   it("refuses a wrong token with NotAuthorized", async () => {

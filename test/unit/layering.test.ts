@@ -238,7 +238,6 @@ const CLI_NOT_YET_ON_API = [
   "cli/actions/connect.ts", // sandbox connect, ssh-proxy, ssh-config, attach
   "cli/actions/exec.ts", // sandbox exec (ExecSandboxInteractive)
   "cli/actions/gateway.ts", // gateway add/status/info (probing a gateway before it is registered)
-  "cli/actions/wait.ts", // sandbox wait
   "cli/context.ts", // the gateway client the commands above use
   "cli/gateways.ts", // parseEndpoint for the local gateway's settings
   "cli/wait.ts", // create and start: waiting for Ready with the CLI's progress display
