@@ -36,8 +36,10 @@ import {
 } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
+  type OpenShellClient,
   type SandboxFile,
   type Sandbox as SandboxInfo,
+  SandboxPhase,
   SandboxTemplate,
   WatchSandboxRequest,
 } from "../gen/openshell.js";
@@ -50,7 +52,7 @@ import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
 import { Link, type ProgressEvent } from "./link.js";
-import { renewSandbox, Sandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
+import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
 export interface OpenShellOptions {
   /** A registered gateway's name (default: OPENSHELL_GATEWAY, else the active gateway). */
@@ -205,9 +207,14 @@ export class OpenShell {
    * @internal A client on a gateway resolved elsewhere: the CLI's, which may
    * have started the local gateway first, and uses this client's channel.
    */
-  static forResolved(resolved: ResolvedGateway, workspace: string, env: NodeJS.ProcessEnv): OpenShell {
+  static forResolved(
+    resolved: ResolvedGateway,
+    workspace: string,
+    env: NodeJS.ProcessEnv,
+    grpc?: OpenShellClient,
+  ): OpenShell {
     const client = new OpenShell({ workspace });
-    client.#link = new Link(() => resolved, workspace, env);
+    client.#link = new Link(() => resolved, workspace, env, grpc);
     return client;
   }
 
@@ -438,6 +445,33 @@ export class OpenShell {
         }
       },
     };
+  }
+
+  /** @internal Waits for a created or restarted sandbox to be Ready (the CLI shows the progress). */
+  waitReady(created: SandboxInfo, options: Parameters<Link["waitReady"]>[1]): Promise<SandboxInfo> {
+    return typed(() => this.#link.waitReady(created, options));
+  }
+
+  /** @internal StartSandbox by name, without the wait (the CLI shows the wait's progress itself). */
+  requestStart(name: string, options: { signal?: AbortSignal } = {}): Promise<SandboxInfo> {
+    return typed(() => startSandbox(this.#link, name, options));
+  }
+
+  /**
+   * Starts stopped sandbox `name` again; resolves with its state once Ready
+   * (or at once, `alreadyRunning`, when it was running).
+   */
+  start(
+    name: string,
+    options: { signal?: AbortSignal; onProgress?: (event: ProgressEvent) => void } = {},
+  ): Promise<{ sandbox: SandboxInfo; alreadyRunning: boolean }> {
+    return typed(async () => {
+      const started = await startSandbox(this.#link, name, options);
+      if (started.status?.phase === SandboxPhase.SANDBOX_PHASE_READY)
+        return { sandbox: started, alreadyRunning: true };
+      const sandbox = await this.#link.waitReady(started, { ...options, eventTail: 0 });
+      return { sandbox, alreadyRunning: false };
+    });
   }
 
   /** Stops sandbox `name` (its processes end, its files stay); resolves with its state once Stopped. */

@@ -403,14 +403,7 @@ export class Sandbox {
   /** Boots a stopped sandbox again; resolves once it is Ready. */
   start(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<void> {
     return typed(async () => {
-      const { client, target } = await this.#link.grpc();
-      const { sandbox } = await this.#link.call(
-        target,
-        client.startSandbox.bind(client),
-        { name: this.name, workspace: this.#link.workspace },
-        { deadlineMs: LIFECYCLE_DEADLINE_MS, ...(options.signal ? { signal: options.signal } : {}) },
-      );
-      if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+      const sandbox = await startSandbox(this.#link, this.name, options);
       this.#info = sandbox;
       if (sandbox.status?.phase !== SandboxPhase.SANDBOX_PHASE_READY) {
         this.#info = await this.#link.waitReady(sandbox, { ...options, eventTail: 0 });
@@ -647,4 +640,21 @@ export async function waitMain(
     );
   }
   throw new NotFoundError(`sandbox '${name}' was deleted before its command completed`);
+}
+
+/** @internal StartSandbox by name: the sandbox as the gateway answers (Ready already, or booting). */
+export async function startSandbox(
+  link: Link,
+  name: string,
+  options: { signal?: AbortSignal | undefined },
+): Promise<SandboxInfo> {
+  const { client, target } = await link.grpc();
+  const { sandbox } = await link.call(
+    target,
+    client.startSandbox.bind(client),
+    { name, workspace: link.workspace },
+    { deadlineMs: LIFECYCLE_DEADLINE_MS, ...(options.signal ? { signal: options.signal } : {}) },
+  );
+  if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+  return sandbox;
 }

@@ -127,7 +127,7 @@ export class CommandContext {
    */
   async api(options: { autoStart?: boolean } = {}): Promise<OpenShell> {
     const gateway = await this.gateway(options);
-    this.apiClient ??= OpenShell.forResolved(gateway, gateway.workspace, this.env);
+    this.apiClient ??= OpenShell.forResolved(gateway, gateway.workspace, this.env, gateway.client);
     return this.apiClient;
   }
 

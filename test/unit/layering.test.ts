@@ -240,7 +240,6 @@ const CLI_NOT_YET_ON_API = [
   "cli/actions/gateway.ts", // gateway add/status/info (probing a gateway before it is registered)
   "cli/context.ts", // the gateway client the commands above use
   "cli/gateways.ts", // parseEndpoint for the local gateway's settings
-  "cli/wait.ts", // create and start: waiting for Ready with the CLI's progress display
 ];
 
 function cliWireImports(files: ReadonlyMap<string, string>): string[] {

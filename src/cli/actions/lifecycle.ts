@@ -3,7 +3,7 @@
 // the API; start still waits for Ready with the CLI's own progress display.
 
 import { ttlUnsupported } from "../../api/sandbox.js";
-import { OpenShellError, usageError } from "../../core/errors.js";
+import { usageError } from "../../core/errors.js";
 import { formatTtl, parseTtl, ttlError } from "../../core/lifetime.js";
 import { SandboxPhase } from "../../gen/openshell.js";
 import type { CommandContext } from "../context.js";
@@ -11,7 +11,7 @@ import { formatTimestamp } from "../output/present.js";
 import { waitForReady } from "../wait.js";
 
 /** Stopping waits for every process of the sandbox to end (the supervisor's grace, then a kill). */
-const STOP_DEADLINE_MS = 60_000;
+const _STOP_DEADLINE_MS = 60_000;
 
 export { ttlUnsupported };
 
@@ -31,19 +31,14 @@ export async function sandboxStart(
   options: { name?: string | undefined },
 ): Promise<number> {
   const name = await ctx.sandboxName(options.name);
-  const gateway = await ctx.gateway();
-  const { sandbox } = await gateway.call(
-    gateway.client.startSandbox,
-    { name, workspace: gateway.workspace },
-    { deadlineMs: STOP_DEADLINE_MS },
-  );
-  if (!sandbox?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+  const api = await ctx.api();
+  const sandbox = await api.requestStart(name, { signal: ctx.signal });
   if (sandbox.status?.phase === SandboxPhase.SANDBOX_PHASE_READY) {
     ctx.ui.success(`Sandbox ${name} is already running`);
     return 0;
   }
   const mode = ctx.ui.interactive ? "interactive" : "plain";
-  await waitForReady(ctx.ui, gateway, sandbox, { mode, signal: ctx.signal, env: ctx.env, eventTail: 0 });
+  await waitForReady(ctx.ui, api, sandbox, { mode, signal: ctx.signal, env: ctx.env, eventTail: 0 });
   ctx.ui.success(`Started sandbox ${name}`);
   return 0;
 }
