@@ -15,7 +15,10 @@ import {
   readMetadata,
   readToken,
 } from "../host/config.js";
-import type { GatewayTarget } from "../transport/grpc.js";
+import { type GatewayTarget, parseEndpoint } from "../transport/grpc.js";
+
+/** `http(s)://HOST:PORT` taken apart (the CLI reads its local gateway's bind address with it). */
+export { parseEndpoint };
 
 /** How a caller picks a gateway: the CLI's --gateway, --gateway-endpoint and --gateway-insecure. */
 export interface GatewaySelection {

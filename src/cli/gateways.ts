@@ -14,6 +14,7 @@ import {
   type GatewaySelection,
   insecureWarning,
   noActiveGateway,
+  parseEndpoint,
   type ResolvedGateway,
   resolveEndpointGateway,
   selectedGatewayName,
@@ -44,7 +45,6 @@ import {
   writeMetadata,
 } from "../host/config.js";
 import { mallocTunables, processAlive } from "../host/process.js";
-import { parseEndpoint } from "../transport/grpc.js";
 
 export interface GlobalOptions extends GatewaySelection {
   workspace?: string | undefined;

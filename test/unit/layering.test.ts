@@ -239,7 +239,6 @@ const CLI_NOT_YET_ON_API = [
   "cli/actions/exec.ts", // sandbox exec (ExecSandboxInteractive)
   "cli/actions/gateway.ts", // gateway add/status/info (probing a gateway before it is registered)
   "cli/context.ts", // the gateway client the commands above use
-  "cli/gateways.ts", // parseEndpoint for the local gateway's settings
 ];
 
 function cliWireImports(files: ReadonlyMap<string, string>): string[] {
