@@ -10,6 +10,8 @@
 //   6. upload/download of a 200 MB tree against `tar | ssh` and a local `tar | tar` pipe
 //   7. a 60 s stdout flood: log size, gateway and supervisor memory, `gateway start` after it (bench/flood.ts)
 //   8. exec round trip of a sandbox beside a fork bomb, a memory hog and a cpu spin in another (bench/neighbour.ts)
+//   9. the TypeScript API: warm in-process exec("true") p50 and 100 concurrent execs, against
+//      OpenSSH with a ControlMaster connection (`ssh -S`) (bench/api.ts)
 //
 // A section that cannot run says why and the others still run. Everything
 // started here is stopped and every temp directory removed, also on failure
@@ -23,6 +25,7 @@ import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { sha256Hex } from "../src/core/files.js";
 import type { SandboxFile } from "../src/gen/openshell.js";
+import { apiExec } from "./api.js";
 import { logFlood } from "./flood.js";
 import { BenchEnv, type GatewayInfo, ROOT } from "./lib/gateway.js";
 import {
@@ -54,7 +57,7 @@ const FILE_RUNS = 16;
 const FILE_COUNT = 256;
 const FILE_TOTAL = 10 * 1024 * 1024;
 const EXEC_RUNS = 30;
-const SECTION_COUNT = 8;
+const SECTION_COUNT = 9;
 const STREAM_BYTES = 100_000_000;
 const STREAM_RUNS = 3;
 const TREE_BIG_FILES = 40;
@@ -70,7 +73,7 @@ const FILES_ADDED_TARGET_MS = 150;
 const EXEC_RATIO_TARGET = 0.6;
 const UPLOAD_RATIO_TARGET = 1.0;
 
-interface Shared {
+export interface Shared {
   env: BenchEnv;
   gateway(): GatewayInfo;
   /** The sandbox sections 4–6 share, created on first use; failed attempts are recorded in `s`. */
@@ -682,6 +685,7 @@ async function main(): Promise<number> {
       ["transfer of a 200 MB tree", (s) => transfer(s, shared)],
       ["a 60 s stdout flood (own gateway)", (s) => logFlood(s)],
       ["exec beside a noisy neighbour (own gateway)", (s) => noisyNeighbour(s)],
+      ["API exec vs OpenSSH ControlMaster", (s) => apiExec(s, shared)],
     ];
     for (const [index, [title, body]] of all.entries()) {
       if (only.size === 0 || only.has(index + 1)) sections.push(await runSection(index + 1, title, body));

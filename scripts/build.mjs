@@ -1,8 +1,11 @@
 // Builds dist/ from src/ with esbuild: one ESM bundle per entry point, with
 // shared chunks split out so each command loads only what it runs. Native
-// modules stay external and load from node_modules.
+// modules stay external and load from node_modules. The API's entry
+// (dist/api.mjs) gets its declarations from tsc, in dist/types/.
 
+import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -20,6 +23,7 @@ await build({
     gateway: "src/gateway/main.ts",
     supervisor: "src/supervisor/main.ts",
     agent: "src/supervisor/agent/main.ts",
+    api: "src/api/index.ts",
   },
   outdir: out,
   outExtension: { ".js": ".mjs" },
@@ -37,6 +41,17 @@ await build({
   define: { __OPENSHELL_VERSION__: JSON.stringify(version) },
   logLevel: "warning",
 });
+// The API's declarations: tsc, as esbuild emits none.
+const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
+const types = spawnSync(
+  process.execPath,
+  [tsc, "-p", join(root, "tsconfig.types.json"), "--outDir", join(out, "types")],
+  { stdio: "inherit" },
+);
+if (types.status !== 0) {
+  rmSync(out, { recursive: true, force: true });
+  throw new Error(`tsc (declarations) exited with status ${types.status}`);
+}
 const old = join(root, `dist.old-${process.pid}`);
 if (existsSync(join(root, "dist"))) renameSync(join(root, "dist"), old);
 renameSync(out, join(root, "dist"));

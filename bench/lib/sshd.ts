@@ -89,6 +89,8 @@ export class PrivateSshd {
         "UsePAM no",
         "StrictModes no",
         "LogLevel ERROR",
+        // Room for the concurrent sessions of one ControlMaster connection (section 9).
+        "MaxSessions 256",
         "",
       ].join("\n"),
     );

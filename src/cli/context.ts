@@ -3,6 +3,7 @@
 // One context lives for one command line; nothing about a run is kept in a
 // module, so command lines can run side by side in one process.
 
+import { OpenShell } from "../api/client.js";
 import { invalidInput, isOpenShellError, OpenShellError } from "../core/errors.js";
 import { validateWorkspaceName } from "../core/names.js";
 import type { OpenShellClient, Sandbox } from "../gen/openshell.js";
@@ -33,6 +34,7 @@ export class CommandContext {
   private connected: Promise<ConnectedGateway> | undefined;
   private readonly abort = new AbortController();
   private passingThrough = false;
+  private apiClient: OpenShell | undefined;
   /** 128+N once signal N cancelled the command. */
   interruptStatus: number | undefined;
 
@@ -118,8 +120,20 @@ export class CommandContext {
     return this.connected;
   }
 
+  /**
+   * The API client on this command line's gateway (resolved, and started
+   * when `autoStart`, as for `gateway()`); commands on the API talk to the
+   * gateway only through it.
+   */
+  async api(options: { autoStart?: boolean } = {}): Promise<OpenShell> {
+    const gateway = await this.gateway(options);
+    this.apiClient ??= OpenShell.forResolved(gateway, gateway.workspace, this.env, gateway.client);
+    return this.apiClient;
+  }
+
   close(): void {
     void this.connected?.then((g) => g.client.close()).catch(() => {});
+    this.apiClient?.close();
   }
 
   /** The sandbox NAME argument, or the last-used one with a notice. */

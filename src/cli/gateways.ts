@@ -10,6 +10,17 @@ import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import {
+  type GatewaySelection,
+  insecureWarning,
+  noActiveGateway,
+  parseEndpoint,
+  type ResolvedGateway,
+  resolveEndpointGateway,
+  selectedGatewayName,
+  targetFor,
+  unknownGateway,
+} from "../api/config.js";
 import { OpenShellError, usageError } from "../core/errors.js";
 import {
   type EnsuredTls,
@@ -27,8 +38,6 @@ import {
   isLoopbackHost,
   isWildcardBind,
   type LocalGatewaySettings,
-  listGatewayNames,
-  readActiveGateway,
   readMetadata,
   readToken,
   writeActiveGateway,
@@ -36,25 +45,18 @@ import {
   writeMetadata,
 } from "../host/config.js";
 import { mallocTunables, processAlive } from "../host/process.js";
-import { type GatewayTarget, parseEndpoint } from "../transport/grpc.js";
 
-export interface GlobalOptions {
-  gateway?: string | undefined;
-  gatewayEndpoint?: string | undefined;
-  gatewayInsecure?: boolean | undefined;
+export interface GlobalOptions extends GatewaySelection {
   workspace?: string | undefined;
 }
+
+export { insecureWarning, type ResolvedGateway, targetFor };
 
 export interface LocalGatewayInfo {
   pid: number;
   port: number;
   endpoint: string;
   version: string;
-}
-
-function envValue(env: NodeJS.ProcessEnv, name: string): string | undefined {
-  const value = env[name]?.trim();
-  return value === "" ? undefined : value;
 }
 
 export function appRoot(): string {
@@ -465,82 +467,6 @@ export async function startLocalGateway(options: StartOptions): Promise<StartRes
   return { info, alreadyRunning: false, metadata, ...(generated ? { generated } : {}) };
 }
 
-export interface ResolvedGateway {
-  name: string;
-  metadata: GatewayMetadata | undefined;
-  target: GatewayTarget;
-}
-
-function readOptional(name: string, what: string, path: string | undefined): Buffer | undefined {
-  if (!path) return undefined;
-  try {
-    return readFileSync(path);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new OpenShellError(
-      "invalid_input",
-      `gateway '${name}': cannot read its ${what} ${path}: ${code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : (error as Error).message}`,
-      {
-        hint: `Register it again with the right file: openshell gateway remove ${name} && openshell gateway add ...`,
-      },
-    );
-  }
-}
-
-function isGatewayName(name: string): boolean {
-  return name !== "" && name !== "." && name !== ".." && !name.includes("/") && !name.includes("\0");
-}
-
-function insecureRequested(globals: GlobalOptions, env: NodeJS.ProcessEnv): boolean {
-  const insecure = envValue(env, "OPENSHELL_GATEWAY_INSECURE");
-  return globals.gatewayInsecure === true || insecure === "1" || insecure === "true";
-}
-
-/** The stderr warning for --gateway-insecure on an https gateway, or undefined. */
-export function insecureWarning(target: GatewayTarget): string | undefined {
-  if (!target.insecure || !target.endpoint.startsWith("https:")) return undefined;
-  return `--gateway-insecure: not verifying the TLS certificate of gateway '${target.name}' (${target.endpoint}); whoever answers there gets your requests${target.token ? " and your token" : ""}.`;
-}
-
-function unauthorizedHint(
-  name: string,
-  metadata: GatewayMetadata,
-  tokenFile: string | undefined,
-  token: string | undefined,
-): string {
-  if (metadata.local) {
-    return `Only the owner of gateway '${name}' can use it: its token (${tokenFile}) is readable by its owner only.`;
-  }
-  if (token === undefined) {
-    return `Gateway '${name}' needs its owner's token: \`openshell gateway remove ${name}\`, then \`openshell gateway add ${metadata.gateway_endpoint} --name ${name} --token-file FILE\`.`;
-  }
-  return `The token in ${tokenFile} was refused; ask the gateway's owner for its current token file.`;
-}
-
-export function targetFor(
-  name: string,
-  metadata: GatewayMetadata,
-  globals: GlobalOptions,
-  env: NodeJS.ProcessEnv = process.env,
-): GatewayTarget {
-  // A bare --gateway-endpoint with no stored gateway has no token file of its own.
-  const tokenFile = metadata.token_file ?? (isGatewayName(name) ? gatewayTokenPath(name) : undefined);
-  const token = tokenFile ? readToken(tokenFile) : undefined;
-  return {
-    name,
-    endpoint: globals.gatewayEndpoint ?? metadata.gateway_endpoint,
-    token,
-    ca: readOptional(name, "CA certificate", metadata.ca_file),
-    clientCert: readOptional(name, "client certificate", metadata.client_cert_file),
-    clientKey: readOptional(name, "client key", metadata.client_key_file),
-    insecure: insecureRequested(globals, env),
-    unreachableHint: metadata.local
-      ? `Start it with \`openshell gateway start${name === DEFAULT_GATEWAY_NAME ? "" : ` --name ${name}`}\`.`
-      : "Check that it is running, or register another with `openshell gateway add <endpoint>`.",
-    unauthorizedHint: unauthorizedHint(name, metadata, tokenFile, token),
-  };
-}
-
 /** Start settings of a local gateway recorded before settings were kept: its endpoint's host. */
 function recordedSettings(metadata: GatewayMetadata | undefined): LocalGatewaySettings {
   if (metadata?.local_settings) return metadata.local_settings;
@@ -558,48 +484,21 @@ export async function resolveGateway(
   options: { autoStart: boolean; notice: (line: string) => void; env: NodeJS.ProcessEnv },
 ): Promise<ResolvedGateway> {
   const { env } = options;
-  const explicitName = globals.gateway ?? envValue(env, "OPENSHELL_GATEWAY");
-  const endpoint = globals.gatewayEndpoint ?? envValue(env, "OPENSHELL_GATEWAY_ENDPOINT");
-  if (endpoint) {
-    let name = explicitName;
-    if (!name) {
-      const trimmed = endpoint.replace(/\/$/, "");
-      const active = readActiveGateway();
-      const candidates = [...(active ? [active] : []), ...listGatewayNames()];
-      name =
-        candidates.find((n) => readMetadata(n)?.gateway_endpoint.replace(/\/$/, "") === trimmed) ?? endpoint;
-    }
-    const metadata = name === endpoint ? undefined : readMetadata(name);
-    const base: GatewayMetadata = metadata ?? {
-      name,
-      gateway_endpoint: endpoint,
-      is_remote: true,
-      gateway_port: 0,
-    };
-    const target = targetFor(
-      name,
-      { ...base, gateway_endpoint: endpoint },
-      { ...globals, gatewayEndpoint: endpoint },
-      env,
-    );
-    const warning = insecureWarning(target);
+  const byEndpoint = resolveEndpointGateway(globals, env);
+  if (byEndpoint) {
+    const warning = insecureWarning(byEndpoint.target);
     if (warning) options.notice(`warning: ${warning}`);
-    return { name, metadata, target };
+    return byEndpoint;
   }
-  let name = explicitName ?? readActiveGateway();
+  const selected = selectedGatewayName(globals, env);
+  let name = selected.name;
   if (!name) {
-    if (!options.autoStart) {
-      throw new OpenShellError("no_gateway", "No active gateway.", {
-        hint: "Start the local one with `openshell gateway start`, or register one with `openshell gateway add <endpoint>`.",
-      });
-    }
+    if (!options.autoStart) throw noActiveGateway();
     name = DEFAULT_GATEWAY_NAME;
   }
   let metadata = readMetadata(name);
-  if (!metadata && !(options.autoStart && name === DEFAULT_GATEWAY_NAME && !explicitName)) {
-    throw new OpenShellError("no_gateway", `Unknown gateway '${name}'.`, {
-      hint: `Register it first: openshell gateway add <endpoint> --name ${name}`,
-    });
+  if (!metadata && !(options.autoStart && name === DEFAULT_GATEWAY_NAME && !selected.explicit)) {
+    throw unknownGateway(name);
   }
   if (options.autoStart && (metadata === undefined || metadata.local) && !localGatewayInfo(name)) {
     // Back the way it was last started: same address, TLS and client CA.

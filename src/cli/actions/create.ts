@@ -260,7 +260,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   if (mode !== "silent") ui.note(`${ui.err.cyan.bold("Created sandbox:")} ${name}`);
   let ready: Sandbox;
   try {
-    ready = await waitForReady(ui, gateway, created, { mode, signal: ctx.signal, env: ctx.env });
+    ready = await waitForReady(ui, await ctx.api(), created, { mode, signal: ctx.signal, env: ctx.env });
   } catch (error) {
     if (!o.keep) {
       await deleteQuietly(gateway, name);
@@ -274,7 +274,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   try {
     if (uploads.length > 0) {
       const { uploadPlans } = await import("./transfer.js");
-      await uploadPlans(ctx, gateway, ready.metadata!.id, uploads);
+      await uploadPlans(ctx, ready, uploads);
     }
     if (gated && !attach) {
       const { startMain } = await import("./connect.js");

@@ -3,12 +3,11 @@
 // of a line may come from the sandbox, so each is escaped for the terminal;
 // --raw prints only the main command's output lines, as they are, for a user
 // who asks for that; -o json prints one JSON object per line (JSON Lines),
-// with its time in ISO 8601 UTC, for scripts.
+// with its time in ISO 8601 UTC, for scripts. The lines come from the API.
 
 import { usageError } from "../../core/errors.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
-import type { SandboxLogLine, SandboxStreamEvent } from "../../gen/openshell.js";
-import { mapGrpcError } from "../../transport/grpc.js";
+import type { SandboxLogLine } from "../../gen/openshell.js";
 import type { CommandContext } from "../context.js";
 
 export interface LogsOptions {
@@ -88,53 +87,18 @@ export async function logs(ctx: CommandContext, options: LogsOptions): Promise<n
     if (shown(line)) ctx.ui.data(format(line));
   };
   const name = await ctx.sandboxName(options.name);
-  const gateway = await ctx.gateway();
-  const id = (await gateway.sandbox(name)).metadata!.id;
-  if (!options.tail) {
-    const response = await gateway.call(gateway.client.getSandboxLogs, {
-      sandboxId: id,
-      lines: options.lines,
-      sinceMs,
-      sources,
-      minLevel,
-      workspace: gateway.workspace,
-    });
-    for (const line of response.logs) print(line);
-    // Only when lines this request asked for are gone: a short answer to
-    // --since or -n is otherwise complete.
-    if (response.earlierLinesDropped) {
-      ctx.ui.warn(
-        `earlier log lines were dropped: these are the latest ${response.bufferTotal} the gateway keeps.`,
-      );
-    }
-    return 0;
-  }
-  await new Promise<void>((resolve, reject) => {
-    const stream = gateway.client.watchSandbox({
-      id,
-      followStatus: false,
-      followLogs: true,
-      followEvents: false,
-      logTailLines: options.lines,
-      eventTail: 0,
-      stopOnTerminal: false,
-      logSinceMs: sinceMs,
-      logSources: sources,
-      logMinLevel: minLevel,
-    });
-    ctx.signal.addEventListener("abort", () => {
-      stream.cancel();
-      resolve();
-    });
-    stream.on("data", (event: SandboxStreamEvent) => {
-      if (event.payload?.$case === "log") print(event.payload.value);
-      else if (event.payload?.$case === "warning") ctx.ui.warn(event.payload.value.message);
-    });
-    stream.on("end", () => resolve());
-    stream.on("error", (error: Error & { code?: number }) => {
-      if (error.code === 1) resolve();
-      else reject(mapGrpcError(error, gateway.target));
-    });
+  const api = await ctx.api();
+  const sandbox = await api.get(name, { signal: ctx.signal });
+  const lines = sandbox.logs({
+    follow: options.tail,
+    since: sinceMs,
+    lines: options.lines,
+    sources: sources as ("gateway" | "sandbox")[],
+    minLevel,
+    // Ctrl-C ends a followed stream; the command then exits 0.
+    signal: ctx.signal,
+    onWarning: (message) => ctx.ui.warn(message),
   });
+  for await (const line of lines) print(line);
   return 0;
 }

@@ -1,4 +1,4 @@
-// `sandbox get`, `sandbox list`, `sandbox delete`.
+// `sandbox get`, `sandbox list`, `sandbox delete`, on the API.
 
 import { OpenShellError, usageError } from "../../core/errors.js";
 import { parseSelector } from "../../core/names.js";
@@ -13,6 +13,12 @@ import {
   sandboxDocument,
 } from "../output/present.js";
 
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const all: T[] = [];
+  for await (const item of items) all.push(item);
+  return all;
+}
+
 export interface GetOptions {
   name?: string | undefined;
   output: OutputFormat;
@@ -23,8 +29,8 @@ export async function sandboxGet(ctx: CommandContext, options: GetOptions): Prom
   if (options.policyOnly && options.output !== "table")
     throw usageError("--policy-only cannot be combined with -o");
   const name = await ctx.sandboxName(options.name);
-  const gateway = await ctx.gateway();
-  const sandbox = await gateway.sandbox(name);
+  const api = await ctx.api();
+  const { info: sandbox } = await api.get(name, { signal: ctx.signal });
   if (options.policyOnly) {
     if (!sandbox.spec?.policy)
       throw new OpenShellError("not_found", "no active policy configured for this sandbox");
@@ -55,14 +61,15 @@ export async function sandboxList(ctx: CommandContext, options: ListOptions): Pr
     throw usageError(`--offset ${options.offset}: expected a whole number from 0`);
   }
   if (options.selector) parseSelector(options.selector);
-  const gateway = await ctx.gateway();
-  const { sandboxes } = await gateway.call(gateway.client.listSandboxes, {
-    limit: options.limit,
-    offset: options.offset,
-    labelSelector: options.selector ?? "",
-    workspace: gateway.workspace,
-    allWorkspaces: false,
-  });
+  const api = await ctx.api();
+  const sandboxes = await collect(
+    api.list({
+      limit: options.limit,
+      offset: options.offset,
+      selector: options.selector,
+      signal: ctx.signal,
+    }),
+  );
   if (options.ids) for (const s of sandboxes) ctx.ui.data(s.metadata?.id ?? "");
   else if (options.names) for (const s of sandboxes) ctx.ui.data(s.metadata?.name ?? "");
   else if (options.output === "table") printSandboxList(ctx.ui, sandboxes);
@@ -90,16 +97,11 @@ export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions)
       "Name the sandboxes to delete (`openshell sandbox delete NAME...`), or pass --all.",
     );
   }
-  const gateway = await ctx.gateway();
+  const api = await ctx.api();
+  const gatewayName = api.gateway.name;
   let names = options.names;
   if (options.all) {
-    const { sandboxes } = await gateway.call(gateway.client.listSandboxes, {
-      limit: 1000,
-      offset: 0,
-      labelSelector: "",
-      workspace: gateway.workspace,
-      allWorkspaces: false,
-    });
+    const sandboxes = await collect(api.list({ limit: 1000, signal: ctx.signal }));
     names = sandboxes.map((s) => s.metadata?.name ?? "").filter((n) => n !== "");
     if (names.length === 0) ctx.ui.note("No sandboxes to delete.");
   }
@@ -107,13 +109,9 @@ export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions)
   const missingNames: string[] = [];
   for (const name of names) {
     try {
-      const { deleted } = await gateway.call(
-        gateway.client.deleteSandbox,
-        { name, workspace: gateway.workspace },
-        { deadlineMs: 60_000 },
-      );
+      const deleted = await api.delete(name, { signal: ctx.signal });
       if (deleted) {
-        clearLastSandbox(gateway.name, name);
+        clearLastSandbox(gatewayName, name);
         deletedNames.push(name);
         ctx.ui.success(`Deleted sandbox ${name}`);
       } else {

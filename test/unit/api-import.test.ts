@@ -1,0 +1,54 @@
+// Importing the API, and constructing a client, has no side effects: no
+// dependency patched, no process spawned, no socket, file watch or timer
+// left holding the event loop. Checked in a fresh node process.
+
+import { execFileSync } from "node:child_process";
+import { describe, expect, it } from "vitest";
+import { ROOT } from "../helpers/cli.js";
+
+const PROBE = `
+import * as filter from "@grpc/grpc-js/build/src/compression-filter.js";
+import { Server } from "@grpc/grpc-js";
+const sendMessage = filter.CompressionFilter.prototype.sendMessage;
+const serverKeys = Object.getOwnPropertyNames(Server.prototype).join();
+const resourcesBefore = process.getActiveResourcesInfo().join();
+const api = await import("./src/api/index.ts");
+const client = new api.OpenShell({ endpoint: "http://127.0.0.1:9", token: "t" });
+client.close();
+console.log(JSON.stringify({
+  exports: Object.keys(api).sort(),
+  patched: filter.CompressionFilter.prototype.sendMessage !== sendMessage
+    || Object.getOwnPropertyNames(Server.prototype).join() !== serverKeys,
+  resources: process.getActiveResourcesInfo().join() === resourcesBefore,
+}));
+`;
+
+describe("importing the API", () => {
+  it("patches nothing and starts nothing", () => {
+    const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", PROBE], {
+      cwd: ROOT,
+      encoding: "utf8",
+      env: { ...process.env, OPENSHELL_GATEWAY: "", XDG_CONFIG_HOME: "/nonexistent" },
+    });
+    const result = JSON.parse(out.trim().split("\n").at(-1)!) as {
+      exports: string[];
+      patched: boolean;
+      resources: boolean;
+    };
+    expect(result.patched).toBe(false);
+    expect(result.resources).toBe(true);
+    expect(result.exports).toEqual([
+      "AbortError",
+      "AlreadyExistsError",
+      "InvalidArgumentError",
+      "NotAuthorizedError",
+      "NotFoundError",
+      "OpenShell",
+      "OpenShellError",
+      "Sandbox",
+      "SandboxFailedError",
+      "TimeoutError",
+      "UnavailableError",
+    ]);
+  });
+});
