@@ -102,6 +102,13 @@ export interface CreateOptions {
   disk?: string | undefined;
   /** Lifetime: seconds, or "30m", "2h", "1d"; the gateway deletes it then. */
   ttl?: number | string | undefined;
+  /**
+   * The image the sandbox runs (`sandbox create --from`): a reference
+   * (`registry/repo:tag`, `...@sha256:...`), a community name (`base`), or an
+   * absolute path to an OCI or docker archive, an OCI layout or a root
+   * filesystem directory on the gateway's machine. Unset: the host's root.
+   */
+  from?: string | undefined;
   /** Progress of the creation, as `sandbox create` shows it. */
   onProgress?: ((event: ProgressEvent) => void) | undefined;
   /** How long to wait for Ready without progress (default 300 s, or OPENSHELL_PROVISION_TIMEOUT). */
@@ -323,7 +330,14 @@ export class OpenShell {
           command,
           tty: o.tty ?? false,
           ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
-          ...(template ? { template: SandboxTemplate.fromPartial({ resources: template }) } : {}),
+          ...(template || o.from
+            ? {
+                template: SandboxTemplate.fromPartial({
+                  ...(template ? { resources: template } : {}),
+                  image: o.from,
+                }),
+              }
+            : {}),
           files: files.map((file, i) => ({
             path: normalizeSandboxPath(file.path) ?? file.path,
             content: Buffer.alloc(0),
@@ -349,7 +363,8 @@ export class OpenShell {
     const request: CreateSandboxRequest = laidOut.request;
     const { client, target } = await link.grpc();
     const creating = link.call(target, client.createSandbox.bind(client), request, {
-      deadlineMs: 60_000,
+      // A create from an image not yet pulled waits for the pull.
+      deadlineMs: o.from ? 30 * 60_000 : 60_000,
       ...(o.signal ? { signal: o.signal } : {}),
     });
     creating.catch(() => {});
