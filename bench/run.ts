@@ -12,6 +12,9 @@
 //   8. exec round trip of a sandbox beside a fork bomb, a memory hog and a cpu spin in another (bench/neighbour.ts)
 //   9. the TypeScript API: warm in-process exec("true") p50 and 100 concurrent execs, against
 //      OpenSSH with a ControlMaster connection (`ssh -S`) (bench/api.ts)
+//  10. sandboxes from images: first pull + unpack against skopeo + umoci alone, create→Ready
+//      from a cached image against the host root, the disk 20 sandboxes of one image add
+//      (bench/images.ts)
 //
 // A section that cannot run says why and the others still run. Everything
 // started here is stopped and every temp directory removed, also on failure
@@ -27,6 +30,7 @@ import { sha256Hex } from "../src/core/files.js";
 import type { SandboxFile } from "../src/gen/openshell.js";
 import { apiExec } from "./api.js";
 import { logFlood } from "./flood.js";
+import { imageSandboxes } from "./images.js";
 import { BenchEnv, type GatewayInfo, ROOT } from "./lib/gateway.js";
 import {
   aborted,
@@ -57,7 +61,7 @@ const FILE_RUNS = 16;
 const FILE_COUNT = 256;
 const FILE_TOTAL = 10 * 1024 * 1024;
 const EXEC_RUNS = 30;
-const SECTION_COUNT = 9;
+const SECTION_COUNT = 10;
 const STREAM_BYTES = 100_000_000;
 const STREAM_RUNS = 3;
 const TREE_BIG_FILES = 40;
@@ -686,6 +690,7 @@ async function main(): Promise<number> {
       ["a 60 s stdout flood (own gateway)", (s) => logFlood(s)],
       ["exec beside a noisy neighbour (own gateway)", (s) => noisyNeighbour(s)],
       ["API exec vs OpenSSH ControlMaster", (s) => apiExec(s, shared)],
+      ["sandboxes from images (own gateway, own registry)", (s) => imageSandboxes(s)],
     ];
     for (const [index, [title, body]] of all.entries()) {
       if (only.size === 0 || only.has(index + 1)) sections.push(await runSection(index + 1, title, body));

@@ -76,8 +76,11 @@ export class BenchEnv {
     return runOk(BIN, args, { env: this.env(), cwd: this.root, ...options });
   }
 
-  async startGateway(): Promise<GatewayInfo> {
-    await this.cliOk(["gateway", "start", "--port", "0"], { timeoutMs: 60_000 });
+  async startGateway(settings: Record<string, string> = {}): Promise<GatewayInfo> {
+    await this.cliOk(["gateway", "start", "--port", "0"], {
+      timeoutMs: 60_000,
+      env: { ...this.env(), ...settings },
+    });
     const info = JSON.parse(
       readFileSync(join(this.stateHome, "openshell", "gateways", "local", "gateway.json"), "utf8"),
     ) as GatewayInfo;
