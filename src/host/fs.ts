@@ -19,3 +19,15 @@ function ifExists(call: () => Stats): Stats | undefined {
     throw error;
   }
 }
+
+/**
+ * `read()`, or `fallback` when it throws: for state of the host that may be
+ * gone, busy or unreadable, where having none is an answer in itself.
+ */
+export function orElse<T>(fallback: T, read: () => T): T {
+  try {
+    return read();
+  } catch {
+    return fallback;
+  }
+}
