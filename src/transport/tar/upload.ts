@@ -640,7 +640,7 @@ export async function packUpload(
     const more = sink.write(chunk, (error) => {
       if (!error) pool.release(chunk);
     });
-    if (!more) await sinkDrained(sink);
+    if (!more) await drained(sink, "upload archive stream closed before it was fully read");
   };
   try {
     for await (const chunk of pack as AsyncIterable<Buffer>) await write(chunk);
@@ -667,25 +667,6 @@ export async function packUpload(
   }
 }
 
-/** Resolves when `sink` wants more, rejects if it fails or closes first. */
-function sinkDrained(sink: Writable): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (error?: Error): void => {
-      sink.off("drain", onDrain);
-      sink.off("error", onError);
-      sink.off("close", onClose);
-      if (error) reject(error);
-      else resolve();
-    };
-    const onDrain = (): void => done();
-    const onError = (error: Error): void => done(error);
-    const onClose = (): void => done(new Error("upload archive stream closed before it was fully read"));
-    sink.on("drain", onDrain);
-    sink.on("error", onError);
-    sink.on("close", onClose);
-  });
-}
-
 async function packEntry(
   pack: tarStream.Pack,
   entry: UploadEntry,
@@ -695,19 +676,12 @@ async function packEntry(
   const mtime = clampMtime(entry.mtime);
   // tar-stream replaces a zero mode with its default (0644/0755); a mode-000
   // file therefore arrives readable, which is harmless in a sandbox.
-  if (entry.type === "dir") {
-    await entryFinished(pack, (cb) =>
-      pack.entry({ name: headerName(entry), type: "directory", mode: entry.mode, mtime }, cb),
-    );
-    return;
-  }
-  if (entry.type === "symlink") {
-    await entryFinished(pack, (cb) =>
-      pack.entry(
-        { name: entry.name, type: "symlink", linkname: entry.linkTarget ?? "", mode: entry.mode, mtime },
-        cb,
-      ),
-    );
+  if (entry.type !== "file") {
+    const header: Parameters<tarStream.Pack["entry"]>[0] =
+      entry.type === "dir"
+        ? { name: headerName(entry), type: "directory", mode: entry.mode, mtime }
+        : { name: entry.name, type: "symlink", linkname: entry.linkTarget ?? "", mode: entry.mode, mtime };
+    await entryFinished(pack, (cb) => pack.entry(header, cb));
     return;
   }
 
@@ -758,7 +732,7 @@ async function packEntry(
       written += n;
       const more = sink.write(pool.chunk(buffer, n));
       onBytes(n);
-      if (!more) await drained(sink);
+      if (!more) await drained(sink, "upload archive stream closed");
     }
     const after = fstatSync(fd);
     if (after.size !== entry.size) {
@@ -774,13 +748,17 @@ async function packEntry(
   }
 }
 
-/** What packEntry uses of a tar-stream entry (a streamx Writable). */
-interface EntrySink {
+/** A stream `drained` can wait on: the archive's sink, or a tar-stream entry (a streamx Writable). */
+interface Drainable {
   readonly destroyed: boolean;
+  on(event: "drain" | "close" | "error", listener: (error?: Error) => void): unknown;
+  off(event: "drain" | "close" | "error", listener: (error?: Error) => void): unknown;
+}
+
+/** What packEntry uses of a tar-stream entry. */
+interface EntrySink extends Drainable {
   write(chunk: Buffer): boolean;
   end(data?: unknown): unknown;
-  on(event: "drain" | "close" | "error", listener: () => void): unknown;
-  off(event: "drain" | "close" | "error", listener: () => void): unknown;
 }
 
 function entryFinished(
@@ -796,28 +774,27 @@ function entryFinished(
   });
 }
 
-function drained(sink: EntrySink): Promise<void> {
+/**
+ * Resolves when `stream` wants more; rejects with its error if it fails, or
+ * with `closed` if it closes (or is closed already) first.
+ */
+function drained(stream: Drainable, closed: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (sink.destroyed) {
-      reject(new Error("upload archive stream closed"));
+    if (stream.destroyed) {
+      reject(new Error(closed));
       return;
     }
-    const onDrain = () => {
-      cleanup();
-      resolve();
+    const done = (error?: Error): void => {
+      for (const event of ["drain", "error", "close"] as const) stream.off(event, listeners[event]);
+      if (error) reject(error);
+      else resolve();
     };
-    const onClose = () => {
-      cleanup();
-      reject(new Error("upload archive stream closed"));
+    const listeners = {
+      drain: () => done(),
+      error: (error?: Error) => done(error ?? new Error(closed)),
+      close: () => done(new Error(closed)),
     };
-    const cleanup = () => {
-      sink.off("drain", onDrain);
-      sink.off("close", onClose);
-      sink.off("error", onClose);
-    };
-    sink.on("drain", onDrain);
-    sink.on("close", onClose);
-    sink.on("error", onClose);
+    for (const event of ["drain", "error", "close"] as const) stream.on(event, listeners[event]);
   });
 }
 
