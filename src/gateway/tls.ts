@@ -20,12 +20,12 @@
 // gateway is reached by, or is about to expire.
 
 import { createPrivateKey, KeyObject, randomBytes, webcrypto, X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type * as X509 from "@peculiar/x509";
 import { ensurePrivateDir, gatewayStateDir, isWildcardBind, writeFileAtomic } from "../host/config.js";
+import { readTextIfExists } from "../host/fs.js";
 
 const DAY_MS = 86_400_000;
 const EC_P256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
@@ -194,19 +194,10 @@ export function certificateNames(cert: X509Certificate, host: string): boolean {
   return isIP(host) ? cert.checkIP(host) !== undefined : cert.checkHost(host) !== undefined;
 }
 
-function readIfPresent(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
-  }
-}
-
 /** A CA pair that can still sign, or undefined. */
 function usableCa(files: GatewayTlsFiles, now: Date): KeyAndCertificate | undefined {
-  const cert = readIfPresent(files.caFile);
-  const key = readIfPresent(files.caKeyFile);
+  const cert = readTextIfExists(files.caFile);
+  const key = readTextIfExists(files.caKeyFile);
   if (!cert || !key) return undefined;
   try {
     const x509 = new X509Certificate(cert);
@@ -227,8 +218,8 @@ function usableLeaf(
   hosts: string[],
   now: Date,
 ): boolean {
-  const cert = readIfPresent(certFile);
-  const key = readIfPresent(keyFile);
+  const cert = readTextIfExists(certFile);
+  const key = readTextIfExists(keyFile);
   if (!cert || !key) return false;
   try {
     const x509 = new X509Certificate(cert);

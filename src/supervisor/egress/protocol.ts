@@ -8,6 +8,7 @@
 // proxy has read exactly the preamble when it hands the socket to its HTTP
 // parser (which reads the socket directly and would miss bytes pushed back).
 
+import type { Duplex } from "node:stream";
 import type { EgressPeer } from "./match.js";
 
 export const PREAMBLE_TAG = "openshell-egress/1";
@@ -42,4 +43,26 @@ export function decodePreamble(line: string): Preamble | undefined {
   );
   if (!valid) return undefined;
   return { peers: (peers as EgressPeer[]).map((p) => ({ exe: p.exe, ancestors: [...p.ancestors] })) };
+}
+
+/**
+ * Joins two streams both ways (a client and its upstream, on either side of
+ * the proxy); each end is passed on, and a failure on either side closes both.
+ */
+export function splice(a: Duplex, b: Duplex): void {
+  const destroyBoth = () => {
+    a.destroy();
+    b.destroy();
+  };
+  a.on("error", destroyBoth);
+  b.on("error", destroyBoth);
+  a.on("close", () => closeAfterFlush(b));
+  b.on("close", () => closeAfterFlush(a));
+  a.pipe(b);
+  b.pipe(a);
+}
+
+function closeAfterFlush(stream: Duplex): void {
+  if (stream.destroyed) return;
+  stream.end(() => stream.destroy());
 }

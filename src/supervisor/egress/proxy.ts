@@ -47,7 +47,7 @@ import {
   type Grant,
   normalizeTargetHost,
 } from "./match.js";
-import { decodePreamble, MAX_PREAMBLE_BYTES, PREAMBLE_ACK } from "./protocol.js";
+import { decodePreamble, MAX_PREAMBLE_BYTES, PREAMBLE_ACK, splice } from "./protocol.js";
 
 export type EgressLogLevel = "INFO" | "WARN";
 
@@ -358,25 +358,6 @@ async function dial(addresses: readonly IpAddress[], port: number): Promise<Sock
     }
   }
   throw lastError;
-}
-
-/** Joins two streams both ways; each end is passed on, and a failure on either side closes both. */
-function splice(client: Duplex, upstream: Socket): void {
-  const destroyBoth = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  upstream.on("error", destroyBoth);
-  client.on("error", destroyBoth);
-  upstream.on("close", () => closeAfterFlush(client));
-  client.on("close", () => closeAfterFlush(upstream));
-  client.pipe(upstream);
-  upstream.pipe(client);
-}
-
-function closeAfterFlush(stream: Duplex): void {
-  if (stream.destroyed) return;
-  stream.end(() => stream.destroy());
 }
 
 /** `host:port` (CONNECT's authority form), IPv6 in brackets; the port is required. */
