@@ -28,6 +28,8 @@ import {
 } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
+import { promisify } from "node:util";
+import { messageOf } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
 import type { SandboxFile } from "../gen/openshell.js";
@@ -64,6 +66,8 @@ export class PodError extends Error {
   }
 }
 
+const execFileAsync = promisify(execFile);
+
 export const CONTROL_ROOT = "/run/openshell";
 const SANDBOX_UID = 1000;
 const WORKDIR = "/sandbox";
@@ -90,20 +94,20 @@ export interface NodeClosure {
  * supervisor asks while it waits for its sandbox, so a create does not wait
  * for ldd; a failure is reported when the pod is started.
  */
-export function nodeClosure(): Promise<NodeClosure> {
-  return new Promise((resolve, reject) => {
-    execFile("ldd", [process.execPath], { encoding: "utf8" }, (error, output) => {
-      if (error)
-        reject(new PodError("RuntimeUnavailable", `cannot list node's libraries with ldd: ${error.message}`));
-      else {
-        try {
-          resolve(parseLdd(output));
-        } catch (parseError) {
-          reject(parseError);
-        }
-      }
-    });
-  });
+export async function nodeClosure(): Promise<NodeClosure> {
+  const { stdout } = await podStep("RuntimeUnavailable", "cannot list node's libraries with ldd", () =>
+    execFileAsync("ldd", [process.execPath], { encoding: "utf8" }),
+  );
+  return parseLdd(stdout);
+}
+
+/** `step()`, a failure of which becomes a PodError of `reason` saying `what` could not be done. */
+async function podStep<T>(reason: string, what: string, step: () => T | Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (error) {
+    throw new PodError(reason, `${what}: ${messageOf(error)}`);
+  }
 }
 
 function parseLdd(output: string): NodeClosure {
@@ -145,15 +149,11 @@ export async function podSupport(
     throw new PodError("SeccompFilterInvalid", (error as Error).message);
   }
   const { loader } = await closure;
-  let copy: string;
-  try {
-    copy = executeOnlyLoader(dir, loader);
-  } catch (error) {
-    throw new PodError(
-      "RuntimeUnavailable",
-      `cannot make the agent's execute-only loader in ${dir}: ${(error as Error).message}`,
-    );
-  }
+  const copy = await podStep(
+    "RuntimeUnavailable",
+    `cannot make the agent's execute-only loader in ${dir}`,
+    () => executeOnlyLoader(dir, loader),
+  );
   try {
     return { loader: copy, seccomp: await seccompProgram(dir, spec) };
   } catch (error) {
@@ -412,22 +412,9 @@ export async function startPod(o: PodOptions): Promise<Pod> {
  */
 export function prepareGuestDisk(launch: SupervisorLaunch): Promise<GuestDisk> | undefined {
   if (process.getuid?.() !== 0 || launch.diskBytes === 0) return undefined;
-  return mountDisk(launch);
-}
-
-async function mountDisk(launch: SupervisorLaunch): Promise<GuestDisk> {
-  try {
-    return await mountGuestDisk({
-      sandboxId: launch.sandboxId,
-      sandboxDir: launch.sandboxDir,
-      bytes: launch.diskBytes,
-    });
-  } catch (error) {
-    throw new PodError(
-      "GuestDiskFailed",
-      `cannot mount the sandbox's filesystem: ${(error as Error).message}`,
-    );
-  }
+  return podStep("GuestDiskFailed", "cannot mount the sandbox's filesystem", () =>
+    mountGuestDisk({ sandboxId: launch.sandboxId, sandboxDir: launch.sandboxDir, bytes: launch.diskBytes }),
+  );
 }
 
 /**
@@ -439,21 +426,10 @@ async function reown(
   from: { uid: number; gid: number },
   launch: SupervisorLaunch,
 ): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    execFile(
-      "chown",
-      ["-R", "-h", `--from=${from.uid}:${from.gid}`, `${launch.hostUid}:${launch.hostGid}`, storage],
-      (error) =>
-        error
-          ? reject(
-              new PodError(
-                "GuestDiskFailed",
-                `cannot give the sandbox's files to its new uid: ${error.message}`,
-              ),
-            )
-          : resolve(),
-    );
-  });
+  const owner = `${launch.hostUid}:${launch.hostGid}`;
+  await podStep("GuestDiskFailed", "cannot give the sandbox's files to its new uid", () =>
+    execFileAsync("chown", ["-R", "-h", `--from=${from.uid}:${from.gid}`, owner, storage]),
+  );
 }
 
 /**
@@ -567,12 +543,9 @@ async function launchPod(
     args = bwrapArgs;
   }
   // bubblewrap reads the filter from this descriptor and closes it before anything of the sandbox runs.
-  let filter: number;
-  try {
-    filter = openSync(support.seccomp, "r");
-  } catch (error) {
-    throw new PodError("SeccompUnavailable", `cannot open the seccomp filter: ${(error as Error).message}`);
-  }
+  const filter = await podStep("SeccompUnavailable", "cannot open the seccomp filter", () =>
+    openSync(support.seccomp, "r"),
+  );
   if (launch.cgroupProcs && launch.cgroupProcs.length > 0) {
     // The pod's first process joins the sandbox's control groups before it
     // becomes the pod, so every process of the sandbox is bounded and counted.
