@@ -26,12 +26,12 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
-import { constants as osConstants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
 import { promisify } from "node:util";
 import { messageOf } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
+import { signalName } from "../core/signals.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
@@ -733,8 +733,4 @@ function readAgent(o: PodOptions, stdout: NodeJS.ReadableStream, stderr: NodeJS.
     clearInterval(timer);
     clearInterval(report);
   };
-}
-
-function signalName(number: number): string | undefined {
-  return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0];
 }
