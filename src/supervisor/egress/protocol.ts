@@ -9,6 +9,7 @@
 // parser (which reads the socket directly and would miss bytes pushed back).
 
 import type { Duplex } from "node:stream";
+import { orElse } from "../../host/fs.js";
 import type { EgressPeer } from "./match.js";
 
 export const PREAMBLE_TAG = "openshell-egress/1";
@@ -27,12 +28,7 @@ export function encodePreamble(preamble: Preamble): string {
 /** The preamble in `line` (without its newline), or undefined when it is not one. */
 export function decodePreamble(line: string): Preamble | undefined {
   if (!line.startsWith(`${PREAMBLE_TAG} `)) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(line.slice(PREAMBLE_TAG.length + 1));
-  } catch {
-    return undefined;
-  }
+  const value: unknown = orElse(undefined, () => JSON.parse(line.slice(PREAMBLE_TAG.length + 1)));
   const peers = (value as { peers?: unknown } | null)?.peers;
   if (!Array.isArray(peers)) return undefined;
   const valid = peers.every(
