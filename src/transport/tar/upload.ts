@@ -1107,13 +1107,7 @@ function extractionFailure(
       // tar removes an existing file before creating it afresh; "Cannot
       // open: File exists" means that removal failed: the path is a
       // read-only bind (an injected --file) or a mount point.
-      if (tarError[2] === "open" && /^file exists$/i.test(tarError[3]!)) {
-        return new OpenShellError(
-          "sandbox_error",
-          `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
-          { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
-        );
-      }
+      if (tarError[2] === "open" && /^file exists$/i.test(tarError[3]!)) return readOnlyFileThere(where);
       return failure(`upload failed: ${where}: ${lowerFirst(tarError[3]!)}`, tarError[3]!);
     }
     // GNU tar when write(2) falls short, which is how a full disk shows on
@@ -1178,13 +1172,7 @@ function placementFailure(plan: UploadPlan, stderr: string): OpenShellError | un
   const where = known ? remoteDisplayPath(plan.extractDir, name) : plan.remotePath;
   // Renaming a read-only bind of a single file (an injected --file) away
   // fails with EBUSY: the file tar used to fail to replace.
-  if (stage === "replace" && /^device or resource busy$/i.test(errnoText)) {
-    return new OpenShellError(
-      "sandbox_error",
-      `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
-      { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
-    );
-  }
+  if (stage === "replace" && /^device or resource busy$/i.test(errnoText)) return readOnlyFileThere(where);
   if (/^is a directory$/i.test(errnoText)) {
     return new OpenShellError(
       "sandbox_error",
@@ -1193,6 +1181,14 @@ function placementFailure(plan: UploadPlan, stderr: string): OpenShellError | un
   }
   const reason = errnoText === "" ? "could not be moved into place" : lowerFirst(errnoText);
   return failure(`upload failed: ${where}: ${reason}`, errnoText);
+}
+
+function readOnlyFileThere(where: string): OpenShellError {
+  return new OpenShellError(
+    "sandbox_error",
+    `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
+    { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
+  );
 }
 
 function failure(message: string, errnoText: string): OpenShellError {
