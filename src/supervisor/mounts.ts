@@ -625,24 +625,16 @@ class MountPlanner {
         ? posix.join(root === dirs.tmp ? PRIVATE_TMP : this.workdir, ...rel.slice(0, i))
         : `/${rel.slice(0, i).join("/")}`;
       const visible = visibleRoot || this.isPrivateWritable(sandboxPath);
-      if (last && !request.isDir) {
-        this.addPrep({
-          kind: "file",
-          hostPath,
-          sandboxPath,
-          forPath: request.asGiven,
-          reason: reasonOf(request),
-          owner: hostOwner,
-        });
-      } else {
+      const common = { hostPath, forPath: request.asGiven, reason: reasonOf(request) };
+      if (last && !request.isDir) this.addPrep({ kind: "file", ...common, sandboxPath, owner: hostOwner });
+      else {
+        const owner = visible ? hostOwner : null;
         this.addPrep({
           kind: "dir",
-          hostPath,
+          ...common,
           sandboxPath: visible ? sandboxPath : null,
-          forPath: request.asGiven,
-          reason: reasonOf(request),
           mode: 0o755,
-          owner: visible ? hostOwner : null,
+          owner,
         });
       }
     }
