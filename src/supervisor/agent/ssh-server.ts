@@ -270,14 +270,14 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
   session.on("exec", (accept, _reject, info) => {
     log.debug?.(`ssh: exec ${JSON.stringify(info.command)}${state.pty ? " (pty)" : ""}`);
     const command = sessionCommand(context, state, ["-c", info.command]);
-    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget, context.execGroups));
+    begin(accept, (channel) => runCommand(channel, command, state.pty, context, forget));
   });
   session.on("shell", (accept) => {
     log.debug?.(`ssh: shell${state.pty ? " (pty)" : ""}`);
     // A login shell on a terminal; without one, a plain shell reading
     // commands from stdin (editors' remote helpers drive it that way).
     const command = sessionCommand(context, state, state.pty ? ["-l"] : []);
-    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget, context.execGroups));
+    begin(accept, (channel) => runCommand(channel, command, state.pty, context, forget));
   });
   session.on("subsystem", (accept, reject, info) => {
     if (info.name === "sftp") {
@@ -291,9 +291,7 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
         cwd: context.workdir,
         env: childEnv(context, state),
       };
-      return begin(accept, (channel) =>
-        runCommand(channel, command, undefined, log, forget, context.execGroups),
-      );
+      return begin(accept, (channel) => runCommand(channel, command, undefined, context, forget));
     }
     if (info.name === SUBSYSTEM_MAIN && context.mainProcess) {
       const main = context.mainProcess;
@@ -335,9 +333,8 @@ function runCommand(
   channel: ServerChannel,
   command: ChildCommand,
   pty: PtySpec | undefined,
-  log: AgentLogger,
+  { log, execGroups: groups }: ServerContext,
   forget: (run: Run) => void,
-  groups: ExecGroups | undefined,
 ): Run | undefined {
   let child: SessionChild;
   let group: ExecGroup | undefined;

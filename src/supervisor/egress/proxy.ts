@@ -110,8 +110,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
       try {
         addresses = await resolve(target.host);
       } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-        return { allowed: false, status: 502, reason: `cannot resolve ${target.host}: ${code}` };
+        return { allowed: false, status: 502, reason: `cannot resolve ${target.host}: ${errorText(error)}` };
       }
     }
     const decision = authorizeAddresses(match.grants, target, addresses);
