@@ -23,11 +23,13 @@
 //   `ptyInputQueue` exposes the queue's length so a writer can wait; without
 //   it, input sent faster than the child reads piles up in the agent's memory.
 //   It is per terminal, so it is not in `installPatches`; the caller reports
-//   an unavailable queue.
+//   an unavailable queue. It is in pty-patch.ts (re-exported here), so that
+//   the agent in every pod does not load grpc-js with it.
 
 import type { Http2Session } from "node:http2";
 import { Server } from "@grpc/grpc-js";
 import * as compressionFilter from "@grpc/grpc-js/build/src/compression-filter.js";
+import { PatchUnavailable } from "./pty-patch.js";
 
 /** The HTTP/2 windows of the gateway's server and of every client channel (8 MiB). */
 export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
@@ -35,16 +37,7 @@ export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
 export type PatchName = "grpc-in-place-framing" | "grpc-server-windows";
 export const PATCH_NAMES: readonly PatchName[] = ["grpc-in-place-framing", "grpc-server-windows"];
 
-/** A patch that could not be installed because the internal it relies on is not what it expects. */
-export class PatchUnavailable extends Error {
-  constructor(
-    readonly patch: string,
-    what: string,
-  ) {
-    super(`${patch}: ${what}; the installed dependency's internals changed, so this patch is not applied`);
-    this.name = "PatchUnavailable";
-  }
-}
+export { PatchUnavailable, ptyInputQueue } from "./pty-patch.js";
 
 // ---- grpc-in-place-framing ----
 
@@ -185,14 +178,4 @@ export function installPatches(
     }
   }
   return failures;
-}
-
-// ---- pty-input-queue ----
-
-/** The queue of writes node-pty has not yet handed to the terminal, or PatchUnavailable. */
-export function ptyInputQueue(terminal: object): { readonly length: number } {
-  const queue = (terminal as { _writeStream?: { _writeQueue?: unknown } })._writeStream?._writeQueue;
-  if (!Array.isArray(queue))
-    throw new PatchUnavailable("pty-input-queue", "a terminal has no _writeStream._writeQueue array");
-  return queue;
 }

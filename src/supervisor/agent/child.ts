@@ -13,7 +13,7 @@ import { delimiter, isAbsolute, join, resolve } from "node:path";
 import { finished, Readable, Writable } from "node:stream";
 import { type IPty, spawn as spawnPty } from "node-pty";
 import { signalName, signalNumber } from "../../core/signals.js";
-import { PatchUnavailable, ptyInputQueue } from "../../host/patches.js";
+import { PatchUnavailable, ptyInputQueue } from "../../host/pty-patch.js";
 
 export interface ChildCommand {
   /** The program: a path, or a name looked up on `env.PATH`. */
