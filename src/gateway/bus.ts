@@ -324,12 +324,11 @@ export class SandboxBus {
     let bytes = 0;
     const write = (): void => {
       if (bytes === 0) return;
-      try {
+      // The sandbox directory may already be gone during delete.
+      orElse(undefined, () => {
         appendFileSync(file.path, text, { mode: 0o600 });
         file.size += bytes;
-      } catch {
-        // The sandbox directory may already be gone during delete.
-      }
+      });
       text = "";
       bytes = 0;
     };
@@ -348,7 +347,8 @@ export class SandboxBus {
 
   private rotate(file: LogFile): void {
     const last = this.limits.maxFiles - 1;
-    try {
+    // As for a write: the directory may be going away.
+    orElse(undefined, () => {
       if (existsSync(rotatedPath(file.path, last))) {
         rmSync(rotatedPath(file.path, last), { force: true });
         writeFileSync(droppedMarker(file.path), "", { mode: 0o600 });
@@ -357,9 +357,7 @@ export class SandboxBus {
         const from = rotatedPath(file.path, index);
         if (existsSync(from)) renameSync(from, rotatedPath(file.path, index + 1));
       }
-    } catch {
-      // As for a write: the directory may be going away.
-    }
+    });
     file.size = 0;
   }
 

@@ -25,7 +25,7 @@ import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type * as X509 from "@peculiar/x509";
 import { ensurePrivateDir, gatewayStateDir, isWildcardBind, writeFileAtomic } from "../host/config.js";
-import { readTextIfExists } from "../host/fs.js";
+import { orElse, readTextIfExists } from "../host/fs.js";
 
 const DAY_MS = 86_400_000;
 const EC_P256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
@@ -199,16 +199,15 @@ function usableCa(files: GatewayTlsFiles, now: Date): KeyAndCertificate | undefi
   const cert = readTextIfExists(files.caFile);
   const key = readTextIfExists(files.caKeyFile);
   if (!cert || !key) return undefined;
-  try {
+  // A file that does not parse is no usable CA either.
+  return orElse(undefined, () => {
     const x509 = new X509Certificate(cert);
     if (!x509.ca || !x509.checkPrivateKey(createPrivateKey(key))) return undefined;
     if (new Date(x509.validTo).getTime() - now.getTime() < (SERVER_VALIDITY_DAYS + 1) * DAY_MS) {
       return undefined;
     }
     return { cert, key };
-  } catch {
-    return undefined;
-  }
+  });
 }
 
 function usableLeaf(
@@ -221,7 +220,7 @@ function usableLeaf(
   const cert = readTextIfExists(certFile);
   const key = readTextIfExists(keyFile);
   if (!cert || !key) return false;
-  try {
+  return orElse(false, () => {
     const x509 = new X509Certificate(cert);
     const caCert = new X509Certificate(ca.cert);
     return (
@@ -231,9 +230,7 @@ function usableLeaf(
       new Date(x509.validTo).getTime() - now.getTime() > RENEW_BEFORE_DAYS * DAY_MS &&
       hosts.every((host) => certificateNames(x509, host))
     );
-  } catch {
-    return false;
-  }
+  });
 }
 
 /** The gateway's CA, made once and kept while it has a server certificate's lifetime left. */

@@ -34,6 +34,7 @@ import { defaultPolicy } from "../core/policy.js";
 import { signalName } from "../core/signals.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
+import { orElse } from "../host/fs.js";
 import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
 import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
 import { sharedMemoryStaging } from "../runtime/staging.js";
@@ -204,12 +205,8 @@ export function withRootLinks(fs: FilesystemPolicy): FilesystemPolicy {
   const extra: string[] = [];
   for (const link of ROOT_LINKS) {
     if (covers(visible, link)) continue;
-    let target: string;
-    try {
-      target = readlinkSync(link);
-    } catch {
-      continue;
-    }
+    const target = orElse(undefined, () => readlinkSync(link));
+    if (target === undefined) continue;
     const resolved = posix.resolve("/", target);
     if (covers(visible, resolved)) extra.push(link);
   }

@@ -321,12 +321,9 @@ export async function seccompProgram(
     .digest("hex")
     .slice(0, 32);
   const path = join(dir, `seccomp-${digest}.bpf`);
-  try {
-    const existing = readFileSync(path);
-    if (existing.length > 0 && existing.length % 8 === 0) return path;
-  } catch {
-    // Not built yet.
-  }
+  // Not built yet when it cannot be read.
+  const existing = orElse(undefined, () => readFileSync(path));
+  if (existing && existing.length > 0 && existing.length % 8 === 0) return path;
   const program = await compile(spec, python);
   mkdirSync(dir, { recursive: true, mode: 0o711 });
   const temporary = `${path}.${process.pid}.tmp`;

@@ -13,6 +13,7 @@ import { delimiter, isAbsolute, join, resolve } from "node:path";
 import { finished, Readable, Writable } from "node:stream";
 import { type IPty, spawn as spawnPty } from "node-pty";
 import { signalName, signalNumber } from "../../core/signals.js";
+import { orElse } from "../../host/fs.js";
 import { PatchUnavailable, ptyInputQueue } from "../../host/pty-patch.js";
 
 export interface ChildCommand {
@@ -307,11 +308,8 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
     exited,
     resize(cols, rows) {
       if (hasExited || !(cols > 0) || !(rows > 0)) return;
-      try {
-        term.resize(cols, rows);
-      } catch {
-        // The terminal closed between the exit and this request.
-      }
+      // The terminal may have closed between the exit and this request.
+      orElse(undefined, () => term.resize(cols, rows));
     },
     signal(signal) {
       signalGroup(term.pid, signal);

@@ -14,6 +14,7 @@ import type { Writable } from "node:stream";
 import type { AuthContext, Connection, ServerChannel, Session, TcpipRequestInfo } from "ssh2";
 import ssh2 from "ssh2";
 import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
+import { orElse } from "../../host/fs.js";
 import {
   type ChildCommand,
   type ChildExit,
@@ -157,11 +158,8 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
         for (const run of context.runs) run.abort();
         for (const socket of sockets) socket.destroy();
         await stopped;
-        try {
-          unlinkSync(options.socketPath);
-        } catch {
-          // Already removed.
-        }
+        // The socket may be removed already.
+        orElse(undefined, () => unlinkSync(options.socketPath));
       })();
       return closing;
     },
@@ -628,12 +626,8 @@ function loopbackAddress(host: string): string | undefined {
 }
 
 function removeStaleSocket(path: string): void {
-  let isSocket: boolean;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch {
-    return;
-  }
+  const isSocket = orElse(undefined, () => lstatSync(path).isSocket());
+  if (isSocket === undefined) return;
   if (!isSocket) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
   unlinkSync(path);
 }

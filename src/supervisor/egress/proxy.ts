@@ -37,6 +37,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { basename, dirname } from "node:path";
 import type { Duplex } from "node:stream";
 import type { SandboxPolicy } from "../../gen/sandbox.js";
+import { orElse } from "../../host/fs.js";
 import { formatIp, type IpAddress, parseIp } from "./ip.js";
 import {
   authorizeAddresses,
@@ -374,12 +375,8 @@ export function parseAbsoluteHttp(
   target: string,
 ): { target: EgressTarget; path: string; authority: string } | undefined {
   if (!/^http:\/\//i.test(target)) return undefined;
-  let url: URL;
-  try {
-    url = new URL(target);
-  } catch {
-    return undefined;
-  }
+  const url = orElse(undefined, () => new URL(target));
+  if (url === undefined) return undefined;
   if (url.username !== "" || url.password !== "") return undefined;
   const host = normalizeTargetHost(url.hostname);
   if (host === undefined) return undefined;

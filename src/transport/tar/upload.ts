@@ -24,7 +24,7 @@
 // rename when .gitignore filtering applies; both are fixed here. Existing
 // directories in the sandbox are merged into, never emptied.
 
-import { spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, type Stats } from "node:fs";
 import { readdir, readlink } from "node:fs/promises";
@@ -34,7 +34,6 @@ import tarStream from "tar-stream";
 import { invalidInput, messageOf, OpenShellError } from "../../core/errors.js";
 import { shellEscape } from "../../core/shell.js";
 import { lstatIfExists } from "../../host/fs.js";
-import { collectBounded } from "../bridge.js";
 
 // One quoting rule for every remote command (src/core/shell.ts), re-exported
 // beside the commands built with it.
@@ -437,19 +436,10 @@ async function gitVisibleFiles(localPath: string, kind: "dir" | "file"): Promise
 function runGit(args: string[], cwd: string): Promise<Buffer | undefined> {
   const env = { ...process.env };
   for (const name of GIT_LOCATION_VARIABLES) delete env[name];
+  // Our own git over the user's tree: its listing is as long as the tree is.
+  const options = { cwd, env, encoding: "buffer", maxBuffer: Number.POSITIVE_INFINITY } as const;
   return new Promise((resolve) => {
-    let child: ReturnType<typeof spawn>;
-    try {
-      child = spawn("git", args, { cwd, env, stdio: ["ignore", "pipe", "ignore"] });
-    } catch {
-      resolve(undefined);
-      return;
-    }
-    // Our own git over the user's tree: its listing is as long as the tree is.
-    const stdout =
-      child.stdout === null ? () => Buffer.alloc(0) : collectBounded(child.stdout, Number.POSITIVE_INFINITY);
-    child.on("error", () => resolve(undefined));
-    child.on("close", (code) => resolve(code === 0 ? stdout() : undefined));
+    execFile("git", args, options, (error, stdout) => resolve(error ? undefined : stdout));
   });
 }
 
