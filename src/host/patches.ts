@@ -14,7 +14,7 @@
 //   lies: one copy of a create's ten MiB of files fewer in the CLI (section 3):
 //   0.5-2.7 ms of CPU and ten MiB of peak memory per such create, measured
 //   alone. In the bench (2 CPUs shared at load 5-10, 2026-12-03) the CLI's
-//   "added by the files" p50 was -2 to 385 ms with it (7 runs, median 172)
+//   "added by the files" p50 was -2 to 385 ms with it (8 runs, median 183)
 //   and 208-467 ms without it (4 runs): a spread far wider than the gain.
 // - grpc-server-windows (grpc-js `Server` `commonServerOptions`,
 //   `_sessionHandler`, `_channelzSessionHandler`): grpc-js clients take a
@@ -22,7 +22,7 @@
 //   HTTP/2's 64 KiB windows, so a client sending bulk bytes waits for a window
 //   update every 64 KiB. Sessions of a server bound after the install get
 //   `BULK_WINDOW_BYTES` windows. Section 6's upload / tar|ssh ratio was
-//   0.48-0.92 with it (7 runs, median 0.70), 0.55 without it (1 run) and
+//   0.48-0.92 with it (8 runs, median 0.70), 0.55 without it (1 run) and
 //   0.49-0.74 without either patch (3 runs), on that same loaded host: no
 //   gain outside the spread was shown; a quiet host has to show it.
 // - pty-input-queue (node-pty `_writeStream._writeQueue`): node-pty queues
