@@ -197,18 +197,12 @@ export function createSandboxCgroups(id: string, limits: Limits, root = cgroupRo
     step("memory", () => {
       if (made.version === 2) {
         write(memory, "memory.max", bytes);
-        try {
-          write(memory, "memory.swap.max", "0");
-        } catch {
-          // No swap accounting: no swap to escape to either.
-        }
+        // No swap accounting: no swap to escape to either.
+        ignoreFailure(() => write(memory, "memory.swap.max", "0"));
       } else {
         write(memory, "memory.limit_in_bytes", bytes);
-        try {
-          write(memory, "memory.memsw.limit_in_bytes", bytes);
-        } catch {
-          // Without swap accounting the limit above is the bound.
-        }
+        // Without swap accounting the limit above is the bound.
+        ignoreFailure(() => write(memory, "memory.memsw.limit_in_bytes", bytes));
       }
     });
   }

@@ -213,10 +213,8 @@ export async function mountGuestDisk(options: {
       "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
       image,
     ]).catch((error: unknown) => {
-      try {
-        // An unformatted image would fail every later start too.
-        closeSync(openSync(image, constants.O_WRONLY | constants.O_TRUNC));
-      } catch {}
+      // An unformatted image would fail every later start too.
+      orElse(undefined, () => closeSync(openSync(image, constants.O_WRONLY | constants.O_TRUNC)));
       throw error;
     });
   }
