@@ -63,6 +63,10 @@ export class BenchEnv {
       XDG_CONFIG_HOME: this.configHome,
       XDG_STATE_HOME: this.stateHome,
       NO_COLOR: "1",
+      // Passed on so that a run with OPENSHELL_NO_PATCHES measures what the patches buy.
+      ...(process.env.OPENSHELL_NO_PATCHES === undefined
+        ? {}
+        : { OPENSHELL_NO_PATCHES: process.env.OPENSHELL_NO_PATCHES }),
     };
   }
 

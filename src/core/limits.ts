@@ -143,11 +143,6 @@ const NAMES: Record<keyof Limits, string> = {
   diskBytes: "disk",
 };
 
-/** A limit's user-facing name (`--cpu` is `cpu`). */
-export function limitName(key: keyof Limits): string {
-  return NAMES[key];
-}
-
 /** `requested` with `defaults` where it has none, or a message naming a limit above `maxima`. */
 export function effectiveLimits(requested: Limits, defaults: Limits, maxima: Limits): Limits | string {
   const out: Limits = { ...defaults };

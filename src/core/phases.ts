@@ -77,10 +77,6 @@ export function setPhase(sandbox: Sandbox, phase: SandboxPhase): void {
   if (sandbox.metadata) sandbox.metadata.resourceVersion += 1;
 }
 
-export function isTerminal(phase: SandboxPhase): boolean {
-  return phase === SandboxPhase.SANDBOX_PHASE_ERROR || phase === SandboxPhase.SANDBOX_PHASE_DELETING;
-}
-
 export const PHASE_NAMES: Record<number, string> = {
   [SandboxPhase.SANDBOX_PHASE_UNSPECIFIED]: "Unspecified",
   [SandboxPhase.SANDBOX_PHASE_PROVISIONING]: "Provisioning",

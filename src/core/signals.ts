@@ -9,6 +9,12 @@ export function signalNumber(name: string): number | undefined {
   return (constants.signals as Record<string, number>)[`SIG${name.replace(/^SIG/, "")}`];
 }
 
+/** The name of signal `number` ("SIGTERM"), if there is one. */
+export function signalName(number: number): NodeJS.Signals | undefined {
+  const names = Object.entries(constants.signals) as [NodeJS.Signals, number][];
+  return names.find(([, value]) => value === number)?.[0];
+}
+
 /**
  * The exit status of a process or SSH channel that ended with `code` or
  * `signal`. An SSH exit status is any uint32 the server chooses, and the

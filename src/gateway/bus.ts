@@ -25,6 +25,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import type { PlatformEvent, SandboxLogLine } from "../gen/openshell.js";
+import { orElse } from "../host/fs.js";
 
 export const LOG_RING = 2000;
 /** Message bytes the ring holds at most, whatever the lines' length. */
@@ -134,12 +135,7 @@ export function boundLogLine(
 /** One stored line read back: a bounded log line, or undefined when it is not one (a torn write). */
 export function decodeStoredLine(text: string, now: number): SandboxLogLine | undefined {
   if (text.length > STORED_LINE_MAX_BYTES) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
+  const value: unknown = orElse(undefined, () => JSON.parse(text));
   if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
   const line = value as Record<string, unknown>;
   if (typeof line.message !== "string" || typeof line.timestampMs !== "number") return undefined;
@@ -273,13 +269,8 @@ export class SandboxBus {
   /** Binds a sandbox's log file and loads the end of what its files hold. */
   attachLogFile(id: string, path: string): void {
     const channel = this.channel(id);
-    let size = 0;
-    try {
-      size = statSync(path).size;
-    } catch {
-      // No file yet: the first line creates it.
-    }
-    channel.logFile = { path, size };
+    // No file yet: the first line creates it.
+    channel.logFile = { path, size: orElse(0, () => statSync(path).size) };
     const { lines, earlier } = readLogTail(path, LOG_RING, Date.now());
     channel.logs = [];
     channel.logBytes = 0;
@@ -333,12 +324,11 @@ export class SandboxBus {
     let bytes = 0;
     const write = (): void => {
       if (bytes === 0) return;
-      try {
+      // The sandbox directory may already be gone during delete.
+      orElse(undefined, () => {
         appendFileSync(file.path, text, { mode: 0o600 });
         file.size += bytes;
-      } catch {
-        // The sandbox directory may already be gone during delete.
-      }
+      });
       text = "";
       bytes = 0;
     };
@@ -357,7 +347,8 @@ export class SandboxBus {
 
   private rotate(file: LogFile): void {
     const last = this.limits.maxFiles - 1;
-    try {
+    // As for a write: the directory may be going away.
+    orElse(undefined, () => {
       if (existsSync(rotatedPath(file.path, last))) {
         rmSync(rotatedPath(file.path, last), { force: true });
         writeFileSync(droppedMarker(file.path), "", { mode: 0o600 });
@@ -366,9 +357,7 @@ export class SandboxBus {
         const from = rotatedPath(file.path, index);
         if (existsSync(from)) renameSync(from, rotatedPath(file.path, index + 1));
       }
-    } catch {
-      // As for a write: the directory may be going away.
-    }
+    });
     file.size = 0;
   }
 

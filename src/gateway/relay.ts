@@ -84,14 +84,10 @@ export class RelayHub {
       if (message.payload?.$case === "relayOpenResult") {
         const result = message.payload.value;
         if (!result.success) {
-          const pending = this.pending.get(result.channelId);
-          if (pending) {
-            this.pending.delete(result.channelId);
-            clearTimeout(pending.timer);
-            pending.reject(
-              new StatusError(status.UNAVAILABLE, result.error || "supervisor could not open relay"),
-            );
-          }
+          const pending = this.take(result.channelId);
+          pending?.reject(
+            new StatusError(status.UNAVAILABLE, result.error || "supervisor could not open relay"),
+          );
         }
       }
     });
@@ -121,11 +117,18 @@ export class RelayHub {
     session.call.end();
     for (const [channelId, pending] of this.pending) {
       if (pending.sandboxId === sandboxId) {
-        this.pending.delete(channelId);
-        clearTimeout(pending.timer);
+        this.take(channelId);
         pending.reject(new StatusError(status.UNAVAILABLE, "sandbox session closed"));
       }
     }
+  }
+
+  /** Removes a pending channel, its timeout stopped, for the caller to settle. */
+  private take(channelId: string): PendingRelay | undefined {
+    const pending = this.pending.get(channelId);
+    this.pending.delete(channelId);
+    if (pending) clearTimeout(pending.timer);
+    return pending;
   }
 
   private waitForSession(sandboxId: string, timeoutMs: number): Promise<Session> {
@@ -234,8 +237,7 @@ export class RelayHub {
         call.emit("error", notFound("unknown or expired relay channel"));
         return;
       }
-      this.pending.delete(channelId);
-      clearTimeout(pending.timer);
+      this.take(channelId);
       pending.resolve(frameDuplex(call, dataFrameCodec<RelayFrame>(), { sendEofFrame: true }));
     });
   }

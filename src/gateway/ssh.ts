@@ -442,41 +442,34 @@ export class SshAccess {
   /**
    * One exec, from request to exit, for both exec calls. The client may go
    * away at any point; a channel that opens after it did is closed at once,
-   * so no command runs that nobody waits for.
+   * so no command runs that nobody waits for. The request's stdin is sent
+   * first; `started` then feeds (or ends) the command's input.
    */
   private startExec(
     request: ExecSandboxRequest,
-    sink: ExecSink,
-    onCancelled: (listener: () => void) => void,
+    call: ExecCall,
     started: (channel: ClientChannel) => void,
   ): void {
     const deadline = new Deadline(request.timeoutSeconds * 1000);
+    const sink = callSink(call);
     let cancelled = false;
     let run: { cancel(): void } | undefined;
-    onCancelled(() => {
+    call.once("cancelled", () => {
       cancelled = true;
       run?.cancel();
     });
     this.openChannel(request, deadline)
       .then((opened) => {
         run = this.runChannel(opened, request, deadline, sink);
-        if (cancelled) run.cancel();
-        else started(opened.channel);
+        if (cancelled) return run.cancel();
+        if (request.stdin.length > 0) opened.channel.write(request.stdin);
+        started(opened.channel);
       })
       .catch((error: unknown) => sink.fail(error));
   }
 
   exec(call: ServerWritableStream<ExecSandboxRequest, ExecSandboxEvent>): void {
-    const request = call.request;
-    this.startExec(
-      request,
-      callSink(call),
-      (listener) => call.once("cancelled", listener),
-      (channel) => {
-        if (request.stdin.length > 0) channel.write(request.stdin);
-        channel.end();
-      },
-    );
+    this.startExec(call.request, call, (channel) => channel.end());
   }
 
   execInteractive(call: ServerDuplexStream<ExecSandboxInput, ExecSandboxEvent>): void {
@@ -489,29 +482,23 @@ export class SshAccess {
         return;
       }
       const request = first.payload.value;
-      this.startExec(
-        request,
-        callSink(call),
-        (listener) => call.once("cancelled", listener),
-        (channel) => {
-          if (request.stdin.length > 0) channel.write(request.stdin);
-          call.on("data", (input: ExecSandboxInput) => {
-            const payload = input.payload;
-            if (payload?.$case === "stdin") {
-              if (channel.writableEnded || channel.destroyed) return;
-              if (!channel.write(payload.value)) {
-                call.pause();
-                channel.once("drain", () => call.resume());
-              }
-            } else if (payload?.$case === "resize" && request.tty) {
-              channel.setWindow(payload.value.rows, payload.value.cols, 0, 0);
+      this.startExec(request, call, (channel) => {
+        call.on("data", (input: ExecSandboxInput) => {
+          const payload = input.payload;
+          if (payload?.$case === "stdin") {
+            if (channel.writableEnded || channel.destroyed) return;
+            if (!channel.write(payload.value)) {
+              call.pause();
+              channel.once("drain", () => call.resume());
             }
-          });
-          // The client's half-close is the command's EOF on stdin.
-          call.on("end", () => channel.end());
-          call.resume();
-        },
-      );
+          } else if (payload?.$case === "resize" && request.tty) {
+            channel.setWindow(payload.value.rows, payload.value.cols, 0, 0);
+          }
+        });
+        // The client's half-close is the command's EOF on stdin.
+        call.on("end", () => channel.end());
+        call.resume();
+      });
     });
     call.once("end", () => {
       if (!started) call.emit("error", toStatus(invalidArgument("empty stream: expected start message")));
@@ -533,11 +520,11 @@ interface ExecSink {
   fail(error: unknown): void;
 }
 
-function callSink(
-  call:
-    | ServerWritableStream<ExecSandboxRequest, ExecSandboxEvent>
-    | ServerDuplexStream<ExecSandboxInput, ExecSandboxEvent>,
-): ExecSink {
+type ExecCall =
+  | ServerWritableStream<ExecSandboxRequest, ExecSandboxEvent>
+  | ServerDuplexStream<ExecSandboxInput, ExecSandboxEvent>;
+
+function callSink(call: ExecCall): ExecSink {
   return {
     write: (event) => call.write(event),
     once: (event, fn) => call.once(event, fn),

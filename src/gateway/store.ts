@@ -18,6 +18,7 @@ import { chmodSync, closeSync, existsSync, openSync, rmSync, statfsSync, writeSy
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { Sandbox, type Sandbox as SandboxMessage } from "../gen/openshell.js";
+import { orElse } from "../host/fs.js";
 
 export interface StoredSandboxRuntime {
   sandboxId: string;
@@ -41,12 +42,10 @@ export const RESERVE_BYTES = 8 * 1024 * 1024;
 
 /** Free bytes for an unprivileged writer on the filesystem holding `file`; Infinity when unknown. */
 function freeBytes(file: string): number {
-  try {
+  return orElse(Number.POSITIVE_INFINITY, () => {
     const fs = statfsSync(dirname(file));
     return fs.bavail * fs.bsize;
-  } catch {
-    return Number.POSITIVE_INFINITY;
-  }
+  });
 }
 
 /** SQLite's, or the kernel's, "no space left". */

@@ -20,12 +20,12 @@
 // gateway is reached by, or is about to expire.
 
 import { createPrivateKey, KeyObject, randomBytes, webcrypto, X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { hostname, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type * as X509 from "@peculiar/x509";
 import { ensurePrivateDir, gatewayStateDir, isWildcardBind, writeFileAtomic } from "../host/config.js";
+import { orElse, readTextIfExists } from "../host/fs.js";
 
 const DAY_MS = 86_400_000;
 const EC_P256 = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
@@ -194,30 +194,20 @@ export function certificateNames(cert: X509Certificate, host: string): boolean {
   return isIP(host) ? cert.checkIP(host) !== undefined : cert.checkHost(host) !== undefined;
 }
 
-function readIfPresent(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
-  }
-}
-
 /** A CA pair that can still sign, or undefined. */
 function usableCa(files: GatewayTlsFiles, now: Date): KeyAndCertificate | undefined {
-  const cert = readIfPresent(files.caFile);
-  const key = readIfPresent(files.caKeyFile);
+  const cert = readTextIfExists(files.caFile);
+  const key = readTextIfExists(files.caKeyFile);
   if (!cert || !key) return undefined;
-  try {
+  // A file that does not parse is no usable CA either.
+  return orElse(undefined, () => {
     const x509 = new X509Certificate(cert);
     if (!x509.ca || !x509.checkPrivateKey(createPrivateKey(key))) return undefined;
     if (new Date(x509.validTo).getTime() - now.getTime() < (SERVER_VALIDITY_DAYS + 1) * DAY_MS) {
       return undefined;
     }
     return { cert, key };
-  } catch {
-    return undefined;
-  }
+  });
 }
 
 function usableLeaf(
@@ -227,10 +217,10 @@ function usableLeaf(
   hosts: string[],
   now: Date,
 ): boolean {
-  const cert = readIfPresent(certFile);
-  const key = readIfPresent(keyFile);
+  const cert = readTextIfExists(certFile);
+  const key = readTextIfExists(keyFile);
   if (!cert || !key) return false;
-  try {
+  return orElse(false, () => {
     const x509 = new X509Certificate(cert);
     const caCert = new X509Certificate(ca.cert);
     return (
@@ -240,9 +230,7 @@ function usableLeaf(
       new Date(x509.validTo).getTime() - now.getTime() > RENEW_BEFORE_DAYS * DAY_MS &&
       hosts.every((host) => certificateNames(x509, host))
     );
-  } catch {
-    return false;
-  }
+  });
 }
 
 /** The gateway's CA, made once and kept while it has a server certificate's lifetime left. */

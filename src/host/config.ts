@@ -8,11 +8,12 @@
 //   $XDG_STATE_HOME/openshell/gateways/<name>/                store, sandboxes, logs, pid
 //   $XDG_STATE_HOME/openshell/gateways/<name>/tls/            generated CA and server certificate
 
-import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { isIPv4, isIPv6 } from "node:net";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { invalidInput, OpenShellError } from "../core/errors.js";
+import { readTextIfExists } from "./fs.js";
 
 export const DEFAULT_GATEWAY_NAME = "local";
 export const DEFAULT_GATEWAY_PORT = 17670;
@@ -111,17 +112,8 @@ export function writeFileAtomic(path: string, data: string | Buffer, mode = 0o60
   renameSync(temp, path);
 }
 
-function readText(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
-  }
-}
-
 export function readMetadata(name: string): GatewayMetadata | undefined {
-  const text = readText(join(gatewayConfigDir(name), "metadata.json"));
+  const text = readTextIfExists(join(gatewayConfigDir(name), "metadata.json"));
   if (text === undefined) return undefined;
   try {
     return JSON.parse(text) as GatewayMetadata;
@@ -159,7 +151,7 @@ export function listGatewayNames(): string[] {
 }
 
 export function readActiveGateway(): string | undefined {
-  const text = readText(join(configRoot(), "active_gateway"))?.trim();
+  const text = readTextIfExists(join(configRoot(), "active_gateway"))?.trim();
   return text === undefined || text === "" ? undefined : text;
 }
 
@@ -174,7 +166,7 @@ export interface LastSandbox {
 }
 
 export function readLastSandbox(gateway: string): LastSandbox | undefined {
-  const text = readText(join(gatewayConfigDir(gateway), "last_sandbox"));
+  const text = readTextIfExists(join(gatewayConfigDir(gateway), "last_sandbox"));
   if (text === undefined) return undefined;
   const [workspace, name] = text.split("\n");
   if (!workspace || !name) return undefined;
@@ -193,7 +185,7 @@ export function clearLastSandbox(gateway: string, name: string): void {
 /** The bearer token in `path`, or undefined when there is no such file. */
 export function readToken(path: string): string | undefined {
   try {
-    return readText(path)?.trim() || undefined;
+    return readTextIfExists(path)?.trim() || undefined;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EACCES" || code === "EPERM") {

@@ -13,6 +13,8 @@
 // every stream and connection is owned by one session and torn down by its
 // own timers and close events, so nothing shared is left half-changed.
 
+import { orElse } from "./fs.js";
+
 /** How an uncaught error is written to the process's log: one entry, with its stack. */
 export function describeUncaught(error: unknown, origin: string, what: string): string {
   const detail =
@@ -24,11 +26,7 @@ export function describeUncaught(error: unknown, origin: string, what: string): 
 }
 
 function safeString(value: unknown): string {
-  try {
-    return String(value).slice(0, 1000);
-  } catch {
-    return "(unprintable)";
-  }
+  return orElse("(unprintable)", () => String(value).slice(0, 1000));
 }
 
 /**
@@ -39,11 +37,8 @@ function safeString(value: unknown): string {
  */
 export function containUncaughtErrors(what: string, log: (entry: string) => void): () => void {
   const handler = (error: unknown, origin: string): void => {
-    try {
-      log(describeUncaught(error, origin, what));
-    } catch {
-      // A log that cannot be written (its disk full, its pipe gone) must not turn into a second uncaught error.
-    }
+    // A log that cannot be written (its disk full, its pipe gone) must not turn into a second uncaught error.
+    orElse(undefined, () => log(describeUncaught(error, origin, what)));
   };
   // Its log may be its stderr: once that pipe is gone (the gateway that read
   // it died), each failed write would be one more uncaught error, logged

@@ -11,23 +11,32 @@
 //   a deep import of build/src/compression-filter.js): grpc-js frames every
 //   message it sends by copying it behind a five-byte header. A buffer from
 //   `framedInPlace` keeps those five bytes free in front and is sent where it
-//   lies: one copy of a create's ten MiB of files fewer in the CLI (section 3).
+//   lies: one copy of a create's ten MiB of files fewer in the CLI (section 3):
+//   0.5-2.7 ms of CPU and ten MiB of peak memory per such create, measured
+//   alone. In the bench (2 CPUs shared at load 5-10, 2026-12-03) the CLI's
+//   "added by the files" p50 was -2 to 385 ms with it (8 runs, median 183)
+//   and 208-467 ms without it (4 runs): a spread far wider than the gain.
 // - grpc-server-windows (grpc-js `Server` `commonServerOptions`,
 //   `_sessionHandler`, `_channelzSessionHandler`): grpc-js clients take a
 //   `grpc-node.flow_control_window`, its server has no such option and keeps
 //   HTTP/2's 64 KiB windows, so a client sending bulk bytes waits for a window
 //   update every 64 KiB. Sessions of a server bound after the install get
-//   `BULK_WINDOW_BYTES` windows.
+//   `BULK_WINDOW_BYTES` windows. Section 6's upload / tar|ssh ratio was
+//   0.48-0.92 with it (8 runs, median 0.70), 0.55 without it (1 run) and
+//   0.49-0.74 without either patch (3 runs), on that same loaded host: no
+//   gain outside the spread was shown; a quiet host has to show it.
 // - pty-input-queue (node-pty `_writeStream._writeQueue`): node-pty queues
 //   whatever is written to a terminal without bound and has no 'drain'.
 //   `ptyInputQueue` exposes the queue's length so a writer can wait; without
 //   it, input sent faster than the child reads piles up in the agent's memory.
 //   It is per terminal, so it is not in `installPatches`; the caller reports
-//   an unavailable queue.
+//   an unavailable queue. It is in pty-patch.ts (re-exported here), so that
+//   the agent in every pod does not load grpc-js with it.
 
 import type { Http2Session } from "node:http2";
 import { Server } from "@grpc/grpc-js";
 import * as compressionFilter from "@grpc/grpc-js/build/src/compression-filter.js";
+import { PatchUnavailable } from "./pty-patch.js";
 
 /** The HTTP/2 windows of the gateway's server and of every client channel (8 MiB). */
 export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
@@ -35,16 +44,7 @@ export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
 export type PatchName = "grpc-in-place-framing" | "grpc-server-windows";
 export const PATCH_NAMES: readonly PatchName[] = ["grpc-in-place-framing", "grpc-server-windows"];
 
-/** A patch that could not be installed because the internal it relies on is not what it expects. */
-export class PatchUnavailable extends Error {
-  constructor(
-    readonly patch: string,
-    what: string,
-  ) {
-    super(`${patch}: ${what}; the installed dependency's internals changed, so this patch is not applied`);
-    this.name = "PatchUnavailable";
-  }
-}
+export { PatchUnavailable, ptyInputQueue } from "./pty-patch.js";
 
 // ---- grpc-in-place-framing ----
 
@@ -185,14 +185,4 @@ export function installPatches(
     }
   }
   return failures;
-}
-
-// ---- pty-input-queue ----
-
-/** The queue of writes node-pty has not yet handed to the terminal, or PatchUnavailable. */
-export function ptyInputQueue(terminal: object): { readonly length: number } {
-  const queue = (terminal as { _writeStream?: { _writeQueue?: unknown } })._writeStream?._writeQueue;
-  if (!Array.isArray(queue))
-    throw new PatchUnavailable("pty-input-queue", "a terminal has no _writeStream._writeQueue array");
-  return queue;
 }

@@ -26,6 +26,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import type { Limits } from "../core/limits.js";
+import { orElse } from "../host/fs.js";
 
 /** The environment variable naming where cgroup hierarchies are mounted; /sys/fs/cgroup by default. */
 export const CGROUP_ROOT_ENV = "OPENSHELL_CGROUP_ROOT";
@@ -49,23 +50,13 @@ export function cgroupRoot(): string {
 }
 
 function isCgroupFs(path: string, magic: number): boolean {
-  try {
-    return statfsSync(path).type === magic;
-  } catch {
-    return false;
-  }
+  return orElse(false, () => statfsSync(path).type === magic);
 }
 
 /** This process's group in each hierarchy, from /proc/self/cgroup (`4:memory:/a/b`, `0::/c`). */
 function ownGroups(): Map<string, string> {
   const groups = new Map<string, string>();
-  let text = "";
-  try {
-    text = readFileSync("/proc/self/cgroup", "utf8");
-  } catch {
-    return groups;
-  }
-  for (const line of text.split("\n")) {
+  for (const line of orElse("", () => readFileSync("/proc/self/cgroup", "utf8")).split("\n")) {
     const match = /^\d+:([^:]*):(.*)$/.exec(line);
     if (!match) continue;
     const names = match[1] === "" ? ["unified"] : match[1]!.split(",");
@@ -82,11 +73,7 @@ function parentIn(mount: string, controller: string): string {
 }
 
 function readControllers(dir: string): string[] {
-  try {
-    return readFileSync(join(dir, "cgroup.controllers"), "utf8").trim().split(/\s+/);
-  } catch {
-    return [];
-  }
+  return orElse([], () => readFileSync(join(dir, "cgroup.controllers"), "utf8").trim().split(/\s+/));
 }
 
 interface Layout {
@@ -210,18 +197,12 @@ export function createSandboxCgroups(id: string, limits: Limits, root = cgroupRo
     step("memory", () => {
       if (made.version === 2) {
         write(memory, "memory.max", bytes);
-        try {
-          write(memory, "memory.swap.max", "0");
-        } catch {
-          // No swap accounting: no swap to escape to either.
-        }
+        // No swap accounting: no swap to escape to either.
+        ignoreFailure(() => write(memory, "memory.swap.max", "0"));
       } else {
         write(memory, "memory.limit_in_bytes", bytes);
-        try {
-          write(memory, "memory.memsw.limit_in_bytes", bytes);
-        } catch {
-          // Without swap accounting the limit above is the bound.
-        }
+        // Without swap accounting the limit above is the bound.
+        ignoreFailure(() => write(memory, "memory.memsw.limit_in_bytes", bytes));
       }
     });
   }
@@ -249,14 +230,11 @@ export function execGroupOf(groups: SandboxCgroups): { dir: string; freezer: boo
 }
 
 function pidsIn(dir: string): number[] {
-  try {
-    return readFileSync(join(dir, "cgroup.procs"), "utf8")
-      .split("\n")
-      .filter((line) => line !== "")
-      .map(Number);
-  } catch {
-    return [];
-  }
+  const text = orElse("", () => readFileSync(join(dir, "cgroup.procs"), "utf8"));
+  return text
+    .split("\n")
+    .filter((line) => line !== "")
+    .map(Number);
 }
 
 /**
@@ -265,47 +243,26 @@ function pidsIn(dir: string): number[] {
  * group) so nothing forks while the pids are killed, until none is left.
  */
 export async function killGroup(dir: string, freezer?: string): Promise<void> {
-  if (existsSync(join(dir, "cgroup.kill"))) {
-    try {
-      write(dir, "cgroup.kill", "1");
-    } catch {
-      // Gone already.
-    }
-  } else if (freezer) {
-    try {
-      write(freezer, "freezer.state", "FROZEN");
-    } catch {
-      // Killing below still ends it, more slowly.
-    }
-  }
+  // A group gone already needs no kill; one that cannot be frozen is still
+  // ended by the kills below, more slowly.
+  if (existsSync(join(dir, "cgroup.kill"))) ignoreFailure(() => write(dir, "cgroup.kill", "1"));
+  else if (freezer) ignoreFailure(() => write(freezer, "freezer.state", "FROZEN"));
   const deadline = Date.now() + 5000;
   for (;;) {
     const pids = pidsIn(dir);
     if (pids.length === 0 || Date.now() > deadline) break;
-    for (const pid of pids) {
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        // Exited meanwhile.
-      }
-    }
+    // A pid may have exited meanwhile.
+    for (const pid of pids) ignoreFailure(() => process.kill(pid, "SIGKILL"));
+    // A killed process in a frozen group dies once thawed.
     if (freezer) {
-      try {
+      ignoreFailure(() => {
         write(freezer, "freezer.state", "THAWED");
         write(freezer, "freezer.state", "FROZEN");
-      } catch {
-        // A killed process in a frozen group dies once thawed.
-      }
+      });
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-  if (freezer) {
-    try {
-      write(freezer, "freezer.state", "THAWED");
-    } catch {
-      // Gone.
-    }
-  }
+  if (freezer) ignoreFailure(() => write(freezer, "freezer.state", "THAWED"));
 }
 
 /** Kills whatever is left in the sandbox's groups, then removes them. */
@@ -316,31 +273,24 @@ export async function destroySandboxCgroups(groups: SandboxCgroups): Promise<voi
 }
 
 function removeSandboxCgroups(groups: SandboxCgroups): void {
+  // Children first: the exec groups inside. A group not there, or still
+  // busy, is left to the next delete (or sweepIdleCgroups).
   for (const dir of new Set(Object.values(groups.dirs))) {
-    // Children first: the exec groups inside.
-    for (const child of subgroups(dir)) {
-      try {
-        rmdirSync(join(dir, child));
-      } catch {
-        // Still busy; removed with the next delete.
-      }
-    }
-    try {
-      rmdirSync(dir);
-    } catch {
-      // Not there, or still busy.
-    }
+    for (const child of subgroups(dir)) ignoreFailure(() => rmdirSync(join(dir, child)));
+    ignoreFailure(() => rmdirSync(dir));
   }
 }
 
 function subgroups(dir: string): string[] {
-  try {
-    return readdirSync(dir, { withFileTypes: true })
+  return orElse([], () =>
+    readdirSync(dir, { withFileTypes: true })
       .filter((entry) => entry.isDirectory())
-      .map((entry) => entry.name);
-  } catch {
-    return [];
-  }
+      .map((entry) => entry.name),
+  );
+}
+
+function ignoreFailure(step: () => void): void {
+  orElse(undefined, step);
 }
 
 /** The groups sandbox `id` would have, found again after a gateway restart (or undefined). */
@@ -367,26 +317,21 @@ export interface CgroupUsage {
   oomKills?: number;
 }
 
+function readText(dir: string | undefined, file: string): string | undefined {
+  return dir ? orElse(undefined, () => readFileSync(join(dir, file), "utf8")) : undefined;
+}
+
 function readNumber(dir: string | undefined, file: string): number | undefined {
-  if (!dir) return undefined;
-  try {
-    const value = Number(readFileSync(join(dir, file), "utf8").trim());
-    return Number.isFinite(value) ? value : undefined;
-  } catch {
-    return undefined;
-  }
+  const text = readText(dir, file);
+  const value = Number(text?.trim());
+  return text !== undefined && Number.isFinite(value) ? value : undefined;
 }
 
 function readKey(dir: string | undefined, file: string, key: string): number | undefined {
-  if (!dir) return undefined;
-  try {
-    const line = readFileSync(join(dir, file), "utf8")
-      .split("\n")
-      .find((l) => l.startsWith(`${key} `));
-    return line === undefined ? undefined : Number(line.slice(key.length + 1));
-  } catch {
-    return undefined;
-  }
+  const line = readText(dir, file)
+    ?.split("\n")
+    .find((l) => l.startsWith(`${key} `));
+  return line === undefined ? undefined : Number(line.slice(key.length + 1));
 }
 
 /** What the sandbox's groups count now. */

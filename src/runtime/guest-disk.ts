@@ -50,6 +50,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { orElse } from "../host/fs.js";
 
 const run = promisify(execFile);
 
@@ -159,11 +160,8 @@ async function release(path: string): Promise<void> {
       await command("umount", ["--lazy", path]);
     }
   }
-  try {
-    rmdirSync(path);
-  } catch {
-    // Gone already, or not empty because it was never a mount point: left for delete.
-  }
+  // Gone already, or not empty because it was never a mount point: left for delete.
+  orElse(undefined, () => rmdirSync(path));
 }
 
 export interface GuestDisk {
@@ -215,10 +213,8 @@ export async function mountGuestDisk(options: {
       "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
       image,
     ]).catch((error: unknown) => {
-      try {
-        // An unformatted image would fail every later start too.
-        closeSync(openSync(image, constants.O_WRONLY | constants.O_TRUNC));
-      } catch {}
+      // An unformatted image would fail every later start too.
+      orElse(undefined, () => closeSync(openSync(image, constants.O_WRONLY | constants.O_TRUNC)));
       throw error;
     });
   }
@@ -287,13 +283,7 @@ export async function sweepGuestDisks(
   keep: (sandboxId: string) => boolean,
 ): Promise<void> {
   if (process.getuid?.() !== 0) return;
-  let names: string[];
-  try {
-    names = readdirSync(DISKS_ROOT);
-  } catch {
-    return;
-  }
-  for (const id of names) {
+  for (const id of orElse([], () => readdirSync(DISKS_ROOT))) {
     const entry = mountAt(guestDiskMountPoint(id));
     if (!entry) continue;
     const backing = loopBackingFile(entry.source);
@@ -308,9 +298,5 @@ export async function sweepGuestDisks(
 function loopBackingFile(device: string): string | undefined {
   const name = /^\/dev\/(loop\d+)$/.exec(device)?.[1];
   if (!name) return undefined;
-  try {
-    return readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").trim();
-  } catch {
-    return undefined;
-  }
+  return orElse(undefined, () => readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").trim());
 }

@@ -25,6 +25,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { FILE_LIMITS } from "../core/files.js";
+import { orElse } from "../host/fs.js";
 
 export const SHARED_MEMORY_DIR = "/dev/shm";
 
@@ -70,12 +71,7 @@ export function sharedMemoryStaging(
  * started again (its previous supervisor is gone by then).
  */
 export function removeSharedMemoryStaging(sandboxId: string, base = SHARED_MEMORY_DIR): void {
-  let names: string[];
-  try {
-    names = readdirSync(base).filter((name) => name.startsWith(prefix(sandboxId)));
-  } catch {
-    return;
-  }
+  const names = orElse([], () => readdirSync(base)).filter((name) => name.startsWith(prefix(sandboxId)));
   const uid = process.getuid?.();
   for (const name of names) {
     const path = join(base, name);

@@ -26,6 +26,7 @@
 import { createHash } from "node:crypto";
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { orElse } from "../host/fs.js";
 
 /**
  * The path of an execute-only copy of `loader` under `dir`, named by the
@@ -36,12 +37,9 @@ export function executeOnlyLoader(dir: string, loader: string): string {
   const content = readFileSync(loader);
   const digest = createHash("sha256").update(content).digest("hex").slice(0, 32);
   const path = join(dir, `ld-${digest}.so`);
-  try {
-    const stat = statSync(path);
-    if (stat.isFile() && stat.size === content.length && (stat.mode & 0o7777) === 0o111) return path;
-  } catch {
-    // Not made yet.
-  }
+  // Not made yet when it is not there.
+  const stat = orElse(undefined, () => statSync(path));
+  if (stat?.isFile() && stat.size === content.length && (stat.mode & 0o7777) === 0o111) return path;
   // Traversable by the pod's host uid, which binds the copy; not listable.
   mkdirSync(dir, { recursive: true, mode: 0o711 });
   chmodSync(dir, 0o711);

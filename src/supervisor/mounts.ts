@@ -50,8 +50,8 @@ import { ownDirectory } from "./host-fs.js";
 import {
   fileInjectionFailed,
   filesystemSetupFailed,
-  type SandboxSetupError,
   type SandboxSetupReason,
+  setupFailed,
 } from "./setup-errors.js";
 
 /** The sandbox's own host directories. */
@@ -388,7 +388,7 @@ class MountPlanner {
     }
     const through = (path: string, asGiven: string, reason: SandboxSetupReason) =>
       resolveThroughSymlinks(path, symlinks, () =>
-        failure(reason, asGiven, "passes through too many symlinks"),
+        setupFailed(reason, asGiven, "passes through too many symlinks"),
       );
 
     const seen = new Map<string, MountRequest>();
@@ -572,7 +572,7 @@ class MountPlanner {
   }
 
   private checkConflicts(): void {
-    const fail = (r: MountRequest, why: string) => failure(reasonOf(r), r.asGiven, why);
+    const fail = (r: MountRequest, why: string) => setupFailed(reasonOf(r), r.asGiven, why);
     const controlAt = new Map(
       this.requests.filter((r) => r.origin === "control").map((r) => [r.dest, r] as const),
     );
@@ -627,7 +627,7 @@ class MountPlanner {
       return;
     }
     if (!cover.isDir) {
-      throw failure(reasonOf(request), request.asGiven, `${cover.dest} is a file, not a directory`);
+      throw setupFailed(reasonOf(request), request.asGiven, `${cover.dest} is a file, not a directory`);
     }
     if (cover.privateRoot !== undefined) this.resolveInPrivate(request, cover);
     else this.resolveInHost(request, cover);
@@ -652,24 +652,16 @@ class MountPlanner {
         ? posix.join(root === dirs.tmp ? PRIVATE_TMP : this.workdir, ...rel.slice(0, i))
         : `/${rel.slice(0, i).join("/")}`;
       const visible = visibleRoot || this.isPrivateWritable(sandboxPath);
-      if (last && !request.isDir) {
-        this.addPrep({
-          kind: "file",
-          hostPath,
-          sandboxPath,
-          forPath: request.asGiven,
-          reason: reasonOf(request),
-          owner: hostOwner,
-        });
-      } else {
+      const common = { hostPath, forPath: request.asGiven, reason: reasonOf(request) };
+      if (last && !request.isDir) this.addPrep({ kind: "file", ...common, sandboxPath, owner: hostOwner });
+      else {
+        const owner = visible ? hostOwner : null;
         this.addPrep({
           kind: "dir",
-          hostPath,
+          ...common,
           sandboxPath: visible ? sandboxPath : null,
-          forPath: request.asGiven,
-          reason: reasonOf(request),
           mode: 0o755,
-          owner: visible ? hostOwner : null,
+          owner,
         });
       }
     }
@@ -711,7 +703,7 @@ class MountPlanner {
     const parts = componentsBelow(request.dest, cover.dest);
     const hostAt = (n: number) => posix.join(cover.src, ...parts.slice(0, n));
     const sandboxAt = (n: number) => posix.join(cover.dest, ...parts.slice(0, n));
-    const fail = (why: string) => failure(reasonOf(request), request.asGiven, why);
+    const fail = (why: string) => setupFailed(reasonOf(request), request.asGiven, why);
 
     let existing = 0; // how many leading components exist on the host as real directories
     let needsExplode = false;
@@ -810,10 +802,6 @@ function reasonOf(request: MountRequest): SandboxSetupReason {
   return request.origin === "injected" ? "FileInjectionFailed" : "FilesystemSetupFailed";
 }
 
-function failure(reason: SandboxSetupReason, path: string, why: string): SandboxSetupError {
-  return reason === "FileInjectionFailed" ? fileInjectionFailed(path, why) : filesystemSetupFailed(path, why);
-}
-
 /** Directories strictly between `dir` and `path`: `("/a/b/c", "/")` → `["/a", "/a/b"]`. */
 function ancestorsBelow(path: string, dir: string): string[] {
   const parts = componentsBelow(path, dir);
@@ -863,7 +851,7 @@ export async function applyHostPrep(steps: readonly HostPrepStep[]): Promise<voi
       continue;
     }
     const fail = (why: string) =>
-      failure(step.reason, step.forPath, `${step.sandboxPath ?? step.hostPath} ${why}`);
+      setupFailed(step.reason, step.forPath, `${step.sandboxPath ?? step.hostPath} ${why}`);
     const st = lstatIfExists(step.hostPath);
     if (st?.isSymbolicLink()) throw fail("is a symlink; refusing to mount through it");
     if (step.kind === "dir") {

@@ -29,14 +29,16 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
-import { constants as osConstants } from "node:os";
 import { basename, dirname, join, posix } from "node:path";
+import { promisify } from "node:util";
+import { messageOf } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
 import { TRANSFER_TOOL_ENV } from "../core/protocol.js";
+import { signalName } from "../core/signals.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
-import { lstatIfExists } from "../host/fs.js";
+import { lstatIfExists, orElse } from "../host/fs.js";
 import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
 import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
 import { sharedMemoryStaging } from "../runtime/staging.js";
@@ -69,6 +71,8 @@ export class PodError extends Error {
   }
 }
 
+const execFileAsync = promisify(execFile);
+
 export const CONTROL_ROOT = "/run/openshell";
 const SANDBOX_UID = 1000;
 const WORKDIR = "/sandbox";
@@ -95,20 +99,20 @@ export interface NodeClosure {
  * supervisor asks while it waits for its sandbox, so a create does not wait
  * for ldd; a failure is reported when the pod is started.
  */
-export function nodeClosure(): Promise<NodeClosure> {
-  return new Promise((resolve, reject) => {
-    execFile("ldd", [process.execPath], { encoding: "utf8" }, (error, output) => {
-      if (error)
-        reject(new PodError("RuntimeUnavailable", `cannot list node's libraries with ldd: ${error.message}`));
-      else {
-        try {
-          resolve(parseLdd(output));
-        } catch (parseError) {
-          reject(parseError);
-        }
-      }
-    });
-  });
+export async function nodeClosure(): Promise<NodeClosure> {
+  const { stdout } = await podStep("RuntimeUnavailable", "cannot list node's libraries with ldd", () =>
+    execFileAsync("ldd", [process.execPath], { encoding: "utf8" }),
+  );
+  return parseLdd(stdout);
+}
+
+/** `step()`, a failure of which becomes a PodError of `reason` saying `what` could not be done. */
+async function podStep<T>(reason: string, what: string, step: () => T | Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (error) {
+    throw new PodError(reason, `${what}: ${messageOf(error)}`);
+  }
 }
 
 /**
@@ -118,7 +122,6 @@ export function nodeClosure(): Promise<NodeClosure> {
  * run through the control path's loader and libraries; the transfer
  * commands use them through OPENSHELL_TAR and OPENSHELL_REALPATH.
  */
-
 async function transferTools(
   closure: NodeClosure,
 ): Promise<{ binds: ControlBind[]; env: Record<string, string> }> {
@@ -129,11 +132,11 @@ async function transferTools(
   for (const [tool, variable] of Object.entries(TRANSFER_TOOL_ENV)) {
     const path = [`/usr/bin/${tool}`, `/bin/${tool}`].find((candidate) => existsSync(candidate));
     if (!path) continue;
-    const output = await new Promise<string>((resolve, reject) =>
-      execFile("ldd", [path], { encoding: "utf8" }, (error, stdout) =>
-        error ? reject(error) : resolve(stdout),
-      ),
-    ).catch(() => undefined);
+    const output = await execFileAsync("ldd", [path], { encoding: "utf8" }).then(
+      ({ stdout }) => stdout,
+      () => undefined,
+    );
+    // Without its libraries listed, the sandbox's own tool serves.
     if (output === undefined) continue;
     for (const lib of parseLdd(output).libraries) {
       if (bound.has(basename(lib))) continue;
@@ -186,15 +189,11 @@ export async function podSupport(
     throw new PodError("SeccompFilterInvalid", (error as Error).message);
   }
   const { loader } = await closure;
-  let copy: string;
-  try {
-    copy = executeOnlyLoader(dir, loader);
-  } catch (error) {
-    throw new PodError(
-      "RuntimeUnavailable",
-      `cannot make the agent's execute-only loader in ${dir}: ${(error as Error).message}`,
-    );
-  }
+  const copy = await podStep(
+    "RuntimeUnavailable",
+    `cannot make the agent's execute-only loader in ${dir}`,
+    () => executeOnlyLoader(dir, loader),
+  );
   try {
     return { loader: copy, seccomp: await seccompProgram(dir, spec) };
   } catch (error) {
@@ -249,12 +248,8 @@ export function withRootLinks(fs: FilesystemPolicy): FilesystemPolicy {
   const extra: string[] = [];
   for (const link of ROOT_LINKS) {
     if (covers(visible, link)) continue;
-    let target: string;
-    try {
-      target = readlinkSync(link);
-    } catch {
-      continue;
-    }
+    const target = orElse(undefined, () => readlinkSync(link));
+    if (target === undefined) continue;
     const resolved = posix.resolve("/", target);
     if (covers(visible, resolved)) extra.push(link);
   }
@@ -351,19 +346,16 @@ export function imageIdentity(imageRoot: string, user: string): { uid: number; g
 async function seedWorkspace(imageRoot: string, workspace: string, marker: string, owner: HostOwner | null) {
   const seed = join(imageRoot, "sandbox");
   if (existsSync(marker) || !lstatIfExists(seed)?.isDirectory()) return;
-  await run("cp", ["-a", "--no-dereference", `${seed}/.`, `${workspace}/`]);
-  if (owner) await run("chown", ["-R", "--no-dereference", `${owner.uid}:${owner.gid}`, workspace]);
-  writeFileSync(marker, "");
-}
-
-function run(command: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(command, args, { maxBuffer: 1024 * 1024 }, (error, _stdout, stderr) =>
-      error
-        ? reject(new PodError("WorkspaceSeedFailed", `${command}: ${String(stderr).trim() || error.message}`))
-        : resolve(),
+  const failed = "cannot seed the workspace from the image's /sandbox";
+  await podStep("WorkspaceSeedFailed", failed, () =>
+    execFileAsync("cp", ["-a", "--no-dereference", `${seed}/.`, `${workspace}/`]),
+  );
+  if (owner) {
+    await podStep("WorkspaceSeedFailed", failed, () =>
+      execFileAsync("chown", ["-R", "--no-dereference", `${owner.uid}:${owner.gid}`, workspace]),
     );
-  });
+  }
+  writeFileSync(marker, "");
 }
 
 export async function startPod(o: PodOptions): Promise<Pod> {
@@ -543,22 +535,9 @@ export async function startPod(o: PodOptions): Promise<Pod> {
  */
 export function prepareGuestDisk(launch: SupervisorLaunch): Promise<GuestDisk> | undefined {
   if (process.getuid?.() !== 0 || launch.diskBytes === 0) return undefined;
-  return mountDisk(launch);
-}
-
-async function mountDisk(launch: SupervisorLaunch): Promise<GuestDisk> {
-  try {
-    return await mountGuestDisk({
-      sandboxId: launch.sandboxId,
-      sandboxDir: launch.sandboxDir,
-      bytes: launch.diskBytes,
-    });
-  } catch (error) {
-    throw new PodError(
-      "GuestDiskFailed",
-      `cannot mount the sandbox's filesystem: ${(error as Error).message}`,
-    );
-  }
+  return podStep("GuestDiskFailed", "cannot mount the sandbox's filesystem", () =>
+    mountGuestDisk({ sandboxId: launch.sandboxId, sandboxDir: launch.sandboxDir, bytes: launch.diskBytes }),
+  );
 }
 
 /**
@@ -570,21 +549,10 @@ async function reown(
   from: { uid: number; gid: number },
   launch: SupervisorLaunch,
 ): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    execFile(
-      "chown",
-      ["-R", "-h", `--from=${from.uid}:${from.gid}`, `${launch.hostUid}:${launch.hostGid}`, storage],
-      (error) =>
-        error
-          ? reject(
-              new PodError(
-                "GuestDiskFailed",
-                `cannot give the sandbox's files to its new uid: ${error.message}`,
-              ),
-            )
-          : resolve(),
-    );
-  });
+  const owner = `${launch.hostUid}:${launch.hostGid}`;
+  await podStep("GuestDiskFailed", "cannot give the sandbox's files to its new uid", () =>
+    execFileAsync("chown", ["-R", "-h", `--from=${from.uid}:${from.gid}`, owner, storage]),
+  );
 }
 
 /**
@@ -735,12 +703,9 @@ async function launchPod(
     args = bwrapArgs;
   }
   // bubblewrap reads the filter from this descriptor and closes it before anything of the sandbox runs.
-  let filter: number;
-  try {
-    filter = openSync(support.seccomp, "r");
-  } catch (error) {
-    throw new PodError("SeccompUnavailable", `cannot open the seccomp filter: ${(error as Error).message}`);
-  }
+  const filter = await podStep("SeccompUnavailable", "cannot open the seccomp filter", () =>
+    openSync(support.seccomp, "r"),
+  );
   if (launch.cgroupProcs && launch.cgroupProcs.length > 0) {
     // The pod's first process joins the sandbox's control groups before it
     // becomes the pod, so every process of the sandbox is bounded and counted.
@@ -930,8 +895,4 @@ function readAgent(o: PodOptions, stdout: NodeJS.ReadableStream, stderr: NodeJS.
     clearInterval(timer);
     clearInterval(report);
   };
-}
-
-function signalName(number: number): string | undefined {
-  return Object.entries(osConstants.signals).find(([, value]) => value === number)?.[0];
 }

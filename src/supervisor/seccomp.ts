@@ -28,6 +28,7 @@ import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { orElse } from "../host/fs.js";
 import { SECCOMP_DENY_ENV } from "../runtime/contract.js";
 
 /** A condition on one argument: the filter matches when `(arg & mask) == value`. */
@@ -272,12 +273,10 @@ function compile(spec: SeccompSpec, python: string): Promise<Buffer> {
           reject(new SeccompError("SeccompUnavailable", `${python} is missing; ${INSTALL_HINT}`));
           return;
         }
-        let report: { kind?: string; syscall?: string; message?: string } = {};
-        try {
-          report = JSON.parse(stderr.toString("utf8").trim().split("\n").pop() ?? "");
-        } catch {
-          // Not our report: the message below carries what there is.
-        }
+        // Not our report when it does not parse: the message below carries what there is.
+        const report: { kind?: string; syscall?: string; message?: string } = orElse({}, () =>
+          JSON.parse(stderr.toString("utf8").trim().split("\n").pop() ?? ""),
+        );
         if (report.kind === "invalid") {
           reject(
             new SeccompError(
@@ -322,12 +321,9 @@ export async function seccompProgram(
     .digest("hex")
     .slice(0, 32);
   const path = join(dir, `seccomp-${digest}.bpf`);
-  try {
-    const existing = readFileSync(path);
-    if (existing.length > 0 && existing.length % 8 === 0) return path;
-  } catch {
-    // Not built yet.
-  }
+  // Not built yet when it cannot be read.
+  const existing = orElse(undefined, () => readFileSync(path));
+  if (existing && existing.length > 0 && existing.length % 8 === 0) return path;
   const program = await compile(spec, python);
   mkdirSync(dir, { recursive: true, mode: 0o711 });
   const temporary = `${path}.${process.pid}.tmp`;

@@ -21,21 +21,21 @@ export class SandboxSetupError extends OpenShellError {
   }
 }
 
-export function fileInjectionFailed(path: string, why: string, cause?: unknown): SandboxSetupError {
-  return new SandboxSetupError(
-    "FileInjectionFailed",
-    `${path}: ${why}`,
-    cause === undefined ? {} : { cause },
-  );
+/** A failure of `reason` at `path`, saying why. */
+export function setupFailed(
+  reason: SandboxSetupReason,
+  path: string,
+  why: string,
+  cause?: unknown,
+): SandboxSetupError {
+  return new SandboxSetupError(reason, `${path}: ${why}`, cause === undefined ? {} : { cause });
 }
 
-export function filesystemSetupFailed(path: string, why: string, cause?: unknown): SandboxSetupError {
-  return new SandboxSetupError(
-    "FilesystemSetupFailed",
-    `${path}: ${why}`,
-    cause === undefined ? {} : { cause },
-  );
-}
+export const fileInjectionFailed = (path: string, why: string, cause?: unknown): SandboxSetupError =>
+  setupFailed("FileInjectionFailed", path, why, cause);
+
+export const filesystemSetupFailed = (path: string, why: string, cause?: unknown): SandboxSetupError =>
+  setupFailed("FilesystemSetupFailed", path, why, cause);
 
 export function isSandboxSetupError(error: unknown): error is SandboxSetupError {
   return error instanceof SandboxSetupError;

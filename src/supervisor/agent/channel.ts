@@ -18,6 +18,8 @@
 //   `network` log or the gateway's.
 
 /** What the supervisor tells the agent on its stdin. */
+import { orElse } from "../../host/fs.js";
+
 export interface AgentConfig {
   command: string[];
   tty: boolean;
@@ -86,12 +88,7 @@ function hasExactly(value: Record<string, unknown>, keys: readonly string[]): bo
 
 /** One line of the channel as a message, or undefined when it is not exactly a valid one. */
 export function parseAgentMessage(line: string): AgentMessage | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(line);
-  } catch {
-    return undefined;
-  }
+  const value: unknown = orElse(undefined, () => JSON.parse(line));
   if (!isRecord(value)) return undefined;
   switch (value.t) {
     case "ready":

@@ -12,7 +12,9 @@ import { constants as osConstants } from "node:os";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
 import { finished, Readable, Writable } from "node:stream";
 import { type IPty, spawn as spawnPty } from "node-pty";
-import { PatchUnavailable, ptyInputQueue } from "../../host/patches.js";
+import { signalName, signalNumber } from "../../core/signals.js";
+import { orElse } from "../../host/fs.js";
+import { PatchUnavailable, ptyInputQueue } from "../../host/pty-patch.js";
 
 export interface ChildCommand {
   /** The program: a path, or a name looked up on `env.PATH`. */
@@ -85,17 +87,6 @@ export function signalFromName(name: string): NodeJS.Signals | undefined {
   const upper = name.toUpperCase();
   const full = upper.startsWith("SIG") ? upper : `SIG${upper}`;
   return full in osConstants.signals ? (full as NodeJS.Signals) : undefined;
-}
-
-export function signalNumber(signal: NodeJS.Signals): number {
-  return osConstants.signals[signal] ?? 0;
-}
-
-function signalFromNumber(value: number): NodeJS.Signals | null {
-  for (const [name, number] of Object.entries(osConstants.signals)) {
-    if (number === value) return name as NodeJS.Signals;
-  }
-  return null;
 }
 
 /** Sends `signal` to the process group `pid` leads, or to `pid` alone if it leads none. */
@@ -239,7 +230,7 @@ function startOnPipes(command: ChildCommand, program: ResolvedProgram): SessionC
   });
   const exited = new Promise<ChildExit>((done) => {
     child.once("exit", (code, signal) => {
-      done(signal ? { code: 128 + signalNumber(signal), signal } : { code: code ?? 0, signal: null });
+      done(signal ? { code: 128 + (signalNumber(signal) ?? 0), signal } : { code: code ?? 0, signal: null });
     });
     // Only reached when the file vanished between the check and the spawn.
     child.once("error", (error: NodeJS.ErrnoException) => {
@@ -292,7 +283,7 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
     term.onExit(({ exitCode, signal }) => {
       hasExited = true;
       stdout.push(null);
-      const killedBy = signal ? signalFromNumber(signal) : null;
+      const killedBy = signal ? (signalName(signal) ?? null) : null;
       done(killedBy ? { code: 128 + (signal ?? 0), signal: killedBy } : { code: exitCode, signal: null });
     });
   });
@@ -317,11 +308,8 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
     exited,
     resize(cols, rows) {
       if (hasExited || !(cols > 0) || !(rows > 0)) return;
-      try {
-        term.resize(cols, rows);
-      } catch {
-        // The terminal closed between the exit and this request.
-      }
+      // The terminal may have closed between the exit and this request.
+      orElse(undefined, () => term.resize(cols, rows));
     },
     signal(signal) {
       signalGroup(term.pid, signal);

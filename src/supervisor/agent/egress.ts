@@ -15,7 +15,7 @@
 import { readdir, readFile, readlink } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import type { EgressPeer } from "../egress/match.js";
-import { encodePreamble, MAX_PREAMBLE_BYTES, PREAMBLE_ACK } from "../egress/protocol.js";
+import { encodePreamble, MAX_PREAMBLE_BYTES, PREAMBLE_ACK, splice } from "../egress/protocol.js";
 
 export const EGRESS_PROXY_PORT = 3128;
 const PROXY_URL = `http://127.0.0.1:${EGRESS_PROXY_PORT}`;
@@ -134,25 +134,6 @@ function forward(client: Socket, proxySocket: string, listenPort: number, log: (
       };
       upstream.on("data", onAck);
     });
-}
-
-/** Joins two sockets both ways; each end is passed on, and a failure on either side closes both. */
-function splice(a: Socket, b: Socket): void {
-  const destroyBoth = () => {
-    a.destroy();
-    b.destroy();
-  };
-  a.on("error", destroyBoth);
-  b.on("error", destroyBoth);
-  a.on("close", () => closeAfterFlush(b));
-  b.on("close", () => closeAfterFlush(a));
-  a.pipe(b);
-  b.pipe(a);
-}
-
-function closeAfterFlush(socket: Socket): void {
-  if (socket.destroyed) return;
-  socket.end(() => socket.destroy());
 }
 
 /**

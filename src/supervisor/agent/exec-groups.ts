@@ -10,6 +10,7 @@
 
 import { closeSync, mkdirSync, openSync, rmdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { orElse } from "../../host/fs.js";
 import { killGroup } from "../../runtime/cgroups.js";
 
 export interface ExecGroup {
@@ -54,10 +55,7 @@ export class ExecGroups {
 
   private async end(dir: string): Promise<void> {
     await killGroup(dir, this.freezer ? dir : undefined);
-    try {
-      rmdirSync(dir);
-    } catch {
-      // Busy a moment longer; the sandbox's removal takes it.
-    }
+    // Busy a moment longer; the sandbox's removal takes it.
+    orElse(undefined, () => rmdirSync(dir));
   }
 }

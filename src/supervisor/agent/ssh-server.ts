@@ -14,6 +14,7 @@ import type { Writable } from "node:stream";
 import type { AuthContext, Connection, ServerChannel, Session, TcpipRequestInfo } from "ssh2";
 import ssh2 from "ssh2";
 import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
+import { orElse } from "../../host/fs.js";
 import {
   type ChildCommand,
   type ChildExit,
@@ -157,11 +158,8 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
         for (const run of context.runs) run.abort();
         for (const socket of sockets) socket.destroy();
         await stopped;
-        try {
-          unlinkSync(options.socketPath);
-        } catch {
-          // Already removed.
-        }
+        // The socket may be removed already.
+        orElse(undefined, () => unlinkSync(options.socketPath));
       })();
       return closing;
     },
@@ -270,14 +268,14 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
   session.on("exec", (accept, _reject, info) => {
     log.debug?.(`ssh: exec ${JSON.stringify(info.command)}${state.pty ? " (pty)" : ""}`);
     const command = sessionCommand(context, state, ["-c", info.command]);
-    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget, context.execGroups));
+    begin(accept, (channel) => runCommand(channel, command, state.pty, context, forget));
   });
   session.on("shell", (accept) => {
     log.debug?.(`ssh: shell${state.pty ? " (pty)" : ""}`);
     // A login shell on a terminal; without one, a plain shell reading
     // commands from stdin (editors' remote helpers drive it that way).
     const command = sessionCommand(context, state, state.pty ? ["-l"] : []);
-    begin(accept, (channel) => runCommand(channel, command, state.pty, log, forget, context.execGroups));
+    begin(accept, (channel) => runCommand(channel, command, state.pty, context, forget));
   });
   session.on("subsystem", (accept, reject, info) => {
     if (info.name === "sftp") {
@@ -291,9 +289,7 @@ function serveSession(session: Session, context: ServerContext, connectionRuns: 
         cwd: context.workdir,
         env: childEnv(context, state),
       };
-      return begin(accept, (channel) =>
-        runCommand(channel, command, undefined, log, forget, context.execGroups),
-      );
+      return begin(accept, (channel) => runCommand(channel, command, undefined, context, forget));
     }
     if (info.name === SUBSYSTEM_MAIN && context.mainProcess) {
       const main = context.mainProcess;
@@ -335,9 +331,8 @@ function runCommand(
   channel: ServerChannel,
   command: ChildCommand,
   pty: PtySpec | undefined,
-  log: AgentLogger,
+  { log, execGroups: groups }: ServerContext,
   forget: (run: Run) => void,
-  groups: ExecGroups | undefined,
 ): Run | undefined {
   let child: SessionChild;
   let group: ExecGroup | undefined;
@@ -631,12 +626,8 @@ function loopbackAddress(host: string): string | undefined {
 }
 
 function removeStaleSocket(path: string): void {
-  let isSocket: boolean;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch {
-    return;
-  }
+  const isSocket = orElse(undefined, () => lstatSync(path).isSocket());
+  if (isSocket === undefined) return;
   if (!isSocket) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
   unlinkSync(path);
 }

@@ -168,7 +168,3 @@ export function overlapsAlwaysBlocked(cidr: Cidr): boolean {
     return mask(other.base, bits, prefix) === mask(range.base, bits, prefix);
   });
 }
-
-export function cidrToString(cidr: Cidr): string {
-  return `${formatIp({ family: cidr.family, value: cidr.base })}/${cidr.prefix}`;
-}

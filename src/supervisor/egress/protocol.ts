@@ -8,6 +8,8 @@
 // proxy has read exactly the preamble when it hands the socket to its HTTP
 // parser (which reads the socket directly and would miss bytes pushed back).
 
+import type { Duplex } from "node:stream";
+import { orElse } from "../../host/fs.js";
 import type { EgressPeer } from "./match.js";
 
 export const PREAMBLE_TAG = "openshell-egress/1";
@@ -26,12 +28,7 @@ export function encodePreamble(preamble: Preamble): string {
 /** The preamble in `line` (without its newline), or undefined when it is not one. */
 export function decodePreamble(line: string): Preamble | undefined {
   if (!line.startsWith(`${PREAMBLE_TAG} `)) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(line.slice(PREAMBLE_TAG.length + 1));
-  } catch {
-    return undefined;
-  }
+  const value: unknown = orElse(undefined, () => JSON.parse(line.slice(PREAMBLE_TAG.length + 1)));
   const peers = (value as { peers?: unknown } | null)?.peers;
   if (!Array.isArray(peers)) return undefined;
   const valid = peers.every(
@@ -42,4 +39,26 @@ export function decodePreamble(line: string): Preamble | undefined {
   );
   if (!valid) return undefined;
   return { peers: (peers as EgressPeer[]).map((p) => ({ exe: p.exe, ancestors: [...p.ancestors] })) };
+}
+
+/**
+ * Joins two streams both ways (a client and its upstream, on either side of
+ * the proxy); each end is passed on, and a failure on either side closes both.
+ */
+export function splice(a: Duplex, b: Duplex): void {
+  const destroyBoth = () => {
+    a.destroy();
+    b.destroy();
+  };
+  a.on("error", destroyBoth);
+  b.on("error", destroyBoth);
+  a.on("close", () => closeAfterFlush(b));
+  b.on("close", () => closeAfterFlush(a));
+  a.pipe(b);
+  b.pipe(a);
+}
+
+function closeAfterFlush(stream: Duplex): void {
+  if (stream.destroyed) return;
+  stream.end(() => stream.destroy());
 }

@@ -37,6 +37,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { basename, dirname } from "node:path";
 import type { Duplex } from "node:stream";
 import type { SandboxPolicy } from "../../gen/sandbox.js";
+import { orElse } from "../../host/fs.js";
 import { formatIp, type IpAddress, parseIp } from "./ip.js";
 import {
   authorizeAddresses,
@@ -47,7 +48,7 @@ import {
   type Grant,
   normalizeTargetHost,
 } from "./match.js";
-import { decodePreamble, MAX_PREAMBLE_BYTES, PREAMBLE_ACK } from "./protocol.js";
+import { decodePreamble, MAX_PREAMBLE_BYTES, PREAMBLE_ACK, splice } from "./protocol.js";
 
 export type EgressLogLevel = "INFO" | "WARN";
 
@@ -110,8 +111,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
       try {
         addresses = await resolve(target.host);
       } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-        return { allowed: false, status: 502, reason: `cannot resolve ${target.host}: ${code}` };
+        return { allowed: false, status: 502, reason: `cannot resolve ${target.host}: ${errorText(error)}` };
       }
     }
     const decision = authorizeAddresses(match.grants, target, addresses);
@@ -360,25 +360,6 @@ async function dial(addresses: readonly IpAddress[], port: number): Promise<Sock
   throw lastError;
 }
 
-/** Joins two streams both ways; each end is passed on, and a failure on either side closes both. */
-function splice(client: Duplex, upstream: Socket): void {
-  const destroyBoth = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  upstream.on("error", destroyBoth);
-  client.on("error", destroyBoth);
-  upstream.on("close", () => closeAfterFlush(client));
-  client.on("close", () => closeAfterFlush(upstream));
-  client.pipe(upstream);
-  upstream.pipe(client);
-}
-
-function closeAfterFlush(stream: Duplex): void {
-  if (stream.destroyed) return;
-  stream.end(() => stream.destroy());
-}
-
 /** `host:port` (CONNECT's authority form), IPv6 in brackets; the port is required. */
 export function parseAuthority(authority: string): EgressTarget | undefined {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]/@\s]+)):([0-9]{1,5})$/.exec(authority);
@@ -394,12 +375,8 @@ export function parseAbsoluteHttp(
   target: string,
 ): { target: EgressTarget; path: string; authority: string } | undefined {
   if (!/^http:\/\//i.test(target)) return undefined;
-  let url: URL;
-  try {
-    url = new URL(target);
-  } catch {
-    return undefined;
-  }
+  const url = orElse(undefined, () => new URL(target));
+  if (url === undefined) return undefined;
   if (url.username !== "" || url.password !== "") return undefined;
   const host = normalizeTargetHost(url.hostname);
   if (host === undefined) return undefined;

@@ -31,7 +31,7 @@ import {
 import path from "node:path";
 import type { Readable } from "node:stream";
 import tarStream from "tar-stream";
-import { invalidInput, OpenShellError } from "../../core/errors.js";
+import { invalidInput, messageOf, OpenShellError } from "../../core/errors.js";
 import { remoteTool } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
@@ -293,8 +293,7 @@ async function extractNewDirectory(input: ArchiveInput, dest: string, name: stri
     try {
       await rename(staging, dest);
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
-      throw invalidInput(`failed to move the download into place at '${dest}': ${reason}`);
+      throw invalidInput(`failed to move the download into place at '${dest}': ${messageOf(error)}`);
     }
     done = true;
     await extractor.applyDirModes(dest);
@@ -311,8 +310,7 @@ async function makeStaging(dir: string, mode: number): Promise<string> {
   try {
     await mkdir(staging, { mode });
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw invalidInput(`failed to create download staging directory in '${dir}': ${reason}`);
+    throw invalidInput(`failed to create download staging directory in '${dir}': ${messageOf(error)}`);
   }
   return realpath(staging);
 }
@@ -366,8 +364,7 @@ async function makeDestination(dir: string): Promise<string | undefined> {
   try {
     return await mkdir(dir, { recursive: true });
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw invalidInput(`failed to create local destination directory '${dir}': ${reason}`);
+    throw invalidInput(`failed to create local destination directory '${dir}': ${messageOf(error)}`);
   }
 }
 
@@ -509,6 +506,23 @@ class SafeExtractor {
     }
   }
 
+  /**
+   * Makes rel's parents and clears rel for a new non-directory entry (`what`):
+   * refused over a directory; what an earlier entry staged there is removed.
+   * Replace, never write into: an existing file may be a hard link shared with
+   * something outside DEST, and an existing symlink must not be followed.
+   * Returns the path to create.
+   */
+  private async clearFor(entryName: string, rel: string[], what: string): Promise<string> {
+    await this.ensureParents(entryName, rel);
+    const p = this.abs(rel);
+    const existing = await this.lookup(rel);
+    if (existing?.stat.isDirectory())
+      throw refused(entryName, `cannot overwrite directory '${rel.join("/")}' with ${what}`);
+    if (existing?.staged) await unlink(p);
+    return p;
+  }
+
   private checkNotUnderPendingSymlink(entryName: string, rel: string[]): void {
     for (let i = 1; i < rel.length; i++) {
       const prefix = rel.slice(0, i).join("/");
@@ -524,15 +538,8 @@ class SafeExtractor {
     mode: number,
     mtime: Date,
   ): Promise<void> {
-    await this.ensureParents(entryName, rel);
-    const p = this.abs(rel);
-    const existing = await this.lookup(rel);
-    if (existing?.stat.isDirectory())
-      throw refused(entryName, `cannot overwrite directory '${rel.join("/")}' with a file`);
+    const p = await this.clearFor(entryName, rel, "a file");
     this.written.delete(rel.join("/"));
-    // Replace, never write into: an existing file may be a hard link shared
-    // with something outside DEST, and an existing symlink must not be followed.
-    if (existing?.staged) await unlink(p);
     const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
     const handle = await open(p, flags, 0o600);
     try {
@@ -636,13 +643,7 @@ class SafeExtractor {
       if (!expected)
         throw refused(entryName, `hard link to '${linkName}' is not to a regular file extracted before it`);
     }
-    await this.ensureParents(entryName, rel);
-    const p = this.abs(rel);
-    const existing = await this.lookup(rel);
-    if (existing?.stat.isDirectory())
-      throw refused(entryName, `cannot overwrite directory '${rel.join("/")}' with a file`);
-    if (existing?.staged) await unlink(p);
-    await link(this.abs(targetRel), p);
+    await link(this.abs(targetRel), await this.clearFor(entryName, rel, "a file"));
     this.written.add(rel.join("/"));
     this.files += 1;
   }
@@ -650,16 +651,7 @@ class SafeExtractor {
   private async finish(): Promise<void> {
     for (const pending of this.symlinks.values()) await this.checkSymlink(pending);
     for (const pending of this.symlinks.values()) {
-      await this.ensureParents(pending.entryName, pending.rel);
-      const p = this.abs(pending.rel);
-      const existing = await this.lookup(pending.rel);
-      if (existing?.stat.isDirectory()) {
-        throw refused(
-          pending.entryName,
-          `cannot overwrite directory '${pending.rel.join("/")}' with a symlink`,
-        );
-      }
-      if (existing?.staged) await unlink(p);
+      const p = await this.clearFor(pending.entryName, pending.rel, "a symlink");
       await symlink(pending.target, p);
       await lutimes(p, pending.mtime, pending.mtime);
     }

@@ -24,7 +24,7 @@
 // rename when .gitignore filtering applies; both are fixed here. Existing
 // directories in the sandbox are merged into, never emptied.
 
-import { spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, type Stats } from "node:fs";
 import { readdir, readlink } from "node:fs/promises";
@@ -35,7 +35,6 @@ import { invalidInput, messageOf, OpenShellError } from "../../core/errors.js";
 import { remoteTool } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
 import { lstatIfExists } from "../../host/fs.js";
-import { collectBounded } from "../bridge.js";
 
 // One quoting rule for every remote command (src/core/shell.ts), re-exported
 // beside the commands built with it.
@@ -438,19 +437,10 @@ async function gitVisibleFiles(localPath: string, kind: "dir" | "file"): Promise
 function runGit(args: string[], cwd: string): Promise<Buffer | undefined> {
   const env = { ...process.env };
   for (const name of GIT_LOCATION_VARIABLES) delete env[name];
+  // Our own git over the user's tree: its listing is as long as the tree is.
+  const options = { cwd, env, encoding: "buffer", maxBuffer: Number.POSITIVE_INFINITY } as const;
   return new Promise((resolve) => {
-    let child: ReturnType<typeof spawn>;
-    try {
-      child = spawn("git", args, { cwd, env, stdio: ["ignore", "pipe", "ignore"] });
-    } catch {
-      resolve(undefined);
-      return;
-    }
-    // Our own git over the user's tree: its listing is as long as the tree is.
-    const stdout =
-      child.stdout === null ? () => Buffer.alloc(0) : collectBounded(child.stdout, Number.POSITIVE_INFINITY);
-    child.on("error", () => resolve(undefined));
-    child.on("close", (code) => resolve(code === 0 ? stdout() : undefined));
+    execFile("git", args, options, (error, stdout) => resolve(error ? undefined : stdout));
   });
 }
 
@@ -641,7 +631,7 @@ export async function packUpload(
     const more = sink.write(chunk, (error) => {
       if (!error) pool.release(chunk);
     });
-    if (!more) await sinkDrained(sink);
+    if (!more) await drained(sink, "upload archive stream closed before it was fully read");
   };
   try {
     for await (const chunk of pack as AsyncIterable<Buffer>) await write(chunk);
@@ -668,25 +658,6 @@ export async function packUpload(
   }
 }
 
-/** Resolves when `sink` wants more, rejects if it fails or closes first. */
-function sinkDrained(sink: Writable): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (error?: Error): void => {
-      sink.off("drain", onDrain);
-      sink.off("error", onError);
-      sink.off("close", onClose);
-      if (error) reject(error);
-      else resolve();
-    };
-    const onDrain = (): void => done();
-    const onError = (error: Error): void => done(error);
-    const onClose = (): void => done(new Error("upload archive stream closed before it was fully read"));
-    sink.on("drain", onDrain);
-    sink.on("error", onError);
-    sink.on("close", onClose);
-  });
-}
-
 async function packEntry(
   pack: tarStream.Pack,
   entry: UploadEntry,
@@ -696,19 +667,12 @@ async function packEntry(
   const mtime = clampMtime(entry.mtime);
   // tar-stream replaces a zero mode with its default (0644/0755); a mode-000
   // file therefore arrives readable, which is harmless in a sandbox.
-  if (entry.type === "dir") {
-    await entryFinished(pack, (cb) =>
-      pack.entry({ name: headerName(entry), type: "directory", mode: entry.mode, mtime }, cb),
-    );
-    return;
-  }
-  if (entry.type === "symlink") {
-    await entryFinished(pack, (cb) =>
-      pack.entry(
-        { name: entry.name, type: "symlink", linkname: entry.linkTarget ?? "", mode: entry.mode, mtime },
-        cb,
-      ),
-    );
+  if (entry.type !== "file") {
+    const header: Parameters<tarStream.Pack["entry"]>[0] =
+      entry.type === "dir"
+        ? { name: headerName(entry), type: "directory", mode: entry.mode, mtime }
+        : { name: entry.name, type: "symlink", linkname: entry.linkTarget ?? "", mode: entry.mode, mtime };
+    await entryFinished(pack, (cb) => pack.entry(header, cb));
     return;
   }
 
@@ -759,7 +723,7 @@ async function packEntry(
       written += n;
       const more = sink.write(pool.chunk(buffer, n));
       onBytes(n);
-      if (!more) await drained(sink);
+      if (!more) await drained(sink, "upload archive stream closed");
     }
     const after = fstatSync(fd);
     if (after.size !== entry.size) {
@@ -775,13 +739,17 @@ async function packEntry(
   }
 }
 
-/** What packEntry uses of a tar-stream entry (a streamx Writable). */
-interface EntrySink {
+/** A stream `drained` can wait on: the archive's sink, or a tar-stream entry (a streamx Writable). */
+interface Drainable {
   readonly destroyed: boolean;
+  on(event: "drain" | "close" | "error", listener: (error?: Error) => void): unknown;
+  off(event: "drain" | "close" | "error", listener: (error?: Error) => void): unknown;
+}
+
+/** What packEntry uses of a tar-stream entry. */
+interface EntrySink extends Drainable {
   write(chunk: Buffer): boolean;
   end(data?: unknown): unknown;
-  on(event: "drain" | "close" | "error", listener: () => void): unknown;
-  off(event: "drain" | "close" | "error", listener: () => void): unknown;
 }
 
 function entryFinished(
@@ -797,28 +765,27 @@ function entryFinished(
   });
 }
 
-function drained(sink: EntrySink): Promise<void> {
+/**
+ * Resolves when `stream` wants more; rejects with its error if it fails, or
+ * with `closed` if it closes (or is closed already) first.
+ */
+function drained(stream: Drainable, closed: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (sink.destroyed) {
-      reject(new Error("upload archive stream closed"));
+    if (stream.destroyed) {
+      reject(new Error(closed));
       return;
     }
-    const onDrain = () => {
-      cleanup();
-      resolve();
+    const done = (error?: Error): void => {
+      for (const event of ["drain", "error", "close"] as const) stream.off(event, listeners[event]);
+      if (error) reject(error);
+      else resolve();
     };
-    const onClose = () => {
-      cleanup();
-      reject(new Error("upload archive stream closed"));
+    const listeners = {
+      drain: () => done(),
+      error: (error?: Error) => done(error ?? new Error(closed)),
+      close: () => done(new Error(closed)),
     };
-    const cleanup = () => {
-      sink.off("drain", onDrain);
-      sink.off("close", onClose);
-      sink.off("error", onClose);
-    };
-    sink.on("drain", onDrain);
-    sink.on("close", onClose);
-    sink.on("error", onClose);
+    for (const event of ["drain", "error", "close"] as const) stream.on(event, listeners[event]);
   });
 }
 
@@ -1131,13 +1098,7 @@ function extractionFailure(
       // tar removes an existing file before creating it afresh; "Cannot
       // open: File exists" means that removal failed: the path is a
       // read-only bind (an injected --file) or a mount point.
-      if (tarError[2] === "open" && /^file exists$/i.test(tarError[3]!)) {
-        return new OpenShellError(
-          "sandbox_error",
-          `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
-          { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
-        );
-      }
+      if (tarError[2] === "open" && /^file exists$/i.test(tarError[3]!)) return readOnlyFileThere(where);
       return failure(`upload failed: ${where}: ${lowerFirst(tarError[3]!)}`, tarError[3]!);
     }
     // GNU tar when write(2) falls short, which is how a full disk shows on
@@ -1202,13 +1163,7 @@ function placementFailure(plan: UploadPlan, stderr: string): OpenShellError | un
   const where = known ? remoteDisplayPath(plan.extractDir, name) : plan.remotePath;
   // Renaming a read-only bind of a single file (an injected --file) away
   // fails with EBUSY: the file tar used to fail to replace.
-  if (stage === "replace" && /^device or resource busy$/i.test(errnoText)) {
-    return new OpenShellError(
-      "sandbox_error",
-      `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
-      { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
-    );
-  }
+  if (stage === "replace" && /^device or resource busy$/i.test(errnoText)) return readOnlyFileThere(where);
   if (/^is a directory$/i.test(errnoText)) {
     return new OpenShellError(
       "sandbox_error",
@@ -1217,6 +1172,14 @@ function placementFailure(plan: UploadPlan, stderr: string): OpenShellError | un
   }
   const reason = errnoText === "" ? "could not be moved into place" : lowerFirst(errnoText);
   return failure(`upload failed: ${where}: ${reason}`, errnoText);
+}
+
+function readOnlyFileThere(where: string): OpenShellError {
+  return new OpenShellError(
+    "sandbox_error",
+    `upload failed: ${where}: a read-only file is already there and cannot be replaced`,
+    { hint: "injected files (--file) are read-only in the sandbox; upload to another path" },
+  );
 }
 
 function failure(message: string, errnoText: string): OpenShellError {
