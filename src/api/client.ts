@@ -51,6 +51,7 @@ import { layoutCreateRequest } from "../transport/frames.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
+import { type ImageInfo, listImages, pruneImages, pullImage, removeImage } from "./images.js";
 import { Link, type ProgressEvent } from "./link.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
@@ -506,6 +507,26 @@ export class OpenShell {
   /** Deletes sandbox `name`; resolves false when there was none. */
   delete(name: string, options: { signal?: AbortSignal } = {}): Promise<boolean> {
     return typed(() => this.#link.delete(name, options));
+  }
+
+  /** The images the gateway keeps (`--from`), with the sandboxes that run each. */
+  listImages(options: { signal?: AbortSignal } = {}): Promise<ImageInfo[]> {
+    return typed(() => listImages(this.#link, options));
+  }
+
+  /** Pulls `source` into the gateway now, stored or not (a tag may name another image since). */
+  pullImage(source: string, options: { signal?: AbortSignal } = {}): Promise<ImageInfo> {
+    return typed(() => pullImage(this.#link, source, options));
+  }
+
+  /** Removes a stored image (by digest or source) no sandbox runs; resolves with its digest. */
+  removeImage(image: string, options: { signal?: AbortSignal } = {}): Promise<string> {
+    return typed(() => removeImage(this.#link, image, options));
+  }
+
+  /** Removes every stored image no sandbox runs. */
+  pruneImages(options: { signal?: AbortSignal } = {}): Promise<{ digests: string[]; freedBytes: number }> {
+    return typed(() => pruneImages(this.#link, options));
   }
 
   /** Closes the gateway channel. Sandbox handles keep their own SSH connections: close them, or use `await using`. */

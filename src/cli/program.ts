@@ -10,6 +10,7 @@ import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from ".
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
 import { addGatewayCommands } from "./commands/gateway.js";
+import { addImage } from "./commands/image.js";
 import { addLogs } from "./commands/logs.js";
 import { addSandboxConnect } from "./commands/sandbox-connect.js";
 import { addSandboxCreate } from "./commands/sandbox-create.js";
@@ -124,6 +125,7 @@ ${EXIT_CODES_HELP}`,
   sandbox.hook("preSubcommand", (_sandbox, command) => parsing(command));
 
   addLogs(program, runner);
+  addImage(program, runner);
 
   const gateway = program
     .command("gateway")

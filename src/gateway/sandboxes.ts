@@ -78,6 +78,7 @@ import {
 } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
+  type ImageInfo,
   type PlatformEvent,
   type Sandbox,
   type SandboxFile,
@@ -643,6 +644,82 @@ export class Sandboxes {
       workingDir: image.config.workingDir,
       imageUser: image.config.user,
       environment: { ...imageEnv, ...environment },
+    };
+  }
+
+  // ---- images -------------------------------------------------------------
+
+  private imageStore(): ImageStore {
+    if (!this.o.images) throw new StatusError(status.UNIMPLEMENTED, "this gateway keeps no images");
+    return this.o.images;
+  }
+
+  /** The sandboxes (by name) that run each stored image, by digest. */
+  private imageUsers(): Map<string, string[]> {
+    const users = new Map<string, string[]>();
+    for (const sandbox of this.o.store.allSandboxes()) {
+      const digest = sandbox.metadata!.annotations[ANNOTATION_IMAGE_DIGEST];
+      if (digest !== undefined) users.set(digest, [...(users.get(digest) ?? []), sandbox.metadata!.name]);
+    }
+    return users;
+  }
+
+  private imageInfo(image: StoredImage, users = this.imageUsers()): ImageInfo {
+    return {
+      digest: image.digest,
+      references: image.references,
+      sizeBytes: image.sizeBytes,
+      pulledAtMs: image.pulledAtMs,
+      sandboxes: users.get(image.digest) ?? [],
+    };
+  }
+
+  listImages(): ImageInfo[] {
+    const users = this.imageUsers();
+    return this.imageStore()
+      .list()
+      .map((image) => this.imageInfo(image, users));
+  }
+
+  /** Pulls `source` now, stored or not: a tag may name another image since. */
+  async pullImage(source: string): Promise<ImageInfo> {
+    if (source.trim() === "") throw invalidArgument("source is required");
+    if (Buffer.byteLength(source) > TEMPLATE_TEXT_MAX) {
+      throw invalidArgument(`source exceeds ${TEMPLATE_TEXT_MAX} bytes`);
+    }
+    try {
+      return this.imageInfo(await this.imageStore().pull(source));
+    } catch (error) {
+      if (error instanceof ImagePullError) throw new StatusError(status.FAILED_PRECONDITION, error.message);
+      throw error;
+    }
+  }
+
+  /** Removes a stored image (by digest or a source it was pulled as) that no sandbox runs. */
+  removeImage(image: string): string {
+    const store = this.imageStore();
+    const found = store.list().find((stored) => stored.digest === image || stored.references.includes(image));
+    if (!found) throw new StatusError(status.NOT_FOUND, `image '${image}' not found`);
+    const users = this.imageUsers().get(found.digest) ?? [];
+    if (users.length > 0) {
+      throw failedPrecondition(
+        `image '${image}' is used by sandbox(es) ${users.join(", ")}; delete them first`,
+      );
+    }
+    store.remove(found.digest);
+    return found.digest;
+  }
+
+  /** Removes every stored image no sandbox runs. */
+  pruneImages(): { digests: string[]; freedBytes: number } {
+    const users = this.imageUsers();
+    const unused = this.imageStore()
+      .list()
+      .filter((image) => !users.has(image.digest));
+    for (const image of unused) this.imageStore().remove(image.digest);
+    return {
+      digests: unused.map((image) => image.digest),
+      freedBytes: unused.reduce((total, image) => total + image.sizeBytes, 0),
     };
   }
 

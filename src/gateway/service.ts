@@ -32,8 +32,10 @@ import {
   type GetSandboxFilesRequest,
   type GetSupervisorLaunchRequest,
   type OpenShellServer,
+  type PullImageRequest,
   type PushSandboxLogsRequest,
   type RelayFrame,
+  type RemoveImageRequest,
   type Sandbox,
   SandboxPhase,
   type SandboxStreamEvent,
@@ -412,6 +414,13 @@ export function createService(o: ServiceOptions): OpenShellServer {
         })),
       };
     }),
+
+    listImages: unary("user", () => ({ images: o.sandboxes.listImages() })),
+    pullImage: unary("user", (request: PullImageRequest) => o.sandboxes.pullImage(request.source)),
+    removeImage: unary("user", (request: RemoveImageRequest) => ({
+      digest: o.sandboxes.removeImage(request.image),
+    })),
+    pruneImages: unary("user", () => o.sandboxes.pruneImages()),
 
     getSupervisorLaunch: unary("none", (request: GetSupervisorLaunchRequest, metadata) =>
       o.sandboxes.supervisorLaunch(requireSupervisor(metadata, request.sandboxId)),

@@ -206,6 +206,30 @@ describe("sandbox create --from", () => {
     }
   });
 
+  it("image list, pull, rm and prune: each image with the sandboxes that run it; one in use is not removed", async () => {
+    const listed = json<{ digest: string; references: string[]; sandboxes: string[]; size_bytes: number }[]>(
+      await env.run(["image", "list", "-o", "json"]),
+    );
+    const ours = listed.find((image) => image.references.includes(reference));
+    expect(ours?.sandboxes.length).toBeGreaterThan(0);
+    expect(ours?.size_bytes).toBeGreaterThan(0);
+    const refused = await env.run(["image", "rm", reference]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`image '${reference}' is used by sandbox(es) ${ours!.sandboxes[0]}`);
+    const pulled = await env.run(["image", "pull", reference, "-o", "json"]);
+    expect(pulled.code, pulled.stderr).toBe(0);
+    expect(json<{ digest: string }>(pulled).digest).toBe(ours!.digest);
+    // Once nothing runs it, prune removes it and nothing else is left that no sandbox runs.
+    for (const name of ours!.sandboxes) expect((await env.run(["sandbox", "delete", name])).code).toBe(0);
+    const pruned = json<{ removed: string[] }>(await env.run(["image", "prune", "-o", "json"]));
+    expect(pruned.removed).toContain(ours!.digest);
+    const after = json<{ digest: string; sandboxes: string[] }[]>(
+      await env.run(["image", "list", "-o", "json"]),
+    );
+    expect(after.every((image) => image.sandboxes.length > 0)).toBe(true);
+    expect((await env.run(["image", "rm", reference])).stderr).toContain(`image '${reference}' not found`);
+  });
+
   it("refuses a source it cannot have, naming it, and leaves no sandbox", async () => {
     const before = json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"])).length;
     for (const source of [`${registry.host}/nope:1`, join(work, "missing.tar")]) {

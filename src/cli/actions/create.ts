@@ -76,7 +76,7 @@ export interface CreateOptions {
  * exists here, or one written as a path) goes as its absolute path, which a
  * gateway on this machine reads; anything else is an image reference.
  */
-function imageSource(from: string | undefined): string | undefined {
+export function imageSource(from: string | undefined): string | undefined {
   const source = from?.trim();
   if (source === undefined) return undefined;
   if (source === "")
