@@ -141,8 +141,12 @@ export class Link {
 
   async requireCapability(capability: string, what: string, refusal?: () => OpenShellError): Promise<void> {
     if ((await this.capabilities()).includes(capability)) return;
-    if (refusal) throw refusal();
-    throw new OpenShellError(
+    throw refusal ? refusal() : this.unsupported(capability, what);
+  }
+
+  /** The refusal of `what` by a gateway that lacks `capability`. */
+  unsupported(capability: string, what: string): OpenShellError {
+    return new OpenShellError(
       "unsupported",
       `gateway '${this.gateway().name}' does not support ${what}: it lacks ${capability}`,
       { hint: "Use an openshell gateway (`openshell gateway start`)." },

@@ -5,7 +5,7 @@
 import { realpathSync } from "node:fs";
 import type { ClientChannel } from "ssh2";
 import { OpenShellError } from "../../core/errors.js";
-import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
+import { SUBSYSTEM_MAIN } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
 import { unary } from "../../transport/grpc.js";
 import { channelExit, connectSandboxSsh, forwardSsh, sshSubsystem } from "../../transport/ssh.js";
@@ -144,20 +144,6 @@ export async function attachMain(
   try {
     const channel = await sshSubsystem(ssh.client, SUBSYSTEM_MAIN);
     return await pumpChannel(ctx.io, channel, { tty: options.tty, signal: ctx.signal });
-  } finally {
-    await ssh.close();
-  }
-}
-
-/** Starts a held main command without attaching to it. */
-export async function startMain(ctx: CommandContext, gateway: ConnectedGateway, id: string): Promise<void> {
-  const ssh = await connectSandboxSsh(gateway.client, gateway.target, id, { signal: ctx.signal });
-  try {
-    const channel = await sshSubsystem(ssh.client, SUBSYSTEM_START);
-    channel.resume();
-    const code = await channelExit(channel);
-    if (code !== 0)
-      throw new OpenShellError("sandbox_error", `the sandbox could not start its command (status ${code})`);
   } finally {
     await ssh.close();
   }
