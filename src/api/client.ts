@@ -53,6 +53,7 @@ import { layoutCreateRequest } from "../transport/frames.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
+import { execInteractive, type InteractiveExec, type InteractiveExecOptions } from "./interactive.js";
 import { Link, type ProgressEvent } from "./link.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
@@ -476,12 +477,25 @@ export class OpenShell {
     }
   }
 
-  /** A handle on an existing sandbox (`await using` on it closes its connection, and does not delete it). */
-  get(name: string, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+  /**
+   * A handle on an existing sandbox (`await using` on it closes its
+   * connection, and does not delete it); `timeoutMs` bounds the lookup.
+   */
+  get(name: string, options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Sandbox> {
     return typed(
       async () =>
-        new Sandbox(this.#link, await this.#link.sandbox(name, options), { deleteOnDispose: false }),
+        new Sandbox(this.#link, await this.#link.sandbox(name, callOptions(options)), {
+          deleteOnDispose: false,
+        }),
     );
+  }
+
+  /**
+   * @internal Runs a command over the gateway's interactive exec stream
+   * (`sandbox exec`): stdin streamed live, a terminal, the gateway's timeout.
+   */
+  execInteractive(options: InteractiveExecOptions): Promise<InteractiveExec> {
+    return typed(() => execInteractive(this.#link, options));
   }
 
   /** @internal Sends a CreateSandbox the caller built (the CLI's create, which shows its own progress). */

@@ -4,6 +4,7 @@
 
 import { realpathSync } from "node:fs";
 import type { ClientChannel } from "ssh2";
+import { feedInput } from "../../api/interactive.js";
 import { OpenShellError } from "../../core/errors.js";
 import { SUBSYSTEM_MAIN } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
@@ -65,22 +66,7 @@ async function pumpChannel(
       process.on("SIGWINCH", resize);
       undo.push(() => process.off("SIGWINCH", resize));
     }
-    const onData = (data: Buffer): void => {
-      if (!channel.write(data)) {
-        stdin.pause();
-        channel.once("drain", () => stdin.resume());
-      }
-    };
-    const onEnd = (): void => {
-      channel.end();
-    };
-    stdin.on("data", onData);
-    stdin.once("end", onEnd);
-    undo.push(() => {
-      stdin.off("data", onData);
-      stdin.off("end", onEnd);
-      stdin.pause();
-    });
+    undo.push(feedInput(stdin, channel));
     channel.pipe(stdout, { end: false });
     channel.stderr.pipe(stderr, { end: false });
     // The signal's reason is the status to report (130 for Ctrl-C, 143 for SIGTERM).
