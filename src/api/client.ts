@@ -6,6 +6,7 @@
 // sandbox only when it runs its first command.
 
 import { readFileSync } from "node:fs";
+import type { Duplex } from "node:stream";
 import { stringify as stringifyYaml } from "yaml";
 import { OpenShellError } from "../core/errors.js";
 import {
@@ -50,6 +51,7 @@ import { DEFAULT_WORKSPACE } from "../host/config.js";
 import { checkFileSpecs, readFileContents } from "../host/local-files.js";
 import { loadPolicyFile } from "../host/policy-file.js";
 import { layoutCreateRequest } from "../transport/frames.js";
+import { forwardSsh } from "../transport/ssh.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
@@ -324,6 +326,20 @@ export class OpenShell {
     return typed(async () => {
       const { client, target } = await this.#link.grpc();
       return this.#link.call(target, client.getGatewayInfo.bind(client), {}, callOptions(options));
+    });
+  }
+
+  /**
+   * @internal A raw byte stream to sandbox `sandboxId`'s SSH server (the
+   * CLI's ssh-proxy), with a new SSH session unless `token` names one. The
+   * stream emits "gateway-error" with the gateway's reason before it fails.
+   */
+  sshRelay(sandboxId: string, token?: string): Promise<Duplex> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      const session =
+        token ?? (await this.#link.call(target, client.createSshSession.bind(client), { sandboxId })).token;
+      return forwardSsh(client, target, sandboxId, session);
     });
   }
 

@@ -247,7 +247,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const { attachMain } = await import("./connect.js");
   let code: number;
   try {
-    code = await attachMain(ctx, await ctx.gateway(), ready.metadata!.id, { tty });
+    code = await attachMain(ctx, ready, { tty });
   } finally {
     if (!o.keep) {
       await deleteQuietly();
