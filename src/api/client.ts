@@ -38,7 +38,6 @@ import {
 import {
   type CreateSandboxRequest,
   type GetGatewayInfoResponse,
-  type OpenShellClient,
   type SandboxFile,
   type Sandbox as SandboxInfo,
   SandboxPhase,
@@ -282,16 +281,11 @@ export class OpenShell {
 
   /**
    * @internal A client on a gateway resolved elsewhere: the CLI's, which may
-   * have started the local gateway first, and uses this client's channel.
+   * have started the local gateway first.
    */
-  static forResolved(
-    resolved: ResolvedGateway,
-    workspace: string,
-    env: NodeJS.ProcessEnv,
-    grpc?: OpenShellClient,
-  ): OpenShell {
+  static forResolved(resolved: ResolvedGateway, workspace: string, env: NodeJS.ProcessEnv): OpenShell {
     const client = new OpenShell({ workspace });
-    client.#link = new Link(() => resolved, workspace, env, grpc);
+    client.#link = new Link(() => resolved, workspace, env);
     return client;
   }
 

@@ -69,11 +69,8 @@ export class Link {
     resolve: () => ResolvedGateway,
     readonly workspace: string,
     readonly env: NodeJS.ProcessEnv = process.env,
-    /** A channel to the same gateway the caller already holds (the CLI's), used instead of a new one. */
-    client?: OpenShellClient,
   ) {
     this.#resolved = resolve;
-    this.#client = client;
   }
 
   /** The resolved gateway (resolution runs once, on first use). */
