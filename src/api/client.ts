@@ -6,6 +6,7 @@
 // sandbox only when it runs its first command.
 
 import { readFileSync } from "node:fs";
+import type { Duplex } from "node:stream";
 import { stringify as stringifyYaml } from "yaml";
 import { OpenShellError } from "../core/errors.js";
 import {
@@ -36,11 +37,12 @@ import {
 } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
-  type OpenShellClient,
+  type GetGatewayInfoResponse,
   type SandboxFile,
   type Sandbox as SandboxInfo,
   SandboxPhase,
   SandboxTemplate,
+  ServiceStatus,
   WatchSandboxRequest,
 } from "../gen/openshell.js";
 import type { SandboxPolicy } from "../gen/sandbox.js";
@@ -48,10 +50,12 @@ import { DEFAULT_WORKSPACE } from "../host/config.js";
 import { checkFileSpecs, readFileContents } from "../host/local-files.js";
 import { loadPolicyFile } from "../host/policy-file.js";
 import { layoutCreateRequest } from "../transport/frames.js";
+import { forwardSsh } from "../transport/ssh.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
 import { type ImageInfo, listImages, pruneImages, pullImage, removeImage } from "./images.js";
+import { execInteractive, type InteractiveExec, type InteractiveExecOptions } from "./interactive.js";
 import { Link, type ProgressEvent } from "./link.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
@@ -183,6 +187,71 @@ export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[])
   return undefined;
 }
 
+/** @internal A CreateSandbox request to send, its injected files' bytes filled in on the way. */
+export interface CreateSubmission {
+  /** The request; `spec.files` hold each file's path, mode and size, their content is filled by `fill`. */
+  request: CreateSandboxRequest;
+  /** Each file's size, in the order of `spec.files`. */
+  sizes: readonly number[];
+  /** Writes each file's bytes into its slot (a buffer of its size inside the request's frame). */
+  fill(slots: Buffer[]): Promise<void>;
+  /** The refusals when the gateway keeps no lifetimes, or would drop the files. */
+  refuseTtl(): OpenShellError;
+  refuseFiles(): OpenShellError;
+  deadlineMs: number;
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * Sends a CreateSandbox: asks the gateway whether it takes the files and the
+ * lifetime while the files are read into the request, creates, and checks
+ * the digests, sizes and modes the gateway stored (a mismatch deletes the
+ * sandbox). Resolves with the created sandbox, not yet Ready.
+ */
+async function submitCreate(link: Link, s: CreateSubmission): Promise<SandboxInfo> {
+  const spec = s.request.spec!;
+  const hasFiles = spec.files.length > 0;
+  const hasTtl = spec.ttlSeconds !== undefined;
+  const capabilities =
+    hasFiles || hasTtl
+      ? link.capabilities()
+      : Promise.resolve([CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL]);
+  capabilities.catch(() => {}); // awaited below, after the files
+  const laidOut = layoutCreateRequest(s.request, s.sizes);
+  await s.fill(laidOut.slots);
+  if (hasTtl && !(await capabilities).includes(CAPABILITY_SANDBOX_TTL)) throw s.refuseTtl();
+  if (hasFiles && !(await capabilities).includes(CAPABILITY_SANDBOX_FILES)) throw s.refuseFiles();
+  const request = laidOut.request;
+  const { client, target } = await link.grpc();
+  const creating = link.call(target, client.createSandbox.bind(client), request, {
+    deadlineMs: s.deadlineMs,
+    ...(s.signal ? { signal: s.signal } : {}),
+  });
+  creating.catch(() => {}); // awaited below, after the digests
+  // Hashed while the gateway receives and stores the files: needed only to check its answer.
+  const digests = await sha256HexEach(laidOut.slots);
+  const sent: SandboxFile[] = request.spec!.files.map((file, i) => ({ ...file, sha256: digests[i]! }));
+  const { sandbox: created } = await creating;
+  if (!created?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
+  const mismatch = checkReturnedFiles(sent, created.spec?.files ?? []);
+  if (mismatch) {
+    await link.delete(created.metadata.name).catch(() => undefined);
+    throw new OpenShellError("internal", `injected file check failed, sandbox deleted: ${mismatch}`);
+  }
+  return created;
+}
+
+/** A call's `signal` and `timeoutMs` as the gRPC call's options. */
+function callOptions(options: { signal?: AbortSignal; timeoutMs?: number }): {
+  signal?: AbortSignal;
+  deadlineMs?: number;
+} {
+  return {
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.timeoutMs !== undefined ? { deadlineMs: options.timeoutMs } : {}),
+  };
+}
+
 export class OpenShell {
   #link: Link;
 
@@ -213,16 +282,11 @@ export class OpenShell {
 
   /**
    * @internal A client on a gateway resolved elsewhere: the CLI's, which may
-   * have started the local gateway first, and uses this client's channel.
+   * have started the local gateway first.
    */
-  static forResolved(
-    resolved: ResolvedGateway,
-    workspace: string,
-    env: NodeJS.ProcessEnv,
-    grpc?: OpenShellClient,
-  ): OpenShell {
+  static forResolved(resolved: ResolvedGateway, workspace: string, env: NodeJS.ProcessEnv): OpenShell {
     const client = new OpenShell({ workspace });
-    client.#link = new Link(() => resolved, workspace, env, grpc);
+    client.#link = new Link(() => resolved, workspace, env);
     return client;
   }
 
@@ -231,6 +295,47 @@ export class OpenShell {
     const client = new OpenShell(options);
     await typed(async () => client.#link.gateway());
     return client;
+  }
+
+  /**
+   * Whether the gateway answers, and its version (Health: needs no
+   * credential, so a refused token does not fail it).
+   */
+  health(
+    options: { signal?: AbortSignal; timeoutMs?: number } = {},
+  ): Promise<{ healthy: boolean; version: string }> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      const health = await this.#link.call(target, client.health.bind(client), {}, callOptions(options));
+      return { healthy: health.status === ServiceStatus.SERVICE_STATUS_HEALTHY, version: health.version };
+    });
+  }
+
+  /**
+   * The gateway's description (version, compute drivers, capabilities);
+   * rejects with NotAuthorizedError when it does not accept this client's
+   * credentials (`permissionDenied` when it knows the caller but keeps this
+   * call for its admins).
+   */
+  info(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<GetGatewayInfoResponse> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      return this.#link.call(target, client.getGatewayInfo.bind(client), {}, callOptions(options));
+    });
+  }
+
+  /**
+   * @internal A raw byte stream to sandbox `sandboxId`'s SSH server (the
+   * CLI's ssh-proxy), with a new SSH session unless `token` names one. The
+   * stream emits "gateway-error" with the gateway's reason before it fails.
+   */
+  sshRelay(sandboxId: string, token?: string): Promise<Duplex> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      const session =
+        token ?? (await this.#link.call(target, client.createSshSession.bind(client), { sandboxId })).token;
+      return forwardSsh(client, target, sandboxId, session);
+    });
   }
 
   /** The gateway this client talks to. */
@@ -316,13 +421,8 @@ export class OpenShell {
     const gated = uploads.length > 0 && command.length > 0;
 
     // ---- the gateway ----
-    if (files.length > 0) await link.requireCapability(CAPABILITY_SANDBOX_FILES, "files");
-    if (ttlSeconds !== undefined)
-      await link.requireCapability(CAPABILITY_SANDBOX_TTL, "ttl", () =>
-        ttlUnsupported(link.gateway().name, "ttl"),
-      );
-    const laidOut = layoutCreateRequest(
-      {
+    const created = await submitCreate(link, {
+      request: {
         spec: {
           logLevel: "",
           environment,
@@ -353,32 +453,24 @@ export class OpenShell {
         workspace: link.workspace,
       },
       sizes,
-    );
-    // Bytes given are copied into their slots; local files are read into theirs.
-    const localSlots: Buffer[] = [];
-    contents.forEach((content, i) => {
-      if (content) content.copy(laidOut.slots[i]!);
-      else localSlots.push(laidOut.slots[i]!);
-    });
-    await readFileContents(specs, localSlots);
-    const request: CreateSandboxRequest = laidOut.request;
-    const { client, target } = await link.grpc();
-    const creating = link.call(target, client.createSandbox.bind(client), request, {
+      // Bytes given are copied into their slots; local files are read into theirs.
+      fill: async (slots) => {
+        const localSlots: Buffer[] = [];
+        contents.forEach((content, i) => {
+          if (content) content.copy(slots[i]!);
+          else localSlots.push(slots[i]!);
+        });
+        await readFileContents(specs, localSlots);
+      },
+      refuseTtl: () => ttlUnsupported(link.gateway().name, "ttl"),
+      refuseFiles: () => link.unsupported(CAPABILITY_SANDBOX_FILES, "files"),
       // A create from an image not yet pulled waits for the pull.
       deadlineMs: o.from ? 30 * 60_000 : 60_000,
-      ...(o.signal ? { signal: o.signal } : {}),
+      signal: o.signal,
     });
-    creating.catch(() => {});
-    const digests = await sha256HexEach(laidOut.slots);
-    const sent: SandboxFile[] = request.spec!.files.map((file, i) => ({ ...file, sha256: digests[i]! }));
-    const { sandbox: created } = await creating;
-    if (!created?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
-    const name = created.metadata.name;
+    const name = created.metadata!.name;
     o.onProgress?.({ kind: "created", message: `Created sandbox: ${name}` });
     try {
-      const mismatch = checkReturnedFiles(sent, created.spec?.files ?? []);
-      if (mismatch)
-        throw new OpenShellError("internal", `injected file check failed, sandbox deleted: ${mismatch}`);
       const ready = await link.waitReady(created, {
         signal: o.signal,
         timeoutMs: o.timeoutMs,
@@ -396,12 +488,30 @@ export class OpenShell {
     }
   }
 
-  /** A handle on an existing sandbox (`await using` on it closes its connection, and does not delete it). */
-  get(name: string, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+  /**
+   * A handle on an existing sandbox (`await using` on it closes its
+   * connection, and does not delete it); `timeoutMs` bounds the lookup.
+   */
+  get(name: string, options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Sandbox> {
     return typed(
       async () =>
-        new Sandbox(this.#link, await this.#link.sandbox(name, options), { deleteOnDispose: false }),
+        new Sandbox(this.#link, await this.#link.sandbox(name, callOptions(options)), {
+          deleteOnDispose: false,
+        }),
     );
+  }
+
+  /**
+   * @internal Runs a command over the gateway's interactive exec stream
+   * (`sandbox exec`): stdin streamed live, a terminal, the gateway's timeout.
+   */
+  execInteractive(options: InteractiveExecOptions): Promise<InteractiveExec> {
+    return typed(() => execInteractive(this.#link, options));
+  }
+
+  /** @internal Sends a CreateSandbox the caller built (the CLI's create, which shows its own progress). */
+  submitCreate(submission: CreateSubmission): Promise<SandboxInfo> {
+    return typed(() => submitCreate(this.#link, submission));
   }
 
   /** @internal A handle on a sandbox the caller already holds the state of (the CLI's create). */

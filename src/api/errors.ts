@@ -4,6 +4,7 @@
 // the one place an error from below (a gRPC status already mapped by
 // transport/grpc.ts, an SSH failure, a local check) becomes one of them.
 
+import { status } from "@grpc/grpc-js";
 import { type ErrorCode, OpenShellError } from "../core/errors.js";
 
 export type { ErrorCode };
@@ -49,9 +50,13 @@ export class InvalidArgumentError extends OpenShellError {
 
 /** The gateway refused the caller: a wrong or missing token, or a client certificate it does not accept. */
 export class NotAuthorizedError extends OpenShellError {
+  /** True when the gateway knows the caller but refuses it this call (gRPC PERMISSION_DENIED: admins only). */
+  readonly permissionDenied: boolean;
   constructor(message: string, options: ErrorOptions = {}) {
     super("not_authorized", message, opts(options));
     this.name = "NotAuthorizedError";
+    this.permissionDenied =
+      (options.cause as { code?: unknown } | undefined)?.code === status.PERMISSION_DENIED;
   }
 }
 

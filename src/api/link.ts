@@ -69,11 +69,8 @@ export class Link {
     resolve: () => ResolvedGateway,
     readonly workspace: string,
     readonly env: NodeJS.ProcessEnv = process.env,
-    /** A channel to the same gateway the caller already holds (the CLI's), used instead of a new one. */
-    client?: OpenShellClient,
   ) {
     this.#resolved = resolve;
-    this.#client = client;
   }
 
   /** The resolved gateway (resolution runs once, on first use). */
@@ -141,8 +138,12 @@ export class Link {
 
   async requireCapability(capability: string, what: string, refusal?: () => OpenShellError): Promise<void> {
     if ((await this.capabilities()).includes(capability)) return;
-    if (refusal) throw refusal();
-    throw new OpenShellError(
+    throw refusal ? refusal() : this.unsupported(capability, what);
+  }
+
+  /** The refusal of `what` by a gateway that lacks `capability`. */
+  unsupported(capability: string, what: string): OpenShellError {
+    return new OpenShellError(
       "unsupported",
       `gateway '${this.gateway().name}' does not support ${what}: it lacks ${capability}`,
       { hint: "Use an openshell gateway (`openshell gateway start`)." },

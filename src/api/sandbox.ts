@@ -4,12 +4,13 @@
 // when the scope ends, however it ends.
 
 import { basename } from "node:path";
-import type { Client } from "ssh2";
+import type { Duplex, Readable } from "node:stream";
+import type { Client, ClientChannel } from "ssh2";
 import { OpenShellError } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { parseTtl, ttlError } from "../core/lifetime.js";
 import { mainExitStatus, phaseName, readyFalseMessage } from "../core/phases.js";
-import { CAPABILITY_SANDBOX_TTL, SUBSYSTEM_START } from "../core/protocol.js";
+import { CAPABILITY_SANDBOX_TTL, SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../core/protocol.js";
 import { shellEscape } from "../core/shell.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
 import {
@@ -57,6 +58,19 @@ import {
 import type { Link } from "./link.js";
 
 export type { SandboxInfo, SandboxLogLine };
+
+/** @internal An interactive session's channel: its input and output, its terminal's size, its end. */
+export interface SessionChannel {
+  /** What the session reads (ending it closes the remote stdin), and its stdout. */
+  readonly stream: Duplex;
+  readonly stderr: Readable;
+  /** A new terminal size. */
+  resize(rows: number, cols: number): void;
+  /** Ends the session; the sandbox ends what runs in it. */
+  close(): void;
+  /** The exit status (128 + N for a signal) once it closes; rejects when it closed without one. */
+  readonly exit: Promise<number>;
+}
 
 /** What one upload or download moved. */
 export interface TransferSummary {
@@ -428,6 +442,44 @@ export class Sandbox {
         throw new SandboxFailedError(`the sandbox could not start its command (status ${code})`, {
           reason: "MainCommandStart",
         });
+    });
+  }
+
+  /**
+   * @internal An interactive session over this handle's connection (the
+   * CLI's connect and attach): a login shell, on a terminal (`pty`) or on
+   * pipes (`false`), or the main command (`"main"`, started if it was held).
+   */
+  session(
+    kind: { shell: { term: string; rows: number; cols: number } | false } | "main",
+  ): Promise<SessionChannel> {
+    return typed(async () => {
+      const client = await this.#ssh.client();
+      const channel =
+        kind === "main"
+          ? await sshSubsystem(client, SUBSYSTEM_MAIN)
+          : await new Promise<ClientChannel>((resolve, reject) => {
+              const done = (error: Error | undefined, opened: ClientChannel): void =>
+                error
+                  ? reject(new OpenShellError("connection_lost", `cannot open a shell: ${error.message}`))
+                  : resolve(opened);
+              if (kind.shell) client.shell(kind.shell, done);
+              else client.shell(false, done);
+            });
+      // Listened for at once: the status can arrive with the channel's confirmation.
+      const exit = typed(() => channelExit(channel));
+      exit.catch(() => {});
+      return {
+        stream: channel,
+        stderr: channel.stderr,
+        resize: (rows, cols) => {
+          channel.setWindow(rows, cols, 0, 0);
+        },
+        close: () => {
+          channel.close();
+        },
+        exit,
+      };
     });
   }
 

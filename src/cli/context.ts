@@ -1,32 +1,19 @@
 // What every command receives: the streams, the environment, the global
-// options, an abort signal (Ctrl-C), and a lazily connected gateway client.
+// options, an abort signal (Ctrl-C), and the API client on the command line's
+// gateway, resolved lazily.
 // One context lives for one command line; nothing about a run is kept in a
 // module, so command lines can run side by side in one process.
 
 import { OpenShell } from "../api/client.js";
-import { invalidInput, isOpenShellError, OpenShellError } from "../core/errors.js";
+import { invalidInput, OpenShellError } from "../core/errors.js";
 import { validateWorkspaceName } from "../core/names.js";
-import type { OpenShellClient, Sandbox } from "../gen/openshell.js";
 import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../host/config.js";
-import { connectGateway, type GatewayTarget, unary } from "../transport/grpc.js";
 import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
 import { type Io, Ui } from "./output/ui.js";
 
+/** The command line's gateway, resolved (and started, for sandbox commands), with its workspace. */
 export interface ConnectedGateway extends ResolvedGateway {
-  client: OpenShellClient;
   workspace: string;
-  call<Req, Res>(
-    method: (
-      request: Req,
-      metadata: import("@grpc/grpc-js").Metadata,
-      options: Partial<import("@grpc/grpc-js").CallOptions>,
-      callback: (error: import("@grpc/grpc-js").ServiceError | null, response: Res) => void,
-    ) => import("@grpc/grpc-js").ClientUnaryCall,
-    request: Req,
-    options?: { deadlineMs?: number },
-  ): Promise<Res>;
-  /** The sandbox NAME in this workspace; a missing one is a not_found error that names it. */
-  sandbox(name: string, options?: { deadlineMs?: number }): Promise<Sandbox>;
 }
 
 export class CommandContext {
@@ -84,7 +71,7 @@ export class CommandContext {
     return workspace;
   }
 
-  /** Resolves and connects the gateway once; `autoStart` for sandbox commands. */
+  /** Resolves the gateway once; `autoStart` for sandbox commands. */
   gateway(options: { autoStart?: boolean } = {}): Promise<ConnectedGateway> {
     // A bad workspace is refused before a gateway is resolved or started.
     const workspace = this.workspace;
@@ -92,31 +79,7 @@ export class CommandContext {
       autoStart: options.autoStart ?? true,
       env: this.env,
       notice: (line) => this.ui.note(this.ui.err.dim(line)),
-    }).then((resolved) => {
-      const client = connectGateway(resolved.target);
-      const target: GatewayTarget = resolved.target;
-      const call: ConnectedGateway["call"] = (method, request, options) =>
-        unary(target, method.bind(client), request, { ...options, signal: this.signal });
-      return {
-        ...resolved,
-        client,
-        workspace,
-        call,
-        sandbox: async (name, options) => {
-          const { sandbox } = await call(client.getSandbox, { name, workspace }, options).catch((error) => {
-            if (!isOpenShellError(error) || error.code !== "not_found") throw error;
-            throw new OpenShellError("not_found", `sandbox '${name}' not found in workspace '${workspace}'`, {
-              hint: `See the sandboxes there with \`openshell${workspace === DEFAULT_WORKSPACE ? "" : ` --workspace ${workspace}`} sandbox list\`.`,
-              cause: error,
-            });
-          });
-          if (!sandbox?.metadata?.id) {
-            throw new OpenShellError("internal", `sandbox '${name}': the gateway's answer has no metadata`);
-          }
-          return sandbox;
-        },
-      };
-    });
+    }).then((resolved) => ({ ...resolved, workspace }));
     return this.connected;
   }
 
@@ -127,12 +90,11 @@ export class CommandContext {
    */
   async api(options: { autoStart?: boolean } = {}): Promise<OpenShell> {
     const gateway = await this.gateway(options);
-    this.apiClient ??= OpenShell.forResolved(gateway, gateway.workspace, this.env, gateway.client);
+    this.apiClient ??= OpenShell.forResolved(gateway, gateway.workspace, this.env);
     return this.apiClient;
   }
 
   close(): void {
-    void this.connected?.then((g) => g.client.close()).catch(() => {});
     this.apiClient?.close();
   }
 

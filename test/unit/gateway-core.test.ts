@@ -6,7 +6,7 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { checkReturnedFiles } from "../../src/cli/actions/create.js";
+import { checkReturnedFiles } from "../../src/api/client.js";
 import { formatLogLine, logLineRecord, parseDuration } from "../../src/cli/actions/logs.js";
 import { sandboxDocument } from "../../src/cli/output/present.js";
 import {

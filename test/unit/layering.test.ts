@@ -230,16 +230,8 @@ describe("the layering written in ARCHITECTURE.md", () => {
 });
 
 // The CLI is the API's face: its commands reach the gateway and the
-// sandboxes through src/api/, never over gRPC or SSH themselves. The files
-// below are the commands not moved onto the API yet; the list may only
-// shrink (a file that no longer needs its place fails the test too).
+// sandboxes through src/api/, never over gRPC or SSH themselves.
 const CLI_WIRE = /^(@grpc\/grpc-js|ssh2)(\/|$)|\/transport\/(grpc|ssh)\.js$/;
-const CLI_NOT_YET_ON_API = [
-  "cli/actions/connect.ts", // sandbox connect, ssh-proxy, ssh-config, attach
-  "cli/actions/exec.ts", // sandbox exec (ExecSandboxInteractive)
-  "cli/actions/gateway.ts", // gateway add/status/info (probing a gateway before it is registered)
-  "cli/context.ts", // the gateway client the commands above use
-];
 
 function cliWireImports(files: ReadonlyMap<string, string>): string[] {
   const found = new Set<string>();
@@ -251,8 +243,8 @@ function cliWireImports(files: ReadonlyMap<string, string>): string[] {
 }
 
 describe("the CLI on the API", () => {
-  it("talks gRPC or SSH itself only in the commands not moved onto the API yet", () => {
-    expect(cliWireImports(tree)).toEqual([...CLI_NOT_YET_ON_API].sort());
+  it("talks gRPC or SSH itself in no command", () => {
+    expect(cliWireImports(tree)).toEqual([]);
   });
 
   it("catches a command that talks gRPC or SSH itself", () => {

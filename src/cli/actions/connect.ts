@@ -3,35 +3,34 @@
 // and the hidden `ssh-proxy` that OpenSSH runs as its ProxyCommand.
 
 import { realpathSync } from "node:fs";
-import type { ClientChannel } from "ssh2";
+import { feedInput } from "../../api/interactive.js";
+import type { Sandbox, SandboxInfo, SessionChannel } from "../../api/sandbox.js";
 import { OpenShellError } from "../../core/errors.js";
-import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
 import { shellEscape } from "../../core/shell.js";
-import { unary } from "../../transport/grpc.js";
-import { channelExit, connectSandboxSsh, forwardSsh, sshSubsystem } from "../../transport/ssh.js";
-import type { CommandContext, ConnectedGateway } from "../context.js";
+import type { CommandContext } from "../context.js";
 import type { Io } from "../output/ui.js";
 import { enterRawMode, onEndingSignal } from "../terminal.js";
 
-async function sandboxId(ctx: CommandContext, gateway: ConnectedGateway, name: string): Promise<string> {
-  void ctx;
-  return (await gateway.sandbox(name)).metadata!.id;
+/** The handle of sandbox `name` (a missing one is a not_found error that names it). */
+async function sandboxHandle(ctx: CommandContext, name: string): Promise<Sandbox> {
+  return (await ctx.api()).get(name, { signal: ctx.signal });
 }
 
 /** How long a session stopped by a signal or Ctrl-C waits for the sandbox to confirm the close. */
 const STOP_GRACE_MS = 2000;
 
 /**
- * Joins the local terminal (or pipes) to an SSH channel until it exits:
+ * Joins the local terminal (or pipes) to a session until it exits:
  * raw mode and resizes on a terminal, restored on every way out. Resolves
  * with the remote status; 130 if the command was cancelled (SIGINT), 128+N if
  * this process got SIGTERM or SIGHUP.
  */
 async function pumpChannel(
   io: Io,
-  channel: ClientChannel,
+  session: SessionChannel,
   options: { tty: boolean; signal: AbortSignal },
 ): Promise<number> {
+  const channel = session.stream;
   const { stdin, stdout, stderr } = io;
   const undo: (() => void)[] = [];
   let stopped: number | undefined;
@@ -48,7 +47,7 @@ async function pumpChannel(
   const stop = (status: number): void => {
     if (stopped !== undefined) return;
     stopped = status;
-    channel.close();
+    session.close();
     markStopped();
   };
   try {
@@ -59,35 +58,20 @@ async function pumpChannel(
     }
     if (options.tty && stdout.isTTY) {
       const resize = (): void => {
-        channel.setWindow(stdout.rows ?? 24, stdout.columns ?? 80, 0, 0);
+        session.resize(stdout.rows ?? 24, stdout.columns ?? 80);
       };
       resize();
       process.on("SIGWINCH", resize);
       undo.push(() => process.off("SIGWINCH", resize));
     }
-    const onData = (data: Buffer): void => {
-      if (!channel.write(data)) {
-        stdin.pause();
-        channel.once("drain", () => stdin.resume());
-      }
-    };
-    const onEnd = (): void => {
-      channel.end();
-    };
-    stdin.on("data", onData);
-    stdin.once("end", onEnd);
-    undo.push(() => {
-      stdin.off("data", onData);
-      stdin.off("end", onEnd);
-      stdin.pause();
-    });
+    undo.push(feedInput(stdin, channel));
     channel.pipe(stdout, { end: false });
-    channel.stderr.pipe(stderr, { end: false });
+    session.stderr.pipe(stderr, { end: false });
     // The signal's reason is the status to report (130 for Ctrl-C, 143 for SIGTERM).
     const onAbort = (): void => stop(typeof options.signal.reason === "number" ? options.signal.reason : 130);
     options.signal.addEventListener("abort", onAbort, { once: true });
     undo.push(() => options.signal.removeEventListener("abort", onAbort));
-    const exited = channelExit(channel);
+    const exited = session.exit;
     try {
       // A stopped session still waits (briefly) for the close, so the remote
       // side has ended it before this process exits.
@@ -107,59 +91,37 @@ export async function sandboxConnect(
   options: { name?: string | undefined },
 ): Promise<number> {
   const name = await ctx.sandboxName(options.name);
-  const gateway = await ctx.gateway();
-  const id = await sandboxId(ctx, gateway, name);
-  const ssh = await connectSandboxSsh(gateway.client, gateway.target, id, { signal: ctx.signal });
-  // Remember before the session: it may end with the terminal closed.
-  await ctx.rememberSandbox(name);
+  const handle = await sandboxHandle(ctx, name);
   try {
+    await handle.open({ signal: ctx.signal });
+    // Remember before the session: it may end with the terminal closed.
+    await ctx.rememberSandbox(name);
     const { stdout } = ctx.io;
     const tty = ctx.io.stdin.isTTY === true;
-    const channel = await new Promise<ClientChannel>((resolve, reject) => {
-      const done = (error: Error | undefined, ch: ClientChannel): void =>
-        error
-          ? reject(new OpenShellError("connection_lost", `cannot open a shell: ${error.message}`))
-          : resolve(ch);
-      if (tty) {
-        ssh.client.shell(
-          { term: ctx.env.TERM || "xterm-256color", rows: stdout.rows ?? 24, cols: stdout.columns ?? 80 },
-          done,
-        );
-      } else ssh.client.shell(false, done);
+    const session = await handle.session({
+      shell: tty
+        ? { term: ctx.env.TERM || "xterm-256color", rows: stdout.rows ?? 24, cols: stdout.columns ?? 80 }
+        : false,
     });
-    return await pumpChannel(ctx.io, channel, { tty, signal: ctx.signal });
+    return await pumpChannel(ctx.io, session, { tty, signal: ctx.signal });
   } finally {
-    await ssh.close();
+    await handle.close();
   }
 }
 
 /** Attaches to the sandbox's main command (starting it if it was held). */
 export async function attachMain(
   ctx: CommandContext,
-  gateway: ConnectedGateway,
-  id: string,
+  sandbox: SandboxInfo,
   options: { tty: boolean },
 ): Promise<number> {
-  const ssh = await connectSandboxSsh(gateway.client, gateway.target, id, { signal: ctx.signal });
+  const handle = (await ctx.api()).handle(sandbox);
   try {
-    const channel = await sshSubsystem(ssh.client, SUBSYSTEM_MAIN);
-    return await pumpChannel(ctx.io, channel, { tty: options.tty, signal: ctx.signal });
+    await handle.open({ signal: ctx.signal });
+    const session = await handle.session("main");
+    return await pumpChannel(ctx.io, session, { tty: options.tty, signal: ctx.signal });
   } finally {
-    await ssh.close();
-  }
-}
-
-/** Starts a held main command without attaching to it. */
-export async function startMain(ctx: CommandContext, gateway: ConnectedGateway, id: string): Promise<void> {
-  const ssh = await connectSandboxSsh(gateway.client, gateway.target, id, { signal: ctx.signal });
-  try {
-    const channel = await sshSubsystem(ssh.client, SUBSYSTEM_START);
-    channel.resume();
-    const code = await channelExit(channel);
-    if (code !== 0)
-      throw new OpenShellError("sandbox_error", `the sandbox could not start its command (status ${code})`);
-  } finally {
-    await ssh.close();
+    await handle.close();
   }
 }
 
@@ -174,23 +136,23 @@ export async function sandboxSshConfig(
   options: { name?: string | undefined },
 ): Promise<number> {
   const name = await ctx.sandboxName(options.name);
-  const gateway = await ctx.gateway();
+  const api = await ctx.api();
   // Fail now, not at `ssh` time, if the sandbox does not exist.
-  await sandboxId(ctx, gateway, name);
+  await api.get(name, { signal: ctx.signal });
   const proxy = [
     ...selfCommand(),
     "ssh-proxy",
     "--gateway-name",
-    gateway.name,
+    api.gateway.name,
     "--name",
     name,
     "--workspace",
-    gateway.workspace,
+    api.workspace,
   ]
     .map(shellEscape)
     .join(" ");
   const lines = [
-    `Host openshell-${name}.${gateway.workspace}`,
+    `Host openshell-${name}.${api.workspace}`,
     "    User sandbox",
     "    StrictHostKeyChecking no",
     "    UserKnownHostsFile /dev/null",
@@ -221,20 +183,18 @@ export interface SshProxyOptions {
 export async function sshProxy(ctx: CommandContext, options: SshProxyOptions): Promise<number> {
   if (options.gatewayName) ctx.globals.gateway = options.gatewayName;
   if (options.server) ctx.globals.gatewayEndpoint = options.server;
-  const gateway = await ctx.gateway({ autoStart: false });
+  const api = await ctx.api({ autoStart: false });
   let id = options.sandboxId;
   let token = options.token;
   if (!id || !token) {
     if (!options.name) {
       throw new OpenShellError("usage", "provide --gateway-name and --name, or --sandbox-id and --token");
     }
-    id = await sandboxId(ctx, gateway, options.name);
-    const session = await unary(gateway.target, gateway.client.createSshSession.bind(gateway.client), {
-      sandboxId: id,
-    });
-    token = session.token;
+    id = (await api.get(options.name, { signal: ctx.signal })).id;
+    // A new session for this connection.
+    token = undefined;
   }
-  const stream = forwardSsh(gateway.client, gateway.target, id, token);
+  const stream = await api.sshRelay(id, token);
   return new Promise<number>((resolve) => {
     let failed: OpenShellError | undefined;
     stream.on("gateway-error", (error: OpenShellError) => {

@@ -12,34 +12,16 @@ import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { resolve } from "node:path";
 import { invalidInput, OpenShellError, usageError } from "../../core/errors.js";
-import {
-  effectiveMode,
-  formatMode,
-  modeWarnings,
-  normalizeSandboxPath,
-  parseFileFlag,
-  sha256HexEach,
-} from "../../core/files.js";
+import { modeWarnings, normalizeSandboxPath, parseFileFlag } from "../../core/files.js";
 import { parseTtl, ttlError } from "../../core/lifetime.js";
 import { type Limits, limitsToResources, parseCpu, parsePids, parseQuantity } from "../../core/limits.js";
 import { parseLabelFlag, validateCommand, validateSandboxName } from "../../core/names.js";
-import {
-  ANNOTATION_START_ON_ATTACH,
-  ANNOTATION_TTY_SIZE,
-  CAPABILITY_SANDBOX_FILES,
-  CAPABILITY_SANDBOX_TTL,
-} from "../../core/protocol.js";
-import {
-  type CreateSandboxRequest,
-  type Sandbox,
-  type SandboxFile,
-  SandboxTemplate,
-} from "../../gen/openshell.js";
+import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE } from "../../core/protocol.js";
+import { type Sandbox, SandboxTemplate } from "../../gen/openshell.js";
 import { checkFileSpecs, readFileContents } from "../../host/local-files.js";
 import { loadPolicyFile } from "../../host/policy-file.js";
-import { layoutCreateRequest } from "../../transport/frames.js";
 import { parseUploadFlag, planUpload, type UploadPlan } from "../../transport/tar/upload.js";
-import type { CommandContext, ConnectedGateway } from "../context.js";
+import type { CommandContext } from "../context.js";
 import { createAttaches } from "../flags.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "../output/present.js";
 import { type ProgressMode, waitForReady } from "../wait.js";
@@ -114,28 +96,6 @@ function checkFlags(o: CreateOptions): void {
   if (o.uploadGit && o.uploads.length === 0) throw usageError("--upload-git needs --upload");
 }
 
-/** Compares the digests the gateway returned with what was sent. */
-export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[]): string | undefined {
-  const byPath = new Map(returned.map((file) => [file.path, file]));
-  for (const file of sent) {
-    const back = byPath.get(file.path);
-    if (!back) return `the gateway did not keep ${file.path}`;
-    if (back.sha256 !== file.sha256 || Number(back.size) !== file.content.length) {
-      return `${file.path}: the gateway stored sha256 ${back.sha256 || "(none)"}, expected ${file.sha256}`;
-    }
-    if (effectiveMode(back.mode) !== effectiveMode(file.mode)) {
-      return `${file.path}: the gateway stored mode ${formatMode(back.mode)}, expected ${formatMode(file.mode)}`;
-    }
-  }
-  return undefined;
-}
-
-async function deleteQuietly(gateway: ConnectedGateway, name: string): Promise<void> {
-  await gateway
-    .call(gateway.client.deleteSandbox, { name, workspace: gateway.workspace }, { deadlineMs: 60_000 })
-    .catch(() => undefined);
-}
-
 export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Promise<number> {
   checkFlags(o);
   const { ui, io } = ctx;
@@ -182,15 +142,9 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const gated = attach || (uploads.length > 0 && !shell);
 
   // ---- the gateway ----
-  const gateway = await ctx.gateway();
-  // The capability question and the reading of the files proceed together.
-  const capabilities =
-    fileSpecs.length > 0 || ttlSeconds !== undefined
-      ? gateway.call(gateway.client.getGatewayInfo, {}).then((info) => info.capabilities)
-      : Promise.resolve([CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL]);
-  capabilities.catch(() => {}); // awaited below, after the files
-  const laidOut = layoutCreateRequest(
-    {
+  const api = await ctx.api();
+  const created = await api.submitCreate({
+    request: {
       spec: {
         logLevel: "",
         environment,
@@ -207,7 +161,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
           content: Buffer.alloc(0),
           mode: spec.mode,
           size: fileSizes[i]!,
-          // The gateway computes it; the CLI checks what it returns.
+          // The gateway computes it; the API checks what it returns.
           sha256: "",
         })),
       },
@@ -219,51 +173,37 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
           ? { [ANNOTATION_TTY_SIZE]: `${io.stdout.columns}x${io.stdout.rows}` }
           : {}),
       },
-      workspace: gateway.workspace,
+      workspace: api.workspace,
     },
-    fileSizes,
-  );
-  await readFileContents(fileSpecs, laidOut.slots);
-  if (ttlSeconds !== undefined && !(await capabilities).includes(CAPABILITY_SANDBOX_TTL)) {
-    throw ttlUnsupported(gateway.name, "--ttl");
-  }
-  if (fileSpecs.length > 0 && !(await capabilities).includes(CAPABILITY_SANDBOX_FILES)) {
-    throw new OpenShellError(
-      "unsupported",
-      `gateway '${gateway.name}' does not support --file: it would silently drop the files (an OpenShell gateway ignores SandboxSpec.files)`,
-      {
-        hint: "Use an openshell gateway (`openshell gateway start`), or --upload for files the sandbox may change.",
-      },
-    );
-  }
-  const request: CreateSandboxRequest = laidOut.request;
-  // A create from an image not yet pulled waits for the pull.
-  const creating = gateway.call(gateway.client.createSandbox, request, {
+    sizes: fileSizes,
+    fill: (slots) => readFileContents(fileSpecs, slots),
+    refuseTtl: () => ttlUnsupported(api.gateway.name, "--ttl"),
+    refuseFiles: () =>
+      new OpenShellError(
+        "unsupported",
+        `gateway '${api.gateway.name}' does not support --file: it would silently drop the files (an OpenShell gateway ignores SandboxSpec.files)`,
+        {
+          hint: "Use an openshell gateway (`openshell gateway start`), or --upload for files the sandbox may change.",
+        },
+      ),
+    // A create from an image not yet pulled waits for the pull.
     deadlineMs: image === undefined ? 60_000 : 30 * 60_000,
+    signal: ctx.signal,
   });
-  creating.catch(() => {}); // awaited below, after the digests
-  // Hashed while the gateway receives and stores the files: needed only to check its answer.
-  const digests = await sha256HexEach(laidOut.slots);
-  const files: SandboxFile[] = request.spec!.files.map((file, i) => ({ ...file, sha256: digests[i]! }));
-  const { sandbox: created } = await creating;
-  if (!created?.metadata) throw new OpenShellError("internal", "sandbox missing from response");
-  const name = created.metadata.name;
+  const name = created.metadata!.name;
+  const deleteQuietly = (): Promise<unknown> =>
+    api.delete(name, { signal: ctx.signal }).catch(() => undefined);
 
-  const mismatch = checkReturnedFiles(files, created.spec?.files ?? []);
-  if (mismatch) {
-    await deleteQuietly(gateway, name);
-    throw new OpenShellError("internal", `injected file check failed, sandbox deleted: ${mismatch}`);
-  }
   if (o.keep) await ctx.rememberSandbox(name);
 
   const mode: ProgressMode = o.output !== "table" ? "silent" : ui.interactive ? "interactive" : "plain";
   if (mode !== "silent") ui.note(`${ui.err.cyan.bold("Created sandbox:")} ${name}`);
   let ready: Sandbox;
   try {
-    ready = await waitForReady(ui, await ctx.api(), created, { mode, signal: ctx.signal, env: ctx.env });
+    ready = await waitForReady(ui, api, created, { mode, signal: ctx.signal, env: ctx.env });
   } catch (error) {
     if (!o.keep) {
-      await deleteQuietly(gateway, name);
+      await deleteQuietly();
       ui.note(ui.err.dim(`Deleted sandbox ${name} (--no-keep).`));
     } else if (ctx.signal.aborted) {
       ui.note(ui.err.dim(`Sandbox ${name} was kept; delete it with \`openshell sandbox delete ${name}\`.`));
@@ -277,11 +217,16 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
       await uploadPlans(ctx, ready, uploads);
     }
     if (gated && !attach) {
-      const { startMain } = await import("./connect.js");
-      await startMain(ctx, gateway, ready.metadata!.id);
+      const handle = api.handle(ready);
+      try {
+        await handle.open({ signal: ctx.signal });
+        await handle.startMain();
+      } finally {
+        await handle.close();
+      }
     }
   } catch (error) {
-    if (!o.keep) await deleteQuietly(gateway, name);
+    if (!o.keep) await deleteQuietly();
     throw error;
   }
 
@@ -302,10 +247,10 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const { attachMain } = await import("./connect.js");
   let code: number;
   try {
-    code = await attachMain(ctx, gateway, ready.metadata!.id, { tty });
+    code = await attachMain(ctx, ready, { tty });
   } finally {
     if (!o.keep) {
-      await deleteQuietly(gateway, name);
+      await deleteQuietly();
       ui.note(ui.err.dim(`Deleted sandbox ${name} (--no-keep).`));
     }
   }

@@ -1,21 +1,19 @@
 // `sandbox exec [-n NAME] [--workdir P] [--env K=V]... [--timeout S] [--tty|--no-tty] -- CMD...`
 //
-// Runs one command in a Ready sandbox over ExecSandboxInteractive, so stdin
-// streams live (no buffering, no size cap; EOF is passed on; an idle pipe
-// does not hold the CLI once the command exits), stdout and stderr stay
-// apart, and the CLI exits with the command's status (128 + N for a death by
+// Runs one command in a Ready sandbox over the API's interactive exec (the
+// gateway's ExecSandboxInteractive), so stdin streams live (no buffering, no
+// size cap; EOF is passed on; an idle pipe does not hold the CLI once the
+// command exits), stdout and stderr stay apart, and the CLI exits with the command's status (128 + N for a death by
 // signal N, 124 on --timeout). `--timeout N` bounds the whole exec, whatever
 // the sandbox does: the gateway's deadline covers reaching the sandbox and
 // starting the command as well as running it, and the CLI holds its own
 // deadline half a second later in case the gateway does not answer either.
 
-import { status } from "@grpc/grpc-js";
 import { OpenShellError, usageError } from "../../core/errors.js";
 import { parseEnvFlag, validateEnvironment, validateExecRequest } from "../../core/names.js";
 import { notReadyMessage } from "../../core/phases.js";
 import { EXEC_TIMEOUT_EXIT } from "../../core/signals.js";
-import { type ExecSandboxEvent, type ExecSandboxInput, SandboxPhase } from "../../gen/openshell.js";
-import { mapGrpcError } from "../../transport/grpc.js";
+import { SandboxPhase } from "../../gen/openshell.js";
 import type { CommandContext } from "../context.js";
 import { enterRawMode, onEndingSignal } from "../terminal.js";
 
@@ -58,12 +56,14 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
   const tty = options.tty ?? (stdin.isTTY === true && stdout.isTTY === true);
 
   const name = await ctx.sandboxName(options.name);
-  const gateway = await ctx.gateway();
-  const sandbox = await gateway.sandbox(
-    name,
-    options.timeout > 0 ? { deadlineMs: options.timeout * 1000 + BACKSTOP_GRACE_MS } : {},
-  );
-  const phase = sandbox?.status?.phase;
+  const api = await ctx.api();
+  const sandbox = (
+    await api.get(name, {
+      signal: ctx.signal,
+      ...(options.timeout > 0 ? { timeoutMs: options.timeout * 1000 + BACKSTOP_GRACE_MS } : {}),
+    })
+  ).info;
+  const phase = sandbox.status?.phase;
   if (phase !== SandboxPhase.SANDBOX_PHASE_READY) {
     const waitable =
       phase === SandboxPhase.SANDBOX_PHASE_PROVISIONING || phase === SandboxPhase.SANDBOX_PHASE_STARTING;
@@ -75,22 +75,29 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
 
   const startedAt = Date.now();
   const counted = { stdout: 0, stderr: 0, stderrEndsLine: true };
-  const call = gateway.client.execSandboxInteractive();
-  const send = (input: ExecSandboxInput): boolean => call.write(input);
-  send({
-    payload: {
-      $case: "start",
-      value: {
-        sandboxId: sandbox!.metadata!.id,
-        command: options.command,
-        workdir,
-        environment,
-        timeoutSeconds: options.timeout,
-        stdin: Buffer.alloc(0),
-        tty,
-        cols: tty ? (stdout.columns ?? 80) : 0,
-        rows: tty ? (stdout.rows ?? 24) : 0,
+  const exec = await api.execInteractive({
+    name,
+    sandboxId: sandbox.metadata!.id,
+    command: options.command,
+    workdir,
+    environment,
+    timeoutSeconds: options.timeout,
+    tty: tty ? { cols: stdout.columns ?? 80, rows: stdout.rows ?? 24 } : undefined,
+    stdin,
+    stdout: {
+      write: (data) => {
+        counted.stdout += data.length;
+        return stdout.write(data);
       },
+      once: (event, listener) => stdout.once(event, listener),
+    },
+    stderr: {
+      write: (data) => {
+        counted.stderr += data.length;
+        if (data.length > 0) counted.stderrEndsLine = data.at(-1) === 0x0a;
+        return stderr.write(data);
+      },
+      once: (event, listener) => stderr.once(event, listener),
     },
   });
 
@@ -102,72 +109,27 @@ export async function sandboxExec(ctx: CommandContext, options: ExecOptions): Pr
     const restoreTerminal = enterRawMode(ctx.io);
     restore.push(restoreTerminal);
     restore.push(onEndingSignal((status) => stop(status), restoreTerminal));
-  }
-  const onData = (data: Buffer): void => {
-    if (!send({ payload: { $case: "stdin", value: data } })) {
-      stdin.pause();
-      call.once("drain", () => stdin.resume());
-    }
-  };
-  const onEnd = (): void => {
-    call.end();
-  };
-  stdin.on("data", onData);
-  stdin.once("end", onEnd);
-  restore.push(() => {
-    stdin.off("data", onData);
-    stdin.off("end", onEnd);
-    stdin.pause();
-  });
-  if (tty) {
-    const onResize = (): void => {
-      send({ payload: { $case: "resize", value: { cols: stdout.columns ?? 80, rows: stdout.rows ?? 24 } } });
-    };
+    const onResize = (): void => exec.resize(stdout.columns ?? 80, stdout.rows ?? 24);
     process.on("SIGWINCH", onResize);
     restore.push(() => process.off("SIGWINCH", onResize));
   }
 
   try {
     const code = await new Promise<number>((resolve, reject) => {
-      let exitCode: number | undefined;
       stop = (status) => {
-        call.cancel();
+        exec.cancel();
         resolve(status);
       };
       const onAbort = (): void => stop(ctx.interruptStatus ?? 130);
       ctx.signal.addEventListener("abort", onAbort, { once: true });
       restore.push(() => ctx.signal.removeEventListener("abort", onAbort));
-      call.on("data", (event: ExecSandboxEvent) => {
-        const payload = event.payload;
-        if (payload?.$case === "stdout" || payload?.$case === "stderr") {
-          const out = payload.$case === "stdout" ? stdout : stderr;
-          counted[payload.$case] += payload.value.data.length;
-          if (payload.$case === "stderr" && payload.value.data.length > 0)
-            counted.stderrEndsLine = payload.value.data.at(-1) === 0x0a;
-          if (!out.write(payload.value.data)) {
-            call.pause();
-            out.once("drain", () => call.resume());
-          }
-        } else if (payload?.$case === "exit") exitCode = payload.value.exitCode;
-      });
-      call.on("end", () => {
-        if (exitCode === undefined) {
-          reject(new OpenShellError("connection_lost", "the exec stream ended without an exit status"));
-        } else resolve(exitCode);
-      });
-      call.on("error", (error: Error & { code?: number; details?: string }) => {
-        if (exitCode !== undefined) resolve(exitCode);
-        else if (error.code === status.DEADLINE_EXCEEDED) {
-          // The gateway's own deadline passed before the sandbox started the command.
-          reject(new OpenShellError("timeout", `sandbox '${name}': ${error.details ?? error.message}`));
-        } else reject(mapGrpcError(error, gateway.target));
-      });
+      exec.exit.then(resolve, reject);
       if (options.timeout > 0) {
         // The gateway ends the call at the deadline whatever the sandbox does;
         // this is the backstop should the gateway not answer in time either.
         const backstop = setTimeout(
           () => {
-            call.cancel();
+            exec.cancel();
             ctx.ui.warn(
               `sandbox '${name}': no exit status within the ${options.timeout} s timeout; the command was cancelled`,
             );

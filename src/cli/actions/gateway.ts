@@ -2,13 +2,15 @@
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { status as grpcStatus } from "@grpc/grpc-js";
+import { OpenShell } from "../../api/client.js";
+import { parseEndpoint } from "../../api/config.js";
+import { NotAuthorizedError } from "../../api/errors.js";
 import { OpenShellError, usageError } from "../../core/errors.js";
 import { gatewayTlsFiles } from "../../gateway/tls.js";
-import { ServiceStatus } from "../../gen/openshell.js";
 import {
   DEFAULT_GATEWAY_NAME,
   DEFAULT_GATEWAY_PORT,
+  DEFAULT_WORKSPACE,
   ensurePrivateDir,
   type GatewayMetadata,
   gatewayStateDir,
@@ -25,7 +27,6 @@ import {
   writeActiveGateway,
   writeMetadata,
 } from "../../host/config.js";
-import { connectGateway, isServiceError, mapGrpcError, parseEndpoint, unary } from "../../transport/grpc.js";
 import type { CommandContext } from "../context.js";
 import {
   appRoot,
@@ -336,14 +337,9 @@ export interface GatewayAddOptions {
   clientKey?: string | undefined;
 }
 
-function grpcCode(error: OpenShellError): number | undefined {
-  const cause = error.cause;
-  return isServiceError(cause) ? cause.code : undefined;
-}
-
-/** UNAUTHENTICATED: no token, a wrong one (PERMISSION_DENIED means we are known but not an admin). */
-function refusedCredentials(error: OpenShellError): boolean {
-  return error.code === "not_authorized" && grpcCode(error) !== grpcStatus.PERMISSION_DENIED;
+/** No token, a wrong one (a permission denied means we are known but not an admin). */
+function refusedCredentials(error: unknown): error is NotAuthorizedError {
+  return error instanceof NotAuthorizedError && !error.permissionDenied;
 }
 
 /** Checks a file given to `gateway add` can be read by this user, naming the flag. */
@@ -418,24 +414,24 @@ export async function gatewayAdd(ctx: CommandContext, options: GatewayAddOptions
   const target = targetFor(name, metadata, ctx.globals, ctx.env);
   const warning = insecureWarning(target);
   if (warning) ctx.ui.warn(warning);
-  const client = connectGateway(target);
+  // The gateway is probed before anything uses it: a warning, never a failure of `add`.
+  const api = OpenShell.forResolved({ name, metadata, target }, DEFAULT_WORKSPACE, ctx.env);
   try {
-    await unary(target, client.health.bind(client), {}, { deadlineMs: 5000 });
+    await api.health({ timeoutMs: 5000, signal: ctx.signal });
     try {
-      await unary(target, client.getGatewayInfo.bind(client), {}, { deadlineMs: 5000 });
+      await api.info({ timeoutMs: 5000, signal: ctx.signal });
     } catch (error) {
-      const mapped = mapGrpcError(error, target);
-      if (refusedCredentials(mapped)) {
-        ctx.ui.warn(`Gateway is reachable but does not accept these credentials: ${mapped.message}`);
-        if (mapped.hint) ctx.ui.hint(mapped.hint);
+      if (refusedCredentials(error)) {
+        ctx.ui.warn(`Gateway is reachable but does not accept these credentials: ${error.message}`);
+        if (error.hint) ctx.ui.hint(error.hint);
       }
     }
   } catch (error) {
-    const mapped = mapGrpcError(error, target);
-    ctx.ui.warn(`Gateway is not reachable at ${endpoint}: ${mapped.message}`);
-    if (mapped.hint) ctx.ui.hint(mapped.hint);
+    const mapped = error instanceof OpenShellError ? error : undefined;
+    ctx.ui.warn(`Gateway is not reachable at ${endpoint}: ${mapped?.message ?? (error as Error).message}`);
+    if (mapped?.hint) ctx.ui.hint(mapped.hint);
   } finally {
-    client.close();
+    api.close();
   }
   return 0;
 }
@@ -473,24 +469,25 @@ export async function status(ctx: CommandContext, options: { output: OutputForma
   }
   const document: Record<string, unknown> = { gateway: resolved.name, server: resolved.target.endpoint };
   let hint: string | undefined;
+  const api = await ctx.api({ autoStart: false });
   try {
-    const health = await resolved.call(resolved.client.health, {}, { deadlineMs: 5000 });
-    document.status = health.status === ServiceStatus.SERVICE_STATUS_HEALTHY ? "connected" : "degraded";
+    const health = await api.health({ timeoutMs: 5000, signal: ctx.signal });
+    document.status = health.healthy ? "connected" : "degraded";
     document.version = health.version;
     try {
-      await resolved.call(resolved.client.getGatewayInfo, {}, { deadlineMs: 5000 });
+      await api.info({ timeoutMs: 5000, signal: ctx.signal });
       document.authentication = { status: resolved.target.token ? "authenticated" : "not_required" };
     } catch (error) {
-      const mapped = error instanceof OpenShellError ? error : mapGrpcError(error, resolved.target);
-      if (refusedCredentials(mapped)) {
-        document.authentication = { status: "failed", error: mapped.message };
-        hint = mapped.hint;
-      } else if (grpcCode(mapped) === grpcStatus.PERMISSION_DENIED) {
+      const failure = error as OpenShellError;
+      if (refusedCredentials(error)) {
+        document.authentication = { status: "failed", error: error.message };
+        hint = error.hint;
+      } else if (error instanceof NotAuthorizedError) {
         // As upstream: let in, but GetGatewayInfo is for admins.
         document.authentication = { status: "authenticated" };
       } else {
-        document.authentication = { status: "unverified", error: mapped.message };
-        hint = mapped.hint;
+        document.authentication = { status: "unverified", error: failure.message };
+        hint = failure.hint;
       }
     }
   } catch (error) {
