@@ -5,7 +5,6 @@
 // one before a command runs, exits 130 or 143 at once), treats a closed stdout as the end, waits
 // for stdout and stderr to drain, and exits with the command line's code.
 
-import { installPatches } from "../host/patches.js";
 import { processIo } from "./output/ui.js";
 import { Invocation } from "./program.js";
 
@@ -22,9 +21,6 @@ async function main(): Promise<never> {
   // deprecation warning on every run; none of node's deprecation warnings is
   // something a user of the CLI can act on.
   process.noDeprecation = true;
-  for (const failure of installPatches(["grpc-in-place-framing"])) {
-    if (process.env.OPENSHELL_DEBUG) process.stderr.write(`openshell: ${failure.message}\n`);
-  }
   const invocation = new Invocation(processIo(), process.env);
   for (const [signal, status] of [
     ["SIGINT", 130],

@@ -8,6 +8,7 @@ import { OpenShell } from "../api/client.js";
 import { invalidInput, OpenShellError } from "../core/errors.js";
 import { validateWorkspaceName } from "../core/names.js";
 import { DEFAULT_WORKSPACE, readLastSandbox, writeLastSandbox } from "../host/config.js";
+import { installPatches } from "../host/patches.js";
 import { type GlobalOptions, type ResolvedGateway, resolveGateway } from "./gateways.js";
 import { type Io, Ui } from "./output/ui.js";
 
@@ -90,6 +91,13 @@ export class CommandContext {
    */
   async api(options: { autoStart?: boolean } = {}): Promise<OpenShell> {
     const gateway = await this.gateway(options);
+    if (!this.apiClient) {
+      // The CLI's patch, once a command talks to a gateway: help, the version
+      // and usage errors do not load grpc-js.
+      for (const failure of installPatches(["grpc-in-place-framing"])) {
+        if (this.env.OPENSHELL_DEBUG) this.ui.warn(`openshell: ${failure.message}`);
+      }
+    }
     this.apiClient ??= OpenShell.forResolved(gateway, gateway.workspace, this.env);
     return this.apiClient;
   }

@@ -245,8 +245,10 @@ export class LocalRuntime {
     let timer: NodeJS.Timeout | undefined;
     let poll!: () => void;
     const exited = new Promise<void>((resolve) => {
+      let gone = false;
       poll = () => {
-        if (identityAlive(identity)) return;
+        if (gone || identityAlive(identity)) return;
+        gone = true;
         clearInterval(timer);
         if (this.running.get(sandboxId)?.identity === identity) this.running.delete(sandboxId);
         this.events.exited(sandboxId, instanceId, null, null);
