@@ -313,6 +313,16 @@ export class Sandboxes {
     const ttlSeconds = this.lifetime(spec.ttlSeconds ?? 0, "spec.ttl_seconds");
     const source = spec.template?.image ?? "";
     const image = source === "" ? undefined : await this.image(source);
+    if (image) {
+      // An image's config is as untrusted as a request: bounded the same way.
+      const problem =
+        validateEnvironment({ ...imageEnvironment(image), ...spec.environment }, `image '${source}' Env`) ??
+        validateCommand(
+          [...image.config.entrypoint, ...image.config.cmd],
+          `image '${source}' Entrypoint+Cmd`,
+        );
+      if (problem) throw new StatusError(status.FAILED_PRECONDITION, problem);
+    }
     // An image's Entrypoint and Cmd are its command when none is given, run as given (no terminal unless asked).
     const imageCommand = image ? [...image.config.entrypoint, ...image.config.cmd] : [];
     // An image with neither gets a shell, as on the host root: sh, which every image with a shell has.
@@ -633,12 +643,7 @@ export class Sandboxes {
     if (!image) {
       return `its image ${sandbox.spec!.template?.image ?? ""} (${digest}) is no longer stored; pull it again`;
     }
-    const imageEnv = Object.fromEntries(
-      image.config.env.map((entry) => [
-        entry.slice(0, entry.indexOf("=")),
-        entry.slice(entry.indexOf("=") + 1),
-      ]),
-    );
+    const imageEnv = imageEnvironment(image);
     return {
       imageRoot: this.o.images!.root(digest),
       workingDir: image.config.workingDir,
@@ -1328,6 +1333,14 @@ export class Sandboxes {
     this.expiryTimers.clear();
     this.adopting.clear();
   }
+}
+
+/** An image config's `Env` (`KEY=value` entries) as a map; an entry without `=` names nothing. */
+function imageEnvironment(image: StoredImage): Record<string, string> {
+  const entries = image.config.env.filter((entry) => entry.indexOf("=") > 0);
+  return Object.fromEntries(
+    entries.map((entry) => [entry.slice(0, entry.indexOf("=")), entry.slice(entry.indexOf("=") + 1)]),
+  );
 }
 
 /** The longest text a template field may hold (upstream's bound). */

@@ -322,7 +322,9 @@ export function imageIdentity(imageRoot: string, user: string): { uid: number; g
   else if (name) {
     const etc = join(imageRoot, "etc");
     const passwd = join(etc, "passwd");
-    if (lstatIfExists(etc)?.isDirectory() && lstatIfExists(passwd)?.isFile()) {
+    const file = lstatIfExists(passwd);
+    // An image's file, read only when it is a plain file of a sane size.
+    if (lstatIfExists(etc)?.isDirectory() && file?.isFile() && file.size <= 1024 * 1024) {
       const line = readFileSync(passwd, "utf8")
         .split("\n")
         .find((entry) => entry.split(":")[0] === name);
