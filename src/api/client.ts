@@ -54,7 +54,14 @@ import { forwardSsh } from "../transport/ssh.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
-import { type ImageInfo, listImages, pruneImages, pullImage, removeImage } from "./images.js";
+import {
+  type ImageInfo,
+  listImages,
+  PULL_DEADLINE_MS,
+  pruneImages,
+  pullImage,
+  removeImage,
+} from "./images.js";
 import { execInteractive, type InteractiveExec, type InteractiveExecOptions } from "./interactive.js";
 import { Link, type ProgressEvent } from "./link.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
@@ -187,6 +194,9 @@ export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[])
   return undefined;
 }
 
+/** How long a CreateSandbox may take when it pulls no image. */
+const CREATE_DEADLINE_MS = 60_000;
+
 /** @internal A CreateSandbox request to send, its injected files' bytes filled in on the way. */
 export interface CreateSubmission {
   /** The request; `spec.files` hold each file's path, mode and size, their content is filled by `fill`. */
@@ -198,7 +208,6 @@ export interface CreateSubmission {
   /** The refusals when the gateway keeps no lifetimes, or would drop the files. */
   refuseTtl(): OpenShellError;
   refuseFiles(): OpenShellError;
-  deadlineMs: number;
   signal?: AbortSignal | undefined;
 }
 
@@ -224,7 +233,8 @@ async function submitCreate(link: Link, s: CreateSubmission): Promise<SandboxInf
   const request = laidOut.request;
   const { client, target } = await link.grpc();
   const creating = link.call(target, client.createSandbox.bind(client), request, {
-    deadlineMs: s.deadlineMs,
+    // A create from an image not yet pulled waits for the pull.
+    deadlineMs: spec.template?.image ? PULL_DEADLINE_MS : CREATE_DEADLINE_MS,
     ...(s.signal ? { signal: s.signal } : {}),
   });
   creating.catch(() => {}); // awaited below, after the digests
@@ -464,8 +474,6 @@ export class OpenShell {
       },
       refuseTtl: () => ttlUnsupported(link.gateway().name, "ttl"),
       refuseFiles: () => link.unsupported(CAPABILITY_SANDBOX_FILES, "files"),
-      // A create from an image not yet pulled waits for the pull.
-      deadlineMs: o.from ? 30 * 60_000 : 60_000,
       signal: o.signal,
     });
     const name = created.metadata!.name;

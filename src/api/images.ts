@@ -7,8 +7,8 @@ import type { Link } from "./link.js";
 
 export type { ImageInfo };
 
-/** The sources an image pull may take several minutes for. */
-const PULL_DEADLINE_MS = 30 * 60_000;
+/** How long a call that may pull an image waits: a large one takes minutes. */
+export const PULL_DEADLINE_MS = 30 * 60_000;
 const CALL_DEADLINE_MS = 60_000;
 
 export async function listImages(link: Link, options: { signal?: AbortSignal } = {}): Promise<ImageInfo[]> {

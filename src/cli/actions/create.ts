@@ -186,8 +186,6 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
           hint: "Use an openshell gateway (`openshell gateway start`), or --upload for files the sandbox may change.",
         },
       ),
-    // A create from an image not yet pulled waits for the pull.
-    deadlineMs: image === undefined ? 60_000 : 30 * 60_000,
     signal: ctx.signal,
   });
   const name = created.metadata!.name;
