@@ -20,6 +20,7 @@ import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { setPriority } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
+import { orElse } from "../host/fs.js";
 import { identityAlive, mallocTunables, type ProcessIdentity, processIdentity } from "../host/process.js";
 import { destroySandboxCgroups, findSandboxCgroups } from "../runtime/cgroups.js";
 import {
@@ -82,14 +83,10 @@ const SUPERVISOR_RECORD = "supervisor.pid";
 const ADOPTED_POLL_MS = 500;
 
 /** The supervisor a sandbox's directory records; undefined when it records none that parses. */
-function readSupervisorRecord(sandboxDir: string): ProcessIdentity | undefined {
-  try {
-    const text = readFileSync(join(sandboxDir, SUPERVISOR_RECORD), "utf8");
-    const match = /^(\d{1,10}) (\d{1,20})\n$/.exec(text);
-    return match ? { pid: Number(match[1]), start: match[2]! } : undefined;
-  } catch {
-    return undefined;
-  }
+export function readSupervisorRecord(sandboxDir: string): ProcessIdentity | undefined {
+  const text = orElse("", () => readFileSync(join(sandboxDir, SUPERVISOR_RECORD), "utf8"));
+  const match = /^(\d{1,10}) (\d{1,20})\n$/.exec(text);
+  return match ? { pid: Number(match[1]), start: match[2]! } : undefined;
 }
 
 /** The environment variable that starts supervisors as remote ones (see the header). */
@@ -263,11 +260,8 @@ export class LocalRuntime {
 
   /** Whether process `pid` runs this gateway's supervisor program. */
   private runsSupervisor(pid: number): boolean {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(this.supervisorScript);
-    } catch {
-      return false;
-    }
+    const commandLine = orElse("", () => readFileSync(`/proc/${pid}/cmdline`, "utf8"));
+    return commandLine.split("\0").includes(this.supervisorScript);
   }
 
   /** Stops a sandbox's supervisor (and with it the pod); resolves when it is gone. */

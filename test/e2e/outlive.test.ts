@@ -7,9 +7,10 @@
 // (SupervisorLost), from which `sandbox start` runs it again. A supervisor
 // whose sandbox's directory is removed while no gateway runs ends, pod and all.
 
-import { readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readSupervisorRecord } from "../../src/gateway/runtime.js";
 import { identityAlive, processAlive } from "../../src/host/process.js";
 import { collect, json, TestEnv, uniqueName, waitFor, waitForPhase } from "../helpers/cli.js";
 import { children, gatewayPid } from "../helpers/processes.js";
@@ -22,6 +23,31 @@ interface SandboxDoc {
 
 /** Main command: its shell's pid and a count it raises every second, in /sandbox/count. */
 const COUNTING = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /sandbox/count; sleep 1; done';
+
+const sandboxDir = (env: TestEnv, id: string): string =>
+  join(env.stateHome, "openshell", "gateways", "local", "sandboxes", id);
+
+async function idOf(env: TestEnv, name: string): Promise<string> {
+  return json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"])).id;
+}
+
+/** A sandbox whose main command counts (COUNTING), detached. */
+async function createCounting(env: TestEnv, prefix: string): Promise<{ name: string; id: string }> {
+  const name = uniqueName(prefix);
+  const created = await env.run([
+    "sandbox",
+    "create",
+    "--name",
+    name,
+    "--detach",
+    "--",
+    "sh",
+    "-c",
+    COUNTING,
+  ]);
+  expect(created.code, created.stderr).toBe(0);
+  return { name, id: await idOf(env, name) };
+}
 
 describe("sandboxes outlive their gateway", () => {
   const env = new TestEnv();
@@ -44,33 +70,12 @@ describe("sandboxes outlive their gateway", () => {
     }
   }
 
-  function supervisorRecord(id: string): string {
-    return readFileSync(
-      join(env.stateHome, "openshell", "gateways", "local", "sandboxes", id, "supervisor.pid"),
-      "utf8",
-    );
-  }
-
-  async function idOf(name: string): Promise<string> {
-    return json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"])).id;
-  }
+  const supervisorRecord = (id: string) => readSupervisorRecord(sandboxDir(env, id));
 
   it("gateway stop then start: the count never restarts, the open exec ends 244 with connection lost, a new exec works", async () => {
-    const name = uniqueName("outlive");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      name,
-      "--detach",
-      "--",
-      "sh",
-      "-c",
-      COUNTING,
-    ]);
-    expect(created.code, created.stderr).toBe(0);
-    const id = await idOf(name);
+    const { name, id } = await createCounting(env, "outlive");
     const supervisor = supervisorRecord(id);
+    expect(supervisor).toBeDefined();
     await countAtLeast(name, 2);
     const exec = env.spawn([
       "sandbox",
@@ -101,25 +106,13 @@ describe("sandboxes outlive their gateway", () => {
     await waitForPhase(env, name, "Ready");
     const after = await countAtLeast(name, before.count + 1);
     expect(after.pid).toBe(before.pid);
-    expect(supervisorRecord(id)).toBe(supervisor);
+    expect(supervisorRecord(id)).toEqual(supervisor);
     const doc = json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"]));
     expect(doc.phase).toBe("Ready");
   });
 
   it("a gateway killed with SIGKILL: its sandboxes keep running and the next start adopts them", async () => {
-    const name = uniqueName("outkill");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      name,
-      "--detach",
-      "--",
-      "sh",
-      "-c",
-      COUNTING,
-    ]);
-    expect(created.code, created.stderr).toBe(0);
+    const { name } = await createCounting(env, "outkill");
     const before = await countAtLeast(name, 2);
     const gateway = gatewayPid(env);
     process.kill(gateway, "SIGKILL");
@@ -131,23 +124,9 @@ describe("sandboxes outlive their gateway", () => {
   });
 
   it("a supervisor that does not reconnect within the bound is stopped, its sandbox in Error SupervisorLost; start runs it again", async () => {
-    const name = uniqueName("outlost");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      name,
-      "--detach",
-      "--",
-      "sh",
-      "-c",
-      COUNTING,
-    ]);
-    expect(created.code, created.stderr).toBe(0);
-    const id = await idOf(name);
+    const { name, id } = await createCounting(env, "outlost");
     await countAtLeast(name, 1);
-    const [pid, start] = supervisorRecord(id).trim().split(" ");
-    const supervisor = { pid: Number(pid), start: start! };
+    const supervisor = supervisorRecord(id)!;
     expect(children(gatewayPid(env))).toContain(supervisor.pid);
     // Frozen, it cannot reconnect; a stop's SIGKILL still ends it.
     process.kill(supervisor.pid, "SIGSTOP");
@@ -180,12 +159,11 @@ describe("a supervisor left without its gateway", () => {
     expect(supervisor && identityAlive(supervisor)).toBe(true);
     const pod = children(supervisor!.pid);
     expect(pod.length).toBeGreaterThan(0);
-    const id = await (async () =>
-      json<SandboxDoc>(await env.run(["sandbox", "get", name, "-o", "json"])).id)();
+    const id = await idOf(env, name);
     const stop = await env.run(["gateway", "stop"], { timeoutMs: 60_000 });
     expect(stop.code, stop.stderr).toBe(0);
     expect(identityAlive(supervisor!)).toBe(true);
-    rmSync(join(env.stateHome, "openshell", "gateways", "local", "sandboxes", id), {
+    rmSync(sandboxDir(env, id), {
       recursive: true,
       force: true,
       maxRetries: 5,

@@ -92,14 +92,8 @@ export class TestEnv {
     for (const gateway of existsSync(gateways) ? readdirSync(gateways) : []) {
       const sandboxes = join(gateways, gateway, "sandboxes");
       for (const id of existsSync(sandboxes) ? readdirSync(sandboxes) : []) {
-        try {
-          const [pid, start] = readFileSync(join(sandboxes, id, "supervisor.pid"), "utf8")
-            .trim()
-            .split(" ");
-          records.push({ pid: Number(pid), start: start ?? "" });
-        } catch {
-          // No supervisor recorded.
-        }
+        const record = readSupervisorRecord(join(sandboxes, id));
+        if (record) records.push(record);
       }
     }
     return records;
@@ -216,6 +210,7 @@ export function uniqueName(prefix: string): string {
 // ---- the gateway's own API, for waiting on events and inspecting the wire ----
 
 import { readFileSync } from "node:fs";
+import { readSupervisorRecord } from "../../src/gateway/runtime.js";
 import { type OpenShellClient, SandboxPhase, WatchSandboxRequest } from "../../src/gen/openshell.js";
 import { identityAlive, type ProcessIdentity } from "../../src/host/process.js";
 import { connectGateway, type GatewayTarget } from "../../src/transport/grpc.js";
