@@ -11,10 +11,10 @@
 
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ImageStore } from "../src/gateway/images.js";
-import { TestImage, TestRegistry } from "../test/helpers/registry.js";
+import { busybox, TestImage, TestRegistry } from "../test/helpers/registry.js";
 import { BenchEnv } from "./lib/gateway.js";
 import { progress, type Section } from "./lib/report.js";
 import { formatMiB, formatMs, round, summarize } from "./lib/stats.js";
@@ -41,12 +41,7 @@ export async function imageSandboxes(s: Section): Promise<void> {
   try {
     await registry.start();
     progress("building a ~100 MB image");
-    const image = new TestImage(env.root, "big").layer((root) => {
-      mkdirSync(join(root, "bin"));
-      writeFileSync(join(root, "bin", "busybox"), readFileSync("/bin/busybox"));
-      chmodSync(join(root, "bin", "busybox"), 0o755);
-      for (const applet of ["sh", "sleep", "true", "cat"]) symlinkSync("busybox", join(root, "bin", applet));
-    });
+    const image = new TestImage(env.root, "big").layer(busybox);
     for (let layer = 0; layer < LAYERS; layer++) {
       image.layer((root) => {
         mkdirSync(join(root, "data"), { recursive: true });

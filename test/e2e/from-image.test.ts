@@ -9,7 +9,6 @@
 // source that cannot be had is refused naming it, leaving no sandbox.
 
 import {
-  chmodSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -22,18 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { json, TestEnv, uniqueName } from "../helpers/cli.js";
-import { TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
-
-/** busybox applets the images link to, enough for the tests' commands. */
-const APPLETS = ["sh", "cat", "ls", "echo", "env", "pwd", "id", "sleep", "test", "touch", "mkdir"];
-
-/** A static busybox and its applets under `root`: a shell and tools with no library at all. */
-function busybox(root: string): void {
-  mkdirSync(join(root, "bin"), { recursive: true });
-  writeFileSync(join(root, "bin", "busybox"), readFileSync("/bin/busybox"));
-  chmodSync(join(root, "bin", "busybox"), 0o755);
-  for (const applet of APPLETS) symlinkSync("busybox", join(root, "bin", applet));
-}
+import { busybox, TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
 
 describe("sandbox create --from", () => {
   const registry = new TestRegistry();

@@ -4,7 +4,7 @@
 // with skopeo.
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -139,4 +139,15 @@ export function writeTree(root: string, files: Record<string, string>): void {
     mkdirSync(join(root, path, ".."), { recursive: true });
     writeFileSync(join(root, path), content);
   }
+}
+
+/** busybox applets the test images link to, enough for the tests' and the bench's commands. */
+const APPLETS = ["sh", "cat", "ls", "echo", "env", "pwd", "id", "sleep", "true", "test", "touch", "mkdir"];
+
+/** A static busybox and its applets under `root`'s /bin: a shell and tools with no library at all. */
+export function busybox(root: string): void {
+  mkdirSync(join(root, "bin"), { recursive: true });
+  writeFileSync(join(root, "bin", "busybox"), readFileSync("/bin/busybox"));
+  chmodSync(join(root, "bin", "busybox"), 0o755);
+  for (const applet of APPLETS) symlinkSync("busybox", join(root, "bin", applet));
 }
