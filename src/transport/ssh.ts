@@ -3,7 +3,7 @@
 // and download; the same stream is what `ssh-proxy` gives OpenSSH.
 
 import type { Duplex } from "node:stream";
-import { Client, type ClientChannel, type PseudoTtyOptions } from "ssh2";
+import type { Client, ClientChannel, PseudoTtyOptions } from "ssh2";
 import { OpenShellError } from "../core/errors.js";
 import { exitCodeOf } from "../core/signals.js";
 import type { CreateSshSessionResponse, OpenShellClient, TcpForwardFrame } from "../gen/openshell.js";
