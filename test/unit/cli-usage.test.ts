@@ -94,7 +94,11 @@ const usageErrors: [string[], number, RegExp][] = [
   [["status", "-o", "xml"], 2, /argument 'xml' is invalid/],
   [["ssh-proxy", "--no-such-flag"], 2, /unknown option '--no-such-flag'/],
   [["completions"], 2, /missing required argument 'shell'/],
-  [["completions", "tcsh"], 2, /value 'tcsh' is invalid for argument 'shell'\. Allowed choices are bash, zsh, fish/],
+  [
+    ["completions", "tcsh"],
+    2,
+    /value 'tcsh' is invalid for argument 'shell'\. Allowed choices are bash, zsh, fish/,
+  ],
 ];
 
 describe("usage errors, in-process", () => {
