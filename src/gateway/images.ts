@@ -27,6 +27,8 @@ import {
 } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
+import { IMAGE_POLICY_PATHS } from "../core/policy.js";
+import { resolveInImage } from "../runtime/image-tree.js";
 
 /** What an image says about how to run it (its config's `config` object). */
 export interface ImageConfig {
@@ -139,6 +141,28 @@ function hostArchitecture(): string {
     s390x: "s390x",
   };
   return names[process.arch] ?? process.arch;
+}
+
+/** The largest policy file an image may carry. */
+const IMAGE_POLICY_MAX = 1024 * 1024;
+
+/**
+ * The policy file the image whose root is `root` carries (IMAGE_POLICY_PATHS,
+ * the first there): its path in the image and its text; undefined when it
+ * has none. Looked up inside the image, its links never followed to the
+ * host; one that is there but is not a plain file of at most 1 MiB throws,
+ * naming it.
+ */
+export function imagePolicyFile(root: string): { path: string; text: string } | undefined {
+  for (const path of IMAGE_POLICY_PATHS) {
+    const found = resolveInImage(root, path);
+    if (found === undefined) continue;
+    const entry = statSync(found);
+    if (!entry.isFile()) throw new Error(`${path} is not a regular file`);
+    if (entry.size > IMAGE_POLICY_MAX) throw new Error(`${path} exceeds ${IMAGE_POLICY_MAX} bytes`);
+    return { path, text: readFileSync(found, "utf8") };
+  }
+  return undefined;
 }
 
 /** Bytes under `dir`, as `du` counts them (hard links once). */

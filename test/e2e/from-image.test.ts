@@ -31,11 +31,21 @@ describe("sandbox create --from", () => {
   const hostSecret = join(work, "host-secret");
   let reference = "";
   let hostile = "";
+  let withPolicy = "";
+  let brokenPolicy = "";
+  /** A policy file to give with --policy. */
+  const given = join(work, "given.yaml");
   let image: TestImage;
 
   beforeAll(async () => {
     await registry.start();
-    writeTree(hostSecret, { "secret.txt": "host only\n", "etc/app/.keep": "" });
+    writeTree(hostSecret, {
+      "secret.txt": "host only\n",
+      "etc/app/.keep": "",
+      // A policy on the host where the hostile image's /etc link points: never the sandbox's.
+      "etc/openshell/policy.yaml":
+        "version: 1\nfilesystem_policy:\n  read_only: [/bin]\n  read_write: [/tmp, /host-policy]\n",
+    });
     image = new TestImage(work, "bb")
       .layer((root) => {
         busybox(root);
@@ -72,6 +82,24 @@ describe("sandbox create --from", () => {
         symlinkSync(join(hostSecret, "etc"), join(root, "etc"));
       })
       .push(registry, "hostile:1");
+    // Images that carry a policy: a usable one at upstream's path, a broken one at its legacy path.
+    const carried = (path: string, policy: string) =>
+      new TestImage(work, path.split("/")[2]!).layer((root) => {
+        busybox(root);
+        writeTree(root, { [path]: policy });
+      });
+    withPolicy = carried(
+      "/etc/openshell/policy.yaml",
+      "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/bin]\n  read_write: [/tmp, /dev/null, /scratch]\n",
+    ).push(registry, "with-policy:1");
+    brokenPolicy = carried(
+      "/etc/navigator/policy.yaml",
+      "version: 1\nfilesystem_policy:\n  bogus: true\n",
+    ).push(registry, "broken-policy:1");
+    writeFileSync(
+      given,
+      "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/bin]\n  read_write: [/tmp, /dev/null, /given]\n",
+    );
     await env.startGateway({ OPENSHELL_INSECURE_REGISTRIES: registry.host });
   }, 120_000);
 
@@ -162,8 +190,90 @@ describe("sandbox create --from", () => {
       // Refused, naming the injected file whose way passes through the link.
       expect(created.stderr).toContain("/etc/app/injected");
     }
+    // The host's policy file the link leads to is not the image's: a create without a policy gets the default.
+    const plain = uniqueName("hostile");
+    const idle = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      plain,
+      "--from",
+      hostile,
+      "--detach",
+      "--",
+      "sleep",
+      "100000",
+    ]);
+    expect(idle.code, idle.stderr).toBe(0);
+    const got = await env.run(["sandbox", "get", plain, "-o", "json"]);
+    expect(got.stdout).toContain("/dev/urandom");
+    expect(got.stdout).not.toContain("/host-policy");
     // Nothing was written into the host directory the image's /etc points at.
     expect(readdirSync(join(hostSecret, "etc", "app"))).toEqual([".keep"]);
+  });
+
+  it("uses the policy an image carries at /etc/openshell/policy.yaml when none is given; a given policy wins", async () => {
+    const scratch =
+      "touch /scratch/f 2>/dev/null && echo scratch-writable || echo scratch-refused; " +
+      "touch /given/f 2>/dev/null && echo given-writable || echo given-refused";
+    const carried = uniqueName("carried");
+    const created = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      carried,
+      "--from",
+      withPolicy,
+      "--detach",
+      "--",
+      "sleep",
+      "100000",
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await exec(carried, scratch)).stdout).toBe("scratch-writable\ngiven-refused\n");
+    const got = await env.run(["sandbox", "get", carried, "-o", "json"]);
+    expect(got.stdout).toContain("/scratch");
+    const overridden = uniqueName("given");
+    const second = await env.run([
+      "sandbox",
+      "create",
+      "--name",
+      overridden,
+      "--from",
+      withPolicy,
+      "--policy",
+      given,
+      "--detach",
+      "--",
+      "sleep",
+      "100000",
+    ]);
+    expect(second.code, second.stderr).toBe(0);
+    expect((await exec(overridden, scratch)).stdout).toBe("scratch-refused\ngiven-writable\n");
+  });
+
+  it("refuses an image whose carried policy is broken (at the legacy /etc/navigator path), naming both, and leaves no sandbox", async () => {
+    const before = json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"])).length;
+    const created = await env.run(["sandbox", "create", "--from", brokenPolicy, "--detach"]);
+    expect(created.code).toBe(1);
+    expect(created.stderr).toContain(`image '${brokenPolicy}': /etc/navigator/policy.yaml`);
+    expect(created.stderr).toContain("bogus");
+    expect(created.stderr).toContain("--policy");
+    // A given policy is the way past it.
+    const given = await env.run([
+      "sandbox",
+      "create",
+      "--from",
+      brokenPolicy,
+      "--policy",
+      join(work, "given.yaml"),
+      "--detach",
+      "--",
+      "sleep",
+      "100000",
+    ]);
+    expect(given.code, given.stderr).toBe(0);
+    expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before + 1);
   });
 
   it("takes an OCI archive and a plain root filesystem directory", async () => {
