@@ -27,6 +27,7 @@ import {
 } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
+import { DEFAULT_COMMUNITY_REGISTRY, imageReference } from "../core/names.js";
 import { IMAGE_POLICY_PATHS } from "../core/policy.js";
 import { resolveInImage } from "../runtime/image-tree.js";
 
@@ -53,12 +54,9 @@ export interface StoredImage {
 export interface ImageStoreOptions {
   /** Registries (`host:port`) reached over plain HTTP or with unverified TLS. */
   insecureRegistries?: readonly string[];
-  /** The prefix a community sandbox name (`base`) is resolved under. */
+  /** The prefix a community sandbox name (`base`) is resolved under (OPENSHELL_COMMUNITY_REGISTRY). */
   communityRegistry?: string;
 }
-
-/** Upstream's community registry prefix; OPENSHELL_COMMUNITY_REGISTRY overrides it. */
-export const DEFAULT_COMMUNITY_REGISTRY = "ghcr.io/nvidia/openshell-community/sandboxes";
 
 /** A pull that failed: its message names the source and what went wrong. */
 export class ImagePullError extends Error {}
@@ -69,8 +67,6 @@ const TOOL_OUTPUT_MAX = 64 * 1024;
 const BLOB_MAX = 4 * 1024 * 1024;
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
-/** A community sandbox name: a plain word, no registry, path or tag. */
-const COMMUNITY_NAME = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 
 function run(tool: string, args: readonly string[], signal?: AbortSignal): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -180,7 +176,7 @@ export class ImageStore {
     readonly dir: string,
     options: ImageStoreOptions = {},
   ) {
-    this.community = (options.communityRegistry ?? DEFAULT_COMMUNITY_REGISTRY).replace(/\/+$/, "");
+    this.community = options.communityRegistry ?? DEFAULT_COMMUNITY_REGISTRY;
     this.insecure = new Set(options.insecureRegistries ?? []);
     for (const sub of ["roots", "images"]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o711 });
     // Pulls a stopped gateway left unfinished.
@@ -209,14 +205,18 @@ export class ImageStore {
       if (existsSync(join(source, "oci-layout"))) return { kind: "layout", from: `oci:${source}`, args: [] };
       return { kind: "rootfs", from: source, args: [] };
     }
-    const reference =
-      COMMUNITY_NAME.test(source) && !source.includes(".") ? `${this.community}/${source}` : source;
+    const reference = this.reference(source);
     const registry = reference.split("/")[0]!;
     return {
       kind: "registry",
       from: `docker://${reference}`,
       args: this.insecure.has(registry) ? ["--src-tls-verify=false"] : [],
     };
+  }
+
+  /** The image reference `source` names: a community sandbox name under this store's community registry. */
+  reference(source: string): string {
+    return imageReference(source, this.community);
   }
 
   /** Brings `source` into the OCI layout `layout` as its one image, `layout:image`. */
@@ -245,8 +245,12 @@ export class ImageStore {
     }
   }
 
-  /** The image for `source`, pulled and unpacked unless already stored; concurrent pulls of one source share one. */
-  pull(source: string, signal?: AbortSignal): Promise<StoredImage> {
+  /**
+   * The image `name` names (a community name resolved: `reference`), pulled
+   * and unpacked unless already stored; concurrent pulls of one source share one.
+   */
+  pull(name: string, signal?: AbortSignal): Promise<StoredImage> {
+    const source = this.reference(name);
     const running = this.pulls.get(source);
     if (running) return running;
     const pulling = this.pullOnce(source, signal).finally(() => this.pulls.delete(source));

@@ -339,7 +339,8 @@ export class Sandboxes {
       throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
     }
     const ttlSeconds = this.lifetime(spec.ttlSeconds ?? 0, "spec.ttl_seconds");
-    const source = spec.template?.image ?? "";
+    // A community name is stored as the reference it resolved to: `sandbox get` shows what runs.
+    const source = spec.template?.image ? this.imageStore().reference(spec.template.image) : "";
     const image = source === "" ? undefined : await this.image(source);
     if (image) {
       // An image's config is as untrusted as a request: bounded the same way.
@@ -401,6 +402,7 @@ export class Sandboxes {
         // The effective limits too, defaults included.
         template: {
           ...(spec.template ?? SandboxTemplate.fromPartial({})),
+          ...(source !== "" ? { image: source } : {}),
           resources: limitsToResources(limits),
         },
       },
@@ -734,7 +736,10 @@ export class Sandboxes {
   /** Removes a stored image (by digest or a source it was pulled as) that no sandbox runs. */
   removeImage(image: string): string {
     const store = this.imageStore();
-    const found = store.list().find((stored) => stored.digest === image || stored.references.includes(image));
+    const reference = store.reference(image);
+    const found = store
+      .list()
+      .find((stored) => stored.digest === image || stored.references.includes(reference));
     if (!found) throw new StatusError(status.NOT_FOUND, `image '${image}' not found`);
     const users = this.imageUsers().get(found.digest) ?? [];
     if (users.length > 0) {

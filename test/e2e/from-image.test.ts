@@ -19,7 +19,9 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OpenShellService } from "../../src/gen/openshell.js";
 import { json, TestEnv, uniqueName } from "../helpers/cli.js";
 import { busybox, TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
 
@@ -100,7 +102,12 @@ describe("sandbox create --from", () => {
       given,
       "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/bin]\n  read_write: [/tmp, /dev/null, /given]\n",
     );
-    await env.startGateway({ OPENSHELL_INSECURE_REGISTRIES: registry.host });
+    // A community sandbox, where OPENSHELL_COMMUNITY_REGISTRY (the gateway's) sends a plain name.
+    image.push(registry, "community/sandboxes/tiny:latest");
+    await env.startGateway({
+      OPENSHELL_INSECURE_REGISTRIES: registry.host,
+      OPENSHELL_COMMUNITY_REGISTRY: `${registry.host}/community/sandboxes/`,
+    });
   }, 120_000);
 
   afterAll(async () => {
@@ -276,6 +283,26 @@ describe("sandbox create --from", () => {
     expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before + 1);
   });
 
+  it("resolves a community name under the gateway's OPENSHELL_COMMUNITY_REGISTRY; get shows the full reference and digest", async () => {
+    const name = uniqueName("community");
+    const created = await env.run(["sandbox", "create", "--name", name, "--from", "tiny", "--detach"]);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await exec(name, "cat /only-in-image")).stdout).toBe("from the image\n");
+    const full = `${registry.host}/community/sandboxes/tiny:latest`;
+    const doc = json<{ image: string; image_digest: string }>(
+      await env.run(["sandbox", "get", name, "-o", "json"]),
+    );
+    expect(doc.image).toBe(full);
+    expect(doc.image_digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    const table = await env.run(["sandbox", "get", name]);
+    expect(table.stdout).toContain(`Image: ${full} (${doc.image_digest})`);
+    // Stored under the reference it resolved to.
+    const listed = json<{ digest: string; references: string[] }[]>(
+      await env.run(["image", "list", "-o", "json"]),
+    );
+    expect(listed.find((stored) => stored.digest === doc.image_digest)?.references).toContain(full);
+  });
+
   it("takes an OCI archive and a plain root filesystem directory", async () => {
     const archive = image.archive(join(work, "bb.tar"));
     const tree = join(work, "tree");
@@ -336,5 +363,56 @@ describe("sandbox create --from", () => {
       expect(created.stderr).toContain(`image '${source}'`);
     }
     expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before);
+  });
+});
+
+describe("--from a community name against a gateway that keeps no images", () => {
+  // Answers as an OpenShell gateway does: no capabilities; records what a create asked for.
+  let server: Server;
+  let port = 0;
+  const asked: string[] = [];
+  const env = new TestEnv();
+
+  beforeAll(async () => {
+    server = new Server();
+    const refuse = (_call: unknown, callback: (error: { code: number; details: string }) => void) =>
+      callback({ code: status.UNIMPLEMENTED, details: "not in this stand-in" });
+    server.addService(OpenShellService, {
+      ...Object.fromEntries(Object.keys(OpenShellService).map((key) => [key, refuse])),
+      getGatewayInfo: (_call: unknown, callback: (e: null, r: unknown) => void) =>
+        callback(null, { status: 1, gatewayVersion: "upstream", computeDrivers: [], capabilities: [] }),
+      createSandbox: (
+        call: { request: { spec?: { template?: { image: string } } } },
+        callback: (error: { code: number; details: string }) => void,
+      ) => {
+        asked.push(call.request.spec?.template?.image ?? "");
+        callback({ code: status.UNAVAILABLE, details: "stand-in" });
+      },
+    } as never);
+    port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) =>
+        e ? reject(e) : resolve(p),
+      ),
+    );
+  });
+  afterAll(async () => {
+    server.forceShutdown();
+    await env.dispose();
+  });
+
+  it("sends the name resolved as upstream's CLI does, under the CLI's OPENSHELL_COMMUNITY_REGISTRY", async () => {
+    const create = (extra: Record<string, string> = {}) =>
+      env.run(
+        ["--gateway-endpoint", `http://127.0.0.1:${port}`, "sandbox", "create", "--from", "base", "--detach"],
+        {
+          env: extra,
+        },
+      );
+    expect((await create()).code).not.toBe(0);
+    expect((await create({ OPENSHELL_COMMUNITY_REGISTRY: "registry.example.com/mine/" })).code).not.toBe(0);
+    expect(asked).toEqual([
+      "ghcr.io/nvidia/openshell-community/sandboxes/base:latest",
+      "registry.example.com/mine/base:latest",
+    ]);
   });
 });
