@@ -169,6 +169,8 @@ async function diskUsage(dir: string): Promise<number> {
 
 export class ImageStore {
   private readonly pulls = new Map<string, Promise<StoredImage>>();
+  /** Per manifest digest, the end of the last pull storing it (see `oneAtATime`). */
+  private readonly storing = new Map<string, Promise<unknown>>();
   private readonly community: string;
   private readonly insecure: Set<string>;
 
@@ -249,6 +251,11 @@ export class ImageStore {
    * The image `name` names (a community name resolved: `reference`), pulled
    * and unpacked unless already stored; concurrent pulls of one source share one.
    */
+  /** Whether a pull of the image `name` names is under way (a pull of it now would join that one). */
+  pulling(name: string): boolean {
+    return this.pulls.has(this.reference(name));
+  }
+
   pull(name: string, signal?: AbortSignal): Promise<StoredImage> {
     const source = this.reference(name);
     const running = this.pulls.get(source);
@@ -268,23 +275,28 @@ export class ImageStore {
       if (architecture !== "" && architecture !== hostArchitecture()) {
         throw new Error(`it is built for ${architecture}; this host runs ${hostArchitecture()}`);
       }
-      const known = this.get(digest);
-      if (!known || !existsSync(this.root(digest))) {
-        const bundle = join(work, "bundle");
-        const rootless = process.getuid?.() !== 0 ? ["--rootless"] : [];
-        await run("umoci", ["unpack", ...rootless, "--image", `${layout}:image`, bundle], signal);
-        rmSync(this.root(digest), { recursive: true, force: true });
-        renameSync(join(bundle, "rootfs"), this.root(digest));
-      }
-      const image: StoredImage = {
-        digest,
-        references: [source, ...(known?.references ?? []).filter((ref) => ref !== source)].slice(0, 16),
-        config,
-        sizeBytes: known?.sizeBytes ?? (await diskUsage(this.root(digest))),
-        pulledAtMs: Date.now(),
-      };
-      await writeFile(join(this.dir, "images", `${hex}.json.tmp`), JSON.stringify(image));
-      renameSync(join(this.dir, "images", `${hex}.json.tmp`), join(this.dir, "images", `${hex}.json`));
+      // Two sources of one image (a tag and its digest, an archive of it) pulled
+      // at once: unpacked once, and their records written one after the other.
+      const image = await this.oneAtATime(digest, async () => {
+        const known = this.get(digest);
+        if (!known) {
+          const bundle = join(work, "bundle");
+          const rootless = process.getuid?.() !== 0 ? ["--rootless"] : [];
+          await run("umoci", ["unpack", ...rootless, "--image", `${layout}:image`, bundle], signal);
+          rmSync(this.root(digest), { recursive: true, force: true });
+          renameSync(join(bundle, "rootfs"), this.root(digest));
+        }
+        const stored: StoredImage = {
+          digest,
+          references: [source, ...(known?.references ?? []).filter((ref) => ref !== source)].slice(0, 16),
+          config,
+          sizeBytes: known?.sizeBytes ?? (await diskUsage(this.root(digest))),
+          pulledAtMs: Date.now(),
+        };
+        await writeFile(join(this.dir, "images", `${hex}.json.tmp`), JSON.stringify(stored));
+        renameSync(join(this.dir, "images", `${hex}.json.tmp`), join(this.dir, "images", `${hex}.json`));
+        return stored;
+      });
       return image;
     } catch (error) {
       if (error instanceof ImagePullError) throw error;
@@ -292,6 +304,17 @@ export class ImageStore {
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
+  }
+
+  /** Runs `step` once every step queued before it for `digest` has ended. */
+  private oneAtATime<T>(digest: string, step: () => Promise<T>): Promise<T> {
+    const queued = (this.storing.get(digest) ?? Promise.resolve()).catch(() => {}).then(step);
+    const tail = queued.catch(() => {});
+    this.storing.set(digest, tail);
+    void tail.then(() => {
+      if (this.storing.get(digest) === tail) this.storing.delete(digest);
+    });
+    return queued;
   }
 
   /** The unpacked root of the image with manifest digest `digest`. */

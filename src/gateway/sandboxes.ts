@@ -653,8 +653,16 @@ export class Sandboxes {
     const images = this.o.images!;
     const stored = images.list().find((image) => image.references.includes(source));
     if (stored) return stored;
+    // Said in the gateway's log: a pull can take minutes, and concurrent creates share one.
+    const joining = images.pulling(source);
+    this.o.log("INFO", `image '${source}': ${joining ? "waiting for its pull under way" : "pulling"}`);
     try {
-      return await images.pull(source);
+      const started = Date.now();
+      const image = await images.pull(source);
+      if (!joining) {
+        this.o.log("INFO", `image '${source}': pulled ${image.digest} in ${Date.now() - started} ms`);
+      }
+      return image;
     } catch (error) {
       if (error instanceof ImagePullError) throw new StatusError(status.FAILED_PRECONDITION, error.message);
       throw error;

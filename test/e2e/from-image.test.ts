@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OpenShellService } from "../../src/gen/openshell.js";
-import { json, TestEnv, uniqueName } from "../helpers/cli.js";
+import { json, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
 import { busybox, TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
 
 describe("sandbox create --from", () => {
@@ -171,6 +171,59 @@ describe("sandbox create --from", () => {
     }
     const roots = readdirSync(join(env.stateHome, "openshell", "gateways", "local", "images", "roots"));
     expect(roots).toHaveLength(1);
+  });
+
+  it("pulls an image not yet stored once for two creates that ask for it at the same time", async () => {
+    const shared = new TestImage(work, "shared")
+      .layer((root) => {
+        busybox(root);
+        writeTree(root, { "shared-marker": "shared\n" });
+      })
+      .push(registry, "shared:1");
+    const log = join(env.stateHome, "openshell", "gateways", "local", "gateway.log");
+    const lines = (text: string) =>
+      readFileSync(log, "utf8")
+        .split("\n")
+        .filter((line) => line.includes(text));
+    const before = {
+      manifests: registry.requests("GET", "/v2/shared/manifests/1"),
+      blobs: registry.requests("GET", "/v2/shared/blobs/"),
+    };
+    const create = (name: string) =>
+      env.run(["sandbox", "create", "--name", name, "--from", shared, "--detach", "--", "sleep", "100000"], {
+        timeoutMs: 120_000,
+      });
+    const names = [uniqueName("first"), uniqueName("second")];
+    // The registry holds the first pull until the second create has joined it (or started its own).
+    registry.pause();
+    let creates: Promise<Awaited<ReturnType<typeof create>>[]>;
+    try {
+      const first = create(names[0]!);
+      await waitFor("the first create's pull", 30_000, () =>
+        lines(`image '${shared}': pulling`).length === 1 ? true : undefined,
+      );
+      const second = create(names[1]!);
+      await waitFor("the second create to join the pull", 30_000, () =>
+        lines(`image '${shared}':`).length >= 2 ? true : undefined,
+      );
+      creates = Promise.all([first, second]);
+    } finally {
+      registry.resume();
+    }
+    for (const created of await creates) expect(created.code, created.stderr).toBe(0);
+    expect(lines(`image '${shared}': waiting for its pull under way`)).toHaveLength(1);
+    expect(lines(`image '${shared}': pulling`)).toHaveLength(1);
+    // One manifest read by tag, and each blob fetched once (skopeo reads the config and the one layer).
+    expect(registry.requests("GET", "/v2/shared/manifests/1") - before.manifests).toBe(1);
+    expect(registry.requests("GET", "/v2/shared/blobs/") - before.blobs).toBe(2);
+    const digests = await Promise.all(
+      names.map(
+        async (name) =>
+          json<{ image_digest: string }>(await env.run(["sandbox", "get", name, "-o", "json"])).image_digest,
+      ),
+    );
+    expect(digests[0]).toMatch(/^sha256:/);
+    expect(digests[1]).toBe(digests[0]);
   });
 
   it("lets no link in an image reach the host: absolute, climbing, or on an injected file's way", async () => {

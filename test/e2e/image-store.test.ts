@@ -118,6 +118,16 @@ describe("the image store", () => {
     expect(roots.filter((hex) => `sha256:${hex}` === pulls[0]!.digest)).toHaveLength(1);
   });
 
+  it("stores one image pulled at once from two sources (a registry and an archive of it) once, both pulls succeeding", async () => {
+    const twin = new TestImage(work, "twin").layer((root) => writeTree(root, { twin: "twin\n" }));
+    const sources = [twin.push(registry, "twin:1"), twin.archive(join(work, "twin.tar"))];
+    const pulls = await Promise.all(sources.map((source) => store.pull(source)));
+    expect(pulls[1]!.digest).toBe(pulls[0]!.digest);
+    expect(store.get(pulls[0]!.digest)?.references.sort()).toEqual([...sources].sort());
+    expect(readFileSync(join(store.root(pulls[0]!.digest), "twin"), "utf8")).toBe("twin\n");
+    expect(readdirSync(join(store.dir, "tmp"))).toEqual([]);
+  });
+
   it("takes an OCI archive file and a plain root filesystem directory as sources", async () => {
     const archive = base.archive(join(work, "base.tar"));
     const fromArchive = await store.pull(archive);
