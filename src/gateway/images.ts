@@ -23,10 +23,12 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  statfsSync,
   statSync,
 } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
+import { formatBytes } from "../core/files.js";
 import { DEFAULT_COMMUNITY_REGISTRY, imageReference } from "../core/names.js";
 import { IMAGE_POLICY_PATHS } from "../core/policy.js";
 import { resolveInImage } from "../runtime/image-tree.js";
@@ -181,8 +183,12 @@ export class ImageStore {
     this.community = options.communityRegistry ?? DEFAULT_COMMUNITY_REGISTRY;
     this.insecure = new Set(options.insecureRegistries ?? []);
     for (const sub of ["roots", "images"]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o711 });
-    // Pulls a stopped gateway left unfinished.
+    // Pulls a stopped gateway left unfinished: its work, and a root whose record was never written.
     rmSync(join(dir, "tmp"), { recursive: true, force: true });
+    for (const hex of readdirSync(join(dir, "roots"))) {
+      if (!existsSync(join(dir, "images", `${hex}.json`)))
+        rmSync(join(dir, "roots", hex), { recursive: true, force: true });
+    }
     mkdirSync(join(dir, "tmp"), { mode: 0o700 });
   }
 
@@ -286,24 +292,51 @@ export class ImageStore {
           rmSync(this.root(digest), { recursive: true, force: true });
           renameSync(join(bundle, "rootfs"), this.root(digest));
         }
-        const stored: StoredImage = {
-          digest,
-          references: [source, ...(known?.references ?? []).filter((ref) => ref !== source)].slice(0, 16),
-          config,
-          sizeBytes: known?.sizeBytes ?? (await diskUsage(this.root(digest))),
-          pulledAtMs: Date.now(),
-        };
-        await writeFile(join(this.dir, "images", `${hex}.json.tmp`), JSON.stringify(stored));
-        renameSync(join(this.dir, "images", `${hex}.json.tmp`), join(this.dir, "images", `${hex}.json`));
-        return stored;
+        try {
+          const stored: StoredImage = {
+            digest,
+            references: [source, ...(known?.references ?? []).filter((ref) => ref !== source)].slice(0, 16),
+            config,
+            sizeBytes: known?.sizeBytes ?? (await diskUsage(this.root(digest))),
+            pulledAtMs: Date.now(),
+          };
+          const record = join(this.dir, "images", `${hex}.json`);
+          await writeFile(`${record}.tmp`, JSON.stringify(stored));
+          renameSync(`${record}.tmp`, record);
+          return stored;
+        } catch (error) {
+          // A root without its record is never used: not kept to take space either.
+          rmSync(join(this.dir, "images", `${hex}.json.tmp`), { force: true });
+          if (!known) rmSync(this.root(digest), { recursive: true, force: true });
+          throw error;
+        }
       });
       return image;
     } catch (error) {
       if (error instanceof ImagePullError) throw error;
-      throw new ImagePullError(`image '${source}': ${(error as Error).message}`);
+      rmSync(work, { recursive: true, force: true });
+      throw new ImagePullError(`image '${source}': ${this.full(error) ?? (error as Error).message}`);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * What to say when `error` is the store's filesystem filling up (ENOSPC from
+   * node, "no space left on device" from skopeo or umoci): where it is and
+   * what is free once the failed pull's files are gone. Undefined otherwise.
+   */
+  private full(error: unknown): string | undefined {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "ENOSPC" && !/no space left on device/i.test((error as Error).message)) return undefined;
+    let free = "";
+    try {
+      const fs = statfsSync(this.dir);
+      free = `, ${formatBytes(fs.bavail * fs.bsize)} free of ${formatBytes(fs.blocks * fs.bsize)}`;
+    } catch {
+      // The figures are a courtesy.
+    }
+    return `no space left on the image store's disk (${this.dir}${free}) to store it; free space there or remove unused images (openshell image prune), then try again`;
   }
 
   /** Runs `step` once every step queued before it for `digest` has ended. */

@@ -172,6 +172,18 @@ describe("the image store", () => {
     expect(store.list()).toHaveLength(images);
   });
 
+  it("on opening, removes what an interrupted pull left (its work, a root whose record was never written) and keeps every stored image", async () => {
+    const kept = store.list().map((image) => image.digest);
+    const orphan = join(store.dir, "roots", "0".repeat(64));
+    writeTree(orphan, { "half-written": "x\n" });
+    writeTree(join(store.dir, "tmp", "pull-x"), { layout: "x\n" });
+    const reopened = new ImageStore(store.dir, { insecureRegistries: [registry.host] });
+    expect(existsSync(orphan)).toBe(false);
+    expect(readdirSync(join(store.dir, "tmp"))).toEqual([]);
+    expect(reopened.list().map((image) => image.digest)).toEqual(kept);
+    for (const digest of kept) expect(existsSync(reopened.root(digest))).toBe(true);
+  });
+
   it("removes an image: record and root", async () => {
     const gone = new TestImage(work, "gone").layer((root) => writeTree(root, { g: "g\n" }));
     const image = await store.pull(gone.push(registry, "gone:1"));
