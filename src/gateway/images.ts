@@ -14,7 +14,7 @@
 // A root is renamed into place only once complete, and its record written
 // after it, so nothing half-pulled ever looks usable.
 
-import { execFile } from "node:child_process";
+import { spawn } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -25,12 +25,14 @@ import {
   rmSync,
   statfsSync,
   statSync,
+  writeFileSync,
 } from "node:fs";
 import { writeFile } from "node:fs/promises";
-import { isAbsolute, join } from "node:path";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { formatBytes } from "../core/files.js";
 import { DEFAULT_COMMUNITY_REGISTRY, imageReference } from "../core/names.js";
 import { IMAGE_POLICY_PATHS } from "../core/policy.js";
+import { lstatIfExists } from "../host/fs.js";
 import { resolveInImage } from "../runtime/image-tree.js";
 
 /** What an image says about how to run it (its config's `config` object). */
@@ -70,23 +72,50 @@ const BLOB_MAX = 4 * 1024 * 1024;
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
 
-function run(tool: string, args: readonly string[], signal?: AbortSignal): Promise<string> {
+/** A tool the store runs is not installed. */
+class ToolMissing extends Error {}
+
+/** The last `max` bytes a stream wrote. */
+function tail(stream: NodeJS.ReadableStream, max: number): () => string {
+  let kept = Buffer.alloc(0);
+  stream.on("data", (chunk: Buffer) => {
+    kept = Buffer.concat([kept, chunk]);
+    if (kept.length > max) kept = kept.subarray(kept.length - max);
+  });
+  return () => kept.toString("utf8");
+}
+
+/**
+ * Runs `tool` to completion: its output, of which only the last 64 KiB is
+ * kept (a build's RUN steps may print without end); rejects with its last
+ * line of stderr, or ToolMissing.
+ */
+function run(
+  tool: string,
+  args: readonly string[],
+  signal?: AbortSignal,
+  env: Record<string, string> = {},
+): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(
-      tool,
-      args,
-      { maxBuffer: TOOL_OUTPUT_MAX, signal, env: { ...process.env, LANG: "C.UTF-8" } },
-      (error, stdout, stderr) => {
-        if (!error) return resolve(stdout);
-        const code = (error as NodeJS.ErrnoException).code;
-        if (code === "ENOENT") {
-          reject(new Error(`${tool} is not installed (Debian: apt-get install ${tool})`));
-          return;
-        }
-        const last = String(stderr).trim().split("\n").filter(Boolean).pop() ?? error.message;
-        reject(new Error(last.replace(/^time="[^"]*" level=\w+ msg="(.*)"$/, "$1").slice(0, 2048)));
-      },
-    );
+    const child = spawn(tool, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      signal,
+      env: { ...process.env, LANG: "C.UTF-8", ...env },
+    });
+    const stdout = tail(child.stdout, TOOL_OUTPUT_MAX);
+    const stderr = tail(child.stderr, TOOL_OUTPUT_MAX);
+    child.on("error", (error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT")
+        reject(new ToolMissing(`${tool} is not installed (Debian: apt-get install ${tool})`));
+      else reject(error);
+    });
+    child.on("close", (code, signalName) => {
+      if (code === 0) return resolve(stdout());
+      const last =
+        stderr().trim().split("\n").filter(Boolean).pop() ?? `${tool} ended with ${code ?? signalName}`;
+      const message = last.replace(/^time="[^"]*" level=\w+ msg="(.*)"$/, "$1").replace(/^Error: /, "");
+      reject(new Error(message.slice(0, 2048)));
+    });
   });
 }
 
@@ -127,6 +156,11 @@ function inspectLayout(layout: string): { digest: string; config: ImageConfig; a
       cmd: strings(config.Cmd),
     },
   };
+}
+
+/** Whether a file is a Dockerfile by its name, as upstream tells (`Dockerfile`, `app.dockerfile`, `Dockerfile.dev`). */
+function isDockerfileName(path: string): boolean {
+  return basename(path).toLowerCase().includes("dockerfile");
 }
 
 /** The OCI architecture name of this host's. */
@@ -198,7 +232,7 @@ export class ImageStore {
    * docker's), an OCI layout directory, or a plain root filesystem directory.
    */
   private locate(source: string): {
-    kind: "registry" | "archive" | "layout" | "rootfs";
+    kind: "registry" | "archive" | "layout" | "rootfs" | "dockerfile";
     from: string;
     args: string[];
   } {
@@ -209,8 +243,15 @@ export class ImageStore {
       } catch {
         throw new ImagePullError(`image '${source}': no such file or directory`);
       }
-      if (!directory) return { kind: "archive", from: `oci-archive:${source}`, args: [] };
+      if (!directory) {
+        // As upstream: a file whose name says Dockerfile is one (its directory the context).
+        if (isDockerfileName(source)) return { kind: "dockerfile", from: source, args: [] };
+        return { kind: "archive", from: `oci-archive:${source}`, args: [] };
+      }
       if (existsSync(join(source, "oci-layout"))) return { kind: "layout", from: `oci:${source}`, args: [] };
+      if (lstatIfExists(join(source, "Dockerfile"))?.isFile()) {
+        return { kind: "dockerfile", from: join(source, "Dockerfile"), args: [] };
+      }
       return { kind: "rootfs", from: source, args: [] };
     }
     const reference = this.reference(source);
@@ -227,9 +268,64 @@ export class ImageStore {
     return imageReference(source, this.community);
   }
 
+  /**
+   * Builds the Dockerfile `dockerfile` (its directory the context) with
+   * buildah into the OCI layout `layout`: as root without a container
+   * engine (vfs storage, chroot isolation for RUN), in storage of its own
+   * under the pull's work directory, removed with it. Timestamps are zeroed,
+   * so a build that yields the same files yields the same digest and reuses
+   * its root. Base images in a registry named in OPENSHELL_INSECURE_REGISTRIES
+   * are reached as skopeo reaches them.
+   */
+  private async build(dockerfile: string, layout: string, signal?: AbortSignal): Promise<void> {
+    const work = join(layout, "..", "build");
+    mkdirSync(work, { recursive: true, mode: 0o700 });
+    const storage = ["--root", join(work, "root"), "--runroot", join(work, "run"), "--storage-driver", "vfs"];
+    const env: Record<string, string> = {};
+    if (this.insecure.size > 0) {
+      const conf = join(work, "registries.conf");
+      const entries = [...this.insecure].map(
+        (host) => `[[registry]]\nlocation = "${host}"\ninsecure = true\n`,
+      );
+      writeFileSync(conf, ['unqualified-search-registries = ["docker.io"]', ...entries].join("\n"));
+      env.CONTAINERS_REGISTRIES_CONF = conf;
+    }
+    const tag = "localhost/openshell-build:latest";
+    try {
+      await run(
+        "buildah",
+        [
+          ...storage,
+          "build",
+          "--quiet",
+          "--isolation",
+          "chroot",
+          "--timestamp",
+          "0",
+          "--file",
+          dockerfile,
+          "--tag",
+          tag,
+          dirname(dockerfile),
+        ],
+        signal,
+        env,
+      );
+      await run("buildah", [...storage, "push", "--quiet", tag, `oci:${layout}:image`], signal, env);
+    } catch (error) {
+      if (error instanceof ToolMissing) {
+        throw new Error(
+          "a Dockerfile is built with buildah, which is not installed (Debian: apt-get install buildah)",
+        );
+      }
+      throw new Error(`building it with buildah: ${(error as Error).message}`);
+    }
+  }
+
   /** Brings `source` into the OCI layout `layout` as its one image, `layout:image`. */
   private async fetch(source: string, layout: string, signal?: AbortSignal): Promise<void> {
     const { kind, from, args } = this.locate(source);
+    if (kind === "dockerfile") return this.build(from, layout, signal);
     if (kind === "rootfs") {
       // A plain tree becomes a one-layer image: stored, shared and digested as any other.
       await run("umoci", ["init", "--layout", layout], signal);
@@ -254,13 +350,30 @@ export class ImageStore {
   }
 
   /**
-   * The image `name` names (a community name resolved: `reference`), pulled
-   * and unpacked unless already stored; concurrent pulls of one source share one.
+   * The image already stored under the source `name` names, used as it is
+   * without asking its source again (`image pull` refreshes a tag); never
+   * for a Dockerfile, which is built again each time (an unchanged build
+   * yields the same digest, and its root is reused).
    */
+  stored(name: string): StoredImage | undefined {
+    const source = this.reference(name);
+    try {
+      if (this.locate(source).kind === "dockerfile") return undefined;
+    } catch {
+      return undefined;
+    }
+    return this.list().find((image) => image.references.includes(source));
+  }
+
   /** Whether a pull of the image `name` names is under way (a pull of it now would join that one). */
   pulling(name: string): boolean {
     return this.pulls.has(this.reference(name));
   }
+
+  /**
+   * The image `name` names (a community name resolved: `reference`), pulled
+   * and unpacked unless already stored; concurrent pulls of one source share one.
+   */
 
   pull(name: string, signal?: AbortSignal): Promise<StoredImage> {
     const source = this.reference(name);

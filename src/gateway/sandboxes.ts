@@ -651,7 +651,7 @@ export class Sandboxes {
    */
   private async image(source: string): Promise<StoredImage> {
     const images = this.o.images!;
-    const stored = images.list().find((image) => image.references.includes(source));
+    const stored = images.stored(source);
     if (stored) return stored;
     // Said in the gateway's log: a pull can take minutes, and concurrent creates share one.
     const joining = images.pulling(source);
