@@ -16,6 +16,8 @@
 
 import { spawn } from "node:child_process";
 import {
+  accessSync,
+  constants,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -72,9 +74,6 @@ const BLOB_MAX = 4 * 1024 * 1024;
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
 
-/** A tool the store runs is not installed. */
-class ToolMissing extends Error {}
-
 /** The last `max` bytes a stream wrote. */
 function tail(stream: NodeJS.ReadableStream, max: number): () => string {
   let kept = Buffer.alloc(0);
@@ -88,7 +87,7 @@ function tail(stream: NodeJS.ReadableStream, max: number): () => string {
 /**
  * Runs `tool` to completion: its output, of which only the last 64 KiB is
  * kept (a build's RUN steps may print without end); rejects with its last
- * line of stderr, or ToolMissing.
+ * line of stderr, or saying what to install.
  */
 function run(
   tool: string,
@@ -106,7 +105,7 @@ function run(
     const stderr = tail(child.stderr, TOOL_OUTPUT_MAX);
     child.on("error", (error: NodeJS.ErrnoException) => {
       if (error.code === "ENOENT")
-        reject(new ToolMissing(`${tool} is not installed (Debian: apt-get install ${tool})`));
+        reject(new Error(`${tool} is not installed (Debian: apt-get install ${tool})`));
       else reject(error);
     });
     child.on("close", (code, signalName) => {
@@ -156,6 +155,21 @@ function inspectLayout(layout: string): { digest: string; config: ImageConfig; a
       cmd: strings(config.Cmd),
     },
   };
+}
+
+/** Whether `tool` is an executable file in a directory of PATH. */
+function onPath(tool: string): boolean {
+  return (process.env.PATH ?? "")
+    .split(":")
+    .filter((dir) => isAbsolute(dir))
+    .some((dir) => {
+      try {
+        accessSync(join(dir, tool), constants.X_OK);
+        return statSync(join(dir, tool)).isFile();
+      } catch {
+        return false;
+      }
+    });
 }
 
 /** Whether a file is a Dockerfile by its name, as upstream tells (`Dockerfile`, `app.dockerfile`, `Dockerfile.dev`). */
@@ -291,12 +305,29 @@ export class ImageStore {
       env.CONTAINERS_REGISTRIES_CONF = conf;
     }
     const tag = "localhost/openshell-build:latest";
+    if (!onPath("buildah")) {
+      throw new Error(
+        "a Dockerfile is built with buildah, which is not installed (Debian: apt-get install buildah)",
+      );
+    }
     try {
       await run(
-        "buildah",
+        "unshare",
         [
+          // RUN steps see only the build's own processes: none of the host's to signal.
+          "--pid",
+          "--fork",
+          "--kill-child",
+          "--mount",
+          "--mount-proc",
+          "--propagation",
+          "private",
+          "buildah",
           ...storage,
           "build",
+          // The way out of a chroot.
+          "--cap-drop",
+          "SYS_CHROOT",
           "--quiet",
           "--isolation",
           "chroot",
@@ -313,11 +344,6 @@ export class ImageStore {
       );
       await run("buildah", [...storage, "push", "--quiet", tag, `oci:${layout}:image`], signal, env);
     } catch (error) {
-      if (error instanceof ToolMissing) {
-        throw new Error(
-          "a Dockerfile is built with buildah, which is not installed (Debian: apt-get install buildah)",
-        );
-      }
       throw new Error(`building it with buildah: ${(error as Error).message}`);
     }
   }

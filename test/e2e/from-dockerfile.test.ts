@@ -79,16 +79,27 @@ describe("sandbox create --from a Dockerfile", () => {
   );
 
   it.skipIf(!root)(
-    "builds FROM an image in the test registry (an insecure one the gateway names)",
+    "builds FROM an image in the test registry (an insecure one the gateway names); RUN sees none of the host's processes and cannot chroot",
     async () => {
       const dir = join(work, "from-registry");
       writeTree(dir, {
-        "app.dockerfile": `FROM ${base}\nRUN echo from-registry > /marker\nCMD ["/bin/sh", "-c", "exec sleep 100000"]\n`,
+        "app.dockerfile": [
+          `FROM ${base}`,
+          "RUN echo from-registry > /marker",
+          // What a RUN step could reach: the processes it sees (the host has scores), a way out of its chroot.
+          "RUN ls /proc | busybox grep -c '^[0-9]' > /processes; " +
+            "if busybox chroot / true 2>/dev/null; then echo chroot-allowed; else echo chroot-refused; fi > /chroot",
+          'CMD ["/bin/sh", "-c", "exec sleep 100000"]',
+          "",
+        ].join("\n"),
       });
       const name = uniqueName("registry");
       const created = await create(name, join(dir, "app.dockerfile"));
       expect(created.code, created.stderr).toBe(0);
-      expect((await exec(name, "cat /marker")).stdout).toBe("from-registry\n");
+      const seen = await exec(name, "cat /marker /chroot /processes");
+      const [marker, chroot, processes] = seen.stdout.trim().split("\n");
+      expect([marker, chroot]).toEqual(["from-registry", "chroot-refused"]);
+      expect(Number(processes)).toBeLessThan(10);
     },
   );
 
