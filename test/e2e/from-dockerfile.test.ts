@@ -50,8 +50,6 @@ describe("sandbox create --from a Dockerfile", () => {
 
   const create = (name: string, source: string) =>
     env.run(["sandbox", "create", "--name", name, "--from", source, "--detach"], { timeoutMs: 180_000 });
-  const exec = (name: string, script: string) =>
-    env.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script]);
   const digestOf = async (name: string) =>
     json<{ image_digest: string }>(await env.run(["sandbox", "get", name, "-o", "json"])).image_digest;
 
@@ -61,7 +59,7 @@ describe("sandbox create --from a Dockerfile", () => {
       const first = uniqueName("built");
       const created = await create(first, join(context, "Dockerfile"));
       expect(created.code, created.stderr).toBe(0);
-      const seen = await exec(first, "cat /hello.txt /ran.txt; echo $GREETING");
+      const seen = await env.sh(first, "cat /hello.txt /ran.txt; echo $GREETING");
       expect(seen.stdout).toBe("copied\nran-at-build\nbuilt\n");
       // The directory that holds a Dockerfile names it too; the same build yields the same digest.
       const second = uniqueName("again");
@@ -96,7 +94,7 @@ describe("sandbox create --from a Dockerfile", () => {
       const name = uniqueName("registry");
       const created = await create(name, join(dir, "app.dockerfile"));
       expect(created.code, created.stderr).toBe(0);
-      const seen = await exec(name, "cat /marker /chroot /processes");
+      const seen = await env.sh(name, "cat /marker /chroot /processes");
       const [marker, chroot, processes] = seen.stdout.trim().split("\n");
       expect([marker, chroot]).toEqual(["from-registry", "chroot-refused"]);
       expect(Number(processes)).toBeLessThan(10);

@@ -19,11 +19,11 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OpenShellService } from "../../src/gen/openshell.js";
-import { json, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
+import { json, type RunResult, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
 import { busybox, TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
+import { type StandIn, startStandIn } from "../helpers/stand-in.js";
 
 describe("sandbox create --from", () => {
   const registry = new TestRegistry();
@@ -116,8 +116,15 @@ describe("sandbox create --from", () => {
     rmSync(work, { recursive: true, force: true });
   });
 
-  const exec = (name: string, script: string) =>
-    env.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script]);
+  const exec = (name: string, script: string) => env.sh(name, script);
+  /** `sandbox create --name NAME --from SOURCE [FLAGS] --detach -- sleep 100000`. */
+  const createFrom = (name: string, source: string, ...flags: string[]) =>
+    env.run(
+      ["sandbox", "create", "--name", name, "--from", source, ...flags, "--detach", "--", "sleep", "100000"],
+      {
+        timeoutMs: 120_000,
+      },
+    );
 
   it("runs the image's tree with its Env, WorkingDir, User and Entrypoint/Cmd, its workspace seeded; injected files as on the host root", async () => {
     const name = uniqueName("from");
@@ -189,20 +196,16 @@ describe("sandbox create --from", () => {
       manifests: registry.requests("GET", "/v2/shared/manifests/1"),
       blobs: registry.requests("GET", "/v2/shared/blobs/"),
     };
-    const create = (name: string) =>
-      env.run(["sandbox", "create", "--name", name, "--from", shared, "--detach", "--", "sleep", "100000"], {
-        timeoutMs: 120_000,
-      });
     const names = [uniqueName("first"), uniqueName("second")];
     // The registry holds the first pull until the second create has joined it (or started its own).
     registry.pause();
-    let creates: Promise<Awaited<ReturnType<typeof create>>[]>;
+    let creates: Promise<RunResult[]>;
     try {
-      const first = create(names[0]!);
+      const first = createFrom(names[0]!, shared);
       await waitFor("the first create's pull", 30_000, () =>
         lines(`image '${shared}': pulling`).length === 1 ? true : undefined,
       );
-      const second = create(names[1]!);
+      const second = createFrom(names[1]!, shared);
       await waitFor("the second create to join the pull", 30_000, () =>
         lines(`image '${shared}':`).length >= 2 ? true : undefined,
       );
@@ -229,20 +232,7 @@ describe("sandbox create --from", () => {
   it("lets no link in an image reach the host: absolute, climbing, or on an injected file's way", async () => {
     const name = uniqueName("hostile");
     writeFileSync(join(work, "inj"), "injected\n");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      name,
-      "--from",
-      hostile,
-      "--file",
-      `${join(work, "inj")}:/etc/app/injected`,
-      "--detach",
-      "--",
-      "sleep",
-      "100000",
-    ]);
+    const created = await createFrom(name, hostile, "--file", `${join(work, "inj")}:/etc/app/injected`);
     if (created.code === 0) {
       const seen = await exec(name, "cat /leak/secret.txt /climb/secret.txt /etc/../secret.txt 2>&1; true");
       expect(seen.stdout).not.toContain("host only");
@@ -252,18 +242,7 @@ describe("sandbox create --from", () => {
     }
     // The host's policy file the link leads to is not the image's: a create without a policy gets the default.
     const plain = uniqueName("hostile");
-    const idle = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      plain,
-      "--from",
-      hostile,
-      "--detach",
-      "--",
-      "sleep",
-      "100000",
-    ]);
+    const idle = await createFrom(plain, hostile);
     expect(idle.code, idle.stderr).toBe(0);
     const got = await env.run(["sandbox", "get", plain, "-o", "json"]);
     expect(got.stdout).toContain("/dev/urandom");
@@ -277,37 +256,13 @@ describe("sandbox create --from", () => {
       "touch /scratch/f 2>/dev/null && echo scratch-writable || echo scratch-refused; " +
       "touch /given/f 2>/dev/null && echo given-writable || echo given-refused";
     const carried = uniqueName("carried");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      carried,
-      "--from",
-      withPolicy,
-      "--detach",
-      "--",
-      "sleep",
-      "100000",
-    ]);
+    const created = await createFrom(carried, withPolicy);
     expect(created.code, created.stderr).toBe(0);
     expect((await exec(carried, scratch)).stdout).toBe("scratch-writable\ngiven-refused\n");
     const got = await env.run(["sandbox", "get", carried, "-o", "json"]);
     expect(got.stdout).toContain("/scratch");
     const overridden = uniqueName("given");
-    const second = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      overridden,
-      "--from",
-      withPolicy,
-      "--policy",
-      given,
-      "--detach",
-      "--",
-      "sleep",
-      "100000",
-    ]);
+    const second = await createFrom(overridden, withPolicy, "--policy", given);
     expect(second.code, second.stderr).toBe(0);
     expect((await exec(overridden, scratch)).stdout).toBe("scratch-refused\ngiven-writable\n");
   });
@@ -320,19 +275,8 @@ describe("sandbox create --from", () => {
     expect(created.stderr).toContain("bogus");
     expect(created.stderr).toContain("--policy");
     // A given policy is the way past it.
-    const given = await env.run([
-      "sandbox",
-      "create",
-      "--from",
-      brokenPolicy,
-      "--policy",
-      join(work, "given.yaml"),
-      "--detach",
-      "--",
-      "sleep",
-      "100000",
-    ]);
-    expect(given.code, given.stderr).toBe(0);
+    const passed = await createFrom(uniqueName("given"), brokenPolicy, "--policy", given);
+    expect(passed.code, passed.stderr).toBe(0);
     expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before + 1);
   });
 
@@ -366,18 +310,7 @@ describe("sandbox create --from", () => {
       [tree, "plain tree\n"],
     ] as const) {
       const name = uniqueName("src");
-      const created = await env.run([
-        "sandbox",
-        "create",
-        "--name",
-        name,
-        "--from",
-        source,
-        "--detach",
-        "--",
-        "sleep",
-        "100000",
-      ]);
+      const created = await createFrom(name, source);
       expect(created.code, created.stderr).toBe(0);
       const seen = await exec(name, "cat /only-in-image /marker 2>/dev/null; true");
       expect(seen.stdout).toBe(expected);
@@ -420,20 +353,13 @@ describe("sandbox create --from", () => {
 });
 
 describe("--from a community name against a gateway that keeps no images", () => {
-  // Answers as an OpenShell gateway does: no capabilities; records what a create asked for.
-  let server: Server;
-  let port = 0;
+  // An OpenShell gateway's stand-in that records what a create asked for.
+  let standIn: StandIn;
   const asked: string[] = [];
   const env = new TestEnv();
 
   beforeAll(async () => {
-    server = new Server();
-    const refuse = (_call: unknown, callback: (error: { code: number; details: string }) => void) =>
-      callback({ code: status.UNIMPLEMENTED, details: "not in this stand-in" });
-    server.addService(OpenShellService, {
-      ...Object.fromEntries(Object.keys(OpenShellService).map((key) => [key, refuse])),
-      getGatewayInfo: (_call: unknown, callback: (e: null, r: unknown) => void) =>
-        callback(null, { status: 1, gatewayVersion: "upstream", computeDrivers: [], capabilities: [] }),
+    standIn = await startStandIn({
       createSandbox: (
         call: { request: { spec?: { template?: { image: string } } } },
         callback: (error: { code: number; details: string }) => void,
@@ -441,26 +367,18 @@ describe("--from a community name against a gateway that keeps no images", () =>
         asked.push(call.request.spec?.template?.image ?? "");
         callback({ code: status.UNAVAILABLE, details: "stand-in" });
       },
-    } as never);
-    port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) =>
-        e ? reject(e) : resolve(p),
-      ),
-    );
+    });
   });
   afterAll(async () => {
-    server.forceShutdown();
+    standIn.server.forceShutdown();
     await env.dispose();
   });
 
   it("sends the name resolved as upstream's CLI does, under the CLI's OPENSHELL_COMMUNITY_REGISTRY", async () => {
     const create = (extra: Record<string, string> = {}) =>
-      env.run(
-        ["--gateway-endpoint", `http://127.0.0.1:${port}`, "sandbox", "create", "--from", "base", "--detach"],
-        {
-          env: extra,
-        },
-      );
+      env.run(["--gateway-endpoint", standIn.endpoint, "sandbox", "create", "--from", "base", "--detach"], {
+        env: extra,
+      });
     expect((await create()).code).not.toBe(0);
     expect((await create({ OPENSHELL_COMMUNITY_REGISTRY: "registry.example.com/mine/" })).code).not.toBe(0);
     expect(asked).toEqual([

@@ -69,16 +69,7 @@ describe.skipIf(!root)("an image store whose disk fills up during unpack", () =>
     rmSync(ballast);
     const created = await create();
     expect(created.code, created.stderr).toBe(0);
-    const seen = await env.run([
-      "sandbox",
-      "exec",
-      "-n",
-      name,
-      "--",
-      "sh",
-      "-c",
-      "test -s /zeros && echo unpacked",
-    ]);
+    const seen = await env.sh(name, "test -s /zeros && echo unpacked");
     expect(seen.stdout).toBe("unpacked\n");
     expect((await env.run(["sandbox", "delete", name])).code).toBe(0);
   });
