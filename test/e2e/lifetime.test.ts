@@ -8,12 +8,12 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Server, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSandboxStatus, setReadyCondition } from "../../src/core/phases.js";
 import { type Sandbox, SandboxPhase, WatchSandboxRequest } from "../../src/gen/openshell.js";
 import { gatewayClient, json, TestEnv, uniqueName } from "../helpers/cli.js";
-import { startStandIn } from "../helpers/stand-in.js";
+import { type StandIn, startStandIn } from "../helpers/stand-in.js";
 
 interface SandboxDoc {
   id: string;
@@ -247,16 +247,14 @@ describe("against a gateway without lifetimes", () => {
   // Answers GetGatewayInfo as an OpenShell gateway does (no capabilities) and
   // records whether anything was created or renewed. Like an OpenShell
   // gateway, it answers StopSandbox while the sandbox is still stopping.
-  let server: Server;
-  let port = 0;
+  let upstream: StandIn;
   let calls = 0;
   let watches = 0;
   const stopping: string[] = [];
   const env = new TestEnv();
 
   beforeAll(async () => {
-    let endpoint: string;
-    ({ server, endpoint } = await startStandIn(
+    upstream = await startStandIn(
       {
         stopSandbox: (call: { request: { name: string } }, callback: (e: null, r: unknown) => void) => {
           stopping.push(call.request.name);
@@ -280,16 +278,15 @@ describe("against a gateway without lifetimes", () => {
       () => {
         calls += 1;
       },
-    ));
-    port = Number(new URL(endpoint).port);
+    );
   });
   afterAll(async () => {
-    server.forceShutdown();
+    upstream.server.forceShutdown();
     await env.dispose();
   });
 
   it("stop waits on the watch until the sandbox is Stopped, and reports a failure to stop", async () => {
-    const endpoint = ["--gateway-endpoint", `http://127.0.0.1:${port}`];
+    const endpoint = ["--gateway-endpoint", upstream.endpoint];
     const stop = await env.run([...endpoint, "sandbox", "stop", "up"], { timeoutMs: 10_000 });
     expect(stop.code, stop.stderr).toBe(0);
     expect(stop.stderr).toContain("Stopped sandbox up");
@@ -301,7 +298,7 @@ describe("against a gateway without lifetimes", () => {
   });
 
   it("refuses create --ttl and sandbox renew before asking for either, and says why", async () => {
-    const endpoint = ["--gateway-endpoint", `http://127.0.0.1:${port}`];
+    const endpoint = ["--gateway-endpoint", upstream.endpoint];
     const create = await env.run([
       ...endpoint,
       "sandbox",
