@@ -22,6 +22,7 @@ import {
 import { parseTtl, ttlError } from "../core/lifetime.js";
 import { type Limits, limitsToResources, parseCpu, parsePids, parseQuantity } from "../core/limits.js";
 import {
+  imageReference,
   parseSelector,
   validateCommand,
   validateLabels,
@@ -33,6 +34,7 @@ import { formatPolicyViolations, validatePolicy } from "../core/policy/validate.
 import {
   ANNOTATION_START_ON_ATTACH,
   CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_IMAGES,
   CAPABILITY_SANDBOX_TTL,
 } from "../core/protocol.js";
 import {
@@ -221,11 +223,20 @@ async function submitCreate(link: Link, s: CreateSubmission): Promise<SandboxInf
   const spec = s.request.spec!;
   const hasFiles = spec.files.length > 0;
   const hasTtl = spec.ttlSeconds !== undefined;
+  // A community sandbox name, resolved by a gateway that keeps images, else here (as upstream's CLI).
+  const community =
+    spec.template?.image !== undefined && imageReference(spec.template.image) !== spec.template.image;
   const capabilities =
-    hasFiles || hasTtl
+    hasFiles || hasTtl || community
       ? link.capabilities()
       : Promise.resolve([CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL]);
   capabilities.catch(() => {}); // awaited below, after the files
+  if (community && !(await capabilities).includes(CAPABILITY_SANDBOX_IMAGES)) {
+    spec.template!.image = imageReference(
+      spec.template!.image!,
+      link.env.OPENSHELL_COMMUNITY_REGISTRY || undefined,
+    );
+  }
   const laidOut = layoutCreateRequest(s.request, s.sizes);
   await s.fill(laidOut.slots);
   if (hasTtl && !(await capabilities).includes(CAPABILITY_SANDBOX_TTL)) throw s.refuseTtl();

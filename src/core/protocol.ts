@@ -44,6 +44,14 @@ export const SUBSYSTEM_START = "openshell-start";
 export const CAPABILITY_SANDBOX_TTL = "sandbox-ttl.v1";
 
 /**
+ * Advertised by gateways that keep their own image store (`--from`): they
+ * resolve a community sandbox name themselves, under their own
+ * OPENSHELL_COMMUNITY_REGISTRY. Against others the CLI resolves it, as
+ * upstream's CLI does.
+ */
+export const CAPABILITY_SANDBOX_IMAGES = "sandbox-images.v1";
+
+/**
  * The variables through which a pod that brings its own transfer tools (one
  * on an image, see supervisor/pod.ts) names them to upload and download;
  * unset elsewhere (the host root, an OpenShell gateway's sandboxes).

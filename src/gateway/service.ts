@@ -21,6 +21,7 @@ import { phaseOf } from "../core/phases.js";
 import { defaultPolicy } from "../core/policy.js";
 import {
   CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_IMAGES,
   CAPABILITY_SANDBOX_TTL,
   SUPERVISOR_METADATA_KEY,
 } from "../core/protocol.js";
@@ -234,7 +235,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
           capabilities: { driverName: "openshell-bubblewrap", driverVersion: o.version },
         },
       ],
-      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL],
+      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL, CAPABILITY_SANDBOX_IMAGES],
     })),
 
     createSandbox: unary("user", async (request) => ({

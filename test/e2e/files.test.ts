@@ -4,14 +4,9 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { credentials, InterceptingCall, Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { credentials, InterceptingCall, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  ListSandboxesResponse,
-  OpenShellClient,
-  OpenShellService,
-  type SandboxFile,
-} from "../../src/gen/openshell.js";
+import { ListSandboxesResponse, OpenShellClient, type SandboxFile } from "../../src/gen/openshell.js";
 import {
   gatewayClient,
   gatewayTarget,
@@ -21,6 +16,7 @@ import {
   waitForOutput,
   waitForPhase,
 } from "../helpers/cli.js";
+import { type StandIn, startStandIn } from "../helpers/stand-in.js";
 
 const MiB = 1024 * 1024;
 const sha256 = (data: Buffer | string): string => createHash("sha256").update(data).digest("hex");
@@ -426,34 +422,21 @@ describe("against a gateway that would drop the files", () => {
   // An OpenShell gateway cannot run here (it needs Docker or Kubernetes); this
   // stand-in answers GetGatewayInfo as one does (no capabilities) and records
   // whether anything was created.
-  let server: Server;
-  let port = 0;
+  let standIn: StandIn;
   let creates = 0;
   const env = new TestEnv();
 
   beforeAll(async () => {
-    server = new Server();
-    const unimplemented = (_call: unknown, callback: (error: { code: number; details: string }) => void) =>
-      callback({ code: status.UNIMPLEMENTED, details: "not in this stand-in" });
-    const handlers = Object.fromEntries(Object.keys(OpenShellService).map((key) => [key, unimplemented]));
-    server.addService(OpenShellService, {
-      ...handlers,
-      getGatewayInfo: (_call: unknown, callback: (e: null, r: unknown) => void) =>
-        callback(null, { status: 1, gatewayVersion: "upstream", computeDrivers: [], capabilities: [] }),
+    standIn = await startStandIn({
       createSandbox: (_call: unknown, callback: (e: { code: number; details: string }) => void) => {
         creates += 1;
         callback({ code: status.INTERNAL, details: "should not be called" });
       },
-    } as never);
-    port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) =>
-        e ? reject(e) : resolve(p),
-      ),
-    );
+    });
     writeFileSync(join(env.root, "cfg"), "x\n");
   });
   afterAll(async () => {
-    server.forceShutdown();
+    standIn.server.forceShutdown();
     await env.dispose();
   });
 
@@ -461,7 +444,7 @@ describe("against a gateway that would drop the files", () => {
     const result = await env.run(
       [
         "--gateway-endpoint",
-        `http://127.0.0.1:${port}`,
+        standIn.endpoint,
         "sandbox",
         "create",
         "--detach",
