@@ -7,7 +7,6 @@
 
 import { readFileSync } from "node:fs";
 import type { Duplex } from "node:stream";
-import { stringify as stringifyYaml } from "yaml";
 import { OpenShellError } from "../core/errors.js";
 import {
   DEFAULT_FILE_MODE,
@@ -28,8 +27,6 @@ import {
   validateSandboxName,
   validateWorkspaceName,
 } from "../core/names.js";
-import { parsePolicyYaml } from "../core/policy/parse.js";
-import { formatPolicyViolations, validatePolicy } from "../core/policy/validate.js";
 import {
   ANNOTATION_START_ON_ATTACH,
   CAPABILITY_SANDBOX_FILES,
@@ -45,10 +42,8 @@ import {
   ServiceStatus,
   WatchSandboxRequest,
 } from "../gen/openshell.js";
-import type { SandboxPolicy } from "../gen/sandbox.js";
 import { DEFAULT_WORKSPACE } from "../host/config.js";
 import { checkFileSpecs, readFileContents } from "../host/local-files.js";
-import { loadPolicyFile } from "../host/policy-file.js";
 import { layoutCreateRequest } from "../transport/frames.js";
 import { forwardSsh } from "../transport/ssh.js";
 import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
@@ -64,6 +59,7 @@ import {
 } from "./images.js";
 import { execInteractive, type InteractiveExec, type InteractiveExecOptions } from "./interactive.js";
 import { Link, type ProgressEvent } from "./link.js";
+import { policyOf } from "./policy.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
 export interface OpenShellOptions {
@@ -166,16 +162,14 @@ function resources(o: CreateOptions): Record<string, unknown> | undefined {
   return result;
 }
 
-async function policyOf(policy: CreateOptions["policy"]): Promise<SandboxPolicy | undefined> {
-  if (policy === undefined) return undefined;
-  if (typeof policy === "string") return loadPolicyFile(policy);
-  // The object goes through the same parser and checks as a file, so it means what the file would.
-  const parsed = parsePolicyYaml(stringifyYaml(policy), "policy");
-  const violations = validatePolicy(parsed);
-  if (violations.length > 0) {
-    throw new InvalidArgumentError(`policy: ${formatPolicyViolations(violations)}`, { field: "policy" });
-  }
-  return parsed;
+/** The caller as the gateway identified it (GetCurrentUser). */
+export interface CurrentUser {
+  subject: string;
+  displayName: string;
+  roles: string[];
+  scopes: string[];
+  /** How: `bearer_token`, `none` (the gateway asks no credential), or an OpenShell gateway's `oidc`, `mtls`, ... */
+  identityProvider: string;
 }
 
 /** Compares the digests, sizes and modes the gateway returned with what was sent. */
@@ -331,6 +325,17 @@ export class OpenShell {
     return typed(async () => {
       const { client, target } = await this.#link.grpc();
       return this.#link.call(target, client.getGatewayInfo.bind(client), {}, callOptions(options));
+    });
+  }
+
+  /**
+   * Who the gateway takes this client for (GetCurrentUser): its subject,
+   * roles, scopes and how it was identified.
+   */
+  whoami(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<CurrentUser> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      return this.#link.call(target, client.getCurrentUser.bind(client), {}, callOptions(options));
     });
   }
 

@@ -87,6 +87,7 @@ import {
   SandboxTemplate,
   type SandboxUsage,
 } from "../gen/openshell.js";
+import type { SandboxPolicy } from "../gen/sandbox.js";
 import {
   CgroupError,
   cgroupUsage,
@@ -161,6 +162,16 @@ function creatingMarker(sandboxDir: string): string {
 
 function workspaceOf(value: string): string {
   return value === "" ? DEFAULT_WORKSPACE : value;
+}
+
+/** Refuses (INVALID_ARGUMENT) a policy the gateway would not enforce: at create, and for a live update. */
+export function checkPolicy(policy: SandboxPolicy): void {
+  const size = policySizeViolation(policy);
+  if (size) throw invalidArgument(size);
+  const violations = validatePolicy(policy);
+  if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
+  const shellless = shelllessFilesystemViolation(policy.filesystem);
+  if (shellless) throw invalidArgument(`policy refused: ${shellless}`);
 }
 
 export class Sandboxes {
@@ -247,14 +258,7 @@ export class Sandboxes {
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
     }
-    if (spec.policy) {
-      const size = policySizeViolation(spec.policy);
-      if (size) throw invalidArgument(size);
-      const violations = validatePolicy(spec.policy);
-      if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
-      const shellless = shelllessFilesystemViolation(spec.policy.filesystem);
-      if (shellless) throw invalidArgument(`policy refused: ${shellless}`);
-    }
+    if (spec.policy) checkPolicy(spec.policy);
   }
 
   /** The effective limits of a request's `template.resources`; INVALID_ARGUMENT or FAILED_PRECONDITION otherwise. */

@@ -158,6 +158,9 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   if (completed !== undefined) ui.data(`  ${label("Main command:")} completed, exit status ${completed}`);
   else if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
   ui.data(`  ${label("Resource version:")} ${meta.resourceVersion}`);
+  if (status?.currentPolicyVersion) {
+    ui.data(`  ${label("Policy revision:")} ${status.currentPolicyVersion} in force`);
+  }
   ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);
   const limits = resourcesToLimits(sandbox.spec?.template?.resources);
   if (typeof limits === "object") ui.data(`  ${label("Limits:")} ${describeLimits(limits)}`);
