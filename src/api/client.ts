@@ -31,6 +31,7 @@ import {
   ANNOTATION_START_ON_ATTACH,
   CAPABILITY_SANDBOX_FILES,
   CAPABILITY_SANDBOX_TTL,
+  CAPABILITY_START_ON_ATTACH,
 } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
@@ -188,6 +189,21 @@ export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[])
   return undefined;
 }
 
+/**
+ * A gateway that would start the command before the uploads are in (an
+ * OpenShell gateway: it ignores the annotation that holds it, and its
+ * sandboxes have no openshell-start) is refused before anything is created.
+ */
+export function holdUnsupported(gateway: string): OpenShellError {
+  return new OpenShellError(
+    "unsupported",
+    `gateway '${gateway}' cannot hold the command until the uploads are in: it would start it before its files (an OpenShell gateway ignores ${ANNOTATION_START_ON_ATTACH})`,
+    {
+      hint: "Create the sandbox with --upload and no command, then run it with `openshell sandbox exec -n NAME -- COMMAND`.",
+    },
+  );
+}
+
 /** How long a CreateSandbox may take when it pulls no image. */
 const CREATE_DEADLINE_MS = 60_000;
 
@@ -199,7 +215,9 @@ export interface CreateSubmission {
   sizes: readonly number[];
   /** Writes each file's bytes into its slot (a buffer of its size inside the request's frame). */
   fill(slots: Buffer[]): Promise<void>;
-  /** The refusals when the gateway keeps no lifetimes, or would drop the files. */
+  /** The main command is held until the uploads are in (ANNOTATION_START_ON_ATTACH with uploads to make). */
+  holdsForUploads?: boolean;
+  /** The refusals when the gateway keeps no lifetimes, would drop the files, or would not hold the command. */
   refuseTtl(): OpenShellError;
   refuseFiles(): OpenShellError;
   signal?: AbortSignal | undefined;
@@ -215,15 +233,21 @@ async function submitCreate(link: Link, s: CreateSubmission): Promise<SandboxInf
   const spec = s.request.spec!;
   const hasFiles = spec.files.length > 0;
   const hasTtl = spec.ttlSeconds !== undefined;
+  const questions = [
+    hasFiles && "takes files (--file)",
+    hasTtl && "keeps sandbox lifetimes (--ttl)",
+    s.holdsForUploads && "can hold the command until the uploads are in (--upload with a command)",
+  ].filter((question) => typeof question === "string");
   const capabilities =
-    hasFiles || hasTtl
-      ? link.capabilities()
-      : Promise.resolve([CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL]);
+    questions.length > 0 ? link.capabilities(questions.join(", or ")) : Promise.resolve([]);
   capabilities.catch(() => {}); // awaited below, after the files
   const laidOut = layoutCreateRequest(s.request, s.sizes);
   await s.fill(laidOut.slots);
   if (hasTtl && !(await capabilities).includes(CAPABILITY_SANDBOX_TTL)) throw s.refuseTtl();
   if (hasFiles && !(await capabilities).includes(CAPABILITY_SANDBOX_FILES)) throw s.refuseFiles();
+  if (s.holdsForUploads && !(await capabilities).includes(CAPABILITY_START_ON_ATTACH)) {
+    throw holdUnsupported(link.gateway().name);
+  }
   const request = laidOut.request;
   const { client, target } = await link.grpc();
   const creating = link.call(target, client.createSandbox.bind(client), request, {
@@ -479,6 +503,7 @@ export class OpenShell {
       },
       refuseTtl: () => ttlUnsupported(link.gateway().name, "ttl"),
       refuseFiles: () => link.unsupported(CAPABILITY_SANDBOX_FILES, "files"),
+      holdsForUploads: gated,
       signal: o.signal,
     });
     const name = created.metadata!.name;

@@ -22,6 +22,7 @@ import { phaseOf } from "../core/phases.js";
 import {
   CAPABILITY_SANDBOX_FILES,
   CAPABILITY_SANDBOX_TTL,
+  CAPABILITY_START_ON_ATTACH,
   SUPERVISOR_METADATA_KEY,
 } from "../core/protocol.js";
 import {
@@ -253,7 +254,7 @@ export function createService(o: ServiceOptions): OpenShellServer {
           capabilities: { driverName: "openshell-bubblewrap", driverVersion: o.version },
         },
       ],
-      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL],
+      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL, CAPABILITY_START_ON_ATTACH],
     })),
 
     createSandbox: unary("user", async (request) => ({
