@@ -93,6 +93,30 @@ const usageErrors: [string[], number, RegExp][] = [
   [["gateway", "remove"], 2, /missing required argument 'name'/],
   [["status", "-o", "xml"], 2, /argument 'xml' is invalid/],
   [["ssh-proxy", "--no-such-flag"], 2, /unknown option '--no-such-flag'/],
+  [["policy", "nope"], 2, /unknown command 'nope'/],
+  [["policy", "get", "a", "b"], 2, /too many arguments/],
+  [["policy", "get", "a", "-o", "xml"], 2, /argument 'xml' is invalid/],
+  [["policy", "get", "a", "--rev", "first"], 2, /--rev first: expected a whole number/],
+  [["policy", "get", "a", "--rev", "0"], 2, /--rev 0: expected 1 or more/],
+  [["policy", "set", "a"], 2, /required option '--policy <file>' not specified/],
+  [["policy", "set", "a", "b", "--policy", "p.yaml"], 2, /too many arguments/],
+  [
+    ["policy", "set", "a", "--policy", "p.yaml", "--timeout", "soon"],
+    2,
+    /--timeout soon: expected a whole number/,
+  ],
+  [
+    ["policy", "set", "a", "--policy", "p.yaml", "--timeout", "0"],
+    2,
+    /--timeout 0: expected 1 or more seconds/,
+  ],
+  [
+    ["policy", "set", "a", "--policy", "/no/such/policy.yaml"],
+    1,
+    /failed to read sandbox policy from \/no\/such\/policy.yaml: no such file/,
+  ],
+  [["whoami", "extra"], 2, /too many arguments/],
+  [["whoami", "-o", "xml"], 2, /argument 'xml' is invalid/],
 ];
 
 describe("usage errors, in-process", () => {

@@ -3,6 +3,7 @@
 
 import { stringify as toYaml } from "yaml";
 import { usageError } from "../../core/errors.js";
+import { loadPolicyFile } from "../../host/policy-file.js";
 import type { CommandContext } from "../context.js";
 import { type OutputFormat, printDocument } from "../output/present.js";
 
@@ -46,6 +47,8 @@ export async function policySet(
   o: { name?: string | undefined; file: string; wait: boolean; timeout: number },
 ): Promise<number> {
   if (o.timeout < 1) throw usageError(`--timeout ${o.timeout}: expected 1 or more seconds`);
+  // A bad file is reported before any gateway is asked (the API reads it again to send it).
+  await loadPolicyFile(o.file);
   const name = await ctx.sandboxName(o.name);
   const api = await ctx.api();
   const sandbox = await api.get(name, { signal: ctx.signal });
