@@ -146,17 +146,20 @@ async function waitApplied(
   const timer = setTimeout(() => stop.abort(), timeoutMs);
   const signal = AbortSignal.any([stop.signal, ...(options.signal ? [options.signal] : [])]);
   let wake: (() => void) | undefined;
+  /** Set by each change announced; a check starting after it has seen it. */
+  let changed = false;
   const watching = (async () => {
-    for await (const _event of link.watch(
-      WatchSandboxRequest.fromPartial({ id, followStatus: true }),
-      signal,
-    ))
+    const request = WatchSandboxRequest.fromPartial({ id, followStatus: true });
+    for await (const _event of link.watch(request, signal)) {
+      changed = true;
       wake?.();
+    }
   })();
   watching.catch(() => {}); // the second's tick stands in for a watch that fails
   signal.addEventListener("abort", () => wake?.(), { once: true });
   try {
     for (;;) {
+      changed = false;
       const info = await readPolicy(link, name, id, { revision, signal: options.signal });
       if (info.activeRevision >= revision && info.status === "loaded") return;
       if (info.status === "failed") {
@@ -170,6 +173,8 @@ async function waitApplied(
       }
       if (info.status === "superseded") return;
       if (signal.aborted) break;
+      // A change announced while this check ran: check again at once.
+      if (changed) continue;
       await new Promise<void>((resolve) => {
         const tick = setTimeout(resolve, 1000);
         wake = () => {
