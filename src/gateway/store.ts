@@ -50,6 +50,9 @@ export interface StoredPolicyRevision {
   loadedAtMs: number;
 }
 
+/** Policy revisions kept per sandbox: each may be 256 KiB, and a loop of updates must not fill the store. */
+export const POLICY_REVISIONS_KEPT = 100;
+
 /** Room kept on the store's filesystem for the writes that free space. */
 export const RESERVE_BYTES = 8 * 1024 * 1024;
 
@@ -280,11 +283,15 @@ export class Store {
 
   /**
    * Stores a new policy revision and the sandbox carrying it as its policy,
-   * in one transaction; revisions still pending become superseded.
+   * in one transaction; revisions still pending become superseded, and only
+   * the latest POLICY_REVISIONS_KEPT are kept.
    */
   addPolicyRevision(sandbox: SandboxMessage, revision: StoredPolicyRevision): void {
     const id = sandbox.metadata!.id;
     this.db.transaction(() => {
+      this.db
+        .prepare("DELETE FROM policy_revisions WHERE sandbox_id = ? AND version <= ?")
+        .run(id, revision.version - POLICY_REVISIONS_KEPT);
       this.db
         .prepare("UPDATE policy_revisions SET status = ? WHERE sandbox_id = ? AND status = ?")
         .run(PolicyStatus.POLICY_STATUS_SUPERSEDED, id, PolicyStatus.POLICY_STATUS_PENDING);

@@ -42,6 +42,14 @@ function readUntil(socket: Socket, pattern: RegExp, step: string, timeoutMs = 10
   });
 }
 
+/** A connection to the proxy at `socketPath` past the preamble, as the forwarder hands it over. */
+async function proxyClient(socketPath: string): Promise<Socket> {
+  const socket = connect(socketPath);
+  socket.write(encodePreamble({ peers: [{ exe: "/usr/bin/curl", ancestors: [] }] }));
+  await readUntil(socket, /^ok\n$/, "the proxy's acknowledgement");
+  return socket;
+}
+
 function closed(socket: Socket): Promise<void> {
   return new Promise((resolve) => {
     if (socket.destroyed) resolve();
@@ -101,13 +109,7 @@ describe("the egress proxy", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** A connection past the preamble, as the forwarder hands it over. */
-  async function client(): Promise<Socket> {
-    const socket = connect(socketPath);
-    socket.write(encodePreamble({ peers: [{ exe: "/usr/bin/curl", ancestors: [] }] }));
-    await readUntil(socket, /^ok\n$/, "the proxy's acknowledgement");
-    return socket;
-  }
+  const client = (): Promise<Socket> => proxyClient(socketPath);
 
   it("keeps its socket private to the pod's user and its directory traversable only", () => {
     expect(statSync(socketPath).mode & 0o777).toBe(0o600);
@@ -239,12 +241,7 @@ describe.skipIf(LOCAL_ADDRESS === undefined)("the egress proxy given new rules w
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function client(): Promise<Socket> {
-    const socket = connect(socketPath);
-    socket.write(encodePreamble({ peers: [{ exe: "/usr/bin/curl", ancestors: [] }] }));
-    await readUntil(socket, /^ok\n$/, "the proxy's acknowledgement");
-    return socket;
-  }
+  const client = (): Promise<Socket> => proxyClient(socketPath);
 
   /** A CONNECT's status line, and the socket (a tunnel when 200). */
   async function tunnel(host: string): Promise<{ status: string; socket: Socket }> {

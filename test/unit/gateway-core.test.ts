@@ -23,7 +23,7 @@ import { exitCodeOf } from "../../src/core/signals.js";
 import { levelPasses, sourcePasses } from "../../src/gateway/bus.js";
 import { secretsEqual } from "../../src/gateway/service.js";
 import { buildExecCommand } from "../../src/gateway/ssh.js";
-import { hashToken, Store } from "../../src/gateway/store.js";
+import { hashToken, POLICY_REVISIONS_KEPT, Store } from "../../src/gateway/store.js";
 import { PolicyStatus, type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
 import {
   FILE_CONTENT_NAME,
@@ -286,7 +286,7 @@ describe("the store", () => {
     store.close();
   });
 
-  it("keeps a sandbox's policy revisions across a reopen: pending ones superseded, statuses, and gone with the sandbox", () => {
+  it("keeps a sandbox's latest 100 policy revisions across a reopen: pending ones superseded, statuses, and gone with the sandbox", () => {
     dir = mkdtempSync(join(tmpdir(), "openshell-store-"));
     const path = join(dir, "openshell.db");
     let store = new Store(path);
@@ -315,6 +315,11 @@ describe("the store", () => {
       policy: { version: 2 },
     });
     expect(store.policyRevision("id-one", 1)?.status).toBe(PolicyStatus.POLICY_STATUS_SUPERSEDED);
+    for (let version = 3; version <= POLICY_REVISIONS_KEPT + 2; version++) {
+      store.addPolicyRevision(s, revision(version));
+    }
+    expect(store.policyRevision("id-one", 2)).toBeUndefined();
+    expect(store.policyRevision("id-one", 3)?.version).toBe(3);
     store.deleteSandbox("id-one");
     expect(store.policyRevision("id-one")).toBeUndefined();
     store.close();
