@@ -24,6 +24,7 @@ import {
   type UpdateConfigResponse,
 } from "../../src/gen/openshell.js";
 import type { GetSandboxConfigResponse } from "../../src/gen/sandbox.js";
+import { connectGateway } from "../../src/transport/grpc.js";
 import { gatewayClient, gatewayTarget, json, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
 import { netnsUnavailable, startTestHost, type TestHost } from "../helpers/netns.js";
 
@@ -233,6 +234,21 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
           ),
         );
         await expect(report).rejects.toMatchObject({ code: 16 }); // UNAUTHENTICATED
+        // With a wrong token, each call by id or by name is refused as well.
+        const wrong = connectGateway({ ...gatewayTarget(env), token: "not-the-token" });
+        try {
+          const sandboxId = sandbox!.metadata!.id;
+          for (const call of [
+            rpc((cb) => wrong.getSandboxConfig({ sandboxId }, cb)),
+            rpc((cb) => wrong.updateConfig(UpdateConfigRequest.fromPartial({ name, policy: {} }), cb)),
+            rpc((cb) => wrong.getSandboxPolicyStatus({ name, version: 0, global: false, workspace: "" }, cb)),
+            rpc((cb) => wrong.getCurrentUser({}, cb)),
+          ]) {
+            await expect(call).rejects.toMatchObject({ code: 16 });
+          }
+        } finally {
+          wrong.close();
+        }
       } finally {
         client.close();
       }
