@@ -280,6 +280,11 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
         expect(updated.version).toBe(3);
         const again = await rpc<GetSandboxConfigResponse>((cb) => client.getSandboxConfig({ sandboxId }, cb));
         expect(again.policyHash).toBe(updated.policyHash);
+        // getConfig().policy sent back into setPolicy, as upstream's SDK documents: no new revision.
+        const back = await rpc<UpdateConfigResponse>((cb) =>
+          client.updateConfig(UpdateConfigRequest.fromPartial({ name, policy: again.policy! }), cb),
+        );
+        expect(back).toMatchObject({ version: 3, policyHash: updated.policyHash });
         // A stale resource version is ABORTED, as upstream's optimistic concurrency answers.
         const stale = rpc<UpdateConfigResponse>((cb) =>
           client.updateConfig(
