@@ -89,21 +89,10 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       host = await startTestHost(2, 1);
       [first, second] = host.ports as [number, number];
       await env.startGateway();
-      const created = await env.run(
-        [
-          "sandbox",
-          "create",
-          "--name",
-          name,
-          "--policy",
-          file("first", allowing(host.address, first)),
-          "--detach",
-          "--",
-          "sleep",
-          "infinity",
-        ],
-        { timeoutMs: 60_000 },
-      );
+      const created = await env.createIdle(name, { timeoutMs: 60_000 }, [
+        "--policy",
+        file("first", allowing(host.address, first)),
+      ]);
       expect(created.code, created.stderr).toBe(0);
     });
 
