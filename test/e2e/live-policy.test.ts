@@ -293,6 +293,24 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
           ),
         );
         await expect(settings).rejects.toMatchObject({ code: 12 }); // UNIMPLEMENTED
+        // Nothing global, no incremental merges: precisely UNIMPLEMENTED, each saying what there is instead.
+        for (const call of [
+          rpc((cb) => client.updateConfig(UpdateConfigRequest.fromPartial({ global: true, policy }), cb)),
+          rpc((cb) =>
+            client.updateConfig(
+              UpdateConfigRequest.fromPartial({
+                name,
+                mergeOperations: [{ operation: { $case: "removeRule", value: { ruleName: "lab" } } }],
+              }),
+              cb,
+            ),
+          ),
+          rpc((cb) =>
+            client.getSandboxPolicyStatus({ name: "", version: 0, global: true, workspace: "" }, cb),
+          ),
+        ]) {
+          await expect(call).rejects.toMatchObject({ code: 12 });
+        }
       } finally {
         client.close();
       }
