@@ -47,7 +47,7 @@ import { DEFAULT_WORKSPACE } from "../host/config.js";
 import { checkFileSpecs, readFileContents } from "../host/local-files.js";
 import { layoutCreateRequest } from "../transport/frames.js";
 import { forwardSsh } from "../transport/ssh.js";
-import { planUpload, type UploadPlan } from "../transport/tar/upload.js";
+import type { UploadPlan } from "../transport/tar/upload.js";
 import { type ResolvedGateway, resolveClientGateway } from "./config.js";
 import { InvalidArgumentError, toApiError, typed } from "./errors.js";
 import {
@@ -447,15 +447,7 @@ export class OpenShell {
     let nextLocal = 0;
     const sizes = contents.map((content) => content?.length ?? localSizes[nextLocal++]!);
     const policy = await policyOf(o.policy);
-    const uploads: UploadPlan[] = [];
-    for (const upload of o.uploads ?? []) {
-      uploads.push(
-        await planUpload(upload.from, upload.to, {
-          gitIgnore: upload.gitIgnore ?? true,
-          git: upload.git === true,
-        }),
-      );
-    }
+    const uploads = await planUploads(o.uploads ?? []);
     // The main command waits for the uploads (as `sandbox create --upload` holds it).
     const gated = uploads.length > 0 && command.length > 0;
 
@@ -685,4 +677,20 @@ export class OpenShell {
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
   }
+}
+
+/** Plans `create`'s uploads; the tar engine loads only when there are some. */
+async function planUploads(uploads: NonNullable<CreateOptions["uploads"]>): Promise<UploadPlan[]> {
+  if (uploads.length === 0) return [];
+  const { planUpload } = await import("../transport/tar/upload.js");
+  const plans: UploadPlan[] = [];
+  for (const upload of uploads) {
+    plans.push(
+      await planUpload(upload.from, upload.to, {
+        gitIgnore: upload.gitIgnore ?? true,
+        git: upload.git === true,
+      }),
+    );
+  }
+  return plans;
 }

@@ -21,22 +21,7 @@ import {
 } from "../gen/openshell.js";
 import { collectBounded } from "../transport/bridge.js";
 import { channelExit, sshExec, sshSubsystem } from "../transport/ssh.js";
-import {
-  decodeTypeProbe,
-  downloadTarCommand,
-  extractDownload,
-  probeCommand,
-  resolveDownloadSource,
-  typeProbeCommand,
-} from "../transport/tar/download.js";
-import {
-  packUpload,
-  planUpload,
-  remoteExtractCommand,
-  type UploadPlan,
-  type UploadProgress,
-  verifyExtraction,
-} from "../transport/tar/upload.js";
+import type { UploadPlan, UploadProgress } from "../transport/tar/upload.js";
 import {
   type CommandOptions,
   type CommandProcess,
@@ -66,6 +51,11 @@ import {
 } from "./policy.js";
 
 export type { SandboxInfo, SandboxLogLine };
+
+// The tar engine (and tar-stream) loads with the first transfer: the commands
+// that move no files never pay for it.
+const uploadEngine = () => import("../transport/tar/upload.js");
+const downloadEngine = () => import("../transport/tar/download.js");
 
 /** @internal An interactive session's channel: its input and output, its terminal's size, its end. */
 export interface SessionChannel {
@@ -267,6 +257,7 @@ export class Sandbox {
   /** Uploads a local file or directory to `dest` in the sandbox (default /sandbox), as `sandbox upload` does. */
   upload(local: string, dest?: string, options: UploadOptions = {}): Promise<TransferSummary> {
     return typed(async () => {
+      const { planUpload } = await uploadEngine();
       const plan = await planUpload(local, dest, {
         gitIgnore: options.gitIgnore ?? true,
         git: options.git === true,
@@ -289,6 +280,14 @@ export class Sandbox {
   }
 
   async #download(path: string, dest: string, options: TransferOptions): Promise<TransferSummary> {
+    const {
+      decodeTypeProbe,
+      downloadTarCommand,
+      extractDownload,
+      probeCommand,
+      resolveDownloadSource,
+      typeProbeCommand,
+    } = await downloadEngine();
     const client = await this.#ssh.client(options.signal);
     const probe = await capture(client, probeCommand(path));
     if (probe.code !== 0) {
@@ -548,6 +547,7 @@ export async function uploadPlan(
   plan: UploadPlan,
   options: TransferOptions = {},
 ): Promise<TransferSummary> {
+  const { packUpload, remoteExtractCommand, verifyExtraction } = await uploadEngine();
   const channel = await sshExec(client, remoteExtractCommand(plan));
   const limit = plan.entries.reduce((n, entry) => n + 4 * Buffer.byteLength(entry.name) + 256, CAPTURE_LIMIT);
   const out = collectBounded(channel, limit);

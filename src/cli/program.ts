@@ -9,6 +9,7 @@ import { Command, CommanderError, type CommandUnknownOpts } from "@commander-js/
 import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "../core/errors.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
+import { addCompletions } from "./commands/completions.js";
 import { addGatewayCommands } from "./commands/gateway.js";
 import { addImage } from "./commands/image.js";
 import { addLogs } from "./commands/logs.js";
@@ -145,6 +146,7 @@ ${EXIT_CODES_HELP}`,
   addStatus(gateway, runner);
   addSshProxy(program, runner);
   addWhoami(program, runner);
+  addCompletions(program, runner);
   return program;
 }
 

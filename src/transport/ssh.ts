@@ -3,7 +3,7 @@
 // and download; the same stream is what `ssh-proxy` gives OpenSSH.
 
 import type { Duplex } from "node:stream";
-import { Client, type ClientChannel, type PseudoTtyOptions } from "ssh2";
+import type { Client, ClientChannel, PseudoTtyOptions } from "ssh2";
 import { OpenShellError } from "../core/errors.js";
 import { exitCodeOf } from "../core/signals.js";
 import type { CreateSshSessionResponse, OpenShellClient, TcpForwardFrame } from "../gen/openshell.js";
@@ -101,6 +101,8 @@ export async function connectSandboxSsh(
   sock.on("gateway-error", (error: OpenShellError) => {
     gatewayError = error;
   });
+  // ssh2 loads with the first connection: commands that open none never pay for it.
+  const { Client } = await import("ssh2");
   const client = new Client();
   // Persistent from the start: ssh2 can report more than one 'error' for one
   // connection (a sandbox that stalls the handshake gives a timeout, then the

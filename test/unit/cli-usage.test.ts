@@ -117,6 +117,12 @@ const usageErrors: [string[], number, RegExp][] = [
   ],
   [["whoami", "extra"], 2, /too many arguments/],
   [["whoami", "-o", "xml"], 2, /argument 'xml' is invalid/],
+  [["completions"], 2, /missing required argument 'shell'/],
+  [
+    ["completions", "tcsh"],
+    2,
+    /value 'tcsh' is invalid for argument 'shell'\. Allowed choices are bash, zsh, fish/,
+  ],
 ];
 
 describe("usage errors, in-process", () => {
@@ -175,5 +181,32 @@ describe("the commands' modules", () => {
       ),
     );
     expect(crossings).toEqual([]);
+  });
+});
+
+describe("completions, in-process", () => {
+  it("prints a script for each shell that asks `openshell complete --` on each TAB", async () => {
+    for (const shell of ["bash", "zsh", "fish"]) {
+      const script = await runCli(["completions", shell], { env });
+      expect(script.exitCode, script.stderr).toBe(0);
+      expect(script.stdout).toContain("openshell complete --");
+    }
+  });
+
+  it("completes commands, aliases, options and choices, without a gateway (none is started)", async () => {
+    const complete = async (...words: string[]) => {
+      const result = await runCli(["complete", "--", ...words], { env });
+      expect(result.exitCode, result.stderr).toBe(0);
+      return result.stdout
+        .split("\n")
+        .filter((line) => line !== "" && !line.startsWith(":"))
+        .map((line) => line.split("\t")[0]);
+    };
+    expect(await complete("sandbox", "ex")).toEqual(["exec"]);
+    expect(await complete("sb", "ex")).toEqual(["exec"]);
+    expect(await complete("sandbox", "exec", "--t")).toEqual(["--timeout", "--tty"]);
+    expect(await complete("sandbox", "list", "-o", "")).toEqual(["table", "json", "yaml"]);
+    expect(await complete("sandbox", "exec", "-n", "")).toEqual([]);
+    expect(readdirSync(root)).not.toContain("state");
   });
 });

@@ -20,7 +20,7 @@ import { ANNOTATION_START_ON_ATTACH, ANNOTATION_TTY_SIZE } from "../../core/prot
 import { type Sandbox, SandboxTemplate } from "../../gen/openshell.js";
 import { checkFileSpecs, readFileContents } from "../../host/local-files.js";
 import { loadPolicyFile } from "../../host/policy-file.js";
-import { parseUploadFlag, planUpload, type UploadPlan } from "../../transport/tar/upload.js";
+import type { UploadPlan } from "../../transport/tar/upload.js";
 import type { CommandContext } from "../context.js";
 import { createAttaches } from "../flags.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "../output/present.js";
@@ -129,13 +129,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     for (const warning of modeWarnings(spec.mode)) ui.warn(`--file ${spec.raw}: ${warning}`);
   const policyPath = o.policy ?? (ctx.env.OPENSHELL_SANDBOX_POLICY?.trim() || undefined);
   const policy = policyPath ? await loadPolicyFile(policyPath) : undefined;
-  const uploads: UploadPlan[] = [];
-  for (const flag of o.uploads) {
-    const spec = parseUploadFlag(flag);
-    uploads.push(
-      await planUpload(spec.local, spec.dest, { gitIgnore: o.gitIgnore, git: o.uploadGit === true }),
-    );
-  }
+  const uploads = await planUploadFlags(o.uploads, { gitIgnore: o.gitIgnore, git: o.uploadGit === true });
 
   const shell = o.command.length === 0;
   const tty = o.tty ?? (shell ? terminal || attach : terminal && attach);
@@ -254,4 +248,19 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     }
   }
   return code;
+}
+
+/** Plans `--upload` flags in order; the tar engine loads only when there are some. */
+async function planUploadFlags(
+  flags: string[],
+  options: { gitIgnore: boolean; git: boolean },
+): Promise<UploadPlan[]> {
+  if (flags.length === 0) return [];
+  const { parseUploadFlag, planUpload } = await import("../../transport/tar/upload.js");
+  const plans: UploadPlan[] = [];
+  for (const flag of flags) {
+    const spec = parseUploadFlag(flag);
+    plans.push(await planUpload(spec.local, spec.dest, options));
+  }
+  return plans;
 }
