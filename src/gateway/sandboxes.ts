@@ -166,6 +166,12 @@ function workspaceOf(value: string): string {
   return value === "" ? DEFAULT_WORKSPACE : value;
 }
 
+/** Refuses (INVALID_ARGUMENT) a policy the gateway would not enforce: at create, and for a live update. */
+export function checkPolicy(policy: SandboxPolicy): void {
+  const problem = policyProblem(policy);
+  if (problem) throw invalidArgument(problem);
+}
+
 export class Sandboxes {
   private readonly deleting = new Map<string, Promise<void>>();
   /** Set while the gateway stops: supervisors exiting then are expected. */
@@ -250,8 +256,7 @@ export class Sandboxes {
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
     }
-    const problem = spec.policy ? policyProblem(spec.policy) : undefined;
-    if (problem) throw invalidArgument(problem);
+    if (spec.policy) checkPolicy(spec.policy);
   }
 
   /**

@@ -55,6 +55,7 @@ import {
 } from "./agent/channel.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
+import { EgressPolicy } from "./egress/match.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { prepareStaging } from "./inject.js";
 import { applyHostPrep, type ControlBind, type HostOwner, planMounts } from "./mounts.js";
@@ -293,6 +294,12 @@ export interface PodOptions {
 export interface Pod {
   sshSocket: string;
   exited: Promise<string>;
+  /**
+   * Puts a policy's network rules in force for new connections (a live
+   * update); what it cannot do without a restart is for the caller to have
+   * refused (core/policy/live.ts). Throws when the pod has no egress proxy.
+   */
+  setNetworkPolicy(policy: SandboxPolicy): void;
   stop(): Promise<void>;
 }
 
@@ -768,6 +775,10 @@ async function launchPod(
   return {
     sshSocket: join(launch.sandboxDir, POD_SSH_SOCKET),
     exited,
+    setNetworkPolicy: (policy) => {
+      if (!egress) throw new Error("this sandbox started without network rules: it has no egress proxy");
+      egress.setPolicy(EgressPolicy.compile(policy.networkPolicies));
+    },
     stop: async () => {
       // Killing bwrap ends the pod's PID namespace, and every process in it.
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");

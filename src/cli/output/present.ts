@@ -177,6 +177,9 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
     const digest = image.digest ? ` (${image.digest})` : "";
     ui.data(`  ${label("Image:")} ${escapeForTerminal(image.reference + digest)}`);
   }
+  if (status?.currentPolicyVersion) {
+    ui.data(`  ${label("Policy revision:")} ${status.currentPolicyVersion} in force`);
+  }
   ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);
   const limits = resourcesToLimits(sandbox.spec?.template?.resources);
   if (typeof limits === "object") ui.data(`  ${label("Limits:")} ${describeLimits(limits)}`);
