@@ -29,10 +29,10 @@ export interface PolicyWatchOptions {
   log(line: string): void;
 }
 
-export function watchPolicy(o: PolicyWatchOptions): { stop(): void } {
+export function watchPolicy(options: PolicyWatchOptions): { stop(): void } {
   let stopped = false;
   let stream: ClientReadableStream<GetSandboxConfigResponse> | undefined;
-  let appliedHash = o.startedHash;
+  let appliedHash = options.startedHash;
   /** The revision last reported, and how; reported again only when it changes. */
   let reported = "";
   let retryMs = RETRY_MIN_MS;
@@ -41,8 +41,8 @@ export function watchPolicy(o: PolicyWatchOptions): { stop(): void } {
   const report = (version: number, status: PolicyStatus, loadError: string): void => {
     const key = `${version}:${status}`;
     if (key === reported) return;
-    call(o.client.reportPolicyStatus.bind(o.client), {
-      sandboxId: o.sandboxId,
+    call(options.client.reportPolicyStatus.bind(options.client), {
+      sandboxId: options.sandboxId,
       version,
       status,
       loadError,
@@ -51,7 +51,7 @@ export function watchPolicy(o: PolicyWatchOptions): { stop(): void } {
         reported = key;
       },
       (error: Error) =>
-        o.log(`could not report policy revision ${version} (again once reconnected): ${error.message}`),
+        options.log(`could not report policy revision ${version} (again once reconnected): ${error.message}`),
     );
   };
 
@@ -64,23 +64,23 @@ export function watchPolicy(o: PolicyWatchOptions): { stop(): void } {
     }
     let problem: string | undefined;
     try {
-      problem = o.apply(config.policy);
+      problem = options.apply(config.policy);
     } catch (error) {
       problem = (error as Error).message;
     }
     if (problem === undefined) {
       appliedHash = config.policyHash;
-      o.log(`policy revision ${config.version} in force`);
+      options.log(`policy revision ${config.version} in force`);
       report(config.version, PolicyStatus.POLICY_STATUS_LOADED, "");
     } else {
-      o.log(`policy revision ${config.version} not applied: ${problem}`);
+      options.log(`policy revision ${config.version} not applied: ${problem}`);
       report(config.version, PolicyStatus.POLICY_STATUS_FAILED, problem);
     }
   };
 
   const connect = (): void => {
     if (stopped) return;
-    const current = o.client.watchSandboxConfig({ sandboxId: o.sandboxId });
+    const current = options.client.watchSandboxConfig({ sandboxId: options.sandboxId });
     stream = current;
     // A report lost with the last connection is made again for what this one sends first.
     reported = "";

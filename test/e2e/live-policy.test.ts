@@ -26,18 +26,9 @@ import {
 import type { GetSandboxConfigResponse } from "../../src/gen/sandbox.js";
 import { connectGateway } from "../../src/transport/grpc.js";
 import { gatewayClient, gatewayTarget, json, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
-import { netnsUnavailable, startTestHost, type TestHost } from "../helpers/netns.js";
+import { FILESYSTEM, netnsUnavailable, startTestHost, type TestHost } from "../helpers/netns.js";
 
 const NETNS_UNAVAILABLE = netnsUnavailable();
-
-const FILESYSTEM = `version: 1
-filesystem_policy:
-  include_workdir: true
-  read_only: [/usr, /bin, /sbin, /lib, /lib64, /etc, /proc, /dev/urandom]
-  read_write: [/tmp, /dev/null]
-landlock:
-  compatibility: best_effort
-`;
 
 function allowing(address: string, ports: number | number[], filesystem = FILESYSTEM): string {
   const endpoints = [ports].flat().map((port) => `      - { host: ${address}, port: ${port} }\n`);

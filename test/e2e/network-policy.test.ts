@@ -12,17 +12,7 @@ import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT, type RunResult, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
-import { netnsUnavailable, startTestHost, type TestHost } from "../helpers/netns.js";
-
-/** Read-only system paths so curl, bash and python run inside; no network rules unless added. */
-const FILESYSTEM = `version: 1
-filesystem_policy:
-  include_workdir: true
-  read_only: [/usr, /bin, /sbin, /lib, /lib64, /etc, /proc, /dev/urandom]
-  read_write: [/tmp, /dev/null]
-landlock:
-  compatibility: best_effort
-`;
+import { FILESYSTEM, netnsUnavailable, startTestHost, type TestHost } from "../helpers/netns.js";
 
 const NETNS_UNAVAILABLE = netnsUnavailable();
 

@@ -6,6 +6,19 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { waitForOutput } from "./cli.js";
 
+/**
+ * A policy's start for a sandbox that talks to the host: read-only system
+ * paths so curl, bash and python run inside; no network rules until added.
+ */
+export const FILESYSTEM = `version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr, /bin, /sbin, /lib, /lib64, /etc, /proc, /dev/urandom]
+  read_write: [/tmp, /dev/null]
+landlock:
+  compatibility: best_effort
+`;
+
 /** Why this machine cannot make one (not root, no `ip netns`); undefined when it can. */
 export function netnsUnavailable(): string | undefined {
   if (process.getuid?.() !== 0) return "creating a network namespace needs root";

@@ -9,15 +9,19 @@ import { type OutputFormat, printDocument } from "../output/present.js";
 
 export async function policyGet(
   ctx: CommandContext,
-  o: { name?: string | undefined; revision?: number | undefined; output: OutputFormat },
+  options: { name?: string | undefined; revision?: number | undefined; output: OutputFormat },
 ): Promise<number> {
-  if (o.revision !== undefined && o.revision < 1) throw usageError(`--rev ${o.revision}: expected 1 or more`);
-  const name = await ctx.sandboxName(o.name);
+  if (options.revision !== undefined && options.revision < 1)
+    throw usageError(`--rev ${options.revision}: expected 1 or more`);
+  const name = await ctx.sandboxName(options.name);
   const api = await ctx.api();
   const sandbox = await api.get(name, { signal: ctx.signal });
-  const info = await sandbox.policy({ ...(o.revision ? { revision: o.revision } : {}), signal: ctx.signal });
-  if (o.output !== "table") {
-    printDocument(ctx.ui, o.output, {
+  const info = await sandbox.policy({
+    ...(options.revision ? { revision: options.revision } : {}),
+    signal: ctx.signal,
+  });
+  if (options.output !== "table") {
+    printDocument(ctx.ui, options.output, {
       scope: "sandbox",
       sandbox: name,
       version: info.revision,
@@ -44,23 +48,23 @@ export async function policyGet(
 
 export async function policySet(
   ctx: CommandContext,
-  o: { name?: string | undefined; file: string; wait: boolean; timeout: number },
+  options: { name?: string | undefined; file: string; wait: boolean; timeout: number },
 ): Promise<number> {
-  if (o.timeout < 1) throw usageError(`--timeout ${o.timeout}: expected 1 or more seconds`);
+  if (options.timeout < 1) throw usageError(`--timeout ${options.timeout}: expected 1 or more seconds`);
   // A bad file is reported before any gateway is asked (the API reads it again to send it).
-  await loadPolicyFile(o.file);
-  const name = await ctx.sandboxName(o.name);
+  await loadPolicyFile(options.file);
+  const name = await ctx.sandboxName(options.name);
   const api = await ctx.api();
   const sandbox = await api.get(name, { signal: ctx.signal });
-  const result = await sandbox.setPolicy(o.file, {
-    wait: o.wait,
-    timeoutMs: o.timeout * 1000,
+  const result = await sandbox.setPolicy(options.file, {
+    wait: options.wait,
+    timeoutMs: options.timeout * 1000,
     signal: ctx.signal,
   });
   const hash = result.hash.slice(0, 12);
   if (!result.changed) {
     ctx.ui.note(`${ctx.ui.err.dim("·")} Policy unchanged (revision ${result.revision}, hash: ${hash})`);
-  } else if (o.wait) {
+  } else if (options.wait) {
     ctx.ui.success(`Policy revision ${result.revision} in force on sandbox ${name} (hash: ${hash})`);
   } else {
     ctx.ui.success(`Policy revision ${result.revision} submitted (hash: ${hash})`);

@@ -3,11 +3,11 @@
 import type { CommandContext } from "../context.js";
 import { type OutputFormat, printDocument } from "../output/present.js";
 
-export async function whoami(ctx: CommandContext, o: { output: OutputFormat }): Promise<number> {
+export async function whoami(ctx: CommandContext, options: { output: OutputFormat }): Promise<number> {
   const api = await ctx.api();
   const user = await api.whoami({ signal: ctx.signal });
-  if (o.output !== "table") {
-    printDocument(ctx.ui, o.output, {
+  if (options.output !== "table") {
+    printDocument(ctx.ui, options.output, {
       subject: user.subject,
       display_name: user.displayName || null,
       roles: user.roles,
