@@ -9,6 +9,7 @@ import { Command, CommanderError, type CommandUnknownOpts } from "@commander-js/
 import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "../core/errors.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
+import { addForward } from "./commands/forward.js";
 import { addGatewayCommands } from "./commands/gateway.js";
 import { addImage } from "./commands/image.js";
 import { addLogs } from "./commands/logs.js";
@@ -125,6 +126,7 @@ ${EXIT_CODES_HELP}`,
   sandbox.hook("preSubcommand", (_sandbox, command) => parsing(command));
 
   addLogs(program, runner);
+  addForward(program, runner);
   addImage(program, runner);
 
   const gateway = program

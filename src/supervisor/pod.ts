@@ -42,7 +42,7 @@ import { lstatIfExists, orElse } from "../host/fs.js";
 import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
 import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
 import { sharedMemoryStaging } from "../runtime/staging.js";
-import { POD_SSH_SOCKET } from "../transport/unix.js";
+import { POD_FORWARD_SOCKET, POD_SSH_SOCKET } from "../transport/unix.js";
 import {
   AGENT_BEAT_MS,
   AGENT_SILENCE_MS,
@@ -291,6 +291,8 @@ export interface PodOptions {
 
 export interface Pod {
   sshSocket: string;
+  /** The agent's socket for TCP forwards to the pod's loopback (transport/pod-forward.ts). */
+  forwardSocket: string;
   exited: Promise<string>;
   stop(): Promise<void>;
 }
@@ -779,6 +781,7 @@ async function launchPod(
     workdir: WORKDIR,
     ...(launch.workingDir ? { mainWorkdir: launch.workingDir } : {}),
     socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
+    forwardSocketPath: `${CONTROL_ROOT}/${POD_FORWARD_SOCKET}`,
     startOnAttach: launch.startOnAttach,
     ttySize:
       launch.ttyCols > 0 && launch.ttyRows > 0 ? { cols: launch.ttyCols, rows: launch.ttyRows } : undefined,
@@ -798,6 +801,7 @@ async function launchPod(
   });
   return {
     sshSocket: join(launch.sandboxDir, POD_SSH_SOCKET),
+    forwardSocket: join(launch.sandboxDir, POD_FORWARD_SOCKET),
     exited,
     stop: async () => {
       // Killing bwrap ends the pod's PID namespace, and every process in it.
