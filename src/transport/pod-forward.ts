@@ -69,8 +69,8 @@ export class PodForwardRefused extends Error {}
 
 /**
  * Opens a forward to `target` through the pod's forward socket at `path`;
- * resolves with the socket once the agent has connected, its answer read
- * (bytes after it are put back). Rejects with PodForwardRefused carrying the
+ * resolves with the socket, paused (pipe it, or resume it once listening),
+ * once the agent has connected, its answer read (bytes after it put back). Rejects with PodForwardRefused carrying the
  * agent's reason, or an Error when the socket cannot be reached or the agent
  * does not answer within `timeoutMs`.
  */

@@ -6,6 +6,7 @@
 // half-close both ways, a port with nothing on it, and hostile servers.
 
 import type { ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { request } from "node:http";
 import { connect, createServer, type Socket } from "node:net";
@@ -114,8 +115,17 @@ function forwardTests(viaRelay: boolean): void {
     expect(await longLivedRead()).toBe("first\n");
   }, 120_000);
 
+  const opened: PortForward[] = [];
+  /** The local port of a forward to `target`, open until the end of the file's tests. */
+  const port = async (target: number): Promise<number> => {
+    const forward = await sandbox.forward(target);
+    opened.push(forward);
+    return forward.port;
+  };
+
   afterAll(async () => {
     longLived?.destroy();
+    for (const forward of opened) await forward.close();
     await echo?.close();
     await sandbox?.delete().catch(() => undefined);
     client?.close();
@@ -127,6 +137,18 @@ function forwardTests(viaRelay: boolean): void {
     const results = await Promise.all(payloads.map((payload) => exchange(echo.port, payload)));
     expect(results.map((result, i) => result.equals(payloads[i]!))).toEqual(payloads.map(() => true));
     expect(errors).toEqual([]);
+  });
+
+  it("moves 24 MB up and 24 MB down through one connection each, every byte in order", async () => {
+    const up = Buffer.alloc(24_000_000);
+    for (let i = 0; i < up.length; i++) up[i] = (i * 7) % 256;
+    const answer = (await exchange(await port(7004), up)).toString();
+    expect(answer).toBe(`${up.length} ${createHash("sha256").update(up).digest("hex")}`);
+    const down = await exchange(await port(7005), "24000000\n");
+    const expected = Buffer.alloc(24_000_000);
+    for (let i = 0; i < expected.length; i++) expected[i] = i % 251;
+    expect(down.length).toBe(expected.length);
+    expect(down.equals(expected)).toBe(true);
   });
 
   it("passes the client's end on, and the server's reply after it comes back (half-close, client side)", async () => {
