@@ -357,6 +357,30 @@ describe("forwards from the CLI, a hostile sandbox, and OpenShell's own call sha
     expect((await exchange(echo.port, "after\n")).toString()).toBe("after\n");
   });
 
+  it("frees the slot of every connection cut short: after 300 of them (the limit is 256) the next goes through", async () => {
+    const cutShort: OpenShellError[] = [];
+    await using flood = await web.forward(7002, { onConnectionError: (e) => cutShort.push(e) });
+    for (let batch = 0; batch < 6; batch++) {
+      await Promise.all(
+        Array.from(
+          { length: 50 },
+          () =>
+            new Promise<void>((resolve) => {
+              const socket = connect({ port: flood.port, host: "127.0.0.1" });
+              socket.once("data", () => {
+                socket.destroy();
+                resolve();
+              });
+              socket.on("error", () => resolve());
+            }),
+        ),
+      );
+    }
+    await using echo = await web.forward(7000);
+    expect((await exchange(echo.port, "after 300\n")).toString()).toBe("after 300\n");
+    expect(cutShort.filter((e) => /limit/.test(e.message))).toEqual([]);
+  });
+
   it("serves OpenShell's SDK call shape: a token per connection, no half-close frames, the call ended at the server's end", async () => {
     const grpc = gatewayClient(env);
     const session = await new Promise<{ token: string }>((resolve, reject) =>
