@@ -29,7 +29,7 @@ import type {
 } from "../gen/openshell.js";
 import { frameDuplex } from "../transport/duplex.js";
 import { dataFrameCodec, FastOpenShellClient } from "../transport/frames.js";
-import { BULK_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { openPodForward } from "../transport/pod-forward.js";
 import { connectUnixSocket } from "../transport/unix.js";
 
@@ -57,8 +57,12 @@ export function supervisorClient(target: string): {
         next(metadata, listener);
       },
     });
+  // HTTP/2's default 64 KiB windows toward the supervisor, not BULK_CHANNEL_OPTIONS: a relay
+  // carries both directions of a connection over this one HTTP/2 connection, and with 8 MiB
+  // windows both ways an echo of 1 MB stalled for good (each side with more in flight than
+  // the socket holds, neither reading; the session then timed out). With the gateway's
+  // writes bounded below what the socket buffers, the gateway keeps reading and both flow.
   const client = new FastOpenShellClient(target, credentials.createInsecure(), {
-    ...BULK_CHANNEL_OPTIONS,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 15_000,

@@ -151,6 +151,12 @@ function forwardTests(viaRelay: boolean): void {
     expect(down.equals(expected)).toBe(true);
   });
 
+  it("echoes 8 MB both ways at once through one connection", async () => {
+    const payload = Buffer.alloc(8_000_000);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 13) % 256;
+    expect((await exchange(echo.port, payload)).equals(payload)).toBe(true);
+  });
+
   it("passes the client's end on, and the server's reply after it comes back (half-close, client side)", async () => {
     const payload = Buffer.from("written before our end\n".repeat(1000));
     expect((await exchange(echo.port, payload)).equals(payload)).toBe(true);
