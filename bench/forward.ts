@@ -143,34 +143,20 @@ export async function forwardThroughput(s: Section, shared: Shared): Promise<voi
     client.close();
     for (const [key, values] of Object.entries(rates)) s.samples(`${key}_mb_per_s`, values);
     const median = (values: number[]): number => percentile(values, 50);
-    if (rates.forward.length > 0) {
-      const f = median(rates.forward);
+    const labels = {
+      forward: "sandbox.forward, 100 MB from the sandbox's loopback",
+      ssh: "ssh -L to the private sshd, the same from the host's loopback",
+      direct: "straight to the host's loopback, the same",
+    };
+    for (const [key, label] of Object.entries(labels) as [keyof typeof rates, string][]) {
+      if (rates[key].length === 0) continue;
+      const value = median(rates[key]);
       s.figure(
-        "forward_mb_per_s",
-        "sandbox.forward, 100 MB from the sandbox's loopback",
-        round(f),
+        `${key === "ssh" ? "ssh_l" : key}_mb_per_s`,
+        label,
+        round(value),
         "MB/s",
-        `${f.toFixed(0)} MB/s`,
-      );
-    }
-    if (rates.ssh.length > 0) {
-      const v = median(rates.ssh);
-      s.figure(
-        "ssh_l_mb_per_s",
-        "ssh -L to the private sshd, the same from the host's loopback",
-        round(v),
-        "MB/s",
-        `${v.toFixed(0)} MB/s`,
-      );
-    }
-    if (rates.direct.length > 0) {
-      const v = median(rates.direct);
-      s.figure(
-        "direct_mb_per_s",
-        "straight to the host's loopback, the same",
-        round(v),
-        "MB/s",
-        `${v.toFixed(0)} MB/s`,
+        `${value.toFixed(0)} MB/s`,
       );
     }
     if (rates.forward.length > 0 && rates.ssh.length > 0) {
