@@ -72,23 +72,28 @@ describe("forward specs", () => {
 });
 
 describe("the host's end of a pod's forward socket", () => {
-  let dir: string;
-  let server: Server | undefined;
+  const dirs: string[] = [];
+  const servers: Server[] = [];
   afterEach(() => {
-    server?.close();
-    server = undefined;
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    for (const server of servers.splice(0)) server.close();
+    for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
   });
+
+  function tempDir(): string {
+    const dir = mkdtempSync(join(tmpdir(), "openshell-pod-forward-"));
+    dirs.push(dir);
+    return dir;
+  }
 
   /** A fake agent on a Unix socket, answering each connection with `answer`. */
   async function agent(answer: (socket: Socket) => void): Promise<string> {
-    dir = mkdtempSync(join(tmpdir(), "openshell-pod-forward-"));
-    const path = join(dir, "forward.sock");
-    server = createServer((socket) => {
+    const path = join(tempDir(), "forward.sock");
+    const server = createServer((socket) => {
       socket.on("error", () => {});
       socket.once("data", () => answer(socket));
     });
-    await new Promise<void>((resolve) => server!.listen(path, resolve));
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(path, resolve));
     return path;
   }
 
@@ -116,19 +121,16 @@ describe("the host's end of a pod's forward socket", () => {
     await expect(openPodForward(silent, target, 200)).rejects.toThrow(
       /did not answer the forward within 0.2 s/,
     );
-    server?.close();
     const endless = await agent((socket) => socket.write("x".repeat(4096)));
     await expect(openPodForward(endless, target)).rejects.toThrow(/the sandbox's answer is too long/);
-    server?.close();
     const gone = await agent((socket) => socket.end());
     await expect(openPodForward(gone, target)).rejects.toThrow(/closed the forward before answering/);
-    server?.close();
     const other = await agent((socket) => socket.write("SSH-2.0-OpenSSH\n"));
     await expect(openPodForward(other, target)).rejects.toThrow(/answered the forward with something else/);
   });
 
   it("names a socket that is missing, or not a socket", async () => {
-    dir = mkdtempSync(join(tmpdir(), "openshell-pod-forward-"));
+    const dir = tempDir();
     await expect(openPodForward(join(dir, "none.sock"), target)).rejects.toThrow(
       /the sandbox's forward socket: ENOENT/,
     );
