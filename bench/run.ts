@@ -15,6 +15,8 @@
 //  10. sandboxes from images: first pull + unpack against skopeo + umoci alone, create→Ready
 //      from a cached image against the host root, the disk 20 sandboxes of one image add
 //      (bench/images.ts)
+//  11. port forwarding: 100 MB through `sandbox.forward` against `ssh -L` to the private sshd
+//      and a direct loopback connection (bench/forward.ts)
 //
 // A section that cannot run says why and the others still run. Everything
 // started here is stopped and every temp directory removed, also on failure
@@ -30,6 +32,7 @@ import { sha256Hex } from "../src/core/files.js";
 import type { SandboxFile } from "../src/gen/openshell.js";
 import { apiExec } from "./api.js";
 import { logFlood } from "./flood.js";
+import { forwardThroughput } from "./forward.js";
 import { imageSandboxes } from "./images.js";
 import { BenchEnv, type GatewayInfo, ROOT } from "./lib/gateway.js";
 import {
@@ -61,7 +64,7 @@ const FILE_RUNS = 16;
 const FILE_COUNT = 256;
 const FILE_TOTAL = 10 * 1024 * 1024;
 const EXEC_RUNS = 30;
-const SECTION_COUNT = 10;
+const SECTION_COUNT = 11;
 const STREAM_BYTES = 100_000_000;
 const STREAM_RUNS = 3;
 const TREE_BIG_FILES = 40;
@@ -691,6 +694,7 @@ async function main(): Promise<number> {
       ["exec beside a noisy neighbour (own gateway)", (s) => noisyNeighbour(s)],
       ["API exec vs OpenSSH ControlMaster", (s) => apiExec(s, shared)],
       ["sandboxes from images (own gateway, own registry)", (s) => imageSandboxes(s)],
+      ["port forward throughput vs ssh -L", (s) => forwardThroughput(s, shared)],
     ];
     for (const [index, [title, body]] of all.entries()) {
       if (only.size === 0 || only.has(index + 1)) sections.push(await runSection(index + 1, title, body));

@@ -17,6 +17,7 @@ export {
   TimeoutError,
   UnavailableError,
 } from "./errors.js";
+export type { ForwardOptions, PortForward } from "./forward.js";
 export type { ImageInfo } from "./images.js";
 export type { ProgressEvent } from "./link.js";
 export type {

@@ -40,6 +40,7 @@ import {
   toApiError,
   typed,
 } from "./errors.js";
+import { type ForwardOptions, type PortForward, startForward } from "./forward.js";
 import type { Link } from "./link.js";
 import {
   type PolicyInfo,
@@ -408,6 +409,27 @@ export class Sandbox {
     } = {},
   ): Promise<number> {
     return typed(() => waitMain(this.#link, this.name, this.id, options));
+  }
+
+  // ---- ports ----
+
+  /**
+   * Forwards a local port to `port` on the sandbox's loopback (a dev server,
+   * a notebook): resolves once it listens, with its address and `close()`.
+   * Each connection is carried on its own; it ends by itself when the
+   * sandbox is deleted or stopped.
+   */
+  forward(port: number, options: ForwardOptions = {}): Promise<PortForward> {
+    return typed(async () => {
+      const info = await this.refresh(options.signal ? { signal: options.signal } : {});
+      if (info.status?.phase !== SandboxPhase.SANDBOX_PHASE_READY) {
+        throw new OpenShellError(
+          "not_ready",
+          `sandbox '${this.name}' is not ready (phase: ${this.phase}); forwards reach Ready sandboxes only`,
+        );
+      }
+      return startForward(this.#link, { id: this.id, name: this.name }, port, options);
+    });
   }
 
   // ---- lifecycle ----

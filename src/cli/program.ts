@@ -10,6 +10,7 @@ import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from ".
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
 import { addCompletions } from "./commands/completions.js";
+import { addForward } from "./commands/forward.js";
 import { addGatewayCommands } from "./commands/gateway.js";
 import { addImage } from "./commands/image.js";
 import { addLogs } from "./commands/logs.js";
@@ -128,6 +129,7 @@ ${EXIT_CODES_HELP}`,
   sandbox.hook("preSubcommand", (_sandbox, command) => parsing(command));
 
   addLogs(program, runner);
+  addForward(program, runner);
   addImage(program, runner);
   addPolicy(program, runner);
 

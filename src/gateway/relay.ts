@@ -4,19 +4,21 @@
 // RelayStream call whose first frame claims that channel. The gateway never
 // dials a sandbox over the network.
 //
-// A sandbox of the local runtime has its SSH socket on this host: once its
-// supervisor's session is up (the sandbox is Ready), the gateway connects to
-// that socket itself. The bytes of an upload or an exec then cross one
+// A sandbox of the local runtime has its SSH and forward sockets on this
+// host: once its supervisor's session is up (the sandbox is Ready), the
+// gateway connects to those sockets itself. The bytes of an upload or an exec then cross one
 // process fewer; the relay stays the way to every other supervisor.
 
 import { randomUUID } from "node:crypto";
+import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import { status } from "@grpc/grpc-js";
 import type { GatewayMessage, RelayFrame, SupervisorMessage } from "../gen/openshell.js";
 import { frameDuplex } from "../transport/duplex.js";
 import { dataFrameCodec } from "../transport/frames.js";
-import { connectUnixSocket } from "../transport/unix.js";
+import { openPodForward } from "../transport/pod-forward.js";
+import { connectUnixSocket, POD_FORWARD_SOCKET, POD_SSH_SOCKET } from "../transport/unix.js";
 import { invalidArgument, notFound, StatusError } from "./status.js";
 
 export const SESSION_WAIT_MS = 15_000;
@@ -49,8 +51,8 @@ export class RelayHub {
 
   constructor(
     private readonly events: SessionEvents,
-    /** The sandbox's SSH socket on this host, when its runtime is local; undefined to relay. */
-    private readonly localSshSocket: (sandboxId: string) => string | undefined = () => undefined,
+    /** The sandbox's directory on this host, when its runtime is local; undefined to relay. */
+    private readonly localSandboxDir: (sandboxId: string) => string | undefined = () => undefined,
   ) {}
 
   hasSession(sandboxId: string): boolean {
@@ -156,15 +158,21 @@ export class RelayHub {
     });
   }
 
-  /** Opens a byte stream to the sandbox's SSH server (or a loopback TCP port). */
+  /** Opens a byte stream to the sandbox's SSH server (or a port on its loopback). */
   async open(
     sandboxId: string,
     target: { kind: "ssh" } | { kind: "tcp"; host: string; port: number },
     serviceId: string,
   ): Promise<Duplex> {
     const session = await this.waitForSession(sandboxId, SESSION_WAIT_MS);
-    const local = target.kind === "ssh" ? this.localSshSocket(sandboxId) : undefined;
-    if (local !== undefined) {
+    const dir = this.localSandboxDir(sandboxId);
+    if (dir !== undefined && target.kind === "tcp") {
+      return openPodForward(join(dir, POD_FORWARD_SOCKET), target).catch((error: Error) => {
+        throw new StatusError(status.UNAVAILABLE, error.message);
+      });
+    }
+    if (dir !== undefined) {
+      const local = join(dir, POD_SSH_SOCKET);
       try {
         const socket = connectUnixSocket(local);
         // Whoever takes the socket listens for its errors and acts on them;

@@ -22,7 +22,6 @@ import {
 } from "../runtime/guest-disk.js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
-import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
 import { ImageStore } from "./images.js";
 import { RelayHub } from "./relay.js";
@@ -195,7 +194,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         sandboxes.supervisorDisconnected(id);
       },
     },
-    (id) => (viaRelay || !runtime.isRunning(id) ? undefined : join(runtime.sandboxDir(id), POD_SSH_SOCKET)),
+    (id) => (viaRelay || !runtime.isRunning(id) ? undefined : runtime.sandboxDir(id)),
   );
   const socketPath = supervisorSocketPath(options.stateDir);
   const runtime = new LocalRuntime(

@@ -23,6 +23,7 @@ import type { Duplex } from "node:stream";
 import { type ServerDuplexStream, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { Client, type ClientChannel, type PseudoTtyOptions } from "ssh2";
 import { Deadline } from "../core/deadline.js";
+import { FORWARD_CONNECTIONS_PER_SANDBOX, FORWARD_HALF_CLOSE_METADATA_KEY } from "../core/forward.js";
 import { validateExecRequest } from "../core/names.js";
 import { shellEscape } from "../core/shell.js";
 import { EXEC_TIMEOUT_EXIT, exitCodeOf } from "../core/signals.js";
@@ -82,6 +83,7 @@ export function buildExecCommand(
 export class SshAccess {
   private readonly perToken = new Map<string, number>();
   private readonly perSandbox = new Map<string, number>();
+  private readonly forwardsPerSandbox = new Map<string, number>();
   private readonly clients = new Map<string, Promise<Client>>();
 
   constructor(private readonly o: SshAccessOptions) {}
@@ -134,27 +136,40 @@ export class SshAccess {
     return tokenHash;
   }
 
-  private acquire(sandboxId: string, tokenHash: string): () => void {
+  /**
+   * Takes a connection slot of the token and of the sandbox: SSH connections
+   * (20 per sandbox, as upstream) and TCP forwards (many short connections
+   * through one forward, FORWARD_CONNECTIONS_PER_SANDBOX) are counted apart.
+   */
+  private acquire(sandboxId: string, tokenHash: string, kind: "ssh" | "tcp"): () => void {
     const tokenCount = this.perToken.get(tokenHash) ?? 0;
     if (tokenCount >= CONNECTIONS_PER_TOKEN) {
       throw new StatusError(status.RESOURCE_EXHAUSTED, "SSH session connection limit reached");
     }
-    const sandboxCount = this.perSandbox.get(sandboxId) ?? 0;
-    if (sandboxCount >= CONNECTIONS_PER_SANDBOX) {
+    const perSandbox = kind === "ssh" ? this.perSandbox : this.forwardsPerSandbox;
+    const sandboxCount = perSandbox.get(sandboxId) ?? 0;
+    if (kind === "ssh" && sandboxCount >= CONNECTIONS_PER_SANDBOX) {
       throw new StatusError(status.RESOURCE_EXHAUSTED, "sandbox SSH connection limit reached");
     }
+    if (kind === "tcp" && sandboxCount >= FORWARD_CONNECTIONS_PER_SANDBOX) {
+      throw new StatusError(
+        status.RESOURCE_EXHAUSTED,
+        `sandbox forward connection limit reached (${FORWARD_CONNECTIONS_PER_SANDBOX} at once)`,
+      );
+    }
     this.perToken.set(tokenHash, tokenCount + 1);
-    this.perSandbox.set(sandboxId, sandboxCount + 1);
+    perSandbox.set(sandboxId, sandboxCount + 1);
     let released = false;
+    const decrement = (counts: Map<string, number>, key: string): void => {
+      const left = (counts.get(key) ?? 1) - 1;
+      if (left <= 0) counts.delete(key);
+      else counts.set(key, left);
+    };
     return () => {
       if (released) return;
       released = true;
-      const t = (this.perToken.get(tokenHash) ?? 1) - 1;
-      if (t <= 0) this.perToken.delete(tokenHash);
-      else this.perToken.set(tokenHash, t);
-      const s = (this.perSandbox.get(sandboxId) ?? 1) - 1;
-      if (s <= 0) this.perSandbox.delete(sandboxId);
-      else this.perSandbox.set(sandboxId, s);
+      decrement(this.perToken, tokenHash);
+      decrement(perSandbox, sandboxId);
     };
   }
 
@@ -194,7 +209,7 @@ export class SshAccess {
     const sandbox = this.o.sandboxes.byId(init.sandboxId);
     this.o.sandboxes.requireReady(sandbox);
     const tokenHash = this.checkToken(init.sandboxId, init.authorizationToken);
-    const release = this.acquire(init.sandboxId, tokenHash);
+    const release = this.acquire(init.sandboxId, tokenHash, target.kind);
     let remote: Duplex;
     try {
       remote = await this.o.relay.open(init.sandboxId, target, init.serviceId || `forward:${init.sandboxId}`);
@@ -208,7 +223,15 @@ export class SshAccess {
       release();
       return;
     }
-    const local = frameDuplex(call, dataFrameCodec<TcpForwardFrame>());
+    // A client that reads an empty frame as the end of the sandbox side's
+    // output gets one, and the call goes on until its own side ends too;
+    // others get the call ended there, as from OpenShell's gateway.
+    const halfClose = target.kind === "tcp" && call.metadata.get(FORWARD_HALF_CLOSE_METADATA_KEY)[0] === "1";
+    const local = frameDuplex(
+      call,
+      dataFrameCodec<TcpForwardFrame>(),
+      halfClose ? { sendEofFrame: true } : {},
+    );
     bridge(local, remote, release);
     // A client that goes away (ssh exited and its proxy was killed) only
     // cancels the call; the byte stream then tears the relay down, which ends

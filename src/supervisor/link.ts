@@ -1,6 +1,7 @@
 // The supervisor's connection to its gateway: a gRPC client that presents the
 // sandbox's own credentials on every call, the ConnectSupervisor session that
-// keeps the sandbox Ready, relays opened on request, and the log stream.
+// keeps the sandbox Ready, relays opened on request (to the pod's SSH server,
+// or to a port on the pod's loopback through the agent), and the log stream.
 
 import { randomUUID } from "node:crypto";
 import type { Socket } from "node:net";
@@ -14,6 +15,7 @@ import {
   type Interceptor,
   Metadata,
 } from "@grpc/grpc-js";
+import { checkTargetPort, FORWARD_CONNECTIONS_PER_SANDBOX, loopbackAddress } from "../core/forward.js";
 import { SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
 import type {
   GatewayMessage,
@@ -27,13 +29,16 @@ import type {
 } from "../gen/openshell.js";
 import { frameDuplex } from "../transport/duplex.js";
 import { dataFrameCodec, FastOpenShellClient } from "../transport/frames.js";
-import { BULK_CHANNEL_OPTIONS, MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
+import { openPodForward } from "../transport/pod-forward.js";
 import { connectUnixSocket } from "../transport/unix.js";
 
 const LOG_FLUSH_MS = 200;
 const LOG_BATCH = 100;
 /** The longest wait between two attempts to reach a gateway that is away. */
 const RECONNECT_MAX_MS = 2000;
+/** TCP relays a supervisor serves at once (the gateway allows FORWARD_CONNECTIONS_PER_SANDBOX). */
+const TCP_RELAYS_MAX = 2 * FORWARD_CONNECTIONS_PER_SANDBOX;
 
 /**
  * A client of the gateway whose calls carry the sandbox's credentials once
@@ -52,8 +57,12 @@ export function supervisorClient(target: string): {
         next(metadata, listener);
       },
     });
+  // HTTP/2's default 64 KiB windows toward the supervisor, not BULK_CHANNEL_OPTIONS: a relay
+  // carries both directions of a connection over this one HTTP/2 connection, and with 8 MiB
+  // windows both ways an echo of 1 MB stalled for good (each side with more in flight than
+  // the socket holds, neither reading; the session then timed out). With the gateway's
+  // writes bounded below what the socket buffers, the gateway keeps reading and both flow.
   const client = new FastOpenShellClient(target, credentials.createInsecure(), {
-    ...BULK_CHANNEL_OPTIONS,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 15_000,
@@ -91,6 +100,8 @@ export interface SessionOptions {
   instanceId: string;
   /** Unix socket of the pod's SSH server, as seen from the host. */
   sshSocket: string;
+  /** Unix socket of the pod's forwards to its loopback (transport/pod-forward.ts), as seen from the host. */
+  forwardSocket: string;
   log(line: string): void;
   /** Called each time a gateway accepts the session (again, after a reconnect). */
   accepted?(): void;
@@ -108,6 +119,8 @@ export class SupervisorSession {
   /** Open relays, each settled once the gateway has ended its call (all bytes through). */
   private readonly relays = new Set<Promise<void>>();
   private backoffMs = 500;
+  /** TCP relays open, each a connection to a port inside the pod. */
+  private tcpRelays = 0;
   constructor(private readonly o: SessionOptions) {}
 
   start(): void {
@@ -174,48 +187,86 @@ export class SupervisorSession {
       fail("the sandbox is stopping");
       return;
     }
+    let target: Promise<Socket>;
     if (open.target?.$case === "tcp") {
-      fail("tcp relay targets are not supported by the bubblewrap runtime; use SSH port forwarding");
-      return;
+      const { host, port } = open.target.value;
+      const loopback = loopbackAddress(host);
+      if (loopback === undefined || checkTargetPort("port", port) !== undefined) {
+        fail(
+          `tcp relay target ${host}:${port} refused: only a port on the sandbox's loopback can be reached`,
+        );
+        return;
+      }
+      if (this.tcpRelays >= TCP_RELAYS_MAX) {
+        fail(`the sandbox has ${TCP_RELAYS_MAX} forwarded connections open already`);
+        return;
+      }
+      this.tcpRelays += 1;
+      target = openPodForward(this.o.forwardSocket, { host: loopback, port });
+      target.then(
+        (socket) => socket.once("close", () => (this.tcpRelays -= 1)),
+        () => (this.tcpRelays -= 1),
+      );
+    } else {
+      this.o.log(`relaying ${open.serviceId || "a connection"} to the sandbox SSH server`);
+      target = connectedUnixSocket(this.o.sshSocket).catch((error: Error) => {
+        throw new Error(`cannot reach the sandbox SSH server: ${error.message}`);
+      });
     }
-    this.o.log(`relaying ${open.serviceId || "a connection"} to the sandbox SSH server`);
-    let socket: Socket;
-    try {
-      socket = connectUnixSocket(this.o.sshSocket);
-    } catch (error) {
-      fail(`cannot reach the sandbox SSH server: ${(error as Error).message}`);
-      return;
-    }
+    target.then(
+      (socket) => this.relay(open.channelId, socket),
+      (error: Error) => fail(error.message),
+    );
+  }
+
+  /** Joins the pod's end of a relay to a new RelayStream call that claims `channelId`. */
+  private relay(channelId: string, socket: Socket): void {
     // Persistent: the pod owns the other end and may reset it at any time,
     // and a second 'error' with no listener would end the supervisor.
-    let connected = false;
-    socket.on("error", (error) => {
-      if (!connected) fail(`cannot reach the sandbox SSH server: ${error.message}`);
+    socket.on("error", () => {});
+    const relay = this.o.client.relayStream();
+    relay.write({ payload: { $case: "init", value: { channelId } } });
+    const remote = frameDuplex(relay, dataFrameCodec<RelayFrame>(), { readEofFrame: true });
+    remote.pipe(socket);
+    socket.pipe(remote);
+    // A pod that goes away resets its sockets (ECONNRESET when it dies with
+    // input unread), yet what it wrote before, an attached client's exit
+    // status perhaps, is still queued on the relay: end the relay then,
+    // never cancel it.
+    socket.on("error", () => {
+      if (!remote.writableEnded) remote.end();
     });
-    socket.once("connect", () => {
-      connected = true;
-      const relay = this.o.client.relayStream();
-      relay.write({ payload: { $case: "init", value: { channelId: open.channelId } } });
-      const remote = frameDuplex(relay, dataFrameCodec<RelayFrame>(), { readEofFrame: true });
-      remote.pipe(socket);
-      socket.pipe(remote);
-      // A pod that goes away resets its sockets (ECONNRESET when it dies with
-      // input unread), yet what it wrote before, an attached client's exit
-      // status perhaps, is still queued on the relay: end the relay then,
-      // never cancel it.
-      socket.on("error", () => {
-        if (!remote.writableEnded) remote.end();
-      });
-      remote.on("error", () => socket.destroy());
-      remote.on("close", () => socket.destroy());
-      const finished = new Promise<void>((resolve) => {
-        relay.on("status", () => resolve());
-        relay.on("error", () => resolve());
-      });
-      this.relays.add(finished);
-      void finished.then(() => this.relays.delete(finished));
+    remote.on("error", () => socket.destroy());
+    remote.on("close", () => socket.destroy());
+    const finished = new Promise<void>((resolve) => {
+      relay.on("status", () => resolve());
+      relay.on("error", () => resolve());
     });
+    this.relays.add(finished);
+    void finished.then(() => this.relays.delete(finished));
   }
+}
+
+/** A connection to the pod's socket at `path`, once connected. */
+function connectedUnixSocket(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    let socket: Socket;
+    try {
+      socket = connectUnixSocket(path);
+    } catch (error) {
+      reject(error as Error);
+      return;
+    }
+    const onError = (error: Error): void => {
+      socket.destroy();
+      reject(error);
+    };
+    socket.once("error", onError);
+    socket.once("connect", () => {
+      socket.off("error", onError);
+      resolve(socket);
+    });
+  });
 }
 
 /** Lines the pusher holds for the gateway before it asks its producers to wait. */

@@ -275,6 +275,7 @@ async function main(): Promise<void> {
           sandboxId: launch.sandboxId,
           instanceId: launch.instanceId,
           sshSocket: pod.sshSocket,
+          forwardSocket: pod.forwardSocket,
           log: diag,
           accepted: reportExit,
         });

@@ -43,7 +43,7 @@ import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
 import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
 import { resolveInImage } from "../runtime/image-tree.js";
 import { sharedMemoryStaging } from "../runtime/staging.js";
-import { POD_SSH_SOCKET } from "../transport/unix.js";
+import { POD_FORWARD_SOCKET, POD_SSH_SOCKET } from "../transport/unix.js";
 import {
   AGENT_BEAT_MS,
   AGENT_SILENCE_MS,
@@ -293,6 +293,8 @@ export interface PodOptions {
 
 export interface Pod {
   sshSocket: string;
+  /** The agent's socket for TCP forwards to the pod's loopback (transport/pod-forward.ts). */
+  forwardSocket: string;
   exited: Promise<string>;
   /**
    * Puts a policy's network rules in force for new connections (a live
@@ -755,6 +757,7 @@ async function launchPod(
     workdir: WORKDIR,
     ...(launch.workingDir ? { mainWorkdir: launch.workingDir } : {}),
     socketPath: `${CONTROL_ROOT}/run/ssh.sock`,
+    forwardSocketPath: `${CONTROL_ROOT}/${POD_FORWARD_SOCKET}`,
     startOnAttach: launch.startOnAttach,
     ttySize:
       launch.ttyCols > 0 && launch.ttyRows > 0 ? { cols: launch.ttyCols, rows: launch.ttyRows } : undefined,
@@ -774,6 +777,7 @@ async function launchPod(
   });
   return {
     sshSocket: join(launch.sandboxDir, POD_SSH_SOCKET),
+    forwardSocket: join(launch.sandboxDir, POD_FORWARD_SOCKET),
     exited,
     setNetworkPolicy: (policy) => {
       if (!egress) throw new Error("this sandbox started without network rules: it has no egress proxy");

@@ -102,15 +102,19 @@ export function frameDuplex<In, Out>(
       }
     },
     final(callback) {
+      writeEnded = true;
       if (eof.sendEofFrame) {
         call.write(codec.toFrame(Buffer.alloc(0)));
-        writeEnded = true;
         endCallWhenDone();
       } else call.end();
       callback();
     },
     destroy(error, callback) {
-      if (!finished) {
+      // Both directions ended in order (the stream closes by itself then):
+      // the call ends on its own, and cancelling it now would drop the last
+      // frames written, still queued below.
+      const graceful = error === null && readEnded && writeEnded;
+      if (!finished && !graceful) {
         finished = true;
         if (call.cancel) call.cancel();
         else call.emit?.("error", unavailable(error?.message ?? "the stream was torn down"));

@@ -26,6 +26,7 @@ import { createAttaches } from "../flags.js";
 import { type OutputFormat, printDocument, sandboxDocument } from "../output/present.js";
 import { type ProgressMode, waitForReady } from "../wait.js";
 import { parseEnvFlags } from "./exec.js";
+import { backgroundStarted, checkPortFree, forwardSpec, startInBackground } from "./forward.js";
 import { ttlUnsupported } from "./lifecycle.js";
 
 export interface CreateOptions {
@@ -51,6 +52,8 @@ export interface CreateOptions {
   memory?: string | undefined;
   pids?: string | undefined;
   disk?: string | undefined;
+  /** `--forward [BIND:]PORT`: a background forward started once Ready. */
+  forward?: string | undefined;
 }
 
 /**
@@ -94,6 +97,9 @@ function checkFlags(o: CreateOptions): void {
   if (o.attach && o.output !== "table") throw usageError("--attach cannot be combined with -o");
   if (!o.gitIgnore && o.uploads.length === 0) throw usageError("--no-git-ignore needs --upload");
   if (o.uploadGit && o.uploads.length === 0) throw usageError("--upload-git needs --upload");
+  if (o.forward !== undefined && !o.keep) throw usageError("--no-keep cannot be combined with --forward");
+  if (o.forward !== undefined && o.output !== "table")
+    throw usageError("--forward cannot be combined with -o");
 }
 
 export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Promise<number> {
@@ -130,6 +136,10 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   const policyPath = o.policy ?? (ctx.env.OPENSHELL_SANDBOX_POLICY?.trim() || undefined);
   const policy = policyPath ? await loadPolicyFile(policyPath) : undefined;
   const uploads = await planUploadFlags(o.uploads, { gitIgnore: o.gitIgnore, git: o.uploadGit === true });
+
+  const forward = o.forward === undefined ? undefined : forwardSpec("--forward", o.forward);
+  // Before anything is created: a port already taken would leave a sandbox without its forward.
+  if (forward) await checkPortFree(forward);
 
   const shell = o.command.length === 0;
   const tty = o.tty ?? (shell ? terminal || attach : terminal && attach);
@@ -221,6 +231,11 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
   } catch (error) {
     if (!o.keep) await deleteQuietly();
     throw error;
+  }
+
+  if (forward) {
+    await startInBackground(ctx, forward, name);
+    backgroundStarted(ctx, forward, name);
   }
 
   if (o.output !== "table") {

@@ -9,6 +9,7 @@ import { SandboxPhase } from "../../gen/openshell.js";
 import type { CommandContext } from "../context.js";
 import { formatTimestamp } from "../output/present.js";
 import { waitForReady } from "../wait.js";
+import { stopSandboxForwards } from "./forward.js";
 
 /** Stopping waits for every process of the sandbox to end (the supervisor's grace, then a kill). */
 const _STOP_DEADLINE_MS = 60_000;
@@ -21,6 +22,7 @@ export async function sandboxStop(
 ): Promise<number> {
   const name = await ctx.sandboxName(options.name);
   const api = await ctx.api();
+  await stopSandboxForwards(ctx, api.gateway.name, api.workspace, name);
   await api.stop(name, { signal: ctx.signal });
   ctx.ui.success(`Stopped sandbox ${name}`);
   return 0;

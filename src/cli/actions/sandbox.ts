@@ -12,6 +12,7 @@ import {
   printSandboxList,
   sandboxDocument,
 } from "../output/present.js";
+import { stopSandboxForwards } from "./forward.js";
 
 async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
   const all: T[] = [];
@@ -108,6 +109,7 @@ export async function sandboxDelete(ctx: CommandContext, options: DeleteOptions)
   const deletedNames: string[] = [];
   const missingNames: string[] = [];
   for (const name of names) {
+    await stopSandboxForwards(ctx, gatewayName, api.workspace, name);
     try {
       const deleted = await api.delete(name, { signal: ctx.signal });
       if (deleted) {

@@ -38,6 +38,10 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
       "--disk <bytes>",
       "size of the sandbox's own filesystem (workspace and writable paths), e.g. 10Gi",
     )
+    .option(
+      "--forward <[bind:]port>",
+      "once Ready, forward this local port to the same port in the sandbox, in the background",
+    )
     .option("--detach", "return once Ready; do not attach to the command")
     .option("--attach", "attach to the command even when not on a terminal")
     .option("--no-keep", "delete the sandbox when the attached command ends")
@@ -80,6 +84,7 @@ Examples:
           memory: opts.memory,
           pids: opts.pids,
           disk: opts.disk,
+          forward: opts.forward,
         });
       }),
     );

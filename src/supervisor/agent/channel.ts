@@ -29,6 +29,8 @@ export interface AgentConfig {
   /** Where the main command starts, when not the workspace (an image's WorkingDir). */
   mainWorkdir?: string | undefined;
   socketPath: string;
+  /** Where the agent serves TCP forwards to the pod's loopback (transport/pod-forward.ts). */
+  forwardSocketPath?: string | undefined;
   startOnAttach: boolean;
   ttySize?: { cols: number; rows: number } | undefined;
   shell: string;

@@ -25,6 +25,7 @@ import {
 import { programProblem } from "./child.js";
 import { startEgressForwarder } from "./egress.js";
 import { ExecGroups } from "./exec-groups.js";
+import { startForwardServer } from "./forward.js";
 import { MainProcess } from "./main-process.js";
 import { type SshServer, startSshServer } from "./ssh-server.js";
 
@@ -81,6 +82,8 @@ function checkConfig(value: unknown): AgentConfig {
   }
   if (config.mainWorkdir !== undefined && typeof config.mainWorkdir !== "string")
     throw new Error("mainWorkdir");
+  if (config.forwardSocketPath !== undefined && typeof config.forwardSocketPath !== "string")
+    throw new Error("forwardSocketPath");
   return config;
 }
 
@@ -198,6 +201,9 @@ async function main(): Promise<void> {
       error: (message) => process.stderr.write(`${message}\n`),
     },
   });
+  if (config.forwardSocketPath !== undefined) {
+    await startForwardServer({ socketPath: config.forwardSocketPath });
+  }
   await runnable;
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });

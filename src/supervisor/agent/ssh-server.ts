@@ -8,13 +8,15 @@
 // Exec output is streamed with backpressure both ways, stderr kept apart from
 // stdout, and the exit status is sent only after the last byte of output.
 
-import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
+import { existsSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import type { Writable } from "node:stream";
 import type { AuthContext, Connection, ServerChannel, Session, TcpipRequestInfo } from "ssh2";
 import ssh2 from "ssh2";
+import { loopbackAddress } from "../../core/forward.js";
 import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
 import { orElse } from "../../host/fs.js";
+import { listenUnixPrivately } from "../../transport/unix.js";
 import {
   type ChildCommand,
   type ChildExit,
@@ -145,8 +147,7 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
     socket.on("error", (error) => log.debug?.(`ssh: connection error: ${error.message}`));
     sshServer.injectSocket(socket);
   });
-  removeStaleSocket(options.socketPath);
-  await listenPrivately(listener, options.socketPath);
+  await listenUnixPrivately(listener, options.socketPath);
   log.debug?.(`ssh: listening on ${options.socketPath}`);
 
   let closing: Promise<void> | undefined;
@@ -614,43 +615,4 @@ function forwardToLoopback(
     log.debug?.(`ssh: forward to ${host}:${info.destPort}: ${error.message}`);
     if (!channel) reject();
   });
-}
-
-function loopbackAddress(host: string): string | undefined {
-  const bare = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
-  if (bare === "localhost") return "127.0.0.1";
-  if (bare === "::1") return "::1";
-  const v4 = bare.startsWith("::ffff:") ? bare.slice("::ffff:".length) : bare;
-  if (net.isIPv4(v4) && v4.startsWith("127.")) return v4;
-  return undefined;
-}
-
-function removeStaleSocket(path: string): void {
-  const isSocket = orElse(undefined, () => lstatSync(path).isSocket());
-  if (isSocket === undefined) return;
-  if (!isSocket) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
-  unlinkSync(path);
-}
-
-/** Listens with a umask that makes the socket 0600 from the moment it exists. */
-async function listenPrivately(listener: net.Server, path: string): Promise<void> {
-  await new Promise<void>((listening, failed) => {
-    listener.once("error", failed);
-    let previousMask: number | undefined;
-    try {
-      previousMask = process.umask(0o177);
-    } catch {
-      // Worker threads cannot change the umask; the chmod below still applies.
-    }
-    try {
-      // Node binds a Unix socket synchronously inside listen().
-      listener.listen(path, () => {
-        listener.off("error", failed);
-        listening();
-      });
-    } finally {
-      if (previousMask !== undefined) process.umask(previousMask);
-    }
-  });
-  chmodSync(path, 0o600);
 }
