@@ -72,10 +72,10 @@ function describe(root: RootCommand, command: CommandUnknownOpts, path: string, 
       target.option(long, option.description);
     }
   }
-  command.registeredArguments.forEach((argument, index) => {
+  for (const argument of command.registeredArguments) {
     const values = argument.argChoices
       ? argument.argChoices
-      : index === 0 && (argument.name() === "name" || argument.name() === "names")
+      : argument.name() === "name" || argument.name() === "names"
         ? gatewayCommand
           ? names.gateways
           : names.sandboxes
@@ -89,7 +89,7 @@ function describe(root: RootCommand, command: CommandUnknownOpts, path: string, 
         : undefined,
       argument.variadic,
     );
-  });
+  }
   for (const sub of help.visibleCommands(command)) {
     if (sub.name() === "help") continue;
     // `sb` completes as `sandbox` does.
