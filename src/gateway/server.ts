@@ -24,6 +24,7 @@ import { FastOpenShellService } from "../transport/frames.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
+import type { ComputeDriver } from "./driver.js";
 import { DEFAULT_COMMUNITY_REGISTRY, ImageStore } from "./images.js";
 import { RelayHub } from "./relay.js";
 import { LocalRuntime } from "./runtime.js";
@@ -195,10 +196,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         sandboxes.supervisorDisconnected(id);
       },
     },
-    (id) => (viaRelay || !runtime.isRunning(id) ? undefined : join(runtime.sandboxDir(id), POD_SSH_SOCKET)),
+    // A local sandbox's SSH socket is on this host; any other's is reached through its supervisor.
+    (id) =>
+      viaRelay || runtime.kind !== "local" || !runtime.isRunning(id)
+        ? undefined
+        : join(runtime.sandboxDir(id), POD_SSH_SOCKET),
   );
   const socketPath = supervisorSocketPath(options.stateDir);
-  const runtime = new LocalRuntime(
+  const runtime: ComputeDriver = new LocalRuntime(
     sandboxesDir,
     join(options.appRoot, "dist", "supervisor.mjs"),
     `unix://${socketPath}`,
@@ -238,6 +243,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     released: (id) => ssh?.dropClient(id),
     log: gatewayLog,
   });
+
+  try {
+    // A driver that cannot reach what runs the sandboxes stops the start.
+    await runtime.open();
+  } catch (error) {
+    store.close();
+    throw error;
+  }
 
   const server = new Server({
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
