@@ -1,0 +1,306 @@
+// The Kubernetes driver's API traffic, with the real gateway and the real
+// @kubernetes/client-node, against a stand-in API server
+// (test/helpers/kube-standin.ts). No Kubernetes cluster can run on the
+// machines these tests run on (no container runtime, no kubelet), so the
+// cluster's side is played by the stand-in: what a scheduler and kubelet
+// would do to a pod is done by the test. What the stand-in cannot show (a
+// real pod starting the side-loaded supervisor) is the pod-path test's, and
+// the kind walkthrough's in deploy/kubernetes/README.md.
+
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DRIVER_CALLS } from "../../src/gateway/kubernetes.js";
+import { podName } from "../../src/gateway/kubernetes-pod.js";
+import { type RunningGateway, startGateway } from "../../src/gateway/server.js";
+import {
+  CreateSandboxRequest,
+  type OpenShellClient,
+  type PlatformEvent,
+  type Sandbox,
+  SandboxPhase,
+  WatchSandboxRequest,
+} from "../../src/gen/openshell.js";
+import { connectGateway } from "../../src/transport/grpc.js";
+import { KubeStandin } from "../helpers/kube-standin.js";
+
+const NAMESPACE = "sandboxes";
+/** Short bounds, so the tests that wait for them are quick; the defaults are 30 s and 5 min. */
+const CALL_TIMEOUT_MS = 2000;
+const SCHEDULE_TIMEOUT_MS = 3000;
+
+let standin: KubeStandin;
+let gateway: RunningGateway;
+let client: OpenShellClient;
+let dir: string;
+
+beforeAll(async () => {
+  standin = new KubeStandin();
+  await standin.listen();
+  dir = mkdtempSync(join(tmpdir(), "openshell-kube-"));
+  const kubeconfig = join(dir, "kubeconfig");
+  writeFileSync(kubeconfig, standin.kubeconfig(NAMESPACE));
+  gateway = await startGateway({
+    name: "kube",
+    stateDir: join(dir, "state"),
+    bind: "127.0.0.1",
+    port: 0,
+    version: "test",
+    appRoot: dir,
+    driver: {
+      kind: "kubernetes",
+      kubeconfig,
+      callTimeoutMs: CALL_TIMEOUT_MS,
+      scheduleTimeoutMs: SCHEDULE_TIMEOUT_MS,
+      rewatchDelayMs: 100,
+    },
+    log: () => {},
+  });
+  client = connectGateway({ name: "kube", endpoint: gateway.endpoint });
+}, 30_000);
+
+afterAll(async () => {
+  client?.close();
+  await gateway?.close({ keepSandboxes: true });
+  await standin?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** What a WatchSandbox stream has told of a sandbox so far. */
+interface Seen {
+  sandbox?: Sandbox;
+  events: PlatformEvent[];
+}
+
+/** Creates a sandbox and follows its status and events until `until` holds. */
+async function create(
+  name: string,
+  image = "registry.example/app:1",
+): Promise<{
+  id: string;
+  seen: Seen;
+  until: (step: string, probe: (seen: Seen) => boolean) => Promise<void>;
+  end: () => void;
+}> {
+  const response = await new Promise<Sandbox>((resolve, reject) =>
+    client.createSandbox(
+      CreateSandboxRequest.fromPartial({
+        name,
+        spec: { command: ["sleep", "infinity"], template: { image } },
+      }),
+      (error, value) => (error ? reject(error) : resolve(value.sandbox!)),
+    ),
+  );
+  const id = response.metadata!.id;
+  const seen: Seen = { events: [] };
+  const waiters = new Set<() => void>();
+  const stream = client.watchSandbox(
+    WatchSandboxRequest.fromPartial({ id, followStatus: true, followEvents: true, eventTail: 100 }),
+  );
+  stream.on("data", (event) => {
+    if (event.payload?.$case === "sandbox") seen.sandbox = event.payload.value;
+    if (event.payload?.$case === "event") seen.events.push(event.payload.value);
+    for (const waiter of [...waiters]) waiter();
+  });
+  stream.on("error", () => {});
+  const until = (step: string, probe: (s: Seen) => boolean): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (!probe(seen)) return;
+        waiters.delete(check);
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(
+          new Error(
+            `sandbox ${name}: ${step} not seen within 20 s; last status ${JSON.stringify(seen.sandbox?.status?.conditions)}`,
+          ),
+        );
+      }, 20_000);
+      waiters.add(check);
+      check();
+    });
+  return { id, seen, until, end: () => stream.cancel() };
+}
+
+function remove(name: string): Promise<void> {
+  return new Promise((resolve, reject) =>
+    client.deleteSandbox({ name, workspace: "" }, (error) => (error ? reject(error) : resolve())),
+  );
+}
+
+const ready = (seen: Seen) => seen.sandbox?.status?.conditions.find((c) => c.type === "Ready");
+const inError = (reason: string) => (seen: Seen) =>
+  seen.sandbox?.status?.phase === SandboxPhase.SANDBOX_PHASE_ERROR && ready(seen)?.reason === reason;
+
+describe("the Kubernetes driver against a stand-in API server", () => {
+  it("creates the sandbox's Secret and Pod, and turns Scheduled, Pulling and Pulled into progress steps", async () => {
+    const sandbox = await create("k-progress");
+    const pod = podName(sandbox.id);
+    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    expect(standin.names("secrets")).toContain(`openshell-${sandbox.id}`);
+    expect((standin.pod(pod)!.spec as { containers: { image: string }[] }).containers[0]!.image).toBe(
+      "registry.example/app:1",
+    );
+    standin.podEvent(pod, "Scheduled", "Successfully assigned sandboxes/x to node-1");
+    standin.podEvent(pod, "Pulling", 'Pulling image "registry.example/app:1"');
+    standin.podEvent(pod, "Pulled", 'Successfully pulled image "registry.example/app:1" in 1.2s');
+    await sandbox.until("Scheduled, Pulling and Pulled", (seen) =>
+      ["Scheduled", "Pulling", "Pulled"].every((step) =>
+        seen.events.some(
+          (event) =>
+            event.reason === step && event.message.includes(step === "Scheduled" ? "node-1" : "app:1"),
+        ),
+      ),
+    );
+    sandbox.end();
+    await remove("k-progress");
+    expect(standin.pod(pod)).toBeUndefined();
+    expect(standin.names("secrets")).not.toContain(`openshell-${sandbox.id}`);
+  });
+
+  it("surfaces an image pull failure as the sandbox's Error, with the kubelet's reason and message", async () => {
+    const sandbox = await create("k-pull", "registry.example/missing:9");
+    const pod = podName(sandbox.id);
+    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    standin.updatePod(pod, (p) => {
+      p.status = {
+        phase: "Pending",
+        containerStatuses: [
+          {
+            name: "sandbox",
+            ready: false,
+            restartCount: 0,
+            image: "registry.example/missing:9",
+            imageID: "",
+            state: {
+              waiting: {
+                reason: "ErrImagePull",
+                message: 'failed to pull image "registry.example/missing:9": not found',
+              },
+            },
+          },
+        ],
+      };
+    });
+    await sandbox.until("Error ErrImagePull", inError("ErrImagePull"));
+    expect(ready(sandbox.seen)?.message).toContain('registry.example/missing:9": not found');
+    sandbox.end();
+    await remove("k-pull");
+  });
+
+  it("loses no phase change while its watch is down: it resumes from the last resourceVersion it saw", async () => {
+    const sandbox = await create("k-resume");
+    const pod = podName(sandbox.id);
+    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const before = standin.calls.filter((call) => call.verb === "watch" && call.resource === "pods").length;
+    standin.watchesDownNow();
+    // The container is killed at its memory limit while no watch is open.
+    standin.updatePod(pod, (p) => {
+      p.status = {
+        phase: "Failed",
+        containerStatuses: [
+          {
+            name: "sandbox",
+            ready: false,
+            restartCount: 0,
+            image: "x",
+            imageID: "",
+            state: { terminated: { exitCode: 137, reason: "OOMKilled" } },
+          },
+        ],
+      };
+    });
+    const changedAt = Number(standin.pod(pod)!.metadata!.resourceVersion);
+    // At least one reconnect was refused while down.
+    await standin.until(
+      "a refused watch",
+      10_000,
+      () =>
+        standin.calls.some(
+          (call, index) => index >= before && call.verb === "watch" && call.status === 503,
+        ) || undefined,
+    );
+    standin.watchesUp();
+    await sandbox.until("Error OOMKilled", inError("OOMKilled"));
+    const resumed = standin.calls.find(
+      (call) =>
+        call.verb === "watch" &&
+        call.resource === "pods" &&
+        call.status === 200 &&
+        call.resourceVersion !== undefined &&
+        Number(call.resourceVersion) < changedAt &&
+        standin.calls.indexOf(call) > before,
+    );
+    expect(resumed, "a watch resumed from a version before the change").toBeDefined();
+    sandbox.end();
+    await remove("k-resume");
+  });
+
+  it("deletes with preconditions: a pod recreated meanwhile (another uid) is left alone, a changed one is deleted", async () => {
+    // A recreate raced the delete: the delete names the old pod's uid, the API server refuses it (409).
+    const raced = await create("k-race");
+    const pod = podName(raced.id);
+    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const oldUid = standin.pod(pod)!.metadata!.uid as string;
+    standin.watchesDownNow();
+    const newer = standin.recreatePod(pod, {
+      "openshell.io/sandbox-id": raced.id,
+      "openshell.io/instance-id": "another-run",
+    });
+    await remove("k-race");
+    standin.watchesUp();
+    const refused = standin.calls.find(
+      (call) => call.verb === "delete" && call.resource === "pods" && call.status === 409,
+    );
+    expect(refused?.body?.preconditions).toMatchObject({ uid: oldUid });
+    expect(standin.pod(pod)?.metadata?.uid).toBe(newer.metadata!.uid);
+    raced.end();
+
+    // The pod changed since the driver saw it (a new resourceVersion, same uid): looked at again and deleted.
+    const changed = await create("k-changed");
+    const changedPod = podName(changed.id);
+    await standin.until("the pod's create", 10_000, () => standin.pod(changedPod));
+    standin.watchesDownNow();
+    standin.updatePod(changedPod, (p) => {
+      p.status = { phase: "Pending", conditions: [{ type: "PodScheduled", status: "False" }] };
+    });
+    await remove("k-changed");
+    standin.watchesUp();
+    expect(standin.pod(changedPod)).toBeUndefined();
+    changed.end();
+  });
+
+  it("bounds a call that never answers: the sandbox goes to Error with the reason, and the gateway carries on", async () => {
+    standin.hang("create", "pods");
+    const sandbox = await create("k-hang");
+    await sandbox.until("Error KubernetesApiTimeout", inError("KubernetesApiTimeout"));
+    standin.answer("create", "pods");
+    expect(ready(sandbox.seen)?.message).toMatch(/did not answer create pods within 2 s/);
+    sandbox.end();
+    await remove("k-hang");
+  });
+
+  it("fails a pod that never schedules after the bound, with the scheduler's message", async () => {
+    const sandbox = await create("k-unsched");
+    const pod = podName(sandbox.id);
+    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    standin.podEvent(pod, "FailedScheduling", "0/3 nodes are available: 3 Insufficient memory.", "Warning");
+    await sandbox.until("Error Unschedulable", inError("Unschedulable"));
+    expect(ready(sandbox.seen)?.message).toContain("3 Insufficient memory");
+    sandbox.end();
+    await remove("k-unsched");
+  });
+
+  it("calls only what DRIVER_CALLS declares (which the Role grants)", () => {
+    const declared = new Set(
+      Object.entries(DRIVER_CALLS).flatMap(([resource, verbs]) => verbs.map((verb) => `${verb} ${resource}`)),
+    );
+    const made = new Set(standin.calls.map((call) => `${call.verb} ${call.resource}`));
+    expect([...made].filter((call) => !declared.has(call))).toEqual([]);
+    expect(made.size).toBeGreaterThan(5);
+  });
+});
