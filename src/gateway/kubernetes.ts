@@ -31,6 +31,7 @@ import {
   type ConfigurationOptions,
   CoreV1Api,
   type CoreV1Event,
+  type CoreV1EventList,
   KubeConfig,
   Observable,
   type RequestContext,
@@ -88,6 +89,8 @@ const PULL_FAILURES = new Set(["ErrImagePull", "ImagePullBackOff", "InvalidImage
 const CONFIG_FAILURES = new Set(["CreateContainerConfigError", "CreateContainerError", "RunContainerError"]);
 /** Pod events that are steps of a create. */
 const PROGRESS_EVENTS = new Set(["Scheduled", "Pulling", "Pulled", "Created", "Started"]);
+/** Selects the events about pods. */
+const POD_EVENTS = "involvedObject.kind=Pod";
 /** The most pod events remembered as seen (so a relisted event is not reported twice). */
 const SEEN_EVENTS_MAX = 4096;
 
@@ -266,20 +269,13 @@ export class KubernetesDriver implements ComputeDriver {
 
   /** Lists the driver's pods (for adopt) and starts watching pods and events. */
   async open(): Promise<void> {
-    const pods = await this.call("pods", "list", (options) =>
-      this.api.listNamespacedPod({ namespace: this.namespace, labelSelector: MANAGED_SELECTOR }, options),
-    );
+    const pods = await this.listPods();
     for (const pod of pods.items) {
       const id = pod.metadata?.annotations?.[SANDBOX_ID_ANNOTATION];
       if (id !== undefined && pod.metadata?.deletionTimestamp === undefined) this.found.set(id, pod);
     }
     this.watchPods(pods.metadata?.resourceVersion);
-    const events = await this.call("events", "list", (options) =>
-      this.api.listNamespacedEvent(
-        { namespace: this.namespace, fieldSelector: "involvedObject.kind=Pod" },
-        options,
-      ),
-    );
+    const events = await this.listEvents();
     // Events before now were reported by an earlier gateway, or are of pods long gone.
     for (const event of events.items) this.remember(event);
     this.watchEvents(events.metadata?.resourceVersion);
@@ -542,7 +538,7 @@ export class KubernetesDriver implements ComputeDriver {
     this.watch(
       "events",
       `/api/v1/namespaces/${this.namespace}/events`,
-      { fieldSelector: "involvedObject.kind=Pod" },
+      { fieldSelector: POD_EVENTS },
       resourceVersion,
       (_type, event: CoreV1Event) => this.onEvent(event),
       () => this.relistEvents(),
@@ -613,9 +609,7 @@ export class KubernetesDriver implements ComputeDriver {
 
   /** After 410 Gone: the pods as they are now; a run whose pod is missing from the list lost it. */
   private async relistPods(): Promise<void> {
-    const pods: V1PodList = await this.call("pods", "list", (options) =>
-      this.api.listNamespacedPod({ namespace: this.namespace, labelSelector: MANAGED_SELECTOR }, options),
-    );
+    const pods = await this.listPods();
     const present = new Set<string>();
     for (const pod of pods.items) {
       present.add(pod.metadata?.annotations?.[SANDBOX_ID_ANNOTATION] ?? "");
@@ -636,13 +630,21 @@ export class KubernetesDriver implements ComputeDriver {
     };
   }
 
-  private async relistEvents(): Promise<void> {
-    const events = await this.call("events", "list", (options) =>
-      this.api.listNamespacedEvent(
-        { namespace: this.namespace, fieldSelector: "involvedObject.kind=Pod" },
-        options,
-      ),
+  private listPods(): Promise<V1PodList> {
+    return this.call("pods", "list", (options) =>
+      this.api.listNamespacedPod({ namespace: this.namespace, labelSelector: MANAGED_SELECTOR }, options),
     );
+  }
+
+  /** The namespace's events about pods (the driver's are told apart by name and uid). */
+  private listEvents(): Promise<CoreV1EventList> {
+    return this.call("events", "list", (options) =>
+      this.api.listNamespacedEvent({ namespace: this.namespace, fieldSelector: POD_EVENTS }, options),
+    );
+  }
+
+  private async relistEvents(): Promise<void> {
+    const events = await this.listEvents();
     for (const event of events.items) this.onEvent(event);
     this.watchEvents(events.metadata?.resourceVersion);
   }

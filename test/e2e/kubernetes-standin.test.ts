@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DRIVER_CALLS } from "../../src/gateway/kubernetes.js";
 import { podName } from "../../src/gateway/kubernetes-pod.js";
-import { type RunningGateway, startGateway } from "../../src/gateway/server.js";
+import { type GatewayOptions, type RunningGateway, startGateway } from "../../src/gateway/server.js";
 import {
   CreateSandboxRequest,
   type OpenShellClient,
@@ -32,6 +32,7 @@ const SCHEDULE_TIMEOUT_MS = 3000;
 
 let standin: KubeStandin;
 let gateway: RunningGateway;
+let gatewayOptions: GatewayOptions;
 let client: OpenShellClient;
 let dir: string;
 
@@ -41,7 +42,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "openshell-kube-"));
   const kubeconfig = join(dir, "kubeconfig");
   writeFileSync(kubeconfig, standin.kubeconfig(NAMESPACE));
-  gateway = await startGateway({
+  gatewayOptions = {
     name: "kube",
     stateDir: join(dir, "state"),
     bind: "127.0.0.1",
@@ -56,7 +57,8 @@ beforeAll(async () => {
       rewatchDelayMs: 100,
     },
     log: () => {},
-  });
+  };
+  gateway = await startGateway(gatewayOptions);
   client = connectGateway({ name: "kube", endpoint: gateway.endpoint });
 }, 30_000);
 
@@ -77,8 +79,11 @@ interface Seen {
 async function create(
   name: string,
   image = "registry.example/app:1",
+  awaitPod = true,
 ): Promise<{
   id: string;
+  /** Its pod's name. */
+  pod: string;
   seen: Seen;
   until: (step: string, probe: (seen: Seen) => boolean) => Promise<void>;
   end: () => void;
@@ -123,7 +128,9 @@ async function create(
       waiters.add(check);
       check();
     });
-  return { id, seen, until, end: () => stream.cancel() };
+  const pod = podName(id);
+  if (awaitPod) await standin.until(`${name}'s pod create`, 10_000, () => standin.pod(pod));
+  return { id, pod, seen, until, end: () => stream.cancel() };
 }
 
 function remove(name: string): Promise<void> {
@@ -139,8 +146,7 @@ const inError = (reason: string) => (seen: Seen) =>
 describe("the Kubernetes driver against a stand-in API server", () => {
   it("creates the sandbox's Secret and Pod, and turns Scheduled, Pulling and Pulled into progress steps", async () => {
     const sandbox = await create("k-progress");
-    const pod = podName(sandbox.id);
-    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const pod = sandbox.pod;
     expect(standin.names("secrets")).toContain(`openshell-${sandbox.id}`);
     expect((standin.pod(pod)!.spec as { containers: { image: string }[] }).containers[0]!.image).toBe(
       "registry.example/app:1",
@@ -164,8 +170,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
 
   it("surfaces an image pull failure as the sandbox's Error, with the kubelet's reason and message", async () => {
     const sandbox = await create("k-pull", "registry.example/missing:9");
-    const pod = podName(sandbox.id);
-    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const pod = sandbox.pod;
     standin.updatePod(pod, (p) => {
       p.status = {
         phase: "Pending",
@@ -194,8 +199,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
 
   it("loses no phase change while its watch is down: it resumes from the last resourceVersion it saw", async () => {
     const sandbox = await create("k-resume");
-    const pod = podName(sandbox.id);
-    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const pod = sandbox.pod;
     const before = standin.calls.filter((call) => call.verb === "watch" && call.resource === "pods").length;
     standin.watchesDownNow();
     // The container is killed at its memory limit while no watch is open.
@@ -243,8 +247,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
   it("deletes with preconditions: a pod recreated meanwhile (another uid) is left alone, a changed one is deleted", async () => {
     // A recreate raced the delete: the delete names the old pod's uid, the API server refuses it (409).
     const raced = await create("k-race");
-    const pod = podName(raced.id);
-    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const pod = raced.pod;
     const oldUid = standin.pod(pod)!.metadata!.uid as string;
     standin.watchesDownNow();
     const newer = standin.recreatePod(pod, {
@@ -262,8 +265,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
 
     // The pod changed since the driver saw it (a new resourceVersion, same uid): looked at again and deleted.
     const changed = await create("k-changed");
-    const changedPod = podName(changed.id);
-    await standin.until("the pod's create", 10_000, () => standin.pod(changedPod));
+    const changedPod = changed.pod;
     standin.watchesDownNow();
     standin.updatePod(changedPod, (p) => {
       p.status = { phase: "Pending", conditions: [{ type: "PodScheduled", status: "False" }] };
@@ -276,7 +278,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
 
   it("bounds a call that never answers: the sandbox goes to Error with the reason, and the gateway carries on", async () => {
     standin.hang("create", "pods");
-    const sandbox = await create("k-hang");
+    const sandbox = await create("k-hang", undefined, false);
     await sandbox.until("Error KubernetesApiTimeout", inError("KubernetesApiTimeout"));
     standin.answer("create", "pods");
     expect(ready(sandbox.seen)?.message).toMatch(/did not answer create pods within 2 s/);
@@ -286,13 +288,52 @@ describe("the Kubernetes driver against a stand-in API server", () => {
 
   it("fails a pod that never schedules after the bound, with the scheduler's message", async () => {
     const sandbox = await create("k-unsched");
-    const pod = podName(sandbox.id);
-    await standin.until("the pod's create", 10_000, () => standin.pod(pod));
+    const pod = sandbox.pod;
     standin.podEvent(pod, "FailedScheduling", "0/3 nodes are available: 3 Insufficient memory.", "Warning");
     await sandbox.until("Error Unschedulable", inError("Unschedulable"));
     expect(ready(sandbox.seen)?.message).toContain("3 Insufficient memory");
     sandbox.end();
     await remove("k-unsched");
+  });
+
+  it("turns an evicted pod, and a pod deleted behind its back, into the sandbox's Error with the reason", async () => {
+    const evicted = await create("k-evicted");
+    const deleted = await create("k-deleted");
+    standin.updatePod(podName(evicted.id), (p) => {
+      p.status = { phase: "Failed", reason: "Evicted", message: "The node was low on resource: memory." };
+    });
+    standin.deletePod(podName(deleted.id));
+    await evicted.until("Error Evicted", inError("Evicted"));
+    expect(ready(evicted.seen)?.message).toBe("The node was low on resource: memory.");
+    await deleted.until("Error PodDeleted", inError("PodDeleted"));
+    for (const [sandbox, name] of [
+      [evicted, "k-evicted"],
+      [deleted, "k-deleted"],
+    ] as const) {
+      sandbox.end();
+      await remove(name);
+    }
+    // The evicted pod stayed until the sandbox's delete removed it.
+    expect(standin.pod(podName(evicted.id))).toBeUndefined();
+  });
+
+  it("after a gateway restart finds its pods, and deletes one whose supervisor never reconnects", async () => {
+    const sandbox = await create("k-restart");
+    const pod = sandbox.pod;
+    sandbox.end();
+    client.close();
+    await gateway.close({ keepSandboxes: true });
+    expect(standin.pod(pod)).toBeDefined();
+    gateway = await startGateway({ ...gatewayOptions, adoptTimeoutMs: 1000 });
+    client = connectGateway({ name: "kube", endpoint: gateway.endpoint });
+    await standin.until("the adopted pod's delete", 15_000, () => (standin.pod(pod) ? undefined : true));
+    const after = await new Promise<Sandbox>((resolve, reject) =>
+      client.getSandbox({ name: "k-restart", workspace: "" }, (error, value) =>
+        error ? reject(error) : resolve(value.sandbox!),
+      ),
+    );
+    expect(after.status?.conditions.find((c) => c.type === "Ready")?.reason).toBe("SupervisorLost");
+    await remove("k-restart");
   });
 
   it("calls only what DRIVER_CALLS declares (which the Role grants)", () => {

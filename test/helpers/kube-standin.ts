@@ -129,6 +129,14 @@ export class KubeStandin {
     this.store("pods", pod, "MODIFIED");
   }
 
+  /** Deletes a pod as someone with kubectl would. */
+  deletePod(name: string): void {
+    const pod = this.pod(name);
+    if (!pod) throw new Error(`no pod ${name}`);
+    this.objects.get("pods")!.delete(name);
+    this.record("pods", pod, "DELETED");
+  }
+
   /** Puts another pod of the same name in place of this one (a recreate): a new uid. */
   recreatePod(name: string, annotations: Record<string, string>): Json {
     const old = this.pod(name);
