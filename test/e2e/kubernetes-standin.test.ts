@@ -7,7 +7,7 @@
 // real pod starting the side-loaded supervisor) is the pod-path test's, and
 // the kind walkthrough's in deploy/kubernetes/README.md.
 
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,6 +23,7 @@ import {
   WatchSandboxRequest,
 } from "../../src/gen/openshell.js";
 import { connectGateway } from "../../src/transport/grpc.js";
+import { TestEnv } from "../helpers/cli.js";
 import { KubeStandin } from "../helpers/kube-standin.js";
 
 const NAMESPACE = "sandboxes";
@@ -343,5 +344,102 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     const made = new Set(standin.calls.map((call) => `${call.verb} ${call.resource}`));
     expect([...made].filter((call) => !declared.has(call))).toEqual([]);
     expect(made.size).toBeGreaterThan(5);
+  });
+});
+
+describe("gateway start --driver kubernetes, through the CLI", () => {
+  let env: TestEnv;
+  let cluster: KubeStandin;
+
+  beforeAll(async () => {
+    cluster = new KubeStandin();
+    await cluster.listen();
+    env = new TestEnv();
+    mkdirSync(env.home, { recursive: true });
+    writeFileSync(join(env.home, "kubeconfig"), cluster.kubeconfig("team-a"));
+  });
+
+  afterAll(async () => {
+    await env?.dispose();
+    await cluster?.close();
+  });
+
+  it("runs a sandbox as a pod in the kubeconfig's namespace, trusting the generated CA; a pull failure ends the create with its reason", async () => {
+    const start = await env.run(
+      [
+        "gateway",
+        "start",
+        "--port",
+        "0",
+        "--tls",
+        "--driver",
+        "kubernetes",
+        "--kubeconfig",
+        join(env.home, "kubeconfig"),
+      ],
+      { timeoutMs: 30_000, env: { OPENSHELL_K8S_GATEWAY_ENDPOINT: "gw.team-a.svc:17670" } },
+    );
+    expect(start.code, start.stderr).toBe(0);
+    // The create waits for Ready, which only a supervisor in a real pod brings: here the image fails to pull.
+    const creating = env.run(
+      [
+        "sandbox",
+        "create",
+        "--name",
+        "k-cli",
+        "--from",
+        "registry.example/tool:2",
+        "--detach",
+        "--",
+        "sleep",
+        "infinity",
+      ],
+      { timeoutMs: 30_000 },
+    );
+    const pod = await cluster.until("the pod's create", 10_000, () =>
+      cluster.names("pods").length > 0 ? cluster.pod(cluster.names("pods")[0]!) : undefined,
+    );
+    cluster.updatePod(pod.metadata!.name as string, (p) => {
+      p.status = {
+        phase: "Pending",
+        containerStatuses: [
+          {
+            name: "sandbox",
+            ready: false,
+            restartCount: 0,
+            image: "registry.example/tool:2",
+            imageID: "",
+            state: {
+              waiting: {
+                reason: "ImagePullBackOff",
+                message: 'Back-off pulling image "registry.example/tool:2"',
+              },
+            },
+          },
+        ],
+      };
+    });
+    const created = await creating;
+    expect(created.code).toBe(1);
+    expect(created.stderr).toMatch(/ImagePullBackOff/);
+    expect(created.stderr).toContain('Back-off pulling image "registry.example/tool:2"');
+    expect(pod.metadata?.namespace).toBe("team-a");
+    const container = (
+      pod.spec as { containers: { image: string; env: { name: string; value?: string }[] }[] }
+    ).containers[0]!;
+    expect(container.image).toBe("registry.example/tool:2");
+    expect(container.env.find((entry) => entry.name === "OPENSHELL_ENDPOINT")?.value).toBe(
+      "gw.team-a.svc:17670",
+    );
+    const secret = cluster.calls.find((call) => call.verb === "create" && call.resource === "secrets")!;
+    const ca = readFileSync(join(env.stateHome, "openshell", "gateways", "local", "tls", "ca.crt"), "utf8");
+    expect(secret.body?.stringData).toMatchObject({ "ca.crt": ca });
+    const metadata = JSON.parse(
+      readFileSync(join(env.configHome, "openshell", "gateways", "local", "metadata.json"), "utf8"),
+    ) as { local_settings: Record<string, unknown> };
+    expect(metadata.local_settings).toMatchObject({
+      driver: "kubernetes",
+      kubeconfig: join(env.home, "kubeconfig"),
+    });
   });
 });
