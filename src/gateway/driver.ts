@@ -58,6 +58,12 @@ export interface ComputeDriver {
   stopAll(): Promise<void>;
   /** Leaves every supervisor running for the next gateway to adopt. */
   detachAll(): void;
+  /**
+   * On start, after adopting: removes what sandboxes no longer in the store
+   * left behind (`stored`: every sandbox in the store; `live`: those whose
+   * runtime must stay, running or to run).
+   */
+  sweep(sandboxes: { stored: ReadonlySet<string>; live: ReadonlySet<string> }): Promise<void>;
   /** A supervisor may be started ahead of need. */
   prepareSpare(): void;
   /** A supervisor has fetched its configuration. */

@@ -27,8 +27,10 @@ import { SUPERVISOR_ENV, type SupervisorLaunch } from "../runtime/contract.js";
 export const BUNDLE_DIR = "/opt/openshell";
 /** The supervisor image holds the bundle here. */
 const IMAGE_BUNDLE_DIR = "/openshell-bundle";
-/** The sandbox's directory in its container: the workspace volume (see podLaunch). */
+/** The sandbox's directory in its container: the workspace volume, named to the supervisor by SANDBOX_DIR_ENV. */
 export const POD_SANDBOX_DIR = "/var/lib/openshell/sandbox";
+/** The environment variable naming the sandbox's directory to a supervisor whose launch names none. */
+export const SANDBOX_DIR_ENV = "OPENSHELL_SANDBOX_DIR";
 /** Where the gateway's CA certificate is mounted from the sandbox's Secret. */
 export const POD_TLS_DIR = "/etc/openshell/tls";
 /** The environment variable naming the CA certificate the supervisor trusts. */
@@ -223,6 +225,7 @@ export function renderPod(settings: PodSettings, run: PodRun): KubeObject {
               valueFrom: { secretKeyRef: { name: secretName(id), key: SECRET_KEY } },
             },
             ...(tls ? [{ name: TLS_CA_ENV, value: `${POD_TLS_DIR}/${CA_KEY}` }] : []),
+            { name: SANDBOX_DIR_ENV, value: POD_SANDBOX_DIR },
           ],
           // Requests equal to limits: the sandbox gets what it was promised (Guaranteed with both set).
           resources: { limits, requests: limits },
@@ -282,20 +285,29 @@ function sandboxSecurityContext(userNamespaces: boolean): Record<string, unknown
 }
 
 /**
+ * The uid the sandbox's processes run as in the container (the supervisor
+ * maps the sandbox's user onto it): not root, and inside the 65,536 ids a
+ * pod's user namespace maps, which a host-unique uid of the local runtime's
+ * is not.
+ */
+export const POD_SANDBOX_UID = 65_000;
+
+/**
  * What a pod's supervisor runs (GetSupervisorLaunch): the gateway's launch
- * with the pod's own places: its sandbox directory the workspace volume, the
- * container's root the image, the bundle the app, root the host ids; no
- * host control groups (the pod's limits bind it) and no file of the
- * gateway's host.
+ * without anything of the gateway's host. No sandbox directory, app root or
+ * image root: the supervisor takes its own (OPENSHELL_SANDBOX_DIR, the
+ * bundle it runs from, the container's root, which is the image); no host
+ * control groups (the pod's limits bind it), no disk image, no file of the
+ * gateway's host; the sandbox's uid POD_SANDBOX_UID.
  */
 export function podLaunch(launch: SupervisorLaunch): SupervisorLaunch {
   return {
     ...launch,
-    sandboxDir: POD_SANDBOX_DIR,
-    appRoot: BUNDLE_DIR,
-    imageRoot: "/",
-    hostUid: 0,
-    hostGid: 0,
+    sandboxDir: "",
+    appRoot: "",
+    imageRoot: "",
+    hostUid: POD_SANDBOX_UID,
+    hostGid: POD_SANDBOX_UID,
     diskBytes: 0,
     cgroupProcs: [],
     execCgroup: undefined,

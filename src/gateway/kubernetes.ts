@@ -23,7 +23,7 @@
 // The only calls the driver makes are those of DRIVER_CALLS, which the Role
 // in deploy/kubernetes/ grants and nothing more (test/unit/kubernetes-rbac.test.ts).
 
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import {
@@ -41,7 +41,8 @@ import {
   Watch,
 } from "@kubernetes/client-node";
 import type { Limits } from "../core/limits.js";
-import type { Sandbox } from "../gen/openshell.js";
+import { type Sandbox, SupervisorLaunchSpec } from "../gen/openshell.js";
+import { orElse } from "../host/fs.js";
 import type { SupervisorLaunch } from "../runtime/contract.js";
 import type { ComputeDriver, DriverEvents } from "./driver.js";
 import {
@@ -89,6 +90,8 @@ const PULL_FAILURES = new Set(["ErrImagePull", "ImagePullBackOff", "InvalidImage
 const CONFIG_FAILURES = new Set(["CreateContainerConfigError", "CreateContainerError", "RunContainerError"]);
 /** Pod events that are steps of a create. */
 const PROGRESS_EVENTS = new Set(["Scheduled", "Pulling", "Pulled", "Created", "Started"]);
+/** The file in a sandbox's directory recording its pod's launch (see start). */
+const LAUNCH_RECORD = "launch.pb";
 /** Selects the events about pods. */
 const POD_EVENTS = "involvedObject.kind=Pod";
 /** The most pod events remembered as seen (so a relisted event is not reported twice). */
@@ -312,6 +315,18 @@ export class KubernetesDriver implements ComputeDriver {
     const id = launch.sandboxId;
     const run = newRun(launch.instanceId, podLaunch(launch));
     this.runs.set(id, run);
+    // For the next gateway, should this one go while the pod starts: its supervisor asks for it then.
+    try {
+      writeFileSync(
+        join(this.sandboxDir(id), LAUNCH_RECORD),
+        SupervisorLaunchSpec.encode(run.launch!).finish(),
+        {
+          mode: 0o600,
+        },
+      );
+    } catch (error) {
+      this.events.stderr(id, `could not record its launch: ${(error as Error).message}`);
+    }
     run.creating = this.create(sandbox, run, secret)
       .catch((error: unknown) => {
         if (run.stopping) return;
@@ -379,7 +394,12 @@ export class KubernetesDriver implements ComputeDriver {
     if (this.runs.has(sandboxId)) return true;
     const pod = this.found.get(sandboxId);
     if (!pod || ["Succeeded", "Failed"].includes(pod.status?.phase ?? "")) return false;
-    const run = newRun(pod.metadata?.annotations?.[INSTANCE_ANNOTATION] ?? "", undefined);
+    this.found.delete(sandboxId);
+    const instanceId = pod.metadata?.annotations?.[INSTANCE_ANNOTATION] ?? "";
+    const recorded = orElse(undefined, () =>
+      SupervisorLaunchSpec.decode(readFileSync(join(this.sandboxDir(sandboxId), LAUNCH_RECORD))),
+    );
+    const run = newRun(instanceId, recorded?.instanceId === instanceId ? recorded : undefined);
     this.seen(run, pod);
     this.runs.set(sandboxId, run);
     return true;
@@ -387,7 +407,16 @@ export class KubernetesDriver implements ComputeDriver {
 
   async stop(sandboxId: string, _graceMs?: number): Promise<void> {
     const run = this.runs.get(sandboxId);
-    if (!run) return;
+    if (!run) {
+      // A pod an earlier gateway left that was not adopted (its run had ended).
+      const found = this.found.get(sandboxId);
+      this.found.delete(sandboxId);
+      if (found)
+        await this.deletePod(sandboxId, versionOf(found)).catch((error: unknown) =>
+          this.events.stderr(sandboxId, `could not delete the sandbox's pod: ${describe(error)}`),
+        );
+      return;
+    }
     run.stopping = true;
     clearTimeout(run.scheduleTimer);
     await run.creating;
@@ -473,11 +502,31 @@ export class KubernetesDriver implements ComputeDriver {
     this.runs.clear();
   }
 
+  /** Pods, Secrets and claims of sandboxes deleted while no gateway ran. */
+  async sweep(sandboxes: { stored: ReadonlySet<string> }): Promise<void> {
+    for (const [id, pod] of this.found) {
+      if (sandboxes.stored.has(id)) continue;
+      this.found.delete(id);
+      try {
+        await this.deletePod(id, versionOf(pod));
+        await this.removeObjects(id);
+      } catch (error) {
+        this.events.stderr(id, `could not remove what a deleted sandbox left: ${describe(error)}`);
+      }
+    }
+  }
+
   prepareSpare(): void {}
 
   configured(): void {}
 
   async removeSandboxDir(sandboxId: string): Promise<void> {
+    await this.removeObjects(sandboxId);
+    await rm(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
+  }
+
+  /** The sandbox's Secret and claim, should they exist. */
+  private async removeObjects(sandboxId: string): Promise<void> {
     const remove = async (
       resource: "secrets" | "persistentvolumeclaims",
       send: (options: ConfigurationOptions) => Promise<unknown>,
@@ -500,7 +549,6 @@ export class KubernetesDriver implements ComputeDriver {
         ),
       );
     }
-    await rm(this.sandboxDir(sandboxId), { recursive: true, force: true, maxRetries: 3 });
   }
 
   // ---- status from the watches --------------------------------------------

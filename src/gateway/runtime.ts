@@ -24,7 +24,7 @@ import type { Limits } from "../core/limits.js";
 import type { Sandbox } from "../gen/openshell.js";
 import { orElse } from "../host/fs.js";
 import { identityAlive, mallocTunables, type ProcessIdentity, processIdentity } from "../host/process.js";
-import { destroySandboxCgroups, findSandboxCgroups } from "../runtime/cgroups.js";
+import { destroySandboxCgroups, findSandboxCgroups, sweepIdleCgroups } from "../runtime/cgroups.js";
 import {
   POD_SUPPORT_DIR_ENV,
   SECCOMP_DENY_ENV,
@@ -32,7 +32,7 @@ import {
   type SupervisorLaunch,
   supervisorEnv,
 } from "../runtime/contract.js";
-import { unmountGuestDisk } from "../runtime/guest-disk.js";
+import { sweepGuestDisks, unmountGuestDisk } from "../runtime/guest-disk.js";
 import { removeSharedMemoryStaging } from "../runtime/staging.js";
 import type { ComputeDriver, DriverEvents } from "./driver.js";
 
@@ -111,6 +111,12 @@ export class LocalRuntime implements ComputeDriver {
   ) {}
 
   async open(): Promise<void> {}
+
+  /** Disks left mounted, and idle control groups, of sandboxes that need them no longer. */
+  async sweep(sandboxes: { live: ReadonlySet<string> }): Promise<void> {
+    await sweepGuestDisks(this.sandboxesRoot, (id) => sandboxes.live.has(id));
+    sweepIdleCgroups();
+  }
 
   refuseLimits(limits: Limits): string | undefined {
     if (limits.diskBytes !== undefined && process.getuid?.() !== 0) {

@@ -13,13 +13,7 @@ import { DEFAULT_PIDS, type Limits, parseLimitList } from "../core/limits.js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
 import { isWildcardBind } from "../host/config.js";
-import { sweepIdleCgroups } from "../runtime/cgroups.js";
-import {
-  DEFAULT_GUEST_DISK_BYTES,
-  MIN_GUEST_DISK_BYTES,
-  parseDiskSize,
-  sweepGuestDisks,
-} from "../runtime/guest-disk.js";
+import { DEFAULT_GUEST_DISK_BYTES, MIN_GUEST_DISK_BYTES, parseDiskSize } from "../runtime/guest-disk.js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
@@ -376,24 +370,23 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   });
 
   sandboxes.adoptSupervisors();
-  // Disks left mounted for sandboxes this gateway no longer has (deleted by a crashed gateway).
-  // A sandbox in Error or Stopped is not started again until asked, so its disk is not needed
-  // until it is deleted, unless its supervisor still runs.
-  const known = new Set(
-    store
-      .allSandboxes()
-      .filter(
-        (sandbox) =>
-          runtime.isRunning(sandbox.metadata!.id) ||
-          (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
-            phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED),
-      )
-      .map((sandbox) => sandbox.metadata!.id),
-  );
-  if (local) {
-    await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
-    sweepIdleCgroups();
-  }
+  // What sandboxes this gateway no longer has left behind (deleted by a crashed gateway).
+  // A sandbox in Error or Stopped is not started again until asked, so its runtime is not
+  // needed until it is deleted, unless its supervisor still runs.
+  const stored = store.allSandboxes();
+  await runtime.sweep({
+    stored: new Set(stored.map((sandbox) => sandbox.metadata!.id)),
+    live: new Set(
+      stored
+        .filter(
+          (sandbox) =>
+            runtime.isRunning(sandbox.metadata!.id) ||
+            (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
+              phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED),
+        )
+        .map((sandbox) => sandbox.metadata!.id),
+    ),
+  });
   runtime.prepareSpare();
   await sandboxes.resumeAll();
   const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);

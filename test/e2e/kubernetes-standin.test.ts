@@ -10,7 +10,9 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SUPERVISOR_METADATA_KEY } from "../../src/core/protocol.js";
 import { DRIVER_CALLS } from "../../src/gateway/kubernetes.js";
 import { podName } from "../../src/gateway/kubernetes-pod.js";
 import { type GatewayOptions, type RunningGateway, startGateway } from "../../src/gateway/server.js";
@@ -20,6 +22,7 @@ import {
   type PlatformEvent,
   type Sandbox,
   SandboxPhase,
+  type SupervisorLaunchSpec,
   WatchSandboxRequest,
 } from "../../src/gen/openshell.js";
 import { connectGateway } from "../../src/transport/grpc.js";
@@ -318,15 +321,54 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     expect(standin.pod(podName(evicted.id))).toBeUndefined();
   });
 
-  it("after a gateway restart finds its pods, and deletes one whose supervisor never reconnects", async () => {
+  it("after a gateway restart finds its pods: serves a starting pod's launch, deletes one whose supervisor never reconnects and one of a deleted sandbox", async () => {
     const sandbox = await create("k-restart");
     const pod = sandbox.pod;
     sandbox.end();
-    client.close();
-    await gateway.close({ keepSandboxes: true });
+    const restart = async (adoptTimeoutMs: number): Promise<void> => {
+      client.close();
+      await gateway.close({ keepSandboxes: true });
+      gateway = await startGateway({ ...gatewayOptions, adoptTimeoutMs });
+      client = connectGateway({ name: "kube", endpoint: gateway.endpoint });
+    };
+    await restart(60_000);
     expect(standin.pod(pod)).toBeDefined();
-    gateway = await startGateway({ ...gatewayOptions, adoptTimeoutMs: 1000 });
-    client = connectGateway({ name: "kube", endpoint: gateway.endpoint });
+    // Its supervisor, still starting, asks for its launch only now, from the new gateway.
+    const secret = (
+      standin.object("secrets", `openshell-${sandbox.id}`)!.stringData as Record<string, string>
+    )["supervisor-secret"];
+    const metadata = new Metadata();
+    metadata.set(SUPERVISOR_METADATA_KEY, `${sandbox.id}:${secret}`);
+    const launch = await new Promise<SupervisorLaunchSpec>((resolve, reject) =>
+      client.getSupervisorLaunch({ sandboxId: sandbox.id }, metadata, (error, value) =>
+        error ? reject(error) : resolve(value),
+      ),
+    );
+    expect(launch).toMatchObject({
+      instanceId: (standin.pod(pod)!.metadata!.annotations as Record<string, string>)[
+        "openshell.io/instance-id"
+      ],
+      command: ["sleep", "infinity"],
+      sandboxDir: "",
+      hostUid: 65_000,
+    });
+
+    // A pod of a sandbox deleted while no gateway ran.
+    const orphan = standin.addPod({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: {
+        name: "openshell-00000000-0000-4000-8000-000000000000",
+        labels: { "app.kubernetes.io/managed-by": "openshell" },
+        annotations: {
+          "openshell.io/sandbox-id": "00000000-0000-4000-8000-000000000000",
+          "openshell.io/instance-id": "gone",
+        },
+      },
+      status: { phase: "Running" },
+    });
+    await restart(1000);
+    await standin.until("the orphan pod's delete", 15_000, () => (standin.pod(orphan) ? undefined : true));
     await standin.until("the adopted pod's delete", 15_000, () => (standin.pod(pod) ? undefined : true));
     const after = await new Promise<Sandbox>((resolve, reject) =>
       client.getSandbox({ name: "k-restart", workspace: "" }, (error, value) =>

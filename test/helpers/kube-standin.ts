@@ -129,6 +129,18 @@ export class KubeStandin {
     this.store("pods", pod, "MODIFIED");
   }
 
+  /** An object as stored, by collection and name. */
+  object(collection: Collection, name: string): Json | undefined {
+    return this.objects.get(collection)!.get(name);
+  }
+
+  /** Adds a pod as another client would (a uid and a version given); its name. */
+  addPod(pod: Json): string {
+    pod.metadata = { ...pod.metadata, uid: randomUUID() };
+    this.store("pods", pod, "ADDED");
+    return pod.metadata.name as string;
+  }
+
   /** Deletes a pod as someone with kubectl would. */
   deletePod(name: string): void {
     const pod = this.pod(name);

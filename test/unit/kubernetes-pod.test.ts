@@ -131,6 +131,7 @@ describe("the Kubernetes driver's objects", () => {
         valueFrom: { secretKeyRef: { name: `openshell-${ID}`, key: "supervisor-secret" } },
       },
       { name: "OPENSHELL_TLS_CA", value: "/etc/openshell/tls/ca.crt" },
+      { name: "OPENSHELL_SANDBOX_DIR", value: "/var/lib/openshell/sandbox" },
     ]);
     expect(JSON.stringify(rendered)).not.toContain("f".repeat(64));
     const secret = renderSecret(SETTINGS, ID, "f".repeat(64)) as Json;
@@ -222,7 +223,7 @@ describe("the Kubernetes driver's objects", () => {
     expect((renderSecret(SETTINGS, ID, "s") as Json).metadata.labels).toEqual(metadata.labels);
   });
 
-  it("launches the pod's supervisor on the pod's own paths, with no host control groups or host files", () => {
+  it("launches the pod's supervisor on its own paths, as a uid the pod's user namespace maps, with no host control groups or files", () => {
     const launch = podLaunch({
       sandboxId: ID,
       sandboxName: "alpha",
@@ -248,10 +249,11 @@ describe("the Kubernetes driver's objects", () => {
       imageUser: "",
     });
     expect(launch).toMatchObject({
-      sandboxDir: "/var/lib/openshell/sandbox",
-      appRoot: "/opt/openshell",
-      imageRoot: "/",
-      hostUid: 0,
+      sandboxDir: "",
+      appRoot: "",
+      imageRoot: "",
+      hostUid: 65_000,
+      hostGid: 65_000,
       diskBytes: 0,
       cgroupProcs: [],
       filesPath: "",
