@@ -610,8 +610,13 @@ export class KubernetesDriver implements ComputeDriver {
     let resourceVersion = from;
     let expired = false;
     let connected = false;
+    let controller: AbortController | undefined;
+    // Once per watch: a drop, a failure or the bound opens the next one, whichever comes first.
+    let retried = false;
     const again = (): void => {
-      if (this.closed) return;
+      if (controller) this.watches.delete(controller);
+      if (retried || this.closed) return;
+      retried = true;
       this.timer(this.settings.rewatchDelayMs ?? 1000, () => {
         if (expired) relist().catch((error: unknown) => this.watchFailed(resource, error, again));
         else this.watch(resource, path, query, resourceVersion, handle, relist);
@@ -626,6 +631,7 @@ export class KubernetesDriver implements ComputeDriver {
           if (object.code === 410) expired = true;
           return;
         }
+        if (retried) return;
         if (object.metadata?.resourceVersion) resourceVersion = object.metadata.resourceVersion;
         if (type !== "BOOKMARK") handle(type, object);
       },
@@ -639,12 +645,16 @@ export class KubernetesDriver implements ComputeDriver {
       if (!connected) again();
     });
     opening.then(
-      (controller) => {
+      (opened) => {
         connected = true;
         clearTimeout(bound);
         this.timers.delete(bound);
-        if (this.closed) controller.abort();
-        else this.watches.add(controller);
+        // Closed meanwhile, given up on, or already ended.
+        if (this.closed || retried) opened.abort();
+        else {
+          controller = opened;
+          this.watches.add(opened);
+        }
       },
       (error: unknown) => this.watchFailed(resource, error, again),
     );

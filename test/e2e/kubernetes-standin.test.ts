@@ -248,6 +248,33 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     await remove("k-resume");
   });
 
+  it("gives up a watch whose server never answers, and opens it again", async () => {
+    const sandbox = await create("k-watch-hang");
+    standin.hang("watch", "pods");
+    standin.watchesDownNow();
+    standin.watchesUp();
+    const before = standin.calls.length;
+    await standin.until(
+      "an unanswered watch",
+      10_000,
+      () =>
+        standin.calls.some(
+          (call, index) => index >= before && call.verb === "watch" && call.resource === "pods",
+        ) || undefined,
+    );
+    standin.answer("watch", "pods");
+    standin.updatePod(sandbox.pod, (p) => {
+      p.status = {
+        phase: "Failed",
+        reason: "Evicted",
+        message: "The node was low on resource: ephemeral-storage.",
+      };
+    });
+    await sandbox.until("Error Evicted", inError("Evicted"));
+    sandbox.end();
+    await remove("k-watch-hang");
+  });
+
   it("deletes with preconditions: a pod recreated meanwhile (another uid) is left alone, a changed one is deleted", async () => {
     // A recreate raced the delete: the delete names the old pod's uid, the API server refuses it (409).
     const raced = await create("k-race");
