@@ -43,7 +43,12 @@ import {
 import type { Limits } from "../core/limits.js";
 import { type Sandbox, SupervisorLaunchSpec } from "../gen/openshell.js";
 import { orElse } from "../host/fs.js";
-import type { SupervisorLaunch } from "../runtime/contract.js";
+import {
+  reportFromWire,
+  reportToWire,
+  type SupervisorLaunch,
+  type SupervisorReport,
+} from "../runtime/contract.js";
 import type { ComputeDriver, DriverEvents } from "./driver.js";
 import {
   claimName,
@@ -791,12 +796,12 @@ export class KubernetesDriver implements ComputeDriver {
     )
       return;
     const reason = event.reason ?? "";
-    const message = (event.message ?? "").slice(0, 1024);
+    const message = event.message ?? "";
     if (reason === "FailedScheduling") {
       run.lastSchedulingMessage = message;
-      this.events.report(id, { kind: "warning", message: `pod not scheduled: ${message}` });
+      this.report(id, { kind: "warning", message: `pod not scheduled: ${message}` });
     } else if (PROGRESS_EVENTS.has(reason)) {
-      this.events.report(id, { kind: "progress", step: reason, message });
+      this.report(id, { kind: "progress", step: reason, message });
     }
   }
 
@@ -809,10 +814,19 @@ export class KubernetesDriver implements ComputeDriver {
     return true;
   }
 
+  /**
+   * What the cluster says of a sandbox, bounded as a supervisor's report is
+   * (a container's termination message is the sandbox's own text).
+   */
+  private report(id: string, report: SupervisorReport): void {
+    const bounded = reportFromWire(reportToWire(id, report));
+    if (bounded) this.events.report(id, bounded);
+  }
+
   private reportFailure(id: string, run: Run, reason: string, message: string): void {
     if (run.reported.has(reason)) return;
     run.reported.add(reason);
-    this.events.report(id, { kind: "failure", reason, message });
+    this.report(id, { kind: "failure", reason, message });
   }
 
   /** The run is over: its supervisor's exit is reported, once; its pod stays until stop. */

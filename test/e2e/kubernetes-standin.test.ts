@@ -331,11 +331,17 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     const evicted = await create("k-evicted");
     const deleted = await create("k-deleted");
     standin.updatePod(podName(evicted.id), (p) => {
-      p.status = { phase: "Failed", reason: "Evicted", message: "The node was low on resource: memory." };
+      // As long as any status message may be: what reaches the sandbox's condition is bounded.
+      p.status = {
+        phase: "Failed",
+        reason: "Evicted",
+        message: `The node was low on resource: memory. ${"x".repeat(100_000)}`,
+      };
     });
     standin.deletePod(podName(deleted.id));
     await evicted.until("Error Evicted", inError("Evicted"));
-    expect(ready(evicted.seen)?.message).toBe("The node was low on resource: memory.");
+    expect(ready(evicted.seen)?.message).toMatch(/^The node was low on resource: memory\. x+$/);
+    expect(ready(evicted.seen)?.message.length).toBe(4096);
     await deleted.until("Error PodDeleted", inError("PodDeleted"));
     for (const [sandbox, name] of [
       [evicted, "k-evicted"],
@@ -404,6 +410,22 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     );
     expect(after.status?.conditions.find((c) => c.type === "Ready")?.reason).toBe("SupervisorLost");
     await remove("k-restart");
+  });
+
+  it("refuses --pids, which only the kubelet bounds, naming why; no pod is made", async () => {
+    const pods = standin.names("pods").length;
+    const refused = await new Promise<{ code?: number; details?: string }>((resolve) =>
+      client.createSandbox(
+        CreateSandboxRequest.fromPartial({
+          name: "k-pids",
+          spec: { command: ["true"], template: { resources: { limits: { pids: "100" } } } },
+        }),
+        (error) => resolve(error ?? {}),
+      ),
+    );
+    expect(refused.code).toBe(9);
+    expect(refused.details).toMatch(/cannot enforce --pids on Kubernetes: .*podPidsLimit/);
+    expect(standin.names("pods").length).toBe(pods);
   });
 
   it("calls only what DRIVER_CALLS declares (which the Role grants)", () => {
