@@ -7,7 +7,6 @@
 
 import { readFileSync } from "node:fs";
 import type { Duplex } from "node:stream";
-import { stringify as stringifyYaml } from "yaml";
 import { OpenShellError } from "../core/errors.js";
 import {
   DEFAULT_FILE_MODE,
@@ -22,18 +21,19 @@ import {
 import { parseTtl, ttlError } from "../core/lifetime.js";
 import { type Limits, limitsToResources, parseCpu, parsePids, parseQuantity } from "../core/limits.js";
 import {
+  imageReference,
   parseSelector,
   validateCommand,
   validateLabels,
   validateSandboxName,
   validateWorkspaceName,
 } from "../core/names.js";
-import { parsePolicyYaml } from "../core/policy/parse.js";
-import { formatPolicyViolations, validatePolicy } from "../core/policy/validate.js";
 import {
   ANNOTATION_START_ON_ATTACH,
   CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_IMAGES,
   CAPABILITY_SANDBOX_TTL,
+  CAPABILITY_START_ON_ATTACH,
 } from "../core/protocol.js";
 import {
   type CreateSandboxRequest,
@@ -45,10 +45,8 @@ import {
   ServiceStatus,
   WatchSandboxRequest,
 } from "../gen/openshell.js";
-import type { SandboxPolicy } from "../gen/sandbox.js";
 import { DEFAULT_WORKSPACE } from "../host/config.js";
 import { checkFileSpecs, readFileContents } from "../host/local-files.js";
-import { loadPolicyFile } from "../host/policy-file.js";
 import { layoutCreateRequest } from "../transport/frames.js";
 import { forwardSsh } from "../transport/ssh.js";
 import type { UploadPlan } from "../transport/tar/upload.js";
@@ -64,6 +62,7 @@ import {
 } from "./images.js";
 import { execInteractive, type InteractiveExec, type InteractiveExecOptions } from "./interactive.js";
 import { Link, type ProgressEvent } from "./link.js";
+import { policyOf } from "./policy.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
 export interface OpenShellOptions {
@@ -166,16 +165,14 @@ function resources(o: CreateOptions): Record<string, unknown> | undefined {
   return result;
 }
 
-async function policyOf(policy: CreateOptions["policy"]): Promise<SandboxPolicy | undefined> {
-  if (policy === undefined) return undefined;
-  if (typeof policy === "string") return loadPolicyFile(policy);
-  // The object goes through the same parser and checks as a file, so it means what the file would.
-  const parsed = parsePolicyYaml(stringifyYaml(policy), "policy");
-  const violations = validatePolicy(parsed);
-  if (violations.length > 0) {
-    throw new InvalidArgumentError(`policy: ${formatPolicyViolations(violations)}`, { field: "policy" });
-  }
-  return parsed;
+/** The caller as the gateway identified it (GetCurrentUser). */
+export interface CurrentUser {
+  subject: string;
+  displayName: string;
+  roles: string[];
+  scopes: string[];
+  /** How: `bearer_token`, `none` (the gateway asks no credential), or an OpenShell gateway's `oidc`, `mtls`, ... */
+  identityProvider: string;
 }
 
 /** Compares the digests, sizes and modes the gateway returned with what was sent. */
@@ -194,6 +191,21 @@ export function checkReturnedFiles(sent: SandboxFile[], returned: SandboxFile[])
   return undefined;
 }
 
+/**
+ * A gateway that would start the command before the uploads are in (an
+ * OpenShell gateway: it ignores the annotation that holds it, and its
+ * sandboxes have no openshell-start) is refused before anything is created.
+ */
+export function holdUnsupported(gateway: string): OpenShellError {
+  return new OpenShellError(
+    "unsupported",
+    `gateway '${gateway}' cannot hold the command until the uploads are in: it would start it before its files (an OpenShell gateway ignores ${ANNOTATION_START_ON_ATTACH})`,
+    {
+      hint: "Create the sandbox with --upload and no command, then run it with `openshell sandbox exec -n NAME -- COMMAND`.",
+    },
+  );
+}
+
 /** How long a CreateSandbox may take when it pulls no image. */
 const CREATE_DEADLINE_MS = 60_000;
 
@@ -205,7 +217,9 @@ export interface CreateSubmission {
   sizes: readonly number[];
   /** Writes each file's bytes into its slot (a buffer of its size inside the request's frame). */
   fill(slots: Buffer[]): Promise<void>;
-  /** The refusals when the gateway keeps no lifetimes, or would drop the files. */
+  /** The main command is held until the uploads are in (ANNOTATION_START_ON_ATTACH with uploads to make). */
+  holdsForUploads?: boolean;
+  /** The refusals when the gateway keeps no lifetimes, would drop the files, or would not hold the command. */
   refuseTtl(): OpenShellError;
   refuseFiles(): OpenShellError;
   signal?: AbortSignal | undefined;
@@ -221,15 +235,31 @@ async function submitCreate(link: Link, s: CreateSubmission): Promise<SandboxInf
   const spec = s.request.spec!;
   const hasFiles = spec.files.length > 0;
   const hasTtl = spec.ttlSeconds !== undefined;
+  // A community sandbox name, resolved by a gateway that keeps images, else here (as upstream's CLI).
+  const community =
+    spec.template?.image !== undefined && imageReference(spec.template.image) !== spec.template.image;
+  const questions = [
+    hasFiles && "takes files (--file)",
+    hasTtl && "keeps sandbox lifetimes (--ttl)",
+    s.holdsForUploads && "can hold the command until the uploads are in (--upload with a command)",
+    community && "resolves community sandbox names (--from NAME)",
+  ].filter((question) => typeof question === "string");
   const capabilities =
-    hasFiles || hasTtl
-      ? link.capabilities()
-      : Promise.resolve([CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL]);
+    questions.length > 0 ? link.capabilities(questions.join(", or ")) : Promise.resolve([]);
   capabilities.catch(() => {}); // awaited below, after the files
+  if (community && !(await capabilities).includes(CAPABILITY_SANDBOX_IMAGES)) {
+    spec.template!.image = imageReference(
+      spec.template!.image!,
+      link.env.OPENSHELL_COMMUNITY_REGISTRY || undefined,
+    );
+  }
   const laidOut = layoutCreateRequest(s.request, s.sizes);
   await s.fill(laidOut.slots);
   if (hasTtl && !(await capabilities).includes(CAPABILITY_SANDBOX_TTL)) throw s.refuseTtl();
   if (hasFiles && !(await capabilities).includes(CAPABILITY_SANDBOX_FILES)) throw s.refuseFiles();
+  if (s.holdsForUploads && !(await capabilities).includes(CAPABILITY_START_ON_ATTACH)) {
+    throw holdUnsupported(link.gateway().name);
+  }
   const request = laidOut.request;
   const { client, target } = await link.grpc();
   const creating = link.call(target, client.createSandbox.bind(client), request, {
@@ -331,6 +361,17 @@ export class OpenShell {
     return typed(async () => {
       const { client, target } = await this.#link.grpc();
       return this.#link.call(target, client.getGatewayInfo.bind(client), {}, callOptions(options));
+    });
+  }
+
+  /**
+   * Who the gateway takes this client for (GetCurrentUser): its subject,
+   * roles, scopes and how it was identified.
+   */
+  whoami(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<CurrentUser> {
+    return typed(async () => {
+      const { client, target } = await this.#link.grpc();
+      return this.#link.call(target, client.getCurrentUser.bind(client), {}, callOptions(options));
     });
   }
 
@@ -466,6 +507,7 @@ export class OpenShell {
       },
       refuseTtl: () => ttlUnsupported(link.gateway().name, "ttl"),
       refuseFiles: () => link.unsupported(CAPABILITY_SANDBOX_FILES, "files"),
+      holdsForUploads: gated,
       signal: o.signal,
     });
     const name = created.metadata!.name;

@@ -2,7 +2,7 @@
 // it has no side effects: nothing is patched, read, connected or spawned
 // until a method is called.
 
-export type { CreateFile, CreateOptions, ListOptions, OpenShellOptions } from "./client.js";
+export type { CreateFile, CreateOptions, CurrentUser, ListOptions, OpenShellOptions } from "./client.js";
 export { OpenShell } from "./client.js";
 export type { CommandOptions, CommandProcess, ExecOptions, ExecResult } from "./commands.js";
 export type { ErrorCode } from "./errors.js";
@@ -19,6 +19,13 @@ export {
 } from "./errors.js";
 export type { ImageInfo } from "./images.js";
 export type { ProgressEvent } from "./link.js";
+export type {
+  PolicyInfo,
+  PolicyInput,
+  PolicyRevisionStatus,
+  SetPolicyOptions,
+  SetPolicyResult,
+} from "./policy.js";
 export type {
   LogOptions,
   SandboxInfo,

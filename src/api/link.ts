@@ -126,18 +126,35 @@ export class Link {
     return sandbox;
   }
 
-  async capabilities(): Promise<string[]> {
+  /**
+   * What the gateway implements (GetGatewayInfo), asked to learn whether it
+   * `question` ("takes files (--file)"). An OpenShell gateway answers
+   * GetGatewayInfo to its admins only: anyone else is told the question
+   * cannot be answered, not that they lack the gateway's token.
+   */
+  async capabilities(question: string): Promise<string[]> {
     this.#capabilities ??= this.grpc().then(({ client, target }) =>
       this.call(target, client.getGatewayInfo.bind(client), {}).then((info) => info.capabilities),
     );
     this.#capabilities.catch(() => {
       this.#capabilities = undefined;
     });
-    return this.#capabilities;
+    return this.#capabilities.catch((error: unknown) => {
+      const cause = (error as { cause?: { code?: unknown } }).cause;
+      if (!(error instanceof OpenShellError) || cause?.code !== status.PERMISSION_DENIED) throw error;
+      throw new OpenShellError(
+        "unsupported",
+        `cannot tell whether gateway '${this.gateway().name}' ${question}: it answers GetGatewayInfo, where a gateway says what it supports, only to its admins`,
+        {
+          hint: "An OpenShell gateway does not: leave the option out, or ask the gateway's admin whether it is an openshell gateway.",
+          cause: error,
+        },
+      );
+    });
   }
 
   async requireCapability(capability: string, what: string, refusal?: () => OpenShellError): Promise<void> {
-    if ((await this.capabilities()).includes(capability)) return;
+    if ((await this.capabilities(`supports ${what}`)).includes(capability)) return;
     throw refusal ? refusal() : this.unsupported(capability, what);
   }
 

@@ -41,6 +41,14 @@ import {
   typed,
 } from "./errors.js";
 import type { Link } from "./link.js";
+import {
+  type PolicyInfo,
+  type PolicyInput,
+  readPolicy,
+  type SetPolicyOptions,
+  type SetPolicyResult,
+  writePolicy,
+} from "./policy.js";
 
 export type { SandboxInfo, SandboxLogLine };
 
@@ -429,6 +437,26 @@ export class Sandbox {
     return typed(async () => {
       this.#info = (await renewSandbox(this.#link, this.name, ttl, options)) ?? this.#info;
     });
+  }
+
+  // ---- policy ----
+
+  /**
+   * The sandbox's policy: the revision stored now and the one in force
+   * (`revision` asks for an earlier one).
+   */
+  policy(options: { revision?: number; signal?: AbortSignal } = {}): Promise<PolicyInfo> {
+    return typed(() => readPolicy(this.#link, this.name, this.id, options));
+  }
+
+  /**
+   * Gives the running sandbox a new policy (a file's path, or the document as
+   * an object): its network rules apply to new connections at once, open ones
+   * keep going. A change only a restart could bring (filesystem, landlock,
+   * process) is refused. With `wait`, resolves once the sandbox has it in force.
+   */
+  setPolicy(policy: PolicyInput, options: SetPolicyOptions = {}): Promise<SetPolicyResult> {
+    return typed(() => writePolicy(this.#link, this.name, this.id, policy, options));
   }
 
   /** Releases the main command held for uploads (`create` with `uploads` and a command does this itself). */

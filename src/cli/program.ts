@@ -9,9 +9,11 @@ import { Command, CommanderError, type CommandUnknownOpts } from "@commander-js/
 import { isOpenShellError, messageOf, OpenShellError, PASSTHROUGH_EXIT } from "../core/errors.js";
 import { escapeForTerminal } from "../core/terminal-text.js";
 import { VERSION } from "../host/version.js";
+import { addCompletions } from "./commands/completions.js";
 import { addGatewayCommands } from "./commands/gateway.js";
 import { addImage } from "./commands/image.js";
 import { addLogs } from "./commands/logs.js";
+import { addPolicy } from "./commands/policy.js";
 import { addSandboxConnect } from "./commands/sandbox-connect.js";
 import { addSandboxCreate } from "./commands/sandbox-create.js";
 import { addSandboxDelete } from "./commands/sandbox-delete.js";
@@ -27,6 +29,7 @@ import { addSandboxUpload } from "./commands/sandbox-upload.js";
 import { addSandboxWait } from "./commands/sandbox-wait.js";
 import { addSshProxy } from "./commands/ssh-proxy.js";
 import { addStatus } from "./commands/status.js";
+import { addWhoami } from "./commands/whoami.js";
 import type { CommandContext } from "./context.js";
 import { createAttaches, examples } from "./flags.js";
 import type { GlobalOptions } from "./gateways.js";
@@ -126,6 +129,7 @@ ${EXIT_CODES_HELP}`,
 
   addLogs(program, runner);
   addImage(program, runner);
+  addPolicy(program, runner);
 
   const gateway = program
     .command("gateway")
@@ -141,6 +145,8 @@ ${EXIT_CODES_HELP}`,
   // Where a user of `gateway start` and `gateway stop` looks for it too.
   addStatus(gateway, runner);
   addSshProxy(program, runner);
+  addWhoami(program, runner);
+  addCompletions(program, runner);
   return program;
 }
 

@@ -371,3 +371,21 @@ export function validateExecRequest(request: ExecRequestFields): string | undefi
   }
   return undefined;
 }
+
+/** Upstream's community registry prefix, under which a community sandbox name (`base`) is an image. */
+export const DEFAULT_COMMUNITY_REGISTRY = "ghcr.io/nvidia/openshell-community/sandboxes";
+
+/** A community sandbox name: a plain word, no registry, path, tag or dot. */
+const COMMUNITY_NAME = /^[a-z0-9][a-z0-9_-]{0,127}$/;
+
+/**
+ * The image reference `--from SOURCE` names: a community sandbox name under
+ * `registry` (OPENSHELL_COMMUNITY_REGISTRY, its trailing slashes dropped),
+ * tagged `latest`, as upstream resolves it: `base` →
+ * `ghcr.io/nvidia/openshell-community/sandboxes/base:latest`; anything else
+ * (`team/img`, `img:1`, `registry.example.com/img`, a path) as it is.
+ */
+export function imageReference(source: string, registry = DEFAULT_COMMUNITY_REGISTRY): string {
+  if (!COMMUNITY_NAME.test(source)) return source;
+  return `${registry.replace(/\/+$/, "") || DEFAULT_COMMUNITY_REGISTRY}/${source}:latest`;
+}

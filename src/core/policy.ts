@@ -1,7 +1,8 @@
 // Sandbox policies: the YAML schema (parse and write back), the safety rules, the default policy.
 // One implementation, used by the CLI before sending and by the gateway on receipt.
 
-export { DEFAULT_POLICY, defaultPolicy } from "./policy/defaults.js";
+export { DEFAULT_POLICY, defaultPolicy, IMAGE_POLICY_PATHS } from "./policy/defaults.js";
+export { hasNetworkRules, liveChangeProblem, policyHash } from "./policy/live.js";
 export { parsePolicyYaml } from "./policy/parse.js";
 export { policyToDocument, policyToYaml } from "./policy/serialize.js";
 export {

@@ -21,6 +21,12 @@ export const ANNOTATION_TTY_SIZE = "openshell.dev/tty-size";
  */
 export const ANNOTATION_IMAGE_DIGEST = "openshell.dev/image-digest";
 
+/**
+ * Advertised by gateways that honour ANNOTATION_START_ON_ATTACH and whose
+ * sandboxes serve SUBSYSTEM_START: the command waits for the uploads.
+ */
+export const CAPABILITY_START_ON_ATTACH = "start-on-attach.v1";
+
 /** Parses a `COLSxROWS` size, within what a terminal can be. */
 export function parseTtySize(value: string | undefined): { cols: number; rows: number } | undefined {
   const match = /^(\d{1,4})x(\d{1,4})$/.exec(value ?? "");
@@ -42,6 +48,14 @@ export const SUBSYSTEM_START = "openshell-start";
  * SandboxStatus.expires_at_ms and serve RenewSandbox (sandbox lifetimes).
  */
 export const CAPABILITY_SANDBOX_TTL = "sandbox-ttl.v1";
+
+/**
+ * Advertised by gateways that keep their own image store (`--from`): they
+ * resolve a community sandbox name themselves, under their own
+ * OPENSHELL_COMMUNITY_REGISTRY. Against others the CLI resolves it, as
+ * upstream's CLI does.
+ */
+export const CAPABILITY_SANDBOX_IMAGES = "sandbox-images.v1";
 
 /**
  * The variables through which a pod that brings its own transfer tools (one

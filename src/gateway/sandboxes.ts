@@ -35,6 +35,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
+import { messageOf } from "../core/errors.js";
 import { effectiveMode, normalizeSandboxPath, sha256Hex, validateSandboxFiles } from "../core/files.js";
 import { formatTtl, TTL_MAX_SECONDS } from "../core/lifetime.js";
 import {
@@ -46,6 +47,7 @@ import {
 } from "../core/limits.js";
 import {
   generateSandboxName,
+  imageReference,
   parseSelector,
   validateCommand,
   validateEnvironment,
@@ -65,6 +67,7 @@ import {
 import {
   defaultPolicy,
   formatPolicyViolations,
+  parsePolicyYaml,
   policySizeViolation,
   policyVersionWarning,
   shelllessFilesystemViolation,
@@ -87,6 +90,7 @@ import {
   SandboxTemplate,
   type SandboxUsage,
 } from "../gen/openshell.js";
+import type { SandboxPolicy } from "../gen/sandbox.js";
 import {
   CgroupError,
   cgroupUsage,
@@ -101,7 +105,7 @@ import { fileContentPath, readFileContent, writeFileContent } from "../runtime/f
 import { guestDiskMountPoint } from "../runtime/guest-disk.js";
 import type { SandboxBus } from "./bus.js";
 import type { ComputeDriver } from "./driver.js";
-import { ImagePullError, type ImageStore, type StoredImage } from "./images.js";
+import { ImagePullError, type ImageStore, imagePolicyFile, type StoredImage } from "./images.js";
 import type { RelayHub } from "./relay.js";
 import { failedPrecondition, invalidArgument, notFound, StatusError } from "./status.js";
 import type { Store } from "./store.js";
@@ -162,6 +166,12 @@ function creatingMarker(sandboxDir: string): string {
 
 function workspaceOf(value: string): string {
   return value === "" ? DEFAULT_WORKSPACE : value;
+}
+
+/** Refuses (INVALID_ARGUMENT) a policy the gateway would not enforce: at create, and for a live update. */
+export function checkPolicy(policy: SandboxPolicy): void {
+  const problem = policyProblem(policy);
+  if (problem) throw invalidArgument(problem);
 }
 
 export class Sandboxes {
@@ -250,14 +260,38 @@ export class Sandboxes {
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
     }
-    if (spec.policy) {
-      const size = policySizeViolation(spec.policy);
-      if (size) throw invalidArgument(size);
-      const violations = validatePolicy(spec.policy);
-      if (violations.length > 0) throw invalidArgument(formatPolicyViolations(violations));
-      const shellless = shelllessFilesystemViolation(spec.policy.filesystem);
-      if (shellless) throw invalidArgument(`policy refused: ${shellless}`);
+    if (spec.policy) checkPolicy(spec.policy);
+  }
+
+  /**
+   * The policy the image of a create carries (`/etc/openshell/policy.yaml`,
+   * as upstream), for a create that gives none; undefined when it has none.
+   * One that cannot be used is refused, naming the image and the file, where
+   * upstream falls back to its restrictive default: the sandbox would not be
+   * the one the image describes.
+   */
+  private bakedPolicy(
+    source: string,
+    image: StoredImage,
+  ): { policy: SandboxPolicy; path: string } | undefined {
+    const refuse = (why: string) =>
+      failedPrecondition(`image '${source}': ${why}; fix the image's policy, or give a policy (--policy)`);
+    let file: { path: string; text: string } | undefined;
+    try {
+      file = imagePolicyFile(this.o.images!.root(image.digest));
+    } catch (error) {
+      throw refuse(messageOf(error));
     }
+    if (!file) return undefined;
+    let policy: SandboxPolicy;
+    try {
+      policy = parsePolicyYaml(file.text, file.path);
+    } catch (error) {
+      throw refuse(messageOf(error));
+    }
+    const problem = policyProblem(policy);
+    if (problem) throw refuse(`${file.path}: ${problem}`);
+    return { policy, path: file.path };
   }
 
   /** The effective limits of a request's `template.resources`; INVALID_ARGUMENT or FAILED_PRECONDITION otherwise. */
@@ -313,8 +347,10 @@ export class Sandboxes {
       throw new StatusError(status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
     }
     const ttlSeconds = this.lifetime(spec.ttlSeconds ?? 0, "spec.ttl_seconds");
-    const source = spec.template?.image ?? "";
-    // A driver whose nodes pull images gets the reference as given.
+    // A community name is stored as the reference it resolved to: `sandbox get` shows what runs.
+    const named = spec.template?.image ?? "";
+    const source = named === "" ? "" : (this.o.images?.reference(named) ?? imageReference(named));
+    // A driver whose nodes pull images gets the reference; the image is not read here.
     const image = source === "" || this.o.runtime.pullsImages ? undefined : await this.image(source);
     if (image) {
       // An image's config is as untrusted as a request: bounded the same way.
@@ -326,6 +362,8 @@ export class Sandboxes {
         );
       if (problem) throw new StatusError(status.FAILED_PRECONDITION, problem);
     }
+    const baked = image && !spec.policy ? this.bakedPolicy(source, image) : undefined;
+    const policy = spec.policy ?? baked?.policy;
     // An image's Entrypoint and Cmd are its command when none is given, run as given (no terminal unless asked).
     const imageCommand = image ? [...image.config.entrypoint, ...image.config.cmd] : [];
     // An image with neither gets a shell, as on the host root: sh, which every image with a shell has.
@@ -370,10 +408,11 @@ export class Sandboxes {
         command,
         tty,
         files,
-        policy: spec.policy ?? defaultPolicy(),
+        policy: policy ?? defaultPolicy(),
         // The effective limits too, defaults included.
         template: {
           ...(spec.template ?? SandboxTemplate.fromPartial({})),
+          ...(source !== "" ? { image: source } : {}),
           resources: limitsToResources(limits),
         },
       },
@@ -422,7 +461,8 @@ export class Sandboxes {
       "openshell.progress.active_step": "starting_sandbox",
     });
     // Accepted as upstream accepts it, and said where the creator sees it (create's stderr).
-    const versionWarning = spec.policy ? policyVersionWarning(spec.policy) : undefined;
+    if (baked) this.event(id, "PolicyFromImage", `policy from the image's ${baked.path}`);
+    const versionWarning = policy ? policyVersionWarning(policy) : undefined;
     if (versionWarning) this.event(id, "Warning", `policy ${versionWarning}`, {}, "Warning");
     // The content is written off this thread while the supervisor starts; its
     // GetSandboxFiles is answered only once the content is stored, and the
@@ -623,10 +663,18 @@ export class Sandboxes {
    */
   private async image(source: string): Promise<StoredImage> {
     const images = this.o.images!;
-    const stored = images.list().find((image) => image.references.includes(source));
+    const stored = images.stored(source);
     if (stored) return stored;
+    // Said in the gateway's log: a pull can take minutes, and concurrent creates share one.
+    const joining = images.pulling(source);
+    this.o.log("INFO", `image '${source}': ${joining ? "waiting for its pull under way" : "pulling"}`);
     try {
-      return await images.pull(source);
+      const started = Date.now();
+      const image = await images.pull(source);
+      if (!joining) {
+        this.o.log("INFO", `image '${source}': pulled ${image.digest} in ${Date.now() - started} ms`);
+      }
+      return image;
     } catch (error) {
       if (error instanceof ImagePullError) throw new StatusError(status.FAILED_PRECONDITION, error.message);
       throw error;
@@ -708,7 +756,10 @@ export class Sandboxes {
   /** Removes a stored image (by digest or a source it was pulled as) that no sandbox runs. */
   removeImage(image: string): string {
     const store = this.imageStore();
-    const found = store.list().find((stored) => stored.digest === image || stored.references.includes(image));
+    const reference = store.reference(image);
+    const found = store
+      .list()
+      .find((stored) => stored.digest === image || stored.references.includes(reference));
     if (!found) throw new StatusError(status.NOT_FOUND, `image '${image}' not found`);
     const users = this.imageUsers().get(found.digest) ?? [];
     if (users.length > 0) {
@@ -1399,4 +1450,14 @@ function unmovedByReports(phase: SandboxPhase): boolean {
     phase === SandboxPhase.SANDBOX_PHASE_DELETING ||
     stoppedOrStopping(phase)
   );
+}
+
+/** What makes a policy unusable here (size, safety rules, a filesystem with no shell), as one message. */
+function policyProblem(policy: SandboxPolicy): string | undefined {
+  const size = policySizeViolation(policy);
+  if (size) return size;
+  const violations = validatePolicy(policy);
+  if (violations.length > 0) return formatPolicyViolations(violations);
+  const shellless = shelllessFilesystemViolation(policy.filesystem);
+  return shellless ? `policy refused: ${shellless}` : undefined;
 }

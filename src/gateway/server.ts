@@ -19,7 +19,7 @@ import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
 import type { ComputeDriver, DriverEvents } from "./driver.js";
-import { DEFAULT_COMMUNITY_REGISTRY, ImageStore } from "./images.js";
+import { ImageStore } from "./images.js";
 import type { KubernetesSettings } from "./kubernetes.js";
 import { parseWorkspaceSetting } from "./kubernetes-pod.js";
 import { RelayHub } from "./relay.js";
@@ -307,7 +307,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       : new ImageStore(join(options.stateDir, "images"), {
           // Registries reached over plain HTTP or unverified TLS: only those the operator names.
           insecureRegistries: (process.env.OPENSHELL_INSECURE_REGISTRIES ?? "").split(",").filter(Boolean),
-          communityRegistry: process.env.OPENSHELL_COMMUNITY_REGISTRY || DEFAULT_COMMUNITY_REGISTRY,
+          communityRegistry: process.env.OPENSHELL_COMMUNITY_REGISTRY || undefined,
         }),
     released: (id) => ssh?.dropClient(id),
     log: gatewayLog,

@@ -6,6 +6,7 @@
 //   Health                              anyone (so `status` can tell "down" from "refused")
 //   user methods                        the gateway's bearer token (when one is set)
 //   supervisor methods                  a sandbox's own supervisor secret, for that sandbox only
+//   GetSandboxConfig                    either (a supervisor when it presents its secret)
 
 import { timingSafeEqual } from "node:crypto";
 import type {
@@ -18,10 +19,11 @@ import type {
 } from "@grpc/grpc-js";
 import { validateWorkspaceName } from "../core/names.js";
 import { phaseOf } from "../core/phases.js";
-import { defaultPolicy } from "../core/policy.js";
 import {
   CAPABILITY_SANDBOX_FILES,
+  CAPABILITY_SANDBOX_IMAGES,
   CAPABILITY_SANDBOX_TTL,
+  CAPABILITY_START_ON_ATTACH,
   SUPERVISOR_METADATA_KEY,
 } from "../core/protocol.js";
 import {
@@ -30,12 +32,14 @@ import {
   type ExecSandboxRequest,
   type GatewayMessage,
   type GetSandboxFilesRequest,
+  type GetSandboxPolicyStatusRequest,
   type GetSupervisorLaunchRequest,
   type OpenShellServer,
   type PullImageRequest,
   type PushSandboxLogsRequest,
   type RelayFrame,
   type RemoveImageRequest,
+  type ReportPolicyStatusRequest,
   type Sandbox,
   SandboxPhase,
   type SandboxStreamEvent,
@@ -43,11 +47,13 @@ import {
   type SupervisorMessage,
   type SupervisorStatusReport,
   type TcpForwardFrame,
+  type UpdateConfigRequest,
   type WatchSandboxRequest,
 } from "../gen/openshell.js";
-import { PolicySource } from "../gen/sandbox.js";
+import type { GetSandboxConfigRequest, GetSandboxConfigResponse } from "../gen/sandbox.js";
 import { reportFromWire } from "../runtime/contract.js";
 import { LOG_RING, LOG_RING_BYTES, levelPasses, type SandboxBus, sourcePasses } from "./bus.js";
+import { Policies } from "./policies.js";
 import type { RelayHub } from "./relay.js";
 import type { Sandboxes } from "./sandboxes.js";
 import type { SshAccess } from "./ssh.js";
@@ -162,7 +168,22 @@ export function withDecodeChecks<D extends Record<string, object>>(definition: D
   return checked as D;
 }
 
+/**
+ * Who a user is, as far as this gateway knows: it has one credential (its
+ * token, or none), so every caller it accepts is its owner.
+ */
+function currentUser(token: string | undefined) {
+  return {
+    subject: token === undefined ? "anonymous" : "token-holder",
+    displayName: "",
+    roles: ["owner"],
+    scopes: ["openshell:all"],
+    identityProvider: token === undefined ? "none" : "bearer_token",
+  };
+}
+
 export function createService(o: ServiceOptions): OpenShellServer {
+  const policies = new Policies(o.store, o.bus, o.sandboxes);
   const requireUser = (metadata: Metadata): void => {
     if (o.token === undefined) return;
     const header = metadataValue(metadata, "authorization");
@@ -234,7 +255,12 @@ export function createService(o: ServiceOptions): OpenShellServer {
           capabilities: { driverName: "openshell-bubblewrap", driverVersion: o.version },
         },
       ],
-      capabilities: [CAPABILITY_SANDBOX_FILES, CAPABILITY_SANDBOX_TTL],
+      capabilities: [
+        CAPABILITY_SANDBOX_FILES,
+        CAPABILITY_SANDBOX_TTL,
+        CAPABILITY_SANDBOX_IMAGES,
+        CAPABILITY_START_ON_ATTACH,
+      ],
     })),
 
     createSandbox: unary("user", async (request) => ({
@@ -386,23 +412,42 @@ export function createService(o: ServiceOptions): OpenShellServer {
 
     // ---- supervisor methods ----------------------------------------------
 
-    getSandboxConfig: (call, callback) => {
+    getSandboxConfig: unary("none", (request: GetSandboxConfigRequest, metadata) => {
+      const supervisor = metadataValue(metadata, SUPERVISOR_METADATA_KEY) !== "";
+      if (!supervisor) requireUser(metadata);
+      const id = supervisor ? requireSupervisor(metadata, request.sandboxId) : request.sandboxId;
+      const config = policies.config(o.sandboxes.byId(id));
+      if (supervisor) o.sandboxes.supervisorConfigured();
+      return config;
+    }),
+
+    watchSandboxConfig: (call: ServerWritableStream<GetSandboxConfigRequest, GetSandboxConfigResponse>) => {
       try {
         const id = requireSupervisor(call.metadata, call.request.sandboxId);
-        const sandbox = o.sandboxes.byId(id);
-        callback(null, {
-          policy: sandbox.spec?.policy ?? defaultPolicy(),
-          version: 1,
-          policyHash: "",
-          configRevision: 1,
-          policySource: PolicySource.POLICY_SOURCE_SANDBOX,
-          workspace: sandbox.metadata!.workspace,
-        });
-        o.sandboxes.supervisorConfigured();
+        const stop = policies.watch(
+          id,
+          (config) => call.write(config),
+          () => call.end(),
+        );
+        call.on("cancelled", stop);
+        call.on("close", stop);
       } catch (error) {
-        callback(toStatus(error));
+        call.emit("error", toStatus(error));
       }
     },
+
+    reportPolicyStatus: unary("none", (request: ReportPolicyStatusRequest, metadata) => {
+      policies.report(requireSupervisor(metadata, request.sandboxId), request);
+      return {};
+    }),
+
+    getCurrentUser: unary("user", () => currentUser(o.token)),
+    // The gateway has no settings: an empty map, as an OpenShell gateway with none set answers.
+    getGatewayConfig: unary("user", () => ({ settings: {}, settingsRevision: 0 })),
+    updateConfig: unary("user", (request: UpdateConfigRequest) => policies.update(request)),
+    getSandboxPolicyStatus: unary("user", (request: GetSandboxPolicyStatusRequest) =>
+      policies.status(request),
+    ),
 
     getSandboxFiles: unary("none", async (request: GetSandboxFilesRequest, metadata) => {
       const id = requireSupervisor(metadata, request.sandboxId);

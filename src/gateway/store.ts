@@ -17,7 +17,8 @@ import { createHash } from "node:crypto";
 import { chmodSync, closeSync, existsSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
-import { Sandbox, type Sandbox as SandboxMessage } from "../gen/openshell.js";
+import { PolicyStatus, Sandbox, type Sandbox as SandboxMessage } from "../gen/openshell.js";
+import { SandboxPolicy } from "../gen/sandbox.js";
 import { orElse } from "../host/fs.js";
 
 export interface StoredSandboxRuntime {
@@ -36,6 +37,21 @@ export interface StoredSshSession {
   revoked: boolean;
   createdAtMs: number;
 }
+
+/** One stored revision of a sandbox's policy (1 is the policy it was created with). */
+export interface StoredPolicyRevision {
+  version: number;
+  hash: string;
+  policy: SandboxPolicy;
+  status: PolicyStatus;
+  loadError: string;
+  createdAtMs: number;
+  /** 0 until the sandbox loaded it. */
+  loadedAtMs: number;
+}
+
+/** Policy revisions kept per sandbox: each may be 256 KiB, and a loop of updates must not fill the store. */
+export const POLICY_REVISIONS_KEPT = 100;
 
 /** Room kept on the store's filesystem for the writes that free space. */
 export const RESERVE_BYTES = 8 * 1024 * 1024;
@@ -138,6 +154,17 @@ export class Store {
         created_at_ms INTEGER NOT NULL
       );
       CREATE INDEX IF NOT EXISTS ssh_sessions_sandbox ON ssh_sessions(sandbox_id);
+      CREATE TABLE IF NOT EXISTS policy_revisions (
+        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        status INTEGER NOT NULL,
+        load_error TEXT NOT NULL DEFAULT '',
+        created_at_ms INTEGER NOT NULL,
+        loaded_at_ms INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (sandbox_id, version)
+      );
     `);
   }
 
@@ -252,6 +279,90 @@ export class Store {
     this.db
       .prepare("UPDATE sandbox_runtime SET host_uid = ?, host_gid = ? WHERE sandbox_id = ?")
       .run(hostUid, hostGid, sandboxId);
+  }
+
+  /**
+   * Stores a new policy revision and the sandbox carrying it as its policy,
+   * in one transaction; revisions still pending become superseded, and only
+   * the latest POLICY_REVISIONS_KEPT are kept.
+   */
+  addPolicyRevision(sandbox: SandboxMessage, revision: StoredPolicyRevision): void {
+    const id = sandbox.metadata!.id;
+    this.db.transaction(() => {
+      this.db
+        .prepare("DELETE FROM policy_revisions WHERE sandbox_id = ? AND version <= ?")
+        .run(id, revision.version - POLICY_REVISIONS_KEPT);
+      this.db
+        .prepare("UPDATE policy_revisions SET status = ? WHERE sandbox_id = ? AND status = ?")
+        .run(PolicyStatus.POLICY_STATUS_SUPERSEDED, id, PolicyStatus.POLICY_STATUS_PENDING);
+      this.db
+        .prepare(
+          `INSERT INTO policy_revisions (sandbox_id, version, hash, payload, status, load_error, created_at_ms, loaded_at_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          id,
+          revision.version,
+          revision.hash,
+          Buffer.from(SandboxPolicy.encode(revision.policy).finish()),
+          revision.status,
+          revision.loadError,
+          revision.createdAtMs,
+          revision.loadedAtMs,
+        );
+      this.updateSandbox(sandbox);
+    })();
+  }
+
+  /** Revision `version` of a sandbox's policy, or its latest when `version` is 0. */
+  policyRevision(sandboxId: string, version = 0): StoredPolicyRevision | undefined {
+    const row = (
+      version === 0
+        ? this.db
+            .prepare("SELECT * FROM policy_revisions WHERE sandbox_id = ? ORDER BY version DESC LIMIT 1")
+            .get(sandboxId)
+        : this.db
+            .prepare("SELECT * FROM policy_revisions WHERE sandbox_id = ? AND version = ?")
+            .get(sandboxId, version)
+    ) as
+      | {
+          version: number;
+          hash: string;
+          payload: Buffer;
+          status: number;
+          load_error: string;
+          created_at_ms: number;
+          loaded_at_ms: number;
+        }
+      | undefined;
+    return row
+      ? {
+          version: row.version,
+          hash: row.hash,
+          policy: SandboxPolicy.decode(row.payload),
+          status: row.status as PolicyStatus,
+          loadError: row.load_error,
+          createdAtMs: row.created_at_ms,
+          loadedAtMs: row.loaded_at_ms,
+        }
+      : undefined;
+  }
+
+  /** Records what the sandbox made of a revision; false when there is no such revision. */
+  setPolicyStatus(
+    sandboxId: string,
+    version: number,
+    status: PolicyStatus,
+    loadError: string,
+    loadedAtMs: number,
+  ): boolean {
+    return (
+      this.db
+        .prepare(
+          "UPDATE policy_revisions SET status = ?, load_error = ?, loaded_at_ms = ? WHERE sandbox_id = ? AND version = ?",
+        )
+        .run(status, loadError, loadedAtMs, sandboxId, version).changes > 0
+    );
   }
 
   createSshSession(session: StoredSshSession): void {

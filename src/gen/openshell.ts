@@ -26,7 +26,17 @@ import {
 } from "@grpc/grpc-js";
 import { ObjectMeta } from "./datamodel.js";
 import { Struct } from "./google/protobuf/struct.js";
-import { GetSandboxConfigRequest, GetSandboxConfigResponse, SandboxPolicy } from "./sandbox.js";
+import {
+  GetGatewayConfigRequest,
+  GetGatewayConfigResponse,
+  GetSandboxConfigRequest,
+  GetSandboxConfigResponse,
+  L7DenyRule,
+  L7Rule,
+  NetworkPolicyRule,
+  SandboxPolicy,
+  SettingValue,
+} from "./sandbox.js";
 
 export const protobufPackage = "openshell.v1";
 
@@ -162,12 +172,77 @@ export function sandboxPhaseToJSON(object: SandboxPhase): string {
   }
 }
 
+export enum PolicyStatus {
+  POLICY_STATUS_UNSPECIFIED = 0,
+  /** POLICY_STATUS_PENDING - Stored; the sandbox has not loaded it yet. */
+  POLICY_STATUS_PENDING = 1,
+  POLICY_STATUS_LOADED = 2,
+  /** POLICY_STATUS_FAILED - The sandbox could not apply it and keeps the revision it had. */
+  POLICY_STATUS_FAILED = 3,
+  /** POLICY_STATUS_SUPERSEDED - A newer revision was stored before the sandbox loaded this one. */
+  POLICY_STATUS_SUPERSEDED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function policyStatusFromJSON(object: any): PolicyStatus {
+  switch (object) {
+    case 0:
+    case "POLICY_STATUS_UNSPECIFIED":
+      return PolicyStatus.POLICY_STATUS_UNSPECIFIED;
+    case 1:
+    case "POLICY_STATUS_PENDING":
+      return PolicyStatus.POLICY_STATUS_PENDING;
+    case 2:
+    case "POLICY_STATUS_LOADED":
+      return PolicyStatus.POLICY_STATUS_LOADED;
+    case 3:
+    case "POLICY_STATUS_FAILED":
+      return PolicyStatus.POLICY_STATUS_FAILED;
+    case 4:
+    case "POLICY_STATUS_SUPERSEDED":
+      return PolicyStatus.POLICY_STATUS_SUPERSEDED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PolicyStatus.UNRECOGNIZED;
+  }
+}
+
+export function policyStatusToJSON(object: PolicyStatus): string {
+  switch (object) {
+    case PolicyStatus.POLICY_STATUS_UNSPECIFIED:
+      return "POLICY_STATUS_UNSPECIFIED";
+    case PolicyStatus.POLICY_STATUS_PENDING:
+      return "POLICY_STATUS_PENDING";
+    case PolicyStatus.POLICY_STATUS_LOADED:
+      return "POLICY_STATUS_LOADED";
+    case PolicyStatus.POLICY_STATUS_FAILED:
+      return "POLICY_STATUS_FAILED";
+    case PolicyStatus.POLICY_STATUS_SUPERSEDED:
+      return "POLICY_STATUS_SUPERSEDED";
+    case PolicyStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface HealthRequest {
 }
 
 export interface HealthResponse {
   status: ServiceStatus;
   version: string;
+}
+
+export interface GetCurrentUserRequest {
+}
+
+export interface GetCurrentUserResponse {
+  subject: string;
+  displayName: string;
+  roles: string[];
+  scopes: string[];
+  identityProvider: string;
 }
 
 export interface GetGatewayInfoRequest {
@@ -648,6 +723,125 @@ export interface RelayClose {
   reason: string;
 }
 
+export interface UpdateConfigRequest {
+  name: string;
+  policy?: SandboxPolicy | undefined;
+  settingKey: string;
+  settingValue?: SettingValue | undefined;
+  deleteSetting: boolean;
+  global: boolean;
+  mergeOperations: PolicyMergeOperation[];
+  /** 0: whatever the sandbox's resource version is; else ABORTED unless it matches. */
+  expectedResourceVersion: number;
+  annotations: { [key: string]: string };
+  workspace: string;
+}
+
+export interface UpdateConfigRequest_AnnotationsEntry {
+  key: string;
+  value: string;
+}
+
+export interface PolicyMergeOperation {
+  operation?:
+    | { $case: "addRule"; value: AddNetworkRule }
+    | { $case: "removeEndpoint"; value: RemoveNetworkEndpoint }
+    | { $case: "removeRule"; value: RemoveNetworkRule }
+    | { $case: "addDenyRules"; value: AddDenyRules }
+    | { $case: "addAllowRules"; value: AddAllowRules }
+    | { $case: "removeBinary"; value: RemoveNetworkBinary }
+    | undefined;
+}
+
+export interface AddNetworkRule {
+  ruleName: string;
+  rule?: NetworkPolicyRule | undefined;
+}
+
+export interface RemoveNetworkEndpoint {
+  ruleName: string;
+  host: string;
+  port: number;
+}
+
+export interface RemoveNetworkRule {
+  ruleName: string;
+}
+
+export interface AddDenyRules {
+  host: string;
+  port: number;
+  denyRules: L7DenyRule[];
+}
+
+export interface AddAllowRules {
+  host: string;
+  port: number;
+  rules: L7Rule[];
+}
+
+export interface RemoveNetworkBinary {
+  ruleName: string;
+  binaryPath: string;
+}
+
+export interface UpdateConfigResponse {
+  /** The policy revision now stored (per sandbox, from 1 at create). */
+  version: number;
+  /** Lowercase hex SHA-256 of the policy's canonical form. */
+  policyHash: string;
+  settingsRevision: number;
+  deleted: boolean;
+  annotations: { [key: string]: string };
+}
+
+export interface UpdateConfigResponse_AnnotationsEntry {
+  key: string;
+  value: string;
+}
+
+export interface GetSandboxPolicyStatusRequest {
+  name: string;
+  /** 0: the latest revision. */
+  version: number;
+  global: boolean;
+  workspace: string;
+}
+
+export interface GetSandboxPolicyStatusResponse {
+  revision?:
+    | SandboxPolicyRevision
+    | undefined;
+  /** The revision the sandbox has loaded (in force). */
+  activeVersion: number;
+}
+
+export interface ReportPolicyStatusRequest {
+  sandboxId: string;
+  version: number;
+  status: PolicyStatus;
+  loadError: string;
+}
+
+export interface ReportPolicyStatusResponse {
+}
+
+export interface SandboxPolicyRevision {
+  version: number;
+  policyHash: string;
+  status: PolicyStatus;
+  loadError: string;
+  createdAtMs: number;
+  loadedAtMs: number;
+  policy?: SandboxPolicy | undefined;
+  provenance: { [key: string]: string };
+}
+
+export interface SandboxPolicyRevision_ProvenanceEntry {
+  key: string;
+  value: string;
+}
+
 /** EXTENSION messages. */
 export interface GetSandboxFilesRequest {
   sandboxId: string;
@@ -941,6 +1135,199 @@ export const HealthResponse: MessageFns<HealthResponse> = {
     const message = createBaseHealthResponse();
     message.status = object.status ?? 0;
     message.version = object.version ?? "";
+    return message;
+  },
+};
+
+function createBaseGetCurrentUserRequest(): GetCurrentUserRequest {
+  return {};
+}
+
+export const GetCurrentUserRequest: MessageFns<GetCurrentUserRequest> = {
+  encode(_: GetCurrentUserRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCurrentUserRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCurrentUserRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetCurrentUserRequest {
+    return {};
+  },
+
+  toJSON(_: GetCurrentUserRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCurrentUserRequest>, I>>(base?: I): GetCurrentUserRequest {
+    return GetCurrentUserRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCurrentUserRequest>, I>>(_: I): GetCurrentUserRequest {
+    const message = createBaseGetCurrentUserRequest();
+    return message;
+  },
+};
+
+function createBaseGetCurrentUserResponse(): GetCurrentUserResponse {
+  return { subject: "", displayName: "", roles: [], scopes: [], identityProvider: "" };
+}
+
+export const GetCurrentUserResponse: MessageFns<GetCurrentUserResponse> = {
+  encode(message: GetCurrentUserResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subject !== "") {
+      writer.uint32(10).string(message.subject);
+    }
+    if (message.displayName !== "") {
+      writer.uint32(18).string(message.displayName);
+    }
+    for (const v of message.roles) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.scopes) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.identityProvider !== "") {
+      writer.uint32(42).string(message.identityProvider);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCurrentUserResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCurrentUserResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subject = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.displayName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.roles.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scopes.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.identityProvider = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCurrentUserResponse {
+    return {
+      subject: isSet(object.subject) ? globalThis.String(object.subject) : "",
+      displayName: isSet(object.displayName)
+        ? globalThis.String(object.displayName)
+        : isSet(object.display_name)
+        ? globalThis.String(object.display_name)
+        : "",
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => globalThis.String(e)) : [],
+      scopes: globalThis.Array.isArray(object?.scopes) ? object.scopes.map((e: any) => globalThis.String(e)) : [],
+      identityProvider: isSet(object.identityProvider)
+        ? globalThis.String(object.identityProvider)
+        : isSet(object.identity_provider)
+        ? globalThis.String(object.identity_provider)
+        : "",
+    };
+  },
+
+  toJSON(message: GetCurrentUserResponse): unknown {
+    const obj: any = {};
+    if (message.subject !== "") {
+      obj.subject = message.subject;
+    }
+    if (message.displayName !== "") {
+      obj.displayName = message.displayName;
+    }
+    if (message.roles?.length) {
+      obj.roles = message.roles;
+    }
+    if (message.scopes?.length) {
+      obj.scopes = message.scopes;
+    }
+    if (message.identityProvider !== "") {
+      obj.identityProvider = message.identityProvider;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCurrentUserResponse>, I>>(base?: I): GetCurrentUserResponse {
+    return GetCurrentUserResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCurrentUserResponse>, I>>(object: I): GetCurrentUserResponse {
+    const message = createBaseGetCurrentUserResponse();
+    message.subject = object.subject ?? "";
+    message.displayName = object.displayName ?? "";
+    message.roles = object.roles?.map((e) => e) || [];
+    message.scopes = object.scopes?.map((e) => e) || [];
+    message.identityProvider = object.identityProvider ?? "";
     return message;
   },
 };
@@ -8958,6 +9345,2120 @@ export const RelayClose: MessageFns<RelayClose> = {
   },
 };
 
+function createBaseUpdateConfigRequest(): UpdateConfigRequest {
+  return {
+    name: "",
+    policy: undefined,
+    settingKey: "",
+    settingValue: undefined,
+    deleteSetting: false,
+    global: false,
+    mergeOperations: [],
+    expectedResourceVersion: 0,
+    annotations: {},
+    workspace: "",
+  };
+}
+
+export const UpdateConfigRequest: MessageFns<UpdateConfigRequest> = {
+  encode(message: UpdateConfigRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.policy !== undefined) {
+      SandboxPolicy.encode(message.policy, writer.uint32(18).fork()).join();
+    }
+    if (message.settingKey !== "") {
+      writer.uint32(26).string(message.settingKey);
+    }
+    if (message.settingValue !== undefined) {
+      SettingValue.encode(message.settingValue, writer.uint32(34).fork()).join();
+    }
+    if (message.deleteSetting !== false) {
+      writer.uint32(40).bool(message.deleteSetting);
+    }
+    if (message.global !== false) {
+      writer.uint32(48).bool(message.global);
+    }
+    for (const v of message.mergeOperations) {
+      PolicyMergeOperation.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.expectedResourceVersion !== 0) {
+      writer.uint32(64).uint64(message.expectedResourceVersion);
+    }
+    globalThis.Object.entries(message.annotations).forEach(([key, value]: [string, string]) => {
+      UpdateConfigRequest_AnnotationsEntry.encode({ key: key as any, value }, writer.uint32(74).fork()).join();
+    });
+    if (message.workspace !== "") {
+      writer.uint32(82).string(message.workspace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateConfigRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateConfigRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policy = SandboxPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.settingKey = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.settingValue = SettingValue.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.deleteSetting = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.global = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.mergeOperations.push(PolicyMergeOperation.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.expectedResourceVersion = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            const entry9 = UpdateConfigRequest_AnnotationsEntry.decode(reader, reader.uint32());
+            if (entry9.value !== undefined) {
+              message.annotations[entry9.key] = entry9.value;
+            }
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.workspace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateConfigRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      policy: isSet(object.policy) ? SandboxPolicy.fromJSON(object.policy) : undefined,
+      settingKey: isSet(object.settingKey)
+        ? globalThis.String(object.settingKey)
+        : isSet(object.setting_key)
+        ? globalThis.String(object.setting_key)
+        : "",
+      settingValue: isSet(object.settingValue)
+        ? SettingValue.fromJSON(object.settingValue)
+        : isSet(object.setting_value)
+        ? SettingValue.fromJSON(object.setting_value)
+        : undefined,
+      deleteSetting: isSet(object.deleteSetting)
+        ? globalThis.Boolean(object.deleteSetting)
+        : isSet(object.delete_setting)
+        ? globalThis.Boolean(object.delete_setting)
+        : false,
+      global: isSet(object.global) ? globalThis.Boolean(object.global) : false,
+      mergeOperations: globalThis.Array.isArray(object?.mergeOperations)
+        ? object.mergeOperations.map((e: any) => PolicyMergeOperation.fromJSON(e))
+        : globalThis.Array.isArray(object?.merge_operations)
+        ? object.merge_operations.map((e: any) => PolicyMergeOperation.fromJSON(e))
+        : [],
+      expectedResourceVersion: isSet(object.expectedResourceVersion)
+        ? globalThis.Number(object.expectedResourceVersion)
+        : isSet(object.expected_resource_version)
+        ? globalThis.Number(object.expected_resource_version)
+        : 0,
+      annotations: isObject(object.annotations)
+        ? (globalThis.Object.entries(object.annotations) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
+    };
+  },
+
+  toJSON(message: UpdateConfigRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.policy !== undefined) {
+      obj.policy = SandboxPolicy.toJSON(message.policy);
+    }
+    if (message.settingKey !== "") {
+      obj.settingKey = message.settingKey;
+    }
+    if (message.settingValue !== undefined) {
+      obj.settingValue = SettingValue.toJSON(message.settingValue);
+    }
+    if (message.deleteSetting !== false) {
+      obj.deleteSetting = message.deleteSetting;
+    }
+    if (message.global !== false) {
+      obj.global = message.global;
+    }
+    if (message.mergeOperations?.length) {
+      obj.mergeOperations = message.mergeOperations.map((e) => PolicyMergeOperation.toJSON(e));
+    }
+    if (message.expectedResourceVersion !== 0) {
+      obj.expectedResourceVersion = Math.round(message.expectedResourceVersion);
+    }
+    if (message.annotations) {
+      const entries = globalThis.Object.entries(message.annotations) as [string, string][];
+      if (entries.length > 0) {
+        obj.annotations = {};
+        entries.forEach(([k, v]) => {
+          obj.annotations[k] = v;
+        });
+      }
+    }
+    if (message.workspace !== "") {
+      obj.workspace = message.workspace;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateConfigRequest>, I>>(base?: I): UpdateConfigRequest {
+    return UpdateConfigRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateConfigRequest>, I>>(object: I): UpdateConfigRequest {
+    const message = createBaseUpdateConfigRequest();
+    message.name = object.name ?? "";
+    message.policy = (object.policy !== undefined && object.policy !== null)
+      ? SandboxPolicy.fromPartial(object.policy)
+      : undefined;
+    message.settingKey = object.settingKey ?? "";
+    message.settingValue = (object.settingValue !== undefined && object.settingValue !== null)
+      ? SettingValue.fromPartial(object.settingValue)
+      : undefined;
+    message.deleteSetting = object.deleteSetting ?? false;
+    message.global = object.global ?? false;
+    message.mergeOperations = object.mergeOperations?.map((e) => PolicyMergeOperation.fromPartial(e)) || [];
+    message.expectedResourceVersion = object.expectedResourceVersion ?? 0;
+    message.annotations = (globalThis.Object.entries(object.annotations ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.workspace = object.workspace ?? "";
+    return message;
+  },
+};
+
+function createBaseUpdateConfigRequest_AnnotationsEntry(): UpdateConfigRequest_AnnotationsEntry {
+  return { key: "", value: "" };
+}
+
+export const UpdateConfigRequest_AnnotationsEntry: MessageFns<UpdateConfigRequest_AnnotationsEntry> = {
+  encode(message: UpdateConfigRequest_AnnotationsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateConfigRequest_AnnotationsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateConfigRequest_AnnotationsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateConfigRequest_AnnotationsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: UpdateConfigRequest_AnnotationsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateConfigRequest_AnnotationsEntry>, I>>(
+    base?: I,
+  ): UpdateConfigRequest_AnnotationsEntry {
+    return UpdateConfigRequest_AnnotationsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateConfigRequest_AnnotationsEntry>, I>>(
+    object: I,
+  ): UpdateConfigRequest_AnnotationsEntry {
+    const message = createBaseUpdateConfigRequest_AnnotationsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBasePolicyMergeOperation(): PolicyMergeOperation {
+  return { operation: undefined };
+}
+
+export const PolicyMergeOperation: MessageFns<PolicyMergeOperation> = {
+  encode(message: PolicyMergeOperation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.operation?.$case) {
+      case "addRule":
+        AddNetworkRule.encode(message.operation.value, writer.uint32(10).fork()).join();
+        break;
+      case "removeEndpoint":
+        RemoveNetworkEndpoint.encode(message.operation.value, writer.uint32(18).fork()).join();
+        break;
+      case "removeRule":
+        RemoveNetworkRule.encode(message.operation.value, writer.uint32(26).fork()).join();
+        break;
+      case "addDenyRules":
+        AddDenyRules.encode(message.operation.value, writer.uint32(34).fork()).join();
+        break;
+      case "addAllowRules":
+        AddAllowRules.encode(message.operation.value, writer.uint32(42).fork()).join();
+        break;
+      case "removeBinary":
+        RemoveNetworkBinary.encode(message.operation.value, writer.uint32(50).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyMergeOperation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyMergeOperation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.operation = { $case: "addRule", value: AddNetworkRule.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operation = {
+              $case: "removeEndpoint",
+              value: RemoveNetworkEndpoint.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operation = { $case: "removeRule", value: RemoveNetworkRule.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.operation = { $case: "addDenyRules", value: AddDenyRules.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.operation = { $case: "addAllowRules", value: AddAllowRules.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.operation = { $case: "removeBinary", value: RemoveNetworkBinary.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyMergeOperation {
+    return {
+      operation: isSet(object.addRule)
+        ? { $case: "addRule", value: AddNetworkRule.fromJSON(object.addRule) }
+        : isSet(object.add_rule)
+        ? { $case: "addRule", value: AddNetworkRule.fromJSON(object.add_rule) }
+        : isSet(object.removeEndpoint)
+        ? { $case: "removeEndpoint", value: RemoveNetworkEndpoint.fromJSON(object.removeEndpoint) }
+        : isSet(object.remove_endpoint)
+        ? { $case: "removeEndpoint", value: RemoveNetworkEndpoint.fromJSON(object.remove_endpoint) }
+        : isSet(object.removeRule)
+        ? { $case: "removeRule", value: RemoveNetworkRule.fromJSON(object.removeRule) }
+        : isSet(object.remove_rule)
+        ? { $case: "removeRule", value: RemoveNetworkRule.fromJSON(object.remove_rule) }
+        : isSet(object.addDenyRules)
+        ? { $case: "addDenyRules", value: AddDenyRules.fromJSON(object.addDenyRules) }
+        : isSet(object.add_deny_rules)
+        ? { $case: "addDenyRules", value: AddDenyRules.fromJSON(object.add_deny_rules) }
+        : isSet(object.addAllowRules)
+        ? { $case: "addAllowRules", value: AddAllowRules.fromJSON(object.addAllowRules) }
+        : isSet(object.add_allow_rules)
+        ? { $case: "addAllowRules", value: AddAllowRules.fromJSON(object.add_allow_rules) }
+        : isSet(object.removeBinary)
+        ? { $case: "removeBinary", value: RemoveNetworkBinary.fromJSON(object.removeBinary) }
+        : isSet(object.remove_binary)
+        ? { $case: "removeBinary", value: RemoveNetworkBinary.fromJSON(object.remove_binary) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: PolicyMergeOperation): unknown {
+    const obj: any = {};
+    if (message.operation?.$case === "addRule") {
+      obj.addRule = AddNetworkRule.toJSON(message.operation.value);
+    } else if (message.operation?.$case === "removeEndpoint") {
+      obj.removeEndpoint = RemoveNetworkEndpoint.toJSON(message.operation.value);
+    } else if (message.operation?.$case === "removeRule") {
+      obj.removeRule = RemoveNetworkRule.toJSON(message.operation.value);
+    } else if (message.operation?.$case === "addDenyRules") {
+      obj.addDenyRules = AddDenyRules.toJSON(message.operation.value);
+    } else if (message.operation?.$case === "addAllowRules") {
+      obj.addAllowRules = AddAllowRules.toJSON(message.operation.value);
+    } else if (message.operation?.$case === "removeBinary") {
+      obj.removeBinary = RemoveNetworkBinary.toJSON(message.operation.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PolicyMergeOperation>, I>>(base?: I): PolicyMergeOperation {
+    return PolicyMergeOperation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PolicyMergeOperation>, I>>(object: I): PolicyMergeOperation {
+    const message = createBasePolicyMergeOperation();
+    switch (object.operation?.$case) {
+      case "addRule": {
+        if (object.operation?.value !== undefined && object.operation?.value !== null) {
+          message.operation = { $case: "addRule", value: AddNetworkRule.fromPartial(object.operation.value) };
+        }
+        break;
+      }
+      case "removeEndpoint": {
+        if (object.operation?.value !== undefined && object.operation?.value !== null) {
+          message.operation = {
+            $case: "removeEndpoint",
+            value: RemoveNetworkEndpoint.fromPartial(object.operation.value),
+          };
+        }
+        break;
+      }
+      case "removeRule": {
+        if (object.operation?.value !== undefined && object.operation?.value !== null) {
+          message.operation = { $case: "removeRule", value: RemoveNetworkRule.fromPartial(object.operation.value) };
+        }
+        break;
+      }
+      case "addDenyRules": {
+        if (object.operation?.value !== undefined && object.operation?.value !== null) {
+          message.operation = { $case: "addDenyRules", value: AddDenyRules.fromPartial(object.operation.value) };
+        }
+        break;
+      }
+      case "addAllowRules": {
+        if (object.operation?.value !== undefined && object.operation?.value !== null) {
+          message.operation = { $case: "addAllowRules", value: AddAllowRules.fromPartial(object.operation.value) };
+        }
+        break;
+      }
+      case "removeBinary": {
+        if (object.operation?.value !== undefined && object.operation?.value !== null) {
+          message.operation = { $case: "removeBinary", value: RemoveNetworkBinary.fromPartial(object.operation.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseAddNetworkRule(): AddNetworkRule {
+  return { ruleName: "", rule: undefined };
+}
+
+export const AddNetworkRule: MessageFns<AddNetworkRule> = {
+  encode(message: AddNetworkRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ruleName !== "") {
+      writer.uint32(10).string(message.ruleName);
+    }
+    if (message.rule !== undefined) {
+      NetworkPolicyRule.encode(message.rule, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddNetworkRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddNetworkRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ruleName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.rule = NetworkPolicyRule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddNetworkRule {
+    return {
+      ruleName: isSet(object.ruleName)
+        ? globalThis.String(object.ruleName)
+        : isSet(object.rule_name)
+        ? globalThis.String(object.rule_name)
+        : "",
+      rule: isSet(object.rule) ? NetworkPolicyRule.fromJSON(object.rule) : undefined,
+    };
+  },
+
+  toJSON(message: AddNetworkRule): unknown {
+    const obj: any = {};
+    if (message.ruleName !== "") {
+      obj.ruleName = message.ruleName;
+    }
+    if (message.rule !== undefined) {
+      obj.rule = NetworkPolicyRule.toJSON(message.rule);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddNetworkRule>, I>>(base?: I): AddNetworkRule {
+    return AddNetworkRule.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddNetworkRule>, I>>(object: I): AddNetworkRule {
+    const message = createBaseAddNetworkRule();
+    message.ruleName = object.ruleName ?? "";
+    message.rule = (object.rule !== undefined && object.rule !== null)
+      ? NetworkPolicyRule.fromPartial(object.rule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRemoveNetworkEndpoint(): RemoveNetworkEndpoint {
+  return { ruleName: "", host: "", port: 0 };
+}
+
+export const RemoveNetworkEndpoint: MessageFns<RemoveNetworkEndpoint> = {
+  encode(message: RemoveNetworkEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ruleName !== "") {
+      writer.uint32(10).string(message.ruleName);
+    }
+    if (message.host !== "") {
+      writer.uint32(18).string(message.host);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveNetworkEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveNetworkEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ruleName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveNetworkEndpoint {
+    return {
+      ruleName: isSet(object.ruleName)
+        ? globalThis.String(object.ruleName)
+        : isSet(object.rule_name)
+        ? globalThis.String(object.rule_name)
+        : "",
+      host: isSet(object.host) ? globalThis.String(object.host) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+    };
+  },
+
+  toJSON(message: RemoveNetworkEndpoint): unknown {
+    const obj: any = {};
+    if (message.ruleName !== "") {
+      obj.ruleName = message.ruleName;
+    }
+    if (message.host !== "") {
+      obj.host = message.host;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveNetworkEndpoint>, I>>(base?: I): RemoveNetworkEndpoint {
+    return RemoveNetworkEndpoint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveNetworkEndpoint>, I>>(object: I): RemoveNetworkEndpoint {
+    const message = createBaseRemoveNetworkEndpoint();
+    message.ruleName = object.ruleName ?? "";
+    message.host = object.host ?? "";
+    message.port = object.port ?? 0;
+    return message;
+  },
+};
+
+function createBaseRemoveNetworkRule(): RemoveNetworkRule {
+  return { ruleName: "" };
+}
+
+export const RemoveNetworkRule: MessageFns<RemoveNetworkRule> = {
+  encode(message: RemoveNetworkRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ruleName !== "") {
+      writer.uint32(10).string(message.ruleName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveNetworkRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveNetworkRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ruleName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveNetworkRule {
+    return {
+      ruleName: isSet(object.ruleName)
+        ? globalThis.String(object.ruleName)
+        : isSet(object.rule_name)
+        ? globalThis.String(object.rule_name)
+        : "",
+    };
+  },
+
+  toJSON(message: RemoveNetworkRule): unknown {
+    const obj: any = {};
+    if (message.ruleName !== "") {
+      obj.ruleName = message.ruleName;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveNetworkRule>, I>>(base?: I): RemoveNetworkRule {
+    return RemoveNetworkRule.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveNetworkRule>, I>>(object: I): RemoveNetworkRule {
+    const message = createBaseRemoveNetworkRule();
+    message.ruleName = object.ruleName ?? "";
+    return message;
+  },
+};
+
+function createBaseAddDenyRules(): AddDenyRules {
+  return { host: "", port: 0, denyRules: [] };
+}
+
+export const AddDenyRules: MessageFns<AddDenyRules> = {
+  encode(message: AddDenyRules, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.host !== "") {
+      writer.uint32(10).string(message.host);
+    }
+    if (message.port !== 0) {
+      writer.uint32(16).uint32(message.port);
+    }
+    for (const v of message.denyRules) {
+      L7DenyRule.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddDenyRules {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddDenyRules();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.denyRules.push(L7DenyRule.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddDenyRules {
+    return {
+      host: isSet(object.host) ? globalThis.String(object.host) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      denyRules: globalThis.Array.isArray(object?.denyRules)
+        ? object.denyRules.map((e: any) => L7DenyRule.fromJSON(e))
+        : globalThis.Array.isArray(object?.deny_rules)
+        ? object.deny_rules.map((e: any) => L7DenyRule.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AddDenyRules): unknown {
+    const obj: any = {};
+    if (message.host !== "") {
+      obj.host = message.host;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.denyRules?.length) {
+      obj.denyRules = message.denyRules.map((e) => L7DenyRule.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddDenyRules>, I>>(base?: I): AddDenyRules {
+    return AddDenyRules.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddDenyRules>, I>>(object: I): AddDenyRules {
+    const message = createBaseAddDenyRules();
+    message.host = object.host ?? "";
+    message.port = object.port ?? 0;
+    message.denyRules = object.denyRules?.map((e) => L7DenyRule.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAddAllowRules(): AddAllowRules {
+  return { host: "", port: 0, rules: [] };
+}
+
+export const AddAllowRules: MessageFns<AddAllowRules> = {
+  encode(message: AddAllowRules, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.host !== "") {
+      writer.uint32(10).string(message.host);
+    }
+    if (message.port !== 0) {
+      writer.uint32(16).uint32(message.port);
+    }
+    for (const v of message.rules) {
+      L7Rule.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddAllowRules {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddAllowRules();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rules.push(L7Rule.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddAllowRules {
+    return {
+      host: isSet(object.host) ? globalThis.String(object.host) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      rules: globalThis.Array.isArray(object?.rules) ? object.rules.map((e: any) => L7Rule.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: AddAllowRules): unknown {
+    const obj: any = {};
+    if (message.host !== "") {
+      obj.host = message.host;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.rules?.length) {
+      obj.rules = message.rules.map((e) => L7Rule.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddAllowRules>, I>>(base?: I): AddAllowRules {
+    return AddAllowRules.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddAllowRules>, I>>(object: I): AddAllowRules {
+    const message = createBaseAddAllowRules();
+    message.host = object.host ?? "";
+    message.port = object.port ?? 0;
+    message.rules = object.rules?.map((e) => L7Rule.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRemoveNetworkBinary(): RemoveNetworkBinary {
+  return { ruleName: "", binaryPath: "" };
+}
+
+export const RemoveNetworkBinary: MessageFns<RemoveNetworkBinary> = {
+  encode(message: RemoveNetworkBinary, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ruleName !== "") {
+      writer.uint32(10).string(message.ruleName);
+    }
+    if (message.binaryPath !== "") {
+      writer.uint32(18).string(message.binaryPath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveNetworkBinary {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveNetworkBinary();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ruleName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.binaryPath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveNetworkBinary {
+    return {
+      ruleName: isSet(object.ruleName)
+        ? globalThis.String(object.ruleName)
+        : isSet(object.rule_name)
+        ? globalThis.String(object.rule_name)
+        : "",
+      binaryPath: isSet(object.binaryPath)
+        ? globalThis.String(object.binaryPath)
+        : isSet(object.binary_path)
+        ? globalThis.String(object.binary_path)
+        : "",
+    };
+  },
+
+  toJSON(message: RemoveNetworkBinary): unknown {
+    const obj: any = {};
+    if (message.ruleName !== "") {
+      obj.ruleName = message.ruleName;
+    }
+    if (message.binaryPath !== "") {
+      obj.binaryPath = message.binaryPath;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveNetworkBinary>, I>>(base?: I): RemoveNetworkBinary {
+    return RemoveNetworkBinary.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveNetworkBinary>, I>>(object: I): RemoveNetworkBinary {
+    const message = createBaseRemoveNetworkBinary();
+    message.ruleName = object.ruleName ?? "";
+    message.binaryPath = object.binaryPath ?? "";
+    return message;
+  },
+};
+
+function createBaseUpdateConfigResponse(): UpdateConfigResponse {
+  return { version: 0, policyHash: "", settingsRevision: 0, deleted: false, annotations: {} };
+}
+
+export const UpdateConfigResponse: MessageFns<UpdateConfigResponse> = {
+  encode(message: UpdateConfigResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== 0) {
+      writer.uint32(8).uint32(message.version);
+    }
+    if (message.policyHash !== "") {
+      writer.uint32(18).string(message.policyHash);
+    }
+    if (message.settingsRevision !== 0) {
+      writer.uint32(24).uint64(message.settingsRevision);
+    }
+    if (message.deleted !== false) {
+      writer.uint32(32).bool(message.deleted);
+    }
+    globalThis.Object.entries(message.annotations).forEach(([key, value]: [string, string]) => {
+      UpdateConfigResponse_AnnotationsEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateConfigResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateConfigResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policyHash = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.settingsRevision = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = UpdateConfigResponse_AnnotationsEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.annotations[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateConfigResponse {
+    return {
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      policyHash: isSet(object.policyHash)
+        ? globalThis.String(object.policyHash)
+        : isSet(object.policy_hash)
+        ? globalThis.String(object.policy_hash)
+        : "",
+      settingsRevision: isSet(object.settingsRevision)
+        ? globalThis.Number(object.settingsRevision)
+        : isSet(object.settings_revision)
+        ? globalThis.Number(object.settings_revision)
+        : 0,
+      deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false,
+      annotations: isObject(object.annotations)
+        ? (globalThis.Object.entries(object.annotations) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: UpdateConfigResponse): unknown {
+    const obj: any = {};
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.policyHash !== "") {
+      obj.policyHash = message.policyHash;
+    }
+    if (message.settingsRevision !== 0) {
+      obj.settingsRevision = Math.round(message.settingsRevision);
+    }
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    if (message.annotations) {
+      const entries = globalThis.Object.entries(message.annotations) as [string, string][];
+      if (entries.length > 0) {
+        obj.annotations = {};
+        entries.forEach(([k, v]) => {
+          obj.annotations[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateConfigResponse>, I>>(base?: I): UpdateConfigResponse {
+    return UpdateConfigResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateConfigResponse>, I>>(object: I): UpdateConfigResponse {
+    const message = createBaseUpdateConfigResponse();
+    message.version = object.version ?? 0;
+    message.policyHash = object.policyHash ?? "";
+    message.settingsRevision = object.settingsRevision ?? 0;
+    message.deleted = object.deleted ?? false;
+    message.annotations = (globalThis.Object.entries(object.annotations ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseUpdateConfigResponse_AnnotationsEntry(): UpdateConfigResponse_AnnotationsEntry {
+  return { key: "", value: "" };
+}
+
+export const UpdateConfigResponse_AnnotationsEntry: MessageFns<UpdateConfigResponse_AnnotationsEntry> = {
+  encode(message: UpdateConfigResponse_AnnotationsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateConfigResponse_AnnotationsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateConfigResponse_AnnotationsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateConfigResponse_AnnotationsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: UpdateConfigResponse_AnnotationsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateConfigResponse_AnnotationsEntry>, I>>(
+    base?: I,
+  ): UpdateConfigResponse_AnnotationsEntry {
+    return UpdateConfigResponse_AnnotationsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateConfigResponse_AnnotationsEntry>, I>>(
+    object: I,
+  ): UpdateConfigResponse_AnnotationsEntry {
+    const message = createBaseUpdateConfigResponse_AnnotationsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseGetSandboxPolicyStatusRequest(): GetSandboxPolicyStatusRequest {
+  return { name: "", version: 0, global: false, workspace: "" };
+}
+
+export const GetSandboxPolicyStatusRequest: MessageFns<GetSandboxPolicyStatusRequest> = {
+  encode(message: GetSandboxPolicyStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).uint32(message.version);
+    }
+    if (message.global !== false) {
+      writer.uint32(24).bool(message.global);
+    }
+    if (message.workspace !== "") {
+      writer.uint32(34).string(message.workspace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSandboxPolicyStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSandboxPolicyStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.global = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.workspace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSandboxPolicyStatusRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      global: isSet(object.global) ? globalThis.Boolean(object.global) : false,
+      workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
+    };
+  },
+
+  toJSON(message: GetSandboxPolicyStatusRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.global !== false) {
+      obj.global = message.global;
+    }
+    if (message.workspace !== "") {
+      obj.workspace = message.workspace;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSandboxPolicyStatusRequest>, I>>(base?: I): GetSandboxPolicyStatusRequest {
+    return GetSandboxPolicyStatusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSandboxPolicyStatusRequest>, I>>(
+    object: I,
+  ): GetSandboxPolicyStatusRequest {
+    const message = createBaseGetSandboxPolicyStatusRequest();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    message.global = object.global ?? false;
+    message.workspace = object.workspace ?? "";
+    return message;
+  },
+};
+
+function createBaseGetSandboxPolicyStatusResponse(): GetSandboxPolicyStatusResponse {
+  return { revision: undefined, activeVersion: 0 };
+}
+
+export const GetSandboxPolicyStatusResponse: MessageFns<GetSandboxPolicyStatusResponse> = {
+  encode(message: GetSandboxPolicyStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== undefined) {
+      SandboxPolicyRevision.encode(message.revision, writer.uint32(10).fork()).join();
+    }
+    if (message.activeVersion !== 0) {
+      writer.uint32(16).uint32(message.activeVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSandboxPolicyStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSandboxPolicyStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.revision = SandboxPolicyRevision.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.activeVersion = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSandboxPolicyStatusResponse {
+    return {
+      revision: isSet(object.revision) ? SandboxPolicyRevision.fromJSON(object.revision) : undefined,
+      activeVersion: isSet(object.activeVersion)
+        ? globalThis.Number(object.activeVersion)
+        : isSet(object.active_version)
+        ? globalThis.Number(object.active_version)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetSandboxPolicyStatusResponse): unknown {
+    const obj: any = {};
+    if (message.revision !== undefined) {
+      obj.revision = SandboxPolicyRevision.toJSON(message.revision);
+    }
+    if (message.activeVersion !== 0) {
+      obj.activeVersion = Math.round(message.activeVersion);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSandboxPolicyStatusResponse>, I>>(base?: I): GetSandboxPolicyStatusResponse {
+    return GetSandboxPolicyStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSandboxPolicyStatusResponse>, I>>(
+    object: I,
+  ): GetSandboxPolicyStatusResponse {
+    const message = createBaseGetSandboxPolicyStatusResponse();
+    message.revision = (object.revision !== undefined && object.revision !== null)
+      ? SandboxPolicyRevision.fromPartial(object.revision)
+      : undefined;
+    message.activeVersion = object.activeVersion ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportPolicyStatusRequest(): ReportPolicyStatusRequest {
+  return { sandboxId: "", version: 0, status: 0, loadError: "" };
+}
+
+export const ReportPolicyStatusRequest: MessageFns<ReportPolicyStatusRequest> = {
+  encode(message: ReportPolicyStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sandboxId !== "") {
+      writer.uint32(10).string(message.sandboxId);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).uint32(message.version);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    if (message.loadError !== "") {
+      writer.uint32(34).string(message.loadError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportPolicyStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportPolicyStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sandboxId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.loadError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportPolicyStatusRequest {
+    return {
+      sandboxId: isSet(object.sandboxId)
+        ? globalThis.String(object.sandboxId)
+        : isSet(object.sandbox_id)
+        ? globalThis.String(object.sandbox_id)
+        : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      status: isSet(object.status) ? policyStatusFromJSON(object.status) : 0,
+      loadError: isSet(object.loadError)
+        ? globalThis.String(object.loadError)
+        : isSet(object.load_error)
+        ? globalThis.String(object.load_error)
+        : "",
+    };
+  },
+
+  toJSON(message: ReportPolicyStatusRequest): unknown {
+    const obj: any = {};
+    if (message.sandboxId !== "") {
+      obj.sandboxId = message.sandboxId;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.status !== 0) {
+      obj.status = policyStatusToJSON(message.status);
+    }
+    if (message.loadError !== "") {
+      obj.loadError = message.loadError;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportPolicyStatusRequest>, I>>(base?: I): ReportPolicyStatusRequest {
+    return ReportPolicyStatusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportPolicyStatusRequest>, I>>(object: I): ReportPolicyStatusRequest {
+    const message = createBaseReportPolicyStatusRequest();
+    message.sandboxId = object.sandboxId ?? "";
+    message.version = object.version ?? 0;
+    message.status = object.status ?? 0;
+    message.loadError = object.loadError ?? "";
+    return message;
+  },
+};
+
+function createBaseReportPolicyStatusResponse(): ReportPolicyStatusResponse {
+  return {};
+}
+
+export const ReportPolicyStatusResponse: MessageFns<ReportPolicyStatusResponse> = {
+  encode(_: ReportPolicyStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportPolicyStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportPolicyStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportPolicyStatusResponse {
+    return {};
+  },
+
+  toJSON(_: ReportPolicyStatusResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportPolicyStatusResponse>, I>>(base?: I): ReportPolicyStatusResponse {
+    return ReportPolicyStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportPolicyStatusResponse>, I>>(_: I): ReportPolicyStatusResponse {
+    const message = createBaseReportPolicyStatusResponse();
+    return message;
+  },
+};
+
+function createBaseSandboxPolicyRevision(): SandboxPolicyRevision {
+  return {
+    version: 0,
+    policyHash: "",
+    status: 0,
+    loadError: "",
+    createdAtMs: 0,
+    loadedAtMs: 0,
+    policy: undefined,
+    provenance: {},
+  };
+}
+
+export const SandboxPolicyRevision: MessageFns<SandboxPolicyRevision> = {
+  encode(message: SandboxPolicyRevision, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== 0) {
+      writer.uint32(8).uint32(message.version);
+    }
+    if (message.policyHash !== "") {
+      writer.uint32(18).string(message.policyHash);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    if (message.loadError !== "") {
+      writer.uint32(34).string(message.loadError);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(40).int64(message.createdAtMs);
+    }
+    if (message.loadedAtMs !== 0) {
+      writer.uint32(48).int64(message.loadedAtMs);
+    }
+    if (message.policy !== undefined) {
+      SandboxPolicy.encode(message.policy, writer.uint32(58).fork()).join();
+    }
+    globalThis.Object.entries(message.provenance).forEach(([key, value]: [string, string]) => {
+      SandboxPolicyRevision_ProvenanceEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SandboxPolicyRevision {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSandboxPolicyRevision();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policyHash = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.loadError = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.loadedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.policy = SandboxPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            const entry8 = SandboxPolicyRevision_ProvenanceEntry.decode(reader, reader.uint32());
+            if (entry8.value !== undefined) {
+              message.provenance[entry8.key] = entry8.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SandboxPolicyRevision {
+    return {
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      policyHash: isSet(object.policyHash)
+        ? globalThis.String(object.policyHash)
+        : isSet(object.policy_hash)
+        ? globalThis.String(object.policy_hash)
+        : "",
+      status: isSet(object.status) ? policyStatusFromJSON(object.status) : 0,
+      loadError: isSet(object.loadError)
+        ? globalThis.String(object.loadError)
+        : isSet(object.load_error)
+        ? globalThis.String(object.load_error)
+        : "",
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      loadedAtMs: isSet(object.loadedAtMs)
+        ? globalThis.Number(object.loadedAtMs)
+        : isSet(object.loaded_at_ms)
+        ? globalThis.Number(object.loaded_at_ms)
+        : 0,
+      policy: isSet(object.policy) ? SandboxPolicy.fromJSON(object.policy) : undefined,
+      provenance: isObject(object.provenance)
+        ? (globalThis.Object.entries(object.provenance) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: SandboxPolicyRevision): unknown {
+    const obj: any = {};
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.policyHash !== "") {
+      obj.policyHash = message.policyHash;
+    }
+    if (message.status !== 0) {
+      obj.status = policyStatusToJSON(message.status);
+    }
+    if (message.loadError !== "") {
+      obj.loadError = message.loadError;
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.loadedAtMs !== 0) {
+      obj.loadedAtMs = Math.round(message.loadedAtMs);
+    }
+    if (message.policy !== undefined) {
+      obj.policy = SandboxPolicy.toJSON(message.policy);
+    }
+    if (message.provenance) {
+      const entries = globalThis.Object.entries(message.provenance) as [string, string][];
+      if (entries.length > 0) {
+        obj.provenance = {};
+        entries.forEach(([k, v]) => {
+          obj.provenance[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SandboxPolicyRevision>, I>>(base?: I): SandboxPolicyRevision {
+    return SandboxPolicyRevision.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SandboxPolicyRevision>, I>>(object: I): SandboxPolicyRevision {
+    const message = createBaseSandboxPolicyRevision();
+    message.version = object.version ?? 0;
+    message.policyHash = object.policyHash ?? "";
+    message.status = object.status ?? 0;
+    message.loadError = object.loadError ?? "";
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.loadedAtMs = object.loadedAtMs ?? 0;
+    message.policy = (object.policy !== undefined && object.policy !== null)
+      ? SandboxPolicy.fromPartial(object.policy)
+      : undefined;
+    message.provenance = (globalThis.Object.entries(object.provenance ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseSandboxPolicyRevision_ProvenanceEntry(): SandboxPolicyRevision_ProvenanceEntry {
+  return { key: "", value: "" };
+}
+
+export const SandboxPolicyRevision_ProvenanceEntry: MessageFns<SandboxPolicyRevision_ProvenanceEntry> = {
+  encode(message: SandboxPolicyRevision_ProvenanceEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SandboxPolicyRevision_ProvenanceEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSandboxPolicyRevision_ProvenanceEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SandboxPolicyRevision_ProvenanceEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: SandboxPolicyRevision_ProvenanceEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SandboxPolicyRevision_ProvenanceEntry>, I>>(
+    base?: I,
+  ): SandboxPolicyRevision_ProvenanceEntry {
+    return SandboxPolicyRevision_ProvenanceEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SandboxPolicyRevision_ProvenanceEntry>, I>>(
+    object: I,
+  ): SandboxPolicyRevision_ProvenanceEntry {
+    const message = createBaseSandboxPolicyRevision_ProvenanceEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
 function createBaseGetSandboxFilesRequest(): GetSandboxFilesRequest {
   return { sandboxId: "", withoutContent: false };
 }
@@ -11117,6 +13618,17 @@ export const OpenShellService = {
     responseSerialize: (value: HealthResponse): Buffer => Buffer.from(HealthResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): HealthResponse => HealthResponse.decode(value),
   },
+  getCurrentUser: {
+    path: "/openshell.v1.OpenShell/GetCurrentUser" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCurrentUserRequest): Buffer =>
+      Buffer.from(GetCurrentUserRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCurrentUserRequest => GetCurrentUserRequest.decode(value),
+    responseSerialize: (value: GetCurrentUserResponse): Buffer =>
+      Buffer.from(GetCurrentUserResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCurrentUserResponse => GetCurrentUserResponse.decode(value),
+  },
   getGatewayInfo: {
     path: "/openshell.v1.OpenShell/GetGatewayInfo" as const,
     requestStream: false as const,
@@ -11263,7 +13775,41 @@ export const OpenShellService = {
     responseSerialize: (value: ExecSandboxEvent): Buffer => Buffer.from(ExecSandboxEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExecSandboxEvent => ExecSandboxEvent.decode(value),
   },
-  /** Called by supervisors (sandbox credentials, not user credentials). */
+  /** Gateway-wide settings, and a sandbox's policy: the live update and its status. */
+  getGatewayConfig: {
+    path: "/openshell.v1.OpenShell/GetGatewayConfig" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetGatewayConfigRequest): Buffer =>
+      Buffer.from(GetGatewayConfigRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetGatewayConfigRequest => GetGatewayConfigRequest.decode(value),
+    responseSerialize: (value: GetGatewayConfigResponse): Buffer =>
+      Buffer.from(GetGatewayConfigResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetGatewayConfigResponse => GetGatewayConfigResponse.decode(value),
+  },
+  updateConfig: {
+    path: "/openshell.v1.OpenShell/UpdateConfig" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateConfigRequest): Buffer => Buffer.from(UpdateConfigRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateConfigRequest => UpdateConfigRequest.decode(value),
+    responseSerialize: (value: UpdateConfigResponse): Buffer =>
+      Buffer.from(UpdateConfigResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateConfigResponse => UpdateConfigResponse.decode(value),
+  },
+  getSandboxPolicyStatus: {
+    path: "/openshell.v1.OpenShell/GetSandboxPolicyStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSandboxPolicyStatusRequest): Buffer =>
+      Buffer.from(GetSandboxPolicyStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSandboxPolicyStatusRequest => GetSandboxPolicyStatusRequest.decode(value),
+    responseSerialize: (value: GetSandboxPolicyStatusResponse): Buffer =>
+      Buffer.from(GetSandboxPolicyStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSandboxPolicyStatusResponse =>
+      GetSandboxPolicyStatusResponse.decode(value),
+  },
+  /** Called by users and by the sandbox's supervisor. */
   getSandboxConfig: {
     path: "/openshell.v1.OpenShell/GetSandboxConfig" as const,
     requestStream: false as const,
@@ -11274,6 +13820,18 @@ export const OpenShellService = {
     responseSerialize: (value: GetSandboxConfigResponse): Buffer =>
       Buffer.from(GetSandboxConfigResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetSandboxConfigResponse => GetSandboxConfigResponse.decode(value),
+  },
+  /** Called by supervisors (sandbox credentials, not user credentials). */
+  reportPolicyStatus: {
+    path: "/openshell.v1.OpenShell/ReportPolicyStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportPolicyStatusRequest): Buffer =>
+      Buffer.from(ReportPolicyStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportPolicyStatusRequest => ReportPolicyStatusRequest.decode(value),
+    responseSerialize: (value: ReportPolicyStatusResponse): Buffer =>
+      Buffer.from(ReportPolicyStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportPolicyStatusResponse => ReportPolicyStatusResponse.decode(value),
   },
   pushSandboxLogs: {
     path: "/openshell.v1.OpenShell/PushSandboxLogs" as const,
@@ -11358,6 +13916,21 @@ export const OpenShellService = {
     responseDeserialize: (value: Buffer): ReportSupervisorStatusResponse =>
       ReportSupervisorStatusResponse.decode(value),
   },
+  /**
+   * The sandbox's configuration now, then again each time it changes (a
+   * policy update), so a supervisor applies it without polling.
+   */
+  watchSandboxConfig: {
+    path: "/openshell.v1.OpenShell/WatchSandboxConfig" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: GetSandboxConfigRequest): Buffer =>
+      Buffer.from(GetSandboxConfigRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSandboxConfigRequest => GetSandboxConfigRequest.decode(value),
+    responseSerialize: (value: GetSandboxConfigResponse): Buffer =>
+      Buffer.from(GetSandboxConfigResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSandboxConfigResponse => GetSandboxConfigResponse.decode(value),
+  },
   /** EXTENSION: the gateway's image store (`sandbox create --from`). */
   listImages: {
     path: "/openshell.v1.OpenShell/ListImages" as const,
@@ -11402,6 +13975,7 @@ export const OpenShellService = {
 
 export interface OpenShellServer extends UntypedServiceImplementation {
   health: handleUnaryCall<HealthRequest, HealthResponse>;
+  getCurrentUser: handleUnaryCall<GetCurrentUserRequest, GetCurrentUserResponse>;
   getGatewayInfo: handleUnaryCall<GetGatewayInfoRequest, GetGatewayInfoResponse>;
   createSandbox: handleUnaryCall<CreateSandboxRequest, SandboxResponse>;
   getSandbox: handleUnaryCall<GetSandboxRequest, SandboxResponse>;
@@ -11418,8 +13992,14 @@ export interface OpenShellServer extends UntypedServiceImplementation {
   forwardTcp: handleBidiStreamingCall<TcpForwardFrame, TcpForwardFrame>;
   execSandbox: handleServerStreamingCall<ExecSandboxRequest, ExecSandboxEvent>;
   execSandboxInteractive: handleBidiStreamingCall<ExecSandboxInput, ExecSandboxEvent>;
-  /** Called by supervisors (sandbox credentials, not user credentials). */
+  /** Gateway-wide settings, and a sandbox's policy: the live update and its status. */
+  getGatewayConfig: handleUnaryCall<GetGatewayConfigRequest, GetGatewayConfigResponse>;
+  updateConfig: handleUnaryCall<UpdateConfigRequest, UpdateConfigResponse>;
+  getSandboxPolicyStatus: handleUnaryCall<GetSandboxPolicyStatusRequest, GetSandboxPolicyStatusResponse>;
+  /** Called by users and by the sandbox's supervisor. */
   getSandboxConfig: handleUnaryCall<GetSandboxConfigRequest, GetSandboxConfigResponse>;
+  /** Called by supervisors (sandbox credentials, not user credentials). */
+  reportPolicyStatus: handleUnaryCall<ReportPolicyStatusRequest, ReportPolicyStatusResponse>;
   pushSandboxLogs: handleClientStreamingCall<PushSandboxLogsRequest, PushSandboxLogsResponse>;
   connectSupervisor: handleBidiStreamingCall<SupervisorMessage, GatewayMessage>;
   reportMainProcessExit: handleUnaryCall<ReportMainProcessExitRequest, ReportMainProcessExitResponse>;
@@ -11436,6 +14016,11 @@ export interface OpenShellServer extends UntypedServiceImplementation {
   getSupervisorLaunch: handleUnaryCall<GetSupervisorLaunchRequest, SupervisorLaunchSpec>;
   /** Progress, warnings, failures and the agent's liveness, as they happen. */
   reportSupervisorStatus: handleUnaryCall<SupervisorStatusReport, ReportSupervisorStatusResponse>;
+  /**
+   * The sandbox's configuration now, then again each time it changes (a
+   * policy update), so a supervisor applies it without polling.
+   */
+  watchSandboxConfig: handleServerStreamingCall<GetSandboxConfigRequest, GetSandboxConfigResponse>;
   /** EXTENSION: the gateway's image store (`sandbox create --from`). */
   listImages: handleUnaryCall<ListImagesRequest, ListImagesResponse>;
   /** Pulls an image now, a stored one again (its tag may name another image since). */
@@ -11461,6 +14046,21 @@ export interface OpenShellClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: HealthResponse) => void,
+  ): ClientUnaryCall;
+  getCurrentUser(
+    request: GetCurrentUserRequest,
+    callback: (error: ServiceError | null, response: GetCurrentUserResponse) => void,
+  ): ClientUnaryCall;
+  getCurrentUser(
+    request: GetCurrentUserRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCurrentUserResponse) => void,
+  ): ClientUnaryCall;
+  getCurrentUser(
+    request: GetCurrentUserRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCurrentUserResponse) => void,
   ): ClientUnaryCall;
   getGatewayInfo(
     request: GetGatewayInfoRequest,
@@ -11649,7 +14249,53 @@ export interface OpenShellClient extends Client {
     metadata: Metadata,
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<ExecSandboxInput, ExecSandboxEvent>;
-  /** Called by supervisors (sandbox credentials, not user credentials). */
+  /** Gateway-wide settings, and a sandbox's policy: the live update and its status. */
+  getGatewayConfig(
+    request: GetGatewayConfigRequest,
+    callback: (error: ServiceError | null, response: GetGatewayConfigResponse) => void,
+  ): ClientUnaryCall;
+  getGatewayConfig(
+    request: GetGatewayConfigRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetGatewayConfigResponse) => void,
+  ): ClientUnaryCall;
+  getGatewayConfig(
+    request: GetGatewayConfigRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetGatewayConfigResponse) => void,
+  ): ClientUnaryCall;
+  updateConfig(
+    request: UpdateConfigRequest,
+    callback: (error: ServiceError | null, response: UpdateConfigResponse) => void,
+  ): ClientUnaryCall;
+  updateConfig(
+    request: UpdateConfigRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateConfigResponse) => void,
+  ): ClientUnaryCall;
+  updateConfig(
+    request: UpdateConfigRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateConfigResponse) => void,
+  ): ClientUnaryCall;
+  getSandboxPolicyStatus(
+    request: GetSandboxPolicyStatusRequest,
+    callback: (error: ServiceError | null, response: GetSandboxPolicyStatusResponse) => void,
+  ): ClientUnaryCall;
+  getSandboxPolicyStatus(
+    request: GetSandboxPolicyStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSandboxPolicyStatusResponse) => void,
+  ): ClientUnaryCall;
+  getSandboxPolicyStatus(
+    request: GetSandboxPolicyStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSandboxPolicyStatusResponse) => void,
+  ): ClientUnaryCall;
+  /** Called by users and by the sandbox's supervisor. */
   getSandboxConfig(
     request: GetSandboxConfigRequest,
     callback: (error: ServiceError | null, response: GetSandboxConfigResponse) => void,
@@ -11664,6 +14310,22 @@ export interface OpenShellClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetSandboxConfigResponse) => void,
+  ): ClientUnaryCall;
+  /** Called by supervisors (sandbox credentials, not user credentials). */
+  reportPolicyStatus(
+    request: ReportPolicyStatusRequest,
+    callback: (error: ServiceError | null, response: ReportPolicyStatusResponse) => void,
+  ): ClientUnaryCall;
+  reportPolicyStatus(
+    request: ReportPolicyStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportPolicyStatusResponse) => void,
+  ): ClientUnaryCall;
+  reportPolicyStatus(
+    request: ReportPolicyStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportPolicyStatusResponse) => void,
   ): ClientUnaryCall;
   pushSandboxLogs(
     callback: (error: ServiceError | null, response: PushSandboxLogsResponse) => void,
@@ -11759,6 +14421,19 @@ export interface OpenShellClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportSupervisorStatusResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * The sandbox's configuration now, then again each time it changes (a
+   * policy update), so a supervisor applies it without polling.
+   */
+  watchSandboxConfig(
+    request: GetSandboxConfigRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<GetSandboxConfigResponse>;
+  watchSandboxConfig(
+    request: GetSandboxConfigRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<GetSandboxConfigResponse>;
   /** EXTENSION: the gateway's image store (`sandbox create --from`). */
   listImages(
     request: ListImagesRequest,

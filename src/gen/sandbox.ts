@@ -58,6 +58,45 @@ export function policySourceToJSON(object: PolicySource): string {
   }
 }
 
+export enum SettingScope {
+  SETTING_SCOPE_UNSPECIFIED = 0,
+  SETTING_SCOPE_SANDBOX = 1,
+  SETTING_SCOPE_GLOBAL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function settingScopeFromJSON(object: any): SettingScope {
+  switch (object) {
+    case 0:
+    case "SETTING_SCOPE_UNSPECIFIED":
+      return SettingScope.SETTING_SCOPE_UNSPECIFIED;
+    case 1:
+    case "SETTING_SCOPE_SANDBOX":
+      return SettingScope.SETTING_SCOPE_SANDBOX;
+    case 2:
+    case "SETTING_SCOPE_GLOBAL":
+      return SettingScope.SETTING_SCOPE_GLOBAL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SettingScope.UNRECOGNIZED;
+  }
+}
+
+export function settingScopeToJSON(object: SettingScope): string {
+  switch (object) {
+    case SettingScope.SETTING_SCOPE_UNSPECIFIED:
+      return "SETTING_SCOPE_UNSPECIFIED";
+    case SettingScope.SETTING_SCOPE_SANDBOX:
+      return "SETTING_SCOPE_SANDBOX";
+    case SettingScope.SETTING_SCOPE_GLOBAL:
+      return "SETTING_SCOPE_GLOBAL";
+    case SettingScope.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface SandboxPolicy {
   version: number;
   filesystem?: FilesystemPolicy | undefined;
@@ -223,14 +262,53 @@ export interface GetSandboxConfigRequest {
   sandboxId: string;
 }
 
-/** Subset of the supervisor's configuration response: the effective policy. */
+export interface GetGatewayConfigRequest {
+}
+
+export interface GetGatewayConfigResponse {
+  settings: { [key: string]: SettingValue };
+  settingsRevision: number;
+}
+
+export interface GetGatewayConfigResponse_SettingsEntry {
+  key: string;
+  value?: SettingValue | undefined;
+}
+
+export interface SettingValue {
+  value?:
+    | { $case: "stringValue"; value: string }
+    | { $case: "boolValue"; value: boolean }
+    | { $case: "intValue"; value: number }
+    | { $case: "bytesValue"; value: Buffer }
+    | undefined;
+}
+
+export interface EffectiveSetting {
+  value?: SettingValue | undefined;
+  scope: SettingScope;
+}
+
+/** Subset of the configuration response: the effective policy and settings. */
 export interface GetSandboxConfigResponse {
-  policy?: SandboxPolicy | undefined;
+  policy?:
+    | SandboxPolicy
+    | undefined;
+  /** The policy revision stored now (from 1 at create). */
   version: number;
+  /** Lowercase hex SHA-256 of the policy's canonical form. */
   policyHash: string;
+  settings: { [key: string]: EffectiveSetting };
+  /** Changes whenever the effective configuration does. */
   configRevision: number;
   policySource: PolicySource;
+  globalPolicyVersion: number;
   workspace: string;
+}
+
+export interface GetSandboxConfigResponse_SettingsEntry {
+  key: string;
+  value?: EffectiveSetting | undefined;
 }
 
 function createBaseSandboxPolicy(): SandboxPolicy {
@@ -3421,8 +3499,517 @@ export const GetSandboxConfigRequest: MessageFns<GetSandboxConfigRequest> = {
   },
 };
 
+function createBaseGetGatewayConfigRequest(): GetGatewayConfigRequest {
+  return {};
+}
+
+export const GetGatewayConfigRequest: MessageFns<GetGatewayConfigRequest> = {
+  encode(_: GetGatewayConfigRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGatewayConfigRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGatewayConfigRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetGatewayConfigRequest {
+    return {};
+  },
+
+  toJSON(_: GetGatewayConfigRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGatewayConfigRequest>, I>>(base?: I): GetGatewayConfigRequest {
+    return GetGatewayConfigRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGatewayConfigRequest>, I>>(_: I): GetGatewayConfigRequest {
+    const message = createBaseGetGatewayConfigRequest();
+    return message;
+  },
+};
+
+function createBaseGetGatewayConfigResponse(): GetGatewayConfigResponse {
+  return { settings: {}, settingsRevision: 0 };
+}
+
+export const GetGatewayConfigResponse: MessageFns<GetGatewayConfigResponse> = {
+  encode(message: GetGatewayConfigResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    globalThis.Object.entries(message.settings).forEach(([key, value]: [string, SettingValue]) => {
+      GetGatewayConfigResponse_SettingsEntry.encode({ key: key as any, value }, writer.uint32(10).fork()).join();
+    });
+    if (message.settingsRevision !== 0) {
+      writer.uint32(16).uint64(message.settingsRevision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGatewayConfigResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGatewayConfigResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            const entry1 = GetGatewayConfigResponse_SettingsEntry.decode(reader, reader.uint32());
+            if (entry1.value !== undefined) {
+              message.settings[entry1.key] = entry1.value;
+            }
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.settingsRevision = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGatewayConfigResponse {
+    return {
+      settings: isObject(object.settings)
+        ? (globalThis.Object.entries(object.settings) as [string, any][]).reduce(
+          (acc: { [key: string]: SettingValue }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: SettingValue.fromJSON(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      settingsRevision: isSet(object.settingsRevision)
+        ? globalThis.Number(object.settingsRevision)
+        : isSet(object.settings_revision)
+        ? globalThis.Number(object.settings_revision)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetGatewayConfigResponse): unknown {
+    const obj: any = {};
+    if (message.settings) {
+      const entries = globalThis.Object.entries(message.settings) as [string, SettingValue][];
+      if (entries.length > 0) {
+        obj.settings = {};
+        entries.forEach(([k, v]) => {
+          obj.settings[k] = SettingValue.toJSON(v);
+        });
+      }
+    }
+    if (message.settingsRevision !== 0) {
+      obj.settingsRevision = Math.round(message.settingsRevision);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGatewayConfigResponse>, I>>(base?: I): GetGatewayConfigResponse {
+    return GetGatewayConfigResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGatewayConfigResponse>, I>>(object: I): GetGatewayConfigResponse {
+    const message = createBaseGetGatewayConfigResponse();
+    message.settings = (globalThis.Object.entries(object.settings ?? {}) as [string, SettingValue][]).reduce(
+      (acc: { [key: string]: SettingValue }, [key, value]: [string, SettingValue]) => {
+        if (value !== undefined) {
+          acc[key] = SettingValue.fromPartial(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.settingsRevision = object.settingsRevision ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetGatewayConfigResponse_SettingsEntry(): GetGatewayConfigResponse_SettingsEntry {
+  return { key: "", value: undefined };
+}
+
+export const GetGatewayConfigResponse_SettingsEntry: MessageFns<GetGatewayConfigResponse_SettingsEntry> = {
+  encode(message: GetGatewayConfigResponse_SettingsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== undefined) {
+      SettingValue.encode(message.value, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGatewayConfigResponse_SettingsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGatewayConfigResponse_SettingsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = SettingValue.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGatewayConfigResponse_SettingsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? SettingValue.fromJSON(object.value) : undefined,
+    };
+  },
+
+  toJSON(message: GetGatewayConfigResponse_SettingsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = SettingValue.toJSON(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGatewayConfigResponse_SettingsEntry>, I>>(
+    base?: I,
+  ): GetGatewayConfigResponse_SettingsEntry {
+    return GetGatewayConfigResponse_SettingsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGatewayConfigResponse_SettingsEntry>, I>>(
+    object: I,
+  ): GetGatewayConfigResponse_SettingsEntry {
+    const message = createBaseGetGatewayConfigResponse_SettingsEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null)
+      ? SettingValue.fromPartial(object.value)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSettingValue(): SettingValue {
+  return { value: undefined };
+}
+
+export const SettingValue: MessageFns<SettingValue> = {
+  encode(message: SettingValue, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.value?.$case) {
+      case "stringValue":
+        writer.uint32(10).string(message.value.value);
+        break;
+      case "boolValue":
+        writer.uint32(16).bool(message.value.value);
+        break;
+      case "intValue":
+        writer.uint32(24).int64(message.value.value);
+        break;
+      case "bytesValue":
+        writer.uint32(34).bytes(message.value.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SettingValue {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSettingValue();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.value = { $case: "stringValue", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = { $case: "boolValue", value: reader.bool() };
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.value = { $case: "intValue", value: longToNumber(reader.int64()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.value = { $case: "bytesValue", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SettingValue {
+    return {
+      value: isSet(object.stringValue)
+        ? { $case: "stringValue", value: globalThis.String(object.stringValue) }
+        : isSet(object.string_value)
+        ? { $case: "stringValue", value: globalThis.String(object.string_value) }
+        : isSet(object.boolValue)
+        ? { $case: "boolValue", value: globalThis.Boolean(object.boolValue) }
+        : isSet(object.bool_value)
+        ? { $case: "boolValue", value: globalThis.Boolean(object.bool_value) }
+        : isSet(object.intValue)
+        ? { $case: "intValue", value: globalThis.Number(object.intValue) }
+        : isSet(object.int_value)
+        ? { $case: "intValue", value: globalThis.Number(object.int_value) }
+        : isSet(object.bytesValue)
+        ? { $case: "bytesValue", value: Buffer.from(bytesFromBase64(object.bytesValue)) }
+        : isSet(object.bytes_value)
+        ? { $case: "bytesValue", value: Buffer.from(bytesFromBase64(object.bytes_value)) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: SettingValue): unknown {
+    const obj: any = {};
+    if (message.value?.$case === "stringValue") {
+      obj.stringValue = message.value.value;
+    } else if (message.value?.$case === "boolValue") {
+      obj.boolValue = message.value.value;
+    } else if (message.value?.$case === "intValue") {
+      obj.intValue = Math.round(message.value.value);
+    } else if (message.value?.$case === "bytesValue") {
+      obj.bytesValue = base64FromBytes(message.value.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SettingValue>, I>>(base?: I): SettingValue {
+    return SettingValue.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SettingValue>, I>>(object: I): SettingValue {
+    const message = createBaseSettingValue();
+    switch (object.value?.$case) {
+      case "stringValue": {
+        if (object.value?.value !== undefined && object.value?.value !== null) {
+          message.value = { $case: "stringValue", value: object.value.value };
+        }
+        break;
+      }
+      case "boolValue": {
+        if (object.value?.value !== undefined && object.value?.value !== null) {
+          message.value = { $case: "boolValue", value: object.value.value };
+        }
+        break;
+      }
+      case "intValue": {
+        if (object.value?.value !== undefined && object.value?.value !== null) {
+          message.value = { $case: "intValue", value: object.value.value };
+        }
+        break;
+      }
+      case "bytesValue": {
+        if (object.value?.value !== undefined && object.value?.value !== null) {
+          message.value = { $case: "bytesValue", value: object.value.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseEffectiveSetting(): EffectiveSetting {
+  return { value: undefined, scope: 0 };
+}
+
+export const EffectiveSetting: MessageFns<EffectiveSetting> = {
+  encode(message: EffectiveSetting, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.value !== undefined) {
+      SettingValue.encode(message.value, writer.uint32(10).fork()).join();
+    }
+    if (message.scope !== 0) {
+      writer.uint32(16).int32(message.scope);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EffectiveSetting {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEffectiveSetting();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.value = SettingValue.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.scope = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EffectiveSetting {
+    return {
+      value: isSet(object.value) ? SettingValue.fromJSON(object.value) : undefined,
+      scope: isSet(object.scope) ? settingScopeFromJSON(object.scope) : 0,
+    };
+  },
+
+  toJSON(message: EffectiveSetting): unknown {
+    const obj: any = {};
+    if (message.value !== undefined) {
+      obj.value = SettingValue.toJSON(message.value);
+    }
+    if (message.scope !== 0) {
+      obj.scope = settingScopeToJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EffectiveSetting>, I>>(base?: I): EffectiveSetting {
+    return EffectiveSetting.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EffectiveSetting>, I>>(object: I): EffectiveSetting {
+    const message = createBaseEffectiveSetting();
+    message.value = (object.value !== undefined && object.value !== null)
+      ? SettingValue.fromPartial(object.value)
+      : undefined;
+    message.scope = object.scope ?? 0;
+    return message;
+  },
+};
+
 function createBaseGetSandboxConfigResponse(): GetSandboxConfigResponse {
-  return { policy: undefined, version: 0, policyHash: "", configRevision: 0, policySource: 0, workspace: "" };
+  return {
+    policy: undefined,
+    version: 0,
+    policyHash: "",
+    settings: {},
+    configRevision: 0,
+    policySource: 0,
+    globalPolicyVersion: 0,
+    workspace: "",
+  };
 }
 
 export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
@@ -3436,11 +4023,17 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
     if (message.policyHash !== "") {
       writer.uint32(26).string(message.policyHash);
     }
+    globalThis.Object.entries(message.settings).forEach(([key, value]: [string, EffectiveSetting]) => {
+      GetSandboxConfigResponse_SettingsEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
     if (message.configRevision !== 0) {
       writer.uint32(40).uint64(message.configRevision);
     }
     if (message.policySource !== 0) {
       writer.uint32(48).int32(message.policySource);
+    }
+    if (message.globalPolicyVersion !== 0) {
+      writer.uint32(56).uint32(message.globalPolicyVersion);
     }
     if (message.workspace !== "") {
       writer.uint32(82).string(message.workspace);
@@ -3485,6 +4078,17 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
             message.policyHash = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = GetSandboxConfigResponse_SettingsEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.settings[entry4.key] = entry4.value;
+            }
+            continue;
+          }
           case 5: {
             if (tag !== 40) {
               break;
@@ -3499,6 +4103,14 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
             }
 
             message.policySource = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.globalPolicyVersion = reader.uint32();
             continue;
           }
           case 10: {
@@ -3530,6 +4142,20 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
         : isSet(object.policy_hash)
         ? globalThis.String(object.policy_hash)
         : "",
+      settings: isObject(object.settings)
+        ? (globalThis.Object.entries(object.settings) as [string, any][]).reduce(
+          (acc: { [key: string]: EffectiveSetting }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: EffectiveSetting.fromJSON(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
       configRevision: isSet(object.configRevision)
         ? globalThis.Number(object.configRevision)
         : isSet(object.config_revision)
@@ -3539,6 +4165,11 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
         ? policySourceFromJSON(object.policySource)
         : isSet(object.policy_source)
         ? policySourceFromJSON(object.policy_source)
+        : 0,
+      globalPolicyVersion: isSet(object.globalPolicyVersion)
+        ? globalThis.Number(object.globalPolicyVersion)
+        : isSet(object.global_policy_version)
+        ? globalThis.Number(object.global_policy_version)
         : 0,
       workspace: isSet(object.workspace) ? globalThis.String(object.workspace) : "",
     };
@@ -3555,11 +4186,23 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
     if (message.policyHash !== "") {
       obj.policyHash = message.policyHash;
     }
+    if (message.settings) {
+      const entries = globalThis.Object.entries(message.settings) as [string, EffectiveSetting][];
+      if (entries.length > 0) {
+        obj.settings = {};
+        entries.forEach(([k, v]) => {
+          obj.settings[k] = EffectiveSetting.toJSON(v);
+        });
+      }
+    }
     if (message.configRevision !== 0) {
       obj.configRevision = Math.round(message.configRevision);
     }
     if (message.policySource !== 0) {
       obj.policySource = policySourceToJSON(message.policySource);
+    }
+    if (message.globalPolicyVersion !== 0) {
+      obj.globalPolicyVersion = Math.round(message.globalPolicyVersion);
     }
     if (message.workspace !== "") {
       obj.workspace = message.workspace;
@@ -3577,12 +4220,121 @@ export const GetSandboxConfigResponse: MessageFns<GetSandboxConfigResponse> = {
       : undefined;
     message.version = object.version ?? 0;
     message.policyHash = object.policyHash ?? "";
+    message.settings = (globalThis.Object.entries(object.settings ?? {}) as [string, EffectiveSetting][]).reduce(
+      (acc: { [key: string]: EffectiveSetting }, [key, value]: [string, EffectiveSetting]) => {
+        if (value !== undefined) {
+          acc[key] = EffectiveSetting.fromPartial(value);
+        }
+        return acc;
+      },
+      {},
+    );
     message.configRevision = object.configRevision ?? 0;
     message.policySource = object.policySource ?? 0;
+    message.globalPolicyVersion = object.globalPolicyVersion ?? 0;
     message.workspace = object.workspace ?? "";
     return message;
   },
 };
+
+function createBaseGetSandboxConfigResponse_SettingsEntry(): GetSandboxConfigResponse_SettingsEntry {
+  return { key: "", value: undefined };
+}
+
+export const GetSandboxConfigResponse_SettingsEntry: MessageFns<GetSandboxConfigResponse_SettingsEntry> = {
+  encode(message: GetSandboxConfigResponse_SettingsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== undefined) {
+      EffectiveSetting.encode(message.value, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSandboxConfigResponse_SettingsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSandboxConfigResponse_SettingsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = EffectiveSetting.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSandboxConfigResponse_SettingsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? EffectiveSetting.fromJSON(object.value) : undefined,
+    };
+  },
+
+  toJSON(message: GetSandboxConfigResponse_SettingsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = EffectiveSetting.toJSON(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSandboxConfigResponse_SettingsEntry>, I>>(
+    base?: I,
+  ): GetSandboxConfigResponse_SettingsEntry {
+    return GetSandboxConfigResponse_SettingsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSandboxConfigResponse_SettingsEntry>, I>>(
+    object: I,
+  ): GetSandboxConfigResponse_SettingsEntry {
+    const message = createBaseGetSandboxConfigResponse_SettingsEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null)
+      ? EffectiveSetting.fromPartial(object.value)
+      : undefined;
+    return message;
+  },
+};
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

@@ -32,6 +32,15 @@
 //   It is per terminal, so it is not in `installPatches`; the caller reports
 //   an unavailable queue. It is in pty-patch.ts (re-exported here), so that
 //   the agent in every pod does not load grpc-js with it.
+// - pty-drain-on-close (node-pty `_socket` and its `_handle.fd`): node-pty
+//   closes a terminal 200 ms after its child exits, whether or not its output
+//   was read. Output the reader had paused for was always lost (every time,
+//   in patches.test.ts without the patch), and on a loaded host the last line
+//   a command printed just before exiting sometimes was (the kernel had not
+//   yet passed it to the terminal's reader). `drainPtyOnClose` delivers what
+//   is left before the close. A correctness fix, not a speed-up: nothing to
+//   measure in the bench. Per terminal, like pty-input-queue, and also in
+//   pty-patch.ts; the agent and the test terminal install it.
 
 import type { Http2Session } from "node:http2";
 import { Server } from "@grpc/grpc-js";
@@ -44,7 +53,7 @@ export const BULK_WINDOW_BYTES = 8 * 1024 * 1024;
 export type PatchName = "grpc-in-place-framing" | "grpc-server-windows";
 export const PATCH_NAMES: readonly PatchName[] = ["grpc-in-place-framing", "grpc-server-windows"];
 
-export { PatchUnavailable, ptyInputQueue } from "./pty-patch.js";
+export { drainPtyOnClose, PatchUnavailable, ptyInputQueue } from "./pty-patch.js";
 
 // ---- grpc-in-place-framing ----
 

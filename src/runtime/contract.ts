@@ -8,7 +8,11 @@
 // the gateway's endpoint and the sandbox's credential (supervisorEnv); over
 // gRPC the supervisor then fetches its launch spec (GetSupervisorLaunch), its
 // policy (GetSandboxConfig) and its injected files (GetSandboxFiles), and
-// reports progress and failure (ReportSupervisorStatus). The local runtime's
+// reports progress and failure (ReportSupervisorStatus). While it runs it
+// watches its configuration (WatchSandboxConfig: now, then each new policy
+// revision), applies what may change on a running sandbox (the network rules,
+// core/policy/live.ts) and says what it made of each revision
+// (ReportPolicyStatus: loaded, or failed with why). The local runtime's
 // fast path is an option of the same spec: `filesPath` names a file on the
 // supervisor's host holding the content, read there instead of fetched.
 //

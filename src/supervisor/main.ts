@@ -27,6 +27,7 @@ import { appendFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { Metadata } from "@grpc/grpc-js";
+import { defaultPolicy, liveChangeProblem, policyHash } from "../core/policy.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { containUncaughtErrors } from "../host/last-resort.js";
 import {
@@ -49,6 +50,7 @@ import {
   prepareGuestDisk,
   startPod,
 } from "./pod.js";
+import { watchPolicy } from "./policy-watch.js";
 import { fileInjectionFailed } from "./setup-errors.js";
 
 /** The diagnostics file, once stderr's reader (the gateway that started this supervisor) is gone. */
@@ -315,7 +317,20 @@ async function main(): Promise<void> {
   diag(`pod started ${since()}`);
   // Serving from here on: an error in one relay must not end the sandbox (see host/last-resort.ts).
   containUncaughtErrors("the supervisor", diag);
+  const started = config.policy ?? defaultPolicy();
+  const policyWatch = watchPolicy({
+    client,
+    sandboxId,
+    startedHash: policyHash(started),
+    apply: (policy) => {
+      const problem = liveChangeProblem(started, policy);
+      if (problem === undefined) pod.setNetworkPolicy(policy);
+      return problem;
+    },
+    log: diag,
+  });
   shutdownHook = async () => {
+    policyWatch.stop();
     await logs.close();
     await pod.stop();
     // An attached client's last output and exit status are still on their way.

@@ -41,6 +41,7 @@ import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
 import { lstatIfExists, orElse } from "../host/fs.js";
 import { parseDenyList, type SupervisorLaunch } from "../runtime/contract.js";
 import { type GuestDisk, mountGuestDisk } from "../runtime/guest-disk.js";
+import { resolveInImage } from "../runtime/image-tree.js";
 import { sharedMemoryStaging } from "../runtime/staging.js";
 import { POD_SSH_SOCKET } from "../transport/unix.js";
 import {
@@ -54,6 +55,7 @@ import {
 } from "./agent/channel.js";
 import { EGRESS_PROXY_PORT, proxyEnvironment } from "./agent/egress.js";
 import { executeOnlyLoader } from "./agent-guard.js";
+import { EgressPolicy } from "./egress/match.js";
 import { type EgressLogLevel, type EgressProxy, egressPolicyFor, startEgressProxy } from "./egress/proxy.js";
 import { prepareStaging } from "./inject.js";
 import { applyHostPrep, type ControlBind, type HostOwner, planMounts } from "./mounts.js";
@@ -292,6 +294,12 @@ export interface PodOptions {
 export interface Pod {
   sshSocket: string;
   exited: Promise<string>;
+  /**
+   * Puts a policy's network rules in force for new connections (a live
+   * update); what it cannot do without a restart is for the caller to have
+   * refused (core/policy/live.ts). Throws when the pod has no egress proxy.
+   */
+  setNetworkPolicy(policy: SandboxPolicy): void;
   stop(): Promise<void>;
 }
 
@@ -403,7 +411,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
   );
   const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
   // An image may have no bash (a busybox image): its sh then.
-  const shell = imageRoot && !existsInImage(imageRoot, "/bin/bash") ? "/bin/sh" : "/bin/bash";
+  const shell = imageRoot && resolveInImage(imageRoot, "/bin/bash") === undefined ? "/bin/sh" : "/bin/bash";
   let egress: EgressProxy | undefined;
 
   try {
@@ -571,38 +579,6 @@ function linkRunDir(link: string, target: string): void {
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
   }
   symlinkSync(target, link);
-}
-
-/** How many links a path in an image may pass through before it is taken as missing. */
-const IMAGE_LINK_HOPS = 40;
-
-/**
- * Whether `path` exists in the image whose root is `imageRoot`, its links
- * followed as the pod would, inside the image (an absolute target starts
- * again at the image's root), never on the host.
- */
-export function existsInImage(imageRoot: string, path: string): boolean {
-  let pending = path.split("/").filter(Boolean);
-  let at: string[] = [];
-  for (let hops = 0; pending.length > 0; ) {
-    const name = pending.shift()!;
-    if (name === ".") continue;
-    if (name === "..") {
-      at.pop();
-      continue;
-    }
-    const entry = lstatIfExists(join(imageRoot, ...at, name));
-    if (!entry) return false;
-    if (!entry.isSymbolicLink()) {
-      at.push(name);
-      continue;
-    }
-    if (++hops > IMAGE_LINK_HOPS) return false;
-    const target = readlinkSync(join(imageRoot, ...at, name));
-    if (target.startsWith("/")) at = [];
-    pending = [...target.split("/").filter(Boolean), ...pending];
-  }
-  return true;
 }
 
 async function launchPod(
@@ -799,6 +775,10 @@ async function launchPod(
   return {
     sshSocket: join(launch.sandboxDir, POD_SSH_SOCKET),
     exited,
+    setNetworkPolicy: (policy) => {
+      if (!egress) throw new Error("this sandbox started without network rules: it has no egress proxy");
+      egress.setPolicy(EgressPolicy.compile(policy.networkPolicies));
+    },
     stop: async () => {
       // Killing bwrap ends the pod's PID namespace, and every process in it.
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");

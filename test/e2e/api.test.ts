@@ -283,6 +283,36 @@ describe("the TypeScript API", () => {
     expect((await other.exec("echo after")).stdout).toBe("after\n");
   });
 
+  it("reads the policy in force, takes it back unchanged, and refuses what only a restart could bring", async () => {
+    const info = await sandbox.policy();
+    expect(info).toMatchObject({ revision: 1, activeRevision: 1, status: "loaded" });
+    expect(info.policy).toHaveProperty("filesystem_policy");
+    // The document it gives is one setPolicy takes; the same policy is no new revision.
+    expect(await sandbox.setPolicy(info.policy, { wait: true })).toEqual({
+      revision: 1,
+      hash: info.hash,
+      changed: false,
+    });
+    const widened = structuredClone(info.policy) as { filesystem_policy: { read_only: string[] } };
+    widened.filesystem_policy.read_only.push("/var");
+    const refused = sandbox.setPolicy(widened);
+    await expect(refused).rejects.toBeInstanceOf(OpenShellError);
+    await expect(refused).rejects.toThrow(/filesystem_policy cannot change on a running sandbox/);
+    const network = {
+      ...info.policy,
+      network_policies: { lab: { name: "lab", endpoints: [{ host: "example.test", port: 443 }] } },
+    };
+    await expect(sandbox.setPolicy(network)).rejects.toThrow(
+      /network rules cannot be added to a sandbox running without any/,
+    );
+    expect((await sandbox.policy()).revision).toBe(1);
+    expect(await client.whoami()).toMatchObject({
+      subject: "token-holder",
+      roles: ["owner"],
+      identityProvider: "bearer_token",
+    });
+  });
+
   it("refuses a wrong token with NotAuthorized", async () => {
     const target = gatewayTarget(env);
     const stranger = new OpenShell({ endpoint: target.endpoint, token: "not-the-token" });

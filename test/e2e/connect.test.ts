@@ -130,14 +130,10 @@ describe("on a terminal", () => {
     expect(gone.stdout, "waiting for the remote shell's command to end").toBe("gone\n");
   });
 
-  // Known open bug, tracked in the closing notes: on a heavily loaded host the
-  // last line a command prints on a pty just before it exits is sometimes
-  // lost (the exit status arrives; node-pty destroys the terminal 200 ms after
-  // the child's exit, before the agent has read it). These two tests get one
-  // more try, so that bug alone does not fail a run; a second loss fails it.
-  it("sandbox exec on a terminal runs on a pty with the terminal's size and restores it", {
-    retry: 1,
-  }, async () => {
+  // These two read the line a command prints on a pty just before it exits:
+  // node-pty closes a terminal 200 ms after its child exits, read or not, so
+  // the agent (and this test's own terminal) drain it first (pty-drain-on-close).
+  it("sandbox exec on a terminal runs on a pty with the terminal's size and restores it", async () => {
     const { session, finished } = onTerminal(
       "exec",
       `openshell sandbox exec -n ${name} -- sh -c 'echo "SIZE=$(stty size)"; read line; echo "GOT=$line"; exit 6'`,
@@ -149,9 +145,7 @@ describe("on a terminal", () => {
     expect(await finished("exec on a terminal")).toBe(6);
   });
 
-  it("sandbox create -- CMD attaches to the command; --no-keep deletes the sandbox and exits with its code", {
-    retry: 1,
-  }, async () => {
+  it("sandbox create -- CMD attaches to the command; --no-keep deletes the sandbox and exits with its code", async () => {
     const attached = uniqueName("attach");
     const { session, finished } = onTerminal(
       "create",

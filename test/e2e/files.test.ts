@@ -4,14 +4,9 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { credentials, InterceptingCall, Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { credentials, InterceptingCall, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  ListSandboxesResponse,
-  OpenShellClient,
-  OpenShellService,
-  type SandboxFile,
-} from "../../src/gen/openshell.js";
+import { ListSandboxesResponse, OpenShellClient, type SandboxFile } from "../../src/gen/openshell.js";
 import {
   gatewayClient,
   gatewayTarget,
@@ -21,6 +16,7 @@ import {
   waitForOutput,
   waitForPhase,
 } from "../helpers/cli.js";
+import { startStandIn } from "../helpers/stand-in.js";
 
 const MiB = 1024 * 1024;
 const sha256 = (data: Buffer | string): string => createHash("sha256").update(data).digest("hex");
@@ -422,38 +418,45 @@ describe("many sandboxes with files stay small on the wire", () => {
   });
 });
 
-describe("against a gateway that would drop the files", () => {
-  // An OpenShell gateway cannot run here (it needs Docker or Kubernetes); this
-  // stand-in answers GetGatewayInfo as one does (no capabilities) and records
-  // whether anything was created.
-  let server: Server;
-  let port = 0;
+/**
+ * An OpenShell gateway cannot run here (it needs Docker or Kubernetes): the
+ * stand-in (test/helpers/stand-in.ts) answers GetGatewayInfo as one does, with
+ * no capabilities, or, as one does for a caller who is not its admin,
+ * PERMISSION_DENIED; and counts the creates it is asked for (none should come).
+ */
+async function upstreamStandIn(info: "no capabilities" | "admins only"): Promise<{
+  endpoint: string;
+  creates(): number;
+  close(): void;
+}> {
   let creates = 0;
+  const standIn = await startStandIn({
+    ...(info === "admins only"
+      ? {
+          getGatewayInfo: (_call: unknown, callback: (e: { code: number; details: string }) => void) =>
+            callback({ code: status.PERMISSION_DENIED, details: "platform_admin role required" }),
+        }
+      : {}),
+    createSandbox: (_call: unknown, callback: (e: { code: number; details: string }) => void) => {
+      creates += 1;
+      callback({ code: status.INTERNAL, details: "should not be called" });
+    },
+  });
+  return { endpoint: standIn.endpoint, creates: () => creates, close: () => standIn.server.forceShutdown() };
+}
+
+describe("against a gateway that would drop the files, or start the command before the uploads", () => {
+  let standIn: Awaited<ReturnType<typeof upstreamStandIn>>;
   const env = new TestEnv();
 
   beforeAll(async () => {
-    server = new Server();
-    const unimplemented = (_call: unknown, callback: (error: { code: number; details: string }) => void) =>
-      callback({ code: status.UNIMPLEMENTED, details: "not in this stand-in" });
-    const handlers = Object.fromEntries(Object.keys(OpenShellService).map((key) => [key, unimplemented]));
-    server.addService(OpenShellService, {
-      ...handlers,
-      getGatewayInfo: (_call: unknown, callback: (e: null, r: unknown) => void) =>
-        callback(null, { status: 1, gatewayVersion: "upstream", computeDrivers: [], capabilities: [] }),
-      createSandbox: (_call: unknown, callback: (e: { code: number; details: string }) => void) => {
-        creates += 1;
-        callback({ code: status.INTERNAL, details: "should not be called" });
-      },
-    } as never);
-    port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) =>
-        e ? reject(e) : resolve(p),
-      ),
-    );
+    standIn = await upstreamStandIn("no capabilities");
     writeFileSync(join(env.root, "cfg"), "x\n");
+    mkdirSync(join(env.root, "src"));
+    writeFileSync(join(env.root, "src", "main.py"), "print(1)\n");
   });
   afterAll(async () => {
-    server.forceShutdown();
+    standIn.close();
     await env.dispose();
   });
 
@@ -461,7 +464,7 @@ describe("against a gateway that would drop the files", () => {
     const result = await env.run(
       [
         "--gateway-endpoint",
-        `http://127.0.0.1:${port}`,
+        standIn.endpoint,
         "sandbox",
         "create",
         "--detach",
@@ -474,6 +477,65 @@ describe("against a gateway that would drop the files", () => {
     );
     expect(result.code).toBe(1);
     expect(result.stderr).toContain("does not support --file");
-    expect(creates).toBe(0);
+    expect(standIn.creates()).toBe(0);
+  });
+
+  it("refuses --upload with a command before creating anything: the command would start before its files", async () => {
+    const result = await env.run(
+      [
+        "--gateway-endpoint",
+        standIn.endpoint,
+        "sandbox",
+        "create",
+        "--upload",
+        "./src:/sandbox/src",
+        "--",
+        "python3",
+        "/sandbox/src/main.py",
+      ],
+      { cwd: env.root },
+    );
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("cannot hold the command until the uploads are in");
+    expect(result.stderr).toContain("openshell sandbox exec -n NAME -- COMMAND");
+    expect(standIn.creates()).toBe(0);
+  });
+});
+
+describe("against a gateway that answers GetGatewayInfo to its admins only", () => {
+  let standIn: Awaited<ReturnType<typeof upstreamStandIn>>;
+  const env = new TestEnv();
+
+  beforeAll(async () => {
+    standIn = await upstreamStandIn("admins only");
+    writeFileSync(join(env.root, "cfg"), "x\n");
+    mkdirSync(join(env.root, "src"));
+  });
+  afterAll(async () => {
+    standIn.close();
+    await env.dispose();
+  });
+
+  it("says it cannot tell whether the gateway takes files, not that the token is wrong", async () => {
+    const endpoint = standIn.endpoint;
+    const files = await env.run(
+      ["--gateway-endpoint", endpoint, "sandbox", "create", "--detach", "--file", "./cfg:/etc/cfg"],
+      { cwd: env.root },
+    );
+    expect(files.code).toBe(1);
+    expect(files.stderr).toContain(
+      `cannot tell whether gateway '${endpoint}' takes files (--file): it answers GetGatewayInfo, where a gateway says what it supports, only to its admins`,
+    );
+    expect(files.stderr).not.toContain("not authorized");
+    expect(files.stderr).not.toContain("token");
+    const uploads = await env.run(
+      ["--gateway-endpoint", endpoint, "sandbox", "create", "--upload", "./src", "--", "true"],
+      { cwd: env.root },
+    );
+    expect(uploads.code).toBe(1);
+    expect(uploads.stderr).toContain(
+      "can hold the command until the uploads are in (--upload with a command)",
+    );
+    expect(standIn.creates()).toBe(0);
   });
 });

@@ -19,9 +19,11 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { json, TestEnv, uniqueName } from "../helpers/cli.js";
+import { json, type RunResult, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
 import { busybox, TestImage, TestRegistry, writeTree } from "../helpers/registry.js";
+import { type StandIn, startStandIn } from "../helpers/stand-in.js";
 
 describe("sandbox create --from", () => {
   const registry = new TestRegistry();
@@ -31,11 +33,21 @@ describe("sandbox create --from", () => {
   const hostSecret = join(work, "host-secret");
   let reference = "";
   let hostile = "";
+  let withPolicy = "";
+  let brokenPolicy = "";
+  /** A policy file to give with --policy. */
+  const given = join(work, "given.yaml");
   let image: TestImage;
 
   beforeAll(async () => {
     await registry.start();
-    writeTree(hostSecret, { "secret.txt": "host only\n", "etc/app/.keep": "" });
+    writeTree(hostSecret, {
+      "secret.txt": "host only\n",
+      "etc/app/.keep": "",
+      // A policy on the host where the hostile image's /etc link points: never the sandbox's.
+      "etc/openshell/policy.yaml":
+        "version: 1\nfilesystem_policy:\n  read_only: [/bin]\n  read_write: [/tmp, /host-policy]\n",
+    });
     image = new TestImage(work, "bb")
       .layer((root) => {
         busybox(root);
@@ -72,7 +84,30 @@ describe("sandbox create --from", () => {
         symlinkSync(join(hostSecret, "etc"), join(root, "etc"));
       })
       .push(registry, "hostile:1");
-    await env.startGateway({ OPENSHELL_INSECURE_REGISTRIES: registry.host });
+    // Images that carry a policy: a usable one at upstream's path, a broken one at its legacy path.
+    const carried = (path: string, policy: string) =>
+      new TestImage(work, path.split("/")[2]!).layer((root) => {
+        busybox(root);
+        writeTree(root, { [path]: policy });
+      });
+    withPolicy = carried(
+      "/etc/openshell/policy.yaml",
+      "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/bin]\n  read_write: [/tmp, /dev/null, /scratch]\n",
+    ).push(registry, "with-policy:1");
+    brokenPolicy = carried(
+      "/etc/navigator/policy.yaml",
+      "version: 1\nfilesystem_policy:\n  bogus: true\n",
+    ).push(registry, "broken-policy:1");
+    writeFileSync(
+      given,
+      "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/bin]\n  read_write: [/tmp, /dev/null, /given]\n",
+    );
+    // A community sandbox, where OPENSHELL_COMMUNITY_REGISTRY (the gateway's) sends a plain name.
+    image.push(registry, "community/sandboxes/tiny:latest");
+    await env.startGateway({
+      OPENSHELL_INSECURE_REGISTRIES: registry.host,
+      OPENSHELL_COMMUNITY_REGISTRY: `${registry.host}/community/sandboxes/`,
+    });
   }, 120_000);
 
   afterAll(async () => {
@@ -81,8 +116,15 @@ describe("sandbox create --from", () => {
     rmSync(work, { recursive: true, force: true });
   });
 
-  const exec = (name: string, script: string) =>
-    env.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script]);
+  const exec = (name: string, script: string) => env.sh(name, script);
+  /** `sandbox create --name NAME --from SOURCE [FLAGS] --detach -- sleep 100000`. */
+  const createFrom = (name: string, source: string, ...flags: string[]) =>
+    env.run(
+      ["sandbox", "create", "--name", name, "--from", source, ...flags, "--detach", "--", "sleep", "100000"],
+      {
+        timeoutMs: 120_000,
+      },
+    );
 
   it("runs the image's tree with its Env, WorkingDir, User and Entrypoint/Cmd, its workspace seeded; injected files as on the host root", async () => {
     const name = uniqueName("from");
@@ -138,23 +180,59 @@ describe("sandbox create --from", () => {
     expect(roots).toHaveLength(1);
   });
 
+  it("pulls an image not yet stored once for two creates that ask for it at the same time", async () => {
+    const shared = new TestImage(work, "shared")
+      .layer((root) => {
+        busybox(root);
+        writeTree(root, { "shared-marker": "shared\n" });
+      })
+      .push(registry, "shared:1");
+    const log = join(env.stateHome, "openshell", "gateways", "local", "gateway.log");
+    const lines = (text: string) =>
+      readFileSync(log, "utf8")
+        .split("\n")
+        .filter((line) => line.includes(text));
+    const before = {
+      manifests: registry.requests("GET", "/v2/shared/manifests/1"),
+      blobs: registry.requests("GET", "/v2/shared/blobs/"),
+    };
+    const names = [uniqueName("first"), uniqueName("second")];
+    // The registry holds the first pull until the second create has joined it (or started its own).
+    registry.pause();
+    let creates: Promise<RunResult[]>;
+    try {
+      const first = createFrom(names[0]!, shared);
+      await waitFor("the first create's pull", 30_000, () =>
+        lines(`image '${shared}': pulling`).length === 1 ? true : undefined,
+      );
+      const second = createFrom(names[1]!, shared);
+      await waitFor("the second create to join the pull", 30_000, () =>
+        lines(`image '${shared}':`).length >= 2 ? true : undefined,
+      );
+      creates = Promise.all([first, second]);
+    } finally {
+      registry.resume();
+    }
+    for (const created of await creates) expect(created.code, created.stderr).toBe(0);
+    expect(lines(`image '${shared}': waiting for its pull under way`)).toHaveLength(1);
+    expect(lines(`image '${shared}': pulling`)).toHaveLength(1);
+    // One manifest read by tag, and each blob fetched once (skopeo reads the config and the one layer).
+    expect(registry.requests("GET", "/v2/shared/manifests/1") - before.manifests).toBe(1);
+    expect(registry.requests("GET", "/v2/shared/blobs/") - before.blobs).toBe(2);
+    const digests = await Promise.all(
+      names.map(
+        async (name) =>
+          json<{ image_digest: string }>(await env.run(["sandbox", "get", name, "-o", "json"])).image_digest,
+      ),
+    );
+    expect(digests[0]).toMatch(/^sha256:/);
+    expect(digests[1]).toBe(digests[0]);
+  });
+
   it("lets no link in an image reach the host: absolute, climbing, or on an injected file's way", async () => {
     const name = uniqueName("hostile");
     writeFileSync(join(work, "inj"), "injected\n");
-    const created = await env.run([
-      "sandbox",
-      "create",
-      "--name",
-      name,
-      "--from",
-      hostile,
-      "--file",
-      `${join(work, "inj")}:/etc/app/injected`,
-      "--detach",
-      "--",
-      "sleep",
-      "100000",
-    ]);
+    const created = await createFrom(name, hostile, "--file", `${join(work, "inj")}:/etc/app/injected`);
     if (created.code === 0) {
       const seen = await exec(name, "cat /leak/secret.txt /climb/secret.txt /etc/../secret.txt 2>&1; true");
       expect(seen.stdout).not.toContain("host only");
@@ -162,8 +240,64 @@ describe("sandbox create --from", () => {
       // Refused, naming the injected file whose way passes through the link.
       expect(created.stderr).toContain("/etc/app/injected");
     }
+    // The host's policy file the link leads to is not the image's: a create without a policy gets the default.
+    const plain = uniqueName("hostile");
+    const idle = await createFrom(plain, hostile);
+    expect(idle.code, idle.stderr).toBe(0);
+    const got = await env.run(["sandbox", "get", plain, "-o", "json"]);
+    expect(got.stdout).toContain("/dev/urandom");
+    expect(got.stdout).not.toContain("/host-policy");
     // Nothing was written into the host directory the image's /etc points at.
     expect(readdirSync(join(hostSecret, "etc", "app"))).toEqual([".keep"]);
+  });
+
+  it("uses the policy an image carries at /etc/openshell/policy.yaml when none is given; a given policy wins", async () => {
+    const scratch =
+      "touch /scratch/f 2>/dev/null && echo scratch-writable || echo scratch-refused; " +
+      "touch /given/f 2>/dev/null && echo given-writable || echo given-refused";
+    const carried = uniqueName("carried");
+    const created = await createFrom(carried, withPolicy);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await exec(carried, scratch)).stdout).toBe("scratch-writable\ngiven-refused\n");
+    const got = await env.run(["sandbox", "get", carried, "-o", "json"]);
+    expect(got.stdout).toContain("/scratch");
+    const overridden = uniqueName("given");
+    const second = await createFrom(overridden, withPolicy, "--policy", given);
+    expect(second.code, second.stderr).toBe(0);
+    expect((await exec(overridden, scratch)).stdout).toBe("scratch-refused\ngiven-writable\n");
+  });
+
+  it("refuses an image whose carried policy is broken (at the legacy /etc/navigator path), naming both, and leaves no sandbox", async () => {
+    const before = json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"])).length;
+    const created = await env.run(["sandbox", "create", "--from", brokenPolicy, "--detach"]);
+    expect(created.code).toBe(1);
+    expect(created.stderr).toContain(`image '${brokenPolicy}': /etc/navigator/policy.yaml`);
+    expect(created.stderr).toContain("bogus");
+    expect(created.stderr).toContain("--policy");
+    // A given policy is the way past it.
+    const passed = await createFrom(uniqueName("given"), brokenPolicy, "--policy", given);
+    expect(passed.code, passed.stderr).toBe(0);
+    expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before + 1);
+  });
+
+  it("resolves a community name under the gateway's OPENSHELL_COMMUNITY_REGISTRY; get shows the full reference and digest", async () => {
+    const name = uniqueName("community");
+    const created = await env.run(["sandbox", "create", "--name", name, "--from", "tiny", "--detach"]);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await exec(name, "cat /only-in-image")).stdout).toBe("from the image\n");
+    const full = `${registry.host}/community/sandboxes/tiny:latest`;
+    const doc = json<{ image: string; image_digest: string }>(
+      await env.run(["sandbox", "get", name, "-o", "json"]),
+    );
+    expect(doc.image).toBe(full);
+    expect(doc.image_digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    const table = await env.run(["sandbox", "get", name]);
+    expect(table.stdout).toContain(`Image: ${full} (${doc.image_digest})`);
+    // Stored under the reference it resolved to.
+    const listed = json<{ digest: string; references: string[] }[]>(
+      await env.run(["image", "list", "-o", "json"]),
+    );
+    expect(listed.find((stored) => stored.digest === doc.image_digest)?.references).toContain(full);
   });
 
   it("takes an OCI archive and a plain root filesystem directory", async () => {
@@ -176,18 +310,7 @@ describe("sandbox create --from", () => {
       [tree, "plain tree\n"],
     ] as const) {
       const name = uniqueName("src");
-      const created = await env.run([
-        "sandbox",
-        "create",
-        "--name",
-        name,
-        "--from",
-        source,
-        "--detach",
-        "--",
-        "sleep",
-        "100000",
-      ]);
+      const created = await createFrom(name, source);
       expect(created.code, created.stderr).toBe(0);
       const seen = await exec(name, "cat /only-in-image /marker 2>/dev/null; true");
       expect(seen.stdout).toBe(expected);
@@ -226,5 +349,41 @@ describe("sandbox create --from", () => {
       expect(created.stderr).toContain(`image '${source}'`);
     }
     expect(json<unknown[]>(await env.run(["sandbox", "list", "-o", "json"]))).toHaveLength(before);
+  });
+});
+
+describe("--from a community name against a gateway that keeps no images", () => {
+  // An OpenShell gateway's stand-in that records what a create asked for.
+  let standIn: StandIn;
+  const asked: string[] = [];
+  const env = new TestEnv();
+
+  beforeAll(async () => {
+    standIn = await startStandIn({
+      createSandbox: (
+        call: { request: { spec?: { template?: { image: string } } } },
+        callback: (error: { code: number; details: string }) => void,
+      ) => {
+        asked.push(call.request.spec?.template?.image ?? "");
+        callback({ code: status.UNAVAILABLE, details: "stand-in" });
+      },
+    });
+  });
+  afterAll(async () => {
+    standIn.server.forceShutdown();
+    await env.dispose();
+  });
+
+  it("sends the name resolved as upstream's CLI does, under the CLI's OPENSHELL_COMMUNITY_REGISTRY", async () => {
+    const create = (extra: Record<string, string> = {}) =>
+      env.run(["--gateway-endpoint", standIn.endpoint, "sandbox", "create", "--from", "base", "--detach"], {
+        env: extra,
+      });
+    expect((await create()).code).not.toBe(0);
+    expect((await create({ OPENSHELL_COMMUNITY_REGISTRY: "registry.example.com/mine/" })).code).not.toBe(0);
+    expect(asked).toEqual([
+      "ghcr.io/nvidia/openshell-community/sandboxes/base:latest",
+      "registry.example.com/mine/base:latest",
+    ]);
   });
 });

@@ -118,6 +118,16 @@ describe("the image store", () => {
     expect(roots.filter((hex) => `sha256:${hex}` === pulls[0]!.digest)).toHaveLength(1);
   });
 
+  it("stores one image pulled at once from two sources (a registry and an archive of it) once, both pulls succeeding", async () => {
+    const twin = new TestImage(work, "twin").layer((root) => writeTree(root, { twin: "twin\n" }));
+    const sources = [twin.push(registry, "twin:1"), twin.archive(join(work, "twin.tar"))];
+    const pulls = await Promise.all(sources.map((source) => store.pull(source)));
+    expect(pulls[1]!.digest).toBe(pulls[0]!.digest);
+    expect(store.get(pulls[0]!.digest)?.references.sort()).toEqual([...sources].sort());
+    expect(readFileSync(join(store.root(pulls[0]!.digest), "twin"), "utf8")).toBe("twin\n");
+    expect(readdirSync(join(store.dir, "tmp"))).toEqual([]);
+  });
+
   it("takes an OCI archive file and a plain root filesystem directory as sources", async () => {
     const archive = base.archive(join(work, "base.tar"));
     const fromArchive = await store.pull(archive);
@@ -160,6 +170,18 @@ describe("the image store", () => {
     const images = store.list().length;
     await expect(store.pull(ref)).rejects.toThrow(/is built for (arm64|amd64); this host runs/);
     expect(store.list()).toHaveLength(images);
+  });
+
+  it("on opening, removes what an interrupted pull left (its work, a root whose record was never written) and keeps every stored image", async () => {
+    const kept = store.list().map((image) => image.digest);
+    const orphan = join(store.dir, "roots", "0".repeat(64));
+    writeTree(orphan, { "half-written": "x\n" });
+    writeTree(join(store.dir, "tmp", "pull-x"), { layout: "x\n" });
+    const reopened = new ImageStore(store.dir, { insecureRegistries: [registry.host] });
+    expect(existsSync(orphan)).toBe(false);
+    expect(readdirSync(join(store.dir, "tmp"))).toEqual([]);
+    expect(reopened.list().map((image) => image.digest)).toEqual(kept);
+    for (const digest of kept) expect(existsSync(reopened.root(digest))).toBe(true);
   });
 
   it("removes an image: record and root", async () => {

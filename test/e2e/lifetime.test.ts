@@ -8,16 +8,12 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSandboxStatus, setReadyCondition } from "../../src/core/phases.js";
-import {
-  OpenShellService,
-  type Sandbox,
-  SandboxPhase,
-  WatchSandboxRequest,
-} from "../../src/gen/openshell.js";
+import { type Sandbox, SandboxPhase, WatchSandboxRequest } from "../../src/gen/openshell.js";
 import { gatewayClient, json, TestEnv, uniqueName } from "../helpers/cli.js";
+import { type StandIn, startStandIn } from "../helpers/stand-in.js";
 
 interface SandboxDoc {
   id: string;
@@ -251,56 +247,46 @@ describe("against a gateway without lifetimes", () => {
   // Answers GetGatewayInfo as an OpenShell gateway does (no capabilities) and
   // records whether anything was created or renewed. Like an OpenShell
   // gateway, it answers StopSandbox while the sandbox is still stopping.
-  let server: Server;
-  let port = 0;
+  let upstream: StandIn;
   let calls = 0;
   let watches = 0;
   const stopping: string[] = [];
   const env = new TestEnv();
 
   beforeAll(async () => {
-    server = new Server();
-    const refuse = (_call: unknown, callback: (error: { code: number; details: string }) => void) => {
-      calls += 1;
-      callback({ code: status.UNIMPLEMENTED, details: "not in this stand-in" });
-    };
-    const handlers = Object.fromEntries(Object.keys(OpenShellService).map((key) => [key, refuse]));
-    server.addService(OpenShellService, {
-      ...handlers,
-      getGatewayInfo: (_call: unknown, callback: (e: null, r: unknown) => void) =>
-        callback(null, { status: 1, gatewayVersion: "upstream", computeDrivers: [], capabilities: [] }),
-      stopSandbox: (call: { request: { name: string } }, callback: (e: null, r: unknown) => void) => {
-        stopping.push(call.request.name);
-        callback(null, { sandbox: standIn(call.request.name, SandboxPhase.SANDBOX_PHASE_STOPPING) });
+    upstream = await startStandIn(
+      {
+        stopSandbox: (call: { request: { name: string } }, callback: (e: null, r: unknown) => void) => {
+          stopping.push(call.request.name);
+          callback(null, { sandbox: standIn(call.request.name, SandboxPhase.SANDBOX_PHASE_STOPPING) });
+        },
+        // The sandbox "up" stops; any other fails while stopping.
+        watchSandbox: (call: { request: { id: string }; write(event: unknown): boolean }) => {
+          watches += 1;
+          const name = stopping.shift() ?? "";
+          call.write({
+            payload: { $case: "sandbox", value: standIn(name, SandboxPhase.SANDBOX_PHASE_STOPPING) },
+          });
+          const last = standIn(
+            name,
+            name === "up" ? SandboxPhase.SANDBOX_PHASE_STOPPED : SandboxPhase.SANDBOX_PHASE_ERROR,
+          );
+          if (name !== "up") setReadyCondition(last, "False", "StopFailed", "the pod would not stop");
+          setImmediate(() => call.write({ payload: { $case: "sandbox", value: last } }));
+        },
       },
-      // The sandbox "up" stops; any other fails while stopping.
-      watchSandbox: (call: { request: { id: string }; write(event: unknown): boolean }) => {
-        watches += 1;
-        const name = stopping.shift() ?? "";
-        call.write({
-          payload: { $case: "sandbox", value: standIn(name, SandboxPhase.SANDBOX_PHASE_STOPPING) },
-        });
-        const last = standIn(
-          name,
-          name === "up" ? SandboxPhase.SANDBOX_PHASE_STOPPED : SandboxPhase.SANDBOX_PHASE_ERROR,
-        );
-        if (name !== "up") setReadyCondition(last, "False", "StopFailed", "the pod would not stop");
-        setImmediate(() => call.write({ payload: { $case: "sandbox", value: last } }));
+      () => {
+        calls += 1;
       },
-    } as never);
-    port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) =>
-        e ? reject(e) : resolve(p),
-      ),
     );
   });
   afterAll(async () => {
-    server.forceShutdown();
+    upstream.server.forceShutdown();
     await env.dispose();
   });
 
   it("stop waits on the watch until the sandbox is Stopped, and reports a failure to stop", async () => {
-    const endpoint = ["--gateway-endpoint", `http://127.0.0.1:${port}`];
+    const endpoint = ["--gateway-endpoint", upstream.endpoint];
     const stop = await env.run([...endpoint, "sandbox", "stop", "up"], { timeoutMs: 10_000 });
     expect(stop.code, stop.stderr).toBe(0);
     expect(stop.stderr).toContain("Stopped sandbox up");
@@ -312,7 +298,7 @@ describe("against a gateway without lifetimes", () => {
   });
 
   it("refuses create --ttl and sandbox renew before asking for either, and says why", async () => {
-    const endpoint = ["--gateway-endpoint", `http://127.0.0.1:${port}`];
+    const endpoint = ["--gateway-endpoint", upstream.endpoint];
     const create = await env.run([
       ...endpoint,
       "sandbox",

@@ -4,7 +4,7 @@
 // namespace behind a veth pair this test makes) answers through the egress
 // proxy, an unlisted port is refused, and nothing gets around the proxy.
 
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { connect, createServer, type Server } from "node:net";
@@ -12,27 +12,8 @@ import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT, type RunResult, TestEnv, uniqueName, waitForOutput } from "../helpers/cli.js";
+import { FILESYSTEM, netnsUnavailable, startTestHost, type TestHost } from "../helpers/netns.js";
 
-/** Read-only system paths so curl, bash and python run inside; no network rules unless added. */
-const FILESYSTEM = `version: 1
-filesystem_policy:
-  include_workdir: true
-  read_only: [/usr, /bin, /sbin, /lib, /lib64, /etc, /proc, /dev/urandom]
-  read_write: [/tmp, /dev/null]
-landlock:
-  compatibility: best_effort
-`;
-
-/** Whether this machine lets the test make a network namespace and a veth pair (root with iproute2). */
-function netnsUnavailable(): string | undefined {
-  if (process.getuid?.() !== 0) return "creating a network namespace needs root";
-  try {
-    execFileSync("ip", ["netns", "list"], { stdio: "ignore" });
-  } catch {
-    return "`ip netns` is not available";
-  }
-  return undefined;
-}
 const NETNS_UNAVAILABLE = netnsUnavailable();
 
 function hasPython(): boolean {
@@ -168,44 +149,17 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
   () => {
     const env = new TestEnv();
     const name = uniqueName("net-allow");
-    // One /24 per test process, so parallel runs do not collide.
-    const subnet = `10.231.${(process.pid % 250) + 1}`;
-    const serverAddress = `${subnet}.2`;
-    const netns = `openshell-egress-${process.pid}`;
-    const hostIf = `osh${process.pid % 100000}h`;
-    const nsIf = `osh${process.pid % 100000}n`;
-    let server: ChildProcess | undefined;
+    let host: TestHost | undefined;
+    let serverAddress = "";
+    let subnetHost = "";
     let listed = 0;
     let unlisted = 0;
 
-    const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
-
     beforeAll(async () => {
-      ip("netns", "add", netns);
-      ip("link", "add", hostIf, "type", "veth", "peer", "name", nsIf);
-      ip("link", "set", nsIf, "netns", netns);
-      ip("addr", "add", `${subnet}.1/24`, "dev", hostIf);
-      ip("link", "set", hostIf, "up");
-      ip("netns", "exec", netns, "ip", "addr", "add", `${serverAddress}/24`, "dev", nsIf);
-      ip("netns", "exec", netns, "ip", "link", "set", nsIf, "up");
-      ip("netns", "exec", netns, "ip", "link", "set", "lo", "up");
-
-      // Two ports chosen by the kernel, printed once both listen.
-      const program = `
-        const http = require("node:http");
-        const ports = [];
-        for (let i = 0; i < 2; i++) {
-          const s = http.createServer((req, res) => res.end("hello " + s.address().port + " " + req.url + "\\n"));
-          s.listen(0, ${JSON.stringify(serverAddress)}, () => {
-            ports.push(s.address().port);
-            if (ports.length === 2) console.log("ports " + ports.join(" "));
-          });
-        }`;
-      server = spawn("ip", ["netns", "exec", netns, process.execPath, "-e", program], {
-        stdio: ["ignore", "pipe", "inherit"],
-      });
-      const line = await waitForOutput(server.stdout!, /ports \d+ \d+\n/, "the test server in the namespace");
-      [listed, unlisted] = /ports (\d+) (\d+)/.exec(line)!.slice(1).map(Number) as [number, number];
+      host = await startTestHost(2);
+      serverAddress = host.address;
+      subnetHost = host.hostSide;
+      [listed, unlisted] = host.ports as [number, number];
 
       await env.startGateway();
       const policyFile = join(env.root, "allow-list.yaml");
@@ -240,13 +194,7 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
 
     afterAll(async () => {
       await env.dispose();
-      server?.kill("SIGKILL");
-      try {
-        ip("netns", "del", netns);
-      } catch {}
-      try {
-        ip("link", "del", hostIf);
-      } catch {}
+      host?.remove();
     });
 
     it("the test server answers on both ports from the host", async () => {
@@ -337,7 +285,7 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       const script = [
         ...rawSocketProbes("listed", serverAddress, listed),
         ...rawSocketProbes("unlisted", serverAddress, unlisted),
-        probe("host-side", `exec 3<>/dev/tcp/${subnet}.1/${listed}`),
+        probe("host-side", `exec 3<>/dev/tcp/${subnetHost}/${listed}`),
       ].join("\n");
       const result = await sandboxExec(env, name, script);
       const seen = statuses(result.stdout);

@@ -1,15 +1,22 @@
 // The runtime contract as a supervisor on another machine speaks it: with
 // OPENSHELL_SUPERVISOR_MODE=remote the gateway starts each supervisor with
 // its identity in the environment and nothing on stdin, and the supervisor
-// fetches its launch spec and injected files over gRPC and reports its
-// failures there, through the real CLI, gateway, supervisor and bubblewrap.
+// fetches its launch spec and injected files over gRPC, watches its
+// configuration, and reports its failures and policy revisions there, through
+// the real CLI, gateway, supervisor and bubblewrap.
 
 import { existsSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { credentials, Metadata, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SUPERVISOR_METADATA_KEY } from "../../src/core/protocol.js";
-import { OpenShellClient, type SupervisorLaunchSpec } from "../../src/gen/openshell.js";
+import {
+  OpenShellClient,
+  PolicyStatus,
+  type ReportPolicyStatusRequest,
+  type SupervisorLaunchSpec,
+} from "../../src/gen/openshell.js";
+import type { GetSandboxConfigResponse } from "../../src/gen/sandbox.js";
 import { gatewayClient, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
 import { children, gatewayPid, isSupervisor } from "../helpers/processes.js";
 
@@ -104,6 +111,51 @@ describe("a supervisor told only through its environment and gRPC", () => {
       await expect(launch(own, "0b7c2c7e-9a43-4c1e-8d7e-3f3c1d2a9b10")).rejects.toMatchObject({
         code: status.NOT_FOUND,
       });
+    } finally {
+      client.close();
+    }
+  });
+
+  it("watches its configuration and reports policy revisions with its own credential; bad reports are refused or bounded", async () => {
+    const client = new OpenShellClient(supervisorVars.OPENSHELL_ENDPOINT!, credentials.createInsecure());
+    const own = new Metadata();
+    own.set(SUPERVISOR_METADATA_KEY, `${sandboxId}:${supervisorVars.OPENSHELL_SANDBOX_SECRET}`);
+    const report = (request: Partial<ReportPolicyStatusRequest>, metadata = own) =>
+      new Promise<unknown>((resolve, reject) =>
+        client.reportPolicyStatus(
+          { sandboxId, version: 1, status: PolicyStatus.POLICY_STATUS_LOADED, loadError: "", ...request },
+          metadata,
+          (error, response) => (error ? reject(error) : resolve(response)),
+        ),
+      );
+    try {
+      const first = await new Promise<GetSandboxConfigResponse>((resolve, reject) => {
+        const stream = client.watchSandboxConfig({ sandboxId }, own);
+        stream.once("data", (config: GetSandboxConfigResponse) => {
+          stream.cancel();
+          resolve(config);
+        });
+        stream.on("error", (error: { code?: number }) => {
+          if (error.code !== status.CANCELLED) reject(error);
+        });
+      });
+      expect(first.version).toBe(1);
+      expect(first.policyHash).toMatch(/^[0-9a-f]{64}$/);
+      await expect(report({ sandboxId: "0b7c2c7e-9a43-4c1e-8d7e-3f3c1d2a9b10" })).rejects.toMatchObject({
+        code: status.NOT_FOUND,
+      });
+      await expect(report({ version: 9 })).rejects.toMatchObject({ code: status.NOT_FOUND });
+      await expect(report({ status: PolicyStatus.POLICY_STATUS_PENDING })).rejects.toMatchObject({
+        code: status.INVALID_ARGUMENT,
+      });
+      await expect(report({}, new Metadata())).rejects.toMatchObject({ code: status.UNAUTHENTICATED });
+      // A megabyte of reason is kept as 4096 characters.
+      await report({ status: PolicyStatus.POLICY_STATUS_FAILED, loadError: "x".repeat(1024 * 1024) });
+      const failed = await env.run(["policy", "get", name, "-o", "json"], { env: REMOTE });
+      expect(JSON.parse(failed.stdout)).toMatchObject({ status: "failed", load_error: "x".repeat(4096) });
+      await report({});
+      const loaded = await env.run(["policy", "get", name, "-o", "json"], { env: REMOTE });
+      expect(JSON.parse(loaded.stdout)).toMatchObject({ version: 1, active_version: 1, status: "loaded" });
     } finally {
       client.close();
     }

@@ -74,9 +74,17 @@ export class TestEnv {
     return collect(child, `openshell ${args.join(" ")}`, options);
   }
 
-  /** `sandbox create --name NAME --detach -- sleep infinity`: a sandbox that idles until deleted. */
-  createIdle(name: string, options: RunOptions = {}): Promise<RunResult> {
-    return this.run(["sandbox", "create", "--name", name, "--detach", "--", "sleep", "infinity"], options);
+  /** `sandbox create --name NAME [FLAGS] --detach -- sleep infinity`: a sandbox that idles until deleted. */
+  createIdle(name: string, options: RunOptions = {}, flags: string[] = []): Promise<RunResult> {
+    return this.run(
+      ["sandbox", "create", "--name", name, ...flags, "--detach", "--", "sleep", "infinity"],
+      options,
+    );
+  }
+
+  /** `sandbox exec -n NAME -- sh -c SCRIPT`. */
+  sh(name: string, script: string, options: RunOptions = {}): Promise<RunResult> {
+    return this.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script], options);
   }
 
   /** Starts this environment's gateway on a free port. */

@@ -3,6 +3,7 @@
 // screen, each wait with its own timeout naming the step.
 
 import { type IPty, spawn } from "node-pty";
+import { drainPtyOnClose } from "../../src/host/pty-patch.js";
 
 export interface PtyExit {
   exitCode: number;
@@ -29,6 +30,8 @@ export class PtySession {
       cwd: options.cwd,
       env: { ...options.env, TERM: "xterm-256color" } as Record<string, string>,
     });
+    // What the command prints just before it exits reaches the screen (as in the agent).
+    drainPtyOnClose(this.pty);
     this.pty.onData((data) => {
       this.screen += data;
       for (const listener of [...this.listeners]) listener();

@@ -66,11 +66,24 @@ export class TestRegistry {
     }
   }
 
-  /** Requests for `path` the registry has logged so far (e.g. `/v2/test/manifests/1`). */
+  /**
+   * Requests for `path` the registry has logged so far (e.g. `/v2/test/manifests/1`); a path
+   * ending in `/` counts every request under it (`/v2/test/blobs/`).
+   */
   requests(method: string, path: string): number {
+    const request = path.endsWith("/") ? `"${method} ${path}` : `"${method} ${path} `;
     return this.logText()
       .split("\n")
-      .filter((line) => line.includes(`"${method} ${path} `)).length;
+      .filter((line) => line.includes(request)).length;
+  }
+
+  /** Stops the registry answering (SIGSTOP): connections are accepted and wait, until `resume`. */
+  pause(): void {
+    this.child?.kill("SIGSTOP");
+  }
+
+  resume(): void {
+    this.child?.kill("SIGCONT");
   }
 
   private logText(): string {

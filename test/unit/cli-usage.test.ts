@@ -100,6 +100,36 @@ const usageErrors: [string[], number, RegExp][] = [
   [["gateway", "remove"], 2, /missing required argument 'name'/],
   [["status", "-o", "xml"], 2, /argument 'xml' is invalid/],
   [["ssh-proxy", "--no-such-flag"], 2, /unknown option '--no-such-flag'/],
+  [["policy", "nope"], 2, /unknown command 'nope'/],
+  [["policy", "get", "a", "b"], 2, /too many arguments/],
+  [["policy", "get", "a", "-o", "xml"], 2, /argument 'xml' is invalid/],
+  [["policy", "get", "a", "--rev", "first"], 2, /--rev first: expected a whole number/],
+  [["policy", "get", "a", "--rev", "0"], 2, /--rev 0: expected 1 or more/],
+  [["policy", "set", "a"], 2, /required option '--policy <file>' not specified/],
+  [["policy", "set", "a", "b", "--policy", "p.yaml"], 2, /too many arguments/],
+  [
+    ["policy", "set", "a", "--policy", "p.yaml", "--timeout", "soon"],
+    2,
+    /--timeout soon: expected a whole number/,
+  ],
+  [
+    ["policy", "set", "a", "--policy", "p.yaml", "--timeout", "0"],
+    2,
+    /--timeout 0: expected 1 or more seconds/,
+  ],
+  [
+    ["policy", "set", "a", "--policy", "/no/such/policy.yaml"],
+    1,
+    /failed to read sandbox policy from \/no\/such\/policy.yaml: no such file/,
+  ],
+  [["whoami", "extra"], 2, /too many arguments/],
+  [["whoami", "-o", "xml"], 2, /argument 'xml' is invalid/],
+  [["completions"], 2, /missing required argument 'shell'/],
+  [
+    ["completions", "tcsh"],
+    2,
+    /value 'tcsh' is invalid for argument 'shell'\. Allowed choices are bash, zsh, fish/,
+  ],
 ];
 
 describe("usage errors, in-process", () => {
@@ -158,5 +188,32 @@ describe("the commands' modules", () => {
       ),
     );
     expect(crossings).toEqual([]);
+  });
+});
+
+describe("completions, in-process", () => {
+  it("prints a script for each shell that asks `openshell complete --` on each TAB", async () => {
+    for (const shell of ["bash", "zsh", "fish"]) {
+      const script = await runCli(["completions", shell], { env });
+      expect(script.exitCode, script.stderr).toBe(0);
+      expect(script.stdout).toContain("openshell complete --");
+    }
+  });
+
+  it("completes commands, aliases, options and choices, without a gateway (none is started)", async () => {
+    const complete = async (...words: string[]) => {
+      const result = await runCli(["complete", "--", ...words], { env });
+      expect(result.exitCode, result.stderr).toBe(0);
+      return result.stdout
+        .split("\n")
+        .filter((line) => line !== "" && !line.startsWith(":"))
+        .map((line) => line.split("\t")[0]);
+    };
+    expect(await complete("sandbox", "ex")).toEqual(["exec"]);
+    expect(await complete("sb", "ex")).toEqual(["exec"]);
+    expect(await complete("sandbox", "exec", "--t")).toEqual(["--timeout", "--tty"]);
+    expect(await complete("sandbox", "list", "-o", "")).toEqual(["table", "json", "yaml"]);
+    expect(await complete("sandbox", "exec", "-n", "")).toEqual([]);
+    expect(readdirSync(root)).not.toContain("state");
   });
 });

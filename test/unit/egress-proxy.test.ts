@@ -42,6 +42,14 @@ function readUntil(socket: Socket, pattern: RegExp, step: string, timeoutMs = 10
   });
 }
 
+/** A connection to the proxy at `socketPath` past the preamble, as the forwarder hands it over. */
+async function proxyClient(socketPath: string): Promise<Socket> {
+  const socket = connect(socketPath);
+  socket.write(encodePreamble({ peers: [{ exe: "/usr/bin/curl", ancestors: [] }] }));
+  await readUntil(socket, /^ok\n$/, "the proxy's acknowledgement");
+  return socket;
+}
+
 function closed(socket: Socket): Promise<void> {
   return new Promise((resolve) => {
     if (socket.destroyed) resolve();
@@ -101,13 +109,7 @@ describe("the egress proxy", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** A connection past the preamble, as the forwarder hands it over. */
-  async function client(): Promise<Socket> {
-    const socket = connect(socketPath);
-    socket.write(encodePreamble({ peers: [{ exe: "/usr/bin/curl", ancestors: [] }] }));
-    await readUntil(socket, /^ok\n$/, "the proxy's acknowledgement");
-    return socket;
-  }
+  const client = (): Promise<Socket> => proxyClient(socketPath);
 
   it("keeps its socket private to the pod's user and its directory traversable only", () => {
     expect(statSync(socketPath).mode & 0o777).toBe(0o600);
@@ -206,4 +208,82 @@ describe("the egress proxy", () => {
       socket.destroy();
     },
   );
+});
+
+describe.skipIf(LOCAL_ADDRESS === undefined)("the egress proxy given new rules while it runs", () => {
+  const dir = mkdtempSync(join(tmpdir(), "openshell-egress-live-"));
+  const socketPath = join(dir, "egress", "proxy.sock");
+  let proxy: EgressProxy;
+  let upstream: Server;
+  let port = 0;
+  const only = (host: string): EgressPolicy =>
+    EgressPolicy.compile({
+      lab: { name: "lab", endpoints: [NetworkEndpoint.fromPartial({ host, ports: [port] })], binaries: [] },
+    });
+
+  beforeAll(async () => {
+    upstream = createServer((req, res) => res.end(`hello ${req.url} host=${req.headers.host}\n`));
+    await new Promise<void>((resolve) => upstream.listen(0, "0.0.0.0", resolve));
+    port = (upstream.address() as { port: number }).port;
+    proxy = await startEgressProxy({
+      socketPath,
+      policy: only("app.test"),
+      owner: null,
+      log: () => {},
+      // Both names are this machine: only the rules tell them apart.
+      resolve: async () => [parseIp(LOCAL_ADDRESS!)!],
+    });
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    upstream?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const client = (): Promise<Socket> => proxyClient(socketPath);
+
+  /** A CONNECT's status line, and the socket (a tunnel when 200). */
+  async function tunnel(host: string): Promise<{ status: string; socket: Socket }> {
+    const socket = await client();
+    socket.write(`CONNECT ${host}:${port} HTTP/1.1\r\n\r\n`);
+    const head = await readUntil(socket, /\r\n\r\n/, `the CONNECT ${host} answer`);
+    return { status: head.split("\r\n")[0]!, socket };
+  }
+
+  it("lets example.test through only after the update; a tunnel opened before keeps carrying requests", async () => {
+    const before = await tunnel("example.test");
+    expect(before.status).toBe("HTTP/1.1 403 Forbidden");
+    before.socket.destroy();
+
+    const open = await tunnel("app.test");
+    expect(open.status).toBe("HTTP/1.1 200 Connection Established");
+    open.socket.write(`GET /one HTTP/1.1\r\nHost: app.test:${port}\r\n\r\n`);
+    await readUntil(open.socket, /hello \/one/, "the first request through the open tunnel");
+
+    // A client connection of plain proxy requests, also open across the update.
+    const plain = await client();
+    plain.write(`GET http://app.test:${port}/a HTTP/1.1\r\nHost: app.test:${port}\r\n\r\n`);
+    await readUntil(plain, /hello \/a/, "the first plain request");
+
+    proxy.setPolicy(only("example.test"));
+
+    const after = await tunnel("example.test");
+    expect(after.status).toBe("HTTP/1.1 200 Connection Established");
+    after.socket.write(`GET /new HTTP/1.1\r\nHost: example.test:${port}\r\n\r\n`);
+    await readUntil(after.socket, /hello \/new host=example\.test/, "a request through a new tunnel");
+    after.socket.destroy();
+    const refused = await tunnel("app.test");
+    expect(refused.status).toBe("HTTP/1.1 403 Forbidden");
+    refused.socket.destroy();
+
+    // The tunnel opened before: its bytes still flow.
+    open.socket.write(`GET /two HTTP/1.1\r\nHost: app.test:${port}\r\n\r\n`);
+    await readUntil(open.socket, /hello \/two/, "the second request through the open tunnel");
+    open.socket.destroy();
+    // Each plain request is checked as it comes: the next one on the same connection is refused.
+    plain.write(`GET http://app.test:${port}/b HTTP/1.1\r\nHost: app.test:${port}\r\n\r\n`);
+    await readUntil(plain, /403 Forbidden[\s\S]*denied: not allowed by any network policy/, "the refusal");
+    plain.destroy();
+  });
 });

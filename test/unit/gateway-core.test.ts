@@ -17,13 +17,14 @@ import {
   setPhase,
   setReadyCondition,
 } from "../../src/core/phases.js";
+import { defaultPolicy } from "../../src/core/policy.js";
 import { shellEscape, shellJoin } from "../../src/core/shell.js";
 import { exitCodeOf } from "../../src/core/signals.js";
 import { levelPasses, sourcePasses } from "../../src/gateway/bus.js";
 import { secretsEqual } from "../../src/gateway/service.js";
 import { buildExecCommand } from "../../src/gateway/ssh.js";
-import { hashToken, Store } from "../../src/gateway/store.js";
-import { type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
+import { hashToken, POLICY_REVISIONS_KEPT, Store } from "../../src/gateway/store.js";
+import { PolicyStatus, type Sandbox, SandboxPhase } from "../../src/gen/openshell.js";
 import {
   FILE_CONTENT_NAME,
   fileContentPath,
@@ -282,6 +283,45 @@ describe("the store", () => {
 
     store.deleteSandbox("id-one");
     expect(store.getRuntime("id-one")).toBeUndefined();
+    store.close();
+  });
+
+  it("keeps a sandbox's latest 100 policy revisions across a reopen: pending ones superseded, statuses, and gone with the sandbox", () => {
+    dir = mkdtempSync(join(tmpdir(), "openshell-store-"));
+    const path = join(dir, "openshell.db");
+    let store = new Store(path);
+    const s = sandbox("one");
+    store.createSandbox(s, { sandboxId: "id-one", hostUid: 5, hostGid: 5, supervisorSecret: "secret" });
+    const revision = (version: number) => ({
+      version,
+      hash: `h${version}`,
+      policy: { ...defaultPolicy(), version },
+      status: PolicyStatus.POLICY_STATUS_PENDING,
+      loadError: "",
+      createdAtMs: version,
+      loadedAtMs: 0,
+    });
+    store.addPolicyRevision(s, revision(1));
+    store.addPolicyRevision(s, revision(2));
+    expect(store.setPolicyStatus("id-one", 2, PolicyStatus.POLICY_STATUS_LOADED, "", 99)).toBe(true);
+    expect(store.setPolicyStatus("id-one", 7, PolicyStatus.POLICY_STATUS_LOADED, "", 99)).toBe(false);
+    store.close();
+
+    store = new Store(path);
+    expect(store.policyRevision("id-one")).toMatchObject({
+      version: 2,
+      status: PolicyStatus.POLICY_STATUS_LOADED,
+      loadedAtMs: 99,
+      policy: { version: 2 },
+    });
+    expect(store.policyRevision("id-one", 1)?.status).toBe(PolicyStatus.POLICY_STATUS_SUPERSEDED);
+    for (let version = 3; version <= POLICY_REVISIONS_KEPT + 2; version++) {
+      store.addPolicyRevision(s, revision(version));
+    }
+    expect(store.policyRevision("id-one", 2)).toBeUndefined();
+    expect(store.policyRevision("id-one", 3)?.version).toBe(3);
+    store.deleteSandbox("id-one");
+    expect(store.policyRevision("id-one")).toBeUndefined();
     store.close();
   });
 });

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { OpenShellError } from "../../src/core/errors.js";
 import {
   generateSandboxName,
+  imageReference,
   parseEnvFlag,
   parseLabelFlag,
   parseSelector,
@@ -365,5 +366,15 @@ describe("validateWorkspaceName", () => {
     }
     expect(validateWorkspaceName("a".repeat(20))).toBe("workspace exceeds maximum length (20 > 19)");
     expect(validateWorkspaceName("a--b")).toBe("workspace must not contain consecutive hyphens");
+  });
+});
+
+describe("imageReference", () => {
+  it("puts a community name under the community registry, tagged latest, and leaves any other source as it is", () => {
+    expect(imageReference("base")).toBe("ghcr.io/nvidia/openshell-community/sandboxes/base:latest");
+    expect(imageReference("ollama", "127.0.0.1:5000/mine//")).toBe("127.0.0.1:5000/mine/ollama:latest");
+    for (const source of ["team/img", "img:1", "registry.example.com", "/abs/img.tar", "Base", "a.b"]) {
+      expect(imageReference(source)).toBe(source);
+    }
   });
 });

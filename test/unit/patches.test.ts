@@ -10,6 +10,7 @@ import { spawn } from "node-pty";
 import { describe, expect, it, vi } from "vitest";
 import {
   BULK_WINDOW_BYTES,
+  drainPtyOnClose,
   installPatches,
   PATCH_NAMES,
   PatchUnavailable,
@@ -54,6 +55,29 @@ describe("the patches module", () => {
       session.destroy();
       server.forceShutdown();
     }
+  });
+
+  it("pty-drain-on-close: what a child prints before it exits arrives before the exit, also on a paused terminal", async () => {
+    // Paused, nothing is read until node-pty closes the terminal after the exit:
+    // without the patch every byte is lost (node-pty's own behaviour).
+    for (const encoding of [null, "utf8"] as const) {
+      const term = spawn("/bin/sh", ["-c", "head -c 2000 /dev/zero | tr '\\0' x; printf 'last line\\n'"], {
+        encoding,
+      });
+      drainPtyOnClose(term);
+      let output = "";
+      term.onData((data: string | Buffer) => {
+        output += data.toString();
+      });
+      term.pause();
+      const exit = await new Promise<{ exitCode: number }>((resolve) => term.onExit(resolve));
+      expect(exit.exitCode).toBe(0);
+      expect(output).toBe(`${"x".repeat(2000)}last line\r\n`);
+    }
+    expect(() => drainPtyOnClose({})).toThrow(/pty-drain-on-close: a terminal has no _socket stream/);
+    expect(() => drainPtyOnClose({ _socket: { destroy() {}, read() {}, _handle: {} } })).toThrow(
+      /pty-drain-on-close: a terminal's _socket has no _handle\.fd/,
+    );
   });
 
   it("pty-input-queue: node-pty's queue holds what a child has not read yet, and drains", async () => {

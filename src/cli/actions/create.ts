@@ -171,6 +171,7 @@ export async function sandboxCreate(ctx: CommandContext, o: CreateOptions): Prom
     },
     sizes: fileSizes,
     fill: (slots) => readFileContents(fileSpecs, slots),
+    holdsForUploads: gated && uploads.length > 0,
     refuseTtl: () => ttlUnsupported(api.gateway.name, "--ttl"),
     refuseFiles: () =>
       new OpenShellError(

@@ -12,7 +12,7 @@ export function addSandboxCreate(sandbox: CommandUnknownOpts, runner: Runner): v
     .option("--name <name>", "sandbox name (lowercase letters, digits, hyphens; at most 19)")
     .option(
       "--from <source>",
-      "run from an image: a reference (registry/repo:tag or @sha256:...), a community name (base), or a local OCI/docker archive, OCI layout or root filesystem directory",
+      "run from an image: a reference (registry/repo:tag or @sha256:...), a community name (base), a local OCI/docker archive, OCI layout or root filesystem directory, or a Dockerfile (or a directory holding one; built with buildah)",
     )
     .option("--label <key=value>", "label (repeatable)", collect, [])
     .option(

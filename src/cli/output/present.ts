@@ -6,6 +6,7 @@ import { effectiveMode, formatBytes, formatMode } from "../../core/files.js";
 import { describeLimits, limitsToResources, resourcesToLimits } from "../../core/limits.js";
 import { mainExitStatus, phaseName, readyFalseMessage } from "../../core/phases.js";
 import { policyToDocument, policyToYaml } from "../../core/policy.js";
+import { ANNOTATION_IMAGE_DIGEST } from "../../core/protocol.js";
 import { escapeForTerminal } from "../../core/terminal-text.js";
 import { type Sandbox, SandboxPhase, type SandboxUsage } from "../../gen/openshell.js";
 import { table, type Ui } from "./ui.js";
@@ -40,6 +41,11 @@ export function sandboxDocument(sandbox: Sandbox, options: { full?: boolean } = 
     expires_at: isoTime(status?.expiresAtMs),
     current_policy_version: status?.currentPolicyVersion ?? 0,
   };
+  const image = imageOf(sandbox);
+  if (image) {
+    document.image = image.reference;
+    document.image_digest = image.digest ?? null;
+  }
   if (status?.exitCode !== undefined) document.exit_code = status.exitCode;
   // Set once the main command has ended (the sandbox stays usable); null while it runs.
   document.main_exit_status = mainExitStatus(sandbox) ?? null;
@@ -140,6 +146,13 @@ export function printSandboxList(ui: Ui, sandboxes: Sandbox[]): void {
   });
 }
 
+/** The image a sandbox runs (`template.image`) and the manifest digest it resolved to, when the gateway says. */
+function imageOf(sandbox: Sandbox): { reference: string; digest: string | undefined } | undefined {
+  const reference = sandbox.spec?.template?.image;
+  if (!reference) return undefined;
+  return { reference, digest: sandbox.metadata?.annotations[ANNOTATION_IMAGE_DIGEST] };
+}
+
 export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   const meta = sandbox.metadata!;
   const status = sandbox.status;
@@ -158,6 +171,15 @@ export function printSandboxDetails(ui: Ui, sandbox: Sandbox): void {
   if (completed !== undefined) ui.data(`  ${label("Main command:")} completed, exit status ${completed}`);
   else if (status?.exitCode !== undefined) ui.data(`  ${label("Exit code:")} ${status.exitCode}`);
   ui.data(`  ${label("Resource version:")} ${meta.resourceVersion}`);
+  const image = imageOf(sandbox);
+  if (image) {
+    // The creator's text (and, from another gateway, any annotation): escaped, as any other.
+    const digest = image.digest ? ` (${image.digest})` : "";
+    ui.data(`  ${label("Image:")} ${escapeForTerminal(image.reference + digest)}`);
+  }
+  if (status?.currentPolicyVersion) {
+    ui.data(`  ${label("Policy revision:")} ${status.currentPolicyVersion} in force`);
+  }
   ui.data(`  ${label("Command:")} ${(sandbox.spec?.command ?? []).join(" ")}`);
   const limits = resourcesToLimits(sandbox.spec?.template?.resources);
   if (typeof limits === "object") ui.data(`  ${label("Limits:")} ${describeLimits(limits)}`);

@@ -30,6 +30,15 @@ export function defaultPolicy(): SandboxPolicy {
   };
 }
 
+/**
+ * Where an image carries its own policy, used when a create gives none (as upstream's supervisor
+ * looks): upstream's path first, then its legacy one, which community images still use.
+ */
+export const IMAGE_POLICY_PATHS: readonly string[] = [
+  "/etc/openshell/policy.yaml",
+  "/etc/navigator/policy.yaml",
+];
+
 /** The default policy as a frozen value; use `defaultPolicy()` for a copy to modify. */
 export const DEFAULT_POLICY: Readonly<SandboxPolicy> = deepFreeze(defaultPolicy());
 

@@ -14,7 +14,7 @@ import { finished, Readable, Writable } from "node:stream";
 import { type IPty, spawn as spawnPty } from "node-pty";
 import { signalName, signalNumber } from "../../core/signals.js";
 import { orElse } from "../../host/fs.js";
-import { PatchUnavailable, ptyInputQueue } from "../../host/pty-patch.js";
+import { drainPtyOnClose, PatchUnavailable, ptyInputQueue } from "../../host/pty-patch.js";
 
 export interface ChildCommand {
   /** The program: a path, or a name looked up on `env.PATH`. */
@@ -287,7 +287,10 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
       done(killedBy ? { code: 128 + (signal ?? 0), signal: killedBy } : { code: exitCode, signal: null });
     });
   });
-  const writeQueue = inputQueue(term);
+  // node-pty's queue of unwritten input, to wait on (without it input is not held back).
+  const writeQueue = patchTerminal(() => ptyInputQueue(term));
+  // Everything printed before the exit is delivered, even when paused or late on a loaded host.
+  patchTerminal(() => drainPtyOnClose(term));
   const stdin = new Writable({
     write(chunk: Buffer, _encoding, callback) {
       if (hasExited) return callback();
@@ -317,19 +320,16 @@ function startOnPty(command: ChildCommand, program: ResolvedProgram, spec: PtySp
   };
 }
 
-let queueUnavailableReported = false;
+const unavailableReported = new Set<string>();
 
-/**
- * node-pty's queue of unwritten input, to wait on; without it (reported once
- * on the agent's stderr, which its supervisor logs) input is not held back.
- */
-function inputQueue(term: IPty): { readonly length: number } | undefined {
+/** Runs a per-terminal patch; one whose internal is missing is reported once on the agent's stderr (its supervisor logs it). */
+function patchTerminal<T>(patch: () => T): T | undefined {
   try {
-    return ptyInputQueue(term);
+    return patch();
   } catch (error) {
     if (!(error instanceof PatchUnavailable)) throw error;
-    if (!queueUnavailableReported) process.stderr.write(`openshell agent: ${error.message}\n`);
-    queueUnavailableReported = true;
+    if (!unavailableReported.has(error.patch)) process.stderr.write(`openshell agent: ${error.message}\n`);
+    unavailableReported.add(error.patch);
     return undefined;
   }
 }

@@ -65,6 +65,12 @@ export interface EgressProxyOptions {
 
 export interface EgressProxy {
   socketPath: string;
+  /**
+   * Replaces the rules (a live policy update): each connection and each
+   * proxied request opened from now on is checked against them; tunnels
+   * already open keep going.
+   */
+  setPolicy(policy: EgressPolicy): void;
   close(): Promise<void>;
 }
 
@@ -93,6 +99,7 @@ type Decision =
 
 export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressProxy> {
   const resolve = o.resolve ?? resolveSystem;
+  let policy = o.policy;
   const peersOf = new WeakMap<Duplex, EgressPeer[]>();
   const open = new Set<Socket>();
 
@@ -102,7 +109,7 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
   };
 
   const decide = async (target: EgressTarget, socket: Duplex): Promise<Decision> => {
-    const match = o.policy.match(target, peersOf.get(socket));
+    const match = policy.match(target, peersOf.get(socket));
     if (!match.allowed) return { allowed: false, status: 403, reason: match.reason };
     const literal = parseIp(target.host);
     let addresses: IpAddress[];
@@ -277,11 +284,15 @@ export async function startEgressProxy(o: EgressProxyOptions): Promise<EgressPro
   chmodSync(o.socketPath, 0o600);
   if (o.owner !== null) chownSync(o.socketPath, o.owner.uid, o.owner.gid);
   chmodSync(dir, 0o711);
-  for (const warning of o.policy.warnings) o.log("WARN", `egress: ${warning}`);
+  for (const warning of policy.warnings) o.log("WARN", `egress: ${warning}`);
 
   let closing: Promise<void> | undefined;
   return {
     socketPath: o.socketPath,
+    setPolicy: (next) => {
+      policy = next;
+      for (const warning of next.warnings) o.log("WARN", `egress: ${warning}`);
+    },
     close: () => {
       closing ??= (async () => {
         const closed = new Promise<void>((done) => unix.close(() => done()));
