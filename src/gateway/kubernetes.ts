@@ -25,7 +25,7 @@
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
-import { join } from "node:path";
+import { isAbsolute, join } from "node:path";
 import {
   ApiException,
   type ConfigurationOptions,
@@ -301,6 +301,10 @@ export class KubernetesDriver implements ComputeDriver {
   }
 
   refuseTemplate(sandbox: Pick<Sandbox, "spec">): string | undefined {
+    // A path names an archive, a root or a Dockerfile on the gateway's host, which no node can pull.
+    if (isAbsolute(sandbox.spec?.template?.image ?? "")) {
+      return "spec.template.image: the kubernetes driver runs images from a registry; push the image and name its reference";
+    }
     if (Object.keys(sandbox.spec?.template?.driverConfig ?? {}).length > 0) {
       return "spec.template.driver_config: the kubernetes driver takes its settings from `gateway start`, not from a create";
     }

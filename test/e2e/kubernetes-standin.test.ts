@@ -91,6 +91,8 @@ async function create(
   seen: Seen;
   until: (step: string, probe: (seen: Seen) => boolean) => Promise<void>;
   end: () => void;
+  /** Stops following it and deletes it. */
+  finish: () => Promise<void>;
 }> {
   const response = await new Promise<Sandbox>((resolve, reject) =>
     client.createSandbox(
@@ -134,7 +136,19 @@ async function create(
     });
   const pod = podName(id);
   if (awaitPod) await standin.until(`${name}'s pod create`, 10_000, () => standin.pod(pod));
-  return { id, pod, seen, until, end: () => stream.cancel() };
+  const finish = async (): Promise<void> => {
+    stream.cancel();
+    await remove(name);
+  };
+  return { id, pod, seen, until, end: () => stream.cancel(), finish };
+}
+
+/** A pod's status with its sandbox container in `state`, as a kubelet reports it. */
+function sandboxContainer(phase: string, state: Record<string, unknown>): Record<string, unknown> {
+  return {
+    phase,
+    containerStatuses: [{ name: "sandbox", ready: false, restartCount: 0, image: "x", imageID: "", state }],
+  };
 }
 
 function remove(name: string): Promise<void> {
@@ -166,8 +180,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
         ),
       ),
     );
-    sandbox.end();
-    await remove("k-progress");
+    await sandbox.finish();
     expect(standin.pod(pod)).toBeUndefined();
     expect(standin.names("secrets")).not.toContain(`openshell-${sandbox.id}`);
   });
@@ -176,29 +189,16 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     const sandbox = await create("k-pull", "registry.example/missing:9");
     const pod = sandbox.pod;
     standin.updatePod(pod, (p) => {
-      p.status = {
-        phase: "Pending",
-        containerStatuses: [
-          {
-            name: "sandbox",
-            ready: false,
-            restartCount: 0,
-            image: "registry.example/missing:9",
-            imageID: "",
-            state: {
-              waiting: {
-                reason: "ErrImagePull",
-                message: 'failed to pull image "registry.example/missing:9": not found',
-              },
-            },
-          },
-        ],
-      };
+      p.status = sandboxContainer("Pending", {
+        waiting: {
+          reason: "ErrImagePull",
+          message: 'failed to pull image "registry.example/missing:9": not found',
+        },
+      });
     });
     await sandbox.until("Error ErrImagePull", inError("ErrImagePull"));
     expect(ready(sandbox.seen)?.message).toContain('registry.example/missing:9": not found');
-    sandbox.end();
-    await remove("k-pull");
+    await sandbox.finish();
   });
 
   it("loses no phase change while its watch is down: it resumes from the last resourceVersion it saw", async () => {
@@ -208,19 +208,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     standin.watchesDownNow();
     // The container is killed at its memory limit while no watch is open.
     standin.updatePod(pod, (p) => {
-      p.status = {
-        phase: "Failed",
-        containerStatuses: [
-          {
-            name: "sandbox",
-            ready: false,
-            restartCount: 0,
-            image: "x",
-            imageID: "",
-            state: { terminated: { exitCode: 137, reason: "OOMKilled" } },
-          },
-        ],
-      };
+      p.status = sandboxContainer("Failed", { terminated: { exitCode: 137, reason: "OOMKilled" } });
     });
     const changedAt = Number(standin.pod(pod)!.metadata!.resourceVersion);
     // At least one reconnect was refused while down.
@@ -244,8 +232,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
         standin.calls.indexOf(call) > before,
     );
     expect(resumed, "a watch resumed from a version before the change").toBeDefined();
-    sandbox.end();
-    await remove("k-resume");
+    await sandbox.finish();
   });
 
   it("gives up a watch whose server never answers, and opens it again", async () => {
@@ -271,8 +258,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
       };
     });
     await sandbox.until("Error Evicted", inError("Evicted"));
-    sandbox.end();
-    await remove("k-watch-hang");
+    await sandbox.finish();
   });
 
   it("deletes with preconditions: a pod recreated meanwhile (another uid) is left alone, a changed one is deleted", async () => {
@@ -313,8 +299,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     await sandbox.until("Error KubernetesApiTimeout", inError("KubernetesApiTimeout"));
     standin.answer("create", "pods");
     expect(ready(sandbox.seen)?.message).toMatch(/did not answer create pods within 2 s/);
-    sandbox.end();
-    await remove("k-hang");
+    await sandbox.finish();
   });
 
   it("fails a pod that never schedules after the bound, with the scheduler's message", async () => {
@@ -323,8 +308,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     standin.podEvent(pod, "FailedScheduling", "0/3 nodes are available: 3 Insufficient memory.", "Warning");
     await sandbox.until("Error Unschedulable", inError("Unschedulable"));
     expect(ready(sandbox.seen)?.message).toContain("3 Insufficient memory");
-    sandbox.end();
-    await remove("k-unsched");
+    await sandbox.finish();
   });
 
   it("turns an evicted pod, and a pod deleted behind its back, into the sandbox's Error with the reason", async () => {
@@ -412,7 +396,7 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     await remove("k-restart");
   });
 
-  it("refuses --pids, which only the kubelet bounds, naming why; no pod is made", async () => {
+  it("refuses --pids, which only the kubelet bounds, and an image on the gateway's host, naming why; no pod is made", async () => {
     const pods = standin.names("pods").length;
     const refused = await new Promise<{ code?: number; details?: string }>((resolve) =>
       client.createSandbox(
@@ -425,6 +409,18 @@ describe("the Kubernetes driver against a stand-in API server", () => {
     );
     expect(refused.code).toBe(9);
     expect(refused.details).toMatch(/cannot enforce --pids on Kubernetes: .*podPidsLimit/);
+    expect(standin.names("pods").length).toBe(pods);
+    const archive = await new Promise<{ code?: number; details?: string }>((resolve) =>
+      client.createSandbox(
+        CreateSandboxRequest.fromPartial({
+          name: "k-archive",
+          spec: { command: ["true"], template: { image: "/home/me/image.tar" } },
+        }),
+        (error) => resolve(error ?? {}),
+      ),
+    );
+    expect(archive.code).toBe(12);
+    expect(archive.details).toMatch(/runs images from a registry; push the image and name its reference/);
     expect(standin.names("pods").length).toBe(pods);
   });
 
@@ -491,24 +487,12 @@ describe("gateway start --driver kubernetes, through the CLI", () => {
       cluster.names("pods").length > 0 ? cluster.pod(cluster.names("pods")[0]!) : undefined,
     );
     cluster.updatePod(pod.metadata!.name as string, (p) => {
-      p.status = {
-        phase: "Pending",
-        containerStatuses: [
-          {
-            name: "sandbox",
-            ready: false,
-            restartCount: 0,
-            image: "registry.example/tool:2",
-            imageID: "",
-            state: {
-              waiting: {
-                reason: "ImagePullBackOff",
-                message: 'Back-off pulling image "registry.example/tool:2"',
-              },
-            },
-          },
-        ],
-      };
+      p.status = sandboxContainer("Pending", {
+        waiting: {
+          reason: "ImagePullBackOff",
+          message: 'Back-off pulling image "registry.example/tool:2"',
+        },
+      });
     });
     const created = await creating;
     expect(created.code).toBe(1);
