@@ -36,6 +36,9 @@ export const POD_TLS_DIR = "/etc/openshell/tls";
 /** The environment variable naming the CA certificate the supervisor trusts. */
 export const TLS_CA_ENV = "OPENSHELL_TLS_CA";
 
+/** How long a deleted pod's supervisor has to stop its sandbox before it is killed. */
+export const TERMINATION_GRACE_SECONDS = 10;
+
 export const SANDBOX_ID_ANNOTATION = "openshell.io/sandbox-id";
 export const INSTANCE_ANNOTATION = "openshell.io/instance-id";
 export const SANDBOX_NAME_ANNOTATION = "openshell.io/sandbox-name";
@@ -190,7 +193,7 @@ export function renderPod(settings: PodSettings, run: PodRun): KubeObject {
       enableServiceLinks: false,
       ...(settings.userNamespaces ? { hostUsers: false } : {}),
       ...(template?.runtimeClassName ? { runtimeClassName: template.runtimeClassName } : {}),
-      terminationGracePeriodSeconds: 10,
+      terminationGracePeriodSeconds: TERMINATION_GRACE_SECONDS,
       securityContext: { seccompProfile: { type: "RuntimeDefault" } },
       initContainers: [
         {

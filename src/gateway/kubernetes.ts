@@ -63,6 +63,7 @@ import {
   renderSecret,
   SANDBOX_ID_ANNOTATION,
   secretName,
+  TERMINATION_GRACE_SECONDS,
 } from "./kubernetes-pod.js";
 
 /** Every call the driver makes, by resource and verb: the Role grants exactly these. */
@@ -479,7 +480,8 @@ export class KubernetesDriver implements ComputeDriver {
   /** Resolves once the pod of `uid` is gone: seen deleted by the watch, or not found. */
   private async podGone(sandboxId: string, uid: string | undefined): Promise<void> {
     const run = this.runs.get(sandboxId);
-    const deadline = Date.now() + 30_000 + 10_000;
+    // As upstream: the pod's grace period and 30 s more.
+    const deadline = Date.now() + (TERMINATION_GRACE_SECONDS + 30) * 1000;
     while (Date.now() < deadline && !this.closed) {
       const pod = await this.getPod(sandboxId);
       if (!pod || pod.metadata?.uid !== uid) return;
