@@ -1,6 +1,7 @@
 // Builds dist/ from src/ with esbuild: one ESM bundle per entry point, with
 // shared chunks split out so each command loads only what it runs. Native
-// modules stay external and load from node_modules. The API's entry
+// modules, and the Kubernetes client (loaded only by `gateway start --driver
+// kubernetes`, 4 MiB bundled), stay external and load from node_modules. The API's entry
 // (dist/api.mjs) gets its declarations from tsc, in dist/types/.
 
 import { spawnSync } from "node:child_process";
@@ -34,7 +35,7 @@ await build({
   target: "node20",
   sourcemap: "linked",
   chunkNames: "chunks/[name]-[hash]",
-  external: ["better-sqlite3", "node-pty", "ssh2", "cpu-features"],
+  external: ["better-sqlite3", "node-pty", "ssh2", "cpu-features", "@kubernetes/client-node"],
   banner: {
     js: "import { createRequire as __openshellCreateRequire } from 'node:module'; const require = __openshellCreateRequire(import.meta.url);",
   },

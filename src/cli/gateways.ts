@@ -104,6 +104,11 @@ export interface StartFlags {
   sshSessionTtl?: number | undefined;
   logMaxSize?: number | undefined;
   logMaxFiles?: number | undefined;
+  /** `local` or `kubernetes`. */
+  driver?: string | undefined;
+  kubeconfig?: string | undefined;
+  kubeContext?: string | undefined;
+  kubeNamespace?: string | undefined;
 }
 
 /** Bounds of what a sandbox's log may hold on disk: size per file (MiB) and number of files. */
@@ -174,6 +179,7 @@ export function resolveStartSettings(
   if (logFiles !== undefined) settings.log_max_files = logFiles;
 
   const tls = settings.tls_generated === true || settings.tls_cert_file !== undefined;
+  resolveDriver(flags, previous, settings, tls);
   if (!tls && settings.client_ca_file !== undefined) {
     throw usageError("--client-ca needs TLS: add --tls (generates a certificate) or --tls-cert/--tls-key");
   }
@@ -246,6 +252,46 @@ export function checkTlsFiles(settings: LocalGatewaySettings): void {
   if (settings.client_ca_file) pemCertificates("--client-ca", settings.client_ca_file);
 }
 
+/**
+ * `--driver` and the cluster's flags: given, else as last started. The
+ * Kubernetes driver needs TLS: its pods reach the gateway over the cluster's
+ * network with their credential.
+ */
+function resolveDriver(
+  flags: StartFlags,
+  previous: LocalGatewaySettings | undefined,
+  settings: LocalGatewaySettings,
+  tls: boolean,
+): void {
+  if (flags.driver !== undefined && flags.driver !== "local" && flags.driver !== "kubernetes") {
+    throw usageError(`--driver ${flags.driver}: expected local (the default) or kubernetes`);
+  }
+  const kubernetes =
+    flags.driver === "kubernetes" || (flags.driver === undefined && previous?.driver === "kubernetes");
+  const kubeFlags = [
+    ["--kubeconfig", flags.kubeconfig],
+    ["--kube-context", flags.kubeContext],
+    ["--kube-namespace", flags.kubeNamespace],
+  ].filter(([, value]) => value !== undefined);
+  if (!kubernetes) {
+    if (kubeFlags.length > 0) throw usageError(`${kubeFlags[0]![0]} needs --driver kubernetes`);
+    return;
+  }
+  if (!tls) {
+    throw usageError(
+      "--driver kubernetes needs TLS: add --tls (generates a CA and certificate) or --tls-cert/--tls-key",
+    );
+  }
+  settings.driver = "kubernetes";
+  const same = flags.driver === undefined || previous?.driver === "kubernetes";
+  const kubeconfig = flags.kubeconfig ?? (same ? previous?.kubeconfig : undefined);
+  if (kubeconfig !== undefined) settings.kubeconfig = resolve(kubeconfig);
+  const context = flags.kubeContext ?? (same ? previous?.kube_context : undefined);
+  if (context !== undefined) settings.kube_context = context;
+  const namespace = flags.kubeNamespace ?? (same ? previous?.kube_namespace : undefined);
+  if (namespace !== undefined) settings.kube_namespace = namespace;
+}
+
 /** Arguments that carry the settings to the gateway process (never the token itself). */
 export function gatewayProcessArgs(name: string, settings: LocalGatewaySettings): string[] {
   return [
@@ -263,6 +309,16 @@ export function gatewayProcessArgs(name: string, settings: LocalGatewaySettings)
       : []),
     ...(settings.log_max_size_mib !== undefined ? ["--log-max-size", String(settings.log_max_size_mib)] : []),
     ...(settings.log_max_files !== undefined ? ["--log-max-files", String(settings.log_max_files)] : []),
+    ...(settings.driver === "kubernetes"
+      ? [
+          "--driver",
+          "kubernetes",
+          ...(settings.kubeconfig !== undefined ? ["--kubeconfig", settings.kubeconfig] : []),
+          ...(settings.kube_context !== undefined ? ["--kube-context", settings.kube_context] : []),
+          ...(settings.kube_namespace !== undefined ? ["--kube-namespace", settings.kube_namespace] : []),
+          ...(settings.tls_generated ? ["--gateway-ca", gatewayTlsFiles(name).caFile] : []),
+        ]
+      : []),
   ];
 }
 

@@ -16,7 +16,31 @@ import { processAlive } from "../host/process.js";
 import { VERSION } from "../host/version.js";
 import { parseDenyList, SECCOMP_DENY_ENV } from "../runtime/contract.js";
 import { logFileLimits } from "./bus.js";
-import { startGateway } from "./server.js";
+import { type DriverChoice, startGateway } from "./server.js";
+
+/**
+ * `--driver` with the Kubernetes driver's flags as a hosted gateway takes
+ * them; the CA pods trust defaults to the gateway's certificate file, which
+ * then must hold the chain up to its CA (OPENSHELL_K8S_GATEWAY_CA names another).
+ */
+export function driverChoice(flags: {
+  driver?: string | undefined;
+  kubeconfig?: string | undefined;
+  context?: string | undefined;
+  namespace?: string | undefined;
+  caFile?: string | undefined;
+}): DriverChoice {
+  if (flags.driver === undefined || flags.driver === "local") return { kind: "local" };
+  if (flags.driver !== "kubernetes")
+    throw new Error(`--driver ${flags.driver}: expected local or kubernetes`);
+  return {
+    kind: "kubernetes",
+    kubeconfig: flags.kubeconfig,
+    context: flags.context,
+    namespace: flags.namespace,
+    caFile: flags.caFile,
+  };
+}
 
 /** What a hosted gateway records in `gateway.json` (and the background one prints once ready). */
 export interface GatewayRuntimeInfo {
@@ -43,6 +67,8 @@ export interface HostOptions {
   sshSessionTtlSecs?: number | undefined;
   logMaxSizeMib?: number | undefined;
   logMaxFiles?: number | undefined;
+  /** What runs sandboxes (driverChoice); the local runtime when absent. */
+  driver?: DriverChoice | undefined;
   /** Where an error that escapes a session is written, with its stack. */
   logError: (entry: string) => void;
 }
@@ -103,6 +129,7 @@ export async function hostGateway(options: HostOptions): Promise<HostedGateway> 
     tls,
     ...(options.sshSessionTtlSecs !== undefined ? { sshSessionTtlSecs: options.sshSessionTtlSecs } : {}),
     logLimits: logFileLimits(options.logMaxSizeMib, options.logMaxFiles),
+    driver: options.driver,
   });
   const info: GatewayRuntimeInfo = {
     pid: process.pid,

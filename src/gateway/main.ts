@@ -8,7 +8,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { LOG_FILES_MAX } from "./bus.js";
-import { hostGateway } from "./host.js";
+import { driverChoice, hostGateway } from "./host.js";
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -25,6 +25,12 @@ async function main(): Promise<void> {
       "ssh-session-ttl": { type: "string" },
       "log-max-size": { type: "string" },
       "log-max-files": { type: "string" },
+      driver: { type: "string", default: "local" },
+      kubeconfig: { type: "string" },
+      "kube-context": { type: "string" },
+      "kube-namespace": { type: "string" },
+      // The CA certificate (PEM) that pods of the Kubernetes driver trust for this gateway.
+      "gateway-ca": { type: "string" },
     },
   });
   const stateDir = values["state-dir"];
@@ -55,6 +61,13 @@ async function main(): Promise<void> {
     sshSessionTtlSecs: ttlText === undefined ? undefined : Number(ttlText),
     logMaxSizeMib: logNumber("log-max-size", 1024),
     logMaxFiles: logNumber("log-max-files", LOG_FILES_MAX),
+    driver: driverChoice({
+      driver: values.driver,
+      kubeconfig: values.kubeconfig,
+      context: values["kube-context"],
+      namespace: values["kube-namespace"],
+      caFile: values["gateway-ca"] ?? values["tls-cert"],
+    }),
     logError: (entry) => process.stderr.write(`${new Date().toISOString()} ERROR ${entry}\n`),
   });
   process.stderr.write(

@@ -20,19 +20,21 @@ import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { setPriority } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
+import type { Limits } from "../core/limits.js";
+import type { Sandbox } from "../gen/openshell.js";
 import { orElse } from "../host/fs.js";
 import { identityAlive, mallocTunables, type ProcessIdentity, processIdentity } from "../host/process.js";
-import { destroySandboxCgroups, findSandboxCgroups } from "../runtime/cgroups.js";
+import { destroySandboxCgroups, findSandboxCgroups, sweepIdleCgroups } from "../runtime/cgroups.js";
 import {
   POD_SUPPORT_DIR_ENV,
   SECCOMP_DENY_ENV,
   SUPERVISOR_ENV,
   type SupervisorLaunch,
-  type SupervisorReport,
   supervisorEnv,
 } from "../runtime/contract.js";
-import { unmountGuestDisk } from "../runtime/guest-disk.js";
+import { sweepGuestDisks, unmountGuestDisk } from "../runtime/guest-disk.js";
 import { removeSharedMemoryStaging } from "../runtime/staging.js";
+import type { ComputeDriver, DriverEvents } from "./driver.js";
 
 /** The longest a used spare supervisor goes unreplaced while its sandbox starts. */
 const SPARE_DELAY_MS = 2000;
@@ -57,12 +59,6 @@ function renice(pid: number | undefined, niceness: number): void {
       // Gone, or not permitted: the priority is an optimisation only.
     }
   }
-}
-
-export interface RuntimeEvents {
-  report(sandboxId: string, report: SupervisorReport): void;
-  exited(sandboxId: string, instanceId: string, code: number | null, signal: string | null): void;
-  stderr(sandboxId: string, line: string): void;
 }
 
 interface Running {
@@ -92,7 +88,10 @@ export function readSupervisorRecord(sandboxDir: string): ProcessIdentity | unde
 /** The environment variable that starts supervisors as remote ones (see the header). */
 export const SUPERVISOR_MODE_ENV = "OPENSHELL_SUPERVISOR_MODE";
 
-export class LocalRuntime {
+export class LocalRuntime implements ComputeDriver {
+  readonly kind = "local";
+  readonly hostCgroups = true;
+  readonly pullsImages = false;
   private readonly running = new Map<string, Running>();
   /**
    * One supervisor started ahead of need, already connected to the gateway:
@@ -106,10 +105,36 @@ export class LocalRuntime {
     readonly sandboxesRoot: string,
     private readonly supervisorScript: string,
     private readonly gatewayTarget: string,
-    private readonly events: RuntimeEvents,
+    private readonly events: DriverEvents,
     /** Remote mode (see the header): no spare, no stdin, no files read from this host. */
     readonly remote = process.env[SUPERVISOR_MODE_ENV] === "remote",
   ) {}
+
+  async open(): Promise<void> {}
+
+  /** Disks left mounted, and idle control groups, of sandboxes that need them no longer. */
+  async sweep(sandboxes: { live: ReadonlySet<string> }): Promise<void> {
+    await sweepGuestDisks(this.sandboxesRoot, (id) => sandboxes.live.has(id));
+    sweepIdleCgroups();
+  }
+
+  refuseLimits(limits: Limits): string | undefined {
+    if (limits.diskBytes !== undefined && process.getuid?.() !== 0) {
+      return "cannot enforce the disk limit on this host: only a gateway running as root gives each sandbox a filesystem of its own";
+    }
+    return undefined;
+  }
+
+  refuseTemplate(sandbox: Pick<Sandbox, "spec">): string | undefined {
+    const template = sandbox.spec?.template;
+    if ((template?.runtimeClassName ?? "") !== "") {
+      return "spec.template.runtime_class_name: this gateway's runtime (bubblewrap) has no runtime classes";
+    }
+    if (Object.keys(template?.driverConfig ?? {}).length > 0) {
+      return "spec.template.driver_config: this gateway's runtime (bubblewrap) takes no driver configuration";
+    }
+    return undefined;
+  }
 
   /**
    * A supervisor process, told its identity in its environment, or (a
@@ -188,7 +213,7 @@ export class LocalRuntime {
     return this.running.has(sandboxId);
   }
 
-  start(launch: SupervisorLaunch, secret: string): void {
+  start(launch: SupervisorLaunch, secret: string, _sandbox?: Sandbox): void {
     // Staging a killed supervisor left behind; its pod is gone.
     removeSharedMemoryStaging(launch.sandboxId);
     const env = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.gatewayTarget, secret });

@@ -47,6 +47,7 @@ import {
 } from "../core/limits.js";
 import {
   generateSandboxName,
+  imageReference,
   parseSelector,
   validateCommand,
   validateEnvironment,
@@ -103,9 +104,9 @@ import type { SupervisorLaunch, SupervisorReport } from "../runtime/contract.js"
 import { fileContentPath, readFileContent, writeFileContent } from "../runtime/file-content.js";
 import { guestDiskMountPoint } from "../runtime/guest-disk.js";
 import type { SandboxBus } from "./bus.js";
+import type { ComputeDriver } from "./driver.js";
 import { ImagePullError, type ImageStore, imagePolicyFile, type StoredImage } from "./images.js";
 import type { RelayHub } from "./relay.js";
-import type { LocalRuntime } from "./runtime.js";
 import { failedPrecondition, invalidArgument, notFound, StatusError } from "./status.js";
 import type { Store } from "./store.js";
 import type { UidHolder, UidLeases } from "./uid-lease.js";
@@ -125,7 +126,8 @@ export interface SandboxesOptions {
   store: Store;
   bus: SandboxBus;
   relay: RelayHub;
-  runtime: LocalRuntime;
+  /** What runs the sandboxes' supervisors (driver.ts). */
+  runtime: ComputeDriver;
   appRoot: string;
   /** The size of each sandbox's own filesystem (root gateways; see guest-disk.ts) unless it asks another. */
   diskBytes: number;
@@ -251,7 +253,9 @@ export class Sandboxes {
     ];
     const first = checks.find((message) => message !== undefined);
     if (first) throw invalidArgument(first);
-    refuseUnhonoured(spec, this.o.images !== undefined);
+    refuseUnhonoured(spec, this.o.images !== undefined || this.o.runtime.pullsImages);
+    const unhonoured = this.o.runtime.refuseTemplate({ spec });
+    if (unhonoured) throw new StatusError(status.UNIMPLEMENTED, unhonoured);
     this.limitsOf(spec.template?.resources);
     if (spec.providers.length > 0) {
       throw new StatusError(status.FAILED_PRECONDITION, `provider '${spec.providers[0]}' not found`);
@@ -296,11 +300,8 @@ export class Sandboxes {
     if (typeof requested === "string") throw invalidArgument(requested);
     const limits = effectiveLimits(requested, this.o.limits.defaults, this.o.limits.maxima);
     if (typeof limits === "string") throw failedPrecondition(limits);
-    if (requested.diskBytes !== undefined && process.getuid?.() !== 0) {
-      throw failedPrecondition(
-        "cannot enforce the disk limit on this host: only a gateway running as root gives each sandbox a filesystem of its own",
-      );
-    }
+    const refused = this.o.runtime.refuseLimits(requested);
+    if (refused) throw failedPrecondition(refused);
     return limits;
   }
 
@@ -311,6 +312,8 @@ export class Sandboxes {
    * warning on a host without writable cgroups, such as an unprivileged gateway.
    */
   private enforce(id: string, sandbox: Sandbox, explicit: boolean): SandboxCgroups | undefined {
+    // Another driver enforces limits itself (a pod's).
+    if (!this.o.runtime.hostCgroups) return undefined;
     const limits = resourcesToLimits(sandbox.spec!.template?.resources);
     if (typeof limits === "string") throw invalidArgument(limits);
     const { diskBytes: _disk, ...cgroupLimits } = limits;
@@ -345,8 +348,10 @@ export class Sandboxes {
     }
     const ttlSeconds = this.lifetime(spec.ttlSeconds ?? 0, "spec.ttl_seconds");
     // A community name is stored as the reference it resolved to: `sandbox get` shows what runs.
-    const source = spec.template?.image ? this.imageStore().reference(spec.template.image) : "";
-    const image = source === "" ? undefined : await this.image(source);
+    const named = spec.template?.image ?? "";
+    const source = named === "" ? "" : (this.o.images?.reference(named) ?? imageReference(named));
+    // A driver whose nodes pull images gets the reference; the image is not read here.
+    const image = source === "" || this.o.runtime.pullsImages ? undefined : await this.image(source);
     if (image) {
       // An image's config is as untrusted as a request: bounded the same way.
       const problem =
@@ -367,7 +372,7 @@ export class Sandboxes {
         ? spec.command
         : imageCommand.length > 0
           ? imageCommand
-          : image
+          : image || source !== ""
             ? ["/bin/sh"]
             : DEFAULT_COMMAND;
     const tty = spec.command.length === 0 && imageCommand.length === 0 ? true : spec.tty;
@@ -425,7 +430,8 @@ export class Sandboxes {
       throw error;
     }
     // Defaults this host could not enforce are not claimed either.
-    if (!groups) sandbox.spec!.template!.resources = limitsToResources({ diskBytes: limits.diskBytes });
+    if (!groups && this.o.runtime.hostCgroups)
+      sandbox.spec!.template!.resources = limitsToResources({ diskBytes: limits.diskBytes });
     const sandboxDir = this.o.runtime.sandboxDir(id);
     let hostIds: { hostUid: number; hostGid: number } | undefined;
     try {
@@ -450,7 +456,7 @@ export class Sandboxes {
       throw error;
     }
     this.o.bus.attachLogFile(id, this.logFile(id));
-    this.event(id, "Scheduled", "Sandbox accepted by the local runtime", {
+    this.event(id, "Scheduled", `Sandbox accepted by the ${this.o.runtime.kind} driver`, {
       "openshell.progress.complete_step": "requesting_sandbox",
       "openshell.progress.active_step": "starting_sandbox",
     });
@@ -646,6 +652,7 @@ export class Sandboxes {
         ...image,
       },
       runtime.supervisorSecret,
+      sandbox,
     );
   }
 
@@ -1418,19 +1425,9 @@ function refuseUnhonoured(spec: SandboxSpec, images: boolean): void {
     ],
     ["spec.resource_requirements.gpu", gpu !== undefined, "this gateway's runtime gives sandboxes no GPUs"],
     [
-      "spec.template.runtime_class_name",
-      (template?.runtimeClassName ?? "") !== "",
-      "this gateway's runtime (bubblewrap) has no runtime classes",
-    ],
-    [
       "spec.template.agent_socket",
       (template?.agentSocket ?? "") !== "",
       "this gateway's runtime places the agent's socket itself",
-    ],
-    [
-      "spec.template.driver_config",
-      Object.keys(template?.driverConfig ?? {}).length > 0,
-      "this gateway's runtime (bubblewrap) takes no driver configuration",
     ],
   ];
   for (const [field, asked, why] of unhonoured) {

@@ -4,7 +4,7 @@
 // state directory for its own supervisors.
 
 import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
@@ -13,17 +13,14 @@ import { DEFAULT_PIDS, type Limits, parseLimitList } from "../core/limits.js";
 import { phaseOf } from "../core/phases.js";
 import { SandboxPhase } from "../gen/openshell.js";
 import { isWildcardBind } from "../host/config.js";
-import { sweepIdleCgroups } from "../runtime/cgroups.js";
-import {
-  DEFAULT_GUEST_DISK_BYTES,
-  MIN_GUEST_DISK_BYTES,
-  parseDiskSize,
-  sweepGuestDisks,
-} from "../runtime/guest-disk.js";
+import { DEFAULT_GUEST_DISK_BYTES, MIN_GUEST_DISK_BYTES, parseDiskSize } from "../runtime/guest-disk.js";
 import { FastOpenShellService } from "../transport/frames.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
+import type { ComputeDriver, DriverEvents } from "./driver.js";
 import { ImageStore } from "./images.js";
+import type { KubernetesSettings } from "./kubernetes.js";
+import { parseWorkspaceSetting } from "./kubernetes-pod.js";
 import { RelayHub } from "./relay.js";
 import { LocalRuntime } from "./runtime.js";
 import { Sandboxes } from "./sandboxes.js";
@@ -76,8 +73,65 @@ export interface GatewayOptions {
    * (`30s`, `2m`), else 30 s.
    */
   adoptTimeoutMs?: number;
+  /** What runs sandboxes: the local runtime unless `kubernetes` is chosen (`gateway start --driver`). */
+  driver?: DriverChoice | undefined;
   log?: (line: string) => void;
 }
+
+/** `gateway start --driver`, with the Kubernetes driver's flags. */
+export type DriverChoice =
+  | { kind: "local" }
+  | {
+      kind: "kubernetes";
+      kubeconfig?: string | undefined;
+      context?: string | undefined;
+      namespace?: string | undefined;
+      /** The CA certificate (PEM file) that pods trust for the gateway's TLS. */
+      caFile?: string | undefined;
+      /** Stand-in settings for tests: a shorter bound on calls and scheduling. */
+      callTimeoutMs?: number | undefined;
+      scheduleTimeoutMs?: number | undefined;
+      rewatchDelayMs?: number | undefined;
+    };
+
+/**
+ * The Kubernetes driver's settings: the cluster as kubectl resolves it, the
+ * rest from the environment (OPENSHELL_K8S_*, see README "Running on
+ * Kubernetes"); a bad one stops the start.
+ */
+async function kubernetesSettings(
+  choice: Extract<DriverChoice, { kind: "kubernetes" }>,
+  port: number,
+): Promise<KubernetesSettings> {
+  const { loadKubeConfig } = await import("./kubernetes.js");
+  const { config, namespace } = loadKubeConfig(choice);
+  const env = process.env;
+  const ns = choice.namespace ?? namespace;
+  const caFile = env.OPENSHELL_K8S_GATEWAY_CA || choice.caFile;
+  const pullPolicy = env.OPENSHELL_K8S_IMAGE_PULL_POLICY;
+  if (pullPolicy !== undefined && !["Always", "IfNotPresent", "Never"].includes(pullPolicy)) {
+    throw new Error(`OPENSHELL_K8S_IMAGE_PULL_POLICY=${pullPolicy}: expected Always, IfNotPresent or Never`);
+  }
+  return {
+    kubeConfig: config,
+    namespace: ns,
+    supervisorImage: env.OPENSHELL_K8S_SUPERVISOR_IMAGE || DEFAULT_SUPERVISOR_IMAGE,
+    defaultImage: env.OPENSHELL_K8S_DEFAULT_IMAGE || DEFAULT_SANDBOX_IMAGE,
+    endpoint: env.OPENSHELL_K8S_GATEWAY_ENDPOINT || `openshell-gateway.${ns}.svc:${port}`,
+    caCert: caFile ? readFileSync(caFile, "utf8") : undefined,
+    workspace: parseWorkspaceSetting(env.OPENSHELL_K8S_WORKSPACE),
+    imagePullPolicy: pullPolicy as KubernetesSettings["imagePullPolicy"],
+    userNamespaces: env.OPENSHELL_K8S_USER_NAMESPACES !== "0",
+    callTimeoutMs: choice.callTimeoutMs,
+    scheduleTimeoutMs: choice.scheduleTimeoutMs,
+    rewatchDelayMs: choice.rewatchDelayMs,
+  };
+}
+
+/** The supervisor image the init container runs unless OPENSHELL_K8S_SUPERVISOR_IMAGE names another. */
+export const DEFAULT_SUPERVISOR_IMAGE = "openshell-supervisor:latest";
+/** A sandbox's image when its create names none and OPENSHELL_K8S_DEFAULT_IMAGE names none. */
+export const DEFAULT_SANDBOX_IMAGE = "docker.io/library/busybox:stable";
 
 /** A size setting from the environment (`4GiB`, `64M`, bytes), or the default; a bad one stops the start. */
 function sizeSetting(name: string, fallback: number, minimum: number): number {
@@ -152,6 +206,11 @@ export function supervisorSocketPath(stateDir: string): string {
 
 export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const choice = options.driver ?? { kind: "local" };
+  // Before anything is opened: a cluster that cannot be configured stops the start.
+  const kubernetes =
+    choice.kind === "kubernetes" ? await kubernetesSettings(choice, options.port) : undefined;
+  const local = kubernetes === undefined;
   mkdirSync(options.stateDir, { recursive: true, mode: 0o700 });
   mkdirSync(join(options.stateDir, "run"), { recursive: true, mode: 0o700 });
   const sandboxesDir = join(options.stateDir, "sandboxes");
@@ -194,19 +253,28 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         sandboxes.supervisorDisconnected(id);
       },
     },
-    (id) => (viaRelay || !runtime.isRunning(id) ? undefined : runtime.sandboxDir(id)),
+    // A local sandbox's sockets are on this host; any other's are reached through its supervisor.
+    (id) =>
+      viaRelay || runtime.kind !== "local" || !runtime.isRunning(id) ? undefined : runtime.sandboxDir(id),
   );
   const socketPath = supervisorSocketPath(options.stateDir);
-  const runtime = new LocalRuntime(
-    sandboxesDir,
-    join(options.appRoot, "dist", "supervisor.mjs"),
-    `unix://${socketPath}`,
-    {
-      report: (id, report) => sandboxes.supervisorReport(id, report),
-      exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
-      stderr: (id, line) => log(`${new Date().toISOString()} SUP [${id}] ${line}`),
-    },
-  );
+  const driverEvents: DriverEvents = {
+    report: (id, report) => sandboxes.supervisorReport(id, report),
+    exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
+    stderr: (id, line) => log(`${new Date().toISOString()} SUP [${id}] ${line}`),
+  };
+  let runtime: ComputeDriver;
+  if (kubernetes) {
+    const { KubernetesDriver } = await import("./kubernetes.js");
+    runtime = new KubernetesDriver(sandboxesDir, kubernetes, driverEvents);
+  } else {
+    runtime = new LocalRuntime(
+      sandboxesDir,
+      join(options.appRoot, "dist", "supervisor.mjs"),
+      `unix://${socketPath}`,
+      driverEvents,
+    );
+  }
 
   rmSync(socketPath, { force: true });
   sandboxes = new Sandboxes({
@@ -218,9 +286,10 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     diskBytes: sandboxDiskBytes,
     limits: options.limits ?? {
       defaults: {
-        pids: DEFAULT_PIDS,
+        // A pod's process limit is the kubelet's (podPidsLimit), not a sandbox's.
+        ...(local ? { pids: DEFAULT_PIDS } : {}),
         // Only a root gateway gives sandboxes filesystems of their own.
-        ...(process.getuid?.() === 0 ? { diskBytes: sandboxDiskBytes } : {}),
+        ...(local && process.getuid?.() === 0 ? { diskBytes: sandboxDiskBytes } : {}),
         ...limitsSetting("OPENSHELL_SANDBOX_LIMITS"),
       },
       maxima: limitsSetting("OPENSHELL_SANDBOX_MAX_LIMITS"),
@@ -229,14 +298,25 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     uidLeases,
     ttl: options.ttl ?? ttlSettings(),
     adoptTimeoutMs: options.adoptTimeoutMs ?? (ttlSetting("OPENSHELL_GATEWAY_ADOPT_TIMEOUT") || 30) * 1000,
-    images: new ImageStore(join(options.stateDir, "images"), {
-      // Registries reached over plain HTTP or unverified TLS: only those the operator names.
-      insecureRegistries: (process.env.OPENSHELL_INSECURE_REGISTRIES ?? "").split(",").filter(Boolean),
-      communityRegistry: process.env.OPENSHELL_COMMUNITY_REGISTRY || undefined,
-    }),
+    // A cluster's nodes pull their images themselves.
+    images: !local
+      ? undefined
+      : new ImageStore(join(options.stateDir, "images"), {
+          // Registries reached over plain HTTP or unverified TLS: only those the operator names.
+          insecureRegistries: (process.env.OPENSHELL_INSECURE_REGISTRIES ?? "").split(",").filter(Boolean),
+          communityRegistry: process.env.OPENSHELL_COMMUNITY_REGISTRY || undefined,
+        }),
     released: (id) => ssh?.dropClient(id),
     log: gatewayLog,
   });
+
+  try {
+    // A driver that cannot reach what runs the sandboxes stops the start.
+    await runtime.open();
+  } catch (error) {
+    store.close();
+    throw error;
+  }
 
   const server = new Server({
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
@@ -287,22 +367,23 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   });
 
   sandboxes.adoptSupervisors();
-  // Disks left mounted for sandboxes this gateway no longer has (deleted by a crashed gateway).
-  // A sandbox in Error or Stopped is not started again until asked, so its disk is not needed
-  // until it is deleted, unless its supervisor still runs.
-  const known = new Set(
-    store
-      .allSandboxes()
-      .filter(
-        (sandbox) =>
-          runtime.isRunning(sandbox.metadata!.id) ||
-          (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
-            phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED),
-      )
-      .map((sandbox) => sandbox.metadata!.id),
-  );
-  await sweepGuestDisks(sandboxesDir, (id) => known.has(id));
-  sweepIdleCgroups();
+  // What sandboxes this gateway no longer has left behind (deleted by a crashed gateway).
+  // A sandbox in Error or Stopped is not started again until asked, so its runtime is not
+  // needed until it is deleted, unless its supervisor still runs.
+  const stored = store.allSandboxes();
+  await runtime.sweep({
+    stored: new Set(stored.map((sandbox) => sandbox.metadata!.id)),
+    live: new Set(
+      stored
+        .filter(
+          (sandbox) =>
+            runtime.isRunning(sandbox.metadata!.id) ||
+            (phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_ERROR &&
+              phaseOf(sandbox) !== SandboxPhase.SANDBOX_PHASE_STOPPED),
+        )
+        .map((sandbox) => sandbox.metadata!.id),
+    ),
+  });
   runtime.prepareSpare();
   await sandboxes.resumeAll();
   const reaper = setInterval(() => store.reapSshSessions(Date.now()), SESSION_REAP_MS);

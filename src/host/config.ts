@@ -42,6 +42,11 @@ export interface LocalGatewaySettings {
   log_max_size_mib?: number;
   /** Log files kept per sandbox, the current one included. */
   log_max_files?: number;
+  /** `--driver kubernetes`: sandboxes as pods in a cluster, with where the cluster is (as kubectl resolves it). */
+  driver?: "kubernetes";
+  kubeconfig?: string;
+  kube_context?: string;
+  kube_namespace?: string;
 }
 
 /** metadata.json: upstream's fields plus our optional ones. */

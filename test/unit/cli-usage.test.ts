@@ -86,6 +86,13 @@ const usageErrors: [string[], number, RegExp][] = [
   [["logs", "--level", "loud"], 2, /--level loud: expected one of error, warn, info, debug, trace/],
   [["gateway", "start", "--port", "70000"], 2, /--port 70000: expected a port from 0 to 65535/],
   [["gateway", "start", "--tls-cert", "gw.crt"], 2, /--tls-cert and --tls-key go together/],
+  [
+    ["gateway", "start", "--driver", "nomad"],
+    2,
+    /--driver nomad: expected local \(the default\) or kubernetes/,
+  ],
+  [["gateway", "start", "--kube-context", "kind-a"], 2, /--kube-context needs --driver kubernetes/],
+  [["gateway", "start", "--driver", "kubernetes"], 2, /--driver kubernetes needs TLS: add --tls/],
   [["gateway", "stop", "extra"], 2, /too many arguments/],
   [["gateway", "list", "-o", "xml"], 2, /argument 'xml' is invalid/],
   [["gateway", "select", "a", "b"], 2, /too many arguments/],

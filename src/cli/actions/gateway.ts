@@ -141,7 +141,7 @@ async function runForeground(
   ensurePrivateDir(stateDir);
   ensureGatewayToken(options.name);
   const { settings } = await prepareStart(options.name, options.settings);
-  const { hostGateway } = await import("../../gateway/host.js");
+  const { driverChoice, hostGateway } = await import("../../gateway/host.js");
   const hosted = await hostGateway({
     name: options.name,
     stateDir,
@@ -158,6 +158,13 @@ async function runForeground(
     sshSessionTtlSecs: settings.ssh_session_ttl_secs,
     logMaxSizeMib: settings.log_max_size_mib,
     logMaxFiles: settings.log_max_files,
+    driver: driverChoice({
+      driver: settings.driver,
+      kubeconfig: settings.kubeconfig,
+      context: settings.kube_context,
+      namespace: settings.kube_namespace,
+      caFile: settings.tls_generated ? gatewayTlsFiles(options.name).caFile : settings.tls_cert_file,
+    }),
     logError: (entry) => ctx.io.stderr.write(`${new Date().toISOString()} ERROR ${entry}\n`),
   });
   const metadata = localMetadata(options.name, settings, hosted.info.port, readMetadata(options.name));
@@ -210,6 +217,7 @@ export async function gatewayStart(ctx: CommandContext, options: GatewayStartOpt
       current.ssh_session_ttl_secs !== settings.ssh_session_ttl_secs ||
       current.log_max_size_mib !== settings.log_max_size_mib ||
       current.log_max_files !== settings.log_max_files ||
+      current.driver !== settings.driver ||
       (options.port !== undefined && options.port !== 0 && options.port !== result.info.port)
     ) {
       ctx.ui.warn(

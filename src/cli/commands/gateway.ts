@@ -36,6 +36,19 @@ export function addGatewayCommands(gateway: CommandUnknownOpts, runner: Runner):
       "log files kept per sandbox, the current one included (default 2)",
       integer("--log-max-files"),
     )
+    .option(
+      "--driver <driver>",
+      "what runs sandboxes: local (bubblewrap on this host, the default) or kubernetes (a pod per sandbox)",
+    )
+    .option("--kubeconfig <file>", "with --driver kubernetes: the kubeconfig (default: as kubectl finds it)")
+    .option(
+      "--kube-context <name>",
+      "with --driver kubernetes: the kubeconfig's context (default: its current one)",
+    )
+    .option(
+      "--kube-namespace <name>",
+      "with --driver kubernetes: the namespace of sandboxes' pods (default: the context's, else default)",
+    )
     .option("--foreground", "run in this process (for service managers)")
     .addHelpText(
       "after",
@@ -45,7 +58,8 @@ Settings are kept: a later \`gateway start\` or auto-start reuses them.
 Examples:
   openshell gateway start
   openshell gateway start --bind 0.0.0.0 --port 17670 --tls
-  openshell gateway start --bind 0.0.0.0 --tls-cert gw.crt --tls-key gw.key --client-ca clients-ca.crt`,
+  openshell gateway start --bind 0.0.0.0 --tls-cert gw.crt --tls-key gw.key --client-ca clients-ca.crt
+  openshell gateway start --driver kubernetes --kube-context kind-openshell --bind 0.0.0.0 --tls`,
     )
     .action((opts) =>
       runner.run(async (ctx) => {
@@ -62,6 +76,10 @@ Examples:
           sshSessionTtl: opts.sshSessionTtl,
           logMaxSize: opts.logMaxSize,
           logMaxFiles: opts.logMaxFiles,
+          driver: opts.driver,
+          kubeconfig: opts.kubeconfig,
+          kubeContext: opts.kubeContext,
+          kubeNamespace: opts.kubeNamespace,
         });
       }),
     );
