@@ -90,20 +90,61 @@ function identity(value: string | undefined, fallback: number): number {
 }
 
 export interface NodeClosure {
+  /** The node binary the agent runs. */
+  node: string;
   loader: string;
   libraries: string[];
+  /** The compiled default seccomp filter(s) shipped beside it (a bundle's), looked in before compiling. */
+  prebuiltSeccomp?: string | undefined;
+  /** A directory of the programs the pod is started with (bwrap), searched before the system's. */
+  tools?: string | undefined;
 }
 
 /**
- * The node binary's shared libraries and dynamic loader, from ldd. A spare
- * supervisor asks while it waits for its sandbox, so a create does not wait
- * for ldd; a failure is reported when the pod is started.
+ * What a supervisor bundle (scripts/bundle.mjs) records in its `bundle.json`:
+ * paths relative to the bundle's root, which is also the supervisor's app root.
  */
-export async function nodeClosure(): Promise<NodeClosure> {
+export interface BundleManifest {
+  version: string;
+  arch: string;
+  node: string;
+  loader: string;
+  libraries: string[];
+  seccomp: string;
+  tools: string;
+}
+
+/** The file at the root of a supervisor bundle that describes it. */
+export const BUNDLE_MANIFEST = "bundle.json";
+
+/**
+ * The node binary with its shared libraries and dynamic loader: from the
+ * bundle's manifest when the supervisor runs from one (started through the
+ * bundle's loader, node's own path is not process.execPath there), else from
+ * ldd. A spare supervisor asks while it waits for its sandbox, so a create
+ * does not wait for ldd; a failure is reported when the pod is started.
+ */
+export async function nodeClosure(appRoot?: string): Promise<NodeClosure> {
+  const manifestPath = appRoot === undefined ? undefined : join(appRoot, BUNDLE_MANIFEST);
+  if (manifestPath !== undefined && existsSync(manifestPath)) {
+    const manifest = await podStep(
+      "RuntimeUnavailable",
+      `cannot read the supervisor bundle's ${manifestPath}`,
+      () => JSON.parse(readFileSync(manifestPath, "utf8")) as BundleManifest,
+    );
+    const at = (path: string): string => join(appRoot!, path);
+    return {
+      node: at(manifest.node),
+      loader: at(manifest.loader),
+      libraries: manifest.libraries.map(at),
+      prebuiltSeccomp: at(manifest.seccomp),
+      tools: at(manifest.tools),
+    };
+  }
   const { stdout } = await podStep("RuntimeUnavailable", "cannot list node's libraries with ldd", () =>
     execFileAsync("ldd", [process.execPath], { encoding: "utf8" }),
   );
-  return parseLdd(stdout);
+  return { node: process.execPath, ...parseLdd(stdout) };
 }
 
 /** `step()`, a failure of which becomes a PodError of `reason` saying `what` could not be done. */
@@ -150,7 +191,8 @@ async function transferTools(
   return { binds, env };
 }
 
-function parseLdd(output: string): NodeClosure {
+/** The libraries and loader `ldd` lists for a program. */
+export function parseLdd(output: string): { loader: string; libraries: string[] } {
   const libraries: string[] = [];
   let loader = "";
   for (const line of output.split("\n")) {
@@ -188,14 +230,14 @@ export async function podSupport(
   } catch (error) {
     throw new PodError("SeccompFilterInvalid", (error as Error).message);
   }
-  const { loader } = await closure;
+  const { loader, prebuiltSeccomp } = await closure;
   const copy = await podStep(
     "RuntimeUnavailable",
     `cannot make the agent's execute-only loader in ${dir}`,
     () => executeOnlyLoader(dir, loader),
   );
   try {
-    return { loader: copy, seccomp: await seccompProgram(dir, spec) };
+    return { loader: copy, seccomp: await seccompProgram(dir, spec, { prebuilt: prebuiltSeccomp }) };
   } catch (error) {
     if (error instanceof SeccompError) throw new PodError(error.reason, error.message);
     throw error;
@@ -439,7 +481,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       });
     }
     const controlBinds: ControlBind[] = [
-      { src: process.execPath, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
+      { src: closure.node, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
       // The file the kernel execs for the agent: execute-only, so the agent is non-dumpable.
       { src: support.loader, dest: `${CONTROL_ROOT}/lib/${basename(closure.loader)}`, writable: false },
       ...closure.libraries.map((lib) => ({
@@ -502,7 +544,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     return await launchPod(
       o,
       plan.args,
-      closure.loader,
+      closure,
       support,
       root,
       egress,
@@ -608,7 +650,7 @@ export function existsInImage(imageRoot: string, path: string): boolean {
 async function launchPod(
   o: PodOptions,
   planArgs: string[],
-  loader: string,
+  closure: NodeClosure,
   support: PodSupport,
   root: boolean,
   egress: EgressProxy | undefined,
@@ -625,7 +667,7 @@ async function launchPod(
 ): Promise<Pod> {
   const { launch } = o;
   const agent = [
-    `${CONTROL_ROOT}/lib/${basename(loader)}`,
+    `${CONTROL_ROOT}/lib/${basename(closure.loader)}`,
     "--library-path",
     `${CONTROL_ROOT}/lib`,
     `${CONTROL_ROOT}/bin/node`,
@@ -730,7 +772,8 @@ async function launchPod(
   try {
     child = spawn(command, args, {
       stdio: ["pipe", "pipe", "pipe", filter, ...(groups === undefined ? [] : [groups])],
-      env: { PATH, LANG: "C.UTF-8" },
+      // A bundle's bwrap first: the pod's image may have none.
+      env: { PATH: closure.tools ? `${closure.tools}:${PATH}` : PATH, LANG: "C.UTF-8" },
     });
   } finally {
     closeSync(filter);
