@@ -281,6 +281,8 @@ export class Sandboxes {
     const limits = resourcesToLimits(sandbox.spec!.template?.resources);
     if (typeof limits === "string") throw invalidArgument(limits);
     const { diskBytes: _disk, ...cgroupLimits } = limits;
+    // An external supervisor's pod is bounded where it runs, not by this host's control groups.
+    if (this.o.runtime.mode === "external") return undefined;
     try {
       const groups = createSandboxCgroups(id, cgroupLimits);
       this.cgroups.set(id, groups);
@@ -588,7 +590,10 @@ export class Sandboxes {
         sandboxDir,
         hostUid: runtime.hostUid,
         hostGid: runtime.hostGid,
-        diskBytes: (typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes,
+        diskBytes:
+          this.o.runtime.mode === "external"
+            ? 0
+            : ((typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes),
         cgroupProcs: groups ? procsFiles(groups) : [],
         execCgroup: groups ? execGroupOf(groups) : undefined,
         shmBytes:

@@ -26,7 +26,7 @@ import { POD_SSH_SOCKET } from "../transport/unix.js";
 import { DEFAULT_LOG_LIMITS, type LogFileLimits, SandboxBus } from "./bus.js";
 import { DEFAULT_COMMUNITY_REGISTRY, ImageStore } from "./images.js";
 import { RelayHub } from "./relay.js";
-import { LocalRuntime } from "./runtime.js";
+import { LocalRuntime, SUPERVISOR_ENDPOINT_ENV, SUPERVISOR_MODE_ENV, supervisorMode } from "./runtime.js";
 import { Sandboxes } from "./sandboxes.js";
 import { createService, withDecodeChecks } from "./service.js";
 import { SshAccess } from "./ssh.js";
@@ -198,6 +198,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     (id) => (viaRelay || !runtime.isRunning(id) ? undefined : join(runtime.sandboxDir(id), POD_SSH_SOCKET)),
   );
   const socketPath = supervisorSocketPath(options.stateDir);
+  let port = options.port;
+  const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
   const runtime = new LocalRuntime(
     sandboxesDir,
     join(options.appRoot, "dist", "supervisor.mjs"),
@@ -207,6 +209,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
       stderr: (id, line) => log(`${new Date().toISOString()} SUP [${id}] ${line}`),
     },
+    supervisorMode(process.env[SUPERVISOR_MODE_ENV]),
+    // The TCP listener, as plaintext only when it is so (see the contract's endpoint).
+    () => process.env[SUPERVISOR_ENDPOINT_ENV] || `${options.tls ? "" : "http://"}${host}:${port}`,
   );
 
   rmSync(socketPath, { force: true });
@@ -248,7 +253,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     "grpc.http2.min_ping_interval_without_data_ms": 5_000,
   });
 
-  let port = options.port;
   const scheme = options.tls ? "https" : "http";
   ssh = new SshAccess({
     store,
@@ -275,7 +279,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         options.tls.clientCa !== undefined,
       )
     : ServerCredentials.createInsecure();
-  const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
   port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${host}:${options.port}`, credentials, (error, bound) =>
       error ? reject(error) : resolve(bound),
