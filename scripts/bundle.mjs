@@ -1,0 +1,242 @@
+// Makes the supervisor bundle: one self-contained folder that runs the
+// supervisor on a machine, or in a container image, that has neither node nor
+// glibc (a static busybox image, say). `node scripts/bundle.mjs OUT` (or
+// `npm run bundle -- OUT`) builds it from dist/ and this machine's node:
+//
+//   bin/openshell-supervisor  starts the supervisor from the environment alone (POSIX sh)
+//   bin/openshell-install     copies the bundle into a folder (the init container's command)
+//   bin/node                  this machine's node
+//   bin/bwrap                 bubblewrap, started through the bundle's loader (libexec/bwrap)
+//   lib/                      the dynamic loader and the shared libraries node and bwrap link
+//   lib/seccomp/              the default seccomp filter, compiled here (it depends on no policy)
+//   dist/                     the supervisor's and the agent's code
+//   node_modules/             the packages they load at run time (node-pty, ssh2 and theirs)
+//   bundle.json               what the supervisor reads to find the above
+//
+// Programs run through the bundle's own loader (`lib/ld-*.so* --library-path
+// lib PROGRAM`), so the image's C library, if any, is never used. A gateway
+// with an extra deny list (OPENSHELL_SECCOMP_DENY) needs a filter the bundle
+// does not have: its supervisors compile it, with python3-seccomp where they
+// run, or stop the sandbox with SeccompUnavailable.
+
+import { execFileSync } from "node:child_process";
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { build } from "esbuild";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+/** The packages the supervisor and the agent load from node_modules (esbuild leaves them external). */
+const RUNTIME_PACKAGES = ["node-pty", "ssh2"];
+/** What a package's copy leaves out: sources, other platforms' prebuilt binaries, build leftovers. */
+const SKIPPED_DIRS = new Set([
+  "deps",
+  "third_party",
+  "prebuilds",
+  "src",
+  "test",
+  "obj.target",
+  ".deps",
+  "docs",
+]);
+const SKIPPED_FILES = /\.(a|o|cc|c|h|gyp|gypi|md|map|ts|mk)$|^Makefile$|^binding\.gyp$/;
+
+function fail(message) {
+  process.stderr.write(`bundle: ${message}\n`);
+  process.exit(1);
+}
+
+const out = process.argv[2] ? resolve(process.argv[2]) : undefined;
+if (!out) fail("usage: node scripts/bundle.mjs OUT (the folder to make)");
+if (existsSync(out) && readdirSync(out).length > 0 && !existsSync(join(out, "bundle.json"))) {
+  fail(`${out} exists and is not a supervisor bundle; name an empty or new folder`);
+}
+if (!existsSync(join(root, "dist", "supervisor.mjs"))) fail("dist/ is not built; run `npm run build` first");
+
+/** The libraries and loader ldd lists for `program`. */
+function linked(program) {
+  const output = execFileSync("ldd", [program], { encoding: "utf8" });
+  const libraries = [];
+  let loader = "";
+  for (const line of output.split("\n")) {
+    const arrow = /=>\s+(\/\S+)/.exec(line);
+    if (arrow) libraries.push(arrow[1]);
+    else {
+      const bare = /^\s*(\/\S+)\s+\(/.exec(line);
+      if (bare) loader = bare[1];
+    }
+  }
+  if (!loader) fail(`ldd names no dynamic loader for ${program}`);
+  return { loader, libraries };
+}
+
+/** Where `name` is on PATH. */
+function which(name) {
+  for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":")) {
+    if (existsSync(join(dir, name))) return join(dir, name);
+  }
+  return fail(`${name} is not installed here (apt-get install bubblewrap)`);
+}
+
+/** The package and everything it requires at run time that is installed, by directory. */
+function packageClosure(names) {
+  const found = new Map();
+  const visit = (name, from) => {
+    let manifestPath;
+    try {
+      manifestPath = createRequire(join(from, "noop.js")).resolve(`${name}/package.json`);
+    } catch {
+      return; // an optional dependency this install does not have
+    }
+    const dir = dirname(manifestPath);
+    if (found.has(dir)) return;
+    found.set(dir, name);
+    const manifest = JSON.parse(readFileSync(manifestPath, "utf8"));
+    for (const dependency of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) {
+      visit(dependency, dir);
+    }
+  };
+  for (const name of names) visit(name, root);
+  return found;
+}
+
+const staging = `${out}.making-${process.pid}`;
+rmSync(staging, { recursive: true, force: true });
+for (const dir of ["bin", "libexec", "lib/seccomp", "dist/chunks", "node_modules"]) {
+  mkdirSync(join(staging, dir), { recursive: true });
+}
+
+// node and bwrap, each with its libraries, all in lib/ beside one loader.
+const node = linked(process.execPath);
+const bwrapPath = which("bwrap");
+const bwrap = linked(bwrapPath);
+const loader = `lib/${basename(node.loader)}`;
+copyFileSync(node.loader, join(staging, loader));
+for (const library of new Set([...node.libraries, ...bwrap.libraries])) {
+  copyFileSync(library, join(staging, "lib", basename(library)));
+}
+copyFileSync(process.execPath, join(staging, "bin", "node"));
+copyFileSync(bwrapPath, join(staging, "libexec", "bwrap"));
+
+// Our code: the supervisor, the agent and the chunks they share; no maps, no declarations.
+for (const file of ["supervisor.mjs", "agent.mjs"])
+  copyFileSync(join(root, "dist", file), join(staging, "dist", file));
+for (const file of readdirSync(join(root, "dist", "chunks")).filter((name) => name.endsWith(".mjs"))) {
+  copyFileSync(join(root, "dist", "chunks", file), join(staging, "dist", "chunks", file));
+}
+for (const [dir] of packageClosure(RUNTIME_PACKAGES)) {
+  const relative = dir.slice(join(root, "node_modules").length + 1);
+  cpSync(dir, join(staging, "node_modules", relative), {
+    recursive: true,
+    dereference: true,
+    filter: (source) => {
+      const name = basename(source);
+      // node_modules nested in a package are copied as packages of the closure, if needed.
+      if (source !== dir && (name === "node_modules" || SKIPPED_DIRS.has(name))) return false;
+      return !SKIPPED_FILES.test(name);
+    },
+  });
+}
+
+// The default seccomp filter, compiled by the supervisor's own code.
+const compiler = join(tmpdir(), `openshell-bundle-seccomp-${process.pid}.mjs`);
+await build({
+  absWorkingDir: root,
+  entryPoints: ["src/supervisor/seccomp.ts"],
+  outfile: compiler,
+  bundle: true,
+  format: "esm",
+  platform: "node",
+  target: "node20",
+  logLevel: "warning",
+});
+try {
+  const { seccompProgram, seccompSpec } = await import(pathToFileURL(compiler).href);
+  await seccompProgram(join(staging, "lib", "seccomp"), seccompSpec());
+} catch (error) {
+  fail(`cannot compile the seccomp filter: ${error.message}`);
+} finally {
+  rmSync(compiler, { force: true });
+}
+
+const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+const manifest = {
+  version,
+  arch: process.arch,
+  node: "bin/node",
+  loader,
+  libraries: node.libraries.map((library) => `lib/${basename(library)}`),
+  seccomp: "lib/seccomp",
+  tools: "bin",
+};
+writeFileSync(join(staging, "bundle.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+
+/** A POSIX sh script of the bundle's bin/, finding the bundle's root from its own path. */
+function script(name, purpose, body) {
+  const text = [
+    "#!/bin/sh",
+    ...purpose.map((line) => `# ${line}`),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: sh's parameter expansion, not a template
+    "case $0 in */*) bin=${0%/*} ;; *) bin=. ;; esac",
+    'root=$(cd "$bin/.." && pwd) || exit 1',
+    ...body,
+    "",
+  ].join("\n");
+  writeFileSync(join(staging, "bin", name), text);
+  chmodSync(join(staging, "bin", name), 0o755);
+}
+const run = (program) => `exec "$root/${loader}" --library-path "$root/lib" "$root/${program}"`;
+script(
+  "openshell-supervisor",
+  [
+    "Starts the openshell supervisor from this bundle, configured by its environment alone",
+    "(OPENSHELL_SANDBOX_ID, OPENSHELL_ENDPOINT, OPENSHELL_SANDBOX_SECRET, OPENSHELL_TLS_CA).",
+  ],
+  [`${run("bin/node")} "$root/dist/supervisor.mjs" "$@"`],
+);
+script("bwrap", ["bubblewrap, through the bundle's loader and libraries."], [`${run("libexec/bwrap")} "$@"`]);
+script(
+  "openshell-install",
+  [
+    "Copies this bundle into TARGET (the init container's command: openshell-install /opt/openshell).",
+    "Exit status 2 for a usage error, 1 when TARGET cannot take it.",
+  ],
+  [
+    'if [ "$#" -ne 1 ] || [ -z "$1" ]; then',
+    '  echo "usage: openshell-install TARGET (a folder, e.g. /opt/openshell)" >&2',
+    "  exit 2",
+    "fi",
+    "target=$1",
+    'if [ -e "$target" ] && [ ! -d "$target" ]; then',
+    '  echo "openshell-install: $target is not a folder; name a folder to install into" >&2',
+    "  exit 1",
+    "fi",
+    'if [ -d "$target" ] && [ -n "$(ls -A "$target")" ] && [ ! -f "$target/bundle.json" ]; then',
+    '  echo "openshell-install: $target holds other files; name an empty folder or an earlier install" >&2',
+    "  exit 1",
+    "fi",
+    'mkdir -p "$target" && cp -a "$root/." "$target/" && chmod 755 "$target" || {',
+    '  echo "openshell-install: could not copy the bundle into $target" >&2',
+    "  exit 1",
+    "}",
+    'echo "openshell-install: supervisor bundle installed in $target"',
+  ],
+);
+
+rmSync(out, { recursive: true, force: true });
+cpSync(staging, out, { recursive: true, verbatimSymlinks: true });
+rmSync(staging, { recursive: true, force: true });
+const bytes = execFileSync("du", ["-sb", out], { encoding: "utf8" }).split("\t")[0];
+process.stdout.write(`bundle: ${out} (${(Number(bytes) / 1024 / 1024).toFixed(1)} MiB)\n`);
