@@ -220,10 +220,13 @@ export function gatewayTarget(env: TestEnv, name = "local"): GatewayTarget {
   const metadata = JSON.parse(readFileSync(join(dir, "metadata.json"), "utf8")) as {
     gateway_endpoint: string;
   };
+  // A local gateway started with --tls is verified with the CA it made.
+  const ca = join(env.stateHome, "openshell", "gateways", name, "tls", "ca.crt");
   return {
     name,
     endpoint: metadata.gateway_endpoint,
     token: readFileSync(join(dir, "token"), "utf8").trim(),
+    ...(metadata.gateway_endpoint.startsWith("https:") && existsSync(ca) ? { ca: readFileSync(ca) } : {}),
   };
 }
 
