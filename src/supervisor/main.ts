@@ -27,13 +27,14 @@ import { appendFileSync, existsSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { Metadata } from "@grpc/grpc-js";
+import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { containUncaughtErrors } from "../host/last-resort.js";
 import { VERSION } from "../host/version.js";
 import {
   EXTERNAL_SANDBOX_DIR,
   POD_SUPPORT_DIR_ENV,
+  parseSupervisorEndpoint,
   readSupervisorEnv,
   readSupervisorTls,
   reportToWire,
@@ -183,6 +184,25 @@ function shutdown(reason: string, code: number): void {
     .finally(() => reports.then(() => process.exit(code)));
 }
 
+/**
+ * The gateway could not be reached (its first call): said in one line, with
+ * the variables that decide how it is dialed.
+ */
+class GatewayUnreachable extends Error {
+  constructor(identity: SupervisorIdentity, details: string) {
+    // grpc-js words it "No connection established. Last error: <cause>. Resolution note: …",
+    // and an OpenSSL alert as "…:SSL routines:<function>:<reason>:<file>:…".
+    const last = /Last error: (?:Error: )?([^\n]*?)\.? Resolution note:/.exec(details)?.[1] ?? details;
+    const cause = /SSL routines:[^:]*:([^:]+):/.exec(last)?.[1] ?? last;
+    const target = parseSupervisorEndpoint(identity.endpoint);
+    const tls =
+      target.kind === "tcp" && target.tls
+        ? `; check ${SUPERVISOR_ENV.tlsCa} (the CA that signed the gateway's certificate), and ${SUPERVISOR_ENV.tlsCert} and ${SUPERVISOR_ENV.tlsKey} when it requires client certificates`
+        : "";
+    super(`cannot reach the gateway at ${SUPERVISOR_ENV.endpoint}=${identity.endpoint}: ${cause}${tls}`);
+  }
+}
+
 /** This supervisor's own installation (dist/ and node_modules/ below it): a bundle's root, or the gateway's. */
 const OWN_APP_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -229,7 +249,12 @@ async function main(): Promise<void> {
   const sandboxId = identity.sandboxId;
   const configured = call(client.getSandboxConfig.bind(client), { sandboxId });
   configured.catch(() => {}); // awaited below
-  const launch = placed(await call(client.getSupervisorLaunch.bind(client), { sandboxId }), identity);
+  const launch = placed(
+    await call(client.getSupervisorLaunch.bind(client), { sandboxId }).catch((error: ServiceError) => {
+      throw error.code === status.UNAVAILABLE ? new GatewayUnreachable(identity, error.details) : error;
+    }),
+    identity,
+  );
   diagFile = join(launch.sandboxDir, "supervisor.log");
   setInterval(() => {
     if (!existsSync(launch.sandboxDir)) shutdown("the sandbox's directory was removed", 0);
@@ -359,7 +384,9 @@ async function main(): Promise<void> {
 
 main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
-  diag(error instanceof Error && error.stack ? error.stack : message);
+  diag(
+    error instanceof Error && error.stack && !(error instanceof GatewayUnreachable) ? error.stack : message,
+  );
   const reason = error instanceof PodError ? error.reason : "SupervisorFailed";
   await report({ kind: "failure", reason, message });
   process.exit(1);

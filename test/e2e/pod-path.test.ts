@@ -27,6 +27,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createCertificate } from "../../src/gateway/tls.js";
 import { containerEnv, makeBundle } from "../helpers/bundle.js";
 import { collect, json, type RunResult, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
 
@@ -135,104 +136,144 @@ function processesMentioning(text: string): number[] {
   return found;
 }
 
+/** Kills every process whose command line mentions `text`. */
+function killMentioning(text: string): void {
+  for (const pid of processesMentioning(text)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Gone already.
+    }
+  }
+}
+
+/**
+ * A pod's filesystem on this host: the emptyDir the bundle is installed into
+ * (by the init container's command, from a bundle made as the supervisor
+ * image's), the mounted Secret's CA and the sandbox's directory.
+ */
+class PodFiles {
+  readonly root = mkdtempSync(join(tmpdir(), "openshell-pod-"));
+  readonly install = join(this.root, "opt", "openshell");
+  readonly caFile = join(this.root, "etc", "openshell", "tls", "ca.crt");
+  readonly sandboxDir = join(this.root, "var", "sandbox");
+
+  constructor(bundle: string, gatewayCa: string) {
+    chmodSync(this.root, 0o755);
+    const installed = execFileSync(join(bundle, "bin", "openshell-install"), [this.install], {
+      encoding: "utf8",
+    });
+    expect(installed).toBe(`openshell-install: supervisor bundle installed in ${this.install}\n`);
+    mkdirSync(join(this.caFile, ".."), { recursive: true });
+    copyFileSync(gatewayCa, this.caFile);
+  }
+
+  remove(): void {
+    killMentioning(this.root);
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/** A supervisor process started as a pod's container is, and what it printed. */
+class PodSupervisor {
+  readonly child: ChildProcess;
+  output = "";
+  readonly exited: Promise<number | null>;
+
+  /** `prefix`: what puts it in its pod (namespaces), before its environment and command. */
+  constructor(pod: PodFiles, vars: Record<string, string>, prefix: string[] = []) {
+    const command = [
+      ...prefix,
+      ...containerEnv({ OPENSHELL_TLS_CA: pod.caFile, OPENSHELL_SANDBOX_DIR: pod.sandboxDir, ...vars }),
+      join(pod.install, "bin", "openshell-supervisor"),
+    ];
+    this.child = spawn(command[0]!, command.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    for (const stream of [this.child.stdout!, this.child.stderr!]) {
+      stream.on("data", (chunk: Buffer) => {
+        this.output += chunk.toString("utf8");
+      });
+    }
+    this.exited = new Promise((resolve) => this.child.on("exit", (code) => resolve(code)));
+  }
+}
+
+/**
+ * Starts `sandbox create` (it waits for Ready, as while a pod starts) and
+ * resolves with it and the supervisor environment the gateway handed out.
+ */
+async function createExternal(
+  env: TestEnv,
+  name: string,
+): Promise<{ creating: Promise<RunResult>; identity: Record<string, string> }> {
+  const creating = collect(
+    env.spawn(["sandbox", "create", "--name", name, "--detach", "--", "sleep", "infinity"]),
+    "create",
+    { timeoutMs: 120_000 },
+  );
+  const sandboxes = join(env.stateHome, "openshell", "gateways", "local", "sandboxes");
+  const envFile = await waitFor("the supervisor's environment to be handed out", 30_000, () => {
+    const id = existsSync(sandboxes)
+      ? readdirSync(sandboxes).find((entry) => existsSync(join(sandboxes, entry, "supervisor.env")))
+      : undefined;
+    return id === undefined ? undefined : join(sandboxes, id, "supervisor.env");
+  });
+  expect(statSync(envFile).mode & 0o777).toBe(0o600);
+  return { creating, identity: readEnvFile(envFile) };
+}
+
 describe("a sandbox served by a supervisor started as its pod starts it, over TCP with TLS only", () => {
   const env = new TestEnv("openshell-pod-path-");
-  /** The pod's filesystem on this host: the emptyDir, the mounted Secret's CA, the sandbox's directory. */
-  const pod = mkdtempSync(join(tmpdir(), "openshell-pod-"));
-  const install = join(pod, "opt", "openshell");
-  const caFile = join(pod, "etc", "openshell", "tls", "ca.crt");
-  const sandboxDir = join(pod, "var", "sandbox");
   const name = uniqueName("pod");
   let network: PodNetwork | undefined;
-  let supervisor: ChildProcess | undefined;
-  let supervisorExit: Promise<number | null> | undefined;
-  let supervisorOutput = "";
+  let pod: PodFiles | undefined;
+  let supervisor: PodSupervisor | undefined;
   let identity: Record<string, string> = {};
   let creating: Promise<RunResult> | undefined;
   const stateDir = () => join(env.stateHome, "openshell", "gateways", "local");
 
-  /** Starts the sandbox container's command, with `vars` as its whole environment. */
-  function startSupervisor(vars: Record<string, string>): ChildProcess {
-    const child = spawn(
+  /**
+   * The sandbox container's command, with `vars` as its whole environment,
+   * in the pod's network namespace and in a mount namespace where the
+   * gateway's state (its Unix socket among it) is an empty tmpfs.
+   */
+  const startSupervisor = (vars: Record<string, string>): PodSupervisor =>
+    new PodSupervisor(pod!, vars, [
       "ip",
-      [
-        "netns",
-        "exec",
-        network!.name,
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "/bin/sh",
-        "-ec",
-        'mount -t tmpfs -o size=64k,mode=0700 openshell-hidden "$1"\nshift\nexec "$@"',
-        "pod",
-        env.root,
-        ...containerEnv(vars),
-        join(install, "bin", "openshell-supervisor"),
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    child.stdout!.on("data", (chunk: Buffer) => {
-      supervisorOutput += chunk.toString("utf8");
-    });
-    child.stderr!.on("data", (chunk: Buffer) => {
-      supervisorOutput += chunk.toString("utf8");
-    });
-    return child;
-  }
+      "netns",
+      "exec",
+      network!.name,
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "--",
+      "/bin/sh",
+      "-ec",
+      'mount -t tmpfs -o size=64k,mode=0700 openshell-hidden "$1"\nshift\nexec "$@"',
+      "pod",
+      env.root,
+    ]);
 
   beforeAll(async () => {
-    chmodSync(pod, 0o755);
     network = new PodNetwork();
-    // The init container's command, from the bundle the supervisor image holds.
-    const bundle = makeBundle(join(env.root, "bundle"));
-    const installed = execFileSync(join(bundle, "bin", "openshell-install"), [install], { encoding: "utf8" });
-    expect(installed).toBe(`openshell-install: supervisor bundle installed in ${install}\n`);
     const started = await env.run(
       ["gateway", "start", "--bind", network.hostAddress, "--port", "0", "--tls"],
       { env: EXTERNAL, timeoutMs: 30_000 },
     );
     expect(started.code, started.stderr).toBe(0);
-    // The Secret's CA, mounted into the pod.
-    mkdirSync(join(caFile, ".."), { recursive: true });
-    copyFileSync(join(stateDir(), "tls", "ca.crt"), caFile);
+    pod = new PodFiles(makeBundle(join(env.root, "bundle")), join(stateDir(), "tls", "ca.crt"));
   });
 
   afterAll(async () => {
     // On a failure, whatever of the pod still runs (its supervisor, its bubblewrap) goes first.
-    supervisor?.kill("SIGKILL");
-    for (const pid of processesMentioning(pod)) {
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        // Gone already.
-      }
-    }
+    supervisor?.child.kill("SIGKILL");
+    pod?.remove();
     network?.remove();
     await env.dispose();
-    rmSync(pod, { recursive: true, force: true });
   });
 
   it("creates the sandbox without starting a supervisor, and hands out its environment: the gateway's TLS listener", async () => {
-    // The create waits for Ready, as it does while a pod starts.
-    creating = collect(
-      env.spawn(["sandbox", "create", "--name", name, "--detach", "--", "sleep", "infinity"]),
-      "create",
-      {
-        timeoutMs: 120_000,
-      },
-    );
-    const sandboxes = join(stateDir(), "sandboxes");
-    const envFile = await waitFor("the supervisor's environment to be handed out", 30_000, () => {
-      const id = existsSync(sandboxes)
-        ? readdirSync(sandboxes).find((entry) => existsSync(join(sandboxes, entry, "supervisor.env")))
-        : undefined;
-      return id === undefined ? undefined : join(sandboxes, id, "supervisor.env");
-    });
-    expect(statSync(envFile).mode & 0o777).toBe(0o600);
-    identity = readEnvFile(envFile);
+    ({ creating, identity } = await createExternal(env, name));
     const port = (JSON.parse(readFileSync(join(stateDir(), "gateway.json"), "utf8")) as { port: number })
       .port;
     const id = identity.OPENSHELL_SANDBOX_ID!;
@@ -248,36 +289,26 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
   });
 
   it("refuses a gateway its CA did not sign: the supervisor stops with the TLS failure", async () => {
-    const otherCa = join(pod, "other-ca.crt");
-    execFileSync(
-      "openssl",
-      ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"].concat(
-        ["-subj", "/CN=not the gateway", "-keyout", join(pod, "other-ca.key"), "-out", otherCa],
-      ),
-      { stdio: "ignore" },
-    );
-    const wrong = startSupervisor({
-      ...identity,
-      OPENSHELL_TLS_CA: otherCa,
-      OPENSHELL_SANDBOX_DIR: sandboxDir,
+    const otherCa = await createCertificate({
+      commonName: "not the gateway's CA",
+      usage: "ca",
+      validityDays: 1,
     });
-    const code = await new Promise<number | null>((resolve) => wrong.on("exit", resolve));
-    expect(code).toBe(1);
-    expect(supervisorOutput).toMatch(/certificate/i);
-    supervisorOutput = "";
+    const otherCaFile = join(pod!.root, "other-ca.crt");
+    writeFileSync(otherCaFile, otherCa.cert);
+    const wrong = startSupervisor({ ...identity, OPENSHELL_TLS_CA: otherCaFile });
+    expect(await wrong.exited).toBe(1);
+    expect(wrong.output).toContain(
+      `cannot reach the gateway at OPENSHELL_ENDPOINT=${identity.OPENSHELL_ENDPOINT}: unable to verify the first certificate; check OPENSHELL_TLS_CA`,
+    );
     const got = json<{ phase: string }>(await env.run(["sandbox", "get", name, "-o", "json"]));
     expect(got.phase).toBe("Provisioning");
   });
 
   it("is served by the installed supervisor in its own network namespace, reaching the gateway over TCP with TLS", async () => {
-    supervisor = startSupervisor({
-      ...identity,
-      OPENSHELL_TLS_CA: caFile,
-      OPENSHELL_SANDBOX_DIR: sandboxDir,
-    });
-    supervisorExit = new Promise((resolve) => supervisor!.on("exit", (code) => resolve(code)));
+    supervisor = startSupervisor(identity);
     const created = await creating!;
-    expect(created.code, `${created.stderr}\nsupervisor: ${supervisorOutput.slice(-3000)}`).toBe(0);
+    expect(created.code, `${created.stderr}\nsupervisor: ${supervisor.output.slice(-3000)}`).toBe(0);
     expect(created.stderr).toContain(`Sandbox '${name}' ready`);
     // Its one connection out: from the pod's address to the gateway's TLS port.
     const port = identity.OPENSHELL_ENDPOINT!.split(":")[1];
@@ -291,7 +322,7 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     expect(connections).toContain(`${network!.podAddress}:`);
     expect(connections).toContain(`${network!.hostAddress}:${port}`);
     // The sandbox's directories are the pod's, not the gateway's.
-    expect(readdirSync(sandboxDir)).toEqual(expect.arrayContaining(["workspace", "run"]));
+    expect(readdirSync(pod!.sandboxDir)).toEqual(expect.arrayContaining(["workspace", "run"]));
   });
 
   it("runs commands through the gateway", async () => {
@@ -341,10 +372,12 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     const id = identity.OPENSHELL_SANDBOX_ID!;
     const deleted = await env.run(["sandbox", "delete", name]);
     expect(deleted.code, deleted.stderr).toBe(0);
-    expect(await supervisorExit).toBe(0);
-    expect(supervisorOutput).toContain("the gateway no longer has this sandbox");
+    expect(await supervisor!.exited).toBe(0);
+    expect(supervisor!.output).toContain("the gateway no longer has this sandbox");
     await waitFor("the pod's processes to end", 10_000, () =>
-      processesMentioning(id).length === 0 && processesMentioning(sandboxDir).length === 0 ? true : undefined,
+      processesMentioning(id).length === 0 && processesMentioning(pod!.sandboxDir).length === 0
+        ? true
+        : undefined,
     );
     expect(existsSync(join(stateDir(), "sandboxes", id))).toBe(false);
     const listed = await env.run(["sandbox", "list", "-o", "json"]);
@@ -353,5 +386,70 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     network!.remove();
     expect(network!.exists()).toBe(false);
     network = undefined;
+  });
+});
+
+describe("a pod's supervisor and a gateway that requires client certificates (mTLS)", () => {
+  const env = new TestEnv("openshell-pod-mtls-");
+  const name = uniqueName("pod-mtls");
+  let pod: PodFiles | undefined;
+  let certs: Record<string, string> = {};
+  let identity: Record<string, string> = {};
+  let creating: Promise<RunResult> | undefined;
+
+  beforeAll(async () => {
+    const clientsCa = await createCertificate({ commonName: "pods' CA", usage: "ca", validityDays: 1 });
+    const podCert = await createCertificate(
+      { commonName: "a pod", usage: "client", validityDays: 1 },
+      clientsCa,
+    );
+    certs = {
+      ca: join(env.root, "pods-ca.crt"),
+      cert: join(env.root, "pod.crt"),
+      key: join(env.root, "pod.key"),
+    };
+    writeFileSync(certs.ca!, clientsCa.cert);
+    writeFileSync(certs.cert!, podCert.cert);
+    writeFileSync(certs.key!, podCert.key, { mode: 0o600 });
+    const started = await env.run(["gateway", "start", "--port", "0", "--tls", "--client-ca", certs.ca!], {
+      env: EXTERNAL,
+      timeoutMs: 30_000,
+    });
+    expect(started.code, started.stderr).toBe(0);
+    const gatewayCa = join(env.stateHome, "openshell", "gateways", "local", "tls", "ca.crt");
+    pod = new PodFiles(makeBundle(join(env.root, "bundle")), gatewayCa);
+    ({ creating, identity } = await createExternal(env, name));
+  });
+
+  afterAll(async () => {
+    pod?.remove();
+    await env.dispose();
+  });
+
+  it("refuses a supervisor without a client certificate at the handshake, whatever its sandbox credential", async () => {
+    const refused = new PodSupervisor(pod!, identity);
+    expect(await refused.exited).toBe(1);
+    expect(refused.output).toContain(
+      `cannot reach the gateway at OPENSHELL_ENDPOINT=${identity.OPENSHELL_ENDPOINT}: tlsv13 alert certificate required; check`,
+    );
+    // One line, no stack.
+    expect(refused.output).not.toMatch(/\n\s+at /);
+    const got = json<{ phase: string }>(await env.run(["sandbox", "get", name, "-o", "json"]));
+    expect(got.phase).toBe("Provisioning");
+  });
+
+  it("serves the sandbox through a supervisor presenting a client certificate its CA signed", async () => {
+    const supervisor = new PodSupervisor(pod!, {
+      ...identity,
+      OPENSHELL_TLS_CERT: certs.cert!,
+      OPENSHELL_TLS_KEY: certs.key!,
+    });
+    const created = await creating!;
+    expect(created.code, `${created.stderr}\nsupervisor: ${supervisor.output.slice(-3000)}`).toBe(0);
+    const ran = await env.run(["sandbox", "exec", "-n", name, "--", "echo", "over-mtls"]);
+    expect([ran.code, ran.stdout]).toEqual([0, "over-mtls\n"]);
+    const deleted = await env.run(["sandbox", "delete", name]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(await supervisor.exited).toBe(0);
   });
 });
