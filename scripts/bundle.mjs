@@ -65,21 +65,43 @@ if (existsSync(out) && readdirSync(out).length > 0 && !existsSync(join(out, "bun
 }
 if (!existsSync(join(root, "dist", "supervisor.mjs"))) fail("dist/ is not built; run `npm run build` first");
 
+/**
+ * The supervisor's own code for what the bundle needs of it: the seccomp
+ * filter's rules and compiler, and its reading of ldd.
+ */
+const compiled = join(tmpdir(), `openshell-bundle-${process.pid}.mjs`);
+await build({
+  absWorkingDir: root,
+  stdin: {
+    contents: [
+      'export { seccompProgram, seccompSpec } from "./src/supervisor/seccomp.ts";',
+      'export { parseLdd } from "./src/supervisor/pod.ts";',
+    ].join("\n"),
+    resolveDir: root,
+    loader: "ts",
+  },
+  outfile: compiled,
+  bundle: true,
+  format: "esm",
+  platform: "node",
+  target: "node20",
+  external: ["better-sqlite3", "node-pty", "ssh2", "cpu-features"],
+  banner: {
+    js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
+  },
+  logLevel: "warning",
+});
+const supervisor = await import(pathToFileURL(compiled).href).finally(() =>
+  rmSync(compiled, { force: true }),
+);
+
 /** The libraries and loader ldd lists for `program`. */
 function linked(program) {
-  const output = execFileSync("ldd", [program], { encoding: "utf8" });
-  const libraries = [];
-  let loader = "";
-  for (const line of output.split("\n")) {
-    const arrow = /=>\s+(\/\S+)/.exec(line);
-    if (arrow) libraries.push(arrow[1]);
-    else {
-      const bare = /^\s*(\/\S+)\s+\(/.exec(line);
-      if (bare) loader = bare[1];
-    }
+  try {
+    return supervisor.parseLdd(execFileSync("ldd", [program], { encoding: "utf8" }));
+  } catch (error) {
+    return fail(`cannot list the libraries of ${program} with ldd: ${error.message}`);
   }
-  if (!loader) fail(`ldd names no dynamic loader for ${program}`);
-  return { loader, libraries };
 }
 
 /** Where `name` is on PATH. */
@@ -151,24 +173,10 @@ for (const [dir] of packageClosure(RUNTIME_PACKAGES)) {
 }
 
 // The default seccomp filter, compiled by the supervisor's own code.
-const compiler = join(tmpdir(), `openshell-bundle-seccomp-${process.pid}.mjs`);
-await build({
-  absWorkingDir: root,
-  entryPoints: ["src/supervisor/seccomp.ts"],
-  outfile: compiler,
-  bundle: true,
-  format: "esm",
-  platform: "node",
-  target: "node20",
-  logLevel: "warning",
-});
 try {
-  const { seccompProgram, seccompSpec } = await import(pathToFileURL(compiler).href);
-  await seccompProgram(join(staging, "lib", "seccomp"), seccompSpec());
+  await supervisor.seccompProgram(join(staging, "lib", "seccomp"), supervisor.seccompSpec());
 } catch (error) {
   fail(`cannot compile the seccomp filter: ${error.message}`);
-} finally {
-  rmSync(compiler, { force: true });
 }
 
 const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));

@@ -30,6 +30,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCertificate } from "../../src/gateway/tls.js";
 import { containerEnv, makeBundle } from "../helpers/bundle.js";
 import { collect, json, type RunResult, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
+import { killMentioning, processesMentioning } from "../helpers/processes.js";
 
 const EXTERNAL = { OPENSHELL_SUPERVISOR_MODE: "external" };
 
@@ -120,31 +121,6 @@ function readEnvFile(path: string): Record<string, string> {
       .filter(Boolean)
       .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]),
   );
-}
-
-/** Whether any process's command line mentions `text`. */
-function processesMentioning(text: string): number[] {
-  const found: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(text)) found.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return found;
-}
-
-/** Kills every process whose command line mentions `text`. */
-function killMentioning(text: string): void {
-  for (const pid of processesMentioning(text)) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // Gone already.
-    }
-  }
 }
 
 /**
@@ -326,16 +302,7 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
   });
 
   it("runs commands through the gateway", async () => {
-    const ran = await env.run([
-      "sandbox",
-      "exec",
-      "-n",
-      name,
-      "--",
-      "sh",
-      "-c",
-      "echo from-the-pod; id -u; exit 3",
-    ]);
+    const ran = await env.shell(name, "echo from-the-pod; id -u; exit 3");
     expect([ran.code, ran.stdout]).toEqual([3, "from-the-pod\n1000\n"]);
   });
 
@@ -347,16 +314,7 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     writeFileSync(join(local, "sub", "blob.bin"), blob);
     const up = await env.run(["sandbox", "upload", name, local, "/sandbox/tree"]);
     expect(up.code, up.stderr).toBe(0);
-    const seen = await env.run([
-      "sandbox",
-      "exec",
-      "-n",
-      name,
-      "--",
-      "sh",
-      "-c",
-      "cat /sandbox/tree/a.txt; wc -c < /sandbox/tree/sub/blob.bin",
-    ]);
+    const seen = await env.shell(name, "cat /sandbox/tree/a.txt; wc -c < /sandbox/tree/sub/blob.bin");
     expect(seen.stdout).toBe("alpha\n300000\n");
     const back = join(env.root, "back");
     const down = await env.run(["sandbox", "download", name, "/sandbox/tree", back]);

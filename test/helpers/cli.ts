@@ -79,6 +79,11 @@ export class TestEnv {
     return this.run(["sandbox", "create", "--name", name, "--detach", "--", "sleep", "infinity"], options);
   }
 
+  /** `sandbox exec -n NAME -- sh -c SCRIPT`. */
+  shell(name: string, script: string, options: RunOptions = {}): Promise<RunResult> {
+    return this.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script], options);
+  }
+
   /** Starts this environment's gateway on a free port. */
   async startGateway(env: Record<string, string> = {}): Promise<void> {
     const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env });
