@@ -264,12 +264,13 @@ export class LocalRuntime {
   }
 
   /**
-   * External mode: the launch, with no directory or app root of this host's
-   * (the supervisor names its own), is kept for GetSupervisorLaunch, and the
-   * supervisor's environment written for whoever starts it.
+   * External mode: the launch, with no path of this host's in it (the
+   * supervisor names its own directory and app root, and a pod's own root is
+   * its image), is kept for GetSupervisorLaunch, and the supervisor's
+   * environment written for whoever starts it.
    */
   private startExternal(launch: SupervisorLaunch, secret: string): void {
-    this.external.set(launch.sandboxId, { ...launch, sandboxDir: "", appRoot: "" });
+    this.external.set(launch.sandboxId, { ...launch, sandboxDir: "", appRoot: "", imageRoot: "" });
     const env = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.externalTarget(), secret });
     writeFileSync(
       join(launch.sandboxDir, SUPERVISOR_ENV_FILE),

@@ -8,7 +8,11 @@
 // the gateway's endpoint and the sandbox's credential (supervisorEnv); over
 // gRPC the supervisor then fetches its launch spec (GetSupervisorLaunch), its
 // policy (GetSandboxConfig) and its injected files (GetSandboxFiles), and
-// reports progress and failure (ReportSupervisorStatus). The local runtime's
+// reports progress and failure (ReportSupervisorStatus). A supervisor on
+// another machine (a pod's) dials the gateway's TCP listener over TLS,
+// trusting the CA its environment names, with a client certificate when the
+// gateway requires one: its sandbox credential authorizes its calls, never
+// the connection. The local runtime's
 // fast path is an option of the same spec: `filesPath` names a file on the
 // supervisor's host holding the content, read there instead of fetched.
 //
