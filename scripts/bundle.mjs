@@ -6,8 +6,10 @@
 //   bin/openshell-supervisor  starts the supervisor from the environment alone (POSIX sh)
 //   bin/openshell-install     copies the bundle into a folder (the init container's command)
 //   bin/node                  this machine's node
-//   bin/bwrap                 bubblewrap, started through the bundle's loader (libexec/bwrap)
-//   lib/                      the dynamic loader and the shared libraries node and bwrap link
+//   bin/bwrap, bin/setpriv,   bubblewrap, and the util-linux programs that start it (an image's
+//   bin/unshare, bin/mount    busybox ones lack options), each through the bundle's loader (libexec/)
+//   libexec/tar, realpath     GNU tar and coreutils' realpath, bound into pods for uploads and downloads
+//   lib/                      the dynamic loader and the shared libraries all of these link
 //   lib/seccomp/              the default seccomp filter, compiled here (it depends on no policy)
 //   dist/                     the supervisor's and the agent's code
 //   node_modules/             the packages they load at run time (node-pty, ssh2 and theirs)
@@ -38,6 +40,14 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { build } from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+/**
+ * What the supervisor runs to start a pod besides node: bubblewrap, and as
+ * root the util-linux programs that drop to the pod's uid and expose its
+ * directories (busybox's setpriv has no --reuid).
+ */
+const POD_TOOLS = ["bwrap", "setpriv", "unshare", "mount"];
+/** What uploads and downloads run in the sandbox, bound into its pod: an image's own may not be GNU's. */
+const TRANSFER_TOOLS = ["tar", "realpath"];
 /** The packages the supervisor and the agent load from node_modules (esbuild leaves them external). */
 const RUNTIME_PACKAGES = ["node-pty", "ssh2"];
 /** What a package's copy leaves out: sources, other platforms' prebuilt binaries, build leftovers. */
@@ -109,7 +119,7 @@ function which(name) {
   for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":")) {
     if (existsSync(join(dir, name))) return join(dir, name);
   }
-  return fail(`${name} is not installed here (apt-get install bubblewrap)`);
+  return fail(`${name} is not installed here (apt-get install bubblewrap util-linux mount)`);
 }
 
 /** The package and everything it requires at run time that is installed, by directory. */
@@ -140,17 +150,29 @@ for (const dir of ["bin", "libexec", "lib/seccomp", "dist/chunks", "node_modules
   mkdirSync(join(staging, dir), { recursive: true });
 }
 
-// node and bwrap, each with its libraries, all in lib/ beside one loader.
+// node, the pod's starters and the transfer tools, each with its libraries, all in lib/ beside one loader.
 const node = linked(process.execPath);
-const bwrapPath = which("bwrap");
-const bwrap = linked(bwrapPath);
+const tools = POD_TOOLS.map((name) => ({ name, path: which(name) }));
 const loader = `lib/${basename(node.loader)}`;
 copyFileSync(node.loader, join(staging, loader));
-for (const library of new Set([...node.libraries, ...bwrap.libraries])) {
-  copyFileSync(library, join(staging, "lib", basename(library)));
+const libraries = new Set(node.libraries);
+for (const tool of tools) {
+  for (const library of linked(tool.path).libraries) libraries.add(library);
+  copyFileSync(tool.path, join(staging, "libexec", tool.name));
 }
+const transfer = {};
+for (const name of TRANSFER_TOOLS) {
+  const path = which(name);
+  const linkedTo = linked(path).libraries;
+  for (const library of linkedTo) libraries.add(library);
+  copyFileSync(path, join(staging, "libexec", name));
+  transfer[name] = {
+    path: `libexec/${name}`,
+    libraries: linkedTo.map((library) => `lib/${basename(library)}`),
+  };
+}
+for (const library of libraries) copyFileSync(library, join(staging, "lib", basename(library)));
 copyFileSync(process.execPath, join(staging, "bin", "node"));
-copyFileSync(bwrapPath, join(staging, "libexec", "bwrap"));
 
 // Our code: the supervisor, the agent and the chunks they share; no maps, no declarations.
 for (const file of ["supervisor.mjs", "agent.mjs"])
@@ -188,6 +210,7 @@ const manifest = {
   libraries: node.libraries.map((library) => `lib/${basename(library)}`),
   seccomp: "lib/seccomp",
   tools: "bin",
+  transfer,
 };
 writeFileSync(join(staging, "bundle.json"), `${JSON.stringify(manifest, null, 2)}\n`);
 
@@ -214,7 +237,13 @@ script(
   ],
   [`${run("bin/node")} "$root/dist/supervisor.mjs" "$@"`],
 );
-script("bwrap", ["bubblewrap, through the bundle's loader and libraries."], [`${run("libexec/bwrap")} "$@"`]);
+for (const tool of tools) {
+  script(
+    tool.name,
+    [`${tool.path}, through the bundle's loader and libraries.`],
+    [`${run(`libexec/${tool.name}`)} "$@"`],
+  );
+}
 script(
   "openshell-install",
   [

@@ -28,6 +28,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
+import { messageOf } from "../core/errors.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { containUncaughtErrors } from "../host/last-resort.js";
 import { VERSION } from "../host/version.js";
@@ -184,11 +185,14 @@ function shutdown(reason: string, code: number): void {
     .finally(() => reports.then(() => process.exit(code)));
 }
 
+/** A failure its message says all of (the environment is wrong, the gateway out of reach): no stack. */
+class StartupError extends Error {}
+
 /**
  * The gateway could not be reached (its first call): said in one line, with
  * the variables that decide how it is dialed.
  */
-class GatewayUnreachable extends Error {
+class GatewayUnreachable extends StartupError {
   constructor(identity: SupervisorIdentity, details: string) {
     // grpc-js words it "No connection established. Last error: <cause>. Resolution note: …",
     // and an OpenSSL alert as "…:SSL routines:<function>:<reason>:<file>:…".
@@ -200,6 +204,15 @@ class GatewayUnreachable extends Error {
         ? `; check ${SUPERVISOR_ENV.tlsCa} (the CA that signed the gateway's certificate), and ${SUPERVISOR_ENV.tlsCert} and ${SUPERVISOR_ENV.tlsKey} when it requires client certificates`
         : "";
     super(`cannot reach the gateway at ${SUPERVISOR_ENV.endpoint}=${identity.endpoint}: ${cause}${tls}`);
+  }
+}
+
+/** `step()`, its failure a StartupError. */
+function startupStep<T>(step: () => T): T {
+  try {
+    return step();
+  } catch (error) {
+    throw new StartupError(messageOf(error));
   }
 }
 
@@ -229,7 +242,9 @@ async function main(): Promise<void> {
   // A spare supervisor is started before its sandbox exists: it connects to
   // its gateway first, then waits on stdin for the sandbox to serve.
   const endpoint = process.env[SUPERVISOR_ENV.endpoint];
-  const early = endpoint ? supervisorClient(endpoint, readSupervisorTls(process.env)) : undefined;
+  const early = endpoint
+    ? startupStep(() => supervisorClient(endpoint, readSupervisorTls(process.env)))
+    : undefined;
   early?.client.getChannel().getConnectivityState(true);
   const closure = nodeClosure(OWN_APP_ROOT);
   closure.catch(() => {}); // reported by startPod
@@ -240,10 +255,12 @@ async function main(): Promise<void> {
     ? podSupport(supportDir, closure, process.env[SECCOMP_DENY_ENV])
     : undefined;
   earlySupport?.catch(() => {}); // reported by startPod
-  const identity = await readIdentity();
+  const identity = await readIdentity().catch((error: Error) => {
+    throw new StartupError(error.message);
+  });
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
-  const { client, identify } = early ?? supervisorClient(identity.endpoint, identity.tls);
+  const { client, identify } = early ?? startupStep(() => supervisorClient(identity.endpoint, identity.tls));
   identify(identity.sandboxId, identity.secret);
   reporter = { client, sandboxId: identity.sandboxId };
   const sandboxId = identity.sandboxId;
@@ -384,9 +401,7 @@ async function main(): Promise<void> {
 
 main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
-  diag(
-    error instanceof Error && error.stack && !(error instanceof GatewayUnreachable) ? error.stack : message,
-  );
+  diag(error instanceof Error && error.stack && !(error instanceof StartupError) ? error.stack : message);
   const reason = error instanceof PodError ? error.reason : "SupervisorFailed";
   await report({ kind: "failure", reason, message });
   process.exit(1);

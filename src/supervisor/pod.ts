@@ -35,6 +35,7 @@ import { messageOf } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
 import { TRANSFER_TOOL_ENV } from "../core/protocol.js";
+import { shellEscape } from "../core/shell.js";
 import { signalName } from "../core/signals.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
@@ -96,7 +97,9 @@ export interface NodeClosure {
   libraries: string[];
   /** The compiled default seccomp filter(s) shipped beside it (a bundle's), looked in before compiling. */
   prebuiltSeccomp?: string | undefined;
-  /** A directory of the programs the pod is started with (bwrap), searched before the system's. */
+  /** A bundle's GNU tar and realpath for uploads and downloads (see transferTools), by name. */
+  transfer?: Record<string, LinkedProgram> | undefined;
+  /** A directory holding the programs a pod is started with (bwrap, setpriv, unshare, mount), used instead of the system's. */
   tools?: string | undefined;
 }
 
@@ -112,6 +115,7 @@ export interface BundleManifest {
   libraries: string[];
   seccomp: string;
   tools: string;
+  transfer: Record<string, LinkedProgram>;
 }
 
 /** The file at the root of a supervisor bundle that describes it. */
@@ -139,6 +143,12 @@ export async function nodeClosure(appRoot?: string): Promise<NodeClosure> {
       libraries: manifest.libraries.map(at),
       prebuiltSeccomp: at(manifest.seccomp),
       tools: at(manifest.tools),
+      transfer: Object.fromEntries(
+        Object.entries(manifest.transfer).map(([tool, program]) => [
+          tool,
+          { path: at(program.path), libraries: program.libraries.map(at) },
+        ]),
+      ),
     };
   }
   const { stdout } = await podStep("RuntimeUnavailable", "cannot list node's libraries with ldd", () =>
@@ -156,12 +166,31 @@ async function podStep<T>(reason: string, what: string, step: () => T | Promise<
   }
 }
 
+/** A program a pod runs from its control path, with the shared libraries it links. */
+export interface LinkedProgram {
+  path: string;
+  libraries: string[];
+}
+
+/** The host's own `tool` and its libraries from ldd; undefined when it has none, or ldd cannot list them. */
+async function hostTool(tool: string): Promise<LinkedProgram | undefined> {
+  const path = [`/usr/bin/${tool}`, `/bin/${tool}`].find((candidate) => existsSync(candidate));
+  if (!path) return undefined;
+  const output = await execFileAsync("ldd", [path], { encoding: "utf8" }).then(
+    ({ stdout }) => stdout,
+    () => undefined,
+  );
+  return output === undefined ? undefined : { path, libraries: parseLdd(output).libraries };
+}
+
 /**
  * What upload and download run in a sandbox besides its shell: GNU tar and
  * coreutils' realpath. An image may lack them (busybox has neither GNU
- * version), so an image's pod gets the host's from the control path, each
- * run through the control path's loader and libraries; the transfer
- * commands use them through OPENSHELL_TAR and OPENSHELL_REALPATH.
+ * version), so an image's pod, and any pod of a supervisor bundle (whose
+ * root is whatever image its container runs), gets the bundle's or the
+ * host's from the control path, each run through the control path's loader
+ * and libraries; the transfer commands use them through OPENSHELL_TAR and
+ * OPENSHELL_REALPATH. Without them the sandbox's own tools serve.
  */
 async function transferTools(
   closure: NodeClosure,
@@ -171,20 +200,14 @@ async function transferTools(
   const bound = new Set(closure.libraries.map((lib) => basename(lib)));
   bound.add(basename(closure.loader));
   for (const [tool, variable] of Object.entries(TRANSFER_TOOL_ENV)) {
-    const path = [`/usr/bin/${tool}`, `/bin/${tool}`].find((candidate) => existsSync(candidate));
-    if (!path) continue;
-    const output = await execFileAsync("ldd", [path], { encoding: "utf8" }).then(
-      ({ stdout }) => stdout,
-      () => undefined,
-    );
-    // Without its libraries listed, the sandbox's own tool serves.
-    if (output === undefined) continue;
-    for (const lib of parseLdd(output).libraries) {
+    const found = closure.transfer?.[tool] ?? (await hostTool(tool));
+    if (!found) continue;
+    for (const lib of found.libraries) {
       if (bound.has(basename(lib))) continue;
       bound.add(basename(lib));
       binds.push({ src: lib, dest: `${CONTROL_ROOT}/lib/${basename(lib)}`, writable: false });
     }
-    binds.push({ src: path, dest: `${CONTROL_ROOT}/tools/${tool}`, writable: false });
+    binds.push({ src: found.path, dest: `${CONTROL_ROOT}/tools/${tool}`, writable: false });
     env[variable] =
       `${CONTROL_ROOT}/lib/${basename(closure.loader)} --library-path ${CONTROL_ROOT}/lib ${CONTROL_ROOT}/tools/${tool}`;
   }
@@ -444,8 +467,8 @@ export async function startPod(o: PodOptions): Promise<Pod> {
         : uid,
   );
   const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
-  // An image may have no bash (a busybox image): its sh then.
-  const shell = imageRoot && !existsInImage(imageRoot, "/bin/bash") ? "/bin/sh" : "/bin/bash";
+  // An image may have no bash (a busybox image), nor the root of a pod's: its sh then.
+  const shell = existsInImage(imageRoot ?? "/", "/bin/bash") ? "/bin/bash" : "/bin/sh";
   let egress: EgressProxy | undefined;
 
   try {
@@ -466,7 +489,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     if (disk) linkRunDir(join(dir, "run"), runDir);
     const closure = await o.closure;
     const support = await o.support;
-    const tools = imageRoot ? await transferTools(closure) : { binds: [], env: {} };
+    const tools = imageRoot || closure.transfer ? await transferTools(closure) : { binds: [], env: {} };
     // With network rules, the proxy's socket directory goes into the pod read-only:
     // the pod can connect to the socket but not replace it.
     const egressPolicy = egressPolicyFor(policy);
@@ -694,6 +717,10 @@ async function launchPod(
   ];
   let command: string;
   let args: string[];
+  // A bundle's own programs by their paths: an image's busybox shell runs its
+  // own applets (whose setpriv has no --reuid) before anything on PATH.
+  const program = (name: string): string => (closure.tools ? join(closure.tools, name) : name);
+  const mount = shellEscape(program("mount"));
   if (root) {
     // Re-expose the sandbox directory and the app under a tmpfs that the pod's
     // uid can traverse, in a mount namespace of this pod's own.
@@ -716,7 +743,7 @@ async function launchPod(
       }
       return arg;
     };
-    command = "unshare";
+    command = program("unshare");
     args = [
       "--mount",
       // A slave of the host's mounts, so that another sandbox's disk unmounted
@@ -727,23 +754,25 @@ async function launchPod(
       "/bin/sh",
       "-ec",
       [
-        `mount -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
-        ...exposed.map(([, to], index) => `mkdir ${to}\nmount --bind "$${index + 1}" ${to}`),
+        // An image (a pod's) may have no /mnt.
+        `mkdir -p ${EXPOSE_AT}`,
+        `${mount} -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
+        ...exposed.map(([, to], index) => `mkdir ${to}\n${mount} --bind "$${index + 1}" ${to}`),
         `shift ${exposed.length}`,
         'exec "$@"',
       ].join("\n"),
       "openshell-pod",
       ...exposed.map(([from]) => from),
-      "setpriv",
+      program("setpriv"),
       `--reuid=${launch.hostUid}`,
       `--regid=${launch.hostGid}`,
       "--clear-groups",
       "--",
-      "bwrap",
+      program("bwrap"),
       ...bwrapArgs.map(rewrite),
     ];
   } else {
-    command = "bwrap";
+    command = program("bwrap");
     args = bwrapArgs;
   }
   // bubblewrap reads the filter from this descriptor and closes it before anything of the sandbox runs.
@@ -772,8 +801,7 @@ async function launchPod(
   try {
     child = spawn(command, args, {
       stdio: ["pipe", "pipe", "pipe", filter, ...(groups === undefined ? [] : [groups])],
-      // A bundle's bwrap first: the pod's image may have none.
-      env: { PATH: closure.tools ? `${closure.tools}:${PATH}` : PATH, LANG: "C.UTF-8" },
+      env: { PATH, LANG: "C.UTF-8" },
     });
   } finally {
     closeSync(filter);

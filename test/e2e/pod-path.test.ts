@@ -6,9 +6,10 @@
 // sandbox container's command, `openshell-supervisor`, started with only what
 // the pod spec gives it (the contract's environment and the CA file) in a
 // network namespace of its own whose one way out is a veth pair to the
-// gateway's TLS listener, and in a mount namespace where the gateway's state
-// directory (its Unix socket among it) is an empty tmpfs. Create, exec,
-// upload, download and delete then go through the real CLI and gateway.
+// gateway's TLS listener, in a container whose root is the static-busybox
+// image (no node, no C library, no bash) and which sees nothing else of this
+// host (the gateway's state and Unix socket among it). Create, exec, upload,
+// download and delete then go through the real CLI and gateway.
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomInt } from "node:crypto";
@@ -31,6 +32,7 @@ import { createCertificate } from "../../src/gateway/tls.js";
 import { containerEnv, makeBundle } from "../helpers/bundle.js";
 import { collect, json, type RunResult, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
 import { killMentioning, processesMentioning } from "../helpers/processes.js";
+import { busybox } from "../helpers/registry.js";
 
 const EXTERNAL = { OPENSHELL_SUPERVISOR_MODE: "external" };
 
@@ -123,25 +125,83 @@ function readEnvFile(path: string): Record<string, string> {
   );
 }
 
+/** Where the pod spec mounts the bundle, the Secret's CA and the sandbox's volume in the sandbox container. */
+const IN_POD = {
+  install: "/opt/openshell",
+  secret: "/etc/openshell/tls",
+  caFile: "/etc/openshell/tls/ca.crt",
+  sandboxDir: "/var/lib/openshell/sandbox",
+};
+
 /**
- * A pod's filesystem on this host: the emptyDir the bundle is installed into
- * (by the init container's command, from a bundle made as the supervisor
- * image's), the mounted Secret's CA and the sandbox's directory.
+ * A pod on this host: the sandbox container's image (the static busybox the
+ * image tests use: no node, no C library, no bash), the emptyDir the bundle is
+ * installed into by the init container's command (from a bundle made as the
+ * supervisor image's), the mounted Secret's CA and the sandbox's volume.
  */
 class PodFiles {
   readonly root = mkdtempSync(join(tmpdir(), "openshell-pod-"));
-  readonly install = join(this.root, "opt", "openshell");
-  readonly caFile = join(this.root, "etc", "openshell", "tls", "ca.crt");
-  readonly sandboxDir = join(this.root, "var", "sandbox");
+  readonly image = join(this.root, "image");
+  readonly install = join(this.root, "empty-dir");
+  /** The Secret's files, mounted at /etc/openshell/tls. */
+  readonly secret = join(this.root, "secret");
+  readonly caFile = join(this.secret, "ca.crt");
+  readonly sandboxDir = join(this.root, "volume");
 
   constructor(bundle: string, gatewayCa: string) {
     chmodSync(this.root, 0o755);
+    busybox(this.image);
+    // The mount points a container runtime would make.
+    for (const path of [IN_POD.install, IN_POD.secret, IN_POD.sandboxDir]) {
+      mkdirSync(join(this.image, path), { recursive: true, mode: 0o755 });
+    }
     const installed = execFileSync(join(bundle, "bin", "openshell-install"), [this.install], {
       encoding: "utf8",
     });
     expect(installed).toBe(`openshell-install: supervisor bundle installed in ${this.install}\n`);
     mkdirSync(join(this.caFile, ".."), { recursive: true });
     copyFileSync(gatewayCa, this.caFile);
+    mkdirSync(this.sandboxDir, { mode: 0o755 });
+  }
+
+  /**
+   * The sandbox container, as a container runtime starts it: bubblewrap (as
+   * root, keeping root's capabilities, as a privileged container) with the
+   * image as its root, /proc, /dev, its own /tmp, the emptyDir read-only
+   * at /opt/openshell, the CA file and the sandbox's volume; nothing else of
+   * this host, the gateway's state among it.
+   */
+  container(): string[] {
+    return [
+      "bwrap",
+      "--cap-add",
+      "ALL",
+      "--die-with-parent",
+      "--bind",
+      this.image,
+      "/",
+      // The host's /proc, unmasked: bubblewrap in the pod mounts a proc of
+      // its own, which the kernel allows only where a proc is fully visible
+      // (a pod needs the same: a privileged container, or procMount: Unmasked).
+      "--bind",
+      "/proc",
+      "/proc",
+      "--dev-bind",
+      "/dev",
+      "/dev",
+      "--tmpfs",
+      "/tmp",
+      "--ro-bind",
+      this.install,
+      IN_POD.install,
+      "--ro-bind",
+      this.secret,
+      IN_POD.secret,
+      "--bind",
+      this.sandboxDir,
+      IN_POD.sandboxDir,
+      "--",
+    ];
   }
 
   remove(): void {
@@ -150,18 +210,22 @@ class PodFiles {
   }
 }
 
-/** A supervisor process started as a pod's container is, and what it printed. */
+/** A supervisor started as a pod's sandbox container is, and what it printed. */
 class PodSupervisor {
   readonly child: ChildProcess;
   output = "";
   readonly exited: Promise<number | null>;
 
-  /** `prefix`: what puts it in its pod (namespaces), before its environment and command. */
-  constructor(pod: PodFiles, vars: Record<string, string>, prefix: string[] = []) {
+  /**
+   * `vars` is its whole environment, besides the CA file's path the pod
+   * spec sets; in `network`'s namespace when given.
+   */
+  constructor(pod: PodFiles, vars: Record<string, string>, network?: PodNetwork) {
     const command = [
-      ...prefix,
-      ...containerEnv({ OPENSHELL_TLS_CA: pod.caFile, OPENSHELL_SANDBOX_DIR: pod.sandboxDir, ...vars }),
-      join(pod.install, "bin", "openshell-supervisor"),
+      ...(network ? ["ip", "netns", "exec", network.name] : []),
+      ...pod.container(),
+      ...containerEnv({ OPENSHELL_TLS_CA: IN_POD.caFile, ...vars }),
+      `${IN_POD.install}/bin/openshell-supervisor`,
     ];
     this.child = spawn(command[0]!, command.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
@@ -171,6 +235,17 @@ class PodSupervisor {
     }
     this.exited = new Promise((resolve) => this.child.on("exit", (code) => resolve(code)));
   }
+}
+
+/** The create's result once it succeeded; a failure naming what the supervisor said when either ends first. */
+async function readyOrExited(creating: Promise<RunResult>, supervisor: PodSupervisor): Promise<RunResult> {
+  const ended = await Promise.race([creating, supervisor.exited.then((code) => ({ exited: code }))]);
+  if ("exited" in ended || ended.code !== 0) {
+    const what =
+      "exited" in ended ? `the supervisor exited (${ended.exited})` : `create failed: ${ended.stderr}`;
+    throw new Error(`${what}\nsupervisor: ${supervisor.output.slice(-3000)}`);
+  }
+  return ended;
 }
 
 /**
@@ -207,28 +282,9 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
   let creating: Promise<RunResult> | undefined;
   const stateDir = () => join(env.stateHome, "openshell", "gateways", "local");
 
-  /**
-   * The sandbox container's command, with `vars` as its whole environment,
-   * in the pod's network namespace and in a mount namespace where the
-   * gateway's state (its Unix socket among it) is an empty tmpfs.
-   */
+  /** The sandbox container's command, with `vars` as its whole environment, in the pod's network namespace. */
   const startSupervisor = (vars: Record<string, string>): PodSupervisor =>
-    new PodSupervisor(pod!, vars, [
-      "ip",
-      "netns",
-      "exec",
-      network!.name,
-      "unshare",
-      "--mount",
-      "--propagation",
-      "private",
-      "--",
-      "/bin/sh",
-      "-ec",
-      'mount -t tmpfs -o size=64k,mode=0700 openshell-hidden "$1"\nshift\nexec "$@"',
-      "pod",
-      env.root,
-    ]);
+    new PodSupervisor(pod!, vars, network);
 
   beforeAll(async () => {
     network = new PodNetwork();
@@ -270,9 +326,11 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
       usage: "ca",
       validityDays: 1,
     });
-    const otherCaFile = join(pod!.root, "other-ca.crt");
-    writeFileSync(otherCaFile, otherCa.cert);
-    const wrong = startSupervisor({ ...identity, OPENSHELL_TLS_CA: otherCaFile });
+    // The Secret's CA file holds another CA for this start.
+    const gatewayCa = readFileSync(pod!.caFile);
+    writeFileSync(pod!.caFile, otherCa.cert);
+    const wrong = startSupervisor(identity);
+    await wrong.exited.finally(() => writeFileSync(pod!.caFile, gatewayCa));
     expect(await wrong.exited).toBe(1);
     expect(wrong.output).toContain(
       `cannot reach the gateway at OPENSHELL_ENDPOINT=${identity.OPENSHELL_ENDPOINT}: unable to verify the first certificate; check OPENSHELL_TLS_CA`,
@@ -283,8 +341,7 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
 
   it("is served by the installed supervisor in its own network namespace, reaching the gateway over TCP with TLS", async () => {
     supervisor = startSupervisor(identity);
-    const created = await creating!;
-    expect(created.code, `${created.stderr}\nsupervisor: ${supervisor.output.slice(-3000)}`).toBe(0);
+    const created = await readyOrExited(creating!, supervisor);
     expect(created.stderr).toContain(`Sandbox '${name}' ready`);
     // Its one connection out: from the pod's address to the gateway's TLS port.
     const port = identity.OPENSHELL_ENDPOINT!.split(":")[1];
@@ -314,8 +371,8 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     writeFileSync(join(local, "sub", "blob.bin"), blob);
     const up = await env.run(["sandbox", "upload", name, local, "/sandbox/tree"]);
     expect(up.code, up.stderr).toBe(0);
-    const seen = await env.shell(name, "cat /sandbox/tree/a.txt; wc -c < /sandbox/tree/sub/blob.bin");
-    expect(seen.stdout).toBe("alpha\n300000\n");
+    const seen = await env.shell(name, "cat /sandbox/tree/a.txt; ls /sandbox/tree/sub");
+    expect(seen.stdout).toBe("alpha\nblob.bin\n");
     const back = join(env.root, "back");
     const down = await env.run(["sandbox", "download", name, "/sandbox/tree", back]);
     expect(down.code, down.stderr).toBe(0);
@@ -333,9 +390,7 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     expect(await supervisor!.exited).toBe(0);
     expect(supervisor!.output).toContain("the gateway no longer has this sandbox");
     await waitFor("the pod's processes to end", 10_000, () =>
-      processesMentioning(id).length === 0 && processesMentioning(pod!.sandboxDir).length === 0
-        ? true
-        : undefined,
+      processesMentioning(id).length === 0 && processesMentioning(pod!.root).length === 0 ? true : undefined,
     );
     expect(existsSync(join(stateDir(), "sandboxes", id))).toBe(false);
     const listed = await env.run(["sandbox", "list", "-o", "json"]);
@@ -361,14 +416,8 @@ describe("a pod's supervisor and a gateway that requires client certificates (mT
       { commonName: "a pod", usage: "client", validityDays: 1 },
       clientsCa,
     );
-    certs = {
-      ca: join(env.root, "pods-ca.crt"),
-      cert: join(env.root, "pod.crt"),
-      key: join(env.root, "pod.key"),
-    };
+    certs = { ca: join(env.root, "pods-ca.crt") };
     writeFileSync(certs.ca!, clientsCa.cert);
-    writeFileSync(certs.cert!, podCert.cert);
-    writeFileSync(certs.key!, podCert.key, { mode: 0o600 });
     const started = await env.run(["gateway", "start", "--port", "0", "--tls", "--client-ca", certs.ca!], {
       env: EXTERNAL,
       timeoutMs: 30_000,
@@ -376,6 +425,9 @@ describe("a pod's supervisor and a gateway that requires client certificates (mT
     expect(started.code, started.stderr).toBe(0);
     const gatewayCa = join(env.stateHome, "openshell", "gateways", "local", "tls", "ca.crt");
     pod = new PodFiles(makeBundle(join(env.root, "bundle")), gatewayCa);
+    // The pod's client certificate, in its Secret beside the CA.
+    writeFileSync(join(pod.secret, "tls.crt"), podCert.cert);
+    writeFileSync(join(pod.secret, "tls.key"), podCert.key, { mode: 0o600 });
     ({ creating, identity } = await createExternal(env, name));
   });
 
@@ -399,11 +451,10 @@ describe("a pod's supervisor and a gateway that requires client certificates (mT
   it("serves the sandbox through a supervisor presenting a client certificate its CA signed", async () => {
     const supervisor = new PodSupervisor(pod!, {
       ...identity,
-      OPENSHELL_TLS_CERT: certs.cert!,
-      OPENSHELL_TLS_KEY: certs.key!,
+      OPENSHELL_TLS_CERT: `${IN_POD.secret}/tls.crt`,
+      OPENSHELL_TLS_KEY: `${IN_POD.secret}/tls.key`,
     });
-    const created = await creating!;
-    expect(created.code, `${created.stderr}\nsupervisor: ${supervisor.output.slice(-3000)}`).toBe(0);
+    await readyOrExited(creating!, supervisor);
     const ran = await env.run(["sandbox", "exec", "-n", name, "--", "echo", "over-mtls"]);
     expect([ran.code, ran.stdout]).toEqual([0, "over-mtls\n"]);
     const deleted = await env.run(["sandbox", "delete", name]);
