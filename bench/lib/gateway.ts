@@ -16,10 +16,10 @@ import {
   WatchSandboxRequest,
 } from "../../src/gen/openshell.js";
 import { connectGateway } from "../../src/transport/grpc.js";
+import { processesMentioning } from "../../test/helpers/processes.js";
 import {
   descendants,
   isAlive,
-  processesMentioning,
   type RunOptions,
   runOk,
   runTimed,

@@ -188,20 +188,6 @@ export function descendants(pid: number): number[] {
   return found;
 }
 
-/** Live processes whose command line mentions `text` (a temp directory only this run uses). */
-export function processesMentioning(text: string): number[] {
-  const found: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(text)) found.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return found;
-}
-
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);

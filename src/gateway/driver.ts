@@ -35,7 +35,11 @@ export interface ComputeDriver {
   readonly sandboxesRoot: string;
   /** Supervisors fetch injected files over gRPC: no file of this host is named in a launch. */
   readonly remote: boolean;
-  /** Limits are the host's control groups, made by the gateway (false: the driver's own, e.g. pod limits). */
+  /**
+   * Sandboxes run on this host: their limits are its control groups and their
+   * disks its filesystems, made by the gateway (false: the driver's own, e.g.
+   * a pod's limits, or a supervisor started elsewhere).
+   */
   readonly hostCgroups: boolean;
   /** Images are pulled by the driver's nodes, not by the gateway's image store. */
   readonly pullsImages: boolean;

@@ -21,20 +21,16 @@
 
 import { type Limits, resourcesToLimits } from "../core/limits.js";
 import type { Sandbox } from "../gen/openshell.js";
-import { SUPERVISOR_ENV, type SupervisorLaunch } from "../runtime/contract.js";
+import { EXTERNAL_SANDBOX_DIR, SUPERVISOR_ENV, type SupervisorLaunch } from "../runtime/contract.js";
 
 /** Where the init container installs the supervisor bundle, and the sandbox container runs it from. */
 export const BUNDLE_DIR = "/opt/openshell";
 /** The supervisor image holds the bundle here. */
 const IMAGE_BUNDLE_DIR = "/openshell-bundle";
-/** The sandbox's directory in its container: the workspace volume, named to the supervisor by SANDBOX_DIR_ENV. */
-export const POD_SANDBOX_DIR = "/var/lib/openshell/sandbox";
-/** The environment variable naming the sandbox's directory to a supervisor whose launch names none. */
-export const SANDBOX_DIR_ENV = "OPENSHELL_SANDBOX_DIR";
+/** The sandbox's directory in its container: the workspace volume (the contract's default for a supervisor elsewhere). */
+export const POD_SANDBOX_DIR = EXTERNAL_SANDBOX_DIR;
 /** Where the gateway's CA certificate is mounted from the sandbox's Secret. */
 export const POD_TLS_DIR = "/etc/openshell/tls";
-/** The environment variable naming the CA certificate the supervisor trusts. */
-export const TLS_CA_ENV = "OPENSHELL_TLS_CA";
 
 /** How long a deleted pod's supervisor has to stop its sandbox before it is killed. */
 export const TERMINATION_GRACE_SECONDS = 10;
@@ -227,8 +223,8 @@ export function renderPod(settings: PodSettings, run: PodRun): KubeObject {
               name: SUPERVISOR_ENV.secret,
               valueFrom: { secretKeyRef: { name: secretName(id), key: SECRET_KEY } },
             },
-            ...(tls ? [{ name: TLS_CA_ENV, value: `${POD_TLS_DIR}/${CA_KEY}` }] : []),
-            { name: SANDBOX_DIR_ENV, value: POD_SANDBOX_DIR },
+            ...(tls ? [{ name: SUPERVISOR_ENV.tlsCa, value: `${POD_TLS_DIR}/${CA_KEY}` }] : []),
+            { name: SUPERVISOR_ENV.sandboxDir, value: POD_SANDBOX_DIR },
           ],
           // Requests equal to limits: the sandbox gets what it was promised (Guaranteed with both set).
           resources: { limits, requests: limits },

@@ -5,7 +5,14 @@
 // environment as one line on stdin; a spare whose stdin ends before it was
 // given a sandbox exits. In remote mode (OPENSHELL_SUPERVISOR_MODE=remote)
 // each supervisor starts as one in another machine's pod would: environment
-// only, no stdin, files fetched over gRPC, no spare.
+// only, no stdin, files fetched over gRPC, no spare. In external mode
+// (OPENSHELL_SUPERVISOR_MODE=external) the gateway starts no process at all:
+// start records the launch and writes the supervisor's environment to
+// SUPERVISOR_ENV_FILE in the sandbox's directory, and whoever runs the
+// supervisor (a pod's container, a test) starts it with that environment; it
+// dials the gateway's TCP listener (OPENSHELL_SUPERVISOR_ENDPOINT, else the
+// listener's own address), names its own sandbox directory and app root, and
+// stops by itself once the gateway no longer has its sandbox.
 //
 // Work outlives the gateway: supervisors run in sessions of their own (a
 // signal to the gateway's process group does not reach them), and a gateway
@@ -85,12 +92,24 @@ export function readSupervisorRecord(sandboxDir: string): ProcessIdentity | unde
   return match ? { pid: Number(match[1]), start: match[2]! } : undefined;
 }
 
-/** The environment variable that starts supervisors as remote ones (see the header). */
+/** The environment variable that starts supervisors as remote ones, or starts none (see the header). */
 export const SUPERVISOR_MODE_ENV = "OPENSHELL_SUPERVISOR_MODE";
+/** What external supervisors dial, e.g. `gateway.example:17670`; the gateway's TCP listener when unset. */
+export const SUPERVISOR_ENDPOINT_ENV = "OPENSHELL_SUPERVISOR_ENDPOINT";
+/** The file in an external sandbox's directory holding its supervisor's environment (0600, `NAME=value` lines). */
+export const SUPERVISOR_ENV_FILE = "supervisor.env";
+
+export type SupervisorMode = "local" | "remote" | "external";
+
+/** The mode OPENSHELL_SUPERVISOR_MODE names; anything else stops the gateway's start. */
+export function supervisorMode(text: string | undefined): SupervisorMode {
+  if (text === undefined || text === "" || text === "local") return "local";
+  if (text === "remote" || text === "external") return text;
+  throw new Error(`${SUPERVISOR_MODE_ENV}=${text}: expected local, remote or external`);
+}
 
 export class LocalRuntime implements ComputeDriver {
   readonly kind = "local";
-  readonly hostCgroups = true;
   readonly pullsImages = false;
   private readonly running = new Map<string, Running>();
   /**
@@ -106,8 +125,10 @@ export class LocalRuntime implements ComputeDriver {
     private readonly supervisorScript: string,
     private readonly gatewayTarget: string,
     private readonly events: DriverEvents,
-    /** Remote mode (see the header): no spare, no stdin, no files read from this host. */
-    readonly remote = process.env[SUPERVISOR_MODE_ENV] === "remote",
+    /** See the header; remote and external supervisors read no files from this host and have no spare. */
+    readonly mode: SupervisorMode = supervisorMode(process.env[SUPERVISOR_MODE_ENV]),
+    /** What an external supervisor dials (external mode), known once the gateway listens. */
+    private readonly externalTarget: () => string = () => gatewayTarget,
   ) {}
 
   async open(): Promise<void> {}
@@ -135,6 +156,19 @@ export class LocalRuntime implements ComputeDriver {
     }
     return undefined;
   }
+
+  /** Whether supervisors fetch everything over gRPC (remote and external modes). */
+  get remote(): boolean {
+    return this.mode !== "local";
+  }
+
+  /** An external supervisor's pod is bounded where it runs, not by this host's control groups and disks. */
+  get hostCgroups(): boolean {
+    return this.mode !== "external";
+  }
+
+  /** Launches waiting for, or served by, a supervisor this gateway did not start (external mode). */
+  private readonly external = new Map<string, SupervisorLaunch>();
 
   /**
    * A supervisor process, told its identity in its environment, or (a
@@ -197,7 +231,7 @@ export class LocalRuntime implements ComputeDriver {
 
   /** What the running supervisor of a sandbox was launched to run (GetSupervisorLaunch). */
   launchOf(sandboxId: string): SupervisorLaunch | undefined {
-    return this.running.get(sandboxId)?.launch;
+    return this.running.get(sandboxId)?.launch ?? this.external.get(sandboxId);
   }
 
   /** A supervisor has fetched its configuration: the gateway is not needed for a while. */
@@ -214,6 +248,10 @@ export class LocalRuntime implements ComputeDriver {
   }
 
   start(launch: SupervisorLaunch, secret: string, _sandbox?: Sandbox): void {
+    if (this.mode === "external") {
+      this.startExternal(launch, secret);
+      return;
+    }
     // Staging a killed supervisor left behind; its pod is gone.
     removeSharedMemoryStaging(launch.sandboxId);
     const env = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.gatewayTarget, secret });
@@ -255,6 +293,24 @@ export class LocalRuntime implements ComputeDriver {
   }
 
   /**
+   * External mode: the launch, with no path of this host's in it (the
+   * supervisor names its own directory and app root, and a pod's own root is
+   * its image), is kept for GetSupervisorLaunch, and the supervisor's
+   * environment written for whoever starts it.
+   */
+  private startExternal(launch: SupervisorLaunch, secret: string): void {
+    this.external.set(launch.sandboxId, { ...launch, sandboxDir: "", appRoot: "", imageRoot: "" });
+    const env = supervisorEnv({ sandboxId: launch.sandboxId, endpoint: this.externalTarget(), secret });
+    writeFileSync(
+      join(launch.sandboxDir, SUPERVISOR_ENV_FILE),
+      Object.entries(env)
+        .map(([name, value]) => `${name}=${value}\n`)
+        .join(""),
+      { mode: 0o600 },
+    );
+  }
+
+  /**
    * Takes on the supervisor an earlier gateway started for a sandbox, when
    * the record in its directory names one that still runs this gateway's
    * supervisor program; false when there is none to adopt. Its exit is
@@ -291,6 +347,8 @@ export class LocalRuntime implements ComputeDriver {
 
   /** Stops a sandbox's supervisor (and with it the pod); resolves when it is gone. */
   async stop(sandboxId: string, graceMs = 5000): Promise<void> {
+    // An external supervisor is not this gateway's to signal: it stops once its session is refused.
+    this.external.delete(sandboxId);
     const running = this.running.get(sandboxId);
     if (!running) return;
     const signal = (name: NodeJS.Signals): void => {

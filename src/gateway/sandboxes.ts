@@ -632,7 +632,10 @@ export class Sandboxes {
         sandboxDir,
         hostUid: runtime.hostUid,
         hostGid: runtime.hostGid,
-        diskBytes: (typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes,
+        // A supervisor elsewhere (a pod's) has no filesystem of this host's to give the sandbox.
+        diskBytes: this.o.runtime.hostCgroups
+          ? ((typeof limits === "object" ? limits.diskBytes : undefined) ?? this.o.diskBytes)
+          : 0,
         cgroupProcs: groups ? procsFiles(groups) : [],
         execCgroup: groups ? execGroupOf(groups) : undefined,
         shmBytes:

@@ -22,7 +22,7 @@ import { ImageStore } from "./images.js";
 import type { KubernetesSettings } from "./kubernetes.js";
 import { parseWorkspaceSetting } from "./kubernetes-pod.js";
 import { RelayHub } from "./relay.js";
-import { LocalRuntime } from "./runtime.js";
+import { LocalRuntime, SUPERVISOR_ENDPOINT_ENV, SUPERVISOR_MODE_ENV, supervisorMode } from "./runtime.js";
 import { Sandboxes } from "./sandboxes.js";
 import { createService, withDecodeChecks } from "./service.js";
 import { SshAccess } from "./ssh.js";
@@ -258,6 +258,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       viaRelay || runtime.kind !== "local" || !runtime.isRunning(id) ? undefined : runtime.sandboxDir(id),
   );
   const socketPath = supervisorSocketPath(options.stateDir);
+  let port = options.port;
+  const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
   const driverEvents: DriverEvents = {
     report: (id, report) => sandboxes.supervisorReport(id, report),
     exited: (id, instanceId, code, signal) => sandboxes.supervisorExited(id, instanceId, code, signal),
@@ -273,6 +275,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       join(options.appRoot, "dist", "supervisor.mjs"),
       `unix://${socketPath}`,
       driverEvents,
+      supervisorMode(process.env[SUPERVISOR_MODE_ENV]),
+      // The TCP listener, as plaintext only when it is so (see the contract's endpoint).
+      () => process.env[SUPERVISOR_ENDPOINT_ENV] || `${options.tls ? "" : "http://"}${host}:${port}`,
     );
   }
 
@@ -327,7 +332,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     "grpc.http2.min_ping_interval_without_data_ms": 5_000,
   });
 
-  let port = options.port;
   const scheme = options.tls ? "https" : "http";
   ssh = new SshAccess({
     store,
@@ -354,7 +358,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         options.tls.clientCa !== undefined,
       )
     : ServerCredentials.createInsecure();
-  const host = options.bind.includes(":") ? `[${options.bind}]` : options.bind;
   port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(`${host}:${options.port}`, credentials, (error, bound) =>
       error ? reject(error) : resolve(bound),

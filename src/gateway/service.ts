@@ -507,6 +507,11 @@ export function createService(o: ServiceOptions): OpenShellServer {
       let id: string;
       try {
         id = requireSupervisor(call.metadata);
+        // A sandbox on its way out takes no session: its supervisor learns it is gone and stops.
+        const sandbox = o.store.getSandbox(id);
+        if (!sandbox || phaseOf(sandbox) === SandboxPhase.SANDBOX_PHASE_DELETING) {
+          throw notFound(`sandbox ${id} is being deleted`);
+        }
       } catch (error) {
         call.emit("error", toStatus(error));
         return;

@@ -12,7 +12,11 @@
 // watches its configuration (WatchSandboxConfig: now, then each new policy
 // revision), applies what may change on a running sandbox (the network rules,
 // core/policy/live.ts) and says what it made of each revision
-// (ReportPolicyStatus: loaded, or failed with why). The local runtime's
+// (ReportPolicyStatus: loaded, or failed with why). A supervisor on another
+// machine (a pod's) dials the gateway's TCP listener over TLS, trusting the CA
+// its environment names, with a client certificate when the gateway requires
+// one: its sandbox credential authorizes its calls, never the connection. The
+// local runtime's
 // fast path is an option of the same spec: `filesPath` names a file on the
 // supervisor's host holding the content, read there instead of fetched.
 //
@@ -26,25 +30,62 @@ import type { SupervisorLaunchSpec, SupervisorStatusReport } from "../gen/opensh
 /** The environment variables of the contract, upstream's names where it has them. */
 export const SUPERVISOR_ENV = {
   sandboxId: "OPENSHELL_SANDBOX_ID",
-  /** The gateway's gRPC target, e.g. `unix:///…/supervisor.sock` or `host:port`. */
+  /**
+   * The gateway's gRPC target: `unix:///…/supervisor.sock` (the local
+   * runtime), `host:port` or `https://host:port` (TLS), `http://host:port`
+   * (plaintext TCP, only when named so).
+   */
   endpoint: "OPENSHELL_ENDPOINT",
   /** The sandbox's credential, presented on every call. */
   secret: "OPENSHELL_SANDBOX_SECRET",
+  /** The CA certificate (PEM file) a TLS endpoint is verified with; the system's roots when unset. */
+  tlsCa: "OPENSHELL_TLS_CA",
+  /** A client certificate and its key (PEM files), for a gateway that requires them (mTLS). */
+  tlsCert: "OPENSHELL_TLS_CERT",
+  tlsKey: "OPENSHELL_TLS_KEY",
+  /**
+   * Where a supervisor the gateway did not start keeps the sandbox's
+   * directories (workspace, run, tmp) when its launch names none; default
+   * EXTERNAL_SANDBOX_DIR.
+   */
+  sandboxDir: "OPENSHELL_SANDBOX_DIR",
 } as const;
+
+/** A supervisor's sandbox directory when neither its launch nor its environment names one. */
+export const EXTERNAL_SANDBOX_DIR = "/var/lib/openshell/sandbox";
+
+/** The variables without which a supervisor cannot serve its sandbox. */
+const REQUIRED_ENV = ["sandboxId", "endpoint", "secret"] as const;
+
+/** The files a supervisor dialing TLS reads: paths from its environment. */
+export interface SupervisorTls {
+  ca?: string | undefined;
+  cert?: string | undefined;
+  key?: string | undefined;
+}
 
 /** Who a supervisor is and where its gateway is: all it is told outside gRPC. */
 export interface SupervisorIdentity {
   sandboxId: string;
   endpoint: string;
   secret: string;
+  tls?: SupervisorTls | undefined;
+  sandboxDir?: string | undefined;
 }
 
 /** The environment that tells a supervisor its identity. */
 export function supervisorEnv(identity: SupervisorIdentity): Record<string, string> {
+  const optional: [string, string | undefined][] = [
+    [SUPERVISOR_ENV.tlsCa, identity.tls?.ca],
+    [SUPERVISOR_ENV.tlsCert, identity.tls?.cert],
+    [SUPERVISOR_ENV.tlsKey, identity.tls?.key],
+    [SUPERVISOR_ENV.sandboxDir, identity.sandboxDir],
+  ];
   return {
     [SUPERVISOR_ENV.sandboxId]: identity.sandboxId,
     [SUPERVISOR_ENV.endpoint]: identity.endpoint,
     [SUPERVISOR_ENV.secret]: identity.secret,
+    ...Object.fromEntries(optional.filter((entry): entry is [string, string] => entry[1] !== undefined)),
   };
 }
 
@@ -56,13 +97,55 @@ export function supervisorEnv(identity: SupervisorIdentity): Record<string, stri
 export function readSupervisorEnv(env: Record<string, string | undefined>): SupervisorIdentity | undefined {
   const sandboxId = env[SUPERVISOR_ENV.sandboxId];
   if (sandboxId === undefined || sandboxId === "") return undefined;
-  const missing = (["endpoint", "secret"] as const).find((key) => !env[SUPERVISOR_ENV[key]]);
+  const missing = REQUIRED_ENV.find((key) => !env[SUPERVISOR_ENV[key]]);
   if (missing) {
     throw new Error(
-      `${SUPERVISOR_ENV[missing]} is not set: a supervisor needs ${Object.values(SUPERVISOR_ENV).join(", ")}`,
+      `${SUPERVISOR_ENV[missing]} is not set: a supervisor needs ${REQUIRED_ENV.map((key) => SUPERVISOR_ENV[key]).join(", ")}`,
     );
   }
-  return { sandboxId, endpoint: env[SUPERVISOR_ENV.endpoint]!, secret: env[SUPERVISOR_ENV.secret]! };
+  const sandboxDir = env[SUPERVISOR_ENV.sandboxDir] || undefined;
+  const tls = readSupervisorTls(env);
+  return {
+    sandboxId,
+    endpoint: env[SUPERVISOR_ENV.endpoint]!,
+    secret: env[SUPERVISOR_ENV.secret]!,
+    ...(tls ? { tls } : {}),
+    ...(sandboxDir ? { sandboxDir } : {}),
+  };
+}
+
+/** The TLS files a supervisor's environment names; undefined when it names none. */
+export function readSupervisorTls(env: Record<string, string | undefined>): SupervisorTls | undefined {
+  const [ca, cert, key] = [SUPERVISOR_ENV.tlsCa, SUPERVISOR_ENV.tlsCert, SUPERVISOR_ENV.tlsKey].map(
+    (name) => env[name] || undefined,
+  );
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new Error(
+      `${SUPERVISOR_ENV.tlsCert} and ${SUPERVISOR_ENV.tlsKey} go together: set both or neither`,
+    );
+  }
+  return ca || cert ? { ca, cert, key } : undefined;
+}
+
+/** How a supervisor reaches its gateway's endpoint (see SUPERVISOR_ENV.endpoint). */
+export type SupervisorTarget =
+  | { kind: "unix"; target: string }
+  | { kind: "tcp"; target: string; tls: boolean };
+
+/**
+ * Reads an endpoint: `unix://…` as it is, `http://host:port` as plaintext
+ * TCP, and `host:port` or `https://host:port` as TLS. Throws naming the
+ * variable when it is none of these.
+ */
+export function parseSupervisorEndpoint(endpoint: string): SupervisorTarget {
+  if (endpoint.startsWith("unix:")) return { kind: "unix", target: endpoint };
+  const match = /^(?:(https?):\/\/)?((?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5})\/?$/.exec(endpoint);
+  if (!match) {
+    throw new Error(
+      `${SUPERVISOR_ENV.endpoint}=${endpoint}: expected host:port (TLS), https://host:port, http://host:port or unix:///path`,
+    );
+  }
+  return { kind: "tcp", target: match[2]!, tls: match[1] !== "http" };
 }
 
 /**

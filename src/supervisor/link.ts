@@ -4,9 +4,11 @@
 // or to a port on the pod's loopback through the agent), and the log stream.
 
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import {
   type CallOptions,
+  type ChannelCredentials,
   type ClientDuplexStream,
   type ClientWritableStream,
   credentials,
@@ -14,7 +16,10 @@ import {
   InterceptingCall as InterceptingCallImpl,
   type Interceptor,
   Metadata,
+  type ServiceError,
+  status,
 } from "@grpc/grpc-js";
+import { messageOf } from "../core/errors.js";
 import { checkTargetPort, FORWARD_CONNECTIONS_PER_SANDBOX, loopbackAddress } from "../core/forward.js";
 import { SUPERVISOR_METADATA_KEY } from "../core/protocol.js";
 import type {
@@ -27,11 +32,19 @@ import type {
   SandboxLogLine,
   SupervisorMessage,
 } from "../gen/openshell.js";
+import { parseSupervisorEndpoint, SUPERVISOR_ENV, type SupervisorTls } from "../runtime/contract.js";
 import { frameDuplex } from "../transport/duplex.js";
 import { dataFrameCodec, FastOpenShellClient } from "../transport/frames.js";
 import { MAX_MESSAGE_BYTES } from "../transport/grpc.js";
 import { openPodForward } from "../transport/pod-forward.js";
 import { connectUnixSocket } from "../transport/unix.js";
+
+/**
+ * What a session refused for a sandbox the gateway no longer has ends with:
+ * its credential unknown (the sandbox's record is gone) or the sandbox being
+ * deleted.
+ */
+const SANDBOX_GONE: readonly status[] = [status.UNAUTHENTICATED, status.NOT_FOUND];
 
 const LOG_FLUSH_MS = 200;
 const LOG_BATCH = 100;
@@ -41,11 +54,49 @@ const RECONNECT_MAX_MS = 2000;
 const TCP_RELAYS_MAX = 2 * FORWARD_CONNECTIONS_PER_SANDBOX;
 
 /**
+ * The channel credentials for `endpoint` (see SUPERVISOR_ENV.endpoint): none
+ * on a Unix socket or a TCP endpoint named `http://`, else TLS verified with
+ * the CA file `tls.ca` (the system's roots without one), presenting the
+ * client certificate `tls.cert` when given. A file that cannot be read is an
+ * error naming its variable.
+ */
+export function supervisorChannel(
+  endpoint: string,
+  tls: SupervisorTls | undefined,
+): { target: string; credentials: ChannelCredentials } {
+  const parsed = parseSupervisorEndpoint(endpoint);
+  if (parsed.kind === "unix" || !parsed.tls) {
+    return { target: parsed.target, credentials: credentials.createInsecure() };
+  }
+  const read = (variable: string, path: string | undefined): Buffer | null => {
+    if (path === undefined) return null;
+    try {
+      return readFileSync(path);
+    } catch (error) {
+      throw new Error(
+        `${variable}=${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? messageOf(error)})`,
+      );
+    }
+  };
+  return {
+    target: parsed.target,
+    credentials: credentials.createSsl(
+      read(SUPERVISOR_ENV.tlsCa, tls?.ca),
+      read(SUPERVISOR_ENV.tlsKey, tls?.key),
+      read(SUPERVISOR_ENV.tlsCert, tls?.cert),
+    ),
+  };
+}
+
+/**
  * A client of the gateway whose calls carry the sandbox's credentials once
  * `identify` has been called. The channel can connect before that: a spare
  * supervisor connects while it waits for a sandbox to serve.
  */
-export function supervisorClient(target: string): {
+export function supervisorClient(
+  endpoint: string,
+  tls?: SupervisorTls,
+): {
   client: OpenShellClient;
   identify(sandboxId: string, secret: string): void;
 } {
@@ -62,7 +113,8 @@ export function supervisorClient(target: string): {
   // windows both ways an echo of 1 MB stalled for good (each side with more in flight than
   // the socket holds, neither reading; the session then timed out). With the gateway's
   // writes bounded below what the socket buffers, the gateway keeps reading and both flow.
-  const client = new FastOpenShellClient(target, credentials.createInsecure(), {
+  const channel = supervisorChannel(endpoint, tls);
+  const client = new FastOpenShellClient(channel.target, channel.credentials, {
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 15_000,
@@ -105,6 +157,11 @@ export interface SessionOptions {
   log(line: string): void;
   /** Called each time a gateway accepts the session (again, after a reconnect). */
   accepted?(): void;
+  /**
+   * Called, and no reconnect made, when the gateway refuses the session
+   * because it no longer has the sandbox (deleted, or being deleted).
+   */
+  gone?(reason: string): void;
 }
 
 /**
@@ -173,7 +230,14 @@ export class SupervisorSession {
       this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
       setTimeout(() => this.connect(), delay).unref();
     };
-    stream.on("error", retry);
+    stream.on("error", (error: ServiceError) => {
+      if (SANDBOX_GONE.includes(error.code) && this.o.gone && !this.stopped) {
+        this.stopped = true;
+        this.o.gone(error.details);
+        return;
+      }
+      retry();
+    });
     stream.on("end", retry);
   }
 

@@ -23,20 +23,27 @@
 // pod's end, or the removal of its sandbox's directory (the sandbox deleted,
 // or its gateway's state removed while it was away) ends it.
 
-import { appendFileSync, existsSync } from "node:fs";
-import { join } from "node:path";
+import { appendFileSync, existsSync, mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
-import { Metadata } from "@grpc/grpc-js";
+import { fileURLToPath } from "node:url";
+import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
+import { messageOf } from "../core/errors.js";
 import { defaultPolicy, liveChangeProblem, policyHash } from "../core/policy.js";
 import type { OpenShellClient } from "../gen/openshell.js";
 import { containUncaughtErrors } from "../host/last-resort.js";
+import { VERSION } from "../host/version.js";
 import {
+  EXTERNAL_SANDBOX_DIR,
   POD_SUPPORT_DIR_ENV,
+  parseSupervisorEndpoint,
   readSupervisorEnv,
+  readSupervisorTls,
   reportToWire,
   SECCOMP_DENY_ENV,
   SUPERVISOR_ENV,
   type SupervisorIdentity,
+  type SupervisorLaunch,
   type SupervisorReport,
 } from "../runtime/contract.js";
 import { readFileContent } from "../runtime/file-content.js";
@@ -180,15 +187,68 @@ function shutdown(reason: string, code: number): void {
     .finally(() => reports.then(() => process.exit(code)));
 }
 
+/** A failure its message says all of (the environment is wrong, the gateway out of reach): no stack. */
+class StartupError extends Error {}
+
+/**
+ * The gateway could not be reached (its first call): said in one line, with
+ * the variables that decide how it is dialed.
+ */
+class GatewayUnreachable extends StartupError {
+  constructor(identity: SupervisorIdentity, details: string) {
+    // grpc-js words it "No connection established. Last error: <cause>. Resolution note: …",
+    // and an OpenSSL alert as "…:SSL routines:<function>:<reason>:<file>:…".
+    const last = /Last error: (?:Error: )?([^\n]*?)\.? Resolution note:/.exec(details)?.[1] ?? details;
+    const cause = /SSL routines:[^:]*:([^:]+):/.exec(last)?.[1] ?? last;
+    const target = parseSupervisorEndpoint(identity.endpoint);
+    const tls =
+      target.kind === "tcp" && target.tls
+        ? `; check ${SUPERVISOR_ENV.tlsCa} (the CA that signed the gateway's certificate), and ${SUPERVISOR_ENV.tlsCert} and ${SUPERVISOR_ENV.tlsKey} when it requires client certificates`
+        : "";
+    super(`cannot reach the gateway at ${SUPERVISOR_ENV.endpoint}=${identity.endpoint}: ${cause}${tls}`);
+  }
+}
+
+/** `step()`, its failure a StartupError. */
+function startupStep<T>(step: () => T): T {
+  try {
+    return step();
+  } catch (error) {
+    throw new StartupError(messageOf(error));
+  }
+}
+
+/** This supervisor's own installation (dist/ and node_modules/ below it): a bundle's root, or the gateway's. */
+const OWN_APP_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+/**
+ * The launch with the places only the supervisor's own host knows filled in:
+ * a gateway that did not start it (a pod's) names no sandbox directory (the
+ * environment's, else EXTERNAL_SANDBOX_DIR, made here) and no app root (this
+ * supervisor's own).
+ */
+function placed(launch: SupervisorLaunch, identity: SupervisorIdentity): SupervisorLaunch {
+  if (launch.sandboxDir !== "" && launch.appRoot !== "") return launch;
+  const sandboxDir = launch.sandboxDir || identity.sandboxDir || EXTERNAL_SANDBOX_DIR;
+  mkdirSync(sandboxDir, { recursive: true, mode: 0o711 });
+  return { ...launch, sandboxDir, appRoot: launch.appRoot || OWN_APP_ROOT };
+}
+
 async function main(): Promise<void> {
+  if (process.argv.includes("--version")) {
+    process.stdout.write(`openshell-supervisor ${VERSION} (node ${process.version}, ${process.arch})\n`);
+    return;
+  }
   process.on("SIGTERM", () => shutdown("SIGTERM", 0));
   process.on("SIGINT", () => shutdown("SIGINT", 0));
   // A spare supervisor is started before its sandbox exists: it connects to
   // its gateway first, then waits on stdin for the sandbox to serve.
   const endpoint = process.env[SUPERVISOR_ENV.endpoint];
-  const early = endpoint ? supervisorClient(endpoint) : undefined;
+  const early = endpoint
+    ? startupStep(() => supervisorClient(endpoint, readSupervisorTls(process.env)))
+    : undefined;
   early?.client.getChannel().getConnectivityState(true);
-  const closure = nodeClosure();
+  const closure = nodeClosure(OWN_APP_ROOT);
   closure.catch(() => {}); // reported by startPod
   // The execute-only loader and the seccomp filter, shared by the host's pods:
   // a spare makes or finds them before its sandbox exists.
@@ -197,16 +257,23 @@ async function main(): Promise<void> {
     ? podSupport(supportDir, closure, process.env[SECCOMP_DENY_ENV])
     : undefined;
   earlySupport?.catch(() => {}); // reported by startPod
-  const identity = await readIdentity();
+  const identity = await readIdentity().catch((error: Error) => {
+    throw new StartupError(error.message);
+  });
   const start = performance.now();
   const since = (): string => `${Math.round(performance.now() - start)} ms after launch`;
-  const { client, identify } = early ?? supervisorClient(identity.endpoint);
+  const { client, identify } = early ?? startupStep(() => supervisorClient(identity.endpoint, identity.tls));
   identify(identity.sandboxId, identity.secret);
   reporter = { client, sandboxId: identity.sandboxId };
   const sandboxId = identity.sandboxId;
   const configured = call(client.getSandboxConfig.bind(client), { sandboxId });
   configured.catch(() => {}); // awaited below
-  const launch = await call(client.getSupervisorLaunch.bind(client), { sandboxId });
+  const launch = placed(
+    await call(client.getSupervisorLaunch.bind(client), { sandboxId }).catch((error: ServiceError) => {
+      throw error.code === status.UNAVAILABLE ? new GatewayUnreachable(identity, error.details) : error;
+    }),
+    identity,
+  );
   diagFile = join(launch.sandboxDir, "supervisor.log");
   setInterval(() => {
     if (!existsSync(launch.sandboxDir)) shutdown("the sandbox's directory was removed", 0);
@@ -278,6 +345,8 @@ async function main(): Promise<void> {
           forwardSocket: pod.forwardSocket,
           log: diag,
           accepted: reportExit,
+          // A pod's supervisor is not stopped by its gateway: it stops when its sandbox is gone.
+          gone: (reason) => shutdown(`the gateway no longer has this sandbox (${reason})`, 0),
         });
         session.start();
         break;
@@ -348,7 +417,7 @@ async function main(): Promise<void> {
 
 main().catch(async (error: unknown) => {
   const message = error instanceof Error ? error.message : String(error);
-  diag(error instanceof Error && error.stack ? error.stack : message);
+  diag(error instanceof Error && error.stack && !(error instanceof StartupError) ? error.stack : message);
   const reason = error instanceof PodError ? error.reason : "SupervisorFailed";
   await report({ kind: "failure", reason, message });
   process.exit(1);

@@ -35,6 +35,7 @@ import { messageOf } from "../core/errors.js";
 import { normalizeSandboxPath } from "../core/files.js";
 import { defaultPolicy } from "../core/policy.js";
 import { TRANSFER_TOOL_ENV } from "../core/protocol.js";
+import { shellEscape } from "../core/shell.js";
 import { signalName } from "../core/signals.js";
 import type { SandboxFile } from "../gen/openshell.js";
 import type { FilesystemPolicy, SandboxPolicy } from "../gen/sandbox.js";
@@ -92,20 +93,70 @@ function identity(value: string | undefined, fallback: number): number {
 }
 
 export interface NodeClosure {
+  /** The node binary the agent runs. */
+  node: string;
   loader: string;
   libraries: string[];
+  /** The compiled default seccomp filter(s) shipped beside it (a bundle's), looked in before compiling. */
+  prebuiltSeccomp?: string | undefined;
+  /** A bundle's GNU tar and realpath for uploads and downloads (see transferTools), by name. */
+  transfer?: Record<string, LinkedProgram> | undefined;
+  /** A directory holding the programs a pod is started with (bwrap, setpriv, unshare, mount), used instead of the system's. */
+  tools?: string | undefined;
 }
 
 /**
- * The node binary's shared libraries and dynamic loader, from ldd. A spare
- * supervisor asks while it waits for its sandbox, so a create does not wait
- * for ldd; a failure is reported when the pod is started.
+ * What a supervisor bundle (scripts/bundle.mjs) records in its `bundle.json`:
+ * paths relative to the bundle's root, which is also the supervisor's app root.
  */
-export async function nodeClosure(): Promise<NodeClosure> {
+export interface BundleManifest {
+  version: string;
+  arch: string;
+  node: string;
+  loader: string;
+  libraries: string[];
+  seccomp: string;
+  tools: string;
+  transfer: Record<string, LinkedProgram>;
+}
+
+/** The file at the root of a supervisor bundle that describes it. */
+export const BUNDLE_MANIFEST = "bundle.json";
+
+/**
+ * The node binary with its shared libraries and dynamic loader: from the
+ * bundle's manifest when the supervisor runs from one (started through the
+ * bundle's loader, node's own path is not process.execPath there), else from
+ * ldd. A spare supervisor asks while it waits for its sandbox, so a create
+ * does not wait for ldd; a failure is reported when the pod is started.
+ */
+export async function nodeClosure(appRoot?: string): Promise<NodeClosure> {
+  const manifestPath = appRoot === undefined ? undefined : join(appRoot, BUNDLE_MANIFEST);
+  if (manifestPath !== undefined && existsSync(manifestPath)) {
+    const manifest = await podStep(
+      "RuntimeUnavailable",
+      `cannot read the supervisor bundle's ${manifestPath}`,
+      () => JSON.parse(readFileSync(manifestPath, "utf8")) as BundleManifest,
+    );
+    const at = (path: string): string => join(appRoot!, path);
+    return {
+      node: at(manifest.node),
+      loader: at(manifest.loader),
+      libraries: manifest.libraries.map(at),
+      prebuiltSeccomp: at(manifest.seccomp),
+      tools: at(manifest.tools),
+      transfer: Object.fromEntries(
+        Object.entries(manifest.transfer).map(([tool, program]) => [
+          tool,
+          { path: at(program.path), libraries: program.libraries.map(at) },
+        ]),
+      ),
+    };
+  }
   const { stdout } = await podStep("RuntimeUnavailable", "cannot list node's libraries with ldd", () =>
     execFileAsync("ldd", [process.execPath], { encoding: "utf8" }),
   );
-  return parseLdd(stdout);
+  return { node: process.execPath, ...parseLdd(stdout) };
 }
 
 /** `step()`, a failure of which becomes a PodError of `reason` saying `what` could not be done. */
@@ -117,12 +168,31 @@ async function podStep<T>(reason: string, what: string, step: () => T | Promise<
   }
 }
 
+/** A program a pod runs from its control path, with the shared libraries it links. */
+export interface LinkedProgram {
+  path: string;
+  libraries: string[];
+}
+
+/** The host's own `tool` and its libraries from ldd; undefined when it has none, or ldd cannot list them. */
+async function hostTool(tool: string): Promise<LinkedProgram | undefined> {
+  const path = [`/usr/bin/${tool}`, `/bin/${tool}`].find((candidate) => existsSync(candidate));
+  if (!path) return undefined;
+  const output = await execFileAsync("ldd", [path], { encoding: "utf8" }).then(
+    ({ stdout }) => stdout,
+    () => undefined,
+  );
+  return output === undefined ? undefined : { path, libraries: parseLdd(output).libraries };
+}
+
 /**
  * What upload and download run in a sandbox besides its shell: GNU tar and
  * coreutils' realpath. An image may lack them (busybox has neither GNU
- * version), so an image's pod gets the host's from the control path, each
- * run through the control path's loader and libraries; the transfer
- * commands use them through OPENSHELL_TAR and OPENSHELL_REALPATH.
+ * version), so an image's pod, and any pod of a supervisor bundle (whose
+ * root is whatever image its container runs), gets the bundle's or the
+ * host's from the control path, each run through the control path's loader
+ * and libraries; the transfer commands use them through OPENSHELL_TAR and
+ * OPENSHELL_REALPATH. Without them the sandbox's own tools serve.
  */
 async function transferTools(
   closure: NodeClosure,
@@ -132,27 +202,22 @@ async function transferTools(
   const bound = new Set(closure.libraries.map((lib) => basename(lib)));
   bound.add(basename(closure.loader));
   for (const [tool, variable] of Object.entries(TRANSFER_TOOL_ENV)) {
-    const path = [`/usr/bin/${tool}`, `/bin/${tool}`].find((candidate) => existsSync(candidate));
-    if (!path) continue;
-    const output = await execFileAsync("ldd", [path], { encoding: "utf8" }).then(
-      ({ stdout }) => stdout,
-      () => undefined,
-    );
-    // Without its libraries listed, the sandbox's own tool serves.
-    if (output === undefined) continue;
-    for (const lib of parseLdd(output).libraries) {
+    const found = closure.transfer?.[tool] ?? (await hostTool(tool));
+    if (!found) continue;
+    for (const lib of found.libraries) {
       if (bound.has(basename(lib))) continue;
       bound.add(basename(lib));
       binds.push({ src: lib, dest: `${CONTROL_ROOT}/lib/${basename(lib)}`, writable: false });
     }
-    binds.push({ src: path, dest: `${CONTROL_ROOT}/tools/${tool}`, writable: false });
+    binds.push({ src: found.path, dest: `${CONTROL_ROOT}/tools/${tool}`, writable: false });
     env[variable] =
       `${CONTROL_ROOT}/lib/${basename(closure.loader)} --library-path ${CONTROL_ROOT}/lib ${CONTROL_ROOT}/tools/${tool}`;
   }
   return { binds, env };
 }
 
-function parseLdd(output: string): NodeClosure {
+/** The libraries and loader `ldd` lists for a program. */
+export function parseLdd(output: string): { loader: string; libraries: string[] } {
   const libraries: string[] = [];
   let loader = "";
   for (const line of output.split("\n")) {
@@ -190,14 +255,14 @@ export async function podSupport(
   } catch (error) {
     throw new PodError("SeccompFilterInvalid", (error as Error).message);
   }
-  const { loader } = await closure;
+  const { loader, prebuiltSeccomp } = await closure;
   const copy = await podStep(
     "RuntimeUnavailable",
     `cannot make the agent's execute-only loader in ${dir}`,
     () => executeOnlyLoader(dir, loader),
   );
   try {
-    return { loader: copy, seccomp: await seccompProgram(dir, spec) };
+    return { loader: copy, seccomp: await seccompProgram(dir, spec, { prebuilt: prebuiltSeccomp }) };
   } catch (error) {
     if (error instanceof SeccompError) throw new PodError(error.reason, error.message);
     throw error;
@@ -412,8 +477,8 @@ export async function startPod(o: PodOptions): Promise<Pod> {
         : uid,
   );
   const hostOwner = root ? { uid: launch.hostUid, gid: launch.hostGid } : null;
-  // An image may have no bash (a busybox image): its sh then.
-  const shell = imageRoot && resolveInImage(imageRoot, "/bin/bash") === undefined ? "/bin/sh" : "/bin/bash";
+  // An image may have no bash (a busybox image), nor the root of a pod's: its sh then.
+  const shell = resolveInImage(imageRoot ?? "/", "/bin/bash") === undefined ? "/bin/sh" : "/bin/bash";
   let egress: EgressProxy | undefined;
 
   try {
@@ -434,7 +499,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     if (disk) linkRunDir(join(dir, "run"), runDir);
     const closure = await o.closure;
     const support = await o.support;
-    const tools = imageRoot ? await transferTools(closure) : { binds: [], env: {} };
+    const tools = imageRoot || closure.transfer ? await transferTools(closure) : { binds: [], env: {} };
     // With network rules, the proxy's socket directory goes into the pod read-only:
     // the pod can connect to the socket but not replace it.
     const egressPolicy = egressPolicyFor(policy);
@@ -449,7 +514,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
       });
     }
     const controlBinds: ControlBind[] = [
-      { src: process.execPath, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
+      { src: closure.node, dest: `${CONTROL_ROOT}/bin/node`, writable: false },
       // The file the kernel execs for the agent: execute-only, so the agent is non-dumpable.
       { src: support.loader, dest: `${CONTROL_ROOT}/lib/${basename(closure.loader)}`, writable: false },
       ...closure.libraries.map((lib) => ({
@@ -512,7 +577,7 @@ export async function startPod(o: PodOptions): Promise<Pod> {
     return await launchPod(
       o,
       plan.args,
-      closure.loader,
+      closure,
       support,
       root,
       egress,
@@ -586,7 +651,7 @@ function linkRunDir(link: string, target: string): void {
 async function launchPod(
   o: PodOptions,
   planArgs: string[],
-  loader: string,
+  closure: NodeClosure,
   support: PodSupport,
   root: boolean,
   egress: EgressProxy | undefined,
@@ -603,7 +668,7 @@ async function launchPod(
 ): Promise<Pod> {
   const { launch } = o;
   const agent = [
-    `${CONTROL_ROOT}/lib/${basename(loader)}`,
+    `${CONTROL_ROOT}/lib/${basename(closure.loader)}`,
     "--library-path",
     `${CONTROL_ROOT}/lib`,
     `${CONTROL_ROOT}/bin/node`,
@@ -630,6 +695,10 @@ async function launchPod(
   ];
   let command: string;
   let args: string[];
+  // A bundle's own programs by their paths: an image's busybox shell runs its
+  // own applets (whose setpriv has no --reuid) before anything on PATH.
+  const program = (name: string): string => (closure.tools ? join(closure.tools, name) : name);
+  const mount = shellEscape(program("mount"));
   if (root) {
     // Re-expose the sandbox directory and the app under a tmpfs that the pod's
     // uid can traverse, in a mount namespace of this pod's own.
@@ -652,7 +721,7 @@ async function launchPod(
       }
       return arg;
     };
-    command = "unshare";
+    command = program("unshare");
     args = [
       "--mount",
       // A slave of the host's mounts, so that another sandbox's disk unmounted
@@ -663,23 +732,25 @@ async function launchPod(
       "/bin/sh",
       "-ec",
       [
-        `mount -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
-        ...exposed.map(([, to], index) => `mkdir ${to}\nmount --bind "$${index + 1}" ${to}`),
+        // An image (a pod's) may have no /mnt.
+        `mkdir -p ${EXPOSE_AT}`,
+        `${mount} -t tmpfs -o mode=0755,size=64k openshell-pod ${EXPOSE_AT}`,
+        ...exposed.map(([, to], index) => `mkdir ${to}\n${mount} --bind "$${index + 1}" ${to}`),
         `shift ${exposed.length}`,
         'exec "$@"',
       ].join("\n"),
       "openshell-pod",
       ...exposed.map(([from]) => from),
-      "setpriv",
+      program("setpriv"),
       `--reuid=${launch.hostUid}`,
       `--regid=${launch.hostGid}`,
       "--clear-groups",
       "--",
-      "bwrap",
+      program("bwrap"),
       ...bwrapArgs.map(rewrite),
     ];
   } else {
-    command = "bwrap";
+    command = program("bwrap");
     args = bwrapArgs;
   }
   // bubblewrap reads the filter from this descriptor and closes it before anything of the sandbox runs.

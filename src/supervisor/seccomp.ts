@@ -307,24 +307,38 @@ function compile(spec: SeccompSpec, python: string): Promise<Buffer> {
 const INSTALL_HINT =
   "sandboxes do not start without their seccomp filter: install it with `apt-get install python3-seccomp`";
 
+/** The name the compiled filter for `spec` is kept under: the digest of its rules and architecture. */
+export function seccompProgramName(spec: SeccompSpec, arch: string = process.arch): string {
+  const digest = createHash("sha256").update(JSON.stringify({ arch, spec })).digest("hex").slice(0, 32);
+  return `seccomp-${digest}.bpf`;
+}
+
+/** Whether `path` holds a program: a whole number of 8-byte instructions. */
+function readProgram(path: string): Buffer | undefined {
+  const program = orElse(undefined, () => readFileSync(path));
+  return program && program.length > 0 && program.length % 8 === 0 ? program : undefined;
+}
+
 /**
- * The path of the compiled filter for `spec`, under `dir`: built once, then
- * found by its digest. Rejects with a SeccompError when it cannot be built.
+ * The path of the compiled filter for `spec`: the one a supervisor bundle
+ * ships in `prebuilt` (compiled when it was made: the filter depends on no
+ * sandbox's policy, only on the deny list and the architecture), else one
+ * under `dir`, built once, then found by its digest. Rejects with a
+ * SeccompError when it cannot be built.
  */
 export async function seccompProgram(
   dir: string,
   spec: SeccompSpec,
-  python: string = SECCOMP_PYTHON,
+  options: { python?: string; prebuilt?: string | undefined } = {},
 ): Promise<string> {
-  const digest = createHash("sha256")
-    .update(JSON.stringify({ arch: process.arch, spec }))
-    .digest("hex")
-    .slice(0, 32);
-  const path = join(dir, `seccomp-${digest}.bpf`);
+  const name = seccompProgramName(spec);
+  if (options.prebuilt !== undefined && readProgram(join(options.prebuilt, name))) {
+    return join(options.prebuilt, name);
+  }
+  const path = join(dir, name);
   // Not built yet when it cannot be read.
-  const existing = orElse(undefined, () => readFileSync(path));
-  if (existing && existing.length > 0 && existing.length % 8 === 0) return path;
-  const program = await compile(spec, python);
+  if (readProgram(path)) return path;
+  const program = await compile(spec, options.python ?? SECCOMP_PYTHON);
   mkdirSync(dir, { recursive: true, mode: 0o711 });
   const temporary = `${path}.${process.pid}.tmp`;
   try {

@@ -87,6 +87,11 @@ export class TestEnv {
     return this.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script], options);
   }
 
+  /** `sandbox exec -n NAME -- sh -c SCRIPT`. */
+  shell(name: string, script: string, options: RunOptions = {}): Promise<RunResult> {
+    return this.run(["sandbox", "exec", "-n", name, "--", "sh", "-c", script], options);
+  }
+
   /** Starts this environment's gateway on a free port. */
   async startGateway(env: Record<string, string> = {}): Promise<void> {
     const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env });
@@ -228,10 +233,13 @@ export function gatewayTarget(env: TestEnv, name = "local"): GatewayTarget {
   const metadata = JSON.parse(readFileSync(join(dir, "metadata.json"), "utf8")) as {
     gateway_endpoint: string;
   };
+  // A local gateway started with --tls is verified with the CA it made.
+  const ca = join(env.stateHome, "openshell", "gateways", name, "tls", "ca.crt");
   return {
     name,
     endpoint: metadata.gateway_endpoint,
     token: readFileSync(join(dir, "token"), "utf8").trim(),
+    ...(metadata.gateway_endpoint.startsWith("https:") && existsSync(ca) ? { ca: readFileSync(ca) } : {}),
   };
 }
 

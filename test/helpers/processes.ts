@@ -24,6 +24,25 @@ export function commandLine(pid: number): string {
   }
 }
 
+/** Live processes whose command line mentions `text` (a temporary directory only one run uses). */
+export function processesMentioning(text: string): number[] {
+  return readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry) && Number(entry) !== process.pid)
+    .map(Number)
+    .filter((pid) => commandLine(pid).includes(text));
+}
+
+/** Kills (SIGKILL) every process whose command line mentions `text`. */
+export function killMentioning(text: string): void {
+  for (const pid of processesMentioning(text)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Gone already.
+    }
+  }
+}
+
 export const isSupervisor = (pid: number): boolean => commandLine(pid).includes("supervisor.mjs");
 
 /** The pid of the environment's running gateway `name`. */

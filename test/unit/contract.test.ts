@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { SupervisorLaunchSpec, SupervisorStatusReport } from "../../src/gen/openshell.js";
 import {
+  parseSupervisorEndpoint,
   REPORT_TEXT_MAX,
   readSupervisorEnv,
   reportFromWire,
@@ -104,6 +105,61 @@ describe("the supervisor's environment", () => {
     expect(() => readSupervisorEnv({ ...env, [SUPERVISOR_ENV.endpoint]: "" })).toThrow(
       /^OPENSHELL_ENDPOINT is not set/,
     );
+  });
+
+  it("carries a pod's TLS files and sandbox directory, and reads them back", () => {
+    const pod = {
+      sandboxId: ID,
+      endpoint: "gateway.openshell.svc:17670",
+      secret: "s3cret",
+      tls: { ca: "/etc/openshell/tls/ca.crt", cert: undefined, key: undefined },
+      sandboxDir: "/var/lib/openshell/sandbox",
+    };
+    const env = supervisorEnv(pod);
+    expect(env.OPENSHELL_TLS_CA).toBe("/etc/openshell/tls/ca.crt");
+    expect("OPENSHELL_TLS_CERT" in env).toBe(false);
+    expect(readSupervisorEnv(env)).toEqual(pod);
+  });
+
+  it("refuses a client certificate without its key, naming both variables", () => {
+    expect(() =>
+      readSupervisorEnv({
+        ...supervisorEnv(identity),
+        [SUPERVISOR_ENV.tlsCert]: "/etc/openshell/tls/tls.crt",
+      }),
+    ).toThrow("OPENSHELL_TLS_CERT and OPENSHELL_TLS_KEY go together");
+  });
+});
+
+describe("parseSupervisorEndpoint", () => {
+  it("dials host:port and https:// with TLS, http:// in plaintext, and a Unix socket as it is", () => {
+    expect(parseSupervisorEndpoint("gateway.openshell.svc:17670")).toEqual({
+      kind: "tcp",
+      target: "gateway.openshell.svc:17670",
+      tls: true,
+    });
+    expect(parseSupervisorEndpoint("https://10.0.0.1:443")).toEqual({
+      kind: "tcp",
+      target: "10.0.0.1:443",
+      tls: true,
+    });
+    expect(parseSupervisorEndpoint("http://[::1]:8080/")).toEqual({
+      kind: "tcp",
+      target: "[::1]:8080",
+      tls: false,
+    });
+    expect(parseSupervisorEndpoint("unix:///run/s.sock")).toEqual({
+      kind: "unix",
+      target: "unix:///run/s.sock",
+    });
+  });
+
+  it("refuses anything else, naming the variable and the forms it takes", () => {
+    for (const bad of ["gateway", "ftp://gateway:21", "gateway:port", "https://gateway:1/path"]) {
+      expect(() => parseSupervisorEndpoint(bad)).toThrow(
+        `OPENSHELL_ENDPOINT=${bad}: expected host:port (TLS), https://host:port, http://host:port or unix:///path`,
+      );
+    }
   });
 });
 

@@ -2,12 +2,18 @@
 // personalities cover exactly what Docker does not allow, the deny list's
 // grammar, and that a filter that cannot be built says which package to install.
 
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseDenyList } from "../../src/runtime/contract.js";
-import { complementBlocks, SeccompError, seccompProgram, seccompSpec } from "../../src/supervisor/seccomp.js";
+import {
+  complementBlocks,
+  SeccompError,
+  seccompProgram,
+  seccompProgramName,
+  seccompSpec,
+} from "../../src/supervisor/seccomp.js";
 
 const ALLOWED = [0, 0x8, 0x20000, 0x20008, 0xffffffff];
 
@@ -81,10 +87,32 @@ describe("seccompProgram", () => {
   it("fails with SeccompUnavailable naming python3-seccomp when the interpreter is missing", async () => {
     const dir = mkdtempSync(join(tmpdir(), "openshell-seccomp-"));
     try {
-      const error = await seccompProgram(dir, seccompSpec(), "/nonexistent/python3").catch((e: unknown) => e);
+      const error = await seccompProgram(dir, seccompSpec(), { python: "/nonexistent/python3" }).catch(
+        (e: unknown) => e,
+      );
       expect(error).toBeInstanceOf(SeccompError);
       expect((error as SeccompError).reason).toBe("SeccompUnavailable");
       expect((error as SeccompError).message).toContain("apt-get install python3-seccomp");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("takes a bundle's precompiled filter of the same rules, without an interpreter", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "openshell-seccomp-"));
+    try {
+      const prebuilt = join(dir, "prebuilt");
+      mkdirSync(prebuilt);
+      writeFileSync(join(prebuilt, seccompProgramName(seccompSpec())), Buffer.alloc(64));
+      const options = { python: "/nonexistent/python3", prebuilt };
+      expect(await seccompProgram(join(dir, "support"), seccompSpec(), options)).toBe(
+        join(prebuilt, seccompProgramName(seccompSpec())),
+      );
+      // Other rules (an operator's deny list) are not the bundle's: they are compiled, here in vain.
+      const other = await seccompProgram(join(dir, "support"), seccompSpec(["io_setup"]), options).catch(
+        (e: unknown) => e,
+      );
+      expect((other as SeccompError).reason).toBe("SeccompUnavailable");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
