@@ -8,7 +8,6 @@
 import type { ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { request } from "node:http";
 import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { Metadata } from "@grpc/grpc-js";
@@ -17,6 +16,7 @@ import { OpenShell, type OpenShellError, type PortForward, type Sandbox } from "
 import type { TcpForwardFrame } from "../../src/gen/openshell.js";
 import { processAlive } from "../../src/host/process.js";
 import { gatewayClient, json, ROOT, TestEnv, uniqueName, waitFor, waitForOutput } from "../helpers/cli.js";
+import { freePort, httpGet } from "../helpers/net.js";
 import { gatewayPid } from "../helpers/processes.js";
 
 const SERVER = join(ROOT, "test", "fixtures", "forward-server.py");
@@ -33,29 +33,6 @@ function exchange(port: number, payload: Buffer | string): Promise<Buffer> {
     });
     socket.on("error", reject);
     socket.end(payload);
-  });
-}
-
-function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (d: Buffer) => chunks.push(d));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
-
-/** A local port nothing listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const probe = createServer();
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
   });
 }
 

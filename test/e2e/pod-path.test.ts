@@ -30,7 +30,16 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCertificate } from "../../src/gateway/tls.js";
 import { containerEnv, makeBundle } from "../helpers/bundle.js";
-import { collect, json, type RunResult, TestEnv, uniqueName, waitFor } from "../helpers/cli.js";
+import {
+  collect,
+  json,
+  type RunResult,
+  TestEnv,
+  uniqueName,
+  waitFor,
+  waitForOutput,
+} from "../helpers/cli.js";
+import { freePort, httpGet } from "../helpers/net.js";
 import { killMentioning, processesMentioning } from "../helpers/processes.js";
 import { busybox } from "../helpers/registry.js";
 
@@ -380,8 +389,43 @@ describe("a sandbox served by a supervisor started as its pod starts it, over TC
     expect(readFileSync(join(back, "sub", "blob.bin")).equals(blob)).toBe(true);
   });
 
-  // Forwarding (`forward start`) through this path goes here once it is on main.
-  it.todo("forwards a port of the sandbox to this host through the gateway");
+  it("forwards a port of the sandbox to this host through the gateway", async () => {
+    const port = await freePort();
+    const page = await env.shell(
+      name,
+      "mkdir -p /sandbox/www && echo from-the-pod > /sandbox/www/index.html",
+    );
+    expect(page.code, page.stderr).toBe(0);
+    // busybox's own web server, on the sandbox's loopback only.
+    const server = env.spawn([
+      "sandbox",
+      "exec",
+      "-n",
+      name,
+      "--",
+      "/bin/busybox",
+      "httpd",
+      "-f",
+      "-p",
+      `127.0.0.1:${port}`,
+      "-h",
+      "/sandbox/www",
+    ]);
+    const forward = env.spawn(["forward", "start", String(port), name]);
+    try {
+      await waitForOutput(forward.stderr!, "Press Ctrl+C", "forward start listening");
+      // Until the server listens, a connection through the forward is refused in the sandbox.
+      const deadline = Date.now() + 20_000;
+      let answer: { status: number; body: string } | undefined;
+      while (answer?.status !== 200 && Date.now() < deadline) {
+        answer = await httpGet(port, "/index.html").catch(() => undefined);
+      }
+      expect(answer).toEqual({ status: 200, body: "from-the-pod\n" });
+    } finally {
+      forward.kill("SIGINT");
+      server.kill("SIGTERM");
+    }
+  });
 
   it("is deleted cleanly: the supervisor stops by itself, its pod's processes are gone, nothing of it is left", async () => {
     const id = identity.OPENSHELL_SANDBOX_ID!;
