@@ -23,7 +23,12 @@ import type { Duplex } from "node:stream";
 import { type ServerDuplexStream, type ServerWritableStream, status } from "@grpc/grpc-js";
 import { Client, type ClientChannel, type PseudoTtyOptions } from "ssh2";
 import { Deadline } from "../core/deadline.js";
-import { FORWARD_CONNECTIONS_PER_SANDBOX, FORWARD_HALF_CLOSE_METADATA_KEY } from "../core/forward.js";
+import {
+  checkTargetPort,
+  FORWARD_CONNECTIONS_PER_SANDBOX,
+  FORWARD_HALF_CLOSE_METADATA_KEY,
+  loopbackAddress,
+} from "../core/forward.js";
 import { validateExecRequest } from "../core/names.js";
 import { shellEscape } from "../core/shell.js";
 import { EXEC_TIMEOUT_EXIT, exitCodeOf } from "../core/signals.js";
@@ -198,13 +203,14 @@ export class SshAccess {
     let target: { kind: "ssh" } | { kind: "tcp"; host: string; port: number } = { kind: "ssh" };
     if (init.target.$case === "tcp") {
       const { host, port } = init.target.value;
-      if (port < 1 || port > 65535) throw invalidArgument("tcp target port must be between 1 and 65535");
-      if (host === "") throw invalidArgument("tcp target host is required");
-      const normalized = host === "localhost" ? "127.0.0.1" : host;
-      if (!/^127\.\d+\.\d+\.\d+$/.test(normalized) && normalized !== "::1") {
-        throw invalidArgument("tcp target host must be loopback");
+      if (checkTargetPort("tcp target port", port)) {
+        throw invalidArgument("tcp target port must be between 1 and 65535");
       }
-      target = { kind: "tcp", host: normalized, port };
+      if (host === "") throw invalidArgument("tcp target host is required");
+      // The rule the supervisor and the agent apply again: the sandbox's own loopback only.
+      const loopback = loopbackAddress(host);
+      if (loopback === undefined) throw invalidArgument("tcp target host must be loopback");
+      target = { kind: "tcp", host: loopback, port };
     }
     const sandbox = this.o.sandboxes.byId(init.sandboxId);
     this.o.sandboxes.requireReady(sandbox);

@@ -397,4 +397,44 @@ describe("forwards from the CLI, a hostile sandbox, and OpenShell's own call sha
     await new Promise((resolve) => grpc.revokeSshSession({ token: session.token }, resolve));
     grpc.close();
   });
+
+  it("refuses a raw TCP target beyond the sandbox's loopback, or with no port, before reaching it", async () => {
+    const grpc = gatewayClient(env);
+    const refusal = async (host: string, port: number): Promise<{ code?: number; details?: string }> => {
+      const session = await new Promise<{ token: string }>((resolve, reject) =>
+        grpc.createSshSession({ sandboxId: web.id }, (error, response) =>
+          error ? reject(error) : resolve(response),
+        ),
+      );
+      const call = grpc.forwardTcp(new Metadata());
+      const failed = new Promise<{ code?: number; details?: string }>((resolve) => {
+        call.on("data", () => {});
+        call.on("error", (error: { code?: number; details?: string }) => resolve(error));
+        call.on("end", () => resolve({}));
+      });
+      call.write({
+        payload: {
+          $case: "init",
+          value: {
+            sandboxId: web.id,
+            serviceId: "",
+            target: { $case: "tcp", value: { host, port } },
+            authorizationToken: session.token,
+          },
+        },
+      });
+      return failed;
+    };
+    for (const host of ["10.0.0.1", "example.test", "127.999.0.1", "::2"]) {
+      expect(await refusal(host, 7001)).toMatchObject({
+        code: 3,
+        details: "tcp target host must be loopback",
+      });
+    }
+    expect(await refusal("127.0.0.1", 0)).toMatchObject({
+      code: 3,
+      details: "tcp target port must be between 1 and 65535",
+    });
+    grpc.close();
+  });
 });
