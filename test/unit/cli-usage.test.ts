@@ -10,7 +10,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { ListSandboxesResponse } from "../../src/gen/openshell.js";
 import { runCli } from "../helpers/run-cli.js";
+import { startStandIn } from "../helpers/stand-in.js";
 
 let root: string;
 const env = { OPENSHELL_GATEWAY_ENDPOINT: "http://127.0.0.1:1" };
@@ -255,5 +257,28 @@ describe("completions, in-process", () => {
     expect(await complete("sandbox", "list", "-o", "")).toEqual(["table", "json", "yaml"]);
     expect(await complete("sandbox", "exec", "-n", "")).toEqual([]);
     expect(readdirSync(root)).not.toContain("state");
+  });
+
+  it("offers a gateway's sandbox names only when they are valid names", async () => {
+    const standIn = await startStandIn({
+      listSandboxes: (_call: unknown, callback: (e: null, r: unknown) => void) =>
+        callback(
+          null,
+          ListSandboxesResponse.fromPartial({
+            sandboxes: ["web", "evil\tname\n:0", "\u001b]0;x\u0007", "Upper"].map((name) => ({
+              metadata: { name },
+            })),
+          }),
+        ),
+    });
+    try {
+      const result = await runCli(["complete", "--", "sandbox", "get", ""], {
+        env: { OPENSHELL_GATEWAY_ENDPOINT: standIn.endpoint },
+      });
+      expect(result.exitCode, result.stderr).toBe(0);
+      expect(result.stdout).toBe("web\t\n:4\n");
+    } finally {
+      standIn.server.forceShutdown();
+    }
   });
 });

@@ -5,6 +5,7 @@
 
 import type { RootCommand, Command as TabCommand } from "@bomb.sh/tab";
 import type { CommandUnknownOpts } from "@commander-js/extra-typings";
+import { validateSandboxName } from "../../core/names.js";
 import { listGatewayNames } from "../../host/config.js";
 import type { CommandContext } from "../context.js";
 
@@ -107,8 +108,9 @@ async function sandboxNames(ctx: CommandContext): Promise<string[]> {
     for await (const sandbox of api.list({
       signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(NAMES_TIMEOUT_MS)]),
     })) {
+      // A gateway's words go to the shell as completions: only a valid name can.
       const name = sandbox.metadata?.name;
-      if (name) names.push(name);
+      if (name && validateSandboxName(name) === undefined) names.push(name);
       if (names.length >= NAMES_MAX) break;
     }
   } catch {
