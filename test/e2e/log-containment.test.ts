@@ -119,7 +119,8 @@ describe.skipIf(!isRoot)("a stdout flood (yes), logs capped at 2 MiB x 2 files",
     const logFiles = (): string[] => readdirSync(logDir).filter((file) => file.startsWith("sandbox.log"));
     // Rotation renames files under a look: a file listed and gone by the time it is measured
     // counts as empty, which can only understate the peak, never pass a log over the cap.
-    const sizeOf = (file: string): number => statSync(join(logDir, file), { throwIfNoEntry: false })?.size ?? 0;
+    const sizeOf = (file: string): number =>
+      statSync(join(logDir, file), { throwIfNoEntry: false })?.size ?? 0;
     const logBytes = (): number => logFiles().reduce((sum, file) => sum + sizeOf(file), 0);
 
     // The event: the log has rotated past its last kept file (lines were dropped) and filled
@@ -129,9 +130,7 @@ describe.skipIf(!isRoot)("a stdout flood (yes), logs capped at 2 MiB x 2 files",
     await waitFor("the flood's log to rotate past its two files and refill", 120_000, () => {
       peak = Math.max(peak, logBytes());
       if (droppedAt === undefined && logFiles().includes("sandbox.log.dropped")) droppedAt = logBytes();
-      return droppedAt !== undefined && sizeOf("sandbox.log") > 1024 * 1024
-        ? true
-        : undefined;
+      return droppedAt !== undefined && sizeOf("sandbox.log") > 1024 * 1024 ? true : undefined;
     });
     expect(peak).toBeLessThanOrEqual(4 * MIB);
     expect(logBytes()).toBeLessThanOrEqual(4 * MIB);
