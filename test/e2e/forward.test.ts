@@ -3,16 +3,27 @@
 // supervisor and agent, from the API (`sandbox.forward`), the CLI (`forward
 // start`, `-d`, `list`, `stop`, `sandbox delete`) and OpenShell's own
 // ForwardTcp call shape; many connections at once, one kept open throughout,
-// half-close both ways, a port with nothing on it, and hostile servers.
+// websockets (the `ws` package on both ends) held for a minute with a long
+// silence in it, half-close both ways, a port with nothing on it, and
+// hostile servers.
 
 import type { ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { once } from "node:events";
+import { readdirSync, readFileSync } from "node:fs";
 import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
+import { setTimeout as pause } from "node:timers/promises";
 import { Metadata } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OpenShell, type OpenShellError, type PortForward, type Sandbox } from "../../src/api/index.js";
+import WebSocket from "ws";
+import {
+  type CreateFile,
+  OpenShell,
+  type OpenShellError,
+  type PortForward,
+  type Sandbox,
+} from "../../src/api/index.js";
 import type { TcpForwardFrame } from "../../src/gen/openshell.js";
 import { processAlive } from "../../src/host/process.js";
 import { gatewayClient, json, ROOT, TestEnv, uniqueName, waitFor, waitForOutput } from "../helpers/cli.js";
@@ -20,6 +31,20 @@ import { freePort, httpGet } from "../helpers/net.js";
 import { gatewayPid } from "../helpers/processes.js";
 
 const SERVER = join(ROOT, "test", "fixtures", "forward-server.py");
+const WEBSOCKET_SERVER = join(ROOT, "test", "fixtures", "websocket-echo.cjs");
+const WS_PACKAGE = join(ROOT, "node_modules", "ws");
+
+/** The websocket server and the `ws` package under /opt, where the sandbox's node finds it. */
+function websocketFiles(): CreateFile[] {
+  const lib = readdirSync(join(WS_PACKAGE, "lib")).map((file) => join("lib", file));
+  return [
+    { path: "/opt/websocket-echo.cjs", from: WEBSOCKET_SERVER },
+    ...["package.json", "index.js", ...lib].map((file) => ({
+      path: `/opt/node_modules/ws/${file}`,
+      from: join(WS_PACKAGE, file),
+    })),
+  ];
+}
 
 /** Writes `payload`, ends our side, and resolves with all the server sent until its end. */
 function exchange(port: number, payload: Buffer | string): Promise<Buffer> {
@@ -48,7 +73,7 @@ function listening(port: number): Promise<boolean> {
 async function serverSandbox(client: OpenShell, name: string): Promise<Sandbox> {
   const sandbox = await client.create({
     name,
-    files: [{ path: "/opt/forward-server.py", from: SERVER }],
+    files: [{ path: "/opt/forward-server.py", from: SERVER }, ...websocketFiles()],
     command: ["python3", "/opt/forward-server.py"],
   });
   const started = new AbortController();
@@ -64,9 +89,64 @@ async function serverSandbox(client: OpenShell, name: string): Promise<Sandbox> 
 }
 
 /** Opens a server on `port` inside the sandbox through its control port. */
-async function open(sandbox: Sandbox, kind: "http" | "line", port: number): Promise<void> {
+async function open(sandbox: Sandbox, kind: "http" | "line" | "websocket", port: number): Promise<void> {
   await using control = await sandbox.forward(7008);
   expect((await exchange(control.port, `${kind} ${port}\n`)).toString()).toBe("ok\n");
+}
+
+/**
+ * Seconds after opening at which a held websocket sends a message to be
+ * echoed: nothing for the first 40 s (a forward that drops a connection idle
+ * for 30 s fails here), then one every 5 s until a minute has passed.
+ */
+const WEBSOCKET_ECHOES = [0, 40, 45, 50, 55, 60];
+
+interface HeldWebSocket {
+  openedAt: number;
+  /** The echoes of WEBSOCKET_ECHOES once the last has come back, or the first failure. */
+  minute: Promise<string[] | Error>;
+  /** Sends `text` and resolves with what came back. */
+  echo(text: string): Promise<string>;
+  /** How the socket ended, if it did. */
+  ended(): string | undefined;
+  close(): void;
+}
+
+/** Opens a websocket to 127.0.0.1:`port` and sends the echoes of WEBSOCKET_ECHOES on it. */
+async function holdWebSocket(port: number, signal: AbortSignal): Promise<HeldWebSocket> {
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/`);
+  let ended: string | undefined;
+  socket.on("error", (error) => {
+    ended ??= `error: ${error.message}`;
+  });
+  socket.on("close", (code, reason) => {
+    ended ??= `closed with ${code} ${reason.toString()}`;
+  });
+  await once(socket, "open", { signal: AbortSignal.timeout(10_000) }).catch((error: Error) => {
+    throw new Error(`opening a websocket through port ${port}: ${error.message}`);
+  });
+  const openedAt = Date.now();
+  const echo = (text: string): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the echo of "${text}": none within 10 s`)), 10_000);
+      socket.once("message", (data: Buffer) => {
+        clearTimeout(timer);
+        resolve(data.toString());
+      });
+      socket.send(text, (error) => {
+        if (error) reject(error);
+      });
+    });
+  const minute = (async () => {
+    const answers: string[] = [];
+    for (const at of WEBSOCKET_ECHOES) {
+      // Paces the messages; the wait is for each echo.
+      await pause(Math.max(0, openedAt + at * 1000 - Date.now()), undefined, { signal });
+      answers.push(await echo(`at ${at} s`));
+    }
+    return answers;
+  })().catch((error: Error) => new Error(`${error.message}; the socket: ${ended ?? "open"}`));
+  return { openedAt, minute, echo, ended: () => ended, close: () => socket.terminate() };
 }
 
 function forwardTests(viaRelay: boolean): void {
@@ -199,6 +279,10 @@ describe("forwards from the CLI, a hostile sandbox, and OpenShell's own call sha
   let web: Sandbox;
   let hostile: Sandbox;
   const children: ChildProcess[] = [];
+  /** Opened first and checked by the last test: a minute through the CLI's forward and the API's. */
+  const websockets: HeldWebSocket[] = [];
+  const stopPacing = new AbortController();
+  let websocketForward: PortForward | undefined;
 
   beforeAll(async () => {
     await env.startGateway();
@@ -209,9 +293,20 @@ describe("forwards from the CLI, a hostile sandbox, and OpenShell's own call sha
       serverSandbox(client, uniqueName("web")),
       serverSandbox(client, uniqueName("bad")),
     ]);
+    const port = await freePort();
+    await open(web, "websocket", port);
+    const child = env.spawn(["forward", "start", `0:${port}`, web.name]);
+    children.push(child);
+    await waitForOutput(child.stderr!, "Press Ctrl+C", "forward start for the websocket listening");
+    websockets.push(await holdWebSocket(port, stopPacing.signal));
+    websocketForward = await web.forward(port);
+    websockets.push(await holdWebSocket(websocketForward.port, stopPacing.signal));
   }, 180_000);
 
   afterAll(async () => {
+    stopPacing.abort();
+    for (const websocket of websockets) websocket.close();
+    await websocketForward?.close();
     for (const child of children) child.kill("SIGKILL");
     await env.run(["forward", "list"]);
     client?.close();
@@ -437,4 +532,14 @@ describe("forwards from the CLI, a hostile sandbox, and OpenShell's own call sha
     });
     grpc.close();
   });
+
+  it("kept a websocket open for a minute through forward start 0:PORT and one through the API: silent for 40 s, then an echo every 5 s, never closed", async () => {
+    expect(websockets.length).toBe(2);
+    for (const websocket of websockets) {
+      expect(await websocket.minute).toEqual(WEBSOCKET_ECHOES.map((at) => `at ${at} s`));
+      expect(await websocket.echo("after a minute")).toBe("after a minute");
+      expect(Date.now() - websocket.openedAt).toBeGreaterThanOrEqual(60_000);
+      expect(websocket.ended()).toBeUndefined();
+    }
+  }, 90_000);
 });

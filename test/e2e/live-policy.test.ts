@@ -7,9 +7,12 @@
 // clients make (its SDK's getConfig / setPolicy) get the answers they expect.
 //
 // The test host is an HTTP server in a network namespace of its own
-// (helpers/netns.ts), reached by its address: the proxy resolves names with
-// the system resolver, and this test does not edit the machine's /etc/hosts.
-// The proxy's unit test covers a named host (example.test) the same way.
+// (helpers/netns.ts), named example.test. The proxy, in the supervisor,
+// resolves names with the system resolver, so the gateway and the
+// supervisors it starts run in a mount namespace whose /etc/hosts maps
+// example.test to the host (TestEnv.addHosts); the machine's /etc/hosts is
+// left alone. Revision 1 allows the host only by its address, so the sandbox
+// is denied example.test on every port until a rule names it.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
@@ -30,10 +33,17 @@ import { FILESYSTEM, netnsUnavailable, startTestHost, type TestHost } from "../h
 
 const NETNS_UNAVAILABLE = netnsUnavailable();
 
-function allowing(address: string, ports: number | number[], filesystem = FILESYSTEM): string {
-  const endpoints = [ports].flat().map((port) => `      - { host: ${address}, port: ${port} }\n`);
-  return `${filesystem}network_policies:\n  lab:\n    name: lab\n    endpoints:\n${endpoints.join("")}`;
+/** The test host's name, which only the gateway's mount namespace resolves. */
+const NAME = "example.test";
+
+function allowing(endpoints: [host: string, port: number][], filesystem = FILESYSTEM): string {
+  const lines = endpoints.map(([host, port]) => `      - { host: ${host}, port: ${port} }\n`);
+  return `${filesystem}network_policies:\n  lab:\n    name: lab\n    endpoints:\n${lines.join("")}`;
 }
+
+/** What curl gets from the proxy for a host and port no rule allows. */
+const denied = (host: string, port: number): string =>
+  `egress to ${host}:${port} denied: not allowed by any network policy\n403\n`;
 
 interface PolicyDocument {
   version: number;
@@ -67,9 +77,9 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
     };
     const exec = (script: string) =>
       env.run(["sandbox", "exec", "-n", name, "--", "bash", "-c", script], { timeoutMs: 60_000 });
-    /** What curl in the sandbox gets from `port`: the body, or the proxy's refusal, then the status. */
-    const fetch = async (port: number, path: string): Promise<string> =>
-      (await exec(`curl -sS -m 10 -w '%{http_code}\\n' http://${host.address}:${port}${path}`)).stdout;
+    /** What curl in the sandbox gets from `target:port`: the body, or the proxy's refusal, then the status. */
+    const fetch = async (target: string, port: number, path: string): Promise<string> =>
+      (await exec(`curl -sS -m 10 -w '%{http_code}\\n' http://${target}:${port}${path}`)).stdout;
     const policyGet = async (): Promise<PolicyDocument> => {
       const result = await env.run(["policy", "get", name, "-o", "json"], { timeoutMs: 30_000 });
       expect(result.code, result.stderr).toBe(0);
@@ -79,10 +89,11 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
     beforeAll(async () => {
       host = await startTestHost(2, 1);
       [first, second] = host.ports as [number, number];
+      await env.addHosts({ [NAME]: host.address });
       await env.startGateway();
       const created = await env.createIdle(name, { timeoutMs: 60_000 }, [
         "--policy",
-        file("first", allowing(host.address, first)),
+        file("first", allowing([[host.address, first]])),
       ]);
       expect(created.code, created.stderr).toBe(0);
     });
@@ -93,17 +104,16 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       host?.remove();
     });
 
-    it("starts at revision 1: the first port answers, the second is refused by the proxy", async () => {
+    it("starts at revision 1: the first port answers at its address, example.test is refused by the proxy on both", async () => {
       const policy = await policyGet();
       expect(policy.version).toBe(1);
       expect(["pending", "loaded"]).toContain(policy.status);
-      expect(await fetch(first, "/before")).toBe(`hello ${first} /before\n200\n`);
-      expect(await fetch(second, "/before")).toBe(
-        `egress to ${host.address}:${second} denied: not allowed by any network policy\n403\n`,
-      );
+      expect(await fetch(host.address, first, "/before")).toBe(`hello ${first} /before\n200\n`);
+      expect(await fetch(NAME, first, "/before")).toBe(denied(NAME, first));
+      expect(await fetch(NAME, second, "/before")).toBe(denied(NAME, second));
     });
 
-    it("policy set --wait puts revision 2 in force at once: new connections follow it, one opened before keeps going", async () => {
+    it("policy set --wait puts revision 2 (example.test) in force at once: new connections follow it, one opened before keeps going", async () => {
       // A tunnel to the first port, open (its response half sent) before the update.
       const held = env.spawn([
         "sandbox",
@@ -123,16 +133,14 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       await waitForOutput(held.stdout!, `held ${first}`, "the held connection's first line");
 
       const set = await env.run(
-        ["policy", "set", name, "--policy", file("second", allowing(host.address, second)), "--wait"],
+        ["policy", "set", name, "--policy", file("second", allowing([[NAME, second]])), "--wait"],
         { timeoutMs: 90_000 },
       );
       expect(set.code, set.stderr).toBe(0);
       expect(set.stderr).toContain(`Policy revision 2 in force on sandbox ${name}`);
 
-      expect(await fetch(second, "/after")).toBe(`hello ${second} /after\n200\n`);
-      expect(await fetch(first, "/after")).toBe(
-        `egress to ${host.address}:${first} denied: not allowed by any network policy\n403\n`,
-      );
+      expect(await fetch(NAME, second, "/after")).toBe(`hello ${second} /after\n200\n`);
+      expect(await fetch(host.address, first, "/after")).toBe(denied(host.address, first));
       // The tunnel opened under revision 1 still carries its bytes.
       await new Promise<void>((resolve, reject) =>
         request({ host: host.address, port: first, path: "/release" }, (res) =>
@@ -166,7 +174,7 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
         "set",
         name,
         "--policy",
-        file("filesystem", allowing(host.address, second, widened)),
+        file("filesystem", allowing([[NAME, second]], widened)),
       ]);
       expect(set.code).toBe(1);
       expect(set.stderr).toContain(
@@ -177,7 +185,7 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
         "set",
         name,
         "--policy",
-        file("process", `${allowing(host.address, second)}process:\n  run_as_user: "4242"\n`),
+        file("process", `${allowing([[NAME, second]])}process:\n  run_as_user: "4242"\n`),
       ]);
       expect(identity.code).toBe(1);
       expect(identity.stderr).toContain(
@@ -236,7 +244,13 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
     });
 
     it("answers upstream's SDK calls as it expects: getConfig by id after GetSandbox, setPolicy with the whole policy", async () => {
-      const both = file("both", allowing(host.address, [first, second]));
+      const both = file(
+        "both",
+        allowing([
+          [host.address, first],
+          [NAME, second],
+        ]),
+      );
       const client = gatewayClient(env);
       try {
         const { sandbox } = await rpc<SandboxResponse>((cb) =>
@@ -309,7 +323,8 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       const wait = await env.run(["policy", "set", name, "--policy", both, "--wait"], { timeoutMs: 90_000 });
       expect(wait.code, wait.stderr).toBe(0);
       expect(wait.stderr).toContain("Policy unchanged (revision 3");
-      expect(await fetch(first, "/both")).toBe(`hello ${first} /both\n200\n`);
+      expect(await fetch(host.address, first, "/both")).toBe(`hello ${first} /both\n200\n`);
+      expect(await fetch(NAME, second, "/both")).toBe(`hello ${second} /both\n200\n`);
     });
 
     it("keeps the revisions and what is in force across a gateway restart, and applies the next one", async () => {
@@ -324,10 +339,8 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
       });
       expect(set.code, set.stderr).toBe(0);
       expect(set.stderr).toContain("Policy revision 4 in force");
-      expect(await fetch(first, "/restarted")).toBe(`hello ${first} /restarted\n200\n`);
-      expect(await fetch(second, "/restarted")).toBe(
-        `egress to ${host.address}:${second} denied: not allowed by any network policy\n403\n`,
-      );
+      expect(await fetch(host.address, first, "/restarted")).toBe(`hello ${first} /restarted\n200\n`);
+      expect(await fetch(NAME, second, "/restarted")).toBe(denied(NAME, second));
     });
 
     it("with every rule removed the proxy refuses all, and rules cannot come back without a restart", async () => {
@@ -335,9 +348,8 @@ describe.skipIf(NETNS_UNAVAILABLE !== undefined)(
         timeoutMs: 90_000,
       });
       expect(none.code, none.stderr).toBe(0);
-      expect(await fetch(first, "/none")).toBe(
-        `egress to ${host.address}:${first} denied: not allowed by any network policy\n403\n`,
-      );
+      expect(await fetch(host.address, first, "/none")).toBe(denied(host.address, first));
+      expect(await fetch(NAME, second, "/none")).toBe(denied(NAME, second));
       const back = await env.run(["policy", "set", name, "--policy", join(env.root, "first.yaml")]);
       expect(back.code).toBe(1);
       expect(back.stderr).toContain("network rules cannot be added to a sandbox running without any");

@@ -3,7 +3,7 @@
 // sandboxes), and tearing it all down afterwards.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -26,6 +26,8 @@ export interface RunOptions {
   timeoutMs?: number;
   uid?: number;
   gid?: number;
+  /** A command that runs the CLI: its words before the CLI's path and arguments (`nsenter ...`). */
+  under?: string[];
 }
 
 export class TestEnv {
@@ -60,7 +62,8 @@ export class TestEnv {
   /** Spawns the CLI and returns the child (for streaming tests). */
   spawn(args: string[], options: RunOptions = {}): ChildProcess {
     // As a user runs it: through its #! line, which also sets its malloc tunables.
-    return spawn(BIN, args, {
+    const [command, ...rest] = [...(options.under ?? []), BIN, ...args];
+    return spawn(command!, rest, {
       env: this.env(options.env),
       cwd: options.cwd ?? this.root,
       stdio: ["pipe", "pipe", "pipe"],
@@ -94,8 +97,40 @@ export class TestEnv {
 
   /** Starts this environment's gateway on a free port. */
   async startGateway(env: Record<string, string> = {}): Promise<void> {
-    const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env });
+    const under = this.hostsNamespace
+      ? ["nsenter", `--mount=/proc/${this.hostsNamespace.pid}/ns/mnt`, "--"]
+      : [];
+    const result = await this.run(["gateway", "start", "--port", "0"], { timeoutMs: 30_000, env, under });
     if (result.code !== 0) throw new Error(`gateway start failed: ${result.stderr}`);
+  }
+
+  /** The process that holds the mount namespace of addHosts, until dispose or this process's end. */
+  private hostsNamespace: ChildProcess | undefined;
+
+  /**
+   * Makes the gateways this environment starts from now on, and the
+   * supervisors they start, resolve `hosts` (names to addresses) as a machine
+   * whose /etc/hosts has them: they run in a mount namespace (root only)
+   * where /etc/hosts is the machine's lines and these, and the rest of the
+   * machine sees nothing of it. One namespace for every start, so that a
+   * restarted gateway sees the sandboxes' disks its supervisors mounted.
+   */
+  async addHosts(hosts: Record<string, string>): Promise<void> {
+    const file = join(this.root, "hosts");
+    const lines = Object.entries(hosts).map(([name, address]) => `${address} ${name}\n`);
+    writeFileSync(file, `${readFileSync("/etc/hosts", "utf8").trimEnd()}\n${lines.join("")}`);
+    // The sandboxes' disks are shared with the pods' namespaces there as on
+    // the machine (see guest-disk.ts); `cat` holds the namespace until its
+    // input, this process's pipe, ends.
+    const hold = [
+      'mount --bind "$0" /etc/hosts',
+      `if mountpoint -q ${DISKS_ROOT}; then mount --make-shared ${DISKS_ROOT}; fi`,
+      "echo ready",
+      "exec cat",
+    ].join(" && ");
+    const unshare = ["--mount", "--propagation", "private", "--", "sh", "-c", hold, file];
+    this.hostsNamespace = spawn("unshare", unshare, { stdio: ["pipe", "pipe", "inherit"] });
+    await waitForOutput(this.hostsNamespace.stdout!, "ready\n", "the mount namespace with the added hosts");
   }
 
   /** The supervisors this environment's gateways recorded, running or not. */
@@ -126,6 +161,7 @@ export class TestEnv {
       await new Promise((done) => setTimeout(done, 50));
     }
     for (const supervisor of supervisors.filter(identityAlive)) process.kill(supervisor.pid, "SIGKILL");
+    this.hostsNamespace?.stdin?.end();
   }
 }
 
@@ -226,6 +262,7 @@ import { readFileSync } from "node:fs";
 import { readSupervisorRecord } from "../../src/gateway/runtime.js";
 import { type OpenShellClient, SandboxPhase, WatchSandboxRequest } from "../../src/gen/openshell.js";
 import { identityAlive, type ProcessIdentity } from "../../src/host/process.js";
+import { DISKS_ROOT } from "../../src/runtime/guest-disk.js";
 import { connectGateway, type GatewayTarget } from "../../src/transport/grpc.js";
 
 export function gatewayTarget(env: TestEnv, name = "local"): GatewayTarget {
