@@ -341,12 +341,14 @@ type DataFrame = TcpForwardFrame | RelayFrame;
 
 /**
  * A `data` frame (field 2 of TcpForwardFrame and RelayFrame) gathered from
- * `parts` straight into its wire form: one copy, where concatenating and then
- * encoding would make two. The message still reads as an ordinary frame.
+ * `parts` straight into its wire form: one copy, where concatenating,
+ * encoding and framing would make three. The message still reads as an
+ * ordinary frame.
  */
 function gatherDataFrame(parts: readonly Buffer[], length: number): DataFrame {
   const head = 1 + varintLength(length);
-  const wire = Buffer.allocUnsafe(head + length);
+  // Framed in place: grpc-js sends it behind its header without copying it again.
+  const wire = framedInPlace(head + length);
   wire[0] = FIELD_2;
   writeVarint(wire, 1, length);
   let offset = head;
