@@ -81,7 +81,7 @@ export function openPodForward(
 ): Promise<Socket> {
   let socket: Socket;
   try {
-    socket = connectUnixSocket(path, { allowHalfOpen: true });
+    socket = connectUnixSocket(path, { allowHalfOpen: true, largeReads: true });
   } catch (error) {
     return Promise.reject(new Error(`the sandbox's forward socket: ${(error as Error).message}`));
   }

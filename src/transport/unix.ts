@@ -8,6 +8,7 @@
 import { chmodSync, closeSync, constants, fstatSync, lstatSync, openSync, unlinkSync } from "node:fs";
 import { connect, type Server, type Socket } from "node:net";
 import { orElse } from "../host/fs.js";
+import { withLargeReads } from "./large-reads.js";
 
 /** Linux's O_PATH (the same value on x86_64 and arm64); node does not export it. */
 const O_PATH = 0o10000000;
@@ -20,9 +21,13 @@ export const POD_FORWARD_SOCKET = "run/forward.sock";
 
 /**
  * Connects to the socket at `path`; throws at once if it is missing or not a
- * socket. `allowHalfOpen` keeps our side writable after the pod's side ends.
+ * socket. `allowHalfOpen` keeps our side writable after the pod's side ends;
+ * `largeReads` reads it up to 256 KiB at a time (transport/large-reads.ts).
  */
-export function connectUnixSocket(path: string, options: { allowHalfOpen?: boolean } = {}): Socket {
+export function connectUnixSocket(
+  path: string,
+  options: { allowHalfOpen?: boolean; largeReads?: boolean } = {},
+): Socket {
   const fd = openSync(path, O_PATH | constants.O_NOFOLLOW);
   let open = true;
   const release = (): void => {
@@ -33,7 +38,10 @@ export function connectUnixSocket(path: string, options: { allowHalfOpen?: boole
     release();
     throw Object.assign(new Error(`${path} is not a socket`), { code: "ENOTSOCK" });
   }
-  const socket = connect({ path: `/proc/self/fd/${fd}`, allowHalfOpen: options.allowHalfOpen ?? false });
+  const connectOptions = { path: `/proc/self/fd/${fd}`, allowHalfOpen: options.allowHalfOpen ?? false };
+  const socket = options.largeReads
+    ? withLargeReads((onread) => connect({ ...connectOptions, onread }))
+    : connect(connectOptions);
   socket.once("connect", release);
   socket.once("close", release);
   return socket;

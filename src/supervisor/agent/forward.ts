@@ -8,6 +8,7 @@
 // on the loopback, which it can reach directly anyway; it gains nothing.
 
 import net from "node:net";
+import { withLargeReads } from "../../transport/large-reads.js";
 import {
   decodeForwardRequest,
   describeConnectError,
@@ -72,7 +73,10 @@ function serve(conn: net.Socket, open: Set<net.Socket>): void {
       conn.end(encodeForwardError("expected a forward request to a loopback port"));
       return;
     }
-    const upstream = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    // The port's bytes are read up to 256 KiB at a time: fewer, larger writes to the forward's socket.
+    const upstream = withLargeReads((onread) =>
+      net.connect({ host: target.host, port: target.port, allowHalfOpen: true, onread }),
+    );
     open.add(upstream);
     upstream.once("close", () => open.delete(upstream));
     let connected = false;

@@ -1,0 +1,41 @@
+// Sockets that relay bulk bytes, read up to 256 KiB at a time. Read through
+// its stream, a socket gives at most 64 KiB a read, and a relay pays every
+// per-chunk cost downstream (a write, a frame, a gRPC message, the peer's
+// read) for each. With `onread` the kernel hands over what it holds, up to
+// LARGE_READ_BYTES, in one read into a buffer of ours, which is pushed into
+// the socket's own stream: the socket still reads, pipes, pauses and ends as
+// any other (its stream's backpressure stops the reads, as it does without).
+
+import type { OnReadOpts, Socket } from "node:net";
+
+/** The most one read takes. */
+export const LARGE_READ_BYTES = 256 * 1024;
+/**
+ * A read smaller than this is copied out and its buffer used for the next,
+ * so a connection of small messages does not hold 256 KiB for each.
+ */
+const COPY_BELOW = 16 * 1024;
+
+/**
+ * The socket `open` makes with the `onread` it is given (pass it to
+ * `net.connect` or `new Socket`), its reads up to LARGE_READ_BYTES.
+ */
+export function withLargeReads(open: (onread: OnReadOpts) => Socket): Socket {
+  let buffer = Buffer.allocUnsafe(LARGE_READ_BYTES);
+  // Set before any read: a socket reads only once connected, after `open` returned.
+  let socket: Socket | undefined;
+  socket = open({
+    buffer: () => buffer,
+    callback(length, read) {
+      let chunk: Buffer;
+      if (length < COPY_BELOW) chunk = Buffer.from(read.subarray(0, length));
+      else {
+        chunk = Buffer.from(read.buffer, read.byteOffset, length);
+        buffer = Buffer.allocUnsafe(LARGE_READ_BYTES);
+      }
+      // What the stream does with a read of its own: false stops reading until it is read.
+      return socket!.push(chunk);
+    },
+  });
+  return socket;
+}
