@@ -7,7 +7,7 @@
 import { once } from "node:events";
 import { connect, createServer, type OnReadOpts, type Server, Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { LARGE_READ_BYTES, withLargeReads } from "../../src/transport/large-reads.js";
+import { FIRST_READ_BYTES, LARGE_READ_BYTES, withLargeReads } from "../../src/transport/large-reads.js";
 
 const STREAM_READ_BYTES = 64 * 1024;
 
@@ -58,7 +58,7 @@ describe("withLargeReads", () => {
     socket.destroy();
   });
 
-  it("answers a read the stream has no room for with false, which stops the socket's reads (net's onread contract)", () => {
+  it("grows its buffer with reads that fill it, and answers a read the stream has no room for with false, which stops the socket's reads (net's onread contract)", () => {
     let onread!: OnReadOpts;
     const socket = withLargeReads((given) => {
       onread = given;
@@ -66,18 +66,29 @@ describe("withLargeReads", () => {
     });
     socket.pause();
     const next = (): Uint8Array => (typeof onread.buffer === "function" ? onread.buffer() : onread.buffer);
-    const read = (length: number, fill: number): boolean => {
+    const read = (length: number | "full", fill: number): { more: boolean; size: number } => {
       const buffer = next();
-      buffer.fill(fill, 0, length);
-      return onread.callback(length, buffer) as boolean;
+      const n = length === "full" ? buffer.length : length;
+      buffer.fill(fill, 0, n);
+      return { more: onread.callback(n, buffer) as boolean, size: buffer.length };
     };
-    expect(read(100, 1)).toBe(true);
-    expect(read(LARGE_READ_BYTES, 2)).toBe(false);
-    // What was pushed is there, each byte as read: the full read did not share the next read's buffer.
-    expect(read(100, 3)).toBe(false);
+    expect(read(100, 1)).toEqual({ more: true, size: FIRST_READ_BYTES });
+    expect(read("full", 2)).toEqual({ more: false, size: FIRST_READ_BYTES });
+    expect(read("full", 3)).toEqual({ more: false, size: 4 * FIRST_READ_BYTES });
+    expect(read("full", 4)).toEqual({ more: false, size: LARGE_READ_BYTES });
+    expect(read("full", 5)).toEqual({ more: false, size: LARGE_READ_BYTES });
+    // A small read lets the large buffer go.
+    expect(read(10, 6).size).toBe(LARGE_READ_BYTES);
+    expect(next().length).toBe(FIRST_READ_BYTES);
+    // Every byte pushed is there as read: no buffer handed out was written again.
     const held = socket.read() as Buffer;
-    expect(held.length).toBe(100 + LARGE_READ_BYTES + 100);
-    expect([held[0], held[100], held[100 + LARGE_READ_BYTES - 1], held.at(-1)]).toEqual([1, 2, 2, 3]);
+    const sizes = [100, FIRST_READ_BYTES, 4 * FIRST_READ_BYTES, LARGE_READ_BYTES, LARGE_READ_BYTES, 10];
+    expect(held.length).toBe(sizes.reduce((a, b) => a + b));
+    let offset = 0;
+    for (const [i, size] of sizes.entries()) {
+      expect([held[offset], held[offset + size - 1]]).toEqual([i + 1, i + 1]);
+      offset += size;
+    }
     socket.destroy();
   });
 
