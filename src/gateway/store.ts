@@ -77,6 +77,17 @@ export function hashToken(token: string): string {
 export class Store {
   private readonly db: Database.Database;
   private readonly reservePath: string;
+  /** Prepared once per SQL text: compiling a statement costs more than running most of them. */
+  private readonly statements = new Map<string, Database.Statement>();
+
+  private sql(text: string): Database.Statement {
+    let statement = this.statements.get(text);
+    if (!statement) {
+      statement = this.db.prepare(text);
+      this.statements.set(text, statement);
+    }
+    return statement;
+  }
 
   constructor(path: string) {
     this.reservePath = `${path}.reserve`;
@@ -180,25 +191,21 @@ export class Store {
   createSandbox(sandbox: SandboxMessage, runtime: StoredSandboxRuntime): void {
     const meta = sandbox.metadata!;
     const insert = this.db.transaction(() => {
-      this.db
-        .prepare(
-          `INSERT INTO sandboxes (id, workspace, name, created_at_ms, updated_at_ms, labels, payload)
+      this.sql(
+        `INSERT INTO sandboxes (id, workspace, name, created_at_ms, updated_at_ms, labels, payload)
            VALUES (?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(
-          meta.id,
-          meta.workspace,
-          meta.name,
-          meta.createdAtMs,
-          Date.now(),
-          JSON.stringify(meta.labels),
-          Buffer.from(Sandbox.encode(sandbox).finish()),
-        );
-      this.db
-        .prepare(
-          "INSERT INTO sandbox_runtime (sandbox_id, host_uid, host_gid, supervisor_secret) VALUES (?, ?, ?, ?)",
-        )
-        .run(meta.id, runtime.hostUid, runtime.hostGid, runtime.supervisorSecret);
+      ).run(
+        meta.id,
+        meta.workspace,
+        meta.name,
+        meta.createdAtMs,
+        Date.now(),
+        JSON.stringify(meta.labels),
+        Buffer.from(Sandbox.encode(sandbox).finish()),
+      );
+      this.sql(
+        "INSERT INTO sandbox_runtime (sandbox_id, host_uid, host_gid, supervisor_secret) VALUES (?, ?, ?, ?)",
+      ).run(meta.id, runtime.hostUid, runtime.hostGid, runtime.supervisorSecret);
     });
     insert();
   }
@@ -206,27 +213,30 @@ export class Store {
   updateSandbox(sandbox: SandboxMessage): void {
     const meta = sandbox.metadata!;
     this.withReserve(() =>
-      this.db
-        .prepare("UPDATE sandboxes SET payload = ?, updated_at_ms = ? WHERE id = ?")
-        .run(Buffer.from(Sandbox.encode(sandbox).finish()), Date.now(), meta.id),
+      this.sql("UPDATE sandboxes SET payload = ?, updated_at_ms = ? WHERE id = ?").run(
+        Buffer.from(Sandbox.encode(sandbox).finish()),
+        Date.now(),
+        meta.id,
+      ),
     );
   }
 
   deleteSandbox(id: string): void {
-    this.withReserve(() => this.db.prepare("DELETE FROM sandboxes WHERE id = ?").run(id));
+    this.withReserve(() => this.sql("DELETE FROM sandboxes WHERE id = ?").run(id));
   }
 
   getSandbox(id: string): SandboxMessage | undefined {
-    const row = this.db.prepare("SELECT payload FROM sandboxes WHERE id = ?").get(id) as
+    const row = this.sql("SELECT payload FROM sandboxes WHERE id = ?").get(id) as
       | { payload: Buffer }
       | undefined;
     return row ? Sandbox.decode(row.payload) : undefined;
   }
 
   getSandboxByName(workspace: string, name: string): SandboxMessage | undefined {
-    const row = this.db
-      .prepare("SELECT payload FROM sandboxes WHERE workspace = ? AND name = ?")
-      .get(workspace, name) as { payload: Buffer } | undefined;
+    const row = this.sql("SELECT payload FROM sandboxes WHERE workspace = ? AND name = ?").get(
+      workspace,
+      name,
+    ) as { payload: Buffer } | undefined;
     return row ? Sandbox.decode(row.payload) : undefined;
   }
 
@@ -249,21 +259,22 @@ export class Store {
     }
     const sql = `SELECT payload FROM sandboxes ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
       ORDER BY created_at_ms ASC, name ASC LIMIT ? OFFSET ?`;
+    // Prepared afresh: its text varies with the filters asked for.
     const rows = this.db.prepare(sql).all(...params, options.limit, options.offset) as { payload: Buffer }[];
     return rows.map((row) => Sandbox.decode(row.payload));
   }
 
   allSandboxes(): SandboxMessage[] {
-    const rows = this.db.prepare("SELECT payload FROM sandboxes ORDER BY created_at_ms ASC").all() as {
+    const rows = this.sql("SELECT payload FROM sandboxes ORDER BY created_at_ms ASC").all() as {
       payload: Buffer;
     }[];
     return rows.map((row) => Sandbox.decode(row.payload));
   }
 
   getRuntime(sandboxId: string): StoredSandboxRuntime | undefined {
-    const row = this.db
-      .prepare("SELECT host_uid, host_gid, supervisor_secret FROM sandbox_runtime WHERE sandbox_id = ?")
-      .get(sandboxId) as { host_uid: number; host_gid: number; supervisor_secret: string } | undefined;
+    const row = this.sql(
+      "SELECT host_uid, host_gid, supervisor_secret FROM sandbox_runtime WHERE sandbox_id = ?",
+    ).get(sandboxId) as { host_uid: number; host_gid: number; supervisor_secret: string } | undefined;
     return row
       ? {
           sandboxId,
@@ -276,9 +287,11 @@ export class Store {
 
   /** Gives a sandbox other host ids (its uid was leased to another sandbox on this host). */
   setHostIds(sandboxId: string, hostUid: number, hostGid: number): void {
-    this.db
-      .prepare("UPDATE sandbox_runtime SET host_uid = ?, host_gid = ? WHERE sandbox_id = ?")
-      .run(hostUid, hostGid, sandboxId);
+    this.sql("UPDATE sandbox_runtime SET host_uid = ?, host_gid = ? WHERE sandbox_id = ?").run(
+      hostUid,
+      hostGid,
+      sandboxId,
+    );
   }
 
   /**
@@ -289,27 +302,28 @@ export class Store {
   addPolicyRevision(sandbox: SandboxMessage, revision: StoredPolicyRevision): void {
     const id = sandbox.metadata!.id;
     this.db.transaction(() => {
-      this.db
-        .prepare("DELETE FROM policy_revisions WHERE sandbox_id = ? AND version <= ?")
-        .run(id, revision.version - POLICY_REVISIONS_KEPT);
-      this.db
-        .prepare("UPDATE policy_revisions SET status = ? WHERE sandbox_id = ? AND status = ?")
-        .run(PolicyStatus.POLICY_STATUS_SUPERSEDED, id, PolicyStatus.POLICY_STATUS_PENDING);
-      this.db
-        .prepare(
-          `INSERT INTO policy_revisions (sandbox_id, version, hash, payload, status, load_error, created_at_ms, loaded_at_ms)
+      this.sql("DELETE FROM policy_revisions WHERE sandbox_id = ? AND version <= ?").run(
+        id,
+        revision.version - POLICY_REVISIONS_KEPT,
+      );
+      this.sql("UPDATE policy_revisions SET status = ? WHERE sandbox_id = ? AND status = ?").run(
+        PolicyStatus.POLICY_STATUS_SUPERSEDED,
+        id,
+        PolicyStatus.POLICY_STATUS_PENDING,
+      );
+      this.sql(
+        `INSERT INTO policy_revisions (sandbox_id, version, hash, payload, status, load_error, created_at_ms, loaded_at_ms)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(
-          id,
-          revision.version,
-          revision.hash,
-          Buffer.from(SandboxPolicy.encode(revision.policy).finish()),
-          revision.status,
-          revision.loadError,
-          revision.createdAtMs,
-          revision.loadedAtMs,
-        );
+      ).run(
+        id,
+        revision.version,
+        revision.hash,
+        Buffer.from(SandboxPolicy.encode(revision.policy).finish()),
+        revision.status,
+        revision.loadError,
+        revision.createdAtMs,
+        revision.loadedAtMs,
+      );
       this.updateSandbox(sandbox);
     })();
   }
@@ -318,12 +332,13 @@ export class Store {
   policyRevision(sandboxId: string, version = 0): StoredPolicyRevision | undefined {
     const row = (
       version === 0
-        ? this.db
-            .prepare("SELECT * FROM policy_revisions WHERE sandbox_id = ? ORDER BY version DESC LIMIT 1")
-            .get(sandboxId)
-        : this.db
-            .prepare("SELECT * FROM policy_revisions WHERE sandbox_id = ? AND version = ?")
-            .get(sandboxId, version)
+        ? this.sql("SELECT * FROM policy_revisions WHERE sandbox_id = ? ORDER BY version DESC LIMIT 1").get(
+            sandboxId,
+          )
+        : this.sql("SELECT * FROM policy_revisions WHERE sandbox_id = ? AND version = ?").get(
+            sandboxId,
+            version,
+          )
     ) as
       | {
           version: number;
@@ -357,28 +372,22 @@ export class Store {
     loadedAtMs: number,
   ): boolean {
     return (
-      this.db
-        .prepare(
-          "UPDATE policy_revisions SET status = ?, load_error = ?, loaded_at_ms = ? WHERE sandbox_id = ? AND version = ?",
-        )
-        .run(status, loadError, loadedAtMs, sandboxId, version).changes > 0
+      this.sql(
+        "UPDATE policy_revisions SET status = ?, load_error = ?, loaded_at_ms = ? WHERE sandbox_id = ? AND version = ?",
+      ).run(status, loadError, loadedAtMs, sandboxId, version).changes > 0
     );
   }
 
   createSshSession(session: StoredSshSession): void {
-    this.db
-      .prepare(
-        "INSERT INTO ssh_sessions (token_hash, sandbox_id, expires_at_ms, revoked, created_at_ms) VALUES (?, ?, ?, 0, ?)",
-      )
-      .run(session.tokenHash, session.sandboxId, session.expiresAtMs, session.createdAtMs);
+    this.sql(
+      "INSERT INTO ssh_sessions (token_hash, sandbox_id, expires_at_ms, revoked, created_at_ms) VALUES (?, ?, ?, 0, ?)",
+    ).run(session.tokenHash, session.sandboxId, session.expiresAtMs, session.createdAtMs);
   }
 
   getSshSession(tokenHash: string): StoredSshSession | undefined {
-    const row = this.db
-      .prepare(
-        "SELECT token_hash, sandbox_id, expires_at_ms, revoked, created_at_ms FROM ssh_sessions WHERE token_hash = ?",
-      )
-      .get(tokenHash) as
+    const row = this.sql(
+      "SELECT token_hash, sandbox_id, expires_at_ms, revoked, created_at_ms FROM ssh_sessions WHERE token_hash = ?",
+    ).get(tokenHash) as
       | {
           token_hash: string;
           sandbox_id: string;
@@ -399,20 +408,18 @@ export class Store {
   }
 
   revokeSshSession(tokenHash: string): boolean {
-    return (
-      this.db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE token_hash = ?").run(tokenHash).changes > 0
-    );
+    return this.sql("UPDATE ssh_sessions SET revoked = 1 WHERE token_hash = ?").run(tokenHash).changes > 0;
   }
 
   revokeSandboxSessions(sandboxId: string): void {
     this.withReserve(() =>
-      this.db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE sandbox_id = ?").run(sandboxId),
+      this.sql("UPDATE ssh_sessions SET revoked = 1 WHERE sandbox_id = ?").run(sandboxId),
     );
   }
 
   reapSshSessions(nowMs: number): number {
-    return this.db
-      .prepare("DELETE FROM ssh_sessions WHERE revoked = 1 OR (expires_at_ms > 0 AND expires_at_ms < ?)")
-      .run(nowMs).changes;
+    return this.sql(
+      "DELETE FROM ssh_sessions WHERE revoked = 1 OR (expires_at_ms > 0 AND expires_at_ms < ?)",
+    ).run(nowMs).changes;
   }
 }
