@@ -574,9 +574,9 @@ describe("agent ssh server: OpenSSH interop", () => {
 });
 
 describe("host keys", () => {
-  it("every generated host key parses (ssh2 sometimes writes one it cannot read back)", () => {
+  it("every generated host key parses (ssh2 sometimes writes one it cannot read back)", async () => {
     for (let i = 0; i < 2000; i++) {
-      expect(ssh2.utils.parseKey(generateHostKey())).not.toBeInstanceOf(Error);
+      expect(ssh2.utils.parseKey(await generateHostKey())).not.toBeInstanceOf(Error);
     }
   });
 });

@@ -208,6 +208,8 @@ async function main(): Promise<void> {
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });
   process.stderr.write(`agent ready ${Math.round(performance.now())} ms after its start\n`);
+  // SSH listens already; its library loads now rather than before ready (a connection waits for it).
+  server.load().catch((error: Error) => process.stderr.write(`${error.message}\n`));
 }
 
 main().catch((error: unknown) => {

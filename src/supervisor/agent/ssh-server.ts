@@ -11,8 +11,14 @@
 import { existsSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import type { Writable } from "node:stream";
-import type { AuthContext, Connection, ServerChannel, Session, TcpipRequestInfo } from "ssh2";
-import ssh2 from "ssh2";
+import type {
+  AuthContext,
+  Connection,
+  ServerChannel,
+  Session,
+  Server as Ssh2Server,
+  TcpipRequestInfo,
+} from "ssh2";
 import { loopbackAddress } from "../../core/forward.js";
 import { SUBSYSTEM_MAIN, SUBSYSTEM_START } from "../../core/protocol.js";
 import { orElse } from "../../host/fs.js";
@@ -67,6 +73,12 @@ export interface SshServer {
    * attached clients hear the end of the story before anyone acting on it.
    */
   attachmentsSettled(timeoutMs: number): Promise<void>;
+  /**
+   * Loads the SSH library now. The server listens before it is loaded (a
+   * connection waits for it), so a sandbox is ready without paying for it;
+   * the agent calls this once it has said so.
+   */
+  load(): Promise<void>;
 }
 
 export const DEFAULT_SFTP_SERVER = "/usr/lib/openssh/sftp-server";
@@ -107,19 +119,30 @@ export function defaultShell(): string {
   return existsSync("/bin/bash") ? "/bin/bash" : "/bin/sh";
 }
 
-/** Starts the server; resolves once it listens on `socketPath`. */
+type Ssh2 = typeof import("ssh2");
+
+/** ssh2, loaded once, on first need (about 60 ms of a pod's start otherwise). */
+let ssh2Module: Promise<Ssh2> | undefined;
+function loadSsh2(): Promise<Ssh2> {
+  ssh2Module ??= import("ssh2").then((module) => (module as { default?: Ssh2 }).default ?? module);
+  return ssh2Module;
+}
+
 /**
  * A fresh ed25519 host key in OpenSSH format. ssh2 1.17 occasionally writes
  * a key (about 1 in 200) that its own parser rejects — a public key with a
  * leading zero byte loses it — so a key is regenerated until it parses.
  */
-export function generateHostKey(): string {
+export async function generateHostKey(): Promise<string> {
+  const ssh2 = await loadSsh2();
   for (let attempt = 0; attempt < 32; attempt++) {
     const { private: key } = ssh2.utils.generateKeyPairSync("ed25519");
     if (!(ssh2.utils.parseKey(key) instanceof Error)) return key;
   }
   throw new Error("could not generate an SSH host key that ssh2 accepts");
 }
+
+/** Starts the server; resolves once it listens on `socketPath` (see `load`). */
 
 export async function startSshServer(options: SshServerOptions): Promise<SshServer> {
   const log = options.logger;
@@ -136,16 +159,32 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
   };
   // A fresh key each start, never stored: nothing pins it (clients run with
   // StrictHostKeyChecking=no), and node's own PKCS#8 ed25519 keys do not parse in ssh2.
-  const sshServer = new ssh2.Server({ hostKeys: [generateHostKey()], ident: "OpenShell_agent" }, (client) =>
-    serveConnection(client, context),
-  );
+  let server: Promise<Ssh2Server> | undefined;
+  const sshServer = (): Promise<Ssh2Server> => {
+    server ??= (async () => {
+      const [ssh2, hostKey] = await Promise.all([loadSsh2(), generateHostKey()]);
+      return new ssh2.Server({ hostKeys: [hostKey], ident: "OpenShell_agent" }, (client) =>
+        serveConnection(client, context),
+      );
+    })();
+    return server;
+  };
   const sockets = new Set<net.Socket>();
   // Our own listener hands sockets to ssh2, so close() can destroy them all.
+  // A socket reads into its stream until ssh2 takes it: nothing is lost meanwhile.
   const listener = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.on("error", (error) => log.debug?.(`ssh: connection error: ${error.message}`));
-    sshServer.injectSocket(socket);
+    sshServer().then(
+      (ssh) => {
+        if (!socket.destroyed) ssh.injectSocket(socket);
+      },
+      (error: Error) => {
+        log.error(`ssh: the SSH library did not load: ${error.message}`);
+        socket.destroy();
+      },
+    );
   });
   await listenUnixPrivately(listener, options.socketPath);
   log.debug?.(`ssh: listening on ${options.socketPath}`);
@@ -163,6 +202,9 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
         orElse(undefined, () => unlinkSync(options.socketPath));
       })();
       return closing;
+    },
+    async load() {
+      await sshServer();
     },
     async attachmentsSettled(timeoutMs) {
       let timer: NodeJS.Timeout | undefined;
