@@ -62,7 +62,6 @@ import {
 } from "./images.js";
 import { execInteractive, type InteractiveExec, type InteractiveExecOptions } from "./interactive.js";
 import { Link, type ProgressEvent } from "./link.js";
-import { policyOf } from "./policy.js";
 import { renewSandbox, Sandbox, startSandbox, stopSandbox, ttlUnsupported } from "./sandbox.js";
 
 export interface OpenShellOptions {
@@ -458,7 +457,9 @@ export class OpenShell {
     );
     let nextLocal = 0;
     const sizes = contents.map((content) => content?.length ?? localSizes[nextLocal++]!);
-    const policy = await policyOf(o.policy);
+    // The policy code (and its YAML parser) loads only for a create that brings a policy.
+    const policy =
+      o.policy === undefined ? undefined : await (await import("./policy.js")).policyOf(o.policy);
     const uploads = await planUploads(o.uploads ?? []);
     // The main command waits for the uploads (as `sandbox create --upload` holds it).
     const gated = uploads.length > 0 && command.length > 0;

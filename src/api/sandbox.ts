@@ -42,14 +42,7 @@ import {
 } from "./errors.js";
 import { type ForwardOptions, type PortForward, startForward } from "./forward.js";
 import type { Link } from "./link.js";
-import {
-  type PolicyInfo,
-  type PolicyInput,
-  readPolicy,
-  type SetPolicyOptions,
-  type SetPolicyResult,
-  writePolicy,
-} from "./policy.js";
+import type { PolicyInfo, PolicyInput, SetPolicyOptions, SetPolicyResult } from "./policy.js";
 
 export type { SandboxInfo, SandboxLogLine };
 
@@ -468,7 +461,9 @@ export class Sandbox {
    * (`revision` asks for an earlier one).
    */
   policy(options: { revision?: number; signal?: AbortSignal } = {}): Promise<PolicyInfo> {
-    return typed(() => readPolicy(this.#link, this.name, this.id, options));
+    return typed(async () =>
+      (await import("./policy.js")).readPolicy(this.#link, this.name, this.id, options),
+    );
   }
 
   /**
@@ -478,7 +473,9 @@ export class Sandbox {
    * process) is refused. With `wait`, resolves once the sandbox has it in force.
    */
   setPolicy(policy: PolicyInput, options: SetPolicyOptions = {}): Promise<SetPolicyResult> {
-    return typed(() => writePolicy(this.#link, this.name, this.id, policy, options));
+    return typed(async () =>
+      (await import("./policy.js")).writePolicy(this.#link, this.name, this.id, policy, options),
+    );
   }
 
   /** Releases the main command held for uploads (`create` with `uploads` and a command does this itself). */

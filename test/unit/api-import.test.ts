@@ -2,8 +2,9 @@
 // dependency patched, no process spawned, no socket, file watch or timer
 // left holding the event loop. Checked in a fresh node process. And it is
 // cheap: ssh2 and the tar engine load with the first command or transfer,
-// so a CLI command or a harness that only lists or creates never pays for
-// them (about 55 ms of CPU per process).
+// and the YAML parser with the first policy, so a CLI command or a harness
+// that only lists, creates or runs a command never pays for them (about 55
+// ms of CPU per process for the first two, 15-30 ms for the parser).
 
 import { execFileSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
@@ -24,12 +25,12 @@ console.log(JSON.stringify({
   patched: filter.CompressionFilter.prototype.sendMessage !== sendMessage
     || Object.getOwnPropertyNames(Server.prototype).join() !== serverKeys,
   resources: process.getActiveResourcesInfo().join() === resourcesBefore,
-  lazy: Object.keys(createRequire(import.meta.url).cache).filter((p) => /node_modules\\/(ssh2|tar-stream)\\//.test(p)),
+  lazy: Object.keys(createRequire(import.meta.url).cache).filter((p) => /node_modules\\/(ssh2|tar-stream|yaml)\\//.test(p)),
 }));
 `;
 
 describe("importing the API", () => {
-  it("patches nothing, starts nothing and loads neither ssh2 nor the tar engine", () => {
+  it("patches nothing, starts nothing and loads neither ssh2, the tar engine nor the YAML parser", () => {
     const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", PROBE], {
       cwd: ROOT,
       encoding: "utf8",
