@@ -208,8 +208,10 @@ async function main(): Promise<void> {
   if (!config.startOnAttach) main.start();
   send({ t: "ready" });
   process.stderr.write(`agent ready ${Math.round(performance.now())} ms after its start\n`);
-  // SSH listens already; its library loads now rather than before ready (a connection waits for it).
-  server.load().catch((error: Error) => process.stderr.write(`${error.message}\n`));
+  // SSH listens already; its library loads now rather than before ready (a
+  // connection waits for it). A sandbox that cannot serve SSH is not left
+  // Ready: the failure ends the agent as any startup failure does.
+  await server.load();
 }
 
 main().catch((error: unknown) => {
