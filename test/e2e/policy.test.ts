@@ -8,6 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePolicyYaml } from "../../src/core/policy.js";
 import { json, ROOT, TestEnv, uniqueName, waitForPhase } from "../helpers/cli.js";
 
+/**
+ * What the CLI prints once a sandbox is Ready. Not just the word: a generated
+ * sandbox name can hold it ("ready-owl").
+ */
+const READY_REPORT = /Sandbox '[^']*' ready/;
+
 const RESTRICTED = `version: 1
 filesystem_policy:
   include_workdir: true
@@ -253,7 +259,7 @@ describe("policies that would fail later fail or warn at create", () => {
       expect(result.stderr).toMatch(
         /^error: policy refused: filesystem_policy\.read_only: covers neither \/usr nor \/bin, so the sandbox has no shell/m,
       );
-      expect(result.stderr).not.toMatch(/ready/i);
+      expect(result.stderr).not.toMatch(READY_REPORT);
       const list = await env.run(["sandbox", "list", "-o", "json"]);
       expect(json(list)).toEqual([]);
     },
@@ -267,7 +273,7 @@ describe("policies that would fail later fail or warn at create", () => {
     ]);
     expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toMatch(/ShellUnavailable: .*filesystem_policy\.read_only/);
-    expect(result.stderr).not.toMatch(/ready/i);
+    expect(result.stderr).not.toMatch(READY_REPORT);
     const got = await env.run(["sandbox", "get", name, "-o", "json"]);
     expect(json<{ phase: string }>(got).phase).toBe("Error");
     await env.run(["sandbox", "delete", name]);
@@ -277,7 +283,7 @@ describe("policies that would fail later fail or warn at create", () => {
     const result = await create("version: 1\n", ["--detach"], ["no-such-command-here"]);
     expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toContain("no-such-command-here: command not found");
-    expect(result.stderr).not.toMatch(/ready/i);
+    expect(result.stderr).not.toMatch(READY_REPORT);
   });
 
   it("version: 2 is accepted, as upstream accepts it, with a warning on stderr naming the key", async () => {
