@@ -14,12 +14,12 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { get } from "node:http";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { setTimeout as delay } from "node:timers/promises";
 import { OpenShell } from "../src/api/index.js";
+import { freePort, httpGet } from "../test/helpers/net.js";
+import { waitForTcp } from "./lib/proc.js";
 import { progress, type Section } from "./lib/report.js";
 import { megabytesPerSecond, percentile, round } from "./lib/stats.js";
 import type { Shared } from "./run.js";
@@ -71,62 +71,18 @@ function pull(port: number): Promise<number> {
   });
 }
 
-/** A loopback port nothing listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** Waits until something accepts connections on 127.0.0.1:`port` (ssh -L binds after its handshake). */
-async function accepting(port: number, child: ChildProcess): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const probe = connect(port, "127.0.0.1");
-      probe.once("connect", () => {
-        probe.destroy();
-        resolve(true);
-      });
-      probe.once("error", () => resolve(false));
-    });
-    if (ok) return;
-    if (child.exitCode !== null) throw new Error(`ssh -L exited (status ${child.exitCode})`);
-    await delay(25);
-  }
-  throw new Error(`nothing accepted on 127.0.0.1:${port} within 10 s`);
-}
-
 /** `count` HTTP requests to 127.0.0.1:`port` at once, each on its own connection; the milliseconds each took. */
 async function requests(port: number, count: number): Promise<number[]> {
   return Promise.all(
     Array.from({ length: count }, async (_, i) => {
       const started = process.hrtime.bigint();
-      const { status, body } = await httpGet(port, `/r${i}`);
+      const { status, body } = await httpGet(port, `/r${i}`, 60_000);
       if (status !== 200 || body !== `hello /r${i}`) {
         throw new Error(`request ${i} on port ${port} got ${status} ${JSON.stringify(body.slice(0, 80))}`);
       }
       return Number(process.hrtime.bigint() - started) / 1e6;
     }),
   );
-}
-
-function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const request = get({ host: "127.0.0.1", port, path, agent: false, timeout: 60_000 }, (response) => {
-      let body = "";
-      response.setEncoding("utf8");
-      response.on("data", (d: string) => {
-        body += d;
-      });
-      response.on("end", () => resolve({ status: response.statusCode ?? 0, body }));
-      response.on("error", reject);
-    });
-    request.on("timeout", () => request.destroy(new Error(`no answer on port ${port} within 60 s`)));
-    request.on("error", reject);
-  });
 }
 
 type Path = "forward" | "ssh" | "direct";
@@ -169,7 +125,13 @@ export async function forwardThroughput(s: Section, shared: Shared): Promise<voi
         tunnel = spawn("ssh", ["-N", "-L", `127.0.0.1:${sshPort}:127.0.0.1:${hostPort}`, ...sshd.sshArgs()], {
           stdio: "ignore",
         });
-        await accepting(sshPort, tunnel);
+        // ssh -L binds after its handshake; an ssh that exits first is the failure.
+        const child = tunnel;
+        const exited = new Promise<never>((_, reject) =>
+          child.once("exit", (code) => reject(new Error(`ssh -L exited (status ${code})`))),
+        );
+        exited.catch(() => undefined);
+        await Promise.race([waitForTcp(sshPort, "ssh -L", 10_000), exited]);
       } catch (error) {
         sshPort = 0;
         s.note(`ssh -L yardstick not measured: ${error instanceof Error ? error.message : String(error)}`);

@@ -15,15 +15,20 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** One HTTP GET to 127.0.0.1:`port`, its status and body. */
-export function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+/** One HTTP GET to 127.0.0.1:`port`, its status and body; failed after `timeoutMs` of silence when given. */
+export function httpGet(
+  port: number,
+  path: string,
+  timeoutMs?: number,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
+    const req = request({ host: "127.0.0.1", port, path, agent: false, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (d: Buffer) => chunks.push(d));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
       res.on("error", reject);
     });
+    req.on("timeout", () => req.destroy(new Error(`no answer on port ${port} within ${timeoutMs} ms`)));
     req.on("error", reject);
     req.end();
   });
