@@ -162,7 +162,8 @@ export async function startSshServer(options: SshServerOptions): Promise<SshServ
   let server: Promise<Ssh2Server> | undefined;
   const sshServer = (): Promise<Ssh2Server> => {
     server ??= (async () => {
-      const [ssh2, hostKey] = await Promise.all([loadSsh2(), generateHostKey()]);
+      const hostKey = await generateHostKey();
+      const ssh2 = await loadSsh2();
       return new ssh2.Server({ hostKeys: [hostKey], ident: "OpenShell_agent" }, (client) =>
         serveConnection(client, context),
       );
